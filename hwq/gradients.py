@@ -1,0 +1,109 @@
+"""Gradient sources for white-box attacks on integer models (foolbox's ``value_and_grad``).
+
+An integer network has no gradient. A source supplies ``dL/dx`` for the cross-entropy loss
+of the true label, from:
+
+* ``SurrogateGradient`` (default): the real-valued weights ``W * weight_scale`` of the very
+  integer network the target runs, backpropagated at the target's own operating point (its
+  pre-activations ``z`` from ``program.trace``): straight through the rounding and input
+  quantization, the true derivative for ReLU and sigmoid, the fast-sigmoid surrogate for the
+  step (``hwq.activations``). This is "white box against the hardware model".
+* ``FloatGradient``: the original float model (a transfer attack).
+
+Backprop, for ``z_l = g_l (W_l h_{l-1} + b_l)``, ``h_l = f_l(z_l)``:
+``delta_L = p - onehot(y)`` (softmax CE; ``sigmoid(z) - y`` for one output),
+``delta_{l-1} = f'_{l-1}(z_{l-1}) * (g_l delta_l W_l)``, ``dL/dx = g_1 delta_1 W_1``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from hwq import activations, ir
+from hwq.qnet import QuantizedNetwork
+from hwq.reference import quantize_input
+
+
+class GradientSource(Protocol):
+    name: str
+
+    def value_and_grad(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def output_loss(z: np.ndarray, y: np.ndarray, single: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample cross-entropy and its gradient with respect to the scores ``z``."""
+    if single:
+        p = activations.sigmoid(z[:, 0])
+        loss = np.logaddexp(0, z[:, 0]) - y * z[:, 0]
+        return loss, (p - y)[:, None]
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    delta = np.exp(logp)
+    delta[np.arange(len(y)), y] -= 1
+    return -logp[np.arange(len(y)), y], delta
+
+
+def backprop(weights, gains, acts, zs, y, single) -> tuple[np.ndarray, np.ndarray]:
+    """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``."""
+    loss, delta = output_loss(zs[-1], y, single)
+    for layer in range(len(weights) - 1, -1, -1):
+        grad_h = gains[layer] * (delta @ weights[layer])
+        if layer == 0:
+            return loss, grad_h
+        delta = grad_h * activations.derivative(acts[layer - 1], zs[layer - 1])
+    raise AssertionError("unreachable")
+
+
+class SurrogateGradient:
+    """Gradient of the integer network's own weights at the target's operating point."""
+
+    name = "surrogate"
+
+    def __init__(self, program):
+        self.program = program
+        net: QuantizedNetwork = program.net
+        self.weights = [layer.real_weight for layer in net.layers]
+        self.gains = [layer.gain for layer in net.layers]
+        self.acts = [layer.activation for layer in net.layers]
+        self.single = net.output == "sign"
+
+    def value_and_grad(self, x, y):
+        zs = self.program.trace(quantize_input(self.program.net.input, x))
+        return backprop(self.weights, self.gains, self.acts, zs, y, self.single)
+
+
+class FloatGradient:
+    """Gradient of the original float model (transfer attack)."""
+
+    name = "float"
+
+    def __init__(self, graph: ir.Graph):
+        pairs = graph.layers()
+        self.affines = [a for a, _ in pairs]
+        self.acts = [act for _, act in pairs]
+        self.single = graph.output.kind == "sigmoid"
+
+    def forward(self, x: np.ndarray) -> list[np.ndarray]:
+        h, zs = np.asarray(x, dtype=np.float64), []
+        for affine, act in zip(self.affines, self.acts):
+            z = affine.gain * (h @ affine.weight.T + affine.bias)
+            zs.append(z)
+            h = activations.forward(act, z)
+        return zs
+
+    def value_and_grad(self, x, y):
+        weights = [a.weight for a in self.affines]
+        gains = [a.gain for a in self.affines]
+        return backprop(weights, gains, self.acts, self.forward(x), y, self.single)
+
+
+def gradient_source(name: str, program) -> GradientSource:
+    from hwq.errors import UsageError
+
+    if name == "surrogate":
+        return SurrogateGradient(program)
+    if name == "float":
+        return FloatGradient(program.net.float_graph)
+    raise UsageError(f"unknown gradient source '{name}'", hint="use surrogate or float")

@@ -1,0 +1,142 @@
+"""The float IR: a chain of small frozen nodes, as imported from ONNX.
+
+Node names follow NIR (``Affine``, ``Threshold``, ``Flatten``) so an NIR bridge is mechanical.
+A :class:`Graph` is a value: a sample shape and a tuple of nodes applied in order. Every node
+maps a batch ``x`` of shape ``(N, features...)`` to the next. Conv2d would be one more node
+kind with its own parameters; nothing in the chain assumes flat tensors except ``Affine``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwq.errors import InvalidModelError
+
+
+def frozen_array(a, dtype=np.float64) -> np.ndarray:
+    """A read-only copy: IR values cannot be mutated after construction."""
+    out = np.array(a, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Weights that already sit on a quantization grid: ``weight == codes * scale`` exactly."""
+
+    scheme: str
+    bits: int
+    weight_scale: tuple[float, ...]  # one value per tensor, or one per output row
+    source: str = ""  # where the grid was read: "DequantizeLinear", "Quant", "metadata", ...
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """``y = gain * (W x + b)``; ``W`` has shape (n_out, n_in)."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    gain: float = 1.0
+    grid: Grid | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "weight", frozen_array(self.weight))
+        object.__setattr__(self, "bias", frozen_array(self.bias))
+        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise InvalidModelError(
+                f"Affine weight {self.weight.shape} and bias {self.bias.shape} do not fit"
+            )
+        for name, a in (("weight", self.weight), ("bias", self.bias)):
+            if not np.all(np.isfinite(a)):
+                raise InvalidModelError(f"Affine {name} contains NaN or Inf values")
+        if not (np.isfinite(self.gain) and self.gain > 0):
+            raise InvalidModelError(f"Affine gain must be a positive number, got {self.gain}")
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise hidden activation: ``relu``, ``sigmoid``, ``step`` (``[x > 0]``) or
+    ``identity``. ``step`` is NIR's ``Threshold`` with threshold 0."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Output:
+    """How the final scores become a decision: ``softmax`` / ``identity`` (argmax, lowest
+    index wins ties) or ``sigmoid`` over a single score (class 1 iff score > 0)."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Collapse all sample dimensions into one (a no-op on flat data)."""
+
+
+Node = Affine | Activation | Flatten
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A feed-forward chain ``nodes`` applied to samples of ``sample_shape``, then ``output``."""
+
+    sample_shape: tuple[int, ...]
+    nodes: tuple[Node, ...]
+    output: Output = Output("identity")
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def affines(self) -> list[Affine]:
+        return [n for n in self.nodes if isinstance(n, Affine)]
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.sample_shape))
+
+    def layers(self) -> list[tuple[Affine, str]]:
+        """The network as (affine, following activation) pairs; the last pair's activation
+        is ``identity`` (the output rule lives in ``output``)."""
+        pairs: list[tuple[Affine, str]] = []
+        for node in self.nodes:
+            if isinstance(node, Affine):
+                pairs.append((node, "identity"))
+            elif isinstance(node, Activation):
+                if not pairs or pairs[-1][1] != "identity":
+                    raise InvalidModelError(
+                        f"activation '{node.kind}' must follow a dense layer"
+                    )
+                pairs[-1] = (pairs[-1][0], node.kind)
+        if not pairs:
+            raise InvalidModelError("the model has no dense (Gemm/MatMul) layer")
+        if pairs[-1][1] != "identity":
+            raise InvalidModelError(
+                f"the last dense layer is followed by '{pairs[-1][1]}'",
+                hint="hwq expects raw scores, Softmax or a single Sigmoid at the output",
+            )
+        for (a, _), (b, _) in zip(pairs, pairs[1:]):
+            if a.n_out != b.n_in:
+                raise InvalidModelError(f"layer widths do not chain: {a.n_out} -> {b.n_in}")
+        if pairs[0][0].n_in != self.n_features:
+            raise InvalidModelError(
+                f"first layer expects {pairs[0][0].n_in} inputs, samples have {self.n_features}"
+            )
+        return pairs
+
+    @property
+    def n_outputs(self) -> int:
+        return self.affines[-1].n_out
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self.n_outputs == 1 else self.n_outputs

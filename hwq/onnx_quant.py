@@ -1,0 +1,85 @@
+"""Weights stored on a quantization grid in ONNX: QDQ and QONNX, read exactly.
+
+Each function folds a constant quantizer into float weights and returns the ``ir.Grid`` they
+sit on, so that quantization keeps them bit for bit instead of rounding them again.
+
+* ``DequantizeLinear(x, scale, zero_point, axis=1)``: ``w = (x - zp) * scale`` on integer
+  initializers (the form Brevitas and onnxruntime write for weights).
+* QONNX ``Quant``/``IntQuant(x, scale, zeropt, bitwidth; signed, narrow, rounding_mode)``:
+  ``q = round(clip(x / scale + zeropt, min_int, max_int))``, ``w = (q - zeropt) * scale``.
+* QONNX ``BipolarQuant(x, scale)``: ``w = (+1 if x >= 0 else -1) * scale``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwq import ir
+from hwq.errors import InvalidModelError
+
+ROUNDING = {
+    "ROUND": np.rint, "HALF_EVEN": np.rint, "CEIL": np.ceil, "FLOOR": np.floor,
+    "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)), "DOWN": np.trunc,
+    "HALF_UP": lambda v: np.floor(v + 0.5), "HALF_DOWN": lambda v: np.ceil(v - 0.5),
+}
+
+
+def narrow_bits(codes: np.ndarray) -> int:
+    """The fewest bits of the ``narrow`` scheme whose codes include all of ``codes``."""
+    m = int(np.max(np.abs(codes))) if codes.size else 0
+    if m <= 1 and not np.any(codes == 0):
+        return 1
+    return max(2, int(np.ceil(np.log2(m + 1))) + 1)
+
+
+def per_row_scale(scale: np.ndarray, shape: tuple[int, ...], axis: int) -> tuple[float, ...]:
+    """Scale as one value, or one per output row of the (n_in, n_out) MatMul / Gemm weight."""
+    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+    return tuple(float(v) for v in scale)
+
+
+def make_grid(codes: np.ndarray, scale: np.ndarray, source: str, bits: int | None = None):
+    if not np.all(np.isfinite(scale)) or np.any(np.asarray(scale) <= 0):
+        raise InvalidModelError(f"{source}: scales must be positive and finite")
+    bits = narrow_bits(codes) if bits is None else bits
+    scheme = "narrow" if bits > 1 else "narrow"
+    return ir.Grid(scheme, bits, per_row_scale(scale, codes.shape, 0), source)
+
+
+def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0):
+    if not np.issubdtype(x.dtype, np.integer):
+        raise InvalidModelError("DequantizeLinear on a float tensor is not a weight grid")
+    zp = np.zeros(1) if zero_point is None else zero_point.astype(np.float64)
+    if np.any(zp != 0):
+        raise InvalidModelError("DequantizeLinear weights with a non-zero zero point",
+                                hint="hwq reads symmetric weight grids (zero point 0)")
+    s = np.asarray(scale, dtype=np.float64)
+    bshape = [1] * x.ndim
+    if s.size > 1:
+        bshape[axis % x.ndim] = s.size
+    w = x.astype(np.float64) * s.reshape(bshape)
+    return w, make_grid(x.astype(np.int64), s, "DequantizeLinear")
+
+
+def Quant(x, scale, zeropt, bitwidth, signed=1, narrow=0, rounding_mode="ROUND"):
+    bits = int(np.asarray(bitwidth).reshape(-1)[0])
+    if np.any(np.asarray(zeropt) != 0):
+        raise InvalidModelError("QONNX Quant with a non-zero zero point is not supported")
+    lo = (-(2 ** (bits - 1)) + int(narrow)) if signed else 0
+    hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
+    mode = rounding_mode.decode() if isinstance(rounding_mode, bytes) else rounding_mode
+    s = np.asarray(scale, dtype=np.float64)
+    codes = ROUNDING[mode.upper()](np.clip(x / s, lo, hi))
+    w = codes * s
+    return w, make_grid(codes.astype(np.int64), s, "QONNX Quant",
+                        bits=narrow_bits(codes.astype(np.int64)))
+
+
+def BipolarQuant(x, scale):
+    codes = np.where(x >= 0, 1, -1)
+    s = np.asarray(scale, dtype=np.float64)
+    return codes * s, make_grid(codes.astype(np.int64), s, "QONNX BipolarQuant", bits=1)
+
+
+QUANT_OPS = {"DequantizeLinear": DequantizeLinear, "Quant": Quant, "IntQuant": Quant,
+             "BipolarQuant": BipolarQuant}

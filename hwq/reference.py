@@ -1,0 +1,71 @@
+"""The integer semantics, written once in plain numpy: the living spec every target is
+tested against bit for bit. Formulas: ``docs/integer-semantics.md``.
+
+Everything is int64 and exact; no floating point touches a value after input quantization.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwq.qnet import SIGMOID_INDEX_BITS, InputFormat, QLayer, QuantizedNetwork, Requant
+
+
+def quantize_input(fmt: InputFormat, x: np.ndarray) -> np.ndarray:
+    """``x_q = clip(floor(x * inv_scale + 1/2), qmin, qmax)`` (round half up, saturate)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.clip(np.floor(x * fmt.inv_scale + 0.5), fmt.qmin, fmt.qmax).astype(np.int64)
+
+
+def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
+    """``floor((acc * M + 2^(S-1)) / 2^S)`` per output channel; ``acc * M`` when ``S == 0``."""
+    m, s = rq.multiplier, rq.shift
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    return np.right_shift(acc * m + half, s)
+
+
+def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:
+    kind = layer.activation
+    if kind == "identity":
+        return acc
+    if kind == "step":
+        return (acc > 0).astype(np.int64)
+    z = requantize(acc, layer.requant)
+    if kind == "relu":
+        return np.clip(z, 0, 2**layer.act_bits - 1)
+    if kind == "sigmoid":
+        half = 2 ** (SIGMOID_INDEX_BITS - 1)
+        return layer.lut[np.clip(z, -half, half - 1) + half]
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def accumulate(layer: QLayer, h: np.ndarray) -> np.ndarray:
+    """``acc = h @ W.T + bias``, exact in int64."""
+    return h @ layer.weight.T + layer.bias
+
+
+def trace(net: QuantizedNetwork, x_q: np.ndarray) -> list[np.ndarray]:
+    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features)."""
+    h = np.asarray(x_q, dtype=np.int64)
+    accs = []
+    for layer in net.layers:
+        acc = accumulate(layer, h)
+        accs.append(acc)
+        h = activate(layer, acc)
+    return accs
+
+
+def forward(net: QuantizedNetwork, x_q: np.ndarray) -> np.ndarray:
+    """Integer output scores (N, n_out): the last layer's accumulator."""
+    return trace(net, x_q)[-1]
+
+
+def decide(scores: np.ndarray, output: str) -> np.ndarray:
+    """Class decisions: ``argmax`` (lowest index wins ties) or ``sign`` (1 iff score > 0)."""
+    if output == "sign":
+        return (scores[:, 0] > 0).astype(np.int64)
+    return np.argmax(scores, axis=1).astype(np.int64)
+
+
+def predict(net: QuantizedNetwork, x: np.ndarray) -> np.ndarray:
+    return decide(forward(net, quantize_input(net.input, x)), net.output)

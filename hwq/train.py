@@ -1,0 +1,415 @@
+"""Quantization-aware training of one-hidden-layer MLPs, the paper's recipe, in numpy.
+
+Network (weights in ONNX Gemm ``transB=1`` layout, ``w1`` is (hidden, n_in))::
+
+    z = gain * (W1 x + b1)          h = f(z)  (f from hwq.activations: step, sigmoid, relu)
+    o = W2 h + b2                   2 classes: one logit, p = sigmoid(o), label 1 iff o > 0
+                                    else:      softmax(o), label argmax(o)
+
+Loss: binary cross-entropy (2 classes) or categorical cross-entropy, batch mean.
+
+Training (paper Section 4): Adam (lr 1e-3, betas 0.9 / 0.999, eps 1e-8), a seeded 10 %
+validation split, early stopping that keeps the weights of the best validation-accuracy epoch
+(patience ``patience`` epochs). Float "shadow" parameters are clipped to [-1, 1] after every
+step. With ``bits`` set, the forward pass uses ``Q(p) = scheme.fake_quantize(p, bits)`` for
+every weight and bias and the backward pass goes straight through the rounding
+(``dL/dp := dL/dQ(p)``); the step activation back-propagates its surrogate derivative.
+
+Speed: inputs and matmuls are float32 (BLAS); the Adam update, clip and re-quantization of
+all parameters run as one fused numba loop over a flat parameter buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numba
+import numpy as np
+
+from hwq import activations
+from hwq.errors import DataError, UsageError
+from hwq.schemes import Scheme, check_bits, get_scheme
+
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+STALL_MARGIN = 0.05  # a run whose best validation accuracy is within this of chance stalled
+INITS = ("grid", "default")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    hidden: int = 100
+    activation: str = "relu"  # step | sigmoid | relu
+    bits: int | None = None  # None: float training; 1..16: QAT on the q-bit unit grid
+    scheme: str = "uniform"  # weight-level scheme for QAT (hwq.schemes)
+    gain: float = 1.0  # hidden pre-activation gain (paper's spirals: 10)
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    val_fraction: float = 0.1
+    patience: int = 10  # epochs without validation improvement before stopping
+    init: str = "grid"  # grid: U(-1, 1); default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.activation not in activations.HIDDEN_ACTIVATIONS:
+            raise UsageError(f"unknown hidden activation '{self.activation}'",
+                             hint="use " + ", ".join(activations.HIDDEN_ACTIVATIONS))
+        if self.bits is not None:
+            check_bits(self.bits)
+        get_scheme(self.scheme)
+        if self.init not in INITS:
+            raise UsageError(f"unknown init '{self.init}'", hint="use grid or default")
+        for name in ("hidden", "epochs", "batch_size", "patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if not (self.gain > 0 and self.learning_rate > 0):
+            raise UsageError("gain and learning_rate must be positive")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedMLP:
+    """Trained parameters (float64, read-only). With ``config.bits`` set they lie exactly on
+    the grid: ``code * scheme.unit_scale(bits)``. ``stalled``: best validation accuracy within
+    5 points of chance (the majority-class share of the validation labels)."""
+
+    w1: np.ndarray  # (hidden, n_in)
+    b1: np.ndarray  # (hidden,)
+    w2: np.ndarray  # (n_out, hidden); n_out = 1 for 2 classes
+    b2: np.ndarray  # (n_out,)
+    config: TrainConfig
+    best_epoch: int  # 1-based
+    val_accuracy: float
+    train_accuracy: float
+    stalled: bool
+    history: dict[str, np.ndarray] = field(default_factory=dict)  # loss, val_accuracy per epoch
+
+    def __post_init__(self):
+        for name in ("w1", "b1", "w2", "b2"):
+            a = np.array(getattr(self, name), dtype=np.float64)
+            a.setflags(write=False)
+            object.__setattr__(self, name, a)
+
+    @property
+    def n_in(self) -> int:
+        return self.w1.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self.w2.shape[0] == 1 else self.w2.shape[0]
+
+
+# ---------------------------------------------------------------- forward pass and prediction
+
+
+def _hidden_pre(x: np.ndarray, w1, b1, gain: float) -> np.ndarray:
+    z = x @ w1.T + b1
+    return z * np.float32(gain) if gain != 1 else z
+
+
+def _logits(x: np.ndarray, p: dict[str, np.ndarray], activation: str, gain: float) -> np.ndarray:
+    h = activations.forward(activation, _hidden_pre(x, p["w1"], p["b1"], gain))
+    return h @ p["w2"].T + p["b2"]
+
+
+def _decide(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).astype(np.int64)
+    return np.argmax(logits, axis=1)
+
+
+def _float32_params(mlp: TrainedMLP) -> dict[str, np.ndarray]:
+    return {k: getattr(mlp, k).astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
+
+
+def _as_inputs(x: np.ndarray, n_in: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = x.reshape(len(x), -1)
+    if x.shape[1] != n_in:
+        raise DataError(f"inputs have {x.shape[1]} features, the network expects {n_in}")
+    return x
+
+
+def scores_float(mlp: TrainedMLP, x: np.ndarray) -> np.ndarray:
+    """Output scores in float32, as the exported ONNX model's ``scores``: sigmoid (N, 1) for
+    2 classes, else softmax (N, n_classes)."""
+    c = mlp.config
+    o = _logits(_as_inputs(x, mlp.n_in), _float32_params(mlp), c.activation, c.gain)
+    if o.shape[1] == 1:
+        return activations.sigmoid(o)
+    e = np.exp(o - o.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_float(mlp: TrainedMLP, x: np.ndarray) -> np.ndarray:
+    """Class predictions (int64) of the float32 forward pass with the stored (on-grid for
+    QAT) parameters: label 1 iff the logit > 0 (2 classes), else argmax (lowest index wins)."""
+    c = mlp.config
+    return _decide(_logits(_as_inputs(x, mlp.n_in), _float32_params(mlp), c.activation, c.gain))
+
+
+# ------------------------------------------------------------ fused Adam + clip + quantization
+
+MODE_FLOAT, MODE_ODD, MODE_RINT = 0, 1, 2
+
+
+def quantizer_args(scheme: Scheme, bits: int | None) -> tuple[int, float, int]:
+    """(mode, scale, max_code) reproducing ``scheme.to_codes`` in the fused kernel."""
+    if bits is None:
+        return MODE_FLOAT, 1.0, 1
+    mode = MODE_ODD if scheme.odd_codes or bits == 1 else MODE_RINT
+    return mode, scheme.unit_scale(bits), scheme.max_code(bits)
+
+
+@numba.njit(cache=True, inline="always")
+def _quantize_one(w, mode, scale, max_code):
+    if mode == MODE_FLOAT:
+        return w
+    v = w / scale
+    if mode == MODE_ODD:
+        sign = 1.0 if v >= 0 else -1.0
+        code = sign * (2.0 * np.floor(abs(v) / 2.0) + 1.0)
+    else:
+        code = np.rint(v)
+    return min(max(code, -max_code), max_code) * scale
+
+
+@numba.njit(cache=True)
+def quantize_into(w, out, mode, scale, max_code):
+    """``out[i] = Q(w[i])``: the scheme's rounding onto the unit grid (identity in float mode)."""
+    for i in range(w.size):
+        out[i] = _quantize_one(w[i], mode, scale, max_code)
+
+
+@numba.njit(cache=True)
+def _adam_clip_quantize(w, m, v, g, out, lr_t, eps_t, mode, scale, max_code):
+    """One Adam step (bias correction folded into lr_t, eps_t), clip to [-1, 1], re-quantize."""
+    for i in range(w.size):
+        gi = g[i]
+        m[i] = BETA1 * m[i] + (1.0 - BETA1) * gi
+        v[i] = BETA2 * v[i] + (1.0 - BETA2) * gi * gi
+        wi = min(max(w[i] - lr_t * m[i] / (np.sqrt(v[i]) + eps_t), -1.0), 1.0)
+        w[i] = wi
+        out[i] = _quantize_one(wi, mode, scale, max_code)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+class _FlatParams:
+    """All parameters in one flat buffer per role, with named views in Gemm layout."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        sizes = [int(np.prod(s)) for s in shapes.values()]
+        n, self.shapes = sum(sizes), shapes
+        self.shadow, self.m, self.v = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.grad, self.quant = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        self.offsets = np.cumsum([0] + sizes)
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        o = self.offsets
+        return {k: flat[o[i]:o[i + 1]].reshape(s) for i, (k, s) in enumerate(self.shapes.items())}
+
+
+def _init(shapes: dict[str, tuple[int, ...]], init: str, rng: np.random.Generator) -> dict:
+    """grid: U(-1, 1) for every weight and bias, so the start covers every level of any grid;
+    default: PyTorch's Linear init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (weights and biases)."""
+    out = {}
+    for layer in ("1", "2"):
+        fan_in = shapes["w" + layer][1]
+        bound = 1.0 if init == "grid" else 1.0 / np.sqrt(fan_in)
+        for k in ("w" + layer, "b" + layer):
+            out[k] = rng.uniform(-bound, bound, size=shapes[k])
+    return out
+
+
+def _split(x, y, val_fraction, rng):
+    order = rng.permutation(len(x))
+    n_val = max(1, int(round(val_fraction * len(x))))
+    if n_val >= len(x):
+        raise DataError(f"{len(x)} training samples are too few for a validation split")
+    val, tr = order[:n_val], np.sort(order[n_val:])
+    return x[tr], y[tr], x[val], y[val]
+
+
+def _loss_grad_logits(o: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and its gradient with respect to the logits."""
+    if o.shape[1] == 1:
+        t = y.astype(np.float32)[:, None]
+        loss = float(np.mean(np.logaddexp(0, o) - t * o))
+        return loss, (activations.sigmoid(o) - t) / len(y)
+    e = np.exp(o - o.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    rows = np.arange(len(y))
+    loss = float(-np.mean(np.log(np.maximum(p[rows, y], 1e-30))))
+    p[rows, y] -= 1
+    return loss, p / len(y)
+
+
+def _backprop(xb, yb, q, g, activation, gain):
+    """Forward with the quantized params ``q``; write straight-through gradients into ``g``."""
+    z = _hidden_pre(xb, q["w1"], q["b1"], gain)
+    h = activations.forward(activation, z)
+    loss, do = _loss_grad_logits(h @ q["w2"].T + q["b2"], yb)
+    np.dot(do.T, h, out=g["w2"])
+    g["b2"][:] = do.sum(axis=0)
+    dz = (do @ q["w2"]) * activations.derivative(activation, z)
+    if gain != 1:
+        dz *= np.float32(gain)
+    np.dot(dz.T, xb, out=g["w1"])
+    g["b1"][:] = dz.sum(axis=0)
+    return loss
+
+
+def _run_epoch(x, y, order, flat, q, g, config, quant, step):
+    losses = []
+    for start in range(0, len(order), config.batch_size):
+        idx = order[start:start + config.batch_size]
+        losses.append(_backprop(x[idx], y[idx], q, g, config.activation, config.gain) * len(idx))
+        step += 1
+        bc1, bc2 = 1 - BETA1**step, 1 - BETA2**step
+        lr_t = config.learning_rate * np.sqrt(bc2) / bc1
+        _adam_clip_quantize(flat.shadow, flat.m, flat.v, flat.grad, flat.quant,
+                            lr_t, ADAM_EPS * np.sqrt(bc2), *quant)
+    return sum(losses) / len(order), step
+
+
+def _check_data(x, y, n_classes):
+    if x.ndim != 2 or len(x) != len(y) or len(x) < 2:
+        raise DataError(f"training inputs {x.shape} and labels {y.shape} do not fit")
+    if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise UsageError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise DataError(f"labels must lie in 0..{n_classes - 1}")
+    if not np.all(np.isfinite(x)):
+        raise DataError("training inputs contain NaN or Inf values")
+
+
+def train_mlp(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    config: TrainConfig = TrainConfig(),
+    *,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> TrainedMLP:
+    """Train with the recipe in the module docstring; deterministic given ``config.seed``.
+
+    ``progress(epoch, epochs, {"loss", "val_accuracy", "best_epoch"})`` is called per epoch.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+    y = np.asarray(y, dtype=np.int64)
+    _check_data(x, y, n_classes)
+    rng = np.random.default_rng(config.seed)
+    xtr, ytr, xval, yval = _split(x, y, config.val_fraction, rng)
+    n_out = 1 if n_classes == 2 else n_classes
+    shapes = {"w1": (config.hidden, x.shape[1]), "b1": (config.hidden,),
+              "w2": (n_out, config.hidden), "b2": (n_out,)}
+    flat = _FlatParams(shapes)
+    for k, a in _init(shapes, config.init, rng).items():
+        flat.views(flat.shadow)[k][...] = a
+    scheme = get_scheme(config.scheme)
+    quant = quantizer_args(scheme, config.bits)
+    quantize_into(flat.shadow, flat.quant, *quant)
+    q, g = flat.views(flat.quant), flat.views(flat.grad)
+
+    best = (-1.0, 0, flat.shadow.copy())  # (val accuracy, epoch, shadow params)
+    losses, val_accs, step = [], [], 0
+    for epoch in range(1, config.epochs + 1):
+        loss, step = _run_epoch(xtr, ytr, rng.permutation(len(xtr)), flat, q, g, config,
+                                quant, step)
+        acc = float(np.mean(_decide(_logits(xval, q, config.activation, config.gain)) == yval))
+        losses.append(loss)
+        val_accs.append(acc)
+        if acc > best[0]:
+            best = (acc, epoch, flat.shadow.copy())
+        if progress is not None:
+            progress(epoch, config.epochs, {"loss": loss, "val_accuracy": acc,
+                                            "best_epoch": best[1]})
+        if epoch - best[1] >= config.patience:
+            break
+
+    params = flat.views(best[2])
+    if config.bits is not None:
+        params = {k: scheme.fake_quantize(a, config.bits) for k, a in params.items()}
+    chance = np.bincount(yval, minlength=n_classes).max() / len(yval)
+    mlp = TrainedMLP(**params, config=config, best_epoch=best[1], val_accuracy=best[0],
+                     train_accuracy=0.0, stalled=bool(best[0] <= chance + STALL_MARGIN),
+                     history={"loss": np.array(losses), "val_accuracy": np.array(val_accs)})
+    return replace(mlp, train_accuracy=float(np.mean(predict_float(mlp, xtr) == ytr)))
+
+
+# ---------------------------------------------------------------------------- ONNX export
+
+ONNX_OPSET, ONNX_IR_VERSION = 17, 8  # onnxruntime 1.23 refuses onnx 1.23's default IR 14
+
+
+def _onnx_hidden_nodes(activation: str, gain: float) -> tuple[list, list]:
+    """Nodes from ``pre`` (W1 x + b1) to ``h``, and the constants they need."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, consts, z = [], [], "pre"
+    if gain != 1:
+        consts.append(numpy_helper.from_array(np.array(gain, np.float32), "gain"))
+        nodes.append(helper.make_node("Mul", ["pre", "gain"], ["z"], name="gain"))
+        z = "z"
+    if activation == "step":
+        consts.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
+        nodes += [helper.make_node("Greater", [z, "zero"], ["spike"], name="step"),
+                  helper.make_node("Cast", ["spike"], ["h"], name="step_cast",
+                                   to=TensorProto.FLOAT)]
+    else:
+        op = {"relu": "Relu", "sigmoid": "Sigmoid"}[activation]
+        nodes.append(helper.make_node(op, [z], ["h"], name=activation))
+    return nodes, consts
+
+
+def mlp_to_onnx(mlp: TrainedMLP, *, n_in: int, n_classes: int,
+                metadata: dict[str, str] | None = None):
+    """Export as an ONNX model (opset 17, IR 8): ``input`` float [N, n_in] -> Gemm(W1, b1,
+    transB=1) -> [Mul(gain)] -> Relu | Sigmoid | Greater(0)+Cast -> Gemm(W2, b2) ->
+    Softmax(axis=-1) | Sigmoid -> ``scores``. ``metadata_props`` hold ``hwq.activation``,
+    ``hwq.gain``, ``hwq.scheme``, ``hwq.bits`` (absent for float training), ``hwq.hidden``,
+    ``hwq.n_classes``, ``hwq.seed``, ``hwq.init``, ``hwq.best_epoch``, ``hwq.val_accuracy``, and
+    every ``metadata`` entry (keys get an ``hwq.`` prefix unless they have one)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if (n_in, n_classes) != (mlp.n_in, mlp.n_classes):
+        raise UsageError(f"network is {mlp.n_in} inputs / {mlp.n_classes} classes, "
+                         f"export asked for {n_in} / {n_classes}")
+    c = mlp.config
+    weights = [numpy_helper.from_array(getattr(mlp, k).astype(np.float32), k.upper())
+               for k in ("w1", "b1", "w2", "b2")]
+    hidden_nodes, consts = _onnx_hidden_nodes(c.activation, c.gain)
+    out_op = "Sigmoid" if n_classes == 2 else "Softmax"
+    nodes = [
+        helper.make_node("Gemm", ["input", "W1", "B1"], ["pre"], name="fc1", transB=1),
+        *hidden_nodes,
+        helper.make_node("Gemm", ["h", "W2", "B2"], ["logits"], name="fc2", transB=1),
+        helper.make_node(out_op, ["logits"], ["scores"], name="output",
+                         **({"axis": -1} if out_op == "Softmax" else {})),
+    ]
+    n_out = mlp.w2.shape[0]
+    graph = helper.make_graph(
+        nodes, "hwq_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", n_out])],
+        initializer=weights + consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="hwq")
+    model.ir_version = ONNX_IR_VERSION
+    props = {"activation": c.activation, "gain": repr(float(c.gain)), "scheme": c.scheme,
+             "hidden": str(c.hidden), "n_classes": str(n_classes), "seed": str(c.seed),
+             "init": c.init, "best_epoch": str(mlp.best_epoch),
+             "val_accuracy": repr(mlp.val_accuracy)}
+    if c.bits is not None:
+        props["bits"] = str(c.bits)
+    props.update(metadata or {})
+    props = {k if k.startswith("hwq.") else "hwq." + k: str(v) for k, v in props.items()}
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -1,0 +1,1 @@
+"""loihi target (in progress)."""
