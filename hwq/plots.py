@@ -59,7 +59,11 @@ def plot_simplex_histograms(samples: dict, path, *, bins: int = 60) -> Figure:
 
 
 def _representative(eps: np.ndarray, count: int = 8) -> np.ndarray:
-    return np.unique(np.round(np.linspace(0, eps.size - 1, min(count, eps.size))).astype(int))
+    """About ``count`` eps indices, geometrically spaced: the small strengths matter most."""
+    if eps.size <= count:
+        return np.arange(eps.size)
+    picks = np.round(np.geomspace(1, eps.size - 1, count - 1)).astype(int)
+    return np.unique(np.concatenate([[0], picks]))
 
 
 def _curve_at(values: np.ndarray, eps: np.ndarray, eps_c: float) -> np.ndarray:
@@ -90,9 +94,9 @@ def plot_accuracy_vs_bits(
     """Figs. 3/6: accuracy vs bits, one panel per activation, one curve per strength.
 
     ``acc_mean``/``acc_std``: shape (n_activations, n_bits, n_eps); ``acc_std`` may be None.
-    About 8 strengths spread over ``eps`` are drawn. ``critical[activation]``: an eps (or an
-    object with ``eps_linf``, e.g. a CriticalStrength) or None; that curve is drawn bold and
-    dashed, interpolated along eps when it falls between simulated strengths.
+    About 8 strengths, geometrically spaced over ``eps``, are drawn. ``critical[activation]``:
+    an eps (or an object with ``eps_linf``, e.g. a CriticalStrength) or None; that curve is
+    drawn bold and dashed, interpolated along eps when it falls between simulated strengths.
     """
     bits, eps, mean = np.asarray(bits), np.asarray(eps, float), np.asarray(acc_mean, float)
     shape = (len(activations), bits.size, eps.size)
@@ -101,23 +105,31 @@ def plot_accuracy_vs_bits(
     if std is not None:
         _check_shape("acc_std", std, shape)
     picks = _representative(eps)
-    fig, axes = _figure(len(activations))
+    fig, axes = _figure(len(activations), height=4.6)
     for a, (ax, act) in enumerate(zip(axes, activations, strict=True)):
         eps_c = getattr(critical.get(act), "eps_linf", critical.get(act))
         _bits_panel(ax, bits, eps, mean[a], None if std is None else std[a], eps_c, picks)
         name = f"{title} — {act}" if title else act
         ax.set(title=name, xlabel="weight bits q", ylabel="test accuracy", xticks=bits)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize="x-small", ncol=2)
+        ax.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     return save_png(fig, path)
 
 
 def _bound_curves(eps, bits, bound, n_features):
-    """(eps grid, array (n_bits, grid)) for the model bound; dense near 0 where it drops."""
+    """(eps grid, array (n_bits, grid)) for the model bound, dense where it drops.
+
+    The model bound ((1 - eps sqrt(n) / h)^n) decays on the scale h / n^(3/2) and reaches 0 at
+    h / sqrt(n); the grid is geometric below each of those zeros.
+    """
     if bound is not None and not callable(bound):
         return eps, np.asarray(bound, float)
     top = max(float(eps.max()), 1e-12)
-    grid = np.unique(np.concatenate([eps, [0.0], np.geomspace(top * 1e-6, top, 2000)]))
+    parts = [eps, [0.0], np.geomspace(top * 1e-6, top, 2000)]
+    if bound is None:
+        h = geometry.inradius(geometry.edge_length(bits, n_features), n_features)
+        parts += [z * np.geomspace(1e-6, 1, 300) for z in h / np.sqrt(n_features)]
+    grid = np.unique(np.concatenate(parts))
     if bound is None:
         curves = [geometry.relative_accuracy_bound_linf(grid, n_features, q) for q in bits]
     else:
@@ -126,28 +138,43 @@ def _bound_curves(eps, bits, bound, n_features):
 
 
 def plot_relative_accuracy(
-    eps, rel_mean, bits, bound: Callable | np.ndarray | None, path, title="", n_features: int = 1
+    eps,
+    rel_mean,
+    bits,
+    bound: Callable | np.ndarray | None,
+    path,
+    title="",
+    n_features: int = 1,
+    *,
+    xscale: str = "linear",
 ) -> Figure:
     """Figs. 4/7: relative accuracy vs l-inf strength per bit width, with the model bound.
 
     ``rel_mean``: shape (n_bits, n_eps). ``bound``: None (the geometric model,
     ((h - eps_l2)/h)^n with n = n_features, eps_l2 = eps sqrt(n), h from s = sqrt(n) 2^-q),
-    a callable ``bound(eps, q)``, or an array (n_bits, n_eps). Bounds are dashed.
+    a callable ``bound(eps, q)``, or an array (n_bits, n_eps). Bounds are dashed. On MNIST the
+    bound falls to 0 by eps = h / sqrt(n) < 0.001; ``xscale="log"`` shows its shape (and
+    leaves out eps = 0).
     """
     eps, rel, bits = np.asarray(eps, float), np.asarray(rel_mean, float), np.asarray(bits)
     grid, curves = _bound_curves(eps, bits, bound, n_features)
     cmap = colormaps["plasma"]
+    log = xscale == "log"
+    shown = eps > 0 if log else np.ones(eps.size, bool)
+    shown_grid = grid > 0 if log else np.ones(grid.size, bool)
     fig, (ax,) = _figure(1, width=6.0, height=4.2)
     for i, q in enumerate(bits):
         color = cmap(0.85 * i / max(bits.size - 1, 1))
-        ax.plot(eps, rel[i], "-", color=color, label=f"{q} bit" + ("s" if q != 1 else ""))
-        ax.plot(grid, curves[i], "--", color=color, lw=1)
+        label = f"{q} bit" + ("s" if q != 1 else "")
+        ax.plot(eps[shown], rel[i][shown], "-", color=color, label=label)
+        ax.plot(grid[shown_grid], curves[i][shown_grid], "--", color=color, lw=1)
     ax.plot([], [], "k--", lw=1, label="model bound")
     ax.set(
         title=title or "relative accuracy",
         xlabel="attack strength ε (l∞)",
         ylabel="relative accuracy (adversarial / clean)",
         ylim=(-0.02, 1.05),
+        xscale=xscale,
     )
     ax.legend(fontsize="x-small", ncol=2)
     return save_png(fig, path)

@@ -64,7 +64,9 @@ def test_relative_accuracy(tmp_path, bound):
         b = lambda e, q: np.clip(1 - e * q, 0, 1)  # noqa: E731
     else:
         b = np.clip(1 - np.outer(BITS, EPS), 0, 1)
-    plots.plot_relative_accuracy(EPS, rel, BITS, b, tmp_path / "fig4.png", "MNIST", 784)
+    scale = "log" if bound == "model" else "linear"
+    path = tmp_path / "fig4.png"
+    plots.plot_relative_accuracy(EPS, rel, BITS, b, path, "MNIST", 784, xscale=scale)
     assert_only_png(tmp_path, "fig4.png")
 
 
@@ -79,7 +81,8 @@ def test_accuracy_vs_eps(tmp_path):
 
 def test_failed_save_leaves_no_temporary(tmp_path, monkeypatch):
     def broken(self, fname, **kw):
-        open(fname, "wb").write(b"partial")
+        with open(fname, "wb") as f:
+            f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken)

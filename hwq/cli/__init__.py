@@ -1,0 +1,47 @@
+"""The ``hwq`` command line: thin commands over the public API.
+
+Every command validates its arguments, calls one library function, writes one file (via a
+temporary name and a rename) and prints one summary (``--json``: one JSON object on stdout).
+Errors from the ``HwqError`` hierarchy are caught here, once, and printed as one line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from hwq.errors import HwqError
+
+app = typer.Typer(
+    name="hwq",
+    help="Quantize ONNX networks for neuromorphic hardware models and measure their adversarial "
+    "robustness as the chip computes them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def fail(message: str, code: int) -> None:
+    print(f"hwq: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hwq.cli import core, study  # noqa: F401  (register commands)
+
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except HwqError as exc:
+        fail(exc.line(), exc.exit_code)
+    except click.exceptions.Abort:
+        fail("interrupted", 130)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except click.ClickException as exc:
+        fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -1,0 +1,51 @@
+"""Shared pieces of the CLI: option types, data loading, JSON and table output, progress."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hwq.data import Dataset, load_dataset
+from hwq.errors import UsageError
+
+DATA_HELP = "spiral | spiral-paper | digits | fashion-mnist | mnist:DIR | FILE.npz"
+
+
+def command_line() -> str:
+    return shlex.join(["hwq", *sys.argv[1:]])
+
+
+def data(spec: str, limit: int | None = None, seed: int = 0) -> Dataset:
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be a positive integer, got {limit}")
+    return load_dataset(spec, seed=seed).limit(limit)
+
+
+def emit_json(obj: dict) -> None:
+    print(json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def progress(total: int, desc: str):
+    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    return tqdm(total=total, desc=desc, unit="in", file=sys.stderr, disable=None, leave=False)
+
+
+def check_output(path: Path, suffixes: tuple[str, ...]) -> Path:
+    if path.suffix not in suffixes:
+        raise UsageError(f"output file {path} should end in {' or '.join(suffixes)}")
+    if not path.parent.exists():
+        raise UsageError(f"output folder {path.parent} does not exist")
+    return path

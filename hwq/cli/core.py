@@ -1,0 +1,293 @@
+"""Core commands: train, compile, run, attack, export, info, compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from hwq import api, hwqfile, results
+from hwq.cli import app
+from hwq.cli.common import DATA_HELP, check_output, command_line, data, emit_json, progress, table
+from hwq.epsilons import parse_epsilons
+from hwq.errors import DataError, FileFormatError, UsageError
+from hwq.gradients import gradient_source
+from hwq.onnx_import import load_onnx, model_metadata
+
+JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+
+
+@app.command()
+def train(
+    data_spec: str = typer.Option("spiral", "--data", help=DATA_HELP),
+    activation: str = typer.Option("relu", help="Hidden activation: step | sigmoid | relu."),
+    bits: int = typer.Option(None, help="QAT weight bits 1..16 (omit for float training)."),
+    scheme: str = typer.Option("uniform", help="QAT weight levels: uniform | narrow | pow2."),
+    hidden: int = typer.Option(100, help="Hidden units."),
+    gain: float = typer.Option(None, help="Hidden pre-activation gain (default: 10 for spirals, 1 otherwise)."),
+    epochs: int = typer.Option(100, help="Maximum epochs (early stopping on validation accuracy)."),
+    batch_size: int = typer.Option(64, help="Mini-batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    init: str = typer.Option("grid", help="Weight init: grid (spans the quantization grid) | default."),
+    seed: int = typer.Option(0, help="Random seed (data split, init, batches)."),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
+    as_json: bool = JSON,
+):
+    """Train a one-hidden-layer MLP with the paper's QAT recipe and write it as ONNX."""
+    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
+    from hwq.fileio import atomic_write_bytes
+
+    check_output(output, (".onnx",))
+    ds = data(data_spec, seed=seed)
+    gain = gain if gain is not None else (10.0 if ds.name.startswith("spiral") else 1.0)
+    config = TrainConfig(hidden=hidden, activation=activation, bits=bits, scheme=scheme, gain=gain,
+                         epochs=epochs, batch_size=batch_size, learning_rate=lr, init=init, seed=seed)
+    bar = progress(epochs, "epochs")
+    mlp = train_mlp(ds.x_train, ds.y_train, ds.n_classes, config,
+                    progress=lambda epoch, total, stats: bar.update(1))
+    bar.close()
+    test_acc = float(np.mean(predict_float(mlp, ds.x_test) == ds.y_test))
+    meta = {"hwq.dataset": data_spec, "hwq.seed": str(seed)}
+    onnx_model = mlp_to_onnx(mlp, n_in=ds.n_features, n_classes=ds.n_classes, metadata=meta)
+    atomic_write_bytes(output, onnx_model.SerializeToString())
+    summary = {"output": str(output), "data": ds.name, "activation": activation, "bits": bits,
+               "scheme": scheme if bits else None, "best_epoch": mlp.best_epoch,
+               "val_accuracy": mlp.val_accuracy, "test_accuracy": test_acc,
+               "stalled": bool(mlp.stalled)}
+    if as_json:
+        return emit_json(summary)
+    typer.echo(f"trained {ds.name} {activation} bits={bits or 'float'}: val {mlp.val_accuracy:.3f}, "
+               f"test {test_acc:.3f} (best epoch {mlp.best_epoch}) -> {output}")
+    if mlp.stalled:
+        typer.echo("warning: training stalled at chance accuracy (see docs/training.md)", err=True)
+
+
+def calibration(calib: str | None, meta: dict, n_features: int, seed: int):
+    """Calibration samples and data bounds: --calib, else the dataset the model was trained on,
+    else uniform samples in [0, 1] (image-like inputs)."""
+    spec = calib or meta.get("hwq.dataset")
+    if spec:
+        ds = data(spec, seed=seed)
+        if ds.n_features != n_features:
+            raise DataError(f"calibration data {spec} has {ds.n_features} features, the model expects {n_features}")
+        return ds.x_train[:5000], ds.bounds, spec
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, (1000, n_features)), (0.0, 1.0), "uniform[0,1] (no --calib given)"
+
+
+@app.command("compile")
+def compile_(
+    model: Path = typer.Argument(..., help="ONNX model to compile."),
+    target: str = typer.Option("sim", help="Target backend: sim | loihi (see `hwq info --targets`)."),
+    bits: int = typer.Option(None, help="Weight bits 1..16 (default: the bits a QAT model was trained with)."),
+    scheme: str = typer.Option(None, help="Weight levels: narrow | pow2 | uniform (default: narrow, or the model's QAT scheme)."),
+    per_channel: bool = typer.Option(False, help="One weight scale per output channel (hidden layers)."),
+    act_bits: int = typer.Option(8, help="Bits of ReLU/sigmoid activations (16 ~ the paper's weights-only study)."),
+    input_bits: int = typer.Option(8, help="Bits of the device's input codes."),
+    calib: str = typer.Option(None, help="Calibration data: " + DATA_HELP),
+    output: Path = typer.Option(None, "-o", "--output", help="Compiled file (default: MODEL.hwq)."),
+    seed: int = typer.Option(0, help="Seed for calibration data."),
+    as_json: bool = JSON,
+):
+    """Quantize an ONNX model and map it onto a target; writes a .hwq file."""
+    output = check_output(output or model.with_suffix(".hwq"), (".hwq",))
+    graph = load_onnx(model)
+    meta = model_metadata(model)
+    bits = bits if bits is not None else int(meta.get("hwq.bits", 0)) or None
+    if bits is None:
+        raise UsageError("--bits is required for a float model (1..16)")
+    scheme = scheme or meta.get("hwq.scheme", "narrow")
+    x_cal, bounds, cal_name = calibration(calib, meta, graph.n_features, seed)
+    net = api.quantize(graph, bits, calibration=x_cal, bounds=bounds, scheme=scheme,
+                       per_channel=per_channel, act_bits=act_bits, input_bits=input_bits)
+    program = api.compile(net, target)
+    hwqfile.save_program(output, program, command=command_line())
+    rows = [[r.tensor, r.format, f"{r.max_abs_error:.3g}", r.clipped, "yes" if r.on_grid else ""]
+            for r in net.report]
+    if as_json:
+        return emit_json({"output": str(output), "target": target, "bits": bits, "scheme": scheme,
+                          "calibration": cal_name, "notes": list(graph.notes),
+                          "report": [dict(zip(["tensor", "format", "max_abs_error", "clipped", "on_grid"],
+                                              [r.tensor, r.format, r.max_abs_error, r.clipped, r.on_grid]))
+                                     for r in net.report],
+                          "target_report": program.report})
+    for note in graph.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(table(rows, ["tensor", "format", "max error", "clipped", "QAT grid"]))
+    typer.echo(f"compiled {model} for {target} ({scheme} q={bits}, calibration: {cal_name}) -> {output}")
+
+
+def program_for(model: Path, target: str | None, backend: str | None):
+    program = hwqfile.load_program(model, target)
+    if backend is not None:
+        if program.target != "loihi":
+            raise UsageError("--backend applies to the loihi target only")
+        from hwq.targets import get_target
+
+        program = get_target("loihi").compile(program.net, backend=backend)
+    return program
+
+
+TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for).")
+BACKEND = typer.Option(None, help="loihi only: emulator (fast, default) | lava (Lava fixed_pt processes).")
+LIMIT = typer.Option(None, help="Use only the first N test inputs.")
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="Compiled .hwq file."),
+    data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
+    target: str = TARGET,
+    backend: str = BACKEND,
+    limit: int = LIMIT,
+    as_json: bool = JSON,
+):
+    """Run the integer model on a test set and print its accuracy."""
+    program = program_for(model, target, backend)
+    ds = data(data_spec, limit)
+    ev = api.evaluate(program, ds.x_test, ds.y_test)
+    if as_json:
+        return emit_json({"accuracy": ev.accuracy, "n_inputs": len(ds.y_test), "target": program.target})
+    typer.echo(f"{program.target}: accuracy {ev.accuracy:.4f} on {len(ds.y_test)} {ds.name} test inputs")
+
+
+@app.command()
+def attack(
+    model: Path = typer.Argument(..., help="Compiled .hwq file."),
+    data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
+    eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
+    grad: str = typer.Option("surrogate", help="Gradient source: surrogate (of the integer model) | float (transfer)."),
+    norm: str = typer.Option("linf", help="FGSM norm: linf (the paper's) | l2."),
+    target: str = TARGET,
+    backend: str = BACKEND,
+    limit: int = LIMIT,
+    output: Path = typer.Option(None, "-o", "--output", help="Results file (.h5)."),
+    plot: Path = typer.Option(None, help="Also write accuracy vs strength as a PNG."),
+    as_json: bool = JSON,
+):
+    """FGSM over a list of strengths, judged on the bit-exact integer model."""
+    epsilons = parse_epsilons(eps)
+    if output is not None:
+        check_output(output, (".h5", ".hdf5"))
+    if plot is not None:
+        check_output(plot, (".png",))
+    program = program_for(model, target, backend)
+    ds = data(data_spec, limit)
+    method = api.FGSM(norm)
+    bar = progress(len(ds.y_test), f"attack ({len(epsilons)} strengths)")
+    result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method,
+                        gradient=gradient_source(grad, program), bounds=ds.bounds,
+                        progress=bar.update)
+    bar.close()
+    summary = results.summary(result)
+    summary.update(bits=program.net.settings.bits, scheme=program.net.settings.scheme, data=ds.name)
+    if output is not None:
+        results.write_attack(output, result, {
+            "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
+            "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
+            "quantization": json.dumps(vars(program.net.settings)), "model": str(model)})
+    if plot is not None:
+        from hwq.plots import plot_accuracy_vs_eps
+
+        plot_accuracy_vs_eps(result.epsilons, result.accuracy[None, :], [f"{program.target} q={program.net.settings.bits}"], plot)
+    if as_json:
+        return emit_json(summary)
+    picks = np.unique(np.linspace(0, len(epsilons) - 1, min(11, len(epsilons))).astype(int))
+    typer.echo(table([[f"{epsilons[k]:g}", f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"]
+                      for k in picks], ["eps", "accuracy", "relative"]))
+    typer.echo(f"{program.target}, {grad} gradient, {norm}: clean accuracy {result.clean_accuracy:.4f} "
+               f"on {len(ds.y_test)} inputs; zero gradients: {int(result.zero_gradient.sum())}"
+               + (f" -> {output}" if output else ""))
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Compiled .hwq file."),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
+    as_json: bool = JSON,
+):
+    """Export the compiled integer network as an integer-exact ONNX graph (onnxruntime runs it)."""
+    from hwq.onnx_export import save_onnx
+
+    check_output(output, (".onnx",))
+    _, net, _ = hwqfile.read_network(model)
+    save_onnx(net, output)
+    if as_json:
+        return emit_json({"output": str(output)})
+    typer.echo(f"exported {model} -> {output}")
+
+
+@app.command()
+def info(
+    path: Path = typer.Argument(None, help="A .hwq, results .h5, sweep .h5 or .onnx file."),
+    targets: bool = typer.Option(False, "--targets", help="List the installed targets."),
+    as_json: bool = JSON,
+):
+    """Describe a file hwq wrote or reads, or list the installed targets."""
+    from hwq.targets import available_targets
+
+    if targets or path is None:
+        out = {"targets": available_targets()}
+    elif path.suffix == ".onnx":
+        graph = load_onnx(path)
+        out = {"kind": "onnx model", "sample_shape": list(graph.sample_shape),
+               "layers": [[a.n_in, a.n_out, act] for a, act in graph.layers()],
+               "output": graph.output.kind, "notes": list(graph.notes), "metadata": model_metadata(path)}
+    else:
+        out = describe_h5(path)
+    if as_json:
+        return emit_json(out)
+    for key, value in out.items():
+        typer.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
+
+
+def describe_h5(path: Path) -> dict:
+    import h5py
+
+    from hwq import h5io
+
+    fmt = None
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        pass
+    if fmt == hwqfile.FORMAT:
+        return hwqfile.file_info(path)
+    if fmt == results.FORMAT:
+        r = results.read_attack(path)
+        return {"kind": "attack results", **r["attrs"], "n_inputs": int(r["labels"].size),
+                "n_epsilons": int(r["epsilons"].size), "clean_accuracy": float(r["clean_correct"].mean())}
+    from hwq import sweep
+
+    if fmt == sweep.FORMAT:
+        return sweep.describe(path)
+    h5io.open_checked(path, "hwq", (1,))  # raises the right one-line error
+    raise FileFormatError(f"{path}: not an hwq file")
+
+
+@app.command()
+def compare(
+    model: Path = typer.Argument(..., help="Compiled .hwq file."),
+    data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
+    targets: str = typer.Option("sim,loihi", help="Two targets, comma-separated."),
+    limit: int = LIMIT,
+    as_json: bool = JSON,
+):
+    """How often two targets disagree on the same compiled network."""
+    from hwq.compare import compare_programs
+    from hwq.reference import quantize_input
+
+    names = [t.strip() for t in targets.split(",")]
+    if len(names) != 2:
+        raise UsageError("--targets needs exactly two names, e.g. sim,loihi")
+    a, b = (hwqfile.load_program(model, t) for t in names)
+    ds = data(data_spec, limit)
+    out = compare_programs(a, b, quantize_input(a.net.input, ds.x_test.reshape(len(ds.x_test), -1)))
+    out.update(targets=names, n_inputs=len(ds.y_test))
+    if as_json:
+        return emit_json(out)
+    for key, value in out.items():
+        typer.echo(f"{key}: {value}")

@@ -1,0 +1,1 @@
+"""Study commands: sweep, report, model, reproduce (in progress)."""
