@@ -279,8 +279,22 @@ def fold_constant(st: Importer, node: onnx.NodeProto) -> None:
         st.grids[node.output[0]] = st.grids[node.input[0]]
 
 
+def sigmoid_output_pattern(st: Importer, node: onnx.NodeProto) -> bool:
+    """scikit-learn's binary head: Sigmoid -> Sub(1, p) -> Concat([1 - p, p]). The Sigmoid is
+    the output activation; the rest builds class probabilities (post-processing)."""
+    if node.op_type not in ("Sub", "Concat") or not st.nodes or st.nodes[-1] != ir.Activation("sigmoid"):
+        return False
+    if node.op_type == "Sub" and node.input[0] == st.stream:
+        return False
+    st.nodes.pop()
+    st.output = ir.Output("sigmoid")
+    return True
+
+
 def import_node(st: Importer, node: onnx.NodeProto) -> None:
     uses_stream = st.stream in node.input
+    if uses_stream and st.output is None:
+        sigmoid_output_pattern(st, node)
     if any(n in st.dropped for n in node.input) or (
         uses_stream and (node.op_type in POST_PROCESSING or node.domain == "ai.onnx.ml")
     ) or (uses_stream and st.output is not None and node.op_type not in PASS_THROUGH):

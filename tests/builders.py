@@ -15,7 +15,7 @@ def make_model(nodes, inits, n_in, out_name="scores", in_shape=None, opset=17, e
         nodes,
         "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None), *extra_outputs],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", "C"]), *extra_outputs],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
