@@ -21,6 +21,7 @@ all parameters run as one fused numba loop over a flat parameter buffer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -150,49 +151,54 @@ def predict_float(mlp: TrainedMLP, x: np.ndarray) -> np.ndarray:
     return _decide(_logits(_as_inputs(x, mlp.n_in), _float32_params(mlp), c.activation, c.gain))
 
 
-# ------------------------------------------------------------ fused Adam + clip + quantization
+# --------------------------------------------------- Adam, clip and quantization kernels
 
 MODE_FLOAT, MODE_ODD, MODE_RINT = 0, 1, 2
 
 
-def quantizer_args(scheme: Scheme, bits: int | None) -> tuple[int, float, int]:
-    """(mode, scale, max_code) reproducing ``scheme.to_codes`` in the fused kernel."""
+def quantizer_args(scheme: Scheme, bits: int | None) -> tuple[int, float, float]:
+    """(mode, scale, max_code) for :func:`quantize_into`, mirroring ``scheme.to_codes``."""
     if bits is None:
-        return MODE_FLOAT, 1.0, 1
+        return MODE_FLOAT, 1.0, 1.0
     mode = MODE_ODD if scheme.odd_codes or bits == 1 else MODE_RINT
-    return mode, scheme.unit_scale(bits), scheme.max_code(bits)
+    return mode, scheme.unit_scale(bits), float(scheme.max_code(bits))
 
 
-@numba.njit(cache=True, inline="always")
-def _quantize_one(w, mode, scale, max_code):
-    if mode == MODE_FLOAT:
-        return w
-    v = w / scale
-    if mode == MODE_ODD:
-        sign = 1.0 if v >= 0 else -1.0
-        code = sign * (2.0 * np.floor(abs(v) / 2.0) + 1.0)
-    else:
-        code = np.rint(v)
-    return min(max(code, -max_code), max_code) * scale
+# Parameters, moments and gradients are float32 (half the memory traffic of float64).
+# error_model="numpy" drops numba's division-by-zero checks, which would block SIMD.
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def quantize_into(w, out, mode, scale, max_code):
-    """``out[i] = Q(w[i])``: the scheme's rounding onto the unit grid (identity in float mode)."""
-    for i in range(w.size):
-        out[i] = _quantize_one(w[i], mode, scale, max_code)
+    """``out[i] = Q(w[i])`` for float32 ``w``: bit for bit ``scheme.fake_quantize(w, bits)``,
+    which divides float32 ``w`` by ``float32(scale)`` and multiplies the code by ``scale``."""
+    s32 = np.float32(scale)
+    if mode == MODE_ODD:  # nearest odd code, 0 -> +1
+        for i in range(w.size):
+            v = w[i] / s32
+            c = min(2.0 * np.floor(abs(v) / np.float32(2.0)) + 1.0, max_code) * scale
+            out[i] = c if v >= 0 else -c
+    elif mode == MODE_RINT:  # nearest code, ties to even
+        for i in range(w.size):
+            c = np.float64(np.rint(w[i] / s32))
+            out[i] = min(max(c, -max_code), max_code) * scale
+    else:
+        for i in range(w.size):
+            out[i] = w[i]
 
 
-@numba.njit(cache=True)
-def _adam_clip_quantize(w, m, v, g, out, lr_t, eps_t, mode, scale, max_code):
-    """One Adam step (bias correction folded into lr_t, eps_t), clip to [-1, 1], re-quantize."""
+@numba.njit(cache=True, error_model="numpy")
+def _adam_clip(w, m, v, g, lr_t, eps_t):
+    """One Adam step (bias correction folded into lr_t and eps_t), then clip to [-1, 1]."""
+    b1, b2, one = np.float32(BETA1), np.float32(BETA2), np.float32(1.0)
+    lr, eps = np.float32(lr_t), np.float32(eps_t)
     for i in range(w.size):
-        gi = g[i]
-        m[i] = BETA1 * m[i] + (1.0 - BETA1) * gi
-        v[i] = BETA2 * v[i] + (1.0 - BETA2) * gi * gi
-        wi = min(max(w[i] - lr_t * m[i] / (np.sqrt(v[i]) + eps_t), -1.0), 1.0)
-        w[i] = wi
-        out[i] = _quantize_one(wi, mode, scale, max_code)
+        mi = b1 * m[i] + (one - b1) * g[i]
+        vi = b2 * v[i] + (one - b2) * g[i] * g[i]
+        m[i], v[i] = mi, vi
+        wi = w[i] - lr * mi / (np.sqrt(vi) + eps)
+        wi = one if wi > one else wi
+        w[i] = -one if wi < -one else wi
 
 
 # ------------------------------------------------------------------------------ training
@@ -204,8 +210,7 @@ class _FlatParams:
     def __init__(self, shapes: dict[str, tuple[int, ...]]):
         sizes = [int(np.prod(s)) for s in shapes.values()]
         n, self.shapes = sum(sizes), shapes
-        self.shadow, self.m, self.v = np.zeros(n), np.zeros(n), np.zeros(n)
-        self.grad, self.quant = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        self.shadow, self.m, self.v, self.grad, self.quant = np.zeros((5, n), np.float32)
         self.offsets = np.cumsum([0] + sizes)
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
@@ -270,9 +275,9 @@ def _run_epoch(x, y, order, flat, q, g, config, quant, step):
         losses.append(_backprop(x[idx], y[idx], q, g, config.activation, config.gain) * len(idx))
         step += 1
         bc1, bc2 = 1 - BETA1**step, 1 - BETA2**step
-        lr_t = config.learning_rate * np.sqrt(bc2) / bc1
-        _adam_clip_quantize(flat.shadow, flat.m, flat.v, flat.grad, flat.quant,
-                            lr_t, ADAM_EPS * np.sqrt(bc2), *quant)
+        lr_t = config.learning_rate * math.sqrt(bc2) / bc1
+        _adam_clip(flat.shadow, flat.m, flat.v, flat.grad, lr_t, ADAM_EPS * math.sqrt(bc2))
+        quantize_into(flat.shadow, flat.quant, *quant)
     return sum(losses) / len(order), step
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from hwq.errors import HwqError
@@ -36,12 +35,13 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)
     except HwqError as exc:
         fail(exc.line(), exc.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         fail("interrupted", 130)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except click.ClickException as exc:
-        fail(exc.format_message().replace("\n", " "), exc.exit_code)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # usage errors: missing or malformed options
+        message = exc.format_message().replace("\n", " ") if hasattr(exc, "format_message") else str(exc)
+        fail(message, getattr(exc, "exit_code", 2))
     except OSError as exc:
         fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), 1)
     raise SystemExit(code if isinstance(code, int) else 0)

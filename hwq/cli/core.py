@@ -246,26 +246,24 @@ def info(
 def describe_h5(path: Path) -> dict:
     import h5py
 
-    from hwq import h5io
-
-    fmt = None
+    if not path.is_file():
+        raise FileFormatError(f"{path}: no such file")
     try:
         with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
+            fmt = str(f.attrs.get("format", ""))
     except OSError:
-        pass
+        raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None
     if fmt == hwqfile.FORMAT:
         return hwqfile.file_info(path)
     if fmt == results.FORMAT:
         r = results.read_attack(path)
         return {"kind": "attack results", **r["attrs"], "n_inputs": int(r["labels"].size),
                 "n_epsilons": int(r["epsilons"].size), "clean_accuracy": float(r["clean_correct"].mean())}
-    from hwq import sweep
+    if fmt.startswith("hwq-sweep"):
+        from hwq import sweep
 
-    if fmt == sweep.FORMAT:
         return sweep.describe(path)
-    h5io.open_checked(path, "hwq", (1,))  # raises the right one-line error
-    raise FileFormatError(f"{path}: not an hwq file")
+    raise FileFormatError(f"{path}: not a file hwq wrote (format={fmt or 'none'})")
 
 
 @app.command()
