@@ -76,18 +76,27 @@ class Scheme:
     def ptq_scale(self, w: np.ndarray, bits: int, axis: int | None) -> np.ndarray:
         """Scale chosen by post-training quantization, per tensor (axis None) or per row.
 
-        Max-abs calibration (largest |w| maps to the largest code); at 1 bit the mean |w|
-        (the L2-optimal binary scale of XNOR-Net). ``pow2`` rounds the scale up to 2^k.
+        The scale with the least squared rounding error among 64 candidates from
+        ``max|w| / max_code`` (no clipping) down to 5 % of it; at 1 bit the mean |w|, which is
+        that optimum in closed form (XNOR-Net). ``pow2`` rounds the chosen scale up to 2^k.
         """
-        a = np.abs(np.asarray(w, dtype=np.float64))
-        reduce = (lambda f: f(a)) if axis is None else (lambda f: f(a, axis=1 - axis))
-        ref = reduce(np.mean) if bits == 1 else reduce(np.max)
-        ref = np.where(ref > 0, ref, 1.0)
-        scale = ref if bits == 1 else ref / self.max_code(bits)
+        w = np.asarray(w, dtype=np.float64)
+        rows = w.reshape(1, -1) if axis is None else w
+        a = np.abs(rows)
+        if bits == 1:
+            scale = a.mean(axis=1)
+        else:
+            top = a.max(axis=1) / self.max_code(bits)
+            best, scale = np.full(len(rows), np.inf), top.copy()
+            for f in np.linspace(1.0, 0.05, 64):
+                cand = np.where(top > 0, top * f, 1.0)
+                err = ((self.to_codes(rows / cand[:, None], bits) * cand[:, None] - rows) ** 2).sum(axis=1)
+                better = err < best
+                best, scale = np.where(better, err, best), np.where(better, cand, scale)
+        scale = np.where(scale > 0, scale, 1.0)
         if self.pow2_scale:
             scale = 2.0 ** np.ceil(np.log2(scale))
-        return np.atleast_1d(np.asarray(scale, dtype=np.float64))
-
+        return scale
     def fake_quantize(self, w: np.ndarray, bits: int, scale: float | None = None) -> np.ndarray:
         """Round float weights onto the grid (float result); default scale: the unit grid."""
         s = self.unit_scale(bits) if scale is None else scale

@@ -76,7 +76,9 @@ def get_target(name: str) -> Target:
         )
     try:
         factory = eps[name].load()
-    except ImportError as exc:
+    except Exception as exc:  # a broken backend must not take the others down
         hint = INSTALL_HINTS.get(name, "reinstall the package that provides it")
-        raise TargetError(f"target '{name}' is not usable here: {exc}", hint=hint) from None
+        raise TargetError(
+            f"target '{name}' is not usable here ({type(exc).__name__}: {exc})", hint=hint
+        ) from None
     return factory()
