@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.neural_network import MLPClassifier
 from skl2onnx import to_onnx
+from sklearn.neural_network import MLPClassifier
 
 import hwq
 

@@ -57,7 +57,7 @@ class Target(Protocol):
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any]) -> Program: ...
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entry_points() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
@@ -66,7 +66,7 @@ def available_targets() -> list[str]:
     return sorted(_entry_points())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_target(name: str) -> Target:
     eps = _entry_points()
     if name not in eps:

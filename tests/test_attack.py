@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from builders import random_mlp, torch_style_mlp
 
 import hwq
-from builders import random_mlp, torch_style_mlp
 from hwq import reference
 from hwq.attack import FGSM
 from hwq.epsilons import parse_epsilons

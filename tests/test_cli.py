@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from builders import random_mlp, save, torch_style_mlp
+
 from hwq.cli import main
 
 RNG = np.random.default_rng(5)
@@ -74,9 +74,8 @@ def test_truncated_onnx(tmp_path, capsys):
 
 
 def test_unsupported_op(tmp_path, capsys):
-    from onnx import helper
-
     from builders import make_model
+    from onnx import helper
 
     node = helper.make_node("Tanh", ["input"], ["scores"], name="t1")
     path = save(make_model([node], {}, 4), tmp_path / "u.onnx")

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from builders import make_model, random_mlp, save, torch_style_mlp
 from onnx import TensorProto, helper
 
-from builders import make_model, random_mlp, save, torch_style_mlp
 from hwq import activations
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
 from hwq.gradients import FloatGradient
@@ -111,9 +111,9 @@ def test_gemm_attributes():
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_scikit_learn_export(tmp_path, binary):
+    from skl2onnx import to_onnx
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
-    from skl2onnx import to_onnx
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16).astype(np.float32)

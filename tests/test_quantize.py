@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from builders import torch_style_mlp
+
 from hwq import reference
 from hwq.errors import UsageError
 from hwq.onnx_import import graph_from_model

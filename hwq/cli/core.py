@@ -36,8 +36,8 @@ def train(
     as_json: bool = JSON,
 ):
     """Train a one-hidden-layer MLP with the paper's QAT recipe and write it as ONNX."""
-    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
     from hwq.fileio import atomic_write_bytes
+    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
 
     check_output(output, (".onnx",))
     ds = data(data_spec, seed=seed)
@@ -163,6 +163,7 @@ def attack(
     target: str = TARGET,
     backend: str = BACKEND,
     limit: int = LIMIT,
+    seed: int = typer.Option(0, help="Seed of generated data sets (spirals) and data splits."),
     output: Path = typer.Option(None, "-o", "--output", help="Results file (.h5)."),
     plot: Path = typer.Option(None, help="Also write accuracy vs strength as a PNG."),
     as_json: bool = JSON,
@@ -174,7 +175,7 @@ def attack(
     if plot is not None:
         check_output(plot, (".png",))
     program = program_for(model, target, backend)
-    ds = data(data_spec, limit)
+    ds = data(data_spec, limit, seed)
     method = api.FGSM(norm)
     bar = progress(len(ds.y_test), f"attack ({len(epsilons)} strengths)")
     result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method,
@@ -186,6 +187,7 @@ def attack(
     if output is not None:
         results.write_attack(output, result, {
             "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
+            "seed": seed, "backend": backend or "",
             "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
             "quantization": json.dumps(vars(program.net.settings)), "model": str(model)})
     if plot is not None:
