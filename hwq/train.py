@@ -15,12 +15,15 @@ step. With ``bits`` set, the forward pass uses ``Q(p) = scheme.fake_quantize(p, 
 every weight and bias and the backward pass goes straight through the rounding
 (``dL/dp := dL/dQ(p)``); the step activation back-propagates its surrogate derivative.
 
-Speed: inputs and matmuls are float32 (BLAS); the Adam update, clip and re-quantization of
-all parameters run as one fused numba loop over a flat parameter buffer.
+Speed: inputs, parameters and matmuls are float32 (BLAS); the Adam update with clipping and
+the re-quantization of all parameters are two SIMD numba loops over one flat buffer.
+Validation accuracy and :func:`predict_float` use the exact float64 evaluation of
+:func:`logits_float`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -54,15 +57,17 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.activation not in activations.HIDDEN_ACTIVATIONS:
-            raise UsageError(f"unknown hidden activation '{self.activation}'",
-                             hint="use " + ", ".join(activations.HIDDEN_ACTIVATIONS))
+            raise UsageError(
+                f"unknown hidden activation '{self.activation}'",
+                hint="use " + ", ".join(activations.HIDDEN_ACTIVATIONS),
+            )
         if self.bits is not None:
             check_bits(self.bits)
         get_scheme(self.scheme)
         if self.init not in INITS:
             raise UsageError(f"unknown init '{self.init}'", hint="use grid or default")
         for name in ("hidden", "epochs", "batch_size", "patience"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
                 raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
@@ -110,45 +115,53 @@ def _hidden_pre(x: np.ndarray, w1, b1, gain: float) -> np.ndarray:
     return z * np.float32(gain) if gain != 1 else z
 
 
-def _logits(x: np.ndarray, p: dict[str, np.ndarray], activation: str, gain: float) -> np.ndarray:
-    h = activations.forward(activation, _hidden_pre(x, p["w1"], p["b1"], gain))
-    return h @ p["w2"].T + p["b2"]
-
-
 def _decide(logits: np.ndarray) -> np.ndarray:
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).astype(np.int64)
     return np.argmax(logits, axis=1)
 
 
-def _float32_params(mlp: TrainedMLP) -> dict[str, np.ndarray]:
-    return {k: getattr(mlp, k).astype(np.float32) for k in ("w1", "b1", "w2", "b2")}
-
-
 def _as_inputs(x: np.ndarray, n_in: int) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.asarray(x)
     x = x.reshape(len(x), -1)
     if x.shape[1] != n_in:
         raise DataError(f"inputs have {x.shape[1]} features, the network expects {n_in}")
     return x
 
 
-def scores_float(mlp: TrainedMLP, x: np.ndarray) -> np.ndarray:
-    """Output scores in float32, as the exported ONNX model's ``scores``: sigmoid (N, 1) for
-    2 classes, else softmax (N, n_classes)."""
-    c = mlp.config
-    o = _logits(_as_inputs(x, mlp.n_in), _float32_params(mlp), c.activation, c.gain)
-    if o.shape[1] == 1:
-        return activations.sigmoid(o)
-    e = np.exp(o - o.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def _affine64(x: np.ndarray, w: np.ndarray, b: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """``x W^T + b`` in float64; on a grid as ``scale * (x codes^T + bias codes)``."""
+    if config.bits is None:
+        return x @ w.T + b
+    s = get_scheme(config.scheme).unit_scale(config.bits)
+    return (x @ np.rint(w / s).T + np.rint(b / s)) * s
+
+
+def _forward64(p: dict[str, np.ndarray], config: TrainConfig, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    out = np.empty((len(x), p["w2"].shape[0]))
+    for i in range(0, len(x), chunk):
+        xb = x[i : i + chunk].astype(np.float64)
+        z = config.gain * _affine64(xb, p["w1"], p["b1"], config)
+        out[i : i + chunk] = _affine64(activations.forward(config.activation, z), p["w2"], p["b2"], config)
+    return out
+
+
+def logits_float(mlp: TrainedMLP, x: np.ndarray) -> np.ndarray:
+    """Output logits, float64 (N, n_out), of the stored network.
+
+    A QAT layer is evaluated with its integer codes factored out, so sums of codes times
+    dyadic inputs (digits, step outputs) are exact: a tie (a logit or a step pre-activation of
+    exactly 0, frequent with step units at low bit widths) then stays exactly 0, as in the
+    integer semantics, instead of taking the sign of float32 rounding noise.
+    """
+    p = {k: getattr(mlp, k) for k in ("w1", "b1", "w2", "b2")}
+    return _forward64(p, mlp.config, _as_inputs(x, mlp.n_in))
 
 
 def predict_float(mlp: TrainedMLP, x: np.ndarray) -> np.ndarray:
-    """Class predictions (int64) of the float32 forward pass with the stored (on-grid for
-    QAT) parameters: label 1 iff the logit > 0 (2 classes), else argmax (lowest index wins)."""
-    c = mlp.config
-    return _decide(_logits(_as_inputs(x, mlp.n_in), _float32_params(mlp), c.activation, c.gain))
+    """Class predictions (int64) from :func:`logits_float`: 2 classes: 1 iff the logit > 0;
+    else argmax, the lowest index winning ties."""
+    return _decide(logits_float(mlp, x))
 
 
 # --------------------------------------------------- Adam, clip and quantization kernels
@@ -215,7 +228,7 @@ class _FlatParams:
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         o = self.offsets
-        return {k: flat[o[i]:o[i + 1]].reshape(s) for i, (k, s) in enumerate(self.shapes.items())}
+        return {k: flat[o[i] : o[i + 1]].reshape(s) for i, (k, s) in enumerate(self.shapes.items())}
 
 
 def _init(shapes: dict[str, tuple[int, ...]], init: str, rng: np.random.Generator) -> dict:
@@ -271,7 +284,7 @@ def _backprop(xb, yb, q, g, activation, gain):
 def _run_epoch(x, y, order, flat, q, g, config, quant, step):
     losses = []
     for start in range(0, len(order), config.batch_size):
-        idx = order[start:start + config.batch_size]
+        idx = order[start : start + config.batch_size]
         losses.append(_backprop(x[idx], y[idx], q, g, config.activation, config.gain) * len(idx))
         step += 1
         bc1, bc2 = 1 - BETA1**step, 1 - BETA2**step
@@ -292,6 +305,35 @@ def _check_data(x, y, n_classes):
         raise DataError("training inputs contain NaN or Inf values")
 
 
+def _one_blas_thread():
+    """Batch-sized GEMMs run fastest on one BLAS thread: two threads measured 10-20 % slower
+    on an idle 2-core machine and 3x slower on a busy one."""
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+def _fit(xtr, ytr, xval, yval, flat, config, quant, rng, progress):
+    """Epochs with early stopping; returns ((best val acc, epoch, shadow copy), losses, accs)."""
+    q, g = flat.views(flat.quant), flat.views(flat.grad)
+    best = (-1.0, 0, flat.shadow.copy())  # (val accuracy, epoch, shadow params)
+    losses, val_accs, step = [], [], 0
+    for epoch in range(1, config.epochs + 1):
+        loss, step = _run_epoch(xtr, ytr, rng.permutation(len(xtr)), flat, q, g, config, quant, step)
+        acc = float(np.mean(_decide(_forward64(q, config, xval)) == yval))
+        losses.append(loss)
+        val_accs.append(acc)
+        if acc > best[0]:
+            best = (acc, epoch, flat.shadow.copy())
+        if progress is not None:
+            progress(epoch, config.epochs, {"loss": loss, "val_accuracy": acc, "best_epoch": best[1]})
+        if epoch - best[1] >= config.patience:
+            break
+    return best, losses, val_accs
+
+
 def train_mlp(
     x: np.ndarray,
     y: np.ndarray,
@@ -310,39 +352,30 @@ def train_mlp(
     rng = np.random.default_rng(config.seed)
     xtr, ytr, xval, yval = _split(x, y, config.val_fraction, rng)
     n_out = 1 if n_classes == 2 else n_classes
-    shapes = {"w1": (config.hidden, x.shape[1]), "b1": (config.hidden,),
-              "w2": (n_out, config.hidden), "b2": (n_out,)}
+    shapes = {"w1": (config.hidden, x.shape[1]), "b1": (config.hidden,), "w2": (n_out, config.hidden), "b2": (n_out,)}
     flat = _FlatParams(shapes)
     for k, a in _init(shapes, config.init, rng).items():
         flat.views(flat.shadow)[k][...] = a
     scheme = get_scheme(config.scheme)
     quant = quantizer_args(scheme, config.bits)
     quantize_into(flat.shadow, flat.quant, *quant)
-    q, g = flat.views(flat.quant), flat.views(flat.grad)
 
-    best = (-1.0, 0, flat.shadow.copy())  # (val accuracy, epoch, shadow params)
-    losses, val_accs, step = [], [], 0
-    for epoch in range(1, config.epochs + 1):
-        loss, step = _run_epoch(xtr, ytr, rng.permutation(len(xtr)), flat, q, g, config,
-                                quant, step)
-        acc = float(np.mean(_decide(_logits(xval, q, config.activation, config.gain)) == yval))
-        losses.append(loss)
-        val_accs.append(acc)
-        if acc > best[0]:
-            best = (acc, epoch, flat.shadow.copy())
-        if progress is not None:
-            progress(epoch, config.epochs, {"loss": loss, "val_accuracy": acc,
-                                            "best_epoch": best[1]})
-        if epoch - best[1] >= config.patience:
-            break
+    with _one_blas_thread():
+        best, losses, val_accs = _fit(xtr, ytr, xval, yval, flat, config, quant, rng, progress)
 
     params = flat.views(best[2])
     if config.bits is not None:
         params = {k: scheme.fake_quantize(a, config.bits) for k, a in params.items()}
     chance = np.bincount(yval, minlength=n_classes).max() / len(yval)
-    mlp = TrainedMLP(**params, config=config, best_epoch=best[1], val_accuracy=best[0],
-                     train_accuracy=0.0, stalled=bool(best[0] <= chance + STALL_MARGIN),
-                     history={"loss": np.array(losses), "val_accuracy": np.array(val_accs)})
+    mlp = TrainedMLP(
+        **params,
+        config=config,
+        best_epoch=best[1],
+        val_accuracy=best[0],
+        train_accuracy=0.0,
+        stalled=bool(best[0] <= chance + STALL_MARGIN),
+        history={"loss": np.array(losses), "val_accuracy": np.array(val_accs)},
+    )
     return replace(mlp, train_accuracy=float(np.mean(predict_float(mlp, xtr) == ytr)))
 
 
@@ -362,17 +395,17 @@ def _onnx_hidden_nodes(activation: str, gain: float) -> tuple[list, list]:
         z = "z"
     if activation == "step":
         consts.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
-        nodes += [helper.make_node("Greater", [z, "zero"], ["spike"], name="step"),
-                  helper.make_node("Cast", ["spike"], ["h"], name="step_cast",
-                                   to=TensorProto.FLOAT)]
+        nodes += [
+            helper.make_node("Greater", [z, "zero"], ["spike"], name="step"),
+            helper.make_node("Cast", ["spike"], ["h"], name="step_cast", to=TensorProto.FLOAT),
+        ]
     else:
         op = {"relu": "Relu", "sigmoid": "Sigmoid"}[activation]
         nodes.append(helper.make_node(op, [z], ["h"], name=activation))
     return nodes, consts
 
 
-def mlp_to_onnx(mlp: TrainedMLP, *, n_in: int, n_classes: int,
-                metadata: dict[str, str] | None = None):
+def mlp_to_onnx(mlp: TrainedMLP, *, n_in: int, n_classes: int, metadata: dict[str, str] | None = None):
     """Export as an ONNX model (opset 17, IR 8): ``input`` float [N, n_in] -> Gemm(W1, b1,
     transB=1) -> [Mul(gain)] -> Relu | Sigmoid | Greater(0)+Cast -> Gemm(W2, b2) ->
     Softmax(axis=-1) | Sigmoid -> ``scores``. ``metadata_props`` hold ``hwq.activation``,
@@ -383,34 +416,42 @@ def mlp_to_onnx(mlp: TrainedMLP, *, n_in: int, n_classes: int,
     from onnx import TensorProto, helper, numpy_helper
 
     if (n_in, n_classes) != (mlp.n_in, mlp.n_classes):
-        raise UsageError(f"network is {mlp.n_in} inputs / {mlp.n_classes} classes, "
-                         f"export asked for {n_in} / {n_classes}")
+        raise UsageError(
+            f"network is {mlp.n_in} inputs / {mlp.n_classes} classes, export asked for {n_in} / {n_classes}"
+        )
     c = mlp.config
-    weights = [numpy_helper.from_array(getattr(mlp, k).astype(np.float32), k.upper())
-               for k in ("w1", "b1", "w2", "b2")]
+    weights = [numpy_helper.from_array(getattr(mlp, k).astype(np.float32), k.upper()) for k in ("w1", "b1", "w2", "b2")]
     hidden_nodes, consts = _onnx_hidden_nodes(c.activation, c.gain)
     out_op = "Sigmoid" if n_classes == 2 else "Softmax"
     nodes = [
         helper.make_node("Gemm", ["input", "W1", "B1"], ["pre"], name="fc1", transB=1),
         *hidden_nodes,
         helper.make_node("Gemm", ["h", "W2", "B2"], ["logits"], name="fc2", transB=1),
-        helper.make_node(out_op, ["logits"], ["scores"], name="output",
-                         **({"axis": -1} if out_op == "Softmax" else {})),
+        helper.make_node(
+            out_op, ["logits"], ["scores"], name="output", **({"axis": -1} if out_op == "Softmax" else {})
+        ),
     ]
     n_out = mlp.w2.shape[0]
     graph = helper.make_graph(
-        nodes, "hwq_mlp",
+        nodes,
+        "hwq_mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", n_in])],
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", n_out])],
         initializer=weights + consts,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-                              producer_name="hwq")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)], producer_name="hwq")
     model.ir_version = ONNX_IR_VERSION
-    props = {"activation": c.activation, "gain": repr(float(c.gain)), "scheme": c.scheme,
-             "hidden": str(c.hidden), "n_classes": str(n_classes), "seed": str(c.seed),
-             "init": c.init, "best_epoch": str(mlp.best_epoch),
-             "val_accuracy": repr(mlp.val_accuracy)}
+    props = {
+        "activation": c.activation,
+        "gain": repr(float(c.gain)),
+        "scheme": c.scheme,
+        "hidden": str(c.hidden),
+        "n_classes": str(n_classes),
+        "seed": str(c.seed),
+        "init": c.init,
+        "best_epoch": str(mlp.best_epoch),
+        "val_accuracy": repr(mlp.val_accuracy),
+    }
     if c.bits is not None:
         props["bits"] = str(c.bits)
     props.update(metadata or {})

@@ -1,1 +1,206 @@
-"""Study commands: sweep, report, model, reproduce (in progress)."""
+"""Study commands: sweep, report, model, reproduce."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from hwq.cli import app
+from hwq.cli.common import DATA_HELP, check_output, command_line, emit_json, progress
+from hwq.errors import UsageError
+
+JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+WORKERS = typer.Option(None, help="Local worker processes (default: one per CPU; 1 runs in this process).")
+SCHEDULER = typer.Option(None, help="Run on Dask: tcp://HOST:PORT of a scheduler, or 'local' for a local Dask cluster.")
+
+
+def _sweep_progress(verbose: bool):
+    """A progress bar over cells (done, time left); with ``verbose`` one line per cell."""
+    bar = progress(0, "cells")
+    bar.unit = "cell"
+
+    def update(done: int, total: int, cell) -> None:
+        if bar.total != total:
+            bar.total, bar.n = total, done
+            bar.reset(total)
+            bar.update(done)
+        else:
+            bar.update(done - bar.n)
+        if verbose and cell is not None:
+            a = cell.attrs
+            print(f"[{done}/{total}] {cell.key}: clean {a['clean_accuracy']:.3f}"
+                  f"{' STALLED' if a['stalled'] else ''} ({cell.timing.get('total_s', 0):.1f} s)",
+                  file=sys.stderr, flush=True)
+    return bar, update
+
+
+def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose) -> dict:
+    from hwq.sweep import run_sweep
+    from hwq.sweep_exec import make_executor
+
+    bar, update = _sweep_progress(verbose)
+    try:
+        with make_executor(workers, scheduler) as executor:
+            return run_sweep(spec, output, executor, command=command_line(),
+                             overwrite=overwrite, progress=update)
+    finally:
+        bar.close()
+
+
+def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, epochs, patience,
+               batch_size, lr, hidden, init, gain, scheme, act_bits, input_bits, per_channel,
+               grad, norm, limit, data_seed):
+    from hwq.epsilons import parse_epsilons
+    from hwq.sweep import (AttackSettings, QuantOptions, SweepSpec, TrainSettings, model_ref,
+                           parse_ints, parse_names, parse_seeds)
+
+    refs = tuple(model_ref(m) for m in models or ())
+    return SweepSpec(
+        data=parse_names(data_specs), activations=parse_names(activations),
+        bits=parse_ints(bits, "--bits"), seeds=parse_seeds(seeds),
+        targets=parse_names(targets), models=refs, data_seed=data_seed,
+        train=TrainSettings(hidden=hidden, epochs=epochs, patience=patience,
+                            batch_size=batch_size, learning_rate=lr, init=init, gain=gain),
+        quant=QuantOptions(scheme=scheme, act_bits=act_bits, input_bits=input_bits,
+                           per_channel=per_channel),
+        attack=AttackSettings(epsilons=tuple(parse_epsilons(eps).tolist()), gradient=grad,
+                              norm=norm, limit=limit),
+    )
+
+
+@app.command()
+def sweep(
+    data_specs: str = typer.Option("spiral", "--data", help="Comma-separated: " + DATA_HELP),
+    activations: str = typer.Option("step,sigmoid,relu", help="Hidden activations, comma-separated."),
+    bits: str = typer.Option("1:10", help="Weight bits: START:STOP (inclusive) or a,b,c (1..16)."),
+    seeds: str = typer.Option("5", help="Number of seeds (5 -> 0..4), or explicit seeds a,b,c / A:B."),
+    targets: str = typer.Option("sim", help="Targets, comma-separated (see `hwq info --targets`)."),
+    eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
+    model: list[Path] = typer.Option(None, "--model", help="Sweep this ONNX model instead of training (repeatable; its index is the seed)."),
+    epochs: int = typer.Option(None, help="Maximum epochs (default: 500 below 10,000 training samples, else 50)."),
+    patience: int = typer.Option(None, help="Early-stopping patience in epochs (default: 100 below 10,000 samples, else 10)."),
+    batch_size: int = typer.Option(64, help="Mini-batch size."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    hidden: int = typer.Option(100, help="Hidden units."),
+    init: str = typer.Option("grid", help="Weight init: grid | default."),
+    gain: float = typer.Option(None, help="Hidden pre-activation gain (default: 10 for spirals, 1 otherwise)."),
+    scheme: str = typer.Option("uniform", help="Weight levels (QAT and quantizer): uniform | narrow | pow2."),
+    act_bits: int = typer.Option(16, help="Bits of ReLU/sigmoid activations (16: weights-only study, the paper's)."),
+    input_bits: int = typer.Option(16, help="Bits of the device's input codes."),
+    per_channel: bool = typer.Option(False, help="One weight scale per hidden unit (given float models)."),
+    grad: str = typer.Option("surrogate", help="Gradient source: surrogate | float."),
+    norm: str = typer.Option("linf", help="FGSM norm: linf | l2."),
+    limit: int = typer.Option(None, help="Attack only the first N test inputs."),
+    data_seed: int = typer.Option(0, help="Seed of generated data (spirals) and data splits."),
+    workers: int = WORKERS,
+    scheduler: str = SCHEDULER,
+    output: Path = typer.Option(..., "-o", "--output", help="Sweep file (.h5); resumed if it exists."),
+    overwrite: bool = typer.Option(False, help="Start again instead of resuming an existing sweep file."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per finished cell on stderr."),
+    as_json: bool = JSON,
+):
+    """Train, quantize, compile and attack every cell of a grid; resumable, one HDF5 file."""
+    check_output(output, (".h5", ".hdf5"))
+    spec = build_spec(data_specs, activations, bits, seeds, targets, eps, model, epochs=epochs,
+                      patience=patience, batch_size=batch_size, lr=lr, hidden=hidden, init=init,
+                      gain=gain, scheme=scheme, act_bits=act_bits, input_bits=input_bits,
+                      per_channel=per_channel, grad=grad, norm=norm, limit=limit,
+                      data_seed=data_seed)
+    summary = run_spec(spec, output, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                       verbose=verbose)
+    if as_json:
+        return emit_json(summary)
+    typer.echo(f"sweep: {summary['cells']} cells ({summary['ran']} run, {summary['resumed']} "
+               f"resumed, {len(summary['stalled'])} stalled) on {summary['executor']} in "
+               f"{summary['wall_s']:.1f} s -> {output}")
+
+
+@app.command()
+def report(
+    sweep_file: Path = typer.Argument(..., help="Sweep file written by `hwq sweep`."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the figures and report.md."),
+    fig2: bool = typer.Option(True, help="Also draw Fig. 2 (Monte Carlo of the geometric model)."),
+    as_json: bool = JSON,
+):
+    """Figures (Figs. 2, 3/6, 4/7) and a Markdown report of a sweep."""
+    from hwq.report import write_report
+
+    if output.suffix:
+        raise UsageError(f"-o {output} should be a folder, not a file")
+    if not output.parent.exists():
+        raise UsageError(f"output folder {output.parent} does not exist")
+    out = write_report(sweep_file, output, fig2=fig2)
+    if as_json:
+        return emit_json(out)
+    typer.echo(f"report: {len(out['figures'])} figures, {len(out['stalled'])} stalled cells -> "
+               f"{out['report']}")
+
+
+@app.command("model")
+def model_(
+    n: int = typer.Option(..., "--n", help="Input dimension n."),
+    bits: int = typer.Option(..., "--bits", help="Weight bits q."),
+    large_n: bool = typer.Option(True, help="Edge s = sqrt(n) 2^-q (the paper's large-n form)."),
+    as_json: bool = JSON,
+):
+    """The geometric model's quantities (Section 3) for one (n, q)."""
+    from hwq.analysis import model_summary
+    from hwq.schemes import check_bits
+
+    if n < 1:
+        raise UsageError(f"--n must be a positive integer, got {n}")
+    check_bits(bits)
+    out = model_summary(n, bits, large_n=large_n)
+    if as_json:
+        return emit_json(out)
+    width = max(map(len, out))
+    for key, value in out.items():
+        typer.echo(f"{key.ljust(width)}  {value:.6g}" if isinstance(value, float)
+                   else f"{key.ljust(width)}  {value}")
+
+
+@app.command()
+def reproduce(
+    data_specs: str = typer.Option(None, "--data", help="Comma-separated data (default: spiral,digits). " + DATA_HELP),
+    full: bool = typer.Option(None, "--full/--quick", help="The paper's grid (bits 1..10, 5 seeds, 101 strengths) or a small one (default: quick for built-in data, full for mnist/fashion-mnist)."),
+    output: Path = typer.Option(Path("hwq-out"), "-o", "--output", help="Folder for the sweep, figures and report."),
+    workers: int = WORKERS,
+    scheduler: str = SCHEDULER,
+    limit: int = typer.Option(None, help="Attack only the first N test inputs."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per finished cell on stderr."),
+    as_json: bool = JSON,
+):
+    """Reproduce the paper's figures end to end: sweep, then report (resumable)."""
+    from hwq.report import write_report
+    from hwq.sweep_protocols import protocol
+
+    proto = protocol(data_specs, full, limit=limit)
+    if output.suffix:
+        raise UsageError(f"-o {output} should be a folder, not a file")
+    if not output.parent.exists():
+        raise UsageError(f"output folder {output.parent} does not exist")
+    output.mkdir(exist_ok=True)
+    sweep_file = output / proto.file_name
+    if not as_json:
+        typer.echo(f"reproduce ({proto.name} grid): {proto.describe()}", err=True)
+    t0 = time.perf_counter()
+    summary = run_spec(proto.spec, sweep_file, workers=workers, scheduler=scheduler,
+                       overwrite=False, verbose=verbose)
+    out = write_report(sweep_file, output)
+    out.update(sweep=str(sweep_file), grid=proto.name,
+               settings=proto.describe(), wall_s=time.perf_counter() - t0,
+               cells=summary["cells"])
+    if as_json:
+        return emit_json(out)
+    typer.echo(f"{summary['cells']} cells in {out['wall_s']:.0f} s; "
+               f"{len(out['stalled'])} stalled")
+    for data, by_target in out["critical"].items():
+        for target, by_act in by_target.items():
+            for act, defs in by_act.items():
+                mv = defs["min-variance"]
+                typer.echo(f"  critical strength {data}/{target}/{act}: "
+                           + (f"{mv['eps_linf']:g} (l2 {mv['eps_l2']:.3g})" if mv else "none"))
+    typer.echo(f"figures: {output}/fig*.png  report: {out['report']}  sweep: {sweep_file}")

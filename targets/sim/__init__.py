@@ -1,9 +1,20 @@
-"""``sim``: the bit-accurate integer simulator (Numba + exact BLAS paths).
+"""``sim``: the bit-accurate integer simulator (Numba + exact fast products).
 
-Each layer's product ``h @ W.T`` runs in float32 BLAS when ``sum|W_row| * max|h| < 2^24``,
-in float64 BLAS below 2^53 (every partial sum is then an exactly representable integer), and
-in a Numba int64 loop otherwise. Bias, requantization and activations run in one Numba kernel.
-Outputs equal ``hwq.reference`` bit for bit (tests/test_sim.py).
+Each layer's product ``h @ W.T`` takes the fastest path that a bound proves exact, from the
+range ``[lo, hi]`` its input codes can take (the input format for layer 0, the previous
+activation's output range after that) and ``S = max_row sum|W_row|``:
+
+* ``vnni``: 8-bit codes and int8 weights with ``255 * S < 2^31`` on a CPU with AVX-512 VNNI
+  (``vnni.py``): u8 x s8 products summed in int32, fused with bias, requantization and the
+  activation;
+* ``float32`` BLAS when ``S * max(|lo|, |hi|) < 2^24``, ``float64`` BLAS below ``2^53`` (every
+  partial sum is then an integer the float type represents exactly, in any summation order);
+* an int64 Numba loop otherwise.
+
+Bias, requantization and activations run in one Numba kernel (``kernels.py``). Layer 0 checks
+the codes it receives: codes outside the input format fall back to a path proven for the codes
+actually seen, so the result stays exact. Outputs equal ``hwq.reference`` bit for bit
+(tests/test_sim.py). Input codes must be integers (a float dtype must hold integer values).
 """
 
 from __future__ import annotations
@@ -11,50 +22,107 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
+from hwq.errors import TargetError
 from hwq.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.reference import decide
 
-from . import kernels
+from . import kernels, vnni
 
 NAME = "sim"
+LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
+DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
+EMPTY = np.zeros((0, 0), np.int64)
+
+
+def output_range(layer: QLayer, lo: int, hi: int) -> tuple[int, int]:
+    """The range of the codes ``layer`` passes on, for inputs in ``[lo, hi]``."""
+    if layer.activation == "step":
+        return 0, 1
+    if layer.activation == "relu":
+        return 0, max(0, 2**layer.act_bits - 1)
+    if layer.activation == "sigmoid":
+        return int(layer.lut.min()), int(layer.lut.max())
+    bound = accumulator_bound(layer, lo, hi)
+    return -bound, bound
+
+
+def accumulator_bound(layer: QLayer, lo: int, hi: int) -> int:
+    w = np.abs(layer.weight).sum(axis=1) * max(abs(lo), abs(hi))
+    return int(np.max(w + np.abs(layer.bias), initial=0))
+
+
+def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
+    if use_vnni and vnni.fits(layer.weight, lo, hi):
+        return "vnni"
+    products = int(np.max(np.abs(layer.weight).sum(axis=1), initial=0)) * max(abs(lo), abs(hi))
+    if products < kernels.F32_EXACT:
+        return "float32"
+    return "float64" if products < kernels.F64_EXACT else "int64"
+
+
+def per_channel(values, m: int) -> np.ndarray:
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.int64), (m,)))
 
 
 @dataclass
 class CompiledLayer:
     layer: QLayer
-    path: str  # "float32", "float64" or "int64"
-    weight_t: np.ndarray
+    path: str  # "vnni", "float32", "float64" or "int64"
+    lo: int  # the input codes this path is proven for
+    hi: int
+    weights: np.ndarray  # packed int8 (vnni), W.T in the product dtype (BLAS), W.T int64
+    colsum: np.ndarray
     mode: int
     act_max: int
+    mult: np.ndarray
+    shift: np.ndarray
     lut: np.ndarray
 
     @classmethod
-    def build(cls, layer: QLayer) -> CompiledLayer:
-        products = int(np.max(np.abs(layer.weight).sum(axis=1))) * layer.in_max
-        path = "float32" if products < kernels.F32_EXACT else (
-            "float64" if products < kernels.F64_EXACT else "int64")
-        dtype = {"float32": np.float32, "float64": np.float64, "int64": np.int64}[path]
-        w_t = np.ascontiguousarray(layer.weight.T, dtype=dtype)
+    def build(cls, layer: QLayer, lo: int, hi: int, use_vnni: bool) -> CompiledLayer:
+        m = layer.weight.shape[0]
+        path = product_path(layer, lo, hi, use_vnni)
+        if path == "vnni":
+            weights = vnni.pack_weights(layer.weight)
+        else:
+            weights = np.ascontiguousarray(layer.weight.T, dtype=DTYPES[path])
+        rq = layer.requant
         lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
         act_max = 2**layer.act_bits - 1 if layer.activation == "relu" else 0
-        return cls(layer, path, w_t, kernels.MODES[layer.activation], act_max, lut)
+        return cls(layer, path, lo, hi, weights, layer.weight.sum(axis=1), kernels.MODES[layer.activation],
+                   act_max, per_channel(rq.multiplier if rq else 0, m),
+                   per_channel(rq.shift if rq else 0, m), np.ascontiguousarray(lut))
 
-    def __call__(self, h: np.ndarray, out_dtype, activate: bool = True) -> np.ndarray:
-        """The layer's output codes; ``activate=False`` gives the accumulator ``acc``."""
-        if self.path == "int64":
-            acc = kernels.int_matmul(np.ascontiguousarray(h, dtype=np.int64), self.weight_t)
+    @property
+    def in_dtype(self):
+        """The container the previous layer writes this layer's input codes in."""
+        if self.path == "vnni":
+            return np.uint8 if self.lo >= 0 else np.int8
+        return DTYPES[self.path]
+
+    def run(self, h: np.ndarray, out_dtype, want_acc: bool, want_out: bool):
+        """``(acc, codes)``: the int64 accumulator and the activated codes (``out_dtype``), each
+        None unless asked for. Returns None when codes fall outside ``[lo, hi]``."""
+        n, m = h.shape[0], self.layer.weight.shape[0]
+        acc = np.empty((n, m), np.int64) if want_acc else EMPTY
+        out = np.empty((n, m), out_dtype) if want_out else EMPTY.astype(out_dtype)
+        args = (self.layer.bias, self.mult, self.shift, self.mode, self.act_max, self.lut, LUT_HALF,
+                acc, out)
+        if self.path == "vnni":
+            offset = vnni.input_offset(self.lo, self.hi)
+            if vnni.layer(h, self.lo, self.hi, offset, self.weights, self.colsum, *args,
+                          numba.get_num_threads()):
+                return None
         else:
-            acc = np.asarray(h, dtype=self.weight_t.dtype) @ self.weight_t
-        rq = self.layer.requant
-        mult = rq.multiplier if rq is not None else np.zeros(1, np.int64)
-        shift = rq.shift if rq is not None else np.zeros(1, np.int64)
-        out = np.empty(acc.shape, dtype=out_dtype)
-        mode = self.mode if activate else kernels.MODES["identity"]
-        kernels.finish_layer(acc, self.layer.bias, mult, shift, mode, self.act_max,
-                             self.lut, 2 ** (SIGMOID_INDEX_BITS - 1), out)
-        return out
+            if self.path == "int64":
+                product = kernels.int_matmul(np.ascontiguousarray(h), self.weights)
+            else:
+                product = np.asarray(h, dtype=self.weights.dtype) @ self.weights
+            kernels.finish_layer(product, *args)
+        return (acc if want_acc else None), (out if want_out else None)
 
 
 @dataclass
@@ -62,33 +130,67 @@ class SimProgram:
     net: QuantizedNetwork
     target: str = NAME
     artifacts: dict[str, Any] = field(default_factory=dict)
+    use_vnni: bool | None = None  # None: wherever the CPU has AVX-512 VNNI
     layers: list[CompiledLayer] = field(init=False)
 
     def __post_init__(self):
-        self.layers = [CompiledLayer.build(layer) for layer in self.net.layers]
+        if self.use_vnni and not vnni.available():
+            raise TargetError("sim: vnni=True needs a CPU with AVX-512 VNNI",
+                              hint="compile with vnni=None (auto) or vnni=False")
+        self.use_vnni = vnni.available() if self.use_vnni is None else bool(self.use_vnni)
+        fmt = self.net.input
+        self.layers = self.plan(fmt.qmin, fmt.qmax)
+        self._fallbacks: dict[tuple[int, int], list[CompiledLayer]] = {}
+
+    def plan(self, lo: int, hi: int) -> list[CompiledLayer]:
+        layers = []
+        for layer in self.net.layers:
+            layers.append(CompiledLayer.build(layer, lo, hi, self.use_vnni))
+            lo, hi = output_range(layer, lo, hi)
+        return layers
 
     @property
     def report(self) -> dict[str, Any]:
         return {"products": [c.path for c in self.layers]}
 
-    def _next_dtype(self, i: int):
-        nxt = self.layers[i + 1].path if i + 1 < len(self.layers) else None
-        return {"float32": np.float32, "float64": np.float64}.get(nxt, np.int64)
+    def _run(self, x_q: np.ndarray, want_accs: bool) -> list[np.ndarray]:
+        x_q = np.asarray(x_q)
+        if x_q.ndim != 2 or x_q.shape[1] != self.net.n_features:
+            raise ValueError(f"sim expects codes of shape (N, {self.net.n_features}), got {x_q.shape}")
+        result = self._run_plan(self.layers, x_q, want_accs)
+        if result is None:  # codes outside the input format: a plan proven for what we got
+            lo, hi = (int(v) for v in kernels.code_range(x_q)) if x_q.size else (0, 0)
+            lo, hi = min(lo, self.net.input.qmin), max(hi, self.net.input.qmax)
+            if (lo, hi) not in self._fallbacks:
+                self._fallbacks[(lo, hi)] = self.plan(lo, hi)
+            result = self._run_plan(self._fallbacks[(lo, hi)], x_q, want_accs)
+        return result
 
-    def accumulators(self, x_q: np.ndarray) -> list[np.ndarray]:
-        h, accs = x_q, []
-        for i, c in enumerate(self.layers):
-            accs.append(c(h, np.int64, activate=False))
-            if i + 1 < len(self.layers):
-                h = c(h, self._next_dtype(i))
+    @staticmethod
+    def _run_plan(layers: list[CompiledLayer], h: np.ndarray, want_accs: bool):
+        accs = []
+        for i, c in enumerate(layers):
+            last = i + 1 == len(layers)
+            out_dtype = np.int64 if last else layers[i + 1].in_dtype
+            if c.path != "vnni" and i == 0 and h.size:
+                lo, hi = kernels.code_range(h)
+                if lo < c.lo or hi > c.hi:
+                    return None
+            ran = c.run(h, out_dtype, want_acc=want_accs or last, want_out=not last)
+            if ran is None:
+                return None
+            acc, h = ran
+            accs.append(acc)
         return accs
 
+    def accumulators(self, x_q: np.ndarray) -> list[np.ndarray]:
+        """The int64 accumulator of every layer (``hwq.reference.trace``)."""
+        return self._run(x_q, want_accs=True)
+
     def forward(self, x_q: np.ndarray) -> np.ndarray:
-        """Integer scores (N, n_out) for integer-valued input codes ``x_q`` (any numeric dtype)."""
-        h = x_q
-        for i, c in enumerate(self.layers):
-            h = c(h, self._next_dtype(i) if i + 1 < len(self.layers) else np.int64)
-        return h
+        """Integer scores (N, n_out): the last layer's accumulator, for integer input codes
+        ``x_q`` (N, n_features) of any numeric dtype."""
+        return self._run(x_q, want_accs=False)[-1]
 
     def trace(self, x_q: np.ndarray) -> list[np.ndarray]:
         """Real pre-activations ``z = acc * acc_scale`` of every layer."""
@@ -99,10 +201,13 @@ class SimProgram:
 
 
 class SimTarget:
+    """``compile(net, vnni=None)``: ``vnni`` None uses AVX-512 VNNI products where the CPU has
+    them, False never (float BLAS / int64 only), True requires them."""
+
     name = NAME
 
-    def compile(self, net: QuantizedNetwork, **options: Any) -> SimProgram:
-        return SimProgram(net)
+    def compile(self, net: QuantizedNetwork, *, vnni: bool | None = None, **options: Any) -> SimProgram:
+        return SimProgram(net, use_vnni=vnni)
 
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any]) -> SimProgram:
         return SimProgram(net, artifacts=dict(artifacts))

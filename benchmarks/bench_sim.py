@@ -1,0 +1,196 @@
+"""Forward passes per second of the attack workload: sim vs onnxruntime vs the numpy reference.
+
+The 784-100-10 MLP (random weights, relu hidden layer, 4-bit narrow weights, 8-bit
+activations and inputs) is attacked with FGSM at 101 epsilons on 10,000 random inputs: 1.01 M
+integer forward passes, in the chunks ``hwq.attack.attack`` uses.
+
+* ``sim attack``: ``perturb_quantize`` (float32 codes, as the attack makes them) + sim
+  ``forward`` + ``decide``, timed together;
+* ``sim forward``: the same, timing ``forward`` + ``decide`` alone;
+* ``onnxruntime``: the graph of ``hwq.onnx_export`` on the same codes fed as uint8 (its native
+  input), timing ``session.run`` alone (``ort attack`` adds ``perturb_quantize`` into uint8);
+* ``hwq.attack``: the whole ``hwq.attack.attack`` call (gradient and clean pass included);
+* ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass.
+
+Every repeat checks that sim and onnxruntime decide identically on all 1.01 M inputs; the
+first chunk's scores must be equal in sim, onnxruntime and the reference. Medians over
+``--repeats``; peak memory is the process's maximum resident set. The last line is
+``sim_vs_onnxruntime=<sim attack passes/s / onnxruntime passes/s>``.
+
+    python benchmarks/bench_sim.py [--inputs 10000] [--epsilons 101] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import numba
+import numpy as np
+import onnxruntime as ort
+
+import hwq
+from hwq import ir, reference
+from hwq.attack import CHUNK_ELEMENTS, perturb_quantize
+from hwq.epsilons import check_epsilons
+from hwq.gradients import SurrogateGradient
+from hwq.onnx_export import export_onnx
+
+N_IN, HIDDEN, N_OUT = 784, 100, 10
+
+
+def build_network(rng: np.random.Generator, x: np.ndarray):
+    w1, b1 = rng.normal(0, 1 / np.sqrt(N_IN), (HIDDEN, N_IN)), rng.normal(0, 0.1, HIDDEN)
+    w2, b2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (N_OUT, HIDDEN)), rng.normal(0, 0.1, N_OUT)
+    nodes = (ir.Affine(w1, b1), ir.Activation("relu"), ir.Affine(w2, b2))
+    graph = ir.Graph((N_IN,), nodes, ir.Output("softmax"))
+    return hwq.quantize(graph, 4, calibration=x[:1000], bounds=(0.0, 1.0), act_bits=8, input_bits=8)
+
+
+class Workload:
+    """The attack's chunks: inputs, FGSM directions, epsilons, and the code generator."""
+
+    def __init__(self, net, x, direction, eps):
+        self.net, self.x, self.direction, self.eps = net, x, direction, eps
+        self.step = max(1, CHUNK_ELEMENTS // (len(eps) * N_IN))
+
+    def chunks(self, n=None):
+        n = len(self.x) if n is None else n
+        for start in range(0, n, self.step):
+            yield slice(start, min(n, start + self.step))
+
+    def codes(self, sl, dtype):
+        fmt = self.net.input
+        out = np.empty((len(self.eps) * (sl.stop - sl.start), N_IN), dtype)
+        perturb_quantize(self.x[sl], self.direction[sl], self.eps, 0.0, 1.0, fmt.inv_scale,
+                         fmt.qmin, fmt.qmax, out)
+        return out
+
+
+def run_sim(work: Workload, program):
+    """(seconds perturb+forward+decide, seconds forward+decide, decisions)."""
+    total = fwd = 0.0
+    decisions = []
+    for sl in work.chunks():
+        t0 = time.perf_counter()
+        codes = work.codes(sl, np.float32)
+        t1 = time.perf_counter()
+        decisions.append(program.decide(program.forward(codes)))
+        t2 = time.perf_counter()
+        total += t2 - t0
+        fwd += t2 - t1
+    return total, fwd, np.concatenate(decisions)
+
+
+def run_ort(work: Workload, session):
+    """(seconds perturb+run, seconds run, decisions)."""
+    total = fwd = 0.0
+    decisions = []
+    for sl in work.chunks():
+        t0 = time.perf_counter()
+        codes = work.codes(sl, np.uint8)
+        t1 = time.perf_counter()
+        decisions.append(session.run(["decision"], {"x_q": codes})[0])
+        t2 = time.perf_counter()
+        total += t2 - t0
+        fwd += t2 - t1
+    return total, fwd, np.concatenate(decisions)
+
+
+def run_attack(work: Workload, program, y):
+    t0 = time.perf_counter()
+    hwq.attack(program, work.x, y, work.eps, bounds=(0.0, 1.0))
+    return time.perf_counter() - t0
+
+
+def run_reference(work: Workload, n_inputs: int):
+    """Seconds per pass of perturb + ``hwq.reference`` forward + decide on ``n_inputs``."""
+    t0 = time.perf_counter()
+    for sl in work.chunks(n_inputs):
+        codes = work.codes(sl, np.float32)
+        reference.decide(reference.forward(work.net, codes.astype(np.int64)), work.net.output)
+    return (time.perf_counter() - t0) / (n_inputs * len(work.eps))
+
+
+def check_first_chunk(work: Workload, program, session):
+    sl = next(work.chunks())
+    codes = work.codes(sl, np.float32)
+    ref = reference.forward(work.net, codes.astype(np.int64))
+    ort_scores = session.run(["scores"], {"x_q": codes.astype(np.uint8)})[0]
+    if not (np.array_equal(program.forward(codes), ref) and np.array_equal(ort_scores, ref)):
+        raise SystemExit("MISMATCH: sim, onnxruntime and reference scores differ")
+    return len(codes)
+
+
+def make_session(net):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(export_onnx(net).SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def rate(passes: int, seconds: list[float]) -> float:
+    return passes / float(np.median(seconds))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=10_000)
+    parser.add_argument("--epsilons", type=int, default=101)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference-inputs", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(args.seed)
+    x = rng.uniform(0.0, 1.0, (args.inputs, N_IN))
+    net = build_network(rng, x)
+    program = hwq.compile(net, "sim")
+    y = rng.integers(0, N_OUT, args.inputs)
+    _, grad = SurrogateGradient(program).value_and_grad(x, y)
+    eps = check_epsilons(np.linspace(0.0, 0.5, args.epsilons))
+    work = Workload(net, x, np.sign(grad).astype(np.float32), eps)
+    session = make_session(net)
+    passes = args.inputs * args.epsilons
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"numba {numba.__version__} ({numba.get_num_threads()} threads), "
+          f"onnxruntime {ort.__version__} (default threads, ORT_ENABLE_ALL)")
+    print(f"network 784-100-10 relu, 4-bit weights, 8-bit activations; sim products "
+          f"{program.report['products']}; {passes:,} passes in chunks of {work.step} inputs")
+    checked = check_first_chunk(work, program, session)  # also compiles every kernel
+    print(f"scores identical in sim, onnxruntime and reference on {checked:,} passes")
+
+    times = {k: [] for k in ("sim attack", "sim forward", "ort attack", "ort forward", "hwq.attack")}
+    for _ in range(args.repeats):
+        total, fwd, sim_dec = run_sim(work, program)
+        times["sim attack"].append(total)
+        times["sim forward"].append(fwd)
+        total, fwd, ort_dec = run_ort(work, session)
+        times["ort attack"].append(total)
+        times["ort forward"].append(fwd)
+        if not np.array_equal(sim_dec, ort_dec):
+            raise SystemExit("MISMATCH: sim and onnxruntime decisions differ")
+        times["hwq.attack"].append(run_attack(work, program, y))
+    ref_rate = 1.0 / run_reference(work, min(args.reference_inputs, args.inputs))
+    print(f"decisions identical in sim and onnxruntime on {passes:,} passes x {args.repeats} repeats")
+
+    rates = {k: rate(passes, v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:<16} {rates[k]:>12,.0f} passes/s  (median {np.median(v):.3f} s, "
+              f"min {min(v):.3f}, max {max(v):.3f})")
+    print(f"{'numpy reference':<16} {ref_rate:>12,.0f} passes/s  "
+          f"({args.reference_inputs * args.epsilons:,} passes, extrapolated)")
+    print(f"sim forward / onnxruntime forward: {rates['sim forward'] / rates['ort forward']:.2f}x; "
+          f"sim attack / ort attack: {rates['sim attack'] / rates['ort attack']:.2f}x; "
+          f"sim attack / numpy reference: {rates['sim attack'] / ref_rate:.0f}x")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS): {peak:,.0f} MiB")
+    print(f"sim_vs_onnxruntime={rates['sim attack'] / rates['ort forward']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

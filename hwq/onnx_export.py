@@ -1,0 +1,272 @@
+"""The compiled integer network as an ONNX graph that onnxruntime runs bit-exactly.
+
+``export_onnx(net)`` writes the formulas of ``hwq/reference.py`` (``docs/integer-semantics.md``)
+with plain ONNX ops, no fused QDQ:
+
+* input ``x_q``: the integer input codes (N, n_features), in the smallest container
+  onnxruntime multiplies natively: ``uint8`` (unsigned formats of <= 8 bits), ``int8`` (signed
+  <= 8 bits), else ``int32``. Real inputs are quantized outside the graph with the formula in
+  the metadata (``hwq.input``). The graph is exact for codes inside the input format.
+* products: ``MatMulInteger`` (int32 result) when the codes sit in an 8-bit container, the
+  weights fit int8 and ``255 * max_row sum|W| < 2^31``; otherwise an integer-valued ``double``
+  ``MatMul``, exact because every partial sum is an integer below ``2^53`` (checked).
+* bias, requantization, activation in ``double`` (``requant_nodes`` proves exactness), or in
+  int64 with ``Mod``/``Div`` when ``|acc * M|`` may reach ``2^53``; step is ``Greater`` +
+  ``Cast``, relu ``Clip``, sigmoid ``Clip`` + ``Gather`` in the LUT.
+* outputs: ``scores`` (int64, the last layer's accumulator) and ``decision`` (int64 class:
+  ``ArgMax`` with the lowest index on ties, or ``scores[:, 0] > 0`` for one output); the rule
+  is also spelled out in the metadata (``hwq.decision``).
+
+Graph optimizations do not matter for these ops (tests run onnxruntime with
+``ORT_DISABLE_ALL`` and ``ORT_ENABLE_ALL`` and get identical integers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from hwq import __version__
+from hwq.errors import InvalidModelError
+from hwq.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
+
+OPSET = 17
+IR_VERSION = 8  # onnxruntime 1.23 refuses onnx 1.23's default IR version 14
+F64_EXACT = 2**53
+INT32_EXACT = 2**31
+LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
+CONTAINERS = {  # ONNX type, numpy dtype, code range
+    "uint8": (TensorProto.UINT8, np.uint8, 0, 255),
+    "int8": (TensorProto.INT8, np.int8, -128, 127),
+    "int32": (TensorProto.INT32, np.int32, -(2**31), 2**31 - 1),
+    "double": (TensorProto.DOUBLE, np.float64, -F64_EXACT, F64_EXACT),
+}
+
+
+@dataclass
+class Codes:
+    """A tensor of integer codes in the graph: its name, container and value range."""
+
+    name: str
+    container: str
+    lo: int
+    hi: int
+
+    @property
+    def peak(self) -> int:
+        return max(abs(self.lo), abs(self.hi))
+
+
+@dataclass
+class GraphBuilder:
+    nodes: list = field(default_factory=list)
+    inits: list = field(default_factory=list)
+    count: int = 0
+
+    def fresh(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}_{self.count}"
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        name = self.fresh(stem)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], stem: str, out: str | None = None, **attrs) -> str:
+        out = out or self.fresh(stem)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(op_type), **attrs))
+        return out
+
+    def cast(self, name: str, container: str, stem: str) -> str:
+        return self.op("Cast", [name], stem, to=CONTAINERS[container][0])
+
+
+def smallest_container(lo: int, hi: int) -> str:
+    for name in ("uint8", "int8"):
+        if CONTAINERS[name][2] <= lo and hi <= CONTAINERS[name][3]:
+            return name
+    return "double"
+
+
+def input_container(net: QuantizedNetwork) -> str:
+    fmt = net.input
+    if fmt.bits <= 8:
+        return "int8" if fmt.signed else "uint8"
+    return "int32"
+
+
+def product(b: GraphBuilder, layer: QLayer, h: Codes, i: int) -> str:
+    """``h @ W.T`` as an integer-valued double tensor (exact: see the module docstring)."""
+    w = layer.weight
+    row_sum = int(np.abs(w).sum(axis=1).max(initial=0))
+    if h.container in ("uint8", "int8") and w.min(initial=0) >= -128 and w.max(initial=0) <= 127 \
+            and 255 * row_sum < INT32_EXACT:
+        acc = b.op("MatMulInteger", [h.name, b.const(f"w{i}", w.T.astype(np.int8))], f"prod{i}")
+        return b.cast(acc, "double", f"prod{i}_f64")
+    if row_sum * h.peak >= F64_EXACT:
+        raise InvalidModelError(
+            f"layer {i}: products reach 2^53, no exact ONNX double MatMul",
+            hint="use fewer weight or activation bits")
+    x = h.name if h.container == "double" else b.cast(h.name, "double", f"h{i}_f64")
+    return b.op("MatMul", [x, b.const(f"w{i}", w.T.astype(np.float64))], f"prod{i}")
+
+
+def requant_route(layer: QLayer, acc_bound: np.ndarray) -> str:
+    """``double`` when ``|acc| * M + 2^(S-1) < 2^53`` on every channel, else ``int64``."""
+    mult, shift, half = requant_terms(layer)
+    bound = np.abs(acc_bound.astype(object) * mult) + half
+    return "double" if max(bound, default=0) < F64_EXACT else "int64"
+
+
+def requant_terms(layer: QLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel ``M``, ``S`` and ``2^(S-1)`` (0 when S == 0) as exact Python integers."""
+    m = layer.weight.shape[0]
+    mult = np.broadcast_to(layer.requant.multiplier, (m,)).astype(object)
+    shift = np.broadcast_to(layer.requant.shift, (m,)).astype(np.int64)
+    half = np.array([2 ** (int(s) - 1) if s > 0 else 0 for s in shift], dtype=object)
+    return mult, shift, half
+
+
+def requant_nodes(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray, i: int) -> str:
+    """``floor((acc * M + 2^(S-1)) / 2^S)`` with ``acc = prod + bias``, per output channel.
+
+    Double route, when ``B = (|prod| + |bias|) * M + 2^(S-1) < 2^53`` for every channel:
+    ``v = prod * (M * 2^-S) + (bias * M + 2^(S-1)) * 2^-S``, then ``Floor(v)``. Exact because
+    (1) ``prod``, ``M`` and ``bias * M + 2^(S-1)`` are integers below 2^53, held exactly;
+    (2) scaling by a power of two is exact (no overflow or underflow at these magnitudes), so
+    ``M * 2^-S`` and the constant term are exact; (3) ``prod * M`` is an integer below 2^53, so
+    the rounded product ``prod * (M * 2^-S)`` equals the exact ``prod * M / 2^S``; (4) the exact
+    sum ``u / 2^S`` with ``u = acc * M + 2^(S-1)`` an integer below 2^53 is representable, so
+    the rounded sum is exact; (5) ``Floor(u / 2^S)`` is the arithmetic right shift by S.
+
+    int64 route otherwise (the reference itself needs ``|u| < 2^63``): ``t = acc * M + 2^(S-1)``
+    and ``floor(t / 2^S) = (t - Mod(t, 2^S)) / 2^S``: ``Mod`` with ``fmod=0`` takes the
+    divisor's sign, so ``Div`` (which truncates toward zero) divides an exact multiple.
+    """
+    mult, shift, half = requant_terms(layer)
+    if requant_route(layer, acc_bound) == "double":
+        scale = np.ldexp(mult.astype(np.float64), -shift)
+        offset = np.ldexp((layer.bias.astype(object) * mult + half).astype(np.float64), -shift)
+        scaled = b.op("Mul", [prod, b.const(f"m{i}", scale)], f"scaled{i}")
+        return b.op("Floor", [b.op("Add", [scaled, b.const(f"c{i}", offset)], f"u{i}")], f"z{i}")
+    acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
+    acc = b.op("Cast", [acc], f"acc{i}_i64", to=TensorProto.INT64)
+    t = b.op("Mul", [acc, b.const(f"m{i}", mult.astype(np.int64))], f"am{i}")
+    t = b.op("Add", [t, b.const(f"half{i}", half.astype(np.int64))], f"t{i}")
+    p = b.const(f"p{i}", np.array([2 ** int(s) for s in shift], dtype=np.int64))
+    r = b.op("Mod", [t, p], f"r{i}", fmod=0)
+    return b.op("Div", [b.op("Sub", [t, r], f"tr{i}"), p], f"z{i}")
+
+
+def clip(b: GraphBuilder, z: str, lo: int, hi: int, like: str, i: int) -> str:
+    dtype = np.float64 if like == "double" else np.int64
+    return b.op("Clip", [z, b.const(f"lo{i}", dtype(lo)), b.const(f"hi{i}", dtype(hi))], f"clip{i}")
+
+
+def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray, i: int) -> Codes:
+    """The codes layer ``i`` passes on, in the container the next product wants."""
+    kind = layer.activation
+    if kind in ("identity", "step"):
+        acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
+        if kind == "step":
+            gt = b.op("Greater", [acc, b.const(f"zero{i}", np.float64(0))], f"gt{i}")
+            return Codes(b.cast(gt, "uint8", f"h{i + 1}"), "uint8", 0, 1)
+        peak = int(acc_bound.max(initial=0))
+        return Codes(acc, "double", -peak, peak)
+    z = requant_nodes(b, layer, prod, acc_bound, i)
+    like = requant_route(layer, acc_bound)
+    if kind == "relu":
+        top = max(0, 2**layer.act_bits - 1)
+        y = clip(b, z, 0, top, like, i)
+        out = smallest_container(0, top)
+        return Codes(b.op("Cast", [y], f"h{i + 1}", to=CONTAINERS[out][0]), out, 0, top)
+    if kind == "sigmoid":
+        k = clip(b, z, -LUT_HALF, LUT_HALF - 1, like, i)
+        idx = b.op("Cast", [k], f"k{i}", to=TensorProto.INT64)
+        idx = b.op("Add", [idx, b.const(f"half{i}", np.int64(LUT_HALF))], f"idx{i}")
+        lo, hi = int(layer.lut.min()), int(layer.lut.max())
+        out = smallest_container(lo, hi)
+        lut = b.const(f"lut{i}", layer.lut.astype(CONTAINERS[out][1]))
+        return Codes(b.op("Gather", [lut, idx], f"h{i + 1}", axis=0), out, lo, hi)
+    raise InvalidModelError(f"layer {i}: unknown activation {kind!r}")
+
+
+def decision(b: GraphBuilder, net: QuantizedNetwork, acc: str) -> str:
+    """Class per input: ``ArgMax`` (first index on ties) or ``scores[:, 0] > 0``."""
+    if net.output == "sign":
+        first = b.op("Gather", [acc, b.const("col0", np.int64(0))], "score0", axis=1)
+        gt = b.op("Greater", [first, b.const("zero_out", np.float64(0))], "positive")
+        return b.op("Cast", [gt], "decision", out="decision", to=TensorProto.INT64)
+    return b.op("ArgMax", [acc], "decision", out="decision", axis=1, keepdims=0,
+                select_last_index=0)
+
+
+def build_graph(net: QuantizedNetwork) -> onnx.GraphProto:
+    b = GraphBuilder()
+    fmt = net.input
+    container = input_container(net)
+    h = Codes("x_q", container, fmt.qmin, fmt.qmax)
+    if container == "int32":
+        h = Codes(b.cast("x_q", "double", "x_f64"), "double", fmt.qmin, fmt.qmax)
+    for i, layer in enumerate(net.layers):
+        acc_bound = np.abs(layer.weight).sum(axis=1) * h.peak + np.abs(layer.bias)
+        if int(acc_bound.max(initial=0)) >= F64_EXACT:
+            raise InvalidModelError(f"layer {i}: accumulators reach 2^53, no exact ONNX export")
+        prod = product(b, layer, h, i)
+        if i + 1 == len(net.layers):
+            acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
+            b.op("Cast", [acc], "scores", out="scores", to=TensorProto.INT64)
+            decision(b, net, acc)
+            break
+        h = activation(b, layer, prod, acc_bound, i)
+    n_out = net.layers[-1].weight.shape[0]
+    inputs = [helper.make_tensor_value_info("x_q", CONTAINERS[container][0], ["N", net.n_features])]
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.INT64, ["N", n_out]),
+               helper.make_tensor_value_info("decision", TensorProto.INT64, ["N"])]
+    return helper.make_graph(b.nodes, "hwq_integer", inputs, outputs, b.inits,
+                             doc_string="hwq integer network: see hwq.onnx_export")
+
+
+def metadata(net: QuantizedNetwork) -> dict[str, str]:
+    fmt = net.input
+    rule = ("argmax over scores, the lowest index wins ties" if net.output == "argmax"
+            else "class 1 iff scores[:, 0] > 0, else class 0")
+    return {
+        "hwq.version": __version__,
+        "hwq.decision": rule,
+        "hwq.input": (f"x_q = clip(floor(x * {fmt.inv_scale!r} + 1/2), {fmt.qmin}, {fmt.qmax})"
+                      f" ({fmt.name}); bounds {fmt.bounds}"),
+        "hwq.input_dtype": input_container(net),
+        "hwq.layers": "; ".join(f"{layer.activation} {layer.weight.shape[1]}->{layer.weight.shape[0]}"
+                                for layer in net.layers),
+        "hwq.semantics": "docs/integer-semantics.md (integers exact; scores are int64 accumulators)",
+    }
+
+
+def export_onnx(net: QuantizedNetwork) -> onnx.ModelProto:
+    """``net`` as an ONNX model (opset 17, IR 8) whose outputs ``scores`` and ``decision``
+    equal ``hwq.reference.forward`` / ``decide`` bit for bit for codes in the input format."""
+    model = helper.make_model(build_graph(net), producer_name="hwq", producer_version=__version__,
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, metadata(net))
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_onnx(net: QuantizedNetwork, path: str | Path) -> Path:
+    """Export ``net`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    path = Path(path)
+    data = export_onnx(net).SerializeToString()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,396 @@
+"""From a sweep file to the paper's figures, a Markdown report and the key numbers.
+
+Pure part: :func:`blocks` arranges a sweep's cells as arrays ``acc[activation, bits, seed,
+eps]`` per (data set, target); :func:`critical_table` and :func:`key_numbers` compute what the
+report states. Effects at the edge: :func:`write_report` draws the figures (hwq.plots) and
+writes ``report.md`` into a folder.
+
+Stalled cells (training stalled, or clean test accuracy within 5 points of chance) are never
+averaged: means and spreads are over the other seeds, each figure marks how many seeds of a
+bit width were left out, and the report lists every stalled cell.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hwq.analysis import critical_strength, relative_accuracy
+from hwq.analysis.critical import DEFINITIONS
+from hwq.sweep import data_label
+from hwq.sweep_store import SweepFile, read_sweep
+
+FIG2_CASES = ((2, 2), (3, 4), (1, 5))  # (q, n) of the paper's Fig. 2
+FIG2_SAMPLES = 200_000
+TABLE_EPS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.125, 0.2, 0.3, 0.5)
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """All cells of one (data set, target): arrays indexed [activation, bits, seed(, eps)];
+    NaN / False where a cell is missing."""
+
+    data: str
+    target: str
+    info: dict  # the data group's attributes (n_features, chance, training, ...)
+    activations: tuple[str, ...]
+    bits: np.ndarray
+    seeds: np.ndarray
+    eps: np.ndarray
+    acc: np.ndarray  # (A, B, S, K)
+    clean: np.ndarray  # (A, B, S)
+    present: np.ndarray  # (A, B, S) bool
+    stalled: np.ndarray  # (A, B, S) bool
+    keys: np.ndarray  # (A, B, S) object: cell keys ("" where missing)
+
+    @property
+    def usable(self) -> np.ndarray:
+        return self.present & ~self.stalled
+
+    def _masked(self, values: np.ndarray) -> np.ndarray:
+        mask = self.usable if values.ndim == 3 else self.usable[..., None]
+        return np.where(mask, values, np.nan)
+
+    def mean(self, values: np.ndarray | None = None) -> np.ndarray:
+        """Mean over the usable seeds (axis 2); NaN where a bit width has none."""
+        return _nan(np.nanmean, self._masked(self.acc if values is None else values), 2)
+
+    def std(self, values: np.ndarray | None = None) -> np.ndarray:
+        return _nan(np.nanstd, self._masked(self.acc if values is None else values), 2)
+
+    def relative(self) -> np.ndarray:
+        """Per-cell relative accuracy acc / clean, shape (A, B, S, K)."""
+        return relative_accuracy(self.acc, self.clean[..., None])
+
+
+def _nan(func, values: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmean``/``np.nanstd`` without the warning for all-NaN slices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return func(values, axis=axis)
+
+
+def blocks(sw: SweepFile) -> list[Block]:
+    """One :class:`Block` per (data set, target), in the order of the spec."""
+    spec = sw.spec
+    acts = tuple(dict.fromkeys(spec.activations if not spec.models
+                               else [m.activation for m in spec.models]))
+    seeds = np.array(spec.seeds if not spec.models else range(len(spec.models)))
+    bits = np.array(spec.bits)
+    out = []
+    for label in (data_label(d) for d in spec.data):
+        for target in spec.targets:
+            shape = (len(acts), bits.size, seeds.size)
+            acc = np.full(shape + (sw.epsilons.size,), np.nan)
+            clean, present = np.full(shape, np.nan), np.zeros(shape, bool)
+            stalled, keys = np.zeros(shape, bool), np.full(shape, "", dtype=object)
+            for c in sw.cells:
+                a = c.attrs
+                if a["data"] != label or a["target"] != target or a["activation"] not in acts:
+                    continue
+                i = (acts.index(a["activation"]), int(np.flatnonzero(bits == a["bits"])[0]),
+                     int(np.flatnonzero(seeds == a["seed"])[0]))
+                acc[i], clean[i], present[i] = c.accuracy, a["clean_accuracy"], True
+                stalled[i], keys[i] = a["stalled"], c.key
+            out.append(Block(label, target, sw.data[label], acts, bits, seeds, sw.epsilons,
+                             acc, clean, present, stalled, keys))
+    return out
+
+
+def critical_table(block: Block) -> dict:
+    """{activation: {definition: CriticalStrength | None, "bits_used": [...]}}.
+
+    Bit widths without a usable seed are left out; with fewer than two left, both are None.
+    """
+    mean = block.mean()
+    out = {}
+    for a, act in enumerate(block.activations):
+        rows = ~np.any(np.isnan(mean[a]), axis=1)
+        entry = {"bits_used": block.bits[rows].tolist()}
+        for definition in DEFINITIONS:
+            entry[definition] = None
+            if rows.sum() >= 2:
+                entry[definition] = critical_strength(
+                    mean[a][rows], block.bits[rows], block.eps, definition=definition,
+                    chance=block.info["chance"], n_features=block.info["n_features"])
+        out[act] = entry
+    return out
+
+
+def _num(x) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 6)
+
+
+def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
+    """What ``hwq report --json`` prints: critical strengths per activation and definition,
+    clean accuracy per bits and activation (usable seeds; and all seeds), stalled cells."""
+    blks = blks if blks is not None else blocks(sw)
+    critical, clean, clean_all = {}, {}, {}
+    for b in blks:
+        table = critical_table(b)
+        crit = {act: {d: (None if e[d] is None else
+                          {"eps_linf": _num(e[d].eps_linf), "eps_l2": _num(e[d].eps_l2)})
+                      for d in DEFINITIONS} for act, e in table.items()}
+        critical.setdefault(b.data, {})[b.target] = crit
+        mean_clean = b.mean(b.clean)
+        all_clean = _nan(np.nanmean, b.clean, 2)
+        clean.setdefault(b.data, {})[b.target] = {
+            act: {str(q): _num(mean_clean[a, i]) for i, q in enumerate(b.bits)}
+            for a, act in enumerate(b.activations)}
+        clean_all.setdefault(b.data, {})[b.target] = {
+            act: {str(q): _num(all_clean[a, i]) for i, q in enumerate(b.bits)}
+            for a, act in enumerate(b.activations)}
+    return {
+        "critical": critical, "clean_accuracy": clean, "clean_accuracy_all_seeds": clean_all,
+        "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
+        "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", len(sw.cells))),
+        "complete": bool(sw.attrs.get("complete", False)),
+    }
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def _fig_numbers(block: Block) -> tuple[int, int]:
+    """The paper's numbering: spirals (2-D) are Figs. 6/7, MNIST-like data Figs. 3/4."""
+    return (6, 7) if block.info["n_features"] <= 3 else (3, 4)
+
+
+def _stem(block: Block, multi_target: bool) -> str:
+    return block.data + (f"_{block.target}" if multi_target else "")
+
+
+def _mark_stalled(fig, block: Block) -> None:
+    """Under each panel: how many seeds of each bit width were left out as stalled."""
+    for a, ax in enumerate(fig.axes[: len(block.activations)]):
+        for i, q in enumerate(block.bits):
+            n = int(block.stalled[a, i].sum())
+            if n:
+                ax.annotate(f"{n}✕", (q, 0.0), xytext=(0, 2), textcoords="offset points",
+                            ha="center", fontsize=7, color="red")
+        if block.stalled[a].any():
+            ax.text(0.01, 0.01, "✕: stalled seeds left out", transform=ax.transAxes,
+                    fontsize=7, color="red")
+
+
+def figure_fig2(folder: Path, seed: int = 0) -> tuple[Path, list[dict]]:
+    """Fig. 2: Monte Carlo nearest-face distances vs the model density, with KS tests."""
+    from hwq import plots
+    from hwq.analysis import geometry, montecarlo
+
+    rng = np.random.default_rng(seed)
+    samples = {(q, n): montecarlo.simulate(q, n, FIG2_SAMPLES, rng) for q, n in FIG2_CASES}
+    path = folder / "fig2_simplex_distances.png"
+    plots.plot_simplex_histograms(samples, path)
+    checks = []
+    for (q, n), d in samples.items():
+        h = float(geometry.inradius(geometry.edge_length(q, n), n))
+        ks = montecarlo.ks_test_model(d, h, n)
+        checks.append({"q": q, "n": n, "mean_mc": float(d.mean()), "mean_model": h / (n + 1),
+                       "ks_statistic": ks.statistic, "ks_pvalue": ks.pvalue})
+    return path, checks
+
+
+def block_figures(block: Block, folder: Path, multi_target: bool) -> list[Path]:
+    """Figs. 3/6 (accuracy vs bits) and 4/7 (relative accuracy, one per activation)."""
+    from hwq import plots
+
+    f_bits, f_rel = _fig_numbers(block)
+    stem = _stem(block, multi_target)
+    crit = {act: e["min-variance"] for act, e in critical_table(block).items()}
+    fig = plots.plot_accuracy_vs_bits(block.bits, block.eps, block.mean(), block.std(),
+                                      block.activations, crit, None, title=block.data)
+    _mark_stalled(fig, block)
+    paths = [folder / f"fig{f_bits}_{stem}_accuracy_vs_bits.png"]
+    plots.save_png(fig, paths[0])
+    rel = block.mean(block.relative())
+    n = int(block.info["n_features"])
+    scales = ("linear",) if f_rel == 7 else ("linear", "log")
+    for a, act in enumerate(block.activations):
+        for scale in scales:
+            suffix = "" if scale == "linear" else "_log"
+            path = folder / f"fig{f_rel}_{stem}_{act}_relative_accuracy{suffix}.png"
+            plots.plot_relative_accuracy(block.eps, rel[a], block.bits, None, path,
+                                         title=f"{block.data} — {act}", n_features=n,
+                                         xscale=scale)
+            paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------ markdown
+
+
+def _fmt(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _levels(scheme, bits: int) -> str:
+    values = scheme.levels(bits) * scheme.unit_scale(bits)
+    return "{" + ", ".join(f"{v:.3g}" for v in values) + "}"
+
+
+def _settings_md(sw: SweepFile) -> list[str]:
+    from hwq.schemes import get_scheme
+
+    spec = sw.spec
+    q = spec.quant
+    scheme = get_scheme(q.scheme)
+    levels = "; ".join(f"{b} bit{'s' * (b > 1)}: {_levels(scheme, b)}" for b in spec.bits[:2])
+    a = spec.attack
+    eps = sw.epsilons
+    lines = ["## Settings", "",
+             f"- command: `{sw.attrs.get('command', '')}`",
+             f"- hwq {sw.attrs.get('hwq_version')}, created {sw.attrs.get('created')}, "
+             f"executor {sw.attrs.get('executor') or '?'}, wall time {sw.attrs.get('wall_s', 0):.0f} s",
+             f"- grid: activations {', '.join(spec.activations) if not spec.models else 'from models'}; "
+             f"bits {', '.join(map(str, spec.bits))}; "
+             + (f"seeds {', '.join(map(str, spec.seeds))}" if not spec.models else
+                f"models {', '.join(m.path for m in spec.models)}")
+             + f"; targets {', '.join(spec.targets)}",
+             f"- quantizer: scheme `{q.scheme}` ({levels}; see docs/quantization.md), "
+             f"weights{' per channel' if q.per_channel else ' per tensor'}; activations "
+             f"{q.act_bits} bits, inputs {q.input_bits} bits",
+             f"- attack: FGSM {a.norm}, {a.gradient} gradient, {eps.size} strengths "
+             f"{eps.min():g}..{eps.max():g}"
+             + (f", first {a.limit} test inputs" if a.limit else ", whole test set"),
+             "- training (hwq.train, QAT, Adam, 10 % validation, early stopping on validation "
+             "accuracy; per-cell seeds derived from the cell key):", ""]
+    rows = []
+    for label, info in sw.data.items():
+        t = info["training"]
+        rows.append([label, info["spec"], info["n_train"], info["n_test"], info["n_features"],
+                     _fmt(info["chance"]), t["epochs"], t["patience"], t["batch_size"],
+                     t["learning_rate"], t["gain"], t["init"], t["hidden"],
+                     info["fingerprint"][:12]])
+    lines += _md_table(["data", "spec", "train", "test", "features", "chance", "max epochs",
+                        "patience", "batch", "lr", "gain", "init", "hidden", "sha256"], rows)
+    return lines + [""]
+
+
+def _critical_md(blks: list[Block]) -> list[str]:
+    lines = ["## Critical attack strength", "",
+             "min-variance: the paper's (strength whose accuracy-vs-bits curve has the smallest "
+             "variance, among strengths whose mean accuracy is above chance + 0.05); "
+             "slope-crossing: where the least-squares slope of accuracy vs bits turns from "
+             "positive to negative. l2 = l-inf x sqrt(n).", ""]
+    rows = []
+    for b in blks:
+        for act, e in critical_table(b).items():
+            cells = []
+            for d in DEFINITIONS:
+                c = e[d]
+                cells += ["–", "–"] if c is None else [f"{c.eps_linf:.4g}", f"{c.eps_l2:.4g}"]
+            rows.append([b.data, b.target, act, *cells, ",".join(map(str, e["bits_used"]))])
+    lines += _md_table(["data", "target", "activation", "min-var l∞", "min-var l2",
+                        "crossing l∞", "crossing l2", "bits used"], rows)
+    return lines + [""]
+
+
+def _clean_md(b: Block) -> list[str]:
+    mean, std = b.mean(b.clean), b.std(b.clean)
+    rows = []
+    for i, q in enumerate(b.bits):
+        row = [q]
+        for a in range(len(b.activations)):
+            n_ok, n_st = int(b.usable[a, i].sum()), int(b.stalled[a, i].sum())
+            cell = f"{_fmt(mean[a, i])} ± {_fmt(std[a, i])} ({n_ok})" if n_ok else "–"
+            row.append(cell + (f", {n_st} stalled" if n_st else ""))
+        rows.append(row)
+    title = f"### Clean accuracy: {b.data} on {b.target} (mean ± std over usable seeds (n))"
+    return [title, ""] + _md_table(["bits", *b.activations], rows) + [""]
+
+
+def _eps_md(b: Block) -> list[str]:
+    picks = sorted({int(np.argmin(np.abs(b.eps - e))) for e in TABLE_EPS if e <= b.eps.max()})
+    mean = b.mean()
+    lines = [f"### Accuracy under attack: {b.data} on {b.target} (mean over usable seeds)", ""]
+    for a, act in enumerate(b.activations):
+        rows = [[q, *(_fmt(mean[a, i, k]) for k in picks)] for i, q in enumerate(b.bits)]
+        lines += [f"{act}:", ""] + _md_table(["bits", *(f"ε={b.eps[k]:g}" for k in picks)],
+                                              rows) + [""]
+    return lines
+
+
+def _stalled_md(sw: SweepFile) -> list[str]:
+    cells = [c for c in sw.cells if c.attrs["stalled"]]
+    lines = ["## Stalled cells (left out of every mean and figure)", ""]
+    if not cells:
+        return lines + ["None.", ""]
+    rows = [[c.key, _fmt(c.attrs["clean_accuracy"]), _fmt(c.attrs["chance"]),
+             _fmt(c.attrs.get("val_accuracy")), c.attrs.get("best_epoch", "–"),
+             "yes" if c.attrs.get("train_stalled") else "no",
+             "yes" if c.attrs["at_chance"] else "no"] for c in cells]
+    return lines + _md_table(["cell", "clean acc", "chance", "val acc", "best epoch",
+                              "training stalled", "test at chance"], rows) + [""]
+
+
+def _timing_md(sw: SweepFile) -> list[str]:
+    phases = ["load_s", "train_s", "import_s", "quantize_s", "compile_s", "attack_s", "total_s"]
+    rows = []
+    for p in phases:
+        v = np.array([c.timing.get(p, np.nan) for c in sw.cells], float)
+        if v.size and np.isfinite(v).any():
+            rows.append([p[:-2], f"{np.nansum(v):.1f}", f"{np.nanmean(v):.3f}",
+                         f"{np.nanmax(v):.3f}"])
+    lines = ["## Time per phase (seconds of worker time; train once per task, shared by its "
+             "targets)", ""]
+    return lines + _md_table(["phase", "sum", "mean per cell", "max"], rows) + [""]
+
+
+def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[dict],
+             folder: Path) -> str:
+    lines = [f"# hwq sweep report: {sw.path.name}", "",
+             f"{len(sw.cells)} of {sw.attrs.get('n_planned', len(sw.cells))} cells"
+             + ("" if sw.attrs.get("complete") else " (sweep not complete)")
+             + f"; {sum(c.attrs['stalled'] for c in sw.cells)} stalled.", ""]
+    lines += _settings_md(sw) + _critical_md(blks)
+    lines += ["## Clean accuracy and accuracy under attack", ""]
+    for b in blks:
+        lines += _clean_md(b) + _eps_md(b)
+    lines += _stalled_md(sw)
+    if fig2:
+        lines += ["## Fig. 2 check: Monte Carlo vs the geometric model", ""]
+        lines += _md_table(["q", "n", "mean (MC)", "mean h/(n+1)", "KS D", "KS p"],
+                           [[c["q"], c["n"], f"{c['mean_mc']:.5g}", f"{c['mean_model']:.5g}",
+                             f"{c['ks_statistic']:.4f}", f"{c['ks_pvalue']:.3f}"] for c in fig2])
+        lines.append("")
+    lines += _timing_md(sw) + ["## Figures", ""]
+    lines += [f"- [{p.name}]({p.relative_to(folder).as_posix()})" for p in figures]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ the edge
+
+
+def write_report(sweep_path: str | Path, folder: str | Path, *, fig2: bool = True) -> dict:
+    """Read the sweep, write figures and ``report.md`` into ``folder``; return key numbers.
+
+    The sweep file is read completely before anything is written, so a damaged file leaves
+    no output behind.
+    """
+    sw = read_sweep(sweep_path)
+    blks = blocks(sw)
+    numbers = key_numbers(sw, blks)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures, checks = [], []
+    if fig2:
+        path, checks = figure_fig2(folder)
+        figures.append(path)
+    multi = len(sw.spec.targets) > 1
+    for b in blks:
+        if b.present.any():
+            figures += block_figures(b, folder, multi)
+    report = folder / "report.md"
+    from hwq.fileio import atomic_write_bytes
+
+    atomic_write_bytes(report, markdown(sw, blks, figures, checks, folder).encode())
+    return {"report": str(report), "figures": [str(p) for p in figures], **numbers}

@@ -1,0 +1,167 @@
+"""One sweep task, as a worker runs it: train (or load) -> ONNX -> IR -> quantize -> compile
+-> FGSM, once per target. Pure apart from reading the data set (cached per process).
+
+Every task runs with single-threaded BLAS (threadpoolctl), whatever the executor: float32
+matrix products summed by one thread or by several differ in the last bit, which would make
+the numbers depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwq import api
+from hwq.errors import HwqError
+from hwq.sweep import CellFailed, SweepSpec, Task, cell_key, data_label
+from hwq.train import STALL_MARGIN
+
+
+@dataclass
+class CellResult:
+    """What a cell sends back to the writer: deterministic ``attrs`` and ``arrays``, and the
+    volatile ``timing`` (seconds per phase, worker)."""
+
+    key: str
+    attrs: dict
+    arrays: dict[str, np.ndarray]
+    timing: dict = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=4)
+def dataset(spec: str, seed: int, limit: int | None):
+    ds = api.load_dataset(spec, seed=seed).limit(limit)
+    return ds, ds.fingerprint()
+
+
+def chance(y: np.ndarray, n_classes: int) -> float:
+    """Accuracy of always answering the most common label."""
+    return float(np.bincount(y, minlength=n_classes).max() / max(len(y), 1))
+
+
+def data_info(spec_str: str, spec: SweepSpec) -> dict:
+    """The data group's attributes: what was loaded and how cells on it train."""
+    ds, fingerprint = dataset(spec_str, spec.data_seed, spec.attack.limit)
+    return {
+        "spec": spec_str, "label": data_label(spec_str), "name": ds.name,
+        "fingerprint": fingerprint, "n_features": ds.n_features, "n_classes": ds.n_classes,
+        "n_train": len(ds.y_train), "n_test": len(ds.y_test),
+        "chance": chance(ds.y_test, ds.n_classes),
+        "bounds": list(ds.bounds) if ds.bounds is not None else None,
+        "training": spec.train.resolved(ds.name, len(ds.y_train)),
+    }
+
+
+def _single_thread():
+    from threadpoolctl import threadpool_limits
+
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
+    return threadpool_limits(limits=1)
+
+
+def run_task(job: tuple[SweepSpec, Task]) -> list[CellResult]:
+    """Run one task; hwq errors come back as :class:`CellFailed` naming the cell."""
+    spec, task = job
+    try:
+        with _single_thread():
+            return _run(spec, task)
+    except HwqError as exc:
+        raise CellFailed(f"cell {task.keys()[0]}: {exc.line()}") from None
+
+
+class _Clock:
+    def __init__(self):
+        self.times, self.last = {}, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self.last
+        self.last = now
+
+
+def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
+    clock = _Clock()
+    ds, fingerprint = dataset(task.data, spec.data_seed, spec.attack.limit)
+    clock.lap("load_s")
+    if task.model is None:
+        model, train_attrs, arrays = _train(spec, task, ds)
+    else:
+        model, train_attrs, arrays = _given_model(task)
+    clock.lap("train_s")
+    from hwq.onnx_import import graph_from_model
+
+    graph = graph_from_model(model)
+    clock.lap("import_s")
+    q = spec.quant
+    net = api.quantize(graph, task.bits, calibration=ds.x_train[:5000], bounds=ds.bounds,
+                       scheme=q.scheme, per_channel=q.per_channel, act_bits=q.act_bits,
+                       input_bits=q.input_bits)
+    clock.lap("quantize_s")
+    on_grid = all(r.on_grid for r in net.report if r.tensor.endswith(".weight"))
+    base = {"data": task.label, "activation": task.activation, "bits": task.bits,
+            "seed": task.seed, "data_fingerprint": fingerprint, "weights_on_grid": on_grid,
+            "chance": chance(ds.y_test, ds.n_classes), **train_attrs}
+    out = []
+    for target in task.targets:
+        cell_clock = _Clock()
+        program = api.compile(net, target)
+        cell_clock.lap("compile_s")
+        attrs, acc = _attack(spec, program, ds)
+        cell_clock.lap("attack_s")
+        attrs = {**base, "target": target, **attrs}
+        attrs["at_chance"] = attrs["clean_accuracy"] <= attrs["chance"] + STALL_MARGIN
+        attrs["stalled"] = bool(attrs["at_chance"] or attrs.get("train_stalled", False))
+        timing = {**clock.times, **cell_clock.times, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+        timing["total_s"] = sum(v for k, v in timing.items() if k.endswith("_s"))
+        key = cell_key(task.label, task.activation, task.bits, task.seed, target)
+        out.append(CellResult(key, attrs, {**arrays, **acc}, timing))
+    return out
+
+
+def _train(spec: SweepSpec, task: Task, ds):
+    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
+
+    t = spec.train.resolved(ds.name, len(ds.y_train))
+    config = TrainConfig(hidden=t["hidden"], activation=task.activation, bits=task.bits,
+                         scheme=spec.quant.scheme, gain=t["gain"], epochs=t["epochs"],
+                         batch_size=t["batch_size"], learning_rate=t["learning_rate"],
+                         val_fraction=t["val_fraction"], patience=t["patience"], init=t["init"],
+                         seed=task.train_seed)
+    mlp = train_mlp(ds.x_train, ds.y_train, ds.n_classes, config)
+    model = mlp_to_onnx(mlp, n_in=ds.n_features, n_classes=ds.n_classes,
+                        metadata={"dataset": task.data, "sweep_cell": task.keys()[0]})
+    attrs = {"source": "qat", "train_seed": task.train_seed, "val_accuracy": mlp.val_accuracy,
+             "train_accuracy": mlp.train_accuracy, "best_epoch": mlp.best_epoch,
+             "epochs_run": int(len(mlp.history.get("loss", []))),
+             "train_stalled": bool(mlp.stalled),
+             "float_test_accuracy": float(np.mean(predict_float(mlp, ds.x_test) == ds.y_test))}
+    arrays = {f"history/{k}": np.asarray(v, np.float64) for k, v in mlp.history.items()}
+    return model, attrs, arrays
+
+
+def _given_model(task: Task):
+    from hwq.onnx_import import read_model
+
+    return read_model(task.model), {"source": task.model, "train_stalled": False}, {}
+
+
+def _attack(spec: SweepSpec, program, ds):
+    from hwq.gradients import gradient_source
+
+    a = spec.attack
+    result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=api.FGSM(a.norm),
+                        gradient=gradient_source(a.gradient, program), bounds=ds.bounds)
+    counts = result.correct.sum(axis=1).astype(np.int64)
+    attrs = {"clean_accuracy": result.clean_accuracy, "n_test": int(result.labels.size),
+             "zero_gradient": int(result.zero_gradient.sum())}
+    return attrs, {"accuracy": result.accuracy.astype(np.float64), "correct": counts}

@@ -1,0 +1,51 @@
+"""The Loihi limits the mapping checks, in one table.
+
+Register widths follow Lava 0.10.0's bit-accurate CPU models (their declared precisions and
+docstrings: ``PyLifResetModelBitAcc``, ``PySigmaDeltaModelFixed``, ``PyDenseModelBitAcc``),
+which follow Loihi's neuro-core; the same LIF numbers appear in nengo-loihi's discretizer
+(bias mantissa 4095, bias exponent 7, threshold mantissa 131071). Core sizes are the nominal
+Loihi 2 figures (128 neuro-cores per chip, up to 8192 neurons per core; 128 KiB of synaptic
+memory per core is a conservative budget). Lava's CPU models enforce none of these; compile
+does. Pass ``limits=Limits(...)`` to ``LoihiTarget.compile`` to map for other figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    weight_bits: int = 8  # mixed sign: even values in [-256, 254]; one sign: |w| <= 255
+    weight_exp: tuple[int, int] = (-8, 7)  # per synapse group (Dense process)
+    state_bits: int = 24  # LIF u, v and SigmaDelta sigma, act on the chip
+    act_shift: int = 6  # LIF: synaptic input enters u as a * 2^6; threshold is vth * 2^6
+    lif_bias_mant_bits: int = 13  # signed
+    lif_bias_exp: tuple[int, int] = (0, 7)
+    lif_vth_bits: int = 17  # unsigned
+    sd_bias_bits: int = 16  # SigmaDelta bias mantissa, signed
+    sd_bias_exp: tuple[int, int] = (0, 7)  # realised with spike_exp
+    message_bits: int = 24  # graded spike payload
+    neurons_per_core: int = 8192
+    synapse_bits_per_core: int = 128 * 1024 * 8
+    cores_per_chip: int = 128
+
+    @property
+    def state_max(self) -> int:
+        """Largest magnitude a 24-bit state holds without wrapping or saturating."""
+        return 2 ** (self.state_bits - 1) - 1
+
+    @property
+    def lif_input_max(self) -> int:
+        """Largest |a| whose ``a * 2^6`` fits the LIF current u without wrapping."""
+        return 2 ** (self.state_bits - 1 - self.act_shift) - 1
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+LOIHI = Limits()
+
+# Lava's CPU models compute in int32 without checks: the mapping keeps every value below these.
+INT32_SAFE_LIF = 2**24  # |a|: a << 6 and u + b stay exact
+INT32_SAFE_SD = 2**30  # |a|, |a + B| and the Dense sums: a_t - a_(t-1) stays exact

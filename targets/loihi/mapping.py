@@ -1,0 +1,275 @@
+"""QuantizedNetwork -> Loihi parameters: synapse groups, shifts, biases, thresholds.
+
+Per layer the mapping picks a right shift ``r`` (the sums are floored to units of ``2^r``
+accumulator steps), the synapse groups (``synapses.py``) and the neuron parameters:
+
+* ``lif`` (step): ``LIFReset`` reset every step. ``v = sat(wrap(a * 2^6) + b)``, spike iff
+  ``v > vth * 2^6``. ``r`` is the smallest shift for which ``|a| <= 2^17 - 1`` over every
+  possible input, so ``u`` never wraps (unless ``shifts=`` forces a smaller one).
+* ``relu`` / ``identity``: ``SigmaDelta`` (RELU / UNIT) whose sigma sees ``a`` afresh every
+  step; ``act = max(a + B, 0)`` or ``a + B``. A hidden ReLU's ``r`` is the power of two
+  nearest to hwq's requantization ``M / 2^S``, raised if the 24-bit state would overflow.
+
+Every place where this rounds or clips is recorded in ``Mapping.adjustments``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq.errors import LimitError, TargetError
+from hwq.qnet import QLayer, QuantizedNetwork
+
+from .limits import INT32_SAFE_LIF, INT32_SAFE_SD, Limits
+from .synapses import SynapseSet, shift, synapse_sets
+
+KINDS = {"step": "lif", "relu": "relu", "identity": "identity"}
+MAX_SHIFT = 40
+
+
+@dataclass(frozen=True, eq=False)
+class LayerMap:
+    """One layer on Loihi: ``a = sum_s shift(D_s @ h, E_s)``, then the neuron ``kind``."""
+
+    kind: str  # lif, relu or identity
+    sets: tuple[SynapseSet, ...]
+    bias_mant: np.ndarray  # int64 (n,)
+    bias_exp: np.ndarray  # int64 (n,): LIF bias_exp; SigmaDelta spike_exp (all equal)
+    vth: int  # LIF threshold mantissa (theta = vth * 2^6); 0 for SigmaDelta
+    unit: np.ndarray  # float64 (n,): the real value of one unit of ``a``
+    in_bits: int  # graded payload bits of this layer's input; 0 = binary spikes
+    in_range: tuple[int, int]  # smallest and largest input value
+    shift: int  # r
+    weight_round: int  # k: weights rounded to multiples of 2^k before splitting
+
+    @property
+    def n_out(self) -> int:
+        return self.sets[0].digits.shape[0]
+
+    @property
+    def bias(self) -> np.ndarray:
+        """Effective bias: ``b`` (LIF, in units of v) or ``B`` (SigmaDelta, units of a)."""
+        return self.bias_mant << self.bias_exp
+
+    @property
+    def theta(self) -> int:
+        return self.vth << 6
+
+    def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per neuron, the smallest and largest ``a`` any input in ``in_range`` can give."""
+        lo, hi = self.in_range
+        a_lo = np.zeros(self.n_out, np.int64)
+        a_hi = np.zeros(self.n_out, np.int64)
+        for s in self.sets:
+            a_hi += shift(np.maximum(s.digits * lo, s.digits * hi).sum(axis=1), s.exp)
+            a_lo += shift(np.minimum(s.digits * lo, s.digits * hi).sum(axis=1), s.exp)
+        return a_lo, a_hi
+
+
+@dataclass(frozen=True, eq=False)
+class Mapping:
+    layers: tuple[LayerMap, ...]
+    adjustments: tuple[dict, ...] = ()
+    forced: tuple[bool, ...] = ()  # per layer: shift given by the user
+
+    @property
+    def latency(self) -> int:
+        """Steps from presenting a sample to its scores (one per Dense layer)."""
+        return len(self.layers)
+
+
+def round_half_up(x) -> np.ndarray:
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def kind_of(layer: QLayer, index: int) -> str:
+    if layer.activation == "sigmoid":
+        raise TargetError(
+            f"layer {index} uses a sigmoid activation, and Loihi has no sigmoid neuron model",
+            hint="retrain with step or ReLU activations, or use the 'sim' target",
+        )
+    if layer.activation not in KINDS:
+        raise TargetError(f"layer {index}: activation '{layer.activation}' cannot be mapped")
+    return KINDS[layer.activation]
+
+
+def fit_sets(w: np.ndarray, r: int, limits: Limits) -> tuple[list[SynapseSet], int] | None:
+    """Groups for shift ``r``, rounding weights (``k``) only if the exponent range demands it;
+    None when ``r`` is too small for the largest weights."""
+    for k in range(0, 33):
+        sets = synapse_sets(w, r, k, limits)
+        if sets == "high":
+            return None
+        if sets != "low":
+            return sets, k
+    return None
+
+
+class LayerPlan:
+    """Working state for mapping one layer: what it receives and the sim layer it stands for."""
+
+    def __init__(self, layer: QLayer, index: int, last: bool, in_unit: float,
+                 in_range: tuple[int, int], in_bits: int, limits: Limits):
+        self.layer, self.index, self.last, self.limits = layer, index, last, limits
+        self.kind = kind_of(layer, index)
+        self.in_unit, self.in_range, self.in_bits = in_unit, in_range, in_bits
+        self.unit0 = np.abs(layer.gain * layer.weight_scale * in_unit)
+        # the sim bias in units of this layer's unshifted sum W @ h
+        self.bias0 = layer.bias * (layer.in_scale / in_unit)
+        self.notes: list[dict] = []
+
+    def note(self, what: str, **fields):
+        self.notes.append({"layer": self.index, "what": what, **fields})
+
+    def requested_shift(self) -> int:
+        if self.kind == "lif" or self.last:
+            return 0
+        if len(set(self.layer.weight_scale.tolist())) > 1:
+            raise LimitError(
+                f"layer {self.index}: per-channel weight scales on a hidden {self.layer.activation} "
+                "layer need a per-neuron requantization, and Loihi has one weight exponent per "
+                "synapse group",
+                hint="quantize with per_channel=False, or use the 'sim' target",
+            )
+        if self.kind != "relu":
+            return 0
+        want = max(0, int(round(math.log2(self.layer.out_scale / self.unit0[0]))))
+        for r in range(want, 0, -1):  # no finer weights than the exponent range allows
+            fitted = fit_sets(self.layer.weight, r, self.limits)
+            if fitted is not None and fitted[1] == 0:
+                return r
+        return 0
+
+    def build(self, r: int) -> LayerMap | None:
+        fitted = fit_sets(self.layer.weight, r, self.limits)
+        if fitted is None:
+            return None
+        sets, k = fitted
+        mant, exp, vth = (self.lif_bias(r) if self.kind == "lif" else self.sd_bias(r))
+        return LayerMap(self.kind, tuple(sets), mant, exp, vth, self.unit0 * 2.0**r,
+                        self.in_bits, self.in_range, r, k)
+
+    def fits(self, lm: LayerMap) -> bool:
+        a_lo, a_hi = lm.input_bounds()
+        top = np.maximum(np.abs(a_lo), np.abs(a_hi))
+        if lm.kind == "lif":
+            return int(top.max(initial=0)) <= self.limits.lif_input_max
+        out = np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias))
+        return int(max(top.max(initial=0), out.max(initial=0))) <= self.limits.state_max
+
+    def lif_bias(self, r: int):
+        """Offsets ``c`` such that ``a + c > 0`` best matches ``W h + bias > 0`` for floored
+        ``a``, realised as ``b = bias_mant * 2^bias_exp`` and a shared threshold ``vth``."""
+        y_star = np.floor(-self.bias0) + 1  # smallest W @ h that should fire
+        c = 1 - round_half_up(y_star / 2.0**r)
+        vmax = 2**self.limits.lif_vth_bits - 1
+        mmax = 2 ** (self.limits.lif_bias_mant_bits - 1)
+        vth = int(min(max(0, -int(c.min(initial=0)) - mmax), vmax))
+        t = c + vth
+        near = (t >= -mmax) & (t < mmax)
+        mant = np.clip(np.where(near, t, t // 2), -mmax, mmax - 1)
+        exp = np.where(near, 6, 7)
+        c_real = -np.floor(vth - (mant << exp) / 64.0).astype(np.int64)
+        self.record_bias(c_real, c, "LIF bias/threshold out of range (offset clipped)")
+        return mant.astype(np.int64), exp.astype(np.int64), vth
+
+    def sd_bias(self, r: int):
+        """``B`` nearest to the sim bias, with half a unit added when sums are floored."""
+        ideal = self.bias0 / 2.0**r + (0.5 * (1 - 2.0**-r))
+        b = round_half_up(ideal)
+        mmax = 2 ** (self.limits.sd_bias_bits - 1) - 1
+        top = int(np.abs(b).max(initial=0))
+        e = 0 if top <= mmax else min(math.ceil(math.log2(top / mmax)), self.limits.sd_bias_exp[1])
+        mant = np.clip(round_half_up(b / 2.0**e), -mmax, mmax)
+        self.record_bias(mant << e, b, "SigmaDelta bias out of range (clipped)")
+        return mant, np.full(len(b), e, np.int64), 0
+
+    def record_bias(self, realised, wanted, clip_note):
+        off = realised != wanted
+        if off.any():
+            self.note(clip_note, neurons=int(off.sum()),
+                      max_error=float(np.abs(realised - wanted).max()))
+
+
+def plan_layer(plan: LayerPlan, forced: int | None) -> LayerMap:
+    if forced is not None:
+        lm = plan.build(int(forced))
+        if lm is None:
+            raise LimitError(f"layer {plan.index}: shift {forced} leaves weight_exp above "
+                             f"{plan.limits.weight_exp[1]}", hint="use a larger shift")
+        return lm
+    r0 = plan.requested_shift()
+    for r in range(r0, MAX_SHIFT):
+        lm = plan.build(r)
+        if lm is not None and plan.fits(lm):
+            if r > r0:
+                plan.note("shift raised to fit the 24-bit state", requested=r0, shift=r)
+            return lm
+    raise LimitError(f"layer {plan.index}: no shift up to {MAX_SHIFT} fits Loihi's limits")
+
+
+def check_int32(lm: LayerMap, index: int):
+    a_lo, a_hi = lm.input_bounds()
+    lo, hi = lm.in_range
+    tops = [np.maximum(np.abs(a_lo), np.abs(a_hi))]
+    tops += [np.maximum(np.abs(s.digits * lo), np.abs(s.digits * hi)).sum(axis=1) for s in lm.sets]
+    if lm.kind != "lif":
+        tops.append(np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias)))
+    top = max(int(t.max(initial=0)) for t in tops)
+    if top >= (INT32_SAFE_LIF if lm.kind == "lif" else INT32_SAFE_SD):
+        raise LimitError(f"layer {index}: sums up to {top} overflow Lava's int32 arithmetic",
+                         hint="use a larger shift (or the automatic one)")
+
+
+def describe(plan: LayerPlan, lm: LayerMap):
+    """Notes for what the mapping rounded: floors, weight rounding, split floors, requant."""
+    if lm.shift > 0:
+        plan.note("sums floored", shift=lm.shift)
+    if lm.weight_round > 0:
+        err = float(np.abs(((plan.layer.weight + (1 << (lm.weight_round - 1))) >> lm.weight_round
+                            << lm.weight_round) - plan.layer.weight).max())
+        plan.note("weights rounded to fit weight_exp", multiple=2**lm.weight_round, max_error=err)
+    if sum(s.exp < 0 for s in lm.sets) > 1:
+        plan.note("synapse groups floored separately", groups=len(lm.sets))
+    if lm.kind == "relu" and not plan.last:
+        ratio = float(lm.unit[0] / plan.layer.out_scale)
+        plan.note("ReLU requantization as a power of two, no upper clip", unit_ratio=ratio)
+
+
+def next_input(lm: LayerMap, plan: LayerPlan) -> tuple[float, tuple[int, int], int]:
+    """What the next layer receives: (real unit, value range, payload bits)."""
+    if lm.kind == "lif":
+        return 1.0, (0, 1), 0
+    a_lo, a_hi = lm.input_bounds()
+    lo, hi = int((a_lo + lm.bias).min()), int((a_hi + lm.bias).max())
+    if lm.kind == "relu":
+        lo, hi = 0, max(hi, 0)
+    bits = max(1, max(abs(lo), abs(hi)).bit_length()) + (lo < 0)
+    if bits > plan.limits.message_bits:
+        plan.note("graded payload wider than Loihi's", bits=bits)
+    return float(lm.unit[0]), (lo, hi), bits
+
+
+def map_network(net: QuantizedNetwork, limits: Limits, shifts=None) -> Mapping:
+    """Loihi parameters for every layer of ``net``; ``shifts`` forces per-layer shifts
+    (None entries: automatic)."""
+    fmt = net.input
+    shifts = list(shifts) if shifts is not None else [None] * len(net.layers)
+    if len(shifts) != len(net.layers):
+        raise TargetError(f"shifts needs {len(net.layers)} entries, got {len(shifts)}")
+    unit, rng, bits = fmt.scale, (fmt.qmin, fmt.qmax), fmt.bits
+    layers, notes = [], []
+    for i, layer in enumerate(net.layers):
+        plan = LayerPlan(layer, i, i == len(net.layers) - 1, unit, rng, bits, limits)
+        lm = plan_layer(plan, shifts[i])
+        check_int32(lm, i)
+        describe(plan, lm)
+        if shifts[i] is not None and not plan.fits(lm):
+            plan.note("forced shift lets the state wrap or exceed 24 bits", shift=lm.shift)
+        unit, rng, bits = next_input(lm, plan)
+        layers.append(lm)
+        notes.extend(plan.notes)
+    return Mapping(tuple(layers), tuple(notes), tuple(s is not None for s in shifts))

@@ -1,0 +1,63 @@
+"""The compiled loihi program: one mapping, two ways to run it, one answer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwq.errors import DataError
+from hwq.qnet import QuantizedNetwork
+from hwq.reference import decide
+
+from .artifacts import to_artifacts
+from .emulator import Emulator
+from .limits import Limits
+from .mapping import LayerMap, Mapping
+from .report import build_report
+
+NAME = "loihi"
+BACKENDS = ("emulator", "lava")
+
+
+def offset(lm: LayerMap) -> np.ndarray:
+    """What the neuron adds to ``a`` before its decision, in units of ``a``."""
+    if lm.kind == "lif":
+        return (lm.bias - lm.theta) / 64.0
+    return lm.bias.astype(np.float64)
+
+
+class LoihiProgram:
+    """``forward`` runs the emulator (default) or Lava's CPU fixed-point processes; both give
+    the same int64 scores. ``trace`` always uses the emulator (bit-identical)."""
+
+    target = NAME
+
+    def __init__(self, net: QuantizedNetwork, mapping: Mapping, limits: Limits,
+                 backend: str = "emulator", variant: str = "exact"):
+        self.net, self.mapping, self.limits, self.backend = net, mapping, limits, backend
+        self.emulator = Emulator(mapping, variant)
+        self.report = build_report(net, mapping, limits, backend)
+        self.artifacts = to_artifacts(mapping, limits, backend)
+
+    def _check(self, x_q) -> np.ndarray:
+        x_q = np.asarray(x_q)
+        if x_q.ndim != 2 or x_q.shape[1] != self.net.n_features:
+            raise DataError(f"inputs must have shape (N, {self.net.n_features}), got {x_q.shape}")
+        return x_q
+
+    def forward(self, x_q) -> np.ndarray:
+        """Integer scores (N, n_out) for integer-valued input codes (any numeric dtype)."""
+        x_q = self._check(x_q)
+        if self.backend == "lava" and len(x_q):
+            from .lavanet import run_lava
+
+            return run_lava([self.mapping], x_q)[0]
+        return self.emulator.run(x_q)
+
+    def trace(self, x_q) -> list[np.ndarray]:
+        """Real pre-activations per layer: ``z = unit * (a + offset)``, the Loihi operating point
+        (``z > 0`` exactly where a step neuron fires or a ReLU passes)."""
+        inputs = self.emulator.inputs(self._check(x_q))
+        return [lm.unit * (a + offset(lm)) for a, lm in zip(inputs, self.mapping.layers)]
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        return decide(scores, self.net.output)

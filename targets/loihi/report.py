@@ -1,0 +1,72 @@
+"""The compile report: per-layer mapping, resources (cores, neurons, synapses, memory) and
+every adjustment (rounding or clipping) the mapping made. JSON-serialisable."""
+
+from __future__ import annotations
+
+import math
+
+from hwq.errors import LimitError
+from hwq.qnet import QuantizedNetwork
+
+from .limits import Limits
+from .mapping import LayerMap, Mapping
+
+WEIGHT_BITS = 8
+STATE_BITS = {"lif": 2 * 24 + 13 + 3, "sigma_delta": 4 * 24 + 16, "relay": 24, "sigma": 24}
+
+
+def neurons(lm: LayerMap, hidden: bool) -> dict:
+    """Neurons of the layer: main ones, and the relay / Sigma helpers of a SigmaDelta layer."""
+    n = lm.n_out
+    if lm.kind == "lif":
+        return {"main": n, "helpers": 0, "state_bits": n * STATE_BITS["lif"]}
+    helpers = n + (n if hidden else 0)
+    bits = n * (STATE_BITS["sigma_delta"] + STATE_BITS["relay"] + hidden * STATE_BITS["sigma"])
+    return {"main": n, "helpers": helpers, "state_bits": bits}
+
+
+def synapses(lm: LayerMap) -> dict:
+    """Dense groups store every weight; the cancel path of a SigmaDelta layer one per neuron."""
+    n_out, n_in = lm.sets[0].digits.shape
+    dense = len(lm.sets) * n_out * n_in
+    helpers = n_out if lm.kind != "lif" else 0
+    return {"synapses": dense + helpers, "nonzero": int(sum((s.digits != 0).sum() for s in lm.sets)),
+            "bits": (dense + helpers) * WEIGHT_BITS, "fan_in_bits": len(lm.sets) * n_in * WEIGHT_BITS}
+
+
+def cores(n_neurons: int, syn_bits: int, limits: Limits) -> int:
+    return max(1, math.ceil(n_neurons / limits.neurons_per_core),
+               math.ceil(syn_bits / limits.synapse_bits_per_core))
+
+
+def layer_entry(i: int, lm: LayerMap, net: QuantizedNetwork, hidden: bool, limits: Limits):
+    neu, syn = neurons(lm, hidden), synapses(lm)
+    if syn["fan_in_bits"] > limits.synapse_bits_per_core:
+        raise LimitError(f"layer {i}: one neuron's {syn['fan_in_bits']} bits of synapses exceed "
+                         f"a core's {limits.synapse_bits_per_core}", hint="use fewer inputs or bits")
+    a_lo, a_hi = lm.input_bounds()
+    return {
+        "index": i, "shape": list(net.layers[i].weight.shape),
+        "activation": net.layers[i].activation,
+        "neuron": "LIFReset" if lm.kind == "lif" else f"SigmaDelta({lm.kind})",
+        "input": "binary spikes" if lm.in_bits == 0 else f"graded {lm.in_bits}-bit",
+        "shift": lm.shift, "weight_round": lm.weight_round,
+        "groups": [{"mode": s.mode, "weight_exp": s.lava_weight_exp, "digit_exp": s.exp + lm.shift}
+                   for s in lm.sets],
+        "vth": lm.vth, "a_range": [int(a_lo.min()), int(a_hi.max())],
+        "neurons": neu["main"], "helper_neurons": neu["helpers"], "synapses": syn["synapses"],
+        "nonzero_synapses": syn["nonzero"], "synapse_bytes": syn["bits"] // 8,
+        "state_bytes": neu["state_bits"] // 8,
+        "cores": cores(neu["main"] + neu["helpers"], syn["bits"], limits),
+    }
+
+
+def build_report(net: QuantizedNetwork, mapping: Mapping, limits: Limits, backend: str) -> dict:
+    n = len(mapping.layers)
+    layers = [layer_entry(i, lm, net, i + 1 < n, limits) for i, lm in enumerate(mapping.layers)]
+    total = {k: sum(e[k] for e in layers) for k in
+             ("cores", "neurons", "helper_neurons", "synapses", "synapse_bytes", "state_bytes")}
+    total["chips"] = math.ceil(total["cores"] / limits.cores_per_chip)
+    return {"target": "loihi", "backend": backend, "latency_steps": mapping.latency,
+            "layers": layers, "resources": total,
+            "adjustments": list(mapping.adjustments), "limits": limits.as_dict()}

@@ -1,0 +1,221 @@
+"""Exact 8-bit products on AVX-512 VNNI: ``vpdpbusd`` (u8 x s8, four products summed into
+each int32 lane), emitted from Numba through an LLVM intrinsic.
+
+A layer qualifies when its input codes fit 8 bits (``[0, 255]``, or ``[-128, 127]`` stored as
+``code + 128``), its weights fit int8, and ``255 * max_row sum|W| < 2^31``. Then every partial
+sum fits int32 and is exact; the ``+128`` offset is removed afterwards in int64
+(``acc = sum((x + 128) * w) - 128 * sum(w)``).
+
+Layout. Weights ``W`` (M, K) are packed once as ``wpk[g, 4c + t] = W[c, 4g + t]`` (K padded
+to a multiple of 4, M to a multiple of 16, zeros in the padding): row ``g`` holds, for every
+output ``c``, the four weights of input group ``g``, so one 64-byte load feeds 16 outputs.
+The kernel copies 48 input rows into a u8 block, then a register tile of ``R`` rows x ``V``
+vectors of 16 outputs broadcasts four input bytes of a row and accumulates
+``acc[r][v] += dot4(x[r, 4g:4g+4], W[16v:16v+16, 4g:4g+4])``. Bias, requantization and the
+activation follow in the same pass (``kernels.activate``).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic
+
+from . import kernels
+
+BLOCK = 48  # input rows per block; a multiple of every ROWS entry
+MAX_VECTORS = 7  # 16-output vectors per register tile
+ROWS = (0, 8, 8, 6, 4, 4, 3, 3)  # rows per tile for V vectors: R*V + V + 1 <= 32 zmm registers
+INT32_EXACT = 2**31
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_V16 = ir.VectorType(_I32, 16)
+_BYTE_PTR = ir.IntType(8).as_pointer()
+
+
+def available() -> bool:
+    """True when Numba compiles for this host and the host has AVX-512 VNNI."""
+    if nb.config.CPU_NAME not in (None, "host") or nb.config.CPU_FEATURES:
+        return False
+    features = llvm_binding.get_host_cpu_features()
+    return bool(features.get("avx512f")) and bool(features.get("avx512vnni"))
+
+
+def _const(v: int) -> ir.Constant:
+    return ir.Constant(_I64, v)
+
+
+def _make_tile(rows: int, vectors: int):
+    """``c[i0:i0+rows, 16 v0 : 16 (v0+vectors)] = a[i0:i0+rows] @ W.T`` over ``groups`` groups
+    of four inputs (row strides in bytes: ``lda``, ``ldb``, ``ldc``)."""
+
+    @intrinsic
+    def tile(typingctx, a, b, c, i0, v0, groups, lda, ldb, ldc):
+        i64 = types.int64
+        sig = types.void(a, b, c, i64, i64, i64, i64, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            a_arr, b_arr, c_arr, i0, v0, groups, lda, ldb, ldc = args
+            ptrs = [builder.bitcast(context.make_array(t)(context, builder, v).data, _BYTE_PTR)
+                    for t, v in zip(signature.args[:3], (a_arr, b_arr, c_arr))]
+            a_ptr, b_ptr, c_ptr = ptrs
+            dot = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]),
+                "llvm.x86.avx512.vpdpbusd.512")
+            col0 = builder.mul(v0, _const(64))
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
+                     for _ in range(vectors)] for _ in range(rows)]
+            a_rows = [builder.gep(a_ptr, [builder.mul(builder.add(i0, _const(r)), lda)])
+                      for r in range(rows)]
+            with cgutils.for_range(builder, groups) as loop:
+                g = loop.index
+                b_row = builder.add(builder.mul(g, ldb), col0)
+                w = [builder.load(builder.bitcast(
+                    builder.gep(b_ptr, [builder.add(b_row, _const(64 * v))]), _V16.as_pointer()),
+                    align=1) for v in range(vectors)]
+                for r in range(rows):
+                    x4 = builder.load(builder.bitcast(
+                        builder.gep(a_rows[r], [builder.mul(g, _const(4))]), _I32.as_pointer()),
+                        align=1)
+                    x = builder.insert_element(ir.Constant(_V16, None), x4, ir.Constant(_I32, 0))
+                    x = builder.shuffle_vector(x, ir.Constant(_V16, None),
+                                               ir.Constant(_V16, [0] * 16))
+                    for v in range(vectors):
+                        acc = builder.call(dot, [builder.load(accs[r][v]), x, w[v]])
+                        builder.store(acc, accs[r][v])
+            for r in range(rows):
+                c_row = builder.mul(builder.add(i0, _const(r)), ldc)
+                for v in range(vectors):
+                    dst = builder.gep(c_ptr, [builder.add(c_row, builder.add(col0, _const(64 * v)))])
+                    builder.store(builder.load(accs[r][v]), builder.bitcast(dst, _V16.as_pointer()),
+                                  align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile1, _tile2, _tile3, _tile4, _tile5, _tile6, _tile7 = (
+    _make_tile(ROWS[v], v) for v in range(1, MAX_VECTORS + 1))
+
+
+@intrinsic
+def _claim(typingctx, counter):
+    """``counter[0] += 1`` atomically; returns the old value (a block index to work on)."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.bitcast(context.make_array(signature.args[0])(context, builder, args[0]).data,
+                              _I64.as_pointer())
+        return builder.atomic_rmw("add", ptr, _const(1), "monotonic")
+
+    return sig, codegen
+
+
+@nb.njit(cache=True)
+def _product(a, wpk, c, rows):
+    """``c[:rows] = a[:rows] @ W.T`` (int32) for a packed block ``a`` of BLOCK rows."""
+    groups = wpk.shape[0]
+    lda, ldb, ldc = a.shape[1], wpk.shape[1], c.shape[1] * 4
+    nvec = wpk.shape[1] // 64
+    v0 = 0
+    while v0 < nvec:
+        v = min(MAX_VECTORS, nvec - v0)
+        for i in range(0, rows, ROWS[v]):
+            if v == 7:
+                _tile7(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+            elif v == 6:
+                _tile6(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+            elif v == 5:
+                _tile5(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+            elif v == 4:
+                _tile4(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+            elif v == 3:
+                _tile3(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+            elif v == 2:
+                _tile2(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+            else:
+                _tile1(a, wpk, c, i, v0, groups, lda, ldb, ldc)
+        v0 += v
+
+
+@nb.njit(cache=True)
+def _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut,
+            lut_half, acc_out, out):
+    """The blocks of ``layer`` that this thread claims from ``counter`` (dynamic scheduling:
+    a thread the OS runs late takes fewer blocks); returns the out-of-range count."""
+    n, k = h.shape
+    m = bias.shape[0]
+    want_acc, want_out = acc_out.shape[0] > 0, out.shape[0] > 0
+    a = np.zeros((BLOCK, wpk.shape[0] * 4), np.uint8)
+    c = np.empty((BLOCK, wpk.shape[1] // 4), np.int32)
+    count = 0
+    nblocks = (n + BLOCK - 1) // BLOCK
+    while True:
+        blk = _claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * BLOCK
+        rows = min(BLOCK, n - i0)
+        for r in range(rows):
+            for p in range(k):
+                q = np.int64(h[i0 + r, p])
+                count += (q < lo) | (q > hi)
+                a[r, p] = np.uint8(q + offset)
+        _product(a, wpk, c, rows)
+        for r in range(rows):
+            for j in range(m):
+                acc = np.int64(c[r, j]) - offset * colsum[j] + bias[j]
+                if want_acc:
+                    acc_out[i0 + r, j] = acc
+                if want_out:
+                    out[i0 + r, j] = kernels.activate(acc, mode, mult[j], shift[j], act_max, lut,
+                                                      lut_half)
+
+
+@nb.njit(parallel=True, cache=True)
+def layer(h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut, lut_half,
+          acc_out, out, threads):
+    """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
+    into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
+    skip it; ``threads`` is ``numba.get_num_threads()``. Returns how many codes fell outside
+    ``[lo, hi]`` (their rows are then wrong and the caller must use an exact fallback)."""
+    threads = max(1, min(threads, (h.shape[0] + BLOCK - 1) // BLOCK))
+    bad = np.zeros(threads, np.int64)
+    counter = np.zeros(1, np.int64)
+    for t in nb.prange(threads):
+        bad[t] = _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode,
+                         act_max, lut, lut_half, acc_out, out)
+    return bad.sum()
+
+
+def pack_weights(weight: np.ndarray) -> np.ndarray:
+    """``wpk[g, 4c + t] = W[c, 4g + t]`` with K padded to 4 and M to 16 (see module doc)."""
+    m, k = weight.shape
+    mp, kp = -(-m // 16) * 16, -(-k // 4) * 4
+    padded = np.zeros((mp, kp), np.int8)
+    padded[:m, :k] = weight
+    return np.ascontiguousarray(padded.reshape(mp, kp // 4, 4).transpose(1, 0, 2).reshape(kp // 4, 4 * mp))
+
+
+def input_offset(lo: int, hi: int) -> int | None:
+    """How codes in ``[lo, hi]`` are stored in u8: +0, +128, or None when they do not fit."""
+    if 0 <= lo and hi <= 255:
+        return 0
+    if -128 <= lo and hi <= 127:
+        return 128
+    return None
+
+
+def fits(weight: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether ``vpdpbusd`` computes this layer exactly (see module doc for the bound)."""
+    if input_offset(lo, hi) is None or weight.size == 0:
+        return False
+    if weight.min() < -128 or weight.max() > 127:
+        return False
+    return 255 * int(np.abs(weight).sum(axis=1).max()) < INT32_EXACT

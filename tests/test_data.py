@@ -1,0 +1,247 @@
+"""Data sets: spiral generators, digits, IDX reading and validation, npz, Dataset helpers."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from hwq.data import (
+    FASHION_MNIST_DIR,
+    SPIRAL_PARAMS,
+    Dataset,
+    load_dataset,
+    read_idx,
+    spiral_points,
+    write_idx,
+)
+from hwq.errors import DataError, UsageError
+
+# ------------------------------------------------------------------------------ spirals
+
+
+def test_spiral_is_deterministic_per_seed():
+    a, b, c = load_dataset("spiral"), load_dataset("spiral"), load_dataset("spiral", seed=1)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
+
+
+@pytest.mark.parametrize("spec", sorted(SPIRAL_PARAMS))
+def test_spiral_sizes_and_metadata(spec):
+    d = load_dataset(spec)
+    assert d.x_train.shape == d.x_test.shape == (400, 2)
+    assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int64
+    assert np.bincount(d.y_train).tolist() == np.bincount(d.y_test).tolist() == [200, 200]
+    assert (d.n_classes, d.bounds, d.sample_shape) == (2, None, (2,))
+    t_max, sigma = SPIRAL_PARAMS[spec]
+    radius = np.hypot(*d.x_train.T)
+    assert radius.max() <= 0.1 * t_max + 6 * sigma
+
+
+def test_spiral_formula_without_noise():
+    """x = s 0.1 t cos t, y = s 0.1 t sin t: radius 0.1 t, class 1 is class 0 mirrored."""
+    rng = np.random.default_rng(3)
+    xy, y = spiral_points(50, 10.0, 0.0, rng)
+    t = np.random.default_rng(3).uniform(0, 10.0, size=(2, 50))
+    np.testing.assert_allclose(np.hypot(*xy.T), 0.1 * t.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(xy[y == 0], 0.1 * t[0][:, None] * np.c_[np.cos(t[0]), np.sin(t[0])])
+    np.testing.assert_allclose(xy[y == 1], -0.1 * t[1][:, None] * np.c_[np.cos(t[1]), np.sin(t[1])])
+
+
+@pytest.mark.parametrize("sigma", [0.03, np.sqrt(0.03)])
+def test_spiral_noise_has_the_stated_standard_deviation(sigma):
+    clean, _ = spiral_points(2000, 20.0, 0.0, np.random.default_rng(0))
+    noisy, _ = spiral_points(2000, 20.0, sigma, np.random.default_rng(0))
+    assert np.std(noisy - clean) == pytest.approx(sigma, rel=0.05)
+
+
+def test_spiral_paper_is_the_literal_equation():
+    assert SPIRAL_PARAMS["spiral-paper"] == (100.0, pytest.approx(np.sqrt(0.03)))
+    assert np.hypot(*load_dataset("spiral-paper").x_train.T).max() > 9
+
+
+# ------------------------------------------------------------------------------- digits
+
+
+def test_digits_shapes_bounds_and_stratified_split():
+    d = load_dataset("digits")
+    assert d.x_train.shape == (1437, 64) and d.x_test.shape == (360, 64)
+    assert (d.n_classes, d.bounds, d.sample_shape) == (10, (0.0, 1.0), (8, 8))
+    assert d.x_train.min() == 0 and d.x_train.max() == 1
+    assert np.all(np.abs(np.bincount(d.y_test) - 36) <= 1)
+    assert load_dataset("digits").fingerprint() == d.fingerprint()
+
+
+def test_dataset_arrays_are_read_only():
+    d = load_dataset("digits")
+    with pytest.raises(ValueError):
+        d.x_train[0, 0] = 1
+
+
+def test_limit_keeps_the_first_test_inputs():
+    d = load_dataset("digits")
+    small = d.limit(10)
+    assert small.x_test.shape == (10, 64)
+    np.testing.assert_array_equal(small.y_test, d.y_test[:10])
+    assert d.limit(None) is d
+    assert small.fingerprint() != d.fingerprint()
+    with pytest.raises(UsageError):
+        d.limit(0)
+
+
+def test_dataset_rejects_labels_out_of_range():
+    x = np.zeros((4, 2))
+    with pytest.raises(DataError, match="labels"):
+        Dataset("bad", x, np.array([0, 1, 2, 0]), x, np.zeros(4), n_classes=2, bounds=None, sample_shape=(2,))
+
+
+def test_unknown_spec_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown data set"):
+        load_dataset("cifar")
+
+
+# ---------------------------------------------------------------------------------- IDX
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """Independent IDX writer for unsigned bytes: magic 0x00000803 (or 0801), dims, data."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_mnist(directory, n_train=6, n_test=4, gz=False):
+    rng = np.random.default_rng(0)
+    directory.mkdir(exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 3, 2)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 3, 2)),
+        "t10k-labels-idx1-ubyte": np.arange(n_test) % 10,
+    }
+    for name, a in arrays.items():
+        raw = _idx_bytes(a)
+        (directory / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_reader_reads_hand_written_files(tmp_path, gz):
+    arrays = _write_mnist(tmp_path, gz=gz)
+    suffix = ".gz" if gz else ""
+    for name, a in arrays.items():
+        got = read_idx(tmp_path / (name + suffix))
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, a)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("compress", [False, True])
+def test_idx_round_trip(tmp_path, dtype, compress):
+    a = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
+    if dtype == np.uint8:
+        a = np.abs(a).astype(dtype)
+    write_idx(tmp_path / "a.idx", a, compress=compress)
+    got = read_idx(tmp_path / "a.idx")
+    assert got.dtype == np.dtype(dtype) and got.shape == a.shape
+    np.testing.assert_array_equal(got, a)
+
+
+def test_mnist_directory_loads_and_scales(tmp_path):
+    arrays = _write_mnist(tmp_path / "m", gz=True)
+    d = load_dataset(f"mnist:{tmp_path / 'm'}")
+    assert d.x_train.shape == (6, 6) and d.x_test.shape == (4, 6)
+    assert d.sample_shape == (3, 2) and d.bounds == (0.0, 1.0)
+    assert d.n_classes == 1 + max(arrays["train-labels-idx1-ubyte"].max(), 3)  # largest label
+    np.testing.assert_allclose(d.x_test * 255, arrays["t10k-images-idx3-ubyte"].reshape(4, 6), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda raw: raw[:-3], "truncated"),
+        (lambda raw: raw + b"\0", "trailing"),
+        (lambda raw: b"\x01" + raw[1:], "magic"),
+        (lambda raw: raw[:2] + b"\x07" + raw[3:], "magic"),
+        (lambda raw: raw[:6], "truncated"),
+        (lambda raw: b"", "magic"),
+    ],
+)
+def test_corrupt_idx_is_a_data_error_naming_the_file(tmp_path, damage, message):
+    raw = _idx_bytes(np.zeros((4, 3, 2)))
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(damage(raw))
+    with pytest.raises(DataError, match=message) as err:
+        read_idx(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_gzip_is_a_data_error(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(np.zeros((4, 3))))[:-10])
+    with pytest.raises(DataError, match="x.gz"):
+        read_idx(path)
+
+
+def test_missing_directory_and_files_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(f"mnist:{tmp_path / 'nowhere'}")
+    _write_mnist(tmp_path / "m")
+    (tmp_path / "m" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="t10k-labels"):
+        load_dataset(f"mnist:{tmp_path / 'm'}")
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    _write_mnist(tmp_path / "m")
+    (tmp_path / "m" / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(5)))
+    with pytest.raises(DataError, match="do not fit"):
+        load_dataset(f"mnist:{tmp_path / 'm'}")
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_from_the_debian_package():
+    d = load_dataset("fashion-mnist")
+    assert d.x_train.shape == (60000, 784) and d.x_test.shape == (10000, 784)
+    assert (d.n_classes, d.bounds, d.sample_shape) == (10, (0.0, 1.0), (28, 28))
+    assert d.x_train.max() == 1.0
+
+
+# ---------------------------------------------------------------------------------- npz
+
+
+def test_npz_with_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "set.npz"
+    np.savez(
+        path, x=rng.random((20, 2, 3)), y=rng.integers(0, 3, 20), x_test=rng.random((5, 2, 3)), y_test=np.arange(5) % 3
+    )
+    d = load_dataset(str(path))
+    assert d.name == "set" and d.x_train.shape == (20, 6) and d.x_test.shape == (5, 6)
+    assert (d.n_classes, d.bounds, d.sample_shape) == (3, (0.0, 1.0), (2, 3))
+
+
+def test_npz_without_test_split_holds_out_a_seeded_fifth(tmp_path):
+    path = tmp_path / "set.npz"
+    np.savez(path, x=np.arange(100.0).reshape(50, 2) - 10, y=np.arange(50) % 2)
+    d, again, other = (load_dataset(str(path), seed=s) for s in (0, 0, 1))
+    assert d.x_train.shape == (40, 2) and d.x_test.shape == (10, 2)
+    assert d.bounds is None and d.n_classes == 2
+    assert d.fingerprint() == again.fingerprint() != other.fingerprint()
+    together = np.sort(np.concatenate([d.x_train[:, 0], d.x_test[:, 0]]))
+    np.testing.assert_array_equal(together, np.arange(0.0, 100, 2) - 10)
+
+
+def test_bad_npz_files_are_data_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((3, 2)))
+    with pytest.raises(DataError, match="'y'"):
+        load_dataset(str(tmp_path / "nolabels.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match="junk.npz"):
+        load_dataset(str(tmp_path / "junk.npz"))
+    np.savez(tmp_path / "neg.npz", x=np.zeros((10, 2)), y=-np.ones(10))
+    with pytest.raises(DataError, match="labels"):
+        load_dataset(str(tmp_path / "neg.npz"))

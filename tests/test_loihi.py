@@ -1,0 +1,321 @@
+"""The loihi target without Lava: mapping, limits, the emulator against the step-by-step spec
+of the Lava process graph (hypothesis), report, artifacts, errors, compare_programs.
+
+The Lava comparisons are in test_loihi_lava.py; the network builders here serve both."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from builders import random_mlp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hwq
+from hwq.compare import compare_programs
+from hwq.errors import DataError, FileFormatError, LimitError, TargetError, UsageError
+from hwq.hwqfile import load_program, save_program
+from hwq.onnx_import import graph_from_model
+from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings
+from hwq.quantize import quantize
+from hwq.reference import quantize_input
+from hwq.schemes import get_scheme
+from hwq.targets import get_target
+from hwq_targets.loihi import Limits, LoihiTarget
+from hwq_targets.loihi.spec import run_spec
+from hwq_targets.loihi.synapses import lava_effective, shift, split_digits, synapse_sets
+
+LOIHI = LoihiTarget()
+
+
+# ---------------------------------------------------------------- network builders
+def make_net(layers, input_bits=8, signed=False, output="argmax") -> QuantizedNetwork:
+    fmt = InputFormat(input_bits, signed, 1.0 / layers[0].in_scale)
+    return QuantizedNetwork(fmt, tuple(layers), output, QuantSettings(bits=8), None)
+
+
+def make_layer(w, bias, act, in_scale=1.0, out_scale=1.0, w_scale=None) -> QLayer:
+    w = np.asarray(w, np.int64)
+    ws = np.full(w.shape[0], 0.01) if w_scale is None else np.asarray(w_scale, float)
+    return QLayer(w, np.asarray(bias, np.int64), ws, in_scale, 1.0, act,
+                  8 if act == "relu" else 0, None, None, out_scale)
+
+
+def weights(rng, shape, top, sign):
+    w = rng.integers(-top, top + 1, shape)
+    return {"mixed": w, "excitatory": np.abs(w), "inhibitory": -np.abs(w)}[sign]
+
+
+def random_net(rng, n_in, hidden, acts, top, sign="mixed", input_bits=8, signed=False,
+               bias_scale=1.0, out=3, odd=False):
+    """Random integer network: codes in [-top, top] (odd codes if ``odd``), biases of about
+    ``bias_scale`` times a typical sum, ReLU output scales that ask for a requantization."""
+    fmt_scale = 1.0 / 2 ** (input_bits - 1)
+    in_scale, in_max, layers = fmt_scale, 2 ** input_bits, []
+    sizes = [n_in, *hidden, out]
+    for i, act in enumerate([*acts, "identity"]):
+        w = weights(rng, (sizes[i + 1], sizes[i]), top, sign)
+        if odd:
+            w = np.where(w % 2 == 0, w + np.where(w < top, 1, -1), w)
+        typical = max(1.0, top * in_max * np.sqrt(sizes[i]) / 4)
+        bias = rng.integers(-1, 2, sizes[i + 1]) * rng.integers(0, int(typical * bias_scale) + 2,
+                                                                  sizes[i + 1])
+        acc_scale = 0.01 * in_scale
+        out_scale = acc_scale * typical / 2.0 ** rng.integers(4, 9) if act == "relu" else 1.0
+        layers.append(make_layer(w, bias, act, in_scale, out_scale))
+        in_scale, in_max = (out_scale, 255) if act == "relu" else (1.0, 1)
+    return make_net(layers, input_bits, signed)
+
+
+def codes(rng, net, n):
+    """Random input codes plus the extremes of the input range."""
+    fmt = net.input
+    x = rng.integers(fmt.qmin, fmt.qmax + 1, (n, net.n_features))
+    x[0], x[1] = fmt.qmax, fmt.qmin
+    return x
+
+
+def onnx_net(rng, act, bits, scheme="narrow", n_in=12, hidden=6, out=3, per_channel=False):
+    graph = graph_from_model(random_mlp(rng, n_in, hidden, out, act=act))
+    x = rng.uniform(0, 1, (64, n_in))
+    return quantize(graph, QuantSettings(bits, scheme, per_channel), x, bounds=(0, 1)), x
+
+
+# ---------------------------------------------------------------- synapse groups
+@given(st.integers(0, 2**31), st.integers(1, 17), st.integers(0, 12))
+@settings(max_examples=60, deadline=None)
+def test_synapse_groups_are_exact_8bit_lava_weights(seed, bits, r):
+    rng = np.random.default_rng(seed)
+    top = 2**bits - 1
+    w = rng.integers(-top, top + 1, (5, 7))
+    h = rng.integers(0, 256, (7, 4))
+    assert sum(d << e for d, e in split_digits(w)).tolist() == w.tolist()
+    sets = synapse_sets(w, r, 0, Limits())
+    if isinstance(sets, str):
+        return
+    for s in sets:
+        assert lava_effective(s.lava_weights, s.mode).tolist() == s.lava_weights.tolist()
+        assert -8 <= s.lava_weight_exp <= 7
+    lowest_only = sum(s.exp < 0 for s in sets) <= 1
+    total = sum(shift(s.digits @ h, s.exp) for s in sets)
+    if lowest_only:
+        assert total.tolist() == ((w @ h) >> r).tolist()
+
+
+def test_uniform_8bit_needs_two_groups_narrow_8bit_one():
+    uniform = get_scheme("uniform").levels(8)
+    narrow = get_scheme("narrow").levels(8)
+    assert len(split_digits(uniform[None, :])) == 2
+    assert len(split_digits(narrow[None, :])) == 1
+
+
+# ---------------------------------------------------------------- emulator vs spec
+@given(st.integers(0, 2**31), st.sampled_from(["step", "relu"]), st.integers(1, 3),
+       st.sampled_from([1, 7, 127, 255, 2047, 32767]),
+       st.sampled_from(["mixed", "excitatory", "inhibitory"]), st.booleans(),
+       st.sampled_from([0.0, 0.5, 3.0]))
+@settings(max_examples=60, deadline=None)
+def test_emulator_equals_spec(seed, act, depth, top, sign, signed, bias_scale):
+    rng = np.random.default_rng(seed)
+    acts = [act if i % 2 == 0 else ("relu" if act == "step" else "step") for i in range(depth)]
+    net = random_net(rng, 6, [5] * depth, acts, top, sign, signed=signed, bias_scale=bias_scale)
+    program = LOIHI.compile(net)
+    x = codes(rng, net, 9)
+    assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()
+
+
+@given(st.integers(0, 2**31), st.sampled_from([0, 1, 2]))
+@settings(max_examples=30, deadline=None)
+def test_emulator_equals_spec_with_forced_shifts(seed, r):
+    """Shifts smaller than the automatic ones: the LIF current wraps, v saturates."""
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, 8, [6], ["step"], 127, bias_scale=30.0)
+    program = LOIHI.compile(net, shifts=[r, 0])
+    x = codes(rng, net, 9)
+    assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()
+
+
+def equality_net():
+    """A step layer whose sums hit its threshold exactly on many inputs."""
+    rng = np.random.default_rng(3)
+    w1 = rng.integers(-1, 2, (6, 8))
+    l1 = make_layer(w1, [-1, -2, 0, 1, -3, -1], "step")
+    l2 = make_layer(rng.integers(-3, 4, (3, 6)), [0, 0, 0], "identity")
+    return make_net([l1, l2], input_bits=2)
+
+
+def wrap_net():
+    rng = np.random.default_rng(4)
+    l1 = make_layer(rng.integers(60, 128, (6, 12)) * np.sign(rng.normal(size=(6, 12))).astype(int),
+                    rng.integers(-50, 50, 6), "step")
+    l2 = make_layer(rng.integers(-3, 4, (3, 6)), [0, 0, 0], "identity")
+    return make_net([l1, l2])
+
+
+@pytest.mark.parametrize("variant, net, shifts", [
+    ("ge", equality_net(), None),
+    ("nowrap", wrap_net(), [0, 0]),
+    ("trunc", random_net(np.random.default_rng(5), 8, [6], ["relu"], 127), None),
+])
+def test_spec_catches_wrong_emulators(variant, net, shifts):
+    x = codes(np.random.default_rng(0), net, 64)
+    right = LOIHI.compile(net, shifts=shifts)
+    wrong = LOIHI.compile(net, shifts=shifts, variant=variant)
+    assert right.forward(x).tolist() == run_spec(right.mapping, x).tolist()
+    assert wrong.forward(x).tolist() != run_spec(right.mapping, x).tolist()
+
+
+# ---------------------------------------------------------------- mapping and semantics
+def test_exact_where_no_rounding_is_needed():
+    """Small step networks need no shift: Loihi computes exactly hwq's integer semantics."""
+    rng = np.random.default_rng(1)
+    net = random_net(rng, 8, [6], ["step"], 7, input_bits=4)
+    program = LOIHI.compile(net)
+    assert [lm.shift for lm in program.mapping.layers] == [0, 0]
+    x = codes(rng, net, 200)
+    h = (x @ net.layers[0].weight.T + net.layers[0].bias > 0).astype(np.int64)
+    assert program.forward(x).tolist() == (h @ net.layers[1].weight.T + net.layers[1].bias).tolist()
+
+
+def test_threshold_is_strict():
+    net = equality_net()
+    program = LOIHI.compile(net)
+    x = codes(np.random.default_rng(0), net, 300)
+    acc = x @ net.layers[0].weight.T + net.layers[0].bias
+    assert (acc == 0).any()
+    z = program.trace(x)[0]
+    assert ((z > 0) == (acc > 0)).all()
+
+
+def test_sigmoid_is_refused_with_a_hint():
+    rng = np.random.default_rng(0)
+    net, _ = onnx_net(rng, "Sigmoid", 4)
+    with pytest.raises(TargetError, match="sigmoid") as info:
+        LOIHI.compile(net)
+    assert "sim" in str(info.value) and "step" in str(info.value)
+
+
+def test_per_channel_relu_is_refused_step_is_mapped():
+    rng = np.random.default_rng(0)
+    net, _ = onnx_net(rng, "Relu", 4, per_channel=True)
+    with pytest.raises(LimitError, match="per-channel"):
+        LOIHI.compile(net)
+    net, _ = onnx_net(rng, "step", 4, per_channel=True)
+    LOIHI.compile(net)
+
+
+@pytest.mark.parametrize("act", ["Relu", "step"])
+@pytest.mark.parametrize("bits, scheme", [(1, "narrow"), (4, "narrow"), (8, "uniform"),
+                                          (12, "pow2"), (16, "uniform")])
+def test_all_bit_widths_map_within_limits(act, bits, scheme):
+    rng = np.random.default_rng(bits)
+    net, x = onnx_net(rng, act, bits, scheme)
+    program = LOIHI.compile(net)
+    for layer in program.report["layers"]:
+        assert all(-8 <= g["weight_exp"] <= 7 for g in layer["groups"])
+    assert program.report["resources"]["cores"] >= 2
+    xq = quantize_input(net.input, x)
+    assert program.forward(xq).tolist() == run_spec(program.mapping, xq).tolist()
+
+
+def test_forced_shift_is_reported():
+    program = LOIHI.compile(wrap_net(), shifts=[0, 0])
+    assert any("wrap" in a["what"] for a in program.report["adjustments"])
+    assert not LOIHI.compile(wrap_net()).mapping.forced[0]
+
+
+def test_report_is_json_and_counts_resources():
+    rng = np.random.default_rng(0)
+    net, _ = onnx_net(rng, "Relu", 4, n_in=20, hidden=8, out=4)
+    report = LOIHI.compile(net).report
+    json.dumps(report)
+    layers = report["layers"]
+    assert [e["neurons"] for e in layers] == [8, 4]
+    assert layers[0]["helper_neurons"] == 16  # relay + Sigma per hidden SigmaDelta neuron
+    assert layers[0]["synapses"] == 8 * 20 + 8
+    assert report["latency_steps"] == 2 and report["resources"]["chips"] == 1
+
+
+def test_tiny_core_limits_are_enforced():
+    rng = np.random.default_rng(0)
+    net, _ = onnx_net(rng, "step", 4, n_in=20)
+    with pytest.raises(LimitError, match="core"):
+        LOIHI.compile(net, limits=Limits(synapse_bits_per_core=64))
+    report = LOIHI.compile(net, limits=Limits(neurons_per_core=2)).report
+    assert report["layers"][0]["cores"] == 3
+
+
+# ---------------------------------------------------------------- program protocol
+def test_program_protocol_and_dtypes():
+    rng = np.random.default_rng(2)
+    net, x = onnx_net(rng, "Relu", 4)
+    program = hwq.compile(net, target="loihi")
+    xq = quantize_input(net.input, x)
+    scores = program.forward(xq.astype(np.float32))
+    assert scores.dtype == np.int64 and scores.shape == (len(x), 3)
+    assert scores.tolist() == program.forward(xq).tolist()
+    assert program.target == "loihi" and program.net is net
+    zs = program.trace(xq)
+    assert [z.shape for z in zs] == [(len(x), 6), (len(x), 3)]
+    assert np.allclose(zs[-1], scores * program.mapping.layers[-1].unit)
+    assert program.decide(scores).tolist() == np.argmax(scores, axis=1).tolist()
+    with pytest.raises(DataError):
+        program.forward(xq[:, :5])
+
+
+def test_options_are_checked():
+    net = equality_net()
+    with pytest.raises(UsageError, match="backend"):
+        LOIHI.compile(net, backend="chip")
+    with pytest.raises(UsageError, match="unknown loihi option"):
+        LOIHI.compile(net, speed=3)
+    with pytest.raises(TargetError, match="shifts"):
+        LOIHI.compile(net, shifts=[0])
+
+
+def test_hwq_file_round_trip(tmp_path):
+    rng = np.random.default_rng(6)
+    net, x = onnx_net(rng, "Relu", 12)
+    program = LOIHI.compile(net)
+    save_program(tmp_path / "m.hwq", program)
+    loaded = load_program(tmp_path / "m.hwq")
+    xq = quantize_input(net.input, x)
+    assert loaded.target == "loihi"
+    assert loaded.forward(xq).tolist() == program.forward(xq).tolist()
+    assert loaded.report["adjustments"] == program.report["adjustments"]
+
+
+def test_load_rejects_foreign_artifacts():
+    net = equality_net()
+    with pytest.raises(FileFormatError):
+        LOIHI.load(net, {})
+    art = LOIHI.compile(wrap_net()).artifacts
+    with pytest.raises(FileFormatError, match="do not match"):
+        LOIHI.load(net, art)
+
+
+def test_attack_runs_on_the_emulator():
+    rng = np.random.default_rng(7)
+    net, x = onnx_net(rng, "step", 4)
+    program = LOIHI.compile(net)
+    y = program.decide(program.forward(quantize_input(net.input, x)))
+    result = hwq.attack(program, x, y, [0.0, 0.1, 0.3], bounds=(0, 1))
+    assert result.accuracy[0] == 1.0 and result.target == "loihi"
+
+
+# ---------------------------------------------------------------- compare_programs
+def test_compare_programs():
+    rng = np.random.default_rng(8)
+    net, x = onnx_net(rng, "Relu", 4)
+    xq = quantize_input(net.input, x)
+    loihi, sim = LOIHI.compile(net), get_target("sim").compile(net)
+    same = compare_programs(loihi, loihi, xq)
+    assert same["decisions_differ"] == 0 and same["scores_differ"] == 0
+    diff = compare_programs(sim, loihi, xq)
+    assert diff["targets"] == ["sim", "loihi"] and diff["inputs"] == len(x)
+    assert 0 <= diff["decisions_differ"] <= diff["inputs"]
+    assert diff["scores_differ_fraction"] == diff["scores_differ"] / len(x)
+    with pytest.raises(UsageError):
+        compare_programs(sim, LOIHI.compile(equality_net()), xq)

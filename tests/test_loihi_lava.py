@@ -1,0 +1,121 @@
+"""Lava's CPU fixed-point processes against the emulator: identical scores and decisions.
+
+Many networks share one Lava run (one RingBuffer feeds them all), so the sweep stays short:
+step and ReLU layers, weight codes of 1..16 bits (narrow and odd 'uniform' codes), mixed,
+excitatory-only and inhibitory-only weights, negative biases, signed inputs, threshold
+equality, and forced shifts that make the LIF current wrap and its voltage saturate. Each
+deliberately wrong emulator variant must disagree with Lava somewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_loihi import LOIHI, codes, equality_net, onnx_net, random_net, wrap_net
+
+from hwq.reference import quantize_input
+from hwq_targets.loihi import LoihiProgram
+from hwq_targets.loihi.lavanet import run_lava
+
+pytestmark = pytest.mark.lava
+
+PER_RUN = 7
+SIGNS = ["mixed", "excitatory", "inhibitory"]
+BIASES = [0.5, 3.0, 0.0]
+
+
+def bit_sweep(rng):
+    """One network per weight width 1..16, and odd (uniform) codes at 8, 12 and 16 bits."""
+    cases = []
+    for b in range(1, 17):
+        act = "step" if b % 2 else "relu"
+        net = random_net(rng, 12, [6], [act], max(1, 2 ** (b - 1) - 1), SIGNS[b % 3],
+                         bias_scale=BIASES[b % 3])
+        cases.append((f"{act}-{b}bit-{SIGNS[b % 3]}", LOIHI.compile(net)))
+    for b in (8, 12, 16):
+        net = random_net(rng, 12, [5], ["relu" if b == 12 else "step"], 2**b - 1, odd=True)
+        cases.append((f"uniform-{b}bit", LOIHI.compile(net)))
+    return cases
+
+
+def special(rng):
+    """Deep and ONNX-quantized networks, and forced shifts (wrap, saturation, >24-bit sigma)."""
+    deep1 = random_net(rng, 12, [6, 5, 4], ["step", "relu", "step"], 7, bias_scale=1.0)
+    deep2 = random_net(rng, 12, [6, 5], ["relu", "relu"], 127, "inhibitory", bias_scale=3.0)
+    relu_onnx, _ = onnx_net(rng, "Relu", 4, "narrow")
+    step_onnx, _ = onnx_net(rng, "step", 8, "uniform")
+    big = random_net(rng, 12, [6], ["relu"], 127, bias_scale=20.0)
+    return [("deep-step-relu", LOIHI.compile(deep1)), ("deep-relu-inhib", LOIHI.compile(deep2)),
+            ("onnx-relu-4bit", LOIHI.compile(relu_onnx)),
+            ("onnx-step-uniform8", LOIHI.compile(step_onnx)),
+            ("forced-wrap", LOIHI.compile(wrap_net(), shifts=[0, 0])),
+            ("forced-sigma-wide", LOIHI.compile(big, shifts=[0, 0]))]
+
+
+def signed(rng):
+    return [(f"signed-{act}", LOIHI.compile(random_net(rng, 12, [6], [act], 31, signed=True,
+                                                        bias_scale=1.0)))
+            for act in ("step", "relu")]
+
+
+def run_group(cases, x):
+    out = []
+    for start in range(0, len(cases), PER_RUN):
+        chunk = cases[start:start + PER_RUN]
+        scores = run_lava([p.mapping for _, p in chunk], x)
+        out.extend((name, p, x, s) for (name, p), s in zip(chunk, scores))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    rng = np.random.default_rng(2024)
+    unsigned = bit_sweep(rng) + special(rng)
+    groups = [unsigned, signed(rng), [("equality", LOIHI.compile(equality_net()))]]
+    results = []
+    for cases in groups:
+        results.extend(run_group(cases, codes(rng, cases[0][1].net, 16)))
+    return results
+
+
+@pytest.mark.slow
+def test_lava_equals_emulator(sweep):
+    bad = [name for name, p, x, s in sweep if p.forward(x).tolist() != s.tolist()]
+    assert not bad, f"Lava and the emulator differ on {bad}"
+    bad = [name for name, p, x, s in sweep if p.decide(p.forward(x)).tolist()
+           != p.decide(s).tolist()]
+    assert not bad
+
+
+@pytest.mark.slow
+def test_sweep_covers_the_hard_cases(sweep):
+    names = {name for name, *_ in sweep}
+    assert {"forced-wrap", "equality", "signed-relu", "uniform-16bit"} <= names
+    wrap = next(p for name, p, *_ in sweep if name == "forced-wrap")
+    x = next(x for name, _, x, _ in sweep if name == "forced-wrap")
+    a = wrap.emulator.inputs(x)[0]
+    assert (np.abs(a) > 2**17).any()  # the LIF current really wrapped
+    groups = {len(lm.sets) for _, p, *_ in sweep for lm in p.mapping.layers}
+    assert {1, 2, 3} <= groups  # 9..16-bit codes ran as split synapse groups
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["trunc", "ge", "nowrap"])
+def test_lava_catches_wrong_emulator(sweep, variant):
+    differ = [name for name, p, x, s in sweep
+              if LoihiProgram(p.net, p.mapping, p.limits, variant=variant).forward(x).tolist()
+              != s.tolist()]
+    assert differ, f"variant {variant} was not caught"
+
+
+def test_lava_backend_forward():
+    """The program's own Lava path: same scores and decisions as the emulator."""
+    rng = np.random.default_rng(11)
+    net, x = onnx_net(rng, "Relu", 4)
+    xq = quantize_input(net.input, x[:12])
+    lava = LOIHI.compile(net, backend="lava")
+    emulator = LOIHI.compile(net)
+    scores = lava.forward(xq)
+    assert scores.dtype == np.int64
+    assert scores.tolist() == emulator.forward(xq).tolist()
+    assert lava.decide(scores).tolist() == emulator.decide(emulator.forward(xq)).tolist()
+    assert lava.report["backend"] == "lava"

@@ -1,0 +1,258 @@
+"""The sim target equals hwq.reference bit for bit: random networks through quantize() (every
+activation, scheme, bit width), hand-built extremes, every product path and input dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import hwq
+from hwq import ir, reference
+from hwq.errors import TargetError
+from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
+from hwq_targets.sim import vnni
+
+VNNI = [False, True] if vnni.available() else [False]
+LUT_HALF = 2048
+
+
+# --- network builders (test_export.py uses them too) ---------------------------------------------
+
+def float_graph(rng, sizes, hidden, scale=1.0):
+    """An MLP of ``sizes``; ``hidden`` activations ('identity' = two Affines in a row)."""
+    nodes = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        w = rng.normal(0, scale / np.sqrt(n_in), (n_out, n_in))
+        nodes.append(ir.Affine(w, rng.normal(0, 0.3 * scale, n_out)))
+        if i < len(hidden) and hidden[i] != "identity":
+            nodes.append(ir.Activation(hidden[i]))
+    output = ir.Output("sigmoid" if sizes[-1] == 1 else "softmax")
+    return ir.Graph((sizes[0],), tuple(nodes), output)
+
+
+@st.composite
+def quantized_networks(draw, hidden=("relu", "sigmoid", "step", "identity")):
+    """Random networks through ``hwq.quantize`` with any bits, scheme and formats."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    acts = draw(st.lists(st.sampled_from(hidden), min_size=1, max_size=2))
+    sizes = [draw(st.integers(1, 40))] + [draw(st.integers(1, 24)) for _ in acts]
+    sizes.append(draw(st.sampled_from([1, 2, 5])))
+    graph = float_graph(rng, sizes, acts, scale=draw(st.sampled_from([0.05, 1.0, 30.0])))
+    unsigned = draw(st.booleans())
+    x = rng.uniform(0, 1, (64, sizes[0])) if unsigned else rng.normal(0, 2, (64, sizes[0]))
+    net = hwq.quantize(
+        graph, draw(st.integers(1, 16)), calibration=x, bounds=(0.0, 1.0) if unsigned else None,
+        scheme=draw(st.sampled_from(["narrow", "pow2", "uniform"])),
+        per_channel=draw(st.booleans()), act_bits=draw(st.integers(1, 16)),
+        input_bits=draw(st.integers(2, 16)))
+    return net, rng
+
+
+def extreme_codes(rng, fmt: InputFormat, n: int, k: int) -> np.ndarray:
+    """Codes in the format: a third at qmin/qmax/0, the rest uniform; first rows all-extreme."""
+    x = rng.integers(fmt.qmin, fmt.qmax + 1, (n, k))
+    pick = rng.integers(0, 6, (n, k))
+    x = np.where(pick == 0, fmt.qmin, np.where(pick == 1, fmt.qmax, np.where(pick == 2, 0, x)))
+    x[:1] = fmt.qmax
+    x[1:2] = fmt.qmin
+    return np.clip(x, fmt.qmin, fmt.qmax)
+
+
+def dense(w, b, activation="identity", act_bits=8, mult=1, shift=0, lut=None):
+    w = np.asarray(w, np.int64)
+    rq = None if activation in ("identity", "step") else Requant(
+        np.broadcast_to(mult, (len(w),)), np.broadcast_to(shift, (len(w),)))
+    return QLayer(w, b, np.ones(len(w)), 1.0, 1.0, activation, act_bits, rq, lut)
+
+
+def network(layers, fmt=InputFormat(8, False, 255.0), output="argmax") -> QuantizedNetwork:
+    return QuantizedNetwork(fmt, tuple(layers), output, QuantSettings(8), None)
+
+
+def assert_sim_exact(net, x_q, use_vnni, dtype=None):
+    program = hwq.compile(net, "sim", vnni=use_vnni)
+    codes = x_q if dtype is None else x_q.astype(dtype)
+    expected = reference.trace(net, x_q)
+    scores = program.forward(codes)
+    assert scores.dtype == np.int64
+    np.testing.assert_array_equal(scores, expected[-1])
+    for got, want in zip(program.accumulators(codes), expected):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(program.decide(scores), reference.decide(expected[-1], net.output))
+    return program
+
+
+# --- random networks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=quantized_networks())
+def test_random_networks_match_reference(case, use_vnni):
+    net, rng = case
+    x_q = extreme_codes(rng, net.input, 97, net.n_features)
+    assert_sim_exact(net, x_q, use_vnni)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=quantized_networks(hidden=("relu", "sigmoid", "step")),
+       dtype=st.sampled_from([np.float32, np.float64, np.int32, np.int64]))
+def test_input_dtypes(case, dtype):
+    net, rng = case
+    x_q = extreme_codes(rng, net.input, 50, net.n_features)
+    assert_sim_exact(net, x_q, None, dtype)
+
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+@pytest.mark.parametrize("n", [0, 1, 47, 48, 49, 1000])
+def test_batch_sizes_across_blocks(n, use_vnni):
+    rng = np.random.default_rng(n)
+    graph = float_graph(rng, [30, 20, 3], ["relu"])
+    net = hwq.quantize(graph, 4, calibration=rng.uniform(0, 1, (50, 30)), bounds=(0, 1))
+    x_q = extreme_codes(rng, net.input, n, 30) if n else np.zeros((0, 30), np.int64)
+    program = assert_sim_exact(net, x_q, use_vnni)
+    assert program.forward(x_q).shape == (n, 3)
+
+
+# --- every product path ------------------------------------------------------------------------
+
+PATHS = [  # (weight magnitude, input format) -> expected layer-0 path without VNNI
+    (7, InputFormat(8, False, 1.0), "float32"),
+    (2**15, InputFormat(16, True, 1.0), "float64"),
+    (2**40, InputFormat(16, True, 1.0), "int64"),
+]
+
+
+@pytest.mark.parametrize("big, fmt, path", PATHS)
+def test_product_paths(big, fmt, path):
+    rng = np.random.default_rng(big)
+    w = rng.integers(-big, big + 1, (6, 300))
+    w[0, :] = big  # one row at the bound
+    net = network([dense(w, rng.integers(-big, big, 6))], fmt)
+    program = assert_sim_exact(net, extreme_codes(rng, fmt, 64, 300), False)
+    assert program.report["products"] == [path]
+
+
+@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("fmt", [InputFormat(8, False, 1.0), InputFormat(8, True, 1.0),
+                                 InputFormat(3, True, 1.0), InputFormat(1 + 1, False, 1.0)])
+def test_vnni_signed_and_unsigned_inputs_at_int8_extremes(fmt):
+    rng = np.random.default_rng(fmt.bits)
+    w = rng.integers(-128, 128, (37, 1030))
+    w[0] = -128
+    w[1] = 127
+    net = network([dense(w, rng.integers(-(2**20), 2**20, 37))], fmt)
+    program = assert_sim_exact(net, extreme_codes(rng, fmt, 200, 1030), True)
+    assert program.report["products"] == ["vnni"]
+
+
+@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+def test_vnni_hidden_layer_with_signed_lut():
+    """A sigmoid LUT with negative values feeds the next layer as int8 (+128 offset)."""
+    rng = np.random.default_rng(5)
+    lut = rng.integers(-128, 128, 2 * LUT_HALF)
+    layers = [dense(rng.integers(-100, 100, (20, 16)), rng.integers(-500, 500, 20), "sigmoid",
+                    mult=rng.integers(1, 2**10, 20), shift=rng.integers(0, 12, 20), lut=lut),
+              dense(rng.integers(-127, 128, (4, 20)), rng.integers(-9, 9, 4))]
+    program = assert_sim_exact(network(layers), extreme_codes(rng, InputFormat(8, False, 1.0), 300, 16), True)
+    assert program.report["products"] == ["vnni", "vnni"]
+
+
+def test_vnni_refuses_what_int8_cannot_hold():
+    assert not vnni.fits(np.array([[128]]), 0, 255)
+    assert not vnni.fits(np.array([[1]]), 0, 256)
+    assert not vnni.fits(np.array([[1]]), -129, 0)
+    assert not vnni.fits(np.full((1, 2**24), 127), 0, 255)  # 255 * sum|w| reaches 2^31
+    assert vnni.fits(np.array([[-128, 127]]), -128, 127)
+
+
+# --- hand-built extremes -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+@pytest.mark.parametrize("shift", [0, 1, 2, 3, 7])
+def test_requant_ties_round_half_up_for_both_signs(shift, use_vnni):
+    """acc = x - 128 sweeps every residue mod 2^shift, negative and positive: ties go up."""
+    fmt = InputFormat(8, False, 1.0)
+    lut = np.arange(2 * LUT_HALF)
+    layers = [dense([[1], [1], [-1]], [-128, -128, 128], "relu", act_bits=16, mult=[1, 3, 5],
+                    shift=shift),
+              dense(np.eye(3, dtype=np.int64), [0, 0, 0], "sigmoid", mult=1, shift=shift, lut=lut),
+              dense(np.eye(3, dtype=np.int64), [-2048, -2048, -2048])]
+    x_q = np.arange(256).reshape(-1, 1)
+    assert_sim_exact(network(layers, fmt), x_q, use_vnni)
+
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+def test_step_is_zero_at_zero_accumulator(use_vnni):
+    layers = [dense([[1, -1], [-1, 1], [1, 1]], [0, 0, -255], "step"), dense(np.eye(3), [0, 0, 0])]
+    x_q = np.array([[0, 0], [5, 5], [6, 5], [5, 6], [255, 0], [0, 255], [128, 127], [255, 255]])
+    program = assert_sim_exact(network(layers), x_q, use_vnni)
+    h = program.forward(x_q)
+    assert h[:2].tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+def test_saturation_and_sigmoid_edges(use_vnni):
+    """Accumulators far beyond the relu range and the LUT's index range, both signs."""
+    lut = np.arange(2 * LUT_HALF) % 251
+    w = np.array([[127] * 8, [-127] * 8, [1] * 8, [-1] * 8])
+    layers = [dense(w, [0, 0, -1020, 1020], "sigmoid", mult=[2**15 - 1, 2**15 - 1, 1, 1],
+                    shift=[3, 3, 0, 0], lut=lut),
+              dense(np.eye(4, dtype=np.int64) * 127, [0, 0, 0, 0], "relu", act_bits=5,
+                    mult=[1, 3, 2**12, 1], shift=[0, 1, 5, 2]),
+              dense(np.ones((2, 4), np.int64), [-1, 1])]
+    x_q = extreme_codes(np.random.default_rng(0), InputFormat(8, False, 1.0), 120, 8)
+    assert_sim_exact(network(layers), x_q, use_vnni)
+
+
+def test_sign_output_and_argmax_ties():
+    fmt = InputFormat(4, True, 1.0)
+    ties = network([dense([[1, 0], [1, 0], [0, 1]], [0, 0, 0])], fmt)
+    x_q = np.array([[3, 3], [3, -2], [-8, -8], [0, 0]])
+    program = assert_sim_exact(ties, x_q, None)
+    assert program.decide(program.forward(x_q)).tolist() == [0, 0, 0, 0]
+    single = network([dense([[1, -1]], [0])], fmt, output="sign")
+    program = assert_sim_exact(single, x_q, None)
+    assert program.decide(program.forward(x_q)).tolist() == [0, 1, 0, 0]
+
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+def test_codes_outside_the_format_stay_exact(use_vnni):
+    """Layer 0's proof holds for the format; codes beyond it take a path proven for them."""
+    rng = np.random.default_rng(1)
+    fmt = InputFormat(4, False, 1.0)
+    layers = [dense(rng.integers(-7, 8, (9, 50)), rng.integers(-50, 50, 9), "relu", mult=3, shift=4),
+              dense(rng.integers(-7, 8, (3, 9)), [0, 0, 0])]
+    x_q = extreme_codes(rng, fmt, 100, 50)
+    x_q[3, 7] = 2**22
+    x_q[5, 1] = -(2**22)
+    assert_sim_exact(network(layers, fmt), x_q, use_vnni)
+
+
+def test_last_activation_is_ignored_like_the_reference():
+    net = network([dense([[1, -1]], [0], "relu", mult=1, shift=0)])
+    assert hwq.compile(net, "sim").forward(np.array([[0, 5]]))[0, 0] == -5
+
+
+def test_trace_is_accumulator_times_scale():
+    rng = np.random.default_rng(2)
+    graph = float_graph(rng, [12, 8, 3], ["sigmoid"])
+    net = hwq.quantize(graph, 6, calibration=rng.uniform(0, 1, (40, 12)), bounds=(0, 1))
+    x_q = extreme_codes(rng, net.input, 30, 12)
+    for z, acc, layer in zip(hwq.compile(net, "sim").trace(x_q), reference.trace(net, x_q), net.layers):
+        np.testing.assert_array_equal(z, acc * layer.acc_scale)
+
+
+def test_vnni_required_on_a_cpu_without_it(monkeypatch):
+    monkeypatch.setattr(vnni, "available", lambda: False)
+    net = network([dense([[1]], [0])])
+    with pytest.raises(TargetError, match="VNNI"):
+        hwq.compile(net, "sim", vnni=True)
+    assert hwq.compile(net, "sim").report["products"] == ["float32"]
+
+
+def test_wrong_feature_count_is_refused():
+    program = hwq.compile(network([dense([[1, 2]], [0])]), "sim")
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        program.forward(np.zeros((3, 5)))

@@ -1,0 +1,238 @@
+"""Sweeps: plan and seeds, determinism across executors, resume after Ctrl-C and kill -9,
+the journal's defences, and a real Dask cluster on loopback."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import hwq
+from hwq.errors import HwqError, UsageError
+from hwq.sweep import (AttackSettings, SweepSpec, Task, TrainSettings, derive_seed, parse_ints,
+                       parse_seeds, plan, run_sweep)
+from hwq.sweep_exec import DaskExecutor, SerialExecutor, make_executor
+from hwq.sweep_store import SweepStore, content_digest, read_sweep
+
+EPS = tuple(np.round(np.arange(11) * 0.05, 6).tolist())
+TINY = SweepSpec(data=("spiral",), activations=("relu", "step"), bits=(1, 4), seeds=(0, 1),
+                 train=TrainSettings(epochs=30, patience=10), attack=AttackSettings(EPS))
+# The same grid on the command line (used by the subprocess tests).
+TINY_ARGS = ["--data", "spiral", "--activations", "relu,step", "--bits", "1,4", "--seeds", "2",
+             "--eps", "0:0.5:0.05", "--epochs", "30", "--patience", "10"]
+
+
+def sweep(spec, path, executor=None):
+    with executor or SerialExecutor() as ex:
+        return run_sweep(spec, path, ex, command="test")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny grid, uninterrupted, in this process."""
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    sweep(TINY, path)
+    return path
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_plan_covers_the_grid_with_order_free_seeds():
+    tasks = plan(TINY)
+    assert len(tasks) == 8 and len({t.keys()[0] for t in tasks}) == 8
+    t = Task("spiral", "relu", 4, 1, ("sim",))
+    assert t.keys() == ["spiral__relu__q04__s1__sim"]
+    assert t.train_seed == derive_seed("spiral", "relu", 4, 1)  # from the key, not the order
+    assert len({task.train_seed for task in tasks}) == 8
+    assert parse_ints("1:4", "--bits") == (1, 2, 3, 4) and parse_ints("1,8", "--bits") == (1, 8)
+    assert parse_seeds("3") == (0, 1, 2) and parse_seeds("4,7") == (4, 7)
+
+
+@pytest.mark.parametrize("change", [
+    {"activations": ("tanh",)}, {"bits": (0,)}, {"bits": (17,)}, {"seeds": (-1,)},
+    {"bits": (2, 2)}, {"data": ()},
+])
+def test_bad_grids_are_usage_errors(change):
+    with pytest.raises(UsageError):
+        SweepSpec(**{"data": ("spiral",), **change})
+
+
+def test_spec_round_trips_through_json():
+    assert SweepSpec.from_json(TINY.to_json()) == TINY
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def test_file_holds_every_cell_and_the_settings(reference):
+    sw = read_sweep(reference)
+    assert len(sw.cells) == 8 and sw.attrs["complete"] and sw.attrs["n_planned"] == 8
+    assert sw.attrs["format"] == "hwq-sweep" and sw.attrs["version"] == 1
+    assert sw.attrs["quantization"]["act_bits"] == 16
+    assert sw.data["spiral"]["fingerprint"] == sw.attrs["data_fingerprints"]["spiral"]
+    assert sw.data["spiral"]["training"]["gain"] == 10.0
+    cell = sw.cells[0]
+    assert cell.accuracy.shape == (11,) and cell.accuracy[0] == cell.attrs["clean_accuracy"]
+    assert cell.attrs["weights_on_grid"] and cell.attrs["source"] == "qat"
+    assert {"train_s", "attack_s", "total_s"} <= set(cell.timing)
+    assert not Path(f"{reference}.cells").exists()  # the journal is gone once complete
+
+
+def test_local_pool_matches_serial(reference, tmp_path):
+    """Determinism: 1 worker (this process) and 2 worker processes give the same contents."""
+    path = tmp_path / "pool.h5"
+    sweep(TINY, path, make_executor(workers=2))
+    assert content_digest(path) == content_digest(reference)
+
+
+def test_rerun_of_a_finished_sweep_changes_nothing(reference, tmp_path):
+    path = tmp_path / "again.h5"
+    path.write_bytes(reference.read_bytes())
+    summary = sweep(TINY, path)
+    assert summary["ran"] == 0 and summary["resumed"] == 8
+    assert content_digest(path) == content_digest(reference)
+
+
+def test_other_settings_on_the_same_file_are_refused(reference, tmp_path):
+    path = tmp_path / "other.h5"
+    path.write_bytes(reference.read_bytes())
+    other = SweepSpec(**{**TINY.__dict__, "seeds": (0, 1, 2)})
+    with pytest.raises(UsageError, match="different settings"):
+        sweep(other, path)
+
+
+def test_resume_ignores_half_written_cells_and_rebuilds_a_broken_file(reference, tmp_path):
+    """A kill -9 can leave a temporary journal file, a damaged journal file or a damaged
+    .h5: none of them is read as done, and the result equals an uninterrupted run."""
+    path = tmp_path / "broken.h5"
+    store = SweepStore(path)
+    store.journal.mkdir()
+    ref = read_sweep(reference)
+    # journal the first three cells by hand, as a run killed after three cells would have
+    with h5py.File(reference, "r") as f:
+        from hwq.sweep_store import _journal_copy
+        for key in [c.key for c in ref.cells[:3]]:
+            _journal_copy(f["cells"][key], store.journal / f"{key}.h5")
+    import json
+
+    from hwq.sweep import all_keys
+    from hwq.sweep_cell import data_info
+    header = {"spec": TINY.to_json(), "data": {"spiral": data_info("spiral", TINY)},
+              "keys": all_keys(plan(TINY)), "command": "x", "created": "then",
+              "hwq_version": hwq.__version__}
+    (store.journal / "header.json").write_text(json.dumps(header))
+    (store.journal / f".{ref.cells[3].key}.h5.tmp-123").write_bytes(b"\x89HDF half")
+    (store.journal / f"{ref.cells[4].key}.h5").write_bytes(b"garbage, not HDF5")
+    path.write_bytes(reference.read_bytes()[:3000])  # the live file, cut mid-write
+    summary = sweep(TINY, path)
+    assert summary["resumed"] == 3 and summary["ran"] == 5
+    assert content_digest(path) == content_digest(reference)
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    store = SweepStore(tmp_path / "locked.h5")
+    from hwq.sweep_cell import data_info
+    data = {"spiral": data_info("spiral", TINY)}
+    keys = [k for t in plan(TINY) for k in t.keys()]
+    with store.session(TINY, data, keys, command="a", overwrite=False):
+        with pytest.raises(HwqError, match="another hwq sweep"):
+            with SweepStore(tmp_path / "locked.h5").session(TINY, data, keys, command="b",
+                                                            overwrite=False):
+                pass
+
+
+def test_cells_from_given_onnx_models(tmp_path):
+    from builders import random_mlp, save
+
+    rng = np.random.default_rng(0)
+    paths = [save(random_mlp(rng, 2, 8, 1, act), tmp_path / f"m{i}.onnx")
+             for i, act in enumerate(["Relu", "Sigmoid"])]
+    from hwq.sweep import model_ref
+
+    spec = SweepSpec(data=("spiral",), bits=(2, 8), models=tuple(model_ref(p) for p in paths),
+                     attack=AttackSettings((0.0, 0.1)))
+    sweep(spec, tmp_path / "models.h5")
+    sw = read_sweep(tmp_path / "models.h5")
+    keys = [c.key for c in sw.cells]
+    assert keys == ["spiral__relu__q02__s0__sim", "spiral__relu__q08__s0__sim",
+                    "spiral__sigmoid__q02__s1__sim", "spiral__sigmoid__q08__s1__sim"]
+    assert all(c.attrs["source"].endswith(".onnx") for c in sw.cells)
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _hwq_sweep(out: Path, *extra) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hwq", "sweep", *TINY_ARGS, "-o", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_cells(out: Path, proc: subprocess.Popen, count: int, timeout: float = 120):
+    journal = Path(f"{out}.cells")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if journal.is_dir() and len(list(journal.glob("spiral__*.h5"))) >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"sweep ended or stalled before {count} cells: {proc.poll()}")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_then_resume(reference, tmp_path):
+    out = tmp_path / "killed.h5"
+    proc = _hwq_sweep(out, "--workers", "1")
+    _wait_for_cells(out, proc, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert Path(f"{out}.cells").is_dir()  # interrupted: the journal is still there
+    done = read_sweep(out) if out.exists() else None
+    assert done is None or not done.attrs["complete"]
+    proc = _hwq_sweep(out, "--workers", "1", "--json")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert '"resumed": ' in stdout and '"resumed": 0' not in stdout
+    assert content_digest(out) == content_digest(reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_a_resume_hint(reference, tmp_path):
+    out = tmp_path / "interrupted.h5"
+    proc = _hwq_sweep(out, "--workers", "2")
+    _wait_for_cells(out, proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:  # finished before the signal arrived
+        pytest.skip("the sweep finished before Ctrl-C")
+    assert proc.returncode == 130 and "resume" in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()[-1:]) == 1
+    proc = _hwq_sweep(out, "--workers", "2")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert content_digest(out) == content_digest(reference)
+
+
+@pytest.mark.slow
+def test_dask_cluster_matches_local(reference, tmp_path):
+    """A real scheduler and two worker processes on loopback give the local numbers."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        path = tmp_path / "dask.h5"
+        summary = sweep(TINY, path, DaskExecutor(cluster.scheduler_address))
+        assert summary["executor"] == "dask x2"
+    assert content_digest(path) == content_digest(reference)
+
+
+def test_unreachable_scheduler_is_one_clear_error(tmp_path):
+    with pytest.raises(HwqError, match="cannot reach the Dask scheduler"):
+        with DaskExecutor("tcp://127.0.0.1:9", timeout="2s"):
+            pass
+    assert not (tmp_path / "x.h5").exists()
