@@ -7,17 +7,20 @@ integer forward passes, in the chunks ``hwq.attack.attack`` uses.
 * ``sim attack``: ``perturb_quantize`` (float32 codes, as the attack makes them) + sim
   ``forward`` + ``decide``, timed together;
 * ``sim forward``: the same, timing ``forward`` + ``decide`` alone;
-* ``onnxruntime``: the graph of ``hwq.onnx_export`` on the same codes fed as uint8 (its native
-  input), timing ``session.run`` alone (``ort attack`` adds ``perturb_quantize`` into uint8);
+* ``sim attack u8``: ``perturb_quantize`` into uint8 codes (a quarter of the memory traffic)
+  + ``forward`` + ``decide``;
+* ``ort forward``: the graph of ``hwq.onnx_export`` on the same codes fed as uint8 (its native
+  input), timing ``session.run`` alone; ``ort attack`` adds ``perturb_quantize`` into uint8;
 * ``hwq.attack``: the whole ``hwq.attack.attack`` call (gradient and clean pass included);
 * ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass.
 
 Every repeat checks that sim and onnxruntime decide identically on all 1.01 M inputs; the
 first chunk's scores must be equal in sim, onnxruntime and the reference. Medians over
 ``--repeats``; peak memory is the process's maximum resident set. The last line is
-``sim_vs_onnxruntime=<sim attack passes/s / onnxruntime passes/s>``.
+``sim_vs_onnxruntime=<sim attack passes/s / ort attack passes/s>``: each engine makes its
+codes the way it is fed (sim: float32, as ``hwq.attack`` does; onnxruntime: uint8) and runs.
 
-    python benchmarks/bench_sim.py [--inputs 10000] [--epsilons 101] [--repeats 5]
+    python benchmarks/bench_sim.py [--inputs 10000] [--epsilons 101] [--repeats 5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -70,13 +73,14 @@ class Workload:
         return out
 
 
-def run_sim(work: Workload, program):
-    """(seconds perturb+forward+decide, seconds forward+decide, decisions)."""
+def run_sim(work: Workload, program, dtype=np.float32):
+    """(seconds perturb+forward+decide, seconds forward+decide, decisions) with the codes
+    made as ``dtype`` (float32: what ``hwq.attack`` makes)."""
     total = fwd = 0.0
     decisions = []
     for sl in work.chunks():
         t0 = time.perf_counter()
-        codes = work.codes(sl, np.float32)
+        codes = work.codes(sl, dtype)
         t1 = time.perf_counter()
         decisions.append(program.decide(program.forward(codes)))
         t2 = time.perf_counter()
@@ -125,11 +129,25 @@ def check_first_chunk(work: Workload, program, session):
     return len(codes)
 
 
-def make_session(net):
+def make_session(net, threads: int):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(export_onnx(net).SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
+
+
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine spent busy, CPU seconds this process spent): their
+    difference over a run is what other processes took (Linux; zeros elsewhere)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.ru_utime + own.ru_stime
 
 
 def rate(passes: int, seconds: list[float]) -> float:
@@ -143,7 +161,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-inputs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="threads for sim (numba) and onnxruntime (intra-op) alike")
     args = parser.parse_args(argv)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
 
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0.0, 1.0, (args.inputs, N_IN))
@@ -153,28 +174,32 @@ def main(argv=None) -> None:
     _, grad = SurrogateGradient(program).value_and_grad(x, y)
     eps = check_epsilons(np.linspace(0.0, 0.5, args.epsilons))
     work = Workload(net, x, np.sign(grad).astype(np.float32), eps)
-    session = make_session(net)
+    session = make_session(net, args.threads)
     passes = args.inputs * args.epsilons
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"numba {numba.__version__} ({numba.get_num_threads()} threads), "
-          f"onnxruntime {ort.__version__} (default threads, ORT_ENABLE_ALL)")
+          f"onnxruntime {ort.__version__} ({args.threads} threads, ORT_ENABLE_ALL)")
     print(f"network 784-100-10 relu, 4-bit weights, 8-bit activations; sim products "
           f"{program.report['products']}; {passes:,} passes in chunks of {work.step} inputs")
     checked = check_first_chunk(work, program, session)  # also compiles every kernel
     print(f"scores identical in sim, onnxruntime and reference on {checked:,} passes")
 
-    times = {k: [] for k in ("sim attack", "sim forward", "ort attack", "ort forward", "hwq.attack")}
+    names = ("sim attack", "sim forward", "sim attack u8", "ort attack", "ort forward", "hwq.attack")
+    times = {k: [] for k in names}
+    busy0, own0, wall0 = *busy_cpu_seconds(), time.perf_counter()
     for _ in range(args.repeats):
         total, fwd, sim_dec = run_sim(work, program)
         times["sim attack"].append(total)
         times["sim forward"].append(fwd)
+        times["sim attack u8"].append(run_sim(work, program, np.uint8)[0])
         total, fwd, ort_dec = run_ort(work, session)
         times["ort attack"].append(total)
         times["ort forward"].append(fwd)
         if not np.array_equal(sim_dec, ort_dec):
             raise SystemExit("MISMATCH: sim and onnxruntime decisions differ")
         times["hwq.attack"].append(run_attack(work, program, y))
+    busy1, own1, wall1 = *busy_cpu_seconds(), time.perf_counter()
     ref_rate = 1.0 / run_reference(work, min(args.reference_inputs, args.inputs))
     print(f"decisions identical in sim and onnxruntime on {passes:,} passes x {args.repeats} repeats")
 
@@ -186,10 +211,13 @@ def main(argv=None) -> None:
           f"({args.reference_inputs * args.epsilons:,} passes, extrapolated)")
     print(f"sim forward / onnxruntime forward: {rates['sim forward'] / rates['ort forward']:.2f}x; "
           f"sim attack / ort attack: {rates['sim attack'] / rates['ort attack']:.2f}x; "
+          f"sim attack u8 / ort attack: {rates['sim attack u8'] / rates['ort attack']:.2f}x; "
           f"sim attack / numpy reference: {rates['sim attack'] / ref_rate:.0f}x")
+    other = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+    print(f"other processes used {other:.2f} of {os.cpu_count()} CPUs during the timed runs")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak:,.0f} MiB")
-    print(f"sim_vs_onnxruntime={rates['sim attack'] / rates['ort forward']:.2f}")
+    print(f"sim_vs_onnxruntime={rates['sim attack'] / rates['ort attack']:.2f}")
 
 
 if __name__ == "__main__":

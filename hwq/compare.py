@@ -25,12 +25,11 @@ def compare_programs(a, b, x_q: np.ndarray) -> dict:
         scores = int(np.sum(np.any(sa != sb, axis=1))) if n else 0
     else:
         scores = n
-    frac = (lambda k: k / n if n else 0.0)
     return {
         "targets": [a.target, b.target],
         "inputs": n,
         "decisions_differ": dec,
-        "decisions_differ_fraction": frac(dec),
+        "decisions_differ_fraction": dec / n if n else 0.0,
         "scores_differ": scores,
-        "scores_differ_fraction": frac(scores),
+        "scores_differ_fraction": scores / n if n else 0.0,
     }

@@ -146,7 +146,13 @@ def requant_nodes(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarr
 
     int64 route otherwise (the reference itself needs ``|u| < 2^63``): ``t = acc * M + 2^(S-1)``
     and ``floor(t / 2^S) = (t - Mod(t, 2^S)) / 2^S``: ``Mod`` with ``fmod=0`` takes the
-    divisor's sign, so ``Div`` (which truncates toward zero) divides an exact multiple.
+    divisor's sign, so ``Div`` (which truncates toward zero) divides an exact multiple. The
+    result is cast to double for the clip that follows: rounding is monotonic and the clip
+    bounds are small integers (exact in double), so ``clip(double(z)) == clip(z)``. (Clipping
+    in int64 is not an option: onnxruntime 1.23's CPU ``Clip`` mis-clamps int64 values outside
+    the int32 range, e.g. ``Clip(2^31, 0, 65535) == 0``.)
+
+    Returns a double tensor of integer values.
     """
     mult, shift, half = requant_terms(layer)
     if requant_route(layer, acc_bound) == "double":
@@ -160,12 +166,13 @@ def requant_nodes(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarr
     t = b.op("Add", [t, b.const(f"half{i}", half.astype(np.int64))], f"t{i}")
     p = b.const(f"p{i}", np.array([2 ** int(s) for s in shift], dtype=np.int64))
     r = b.op("Mod", [t, p], f"r{i}", fmod=0)
-    return b.op("Div", [b.op("Sub", [t, r], f"tr{i}"), p], f"z{i}")
+    return b.cast(b.op("Div", [b.op("Sub", [t, r], f"tr{i}"), p], f"z{i}_i64"), "double", f"z{i}")
 
 
-def clip(b: GraphBuilder, z: str, lo: int, hi: int, like: str, i: int) -> str:
-    dtype = np.float64 if like == "double" else np.int64
-    return b.op("Clip", [z, b.const(f"lo{i}", dtype(lo)), b.const(f"hi{i}", dtype(hi))], f"clip{i}")
+def clip(b: GraphBuilder, z: str, lo: int, hi: int, i: int) -> str:
+    """``Clip`` of integer-valued doubles to integer bounds."""
+    return b.op("Clip", [z, b.const(f"lo{i}", np.float64(lo)), b.const(f"hi{i}", np.float64(hi))],
+                f"clip{i}")
 
 
 def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray, i: int) -> Codes:
@@ -179,14 +186,13 @@ def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray,
         peak = int(acc_bound.max(initial=0))
         return Codes(acc, "double", -peak, peak)
     z = requant_nodes(b, layer, prod, acc_bound, i)
-    like = requant_route(layer, acc_bound)
     if kind == "relu":
         top = max(0, 2**layer.act_bits - 1)
-        y = clip(b, z, 0, top, like, i)
+        y = clip(b, z, 0, top, i)
         out = smallest_container(0, top)
         return Codes(b.op("Cast", [y], f"h{i + 1}", to=CONTAINERS[out][0]), out, 0, top)
     if kind == "sigmoid":
-        k = clip(b, z, -LUT_HALF, LUT_HALF - 1, like, i)
+        k = clip(b, z, -LUT_HALF, LUT_HALF - 1, i)
         idx = b.op("Cast", [k], f"k{i}", to=TensorProto.INT64)
         idx = b.op("Add", [idx, b.const(f"half{i}", np.int64(LUT_HALF))], f"idx{i}")
         lo, hi = int(layer.lut.min()), int(layer.lut.max())

@@ -84,7 +84,9 @@ def clipped_count(w: np.ndarray, scale: np.ndarray, settings: QuantSettings) -> 
 
 def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, index):
     """Quantize one (affine, activation) pair; returns (QLayer, reports, float output)."""
-    codes, w_scale, on_grid = weight_codes(affine, settings, last)
+    # the output layer, and a hidden layer without activation (its accumulator feeds the next
+    # layer directly), need one scale for the whole row vector
+    codes, w_scale, on_grid = weight_codes(affine, settings, last or act == "identity")
     acc_unit = in_fmt_scale * w_scale
     bias = np.rint(affine.bias / acc_unit).astype(np.int64)
     name = f"layer{index}"
@@ -98,8 +100,10 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, in_max=in_max)
     z = affine.gain * (x_float @ (codes * w_scale[:, None]).T + bias * acc_unit)
     h = activations.forward(act, z)
-    if act in ("identity", "step"):
+    if act == "step":
         return layer, reports, h, 1.0, 1
+    if act == "identity":  # the accumulator itself is the next layer's input
+        return layer, reports, h, float(layer.acc_scale[0]), layer.acc_bound
     levels = 2**settings.act_bits - 1
     if act == "relu":
         peak = float(np.max(h)) if h.size else 1.0

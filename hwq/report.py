@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.analysis import critical_strength, relative_accuracy
+from hwq.analysis import min_variance_strength, relative_accuracy, slope_crossing_strength
 from hwq.analysis.critical import DEFINITIONS
 from hwq.sweep import data_label
 from hwq.sweep_store import SweepFile, read_sweep
@@ -103,19 +103,23 @@ def blocks(sw: SweepFile) -> list[Block]:
 def critical_table(block: Block) -> dict:
     """{activation: {definition: CriticalStrength | None, "bits_used": [...]}}.
 
-    Bit widths without a usable seed are left out; with fewer than two left, both are None.
+    ``min-variance`` (the paper's) only among strengths whose mean accuracy is above chance
+    + 0.05; ``slope-crossing`` over every strength (a run of exactly flat curves, as where
+    every width is at 0 %, counts only if a negative slope follows it). Bit widths without a
+    usable seed are left out; with fewer than two left, both are None.
     """
     mean = block.mean()
     out = {}
     for a, act in enumerate(block.activations):
         rows = ~np.any(np.isnan(mean[a]), axis=1)
         entry = {"bits_used": block.bits[rows].tolist()}
-        for definition in DEFINITIONS:
-            entry[definition] = None
-            if rows.sum() >= 2:
-                entry[definition] = critical_strength(
-                    mean[a][rows], block.bits[rows], block.eps, definition=definition,
-                    chance=block.info["chance"], n_features=block.info["n_features"])
+        args = (mean[a][rows], block.bits[rows], block.eps)
+        n = block.info["n_features"]
+        enough = rows.sum() >= 2
+        entry["min-variance"] = min_variance_strength(
+            *args, chance=block.info["chance"], n_features=n) if enough else None
+        entry["slope-crossing"] = slope_crossing_strength(
+            *args, chance=None, n_features=n) if enough else None
         out[act] = entry
     return out
 
@@ -172,8 +176,8 @@ def _mark_stalled(fig, block: Block) -> None:
                 ax.annotate(f"{n}✕", (q, 0.0), xytext=(0, 2), textcoords="offset points",
                             ha="center", fontsize=7, color="red")
         if block.stalled[a].any():
-            ax.text(0.01, 0.01, "✕: stalled seeds left out", transform=ax.transAxes,
-                    fontsize=7, color="red")
+            ax.text(0.99, 0.99, "n✕: n stalled seeds left out", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, color="red")
 
 
 def figure_fig2(folder: Path, seed: int = 0) -> tuple[Path, list[dict]]:
@@ -280,7 +284,8 @@ def _critical_md(blks: list[Block]) -> list[str]:
              "min-variance: the paper's (strength whose accuracy-vs-bits curve has the smallest "
              "variance, among strengths whose mean accuracy is above chance + 0.05); "
              "slope-crossing: where the least-squares slope of accuracy vs bits turns from "
-             "positive to negative. l2 = l-inf x sqrt(n).", ""]
+             "positive to negative (over every strength, linearly interpolated). "
+             "l2 = l-inf x sqrt(n).", ""]
     rows = []
     for b in blks:
         for act, e in critical_table(b).items():
@@ -302,7 +307,8 @@ def _clean_md(b: Block) -> list[str]:
         for a in range(len(b.activations)):
             n_ok, n_st = int(b.usable[a, i].sum()), int(b.stalled[a, i].sum())
             cell = f"{_fmt(mean[a, i])} ± {_fmt(std[a, i])} ({n_ok})" if n_ok else "–"
-            row.append(cell + (f", {n_st} stalled" if n_st else ""))
+            stalled_mean = np.mean(b.clean[a, i][b.stalled[a, i]]) if n_st else None
+            row.append(cell + (f", {n_st} stalled (at {_fmt(stalled_mean)})" if n_st else ""))
         rows.append(row)
     title = f"### Clean accuracy: {b.data} on {b.target} (mean ± std over usable seeds (n))"
     return [title, ""] + _md_table(["bits", *b.activations], rows) + [""]
@@ -313,35 +319,48 @@ def _eps_md(b: Block) -> list[str]:
     mean = b.mean()
     lines = [f"### Accuracy under attack: {b.data} on {b.target} (mean over usable seeds)", ""]
     for a, act in enumerate(b.activations):
+        if np.isnan(mean[a]).all():
+            lines += [f"{act}: no usable cells.", ""]
+            continue
         rows = [[q, *(_fmt(mean[a, i, k]) for k in picks)] for i, q in enumerate(b.bits)]
         lines += [f"{act}:", ""] + _md_table(["bits", *(f"ε={b.eps[k]:g}" for k in picks)],
                                               rows) + [""]
     return lines
 
 
-def _stalled_md(sw: SweepFile) -> list[str]:
+def _stalled_md(sw: SweepFile, blks: list[Block]) -> list[str]:
     cells = [c for c in sw.cells if c.attrs["stalled"]]
     lines = ["## Stalled cells (left out of every mean and figure)", ""]
     if not cells:
         return lines + ["None.", ""]
+    counts = [[b.data, b.target, act,
+               *(f"{int(b.stalled[a, i].sum())}/{int(b.present[a, i].sum())}"
+                 for i in range(b.bits.size))]
+              for b in blks for a, act in enumerate(b.activations) if b.stalled[a].any()]
+    lines += [f"{len(cells)} stalled cells; stalled / run per bit width:", ""]
+    lines += _md_table(["data", "target", "activation", *(f"q={q}" for q in blks[0].bits)],
+                       counts)
     rows = [[c.key, _fmt(c.attrs["clean_accuracy"]), _fmt(c.attrs["chance"]),
              _fmt(c.attrs.get("val_accuracy")), c.attrs.get("best_epoch", "–"),
              "yes" if c.attrs.get("train_stalled") else "no",
              "yes" if c.attrs["at_chance"] else "no"] for c in cells]
-    return lines + _md_table(["cell", "clean acc", "chance", "val acc", "best epoch",
-                              "training stalled", "test at chance"], rows) + [""]
+    lines += ["", "<details><summary>every stalled cell</summary>", ""]
+    lines += _md_table(["cell", "clean acc", "chance", "val acc", "best epoch",
+                        "training stalled", "test at chance"], rows)
+    return lines + ["", "</details>", ""]
 
 
 def _timing_md(sw: SweepFile) -> list[str]:
-    phases = ["load_s", "train_s", "import_s", "quantize_s", "compile_s", "attack_s", "total_s"]
+    phases = ["load_s", "train_s", "import_s", "quantize_s", "compile_s", "attack_s", "total_s",
+              "cpu_s"]
     rows = []
     for p in phases:
         v = np.array([c.timing.get(p, np.nan) for c in sw.cells], float)
         if v.size and np.isfinite(v).any():
             rows.append([p[:-2], f"{np.nansum(v):.1f}", f"{np.nanmean(v):.3f}",
                          f"{np.nanmax(v):.3f}"])
-    lines = ["## Time per phase (seconds of worker time; train once per task, shared by its "
-             "targets)", ""]
+    lines = ["## Time per phase (wall seconds in the workers; a task trains once for all its "
+             "targets; cpu: CPU seconds of the worker process)", ""]
     return lines + _md_table(["phase", "sum", "mean per cell", "max"], rows) + [""]
 
 
@@ -355,7 +374,7 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
     lines += ["## Clean accuracy and accuracy under attack", ""]
     for b in blks:
         lines += _clean_md(b) + _eps_md(b)
-    lines += _stalled_md(sw)
+    lines += _stalled_md(sw, blks)
     if fig2:
         lines += ["## Fig. 2 check: Monte Carlo vs the geometric model", ""]
         lines += _md_table(["q", "n", "mean (MC)", "mean h/(n+1)", "KS D", "KS p"],

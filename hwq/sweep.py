@@ -27,7 +27,7 @@ import numpy as np
 
 from hwq.activations import HIDDEN_ACTIVATIONS
 from hwq.epsilons import check_epsilons
-from hwq.errors import HwqError, UsageError
+from hwq.errors import DataError, HwqError, UsageError
 from hwq.schemes import check_bits, get_scheme
 
 FORMAT, VERSION = "hwq-sweep", 1
@@ -102,11 +102,13 @@ class AttackSettings:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A given ONNX model (instead of training): its path, content hash and activation."""
+    """A given ONNX model (instead of training): its path, content hash, hidden activation
+    and number of input features."""
 
     path: str
     sha256: str
     activation: str
+    n_features: int
 
 
 @dataclass(frozen=True)
@@ -272,12 +274,13 @@ def model_ref(path: str | Path) -> ModelRef:
 
     path = Path(path)
     model = read_model(path)
-    acts = [act for _, act in graph_from_model(model).layers()[:-1]]
+    graph = graph_from_model(model)
+    acts = [act for _, act in graph.layers()[:-1]]
     if len(acts) != 1 or acts[0] not in HIDDEN_ACTIVATIONS:
         raise UsageError(f"{path}: a sweep model needs one hidden layer with step, sigmoid or "
                          f"relu, found {acts or 'none'}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return ModelRef(str(path.resolve()), digest, acts[0])
+    return ModelRef(str(path.resolve()), digest, acts[0], graph.n_features)
 
 
 # ------------------------------------------------------------------------- running
@@ -296,7 +299,6 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
     """
     from hwq.sweep_cell import data_info, run_task
     from hwq.sweep_store import SweepStore
-
     from hwq.targets import get_target
 
     for target in spec.targets:  # fail before any file is created
@@ -304,6 +306,11 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
     tasks = plan(spec)
     keys = all_keys(tasks)
     data = {data_label(d): data_info(d, spec) for d in spec.data}
+    for m in spec.models:
+        for label, info in data.items():
+            if info["n_features"] != m.n_features:
+                raise DataError(f"{m.path} expects {m.n_features} input features, data set "
+                                f"{label} has {info['n_features']}")
     store = SweepStore(Path(path))
     executor_name = f"{executor.name} x{executor.workers}"
     with store.session(spec, data, keys, command=command, overwrite=overwrite,

@@ -80,8 +80,14 @@ def run_task(job: tuple[SweepSpec, Task]) -> list[CellResult]:
 
 
 class _Clock:
+    """Wall seconds per phase (``lap``); ``cpu_s``: CPU seconds of this process since start."""
+
     def __init__(self):
         self.times, self.last = {}, time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def cpu_s(self) -> float:
+        return time.process_time() - self.cpu0
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
@@ -121,8 +127,11 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
         attrs = {**base, "target": target, **attrs}
         attrs["at_chance"] = attrs["clean_accuracy"] <= attrs["chance"] + STALL_MARGIN
         attrs["stalled"] = bool(attrs["at_chance"] or attrs.get("train_stalled", False))
-        timing = {**clock.times, **cell_clock.times, "worker": f"{socket.gethostname()}:{os.getpid()}"}
-        timing["total_s"] = sum(v for k, v in timing.items() if k.endswith("_s"))
+        first = not out  # the shared phases (load ... quantize) are charged to the first cell
+        timing = {**(clock.times if first else {}), **cell_clock.times}
+        timing["total_s"] = sum(timing.values())
+        timing["cpu_s"] = (clock if first else cell_clock).cpu_s()
+        timing["worker"] = f"{socket.gethostname()}:{os.getpid()}"
         key = cell_key(task.label, task.activation, task.bits, task.seed, target)
         out.append(CellResult(key, attrs, {**arrays, **acc}, timing))
     return out

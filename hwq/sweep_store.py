@@ -114,11 +114,17 @@ class SweepStore:
     @contextlib.contextmanager
     def session(self, spec: SweepSpec, data: dict, keys: list[str], *, command: str,
                 overwrite: bool, executor: str = ""):
+        new_journal = not self.journal.exists()
         self.journal.mkdir(exist_ok=True)
         with _locked(self.journal / "lock", self.path):
             if overwrite:
                 self._clear()
-            header = self._header(spec, data, keys, command)
+            try:
+                header = self._header(spec, data, keys, command)
+            except HwqError:  # refused: leave no journal behind that this call created
+                if new_journal:
+                    shutil.rmtree(self.journal, ignore_errors=True)
+                raise
             header["executor"] = executor
             session = Session(self, header, keys)
             try:
@@ -160,7 +166,8 @@ class SweepStore:
                              hint="choose another -o, or pass --overwrite") from None
         header = {**fresh, "command": sw.attrs.get("command", ""),
                   "created": sw.attrs.get("created", fresh["created"]),
-                  "hwq_version": sw.attrs.get("hwq_version", __version__)}
+                  "hwq_version": sw.attrs.get("hwq_version", __version__),
+                  "wall_s": float(sw.attrs.get("wall_s", 0.0))}
         _check_same(self.path, {**header, "spec": sw.spec.to_json(), "data": sw.data}, fresh)
         with h5py.File(self.path, "r") as f:
             for key in f["cells"]:

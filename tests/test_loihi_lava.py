@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hwq_targets.loihi import Limits, LoihiProgram
+from hwq_targets.loihi.lavanet import run_lava
 from test_loihi import LOIHI, codes, equality_net, onnx_net, random_net, wrap_net
 
 from hwq.reference import quantize_input
-from hwq_targets.loihi import LoihiProgram
-from hwq_targets.loihi.lavanet import run_lava
 
 pytestmark = pytest.mark.lava
 
 PER_RUN = 7
+WIDE_EXP = Limits(weight_exp=(-16, 7))  # lets two groups floor separately
 SIGNS = ["mixed", "excitatory", "inhibitory"]
 BIASES = [0.5, 3.0, 0.0]
 
@@ -44,11 +45,15 @@ def special(rng):
     relu_onnx, _ = onnx_net(rng, "Relu", 4, "narrow")
     step_onnx, _ = onnx_net(rng, "step", 8, "uniform")
     big = random_net(rng, 12, [6], ["relu"], 127, bias_scale=20.0)
+    sign = random_net(rng, 12, [6], ["step"], 7, out=1, output="sign")
+    split = random_net(rng, 12, [6], ["step"], 2047)
     return [("deep-step-relu", LOIHI.compile(deep1)), ("deep-relu-inhib", LOIHI.compile(deep2)),
             ("onnx-relu-4bit", LOIHI.compile(relu_onnx)),
             ("onnx-step-uniform8", LOIHI.compile(step_onnx)),
             ("forced-wrap", LOIHI.compile(wrap_net(), shifts=[0, 0])),
-            ("forced-sigma-wide", LOIHI.compile(big, shifts=[0, 0]))]
+            ("forced-sigma-wide", LOIHI.compile(big, shifts=[0, 0])),
+            ("sign-output", LOIHI.compile(sign)),
+            ("split-floors", LOIHI.compile(split, shifts=[12, 0], limits=WIDE_EXP))]
 
 
 def signed(rng):
@@ -89,13 +94,16 @@ def test_lava_equals_emulator(sweep):
 @pytest.mark.slow
 def test_sweep_covers_the_hard_cases(sweep):
     names = {name for name, *_ in sweep}
-    assert {"forced-wrap", "equality", "signed-relu", "uniform-16bit"} <= names
+    assert {"forced-wrap", "equality", "signed-relu", "uniform-16bit", "sign-output"} <= names
     wrap = next(p for name, p, *_ in sweep if name == "forced-wrap")
     x = next(x for name, _, x, _ in sweep if name == "forced-wrap")
     a = wrap.emulator.inputs(x)[0]
     assert (np.abs(a) > 2**17).any()  # the LIF current really wrapped
     groups = {len(lm.sets) for _, p, *_ in sweep for lm in p.mapping.layers}
     assert {1, 2, 3} <= groups  # 9..16-bit codes ran as split synapse groups
+    floors = max(sum(s.exp < 0 for s in lm.sets) for _, p, *_ in sweep for lm in p.mapping.layers)
+    assert floors >= 2  # groups that floor separately (only with a wider exponent range)
+    assert any(lm.weight_round > 0 for _, p, *_ in sweep for lm in p.mapping.layers)
 
 
 @pytest.mark.slow

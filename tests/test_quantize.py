@@ -118,3 +118,23 @@ def test_16_bit_weights_track_float(act):
 
     float_pred = FloatGradient(graph).forward(x)[-1].argmax(axis=1)
     assert np.mean(reference.predict(net, x) == float_pred) > 0.99
+
+
+def test_hidden_layer_without_activation():
+    """Two dense layers in a row: the accumulator (one scale) feeds the next layer."""
+    from onnx import helper
+
+    from builders import make_model
+    from hwq.gradients import FloatGradient
+
+    inits = dict(w1=RNG.normal(size=(6, 8)).astype(np.float32), b=np.ones(8, np.float32),
+                 w2=RNG.normal(size=(8, 5)).astype(np.float32), w3=RNG.normal(size=(5, 3)).astype(np.float32))
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["a"]), helper.make_node("Add", ["a", "b"], ["a2"]),
+             helper.make_node("MatMul", ["a2", "w2"], ["c"]), helper.make_node("Relu", ["c"], ["d"]),
+             helper.make_node("MatMul", ["d", "w3"], ["scores"])]
+    graph = graph_from_model(make_model(nodes, inits, 6))
+    x = RNG.uniform(0, 1, (500, 6))
+    net = quantize(graph, QuantSettings(16, "narrow", per_channel=True, act_bits=16), x, (0, 1))
+    assert len(set(net.layers[0].weight_scale)) == 1 and net.layers[1].in_max == net.layers[0].acc_bound
+    float_pred = FloatGradient(graph).forward(x)[-1].argmax(axis=1)
+    assert np.mean(reference.predict(net, x) == float_pred) > 0.99

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hwq_targets.sim import vnni
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,6 @@ import hwq
 from hwq import ir, reference
 from hwq.errors import TargetError
 from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
-from hwq_targets.sim import vnni
 
 VNNI = [False, True] if vnni.available() else [False]
 LUT_HALF = 2048

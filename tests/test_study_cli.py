@@ -81,6 +81,18 @@ def test_bad_sweep_arguments(args, fragment, tmp_path, capsys):
     assert fragment in line
 
 
+def test_model_that_does_not_fit_the_data(tmp_path, capsys):
+    import numpy as np
+    from builders import random_mlp, save
+
+    model = save(random_mlp(np.random.default_rng(0), 2, 8, 1), tmp_path / "m.onnx")
+    out = tmp_path / "s.h5"
+    line = check_bad(capsys, ["sweep", "--data", "digits", "--model", model, "-o", out], out,
+                     Path(f"{out}.cells"))
+    assert "expects 2 input features" in line
+    line = check_bad(capsys, ["sweep", "--model", tmp_path / "none.onnx", "-o", out], out)
+
+
 def test_bad_output_names(tmp_path, capsys):
     check_bad(capsys, ["sweep", "-o", tmp_path / "s.txt"], tmp_path / "s.txt")
     check_bad(capsys, ["sweep", "-o", tmp_path / "missing" / "s.h5"])
@@ -97,7 +109,7 @@ def test_corrupt_or_foreign_sweep_files(sweep_file, tmp_path, capsys):
     check_bad(capsys, ["report", text, "-o", out], out)
     check_bad(capsys, ["info", bad])
     # a corrupt file at the sweep's output is not silently replaced
-    check_bad(capsys, ["sweep", *SWEEP, "-o", text])
+    check_bad(capsys, ["sweep", *SWEEP, "-o", text], Path(f"{text}.cells"))
     assert text.read_text() == "not hdf5"
 
 

@@ -15,8 +15,17 @@ import pytest
 
 import hwq
 from hwq.errors import HwqError, UsageError
-from hwq.sweep import (AttackSettings, SweepSpec, Task, TrainSettings, derive_seed, parse_ints,
-                       parse_seeds, plan, run_sweep)
+from hwq.sweep import (
+    AttackSettings,
+    SweepSpec,
+    Task,
+    TrainSettings,
+    derive_seed,
+    parse_ints,
+    parse_seeds,
+    plan,
+    run_sweep,
+)
 from hwq.sweep_exec import DaskExecutor, SerialExecutor, make_executor
 from hwq.sweep_store import SweepStore, content_digest, read_sweep
 
@@ -236,3 +245,17 @@ def test_unreachable_scheduler_is_one_clear_error(tmp_path):
         with DaskExecutor("tcp://127.0.0.1:9", timeout="2s"):
             pass
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_one_training_serves_every_target(tmp_path):
+    """A task trains once and makes one cell per target (sim and loihi: same network)."""
+    pytest.importorskip("hwq_targets.loihi")
+    spec = SweepSpec(data=("spiral",), activations=("relu",), bits=(4,), seeds=(0,),
+                     targets=("sim", "loihi"), train=TrainSettings(epochs=20),
+                     attack=AttackSettings((0.0, 0.1)))
+    sweep(spec, tmp_path / "targets.h5")
+    sim, loihi = sorted(read_sweep(tmp_path / "targets.h5").cells, key=lambda c: c.key)[::-1]
+    assert (sim.attrs["target"], loihi.attrs["target"]) == ("sim", "loihi")
+    for name in ("train_seed", "val_accuracy", "best_epoch", "float_test_accuracy"):
+        assert sim.attrs[name] == loihi.attrs[name]
+    assert "train_s" in loihi.timing or "train_s" in sim.timing

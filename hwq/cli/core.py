@@ -120,14 +120,17 @@ def compile_(
 
 
 def program_for(model: Path, target: str | None, backend: str | None):
-    program = hwqfile.load_program(model, target)
-    if backend is not None:
-        if program.target != "loihi":
-            raise UsageError("--backend applies to the loihi target only")
-        from hwq.targets import get_target
+    """The program stored in ``model`` (or the network recompiled for ``target``), run by
+    ``backend`` (loihi: emulator | lava) with the stored mapping kept."""
+    if backend is None:
+        return hwqfile.load_program(model, target)
+    saved, net, artifacts = hwqfile.read_network(model)
+    if (target or saved) != "loihi":
+        raise UsageError("--backend applies to the loihi target only")
+    from hwq.targets import get_target
 
-        program = get_target("loihi").compile(program.net, backend=backend)
-    return program
+    loihi = get_target("loihi")
+    return loihi.load(net, artifacts, backend=backend) if saved == "loihi" else loihi.compile(net, backend=backend)
 
 
 TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for).")

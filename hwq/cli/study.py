@@ -17,18 +17,18 @@ WORKERS = typer.Option(None, help="Local worker processes (default: one per CPU;
 SCHEDULER = typer.Option(None, help="Run on Dask: tcp://HOST:PORT of a scheduler, or 'local' for a local Dask cluster.")
 
 
-def _sweep_progress(verbose: bool):
+def _sweep_progress(total: int, verbose: bool):
     """A progress bar over cells (done, time left); with ``verbose`` one line per cell."""
-    bar = progress(0, "cells")
+    bar = progress(total, "cells")
     bar.unit = "cell"
+    bar.refresh()
 
     def update(done: int, total: int, cell) -> None:
-        if bar.total != total:
-            bar.total, bar.n = total, done
-            bar.reset(total)
-            bar.update(done)
-        else:
-            bar.update(done - bar.n)
+        if cell is None:  # resumed cells: a start value, not progress (keeps the ETA honest)
+            bar.initial = bar.n = bar.last_print_n = done
+            bar.refresh()
+            return
+        bar.update(done - bar.n)
         if verbose and cell is not None:
             a = cell.attrs
             print(f"[{done}/{total}] {cell.key}: clean {a['clean_accuracy']:.3f}"
@@ -38,10 +38,10 @@ def _sweep_progress(verbose: bool):
 
 
 def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose) -> dict:
-    from hwq.sweep import run_sweep
+    from hwq.sweep import all_keys, plan, run_sweep
     from hwq.sweep_exec import make_executor
 
-    bar, update = _sweep_progress(verbose)
+    bar, update = _sweep_progress(len(all_keys(plan(spec))), verbose)
     try:
         with make_executor(workers, scheduler) as executor:
             return run_sweep(spec, output, executor, command=command_line(),
@@ -54,8 +54,16 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, ep
                batch_size, lr, hidden, init, gain, scheme, act_bits, input_bits, per_channel,
                grad, norm, limit, data_seed):
     from hwq.epsilons import parse_epsilons
-    from hwq.sweep import (AttackSettings, QuantOptions, SweepSpec, TrainSettings, model_ref,
-                           parse_ints, parse_names, parse_seeds)
+    from hwq.sweep import (
+        AttackSettings,
+        QuantOptions,
+        SweepSpec,
+        TrainSettings,
+        model_ref,
+        parse_ints,
+        parse_names,
+        parse_seeds,
+    )
 
     refs = tuple(model_ref(m) for m in models or ())
     return SweepSpec(
@@ -79,9 +87,12 @@ def sweep(
     seeds: str = typer.Option("5", help="Number of seeds (5 -> 0..4), or explicit seeds a,b,c / A:B."),
     targets: str = typer.Option("sim", help="Targets, comma-separated (see `hwq info --targets`)."),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
-    model: list[Path] = typer.Option(None, "--model", help="Sweep this ONNX model instead of training (repeatable; its index is the seed)."),
-    epochs: int = typer.Option(None, help="Maximum epochs (default: 500 below 10,000 training samples, else 50)."),
-    patience: int = typer.Option(None, help="Early-stopping patience in epochs (default: 100 below 10,000 samples, else 10)."),
+    model: list[Path] = typer.Option(
+        None, "--model", help="Sweep this ONNX model instead of training (repeatable; its index is the seed)."),
+    epochs: int = typer.Option(
+        None, help="Maximum epochs (default: 500 below 10,000 training samples, else 50)."),
+    patience: int = typer.Option(
+        None, help="Early-stopping patience in epochs (default: 100 below 10,000 samples, else 10)."),
     batch_size: int = typer.Option(64, help="Mini-batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     hidden: int = typer.Option(100, help="Hidden units."),
@@ -165,7 +176,10 @@ def model_(
 @app.command()
 def reproduce(
     data_specs: str = typer.Option(None, "--data", help="Comma-separated data (default: spiral,digits). " + DATA_HELP),
-    full: bool = typer.Option(None, "--full/--quick", help="The paper's grid (bits 1..10, 5 seeds, 101 strengths) or a small one (default: quick for built-in data, full for mnist/fashion-mnist)."),
+    full: bool = typer.Option(
+        None, "--full/--quick",
+        help="The paper's grid (bits 1..10, 5 seeds, 101 strengths) or a small one "
+             "(default: quick for built-in data, full for mnist:DIR and fashion-mnist)."),
     output: Path = typer.Option(Path("hwq-out"), "-o", "--output", help="Folder for the sweep, figures and report."),
     workers: int = WORKERS,
     scheduler: str = SCHEDULER,

@@ -2,8 +2,8 @@
 
 Each synapse group's product ``h @ D.T`` runs in float32 BLAS when every partial sum is
 below 2^24, in float64 BLAS below 2^53 (both exact for integers), and in a Numba int64 loop
-otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in one Numba
-kernel (``kernels.py``). Its outputs equal Lava's fixed-point models bit for bit
+otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
+kernels (``kernels.py``). Its outputs equal Lava's fixed-point models bit for bit
 (tests/test_loihi_lava.py) and the step-by-step spec (tests/test_loihi.py).
 """
 
@@ -15,6 +15,8 @@ from . import kernels
 from .mapping import LayerMap, Mapping
 
 F32_EXACT, F64_EXACT = 2**24, 2**53
+KINDS = {"lif": 0, "relu": 1, "identity": 2}
+NONE = np.empty((0, 0), np.int64)
 CHUNK_ROWS = 32768
 
 
@@ -29,22 +31,32 @@ class CompiledLayer:
         self.lm, self.variant = lm, variant
         self.dtype = product_dtype(lm)
         self.w_t = [np.ascontiguousarray(s.digits.T, dtype=self.dtype) for s in lm.sets]
-        self.exps = np.array([s.exp for s in lm.sets], dtype=np.int64)
-        self.kind = kernels.KIND_CODES[lm.kind]
+        self.exps = [s.exp for s in lm.sets]
+        self.kind = KINDS[lm.kind]
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)
 
-    def sums(self, h: np.ndarray) -> np.ndarray:
-        h = np.ascontiguousarray(h, dtype=self.dtype)
-        ys = np.empty((len(self.w_t), len(h), self.lm.n_out), dtype=self.dtype)
-        for s, w_t in enumerate(self.w_t):
-            ys[s] = kernels.int_matmul(h, w_t) if self.dtype is np.int64 else h @ w_t
-        return ys
+    def product(self, h: np.ndarray, g: int) -> np.ndarray:
+        return kernels.int_matmul(h, self.w_t[g]) if self.dtype is np.int64 else h @ self.w_t[g]
 
-    def __call__(self, h, out_dtype, pre=None) -> np.ndarray:
+    def inputs(self, h: np.ndarray, groups: int | None = None) -> np.ndarray:
+        """``a = sum_s shift(h @ D_s.T, E_s)`` (int64) over the first ``groups`` groups."""
+        a = np.zeros((len(h), self.lm.n_out), np.int64)
+        for g in range(len(self.w_t) if groups is None else groups):
+            kernels.add_shifted(self.product(h, g), self.exps[g], self.variant, a)
+        return a
+
+    def __call__(self, h, out_dtype, pres=None) -> np.ndarray:
+        h = np.ascontiguousarray(h, dtype=self.dtype)
         out = np.empty((len(h), self.lm.n_out), dtype=out_dtype)
-        keep = pre if pre is not None else np.empty((0, 0), np.int64)
-        kernels.finish_layer(self.sums(h), self.exps, self.kind, self.bias, self.lm.theta,
-                             self.variant, out, keep)
+        if pres is not None:  # keep a for trace
+            a = self.inputs(h)
+            pres.append(a)
+            y, e, rest = a, 0, NONE
+        else:  # fuse the last group's shift into the neuron kernel
+            last = len(self.w_t) - 1
+            y, e = self.product(h, last), self.exps[last]
+            rest = self.inputs(h, last) if last else NONE
+        kernels.fused(y, e, rest, self.kind, self.bias, self.lm.theta, self.variant, out)
         return out
 
 
@@ -63,10 +75,7 @@ class Emulator:
     def _chunk(self, x: np.ndarray, pres: list | None) -> np.ndarray:
         h = x
         for i, c in enumerate(self.layers):
-            pre = np.empty((len(x), c.lm.n_out), np.int64) if pres is not None else None
-            h = c(h, self._out_dtype(i), pre)
-            if pres is not None:
-                pres.append(pre)
+            h = c(h, self._out_dtype(i), pres)
         return h
 
     def run(self, x_q: np.ndarray) -> np.ndarray:

@@ -11,31 +11,46 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-KIND_CODES = {"lif": 0, "relu": 1, "identity": 2}
 VARIANTS = {"exact": 0, "trunc": 1, "ge": 2, "nowrap": 3}
 U_WRAP = 2**23
 V_MAX = 2**23 - 1
 
 
 @nb.njit(cache=True)
-def _input(ys, exps, i, j, variant):
-    """``a = sum_s shift(y_s, E_s)`` for one neuron of one sample."""
-    a = np.int64(0)
-    for s in range(ys.shape[0]):
-        y = np.int64(ys[s, i, j])
-        e = exps[s]
-        if e >= 0:
-            a += y << e
-        elif variant == 1 and y < 0:
-            a -= (-y) >> (-e)
-        else:
-            a += y >> (-e)
-    return a
+def add_shifted(y, e, variant, a):
+    """``a += shift(y, e)`` elementwise: ``y * 2^e``, or ``floor(y / 2^-e)`` for ``e < 0``.
+    Serial loops with the exponent fixed per call vectorize well; they are memory-bound,
+    so threads buy nothing next to the BLAS products."""
+    n_rows, n = y.shape
+    if e >= 0:
+        m = np.int64(1) << e
+        for i in range(n_rows):
+            for j in range(n):
+                a[i, j] += np.int64(y[i, j]) * m
+    elif variant == 1:
+        k = -e
+        for i in range(n_rows):
+            for j in range(n):
+                v = np.int64(y[i, j])
+                a[i, j] += -((-v) >> k) if v < 0 else v >> k
+    else:
+        k = -e
+        for i in range(n_rows):
+            for j in range(n):
+                a[i, j] += np.int64(y[i, j]) >> k
 
 
-@nb.njit(cache=True)
-def _lif(a, b, theta, variant):
-    """LIFReset for one step from rest: ``u = wrap24(a * 2^6)``, ``v = sat24(u + b)``."""
+@nb.njit(cache=True, inline="always")
+def shifted(v, e, variant):
+    if e >= 0:
+        return v << e
+    if variant == 1 and v < 0:
+        return -((-v) >> -e)
+    return v >> -e
+
+
+@nb.njit(cache=True, inline="always")
+def fire(a, b, theta, variant):
     u = a << 6
     if variant != 3:
         if u > U_WRAP:
@@ -43,24 +58,22 @@ def _lif(a, b, theta, variant):
         elif u <= -U_WRAP:
             u += 2 * U_WRAP
     v = min(max(u + b, -V_MAX), V_MAX)
-    if variant == 2:
-        return 1 if v >= theta else 0
-    return 1 if v > theta else 0
+    return 1 if (v >= theta if variant == 2 else v > theta) else 0
 
 
-@nb.njit(parallel=True, cache=True)
-def finish_layer(ys, exps, kind, bias, theta, variant, out, pre):
-    """Neuron outputs of one layer from the per-group sums ``ys`` (K, N, n). ``pre`` (N, n)
-    receives ``a`` when it has rows (for trace)."""
-    n_rows, n = ys.shape[1], ys.shape[2]
-    keep = pre.shape[0] > 0
-    for i in nb.prange(n_rows):
+@nb.njit(cache=True)
+def fused(y, e, rest, kind, bias, theta, variant, out):
+    """One layer's outputs straight from its last group's product ``y``: ``a = shift(y, e)``
+    plus ``rest`` (the other groups' sum, or an empty array), then the neuron."""
+    n_rows, n = y.shape
+    more = rest.shape[0] > 0
+    for i in range(n_rows):
         for j in range(n):
-            a = _input(ys, exps, i, j, variant)
-            if keep:
-                pre[i, j] = a
+            a = shifted(np.int64(y[i, j]), e, variant)
+            if more:
+                a += rest[i, j]
             if kind == 0:
-                out[i, j] = _lif(a, bias[j], theta, variant)
+                out[i, j] = fire(a, bias[j], theta, variant)
             elif kind == 1:
                 out[i, j] = max(a + bias[j], 0)
             else:

@@ -9,10 +9,13 @@ back from a ``RingBuffer``, one per step; a ``Monitor`` reads the output layer's
 The layer latency is one step per Dense, so sample k's scores are read at step k + 1 + L.
 
 Lava is imported here only: the emulator works without it (Python >= 3.11 has no lava-nc).
-To run on Loihi 2, replace ``run_config()`` by ``Loihi2HwCfg()`` (docs/loihi.md).
+To run on Loihi 2, pass ``run_cfg=Loihi2HwCfg()`` to ``run_lava`` (docs/loihi.md; untested).
 """
 
 from __future__ import annotations
+
+import multiprocessing as mp
+import sys
 
 import numpy as np
 
@@ -20,8 +23,19 @@ from hwq.errors import TargetError
 
 from .mapping import LayerMap, Mapping
 
+RUNTIME = "lava.magma.runtime.message_infrastructure.multiprocessing"
+
+
+def release_start_method():
+    """Lava's runtime calls ``multiprocessing.set_start_method('fork')`` when first imported,
+    which fails once anything (Numba's parallel kernels, for one) has fixed the start method.
+    Unfix it so the import succeeds; Lava needs fork and sets it itself."""
+    if RUNTIME not in sys.modules and mp.get_start_method(allow_none=True) is not None:
+        mp.set_start_method(None, force=True)
+
 
 def lava():
+    release_start_method()
     try:
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
@@ -97,8 +111,9 @@ def build(L, mapping: Mapping, source):
     return neuron
 
 
-def run_lava(mappings: list[Mapping], x_q: np.ndarray) -> list[np.ndarray]:
-    """Scores of every mapping (all fed the same samples from one RingBuffer, one Lava run)."""
+def run_lava(mappings: list[Mapping], x_q: np.ndarray, run_cfg=None) -> list[np.ndarray]:
+    """Scores of every mapping (all fed the same samples from one RingBuffer, one Lava run).
+    ``run_cfg`` defaults to the CPU fixed-point models (``run_config()``)."""
     L = lava()
     x = np.asarray(x_q, dtype=np.int64)
     if np.abs(x).max(initial=0) >= 2**31:
@@ -112,7 +127,7 @@ def run_lava(mappings: list[Mapping], x_q: np.ndarray) -> list[np.ndarray]:
         monitors[-1].probe(neuron.act, steps)
         outputs.append(neuron)
     try:
-        source.run(condition=L["RunSteps"](num_steps=steps), run_cfg=run_config())
+        source.run(condition=L["RunSteps"](num_steps=steps), run_cfg=run_cfg or run_config())
         data = [mon.get_data()[o.name]["act"] for mon, o in zip(monitors, outputs)]
     finally:
         source.stop()

@@ -7,8 +7,9 @@ accumulator steps), the synapse groups (``synapses.py``) and the neuron paramete
   ``v > vth * 2^6``. ``r`` is the smallest shift for which ``|a| <= 2^17 - 1`` over every
   possible input, so ``u`` never wraps (unless ``shifts=`` forces a smaller one).
 * ``relu`` / ``identity``: ``SigmaDelta`` (RELU / UNIT) whose sigma sees ``a`` afresh every
-  step; ``act = max(a + B, 0)`` or ``a + B``. A hidden ReLU's ``r`` is the power of two
-  nearest to hwq's requantization ``M / 2^S``, raised if the 24-bit state would overflow.
+  step; ``act = max(a + B, 0)`` or ``a + B``. A hidden ReLU's ``r`` approximates hwq's
+  requantization ``M / 2^S`` by a power of two, traded against weight rounding in this layer
+  and the next (``hidden_relu``); every ``r`` is raised if the 24-bit state would overflow.
 
 Every place where this rounds or clips is recorded in ``Mapping.adjustments``.
 """
@@ -24,7 +25,7 @@ from hwq.errors import LimitError, TargetError
 from hwq.qnet import QLayer, QuantizedNetwork
 
 from .limits import INT32_SAFE_LIF, INT32_SAFE_SD, Limits
-from .synapses import SynapseSet, shift, synapse_sets
+from .synapses import SynapseSet, round_weights, shift, synapse_sets
 
 KINDS = {"step": "lif", "relu": "relu", "identity": "identity"}
 MAX_SHIFT = 40
@@ -136,14 +137,10 @@ class LayerPlan:
             )
         if self.kind != "relu":
             return 0
-        want = max(0, int(round(math.log2(self.layer.out_scale / self.unit0[0]))))
-        for r in range(want, 0, -1):  # no finer weights than the exponent range allows
-            fitted = fit_sets(self.layer.weight, r, self.limits)
-            if fitted is not None and fitted[1] == 0:
-                return r
-        return 0
+        return max(0, int(round(math.log2(self.layer.out_scale / self.unit0[0]))))
 
     def build(self, r: int) -> LayerMap | None:
+        self.notes = []
         fitted = fit_sets(self.layer.weight, r, self.limits)
         if fitted is None:
             return None
@@ -153,6 +150,8 @@ class LayerPlan:
                         self.in_bits, self.in_range, r, k)
 
     def fits(self, lm: LayerMap) -> bool:
+        if not int32_ok(lm):
+            return False
         a_lo, a_hi = lm.input_bounds()
         top = np.maximum(np.abs(a_lo), np.abs(a_hi))
         if lm.kind == "lif":
@@ -194,34 +193,37 @@ class LayerPlan:
                       max_error=float(np.abs(realised - wanted).max()))
 
 
-def plan_layer(plan: LayerPlan, forced: int | None) -> LayerMap:
+def plan_layer(plan: LayerPlan, forced: int | None, start: int | None = None) -> LayerMap:
+    """The layer at shift ``forced``, or at the smallest shift from ``start`` (default: the
+    requested one) that fits the limits."""
     if forced is not None:
         lm = plan.build(int(forced))
         if lm is None:
             raise LimitError(f"layer {plan.index}: shift {forced} leaves weight_exp above "
                              f"{plan.limits.weight_exp[1]}", hint="use a larger shift")
         return lm
-    r0 = plan.requested_shift()
+    r0 = plan.requested_shift() if start is None else start
     for r in range(r0, MAX_SHIFT):
         lm = plan.build(r)
         if lm is not None and plan.fits(lm):
-            if r > r0:
-                plan.note("shift raised to fit the 24-bit state", requested=r0, shift=r)
+            if r > r0 and start is None:
+                plan.note("shift raised to fit the 24-bit state and int32 sums", requested=r0,
+                          shift=r)
             return lm
     raise LimitError(f"layer {plan.index}: no shift up to {MAX_SHIFT} fits Loihi's limits")
 
 
-def check_int32(lm: LayerMap, index: int):
+def int32_ok(lm: LayerMap) -> bool:
+    """Lava's CPU models compute in int32: each group's sum before its shift (Dense), ``a`` and
+    ``a + B`` must stay exact (stricter for the LIF, which computes ``a << 6``)."""
     a_lo, a_hi = lm.input_bounds()
     lo, hi = lm.in_range
-    tops = [np.maximum(np.abs(a_lo), np.abs(a_hi))]
-    tops += [np.maximum(np.abs(s.digits * lo), np.abs(s.digits * hi)).sum(axis=1) for s in lm.sets]
+    dense = max(int(np.maximum(np.abs(s.lava_weights * lo), np.abs(s.lava_weights * hi))
+                    .sum(axis=1).max(initial=0)) for s in lm.sets)
+    top = int(np.maximum(np.abs(a_lo), np.abs(a_hi)).max(initial=0))
     if lm.kind != "lif":
-        tops.append(np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias)))
-    top = max(int(t.max(initial=0)) for t in tops)
-    if top >= (INT32_SAFE_LIF if lm.kind == "lif" else INT32_SAFE_SD):
-        raise LimitError(f"layer {index}: sums up to {top} overflow Lava's int32 arithmetic",
-                         hint="use a larger shift (or the automatic one)")
+        top = max(top, int(np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias)).max()))
+    return dense < 2**31 and top < (INT32_SAFE_LIF if lm.kind == "lif" else INT32_SAFE_SD)
 
 
 def describe(plan: LayerPlan, lm: LayerMap):
@@ -229,8 +231,8 @@ def describe(plan: LayerPlan, lm: LayerMap):
     if lm.shift > 0:
         plan.note("sums floored", shift=lm.shift)
     if lm.weight_round > 0:
-        err = float(np.abs(((plan.layer.weight + (1 << (lm.weight_round - 1))) >> lm.weight_round
-                            << lm.weight_round) - plan.layer.weight).max())
+        err = float(np.abs((round_weights(plan.layer.weight, lm.weight_round) << lm.weight_round)
+                           - plan.layer.weight).max())
         plan.note("weights rounded to fit weight_exp", multiple=2**lm.weight_round, max_error=err)
     if sum(s.exp < 0 for s in lm.sets) > 1:
         plan.note("synapse groups floored separately", groups=len(lm.sets))
@@ -253,6 +255,28 @@ def next_input(lm: LayerMap, plan: LayerPlan) -> tuple[float, tuple[int, int], i
     return float(lm.unit[0]), (lo, hi), bits
 
 
+def hidden_relu(make_plan, i: int) -> tuple[LayerPlan, LayerMap]:
+    """A hidden ReLU's shift, from 0 up to the requested one: each group can scale by at most
+    2^8 without rounding weights, and what this layer does not scale down the next one must.
+    Pick the shift that rounds the fewest weight bits in this layer and the next together,
+    then the one nearest the requested requantization."""
+    best = None
+    want = make_plan(i, None).requested_shift()
+    for r in range(want, -1, -1):
+        plan = make_plan(i, None)
+        try:
+            lm = plan_layer(plan, None, start=r)
+            after = plan_layer(make_plan(i + 1, next_input(lm, plan)), None)
+        except LimitError:
+            continue
+        cost = (lm.weight_round + after.weight_round, abs(lm.shift - want))
+        if best is None or cost < best[0]:
+            best = (cost, plan, lm)
+    if best is None:
+        raise LimitError(f"layer {i}: no shift fits Loihi's limits")
+    return best[1], best[2]
+
+
 def map_network(net: QuantizedNetwork, limits: Limits, shifts=None) -> Mapping:
     """Loihi parameters for every layer of ``net``; ``shifts`` forces per-layer shifts
     (None entries: automatic)."""
@@ -260,16 +284,26 @@ def map_network(net: QuantizedNetwork, limits: Limits, shifts=None) -> Mapping:
     shifts = list(shifts) if shifts is not None else [None] * len(net.layers)
     if len(shifts) != len(net.layers):
         raise TargetError(f"shifts needs {len(net.layers)} entries, got {len(shifts)}")
-    unit, rng, bits = fmt.scale, (fmt.qmin, fmt.qmax), fmt.bits
+    inputs = (fmt.scale, (fmt.qmin, fmt.qmax), fmt.bits)
+    last = len(net.layers) - 1
+
+    def make_plan(i, given):
+        return LayerPlan(net.layers[i], i, i == last, *(given or inputs), limits)
+
     layers, notes = [], []
-    for i, layer in enumerate(net.layers):
-        plan = LayerPlan(layer, i, i == len(net.layers) - 1, unit, rng, bits, limits)
-        lm = plan_layer(plan, shifts[i])
-        check_int32(lm, i)
+    for i in range(len(net.layers)):
+        plan = make_plan(i, None)
+        if shifts[i] is None and plan.kind == "relu" and i < last:
+            plan, lm = hidden_relu(make_plan, i)
+        else:
+            lm = plan_layer(plan, shifts[i])
+        if not int32_ok(lm):
+            raise LimitError(f"layer {i}: shift {lm.shift} lets sums overflow Lava's int32 "
+                             "arithmetic", hint="use a larger shift (or the automatic one)")
         describe(plan, lm)
         if shifts[i] is not None and not plan.fits(lm):
             plan.note("forced shift lets the state wrap or exceed 24 bits", shift=lm.shift)
-        unit, rng, bits = next_input(lm, plan)
+        inputs = next_input(lm, plan)
         layers.append(lm)
         notes.extend(plan.notes)
     return Mapping(tuple(layers), tuple(notes), tuple(s is not None for s in shifts))

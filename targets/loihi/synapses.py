@@ -107,8 +107,9 @@ def place(d: np.ndarray, exp: int, limits: Limits) -> SynapseSet | str:
 
 
 def round_weights(w: np.ndarray, k: int) -> np.ndarray:
-    """``w / 2^k`` rounded half up (k = 0: unchanged)."""
-    return w if k == 0 else (w + (1 << (k - 1))) >> k
+    """``w / 2^k`` rounded to nearest, ties to even: unbiased, unlike half up, which would
+    shift every sum by about a quarter of the fan-in (k = 0: unchanged)."""
+    return w if k == 0 else np.rint(w / 2.0**k).astype(np.int64)
 
 
 def synapse_sets(w: np.ndarray, shift_r: int, k: int, limits: Limits) -> list[SynapseSet] | str:

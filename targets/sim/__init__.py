@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 
 from hwq.errors import TargetError
@@ -35,6 +34,7 @@ NAME = "sim"
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 EMPTY = np.zeros((0, 0), np.int64)
+MAX_FALLBACKS = 8  # plans kept for input ranges beyond the format
 
 
 def output_range(layer: QLayer, lo: int, hi: int) -> tuple[int, int]:
@@ -63,8 +63,14 @@ def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
     return "float64" if products < kernels.F64_EXACT else "int64"
 
 
-def per_channel(values, m: int) -> np.ndarray:
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.int64), (m,)))
+NATIVE_INPUTS = (np.uint8, np.int8, np.int64, np.float32, np.float64)  # others go via int64
+
+
+def owned(values, dtype=np.int64, shape=None) -> np.ndarray:
+    """A fresh writable C-contiguous copy: every kernel argument has one Numba type, so each
+    kernel compiles once per dtype combination rather than once per read-only flag too."""
+    values = np.asarray(values, dtype)
+    return np.array(values if shape is None else np.broadcast_to(values, shape), dtype, order="C")
 
 
 @dataclass
@@ -75,6 +81,7 @@ class CompiledLayer:
     hi: int
     weights: np.ndarray  # packed int8 (vnni), W.T in the product dtype (BLAS), W.T int64
     colsum: np.ndarray
+    bias: np.ndarray
     mode: int
     act_max: int
     mult: np.ndarray
@@ -92,9 +99,10 @@ class CompiledLayer:
         rq = layer.requant
         lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
         act_max = 2**layer.act_bits - 1 if layer.activation == "relu" else 0
-        return cls(layer, path, lo, hi, weights, layer.weight.sum(axis=1), kernels.MODES[layer.activation],
-                   act_max, per_channel(rq.multiplier if rq else 0, m),
-                   per_channel(rq.shift if rq else 0, m), np.ascontiguousarray(lut))
+        return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(layer.weight.sum(axis=1)),
+                   owned(layer.bias), kernels.MODES[layer.activation], act_max,
+                   owned(rq.multiplier if rq else 0, shape=(m,)),
+                   owned(rq.shift if rq else 0, shape=(m,)), owned(lut))
 
     @property
     def in_dtype(self):
@@ -109,12 +117,11 @@ class CompiledLayer:
         n, m = h.shape[0], self.layer.weight.shape[0]
         acc = np.empty((n, m), np.int64) if want_acc else EMPTY
         out = np.empty((n, m), out_dtype) if want_out else EMPTY.astype(out_dtype)
-        args = (self.layer.bias, self.mult, self.shift, self.mode, self.act_max, self.lut, LUT_HALF,
+        args = (self.bias, self.mult, self.shift, self.mode, self.act_max, self.lut, LUT_HALF,
                 acc, out)
         if self.path == "vnni":
             offset = vnni.input_offset(self.lo, self.hi)
-            if vnni.layer(h, self.lo, self.hi, offset, self.weights, self.colsum, *args,
-                          numba.get_num_threads()):
+            if vnni.layer(h, self.lo, self.hi, offset, self.weights, self.colsum, *args):
                 return None
         else:
             if self.path == "int64":
@@ -155,6 +162,7 @@ class SimProgram:
 
     def _run(self, x_q: np.ndarray, want_accs: bool) -> list[np.ndarray]:
         x_q = np.asarray(x_q)
+        x_q = np.ascontiguousarray(x_q, x_q.dtype if x_q.dtype.type in NATIVE_INPUTS else np.int64)
         if x_q.ndim != 2 or x_q.shape[1] != self.net.n_features:
             raise ValueError(f"sim expects codes of shape (N, {self.net.n_features}), got {x_q.shape}")
         result = self._run_plan(self.layers, x_q, want_accs)
@@ -162,6 +170,8 @@ class SimProgram:
             lo, hi = (int(v) for v in kernels.code_range(x_q)) if x_q.size else (0, 0)
             lo, hi = min(lo, self.net.input.qmin), max(hi, self.net.input.qmax)
             if (lo, hi) not in self._fallbacks:
+                if len(self._fallbacks) >= MAX_FALLBACKS:
+                    self._fallbacks.clear()
                 self._fallbacks[(lo, hi)] = self.plan(lo, hi)
             result = self._run_plan(self._fallbacks[(lo, hi)], x_q, want_accs)
         return result

@@ -17,6 +17,9 @@ activation follow in the same pass (``kernels.activate``).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba as nb
 import numpy as np
 from llvmlite import binding as llvm_binding
@@ -144,7 +147,7 @@ def _product(a, wpk, c, rows):
         v0 += v
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut,
             lut_half, acc_out, out):
     """The blocks of ``layer`` that this thread claims from ``counter`` (dynamic scheduling:
@@ -178,20 +181,38 @@ def _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, ac
                                                       lut_half)
 
 
-@nb.njit(parallel=True, cache=True)
 def layer(h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut, lut_half,
-          acc_out, out, threads):
+          acc_out, out) -> int:
     """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
     into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
-    skip it; ``threads`` is ``numba.get_num_threads()``. Returns how many codes fell outside
-    ``[lo, hi]`` (their rows are then wrong and the caller must use an exact fallback)."""
-    threads = max(1, min(threads, (h.shape[0] + BLOCK - 1) // BLOCK))
-    bad = np.zeros(threads, np.int64)
+    skip it. Returns how many codes fell outside ``[lo, hi]`` (their rows are then wrong and
+    the caller must use an exact fallback).
+
+    ``numba.get_num_threads()`` threads (the caller's among them) claim blocks of rows from
+    one atomic counter, so a thread that the OS schedules late simply takes fewer blocks."""
+    args = (h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut, lut_half,
+            acc_out, out)
     counter = np.zeros(1, np.int64)
-    for t in nb.prange(threads):
-        bad[t] = _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode,
-                         act_max, lut, lut_half, acc_out, out)
-    return bad.sum()
+    helpers = min(nb.get_num_threads(), -(-h.shape[0] // BLOCK)) - 1
+    if helpers <= 0:
+        return int(_blocks(counter, *args))
+    futures = [_pool().submit(_blocks, counter, *args) for _ in range(helpers)]
+    bad = _blocks(counter, *args)
+    return int(bad + sum(f.result() for f in futures))
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The helper threads (made again after a fork or a change of ``numba.set_num_threads``)."""
+    global _POOL
+    key = (os.getpid(), nb.get_num_threads())
+    if _POOL is None or _POOL[:2] != key:
+        if _POOL is not None and _POOL[0] == key[0]:
+            _POOL[2].shutdown(wait=False)
+        _POOL = (*key, ThreadPoolExecutor(max(1, key[1] - 1), thread_name_prefix="hwq-sim"))
+    return _POOL[2]
 
 
 def pack_weights(weight: np.ndarray) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Samples per second of the loihi target: Lava's CPU fixed-point processes vs the emulator.
+
+The 784-100-10 MLP (random weights, 4-bit narrow weights, 8-bit inputs and activations), once
+with a step and once with a ReLU hidden layer, on random images in [0, 1]:
+
+* ``lava``: ``run_lava`` (build, compile, run, read the Monitor) on ``--lava-small`` and
+  ``--lava-samples`` inputs presented back to back; its rate is the marginal one,
+  ``(large - small) / (t_large - t_small)``, so Lava's fixed start-up cost is left out (the
+  table also shows ``large / t_large``, start-up included);
+* ``emulator``: ``program.forward`` on ``--samples`` inputs (float32 codes, as attacks make
+  them), after one warm-up call that compiles the Numba kernels.
+
+Both must give identical scores on the inputs they share (checked every repeat). Medians over
+``--repeats``. The last line is ``loihi_emulator_vs_lava=<ratio>``: the smaller of the two
+activations' median emulator rate / median Lava rate.
+
+    python benchmarks/bench_loihi.py [--samples 50000] [--lava-samples 400] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+from hwq_targets.loihi.lavanet import run_lava
+
+import hwq
+from hwq import ir
+from hwq.reference import quantize_input
+
+N_IN, HIDDEN, N_OUT = 784, 100, 10
+
+
+def build_network(rng: np.random.Generator, x: np.ndarray, act: str):
+    w1, b1 = rng.normal(0, 1 / np.sqrt(N_IN), (HIDDEN, N_IN)), rng.normal(0, 0.1, HIDDEN)
+    w2, b2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (N_OUT, HIDDEN)), rng.normal(0, 0.1, N_OUT)
+    nodes = (ir.Affine(w1, b1), ir.Activation(act), ir.Affine(w2, b2))
+    graph = ir.Graph((N_IN,), nodes, ir.Output("softmax"))
+    return hwq.quantize(graph, 4, calibration=x[:1000], bounds=(0.0, 1.0), act_bits=8,
+                        input_bits=8)
+
+
+def time_lava(program, xq, n: int) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    scores = run_lava([program.mapping], xq[:n])[0]
+    return time.perf_counter() - t0, scores
+
+
+def time_emulator(program, xq) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    scores = program.forward(xq)
+    return time.perf_counter() - t0, scores
+
+
+def measure(act: str, args, rng) -> dict:
+    x = rng.uniform(0, 1, (args.samples, N_IN))
+    net = build_network(rng, x, act)
+    program = hwq.compile(net, target="loihi")
+    xq = quantize_input(net.input, x).astype(np.float32)
+    program.forward(xq[:100])  # compile the Numba kernels
+    lava_rates, lava_totals, emu_rates = [], [], []
+    for _ in range(args.repeats):
+        t_small, _ = time_lava(program, xq, args.lava_small)
+        t_large, lava_scores = time_lava(program, xq, args.lava_samples)
+        t_emu, emu_scores = time_emulator(program, xq)
+        if not np.array_equal(lava_scores, emu_scores[:args.lava_samples]):
+            raise SystemExit(f"{act}: Lava and the emulator differ")
+        lava_rates.append((args.lava_samples - args.lava_small) / max(t_large - t_small, 1e-9))
+        lava_totals.append(args.lava_samples / t_large)
+        emu_rates.append(args.samples / t_emu)
+    sim = hwq.compile(net, target="sim")
+    agree = np.mean(sim.decide(sim.forward(xq)) == program.decide(emu_scores))
+    return {"act": act, "lava": float(np.median(lava_rates)), "emu": float(np.median(emu_rates)),
+            "lava_total": float(np.median(lava_totals)),
+            "shifts": [lm.shift for lm in program.mapping.layers], "sim_agree": float(agree)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=50000)
+    parser.add_argument("--lava-samples", type=int, default=400)
+    parser.add_argument("--lava-small", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"784-{HIDDEN}-{N_OUT}, 4-bit weights, medians of {args.repeats}")
+    print(f"{'hidden':8s} {'lava samples/s':>15s} {'(with start-up)':>16s} "
+          f"{'emulator samples/s':>19s} {'ratio':>8s} {'shifts':>8s} {'agrees with sim':>16s}")
+    ratios = []
+    for act in ("step", "relu"):
+        r = measure(act, args, rng)
+        ratios.append(r["emu"] / r["lava"])
+        print(f"{act:8s} {r['lava']:15.1f} {r['lava_total']:16.1f} {r['emu']:19.0f} {ratios[-1]:8.0f} "
+              f"{str(r['shifts']):>8s} {r['sim_agree']:16.4f}")
+    print(f"identical scores on the {args.lava_samples} shared inputs: yes")
+    print(f"loihi_emulator_vs_lava={min(ratios):.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""hwq.onnx_export: onnxruntime on the exported graph == sim == reference, as integers, with
+graph optimizations off and on; every product and requantization route; atomic saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from test_sim import dense, extreme_codes, float_graph, network, quantized_networks
+
+import hwq
+from hwq import reference
+from hwq.errors import InvalidModelError
+from hwq.onnx_export import export_onnx, save_onnx
+from hwq.qnet import InputFormat
+
+LEVELS = [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+NUMPY = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32}
+LUT_HALF = 2048
+
+
+def run_onnxruntime(model: onnx.ModelProto, x_q: np.ndarray, level) -> tuple[np.ndarray, np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    dtype = NUMPY[session.get_inputs()[0].type]
+    scores, decision = session.run(["scores", "decision"], {"x_q": x_q.astype(dtype)})
+    return scores, decision
+
+
+def assert_export_exact(net, x_q) -> onnx.ModelProto:
+    model = export_onnx(net)
+    expected = reference.forward(net, x_q)
+    np.testing.assert_array_equal(hwq.compile(net, "sim").forward(x_q), expected)
+    for level in LEVELS:
+        scores, decision = run_onnxruntime(model, x_q, level)
+        assert scores.dtype == np.int64 and decision.dtype == np.int64
+        np.testing.assert_array_equal(scores, expected)
+        np.testing.assert_array_equal(decision, reference.decide(expected, net.output))
+    return model
+
+
+def ops(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=quantized_networks())
+def test_random_networks_onnxruntime_equals_sim_and_reference(case):
+    net, rng = case
+    x_q = extreme_codes(rng, net.input, 61, net.n_features)
+    try:
+        assert_export_exact(net, x_q)
+    except InvalidModelError as exc:  # only accumulators beyond 2^53 may refuse
+        assert "2^53" in str(exc)
+        reject()
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+def test_8bit_codes_use_matmulinteger_and_double_requant():
+    rng = np.random.default_rng(0)
+    net = hwq.quantize(float_graph(rng, [20, 12, 4], ["relu"]), 4,
+                       calibration=rng.uniform(0, 1, (50, 20)), bounds=(0, 1))
+    model = assert_export_exact(net, extreme_codes(rng, net.input, 80, 20))
+    assert ops(model).count("MatMulInteger") == 2 and "Floor" in ops(model)
+    assert "MatMul" not in ops(model) and "Mod" not in ops(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+
+
+def test_wide_codes_use_double_matmul_and_int32_input():
+    rng = np.random.default_rng(1)
+    net = hwq.quantize(float_graph(rng, [20, 12, 4], ["sigmoid"]), 12,
+                       calibration=rng.normal(0, 3, (50, 20)), input_bits=16)
+    model = assert_export_exact(net, extreme_codes(rng, net.input, 80, 20))
+    assert "MatMulInteger" not in ops(model) and ops(model).count("MatMul") == 2
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+
+
+def test_signed_8bit_inputs_use_int8_container():
+    rng = np.random.default_rng(2)
+    fmt = InputFormat(8, True, 1.0)
+    layers = [dense(rng.integers(-128, 128, (7, 30)), rng.integers(-999, 999, 7), "step"),
+              dense(rng.integers(-127, 128, (3, 7)), [0, 1, 2])]
+    model = assert_export_exact(network(layers, fmt), extreme_codes(rng, fmt, 100, 30))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT8
+
+
+def test_int64_requant_route_beyond_2_53():
+    """|acc| * M reaches 2^53: the graph requantizes with int64 Mod / Div instead of Floor."""
+    rng = np.random.default_rng(3)
+    fmt = InputFormat(16, True, 1.0)
+    w = rng.integers(-(2**20), 2**20, (5, 8))
+    w[0] = 2**20
+    layers = [dense(w, rng.integers(-(2**30), 2**30, 5), "relu", act_bits=16,
+                    mult=[2**16 - 1, 2**16 - 3, 12345, 1, 7], shift=[40, 41, 35, 0, 20]),
+              dense(rng.integers(-9, 9, (3, 5)), [0, 0, 0])]
+    model = assert_export_exact(network(layers, fmt), extreme_codes(rng, fmt, 200, 8))
+    assert "Mod" in ops(model) and "Floor" not in ops(model)
+
+
+def test_identity_hidden_layer_passes_accumulators_on():
+    rng = np.random.default_rng(4)
+    layers = [dense(rng.integers(-7, 8, (6, 10)), rng.integers(-50, 50, 6)),
+              dense(rng.integers(-7, 8, (4, 6)), rng.integers(-50, 50, 4), "relu", mult=5, shift=3),
+              dense(rng.integers(-7, 8, (2, 4)), [0, 0])]
+    assert_export_exact(network(layers), extreme_codes(rng, InputFormat(8, False, 1.0), 90, 10))
+
+
+def test_accumulators_beyond_2_53_are_refused():
+    net = network([dense([[2**40, 2**40]], [0])], InputFormat(16, True, 1.0))
+    with pytest.raises(InvalidModelError, match="2\\^53"):
+        export_onnx(net)
+
+
+# --- rounding, saturation, decisions ------------------------------------------------------------
+
+@pytest.mark.parametrize("shift", [0, 1, 2, 5])
+def test_requant_ties_both_signs(shift):
+    fmt = InputFormat(8, False, 1.0)
+    layers = [dense([[1], [1], [-1]], [-128, -128, 128], "relu", act_bits=16, mult=[1, 3, 5],
+                    shift=shift),
+              dense(np.eye(3, dtype=np.int64), [0, 0, 0], "sigmoid", mult=1, shift=shift,
+                    lut=np.arange(2 * LUT_HALF)),
+              dense(np.eye(3, dtype=np.int64), [-2048, -2048, -2048])]
+    assert_export_exact(network(layers, fmt), np.arange(256).reshape(-1, 1))
+
+
+def test_step_at_zero_saturation_and_lut_edges():
+    lut = np.arange(2 * LUT_HALF) % 251
+    w = np.array([[127] * 8, [-127] * 8, [1] * 8, [-1] * 8, [1, -1] * 4])
+    layers = [dense(w, [0, 0, -1020, 1020, 0], "sigmoid", mult=[2**15 - 1, 2**15 - 1, 1, 1, 1],
+                    shift=[3, 3, 0, 0, 0], lut=lut),
+              dense(np.eye(5, dtype=np.int64) * 127, [0] * 5, "relu", act_bits=5,
+                    mult=[1, 3, 2**12, 1, 1], shift=[0, 1, 5, 2, 0]),
+              dense(np.array([[1, -1, 1, -1, 1]] * 3), [-1, 1, 0], "step"),
+              dense(np.eye(3, dtype=np.int64), [0, 0, 0])]
+    x_q = extreme_codes(np.random.default_rng(5), InputFormat(8, False, 1.0), 150, 8)
+    x_q[2] = 7  # every pairwise difference 0: the step layer sees acc == 0
+    assert_export_exact(network(layers), x_q)
+
+
+def test_decisions_argmax_ties_and_sign():
+    fmt = InputFormat(4, True, 1.0)
+    x_q = np.array([[3, 3], [3, -2], [-8, -8], [0, 0], [7, -8]])
+    ties = network([dense([[1, 0], [1, 0], [0, 1]], [0, 0, 0])], fmt)
+    assert_export_exact(ties, x_q)
+    single = network([dense([[1, -1]], [0])], fmt, output="sign")
+    model = assert_export_exact(single, x_q)
+    assert run_onnxruntime(model, x_q, LEVELS[0])[1].tolist() == [0, 1, 0, 0, 1]
+
+
+# --- the file ------------------------------------------------------------------------------
+
+def small_net():
+    rng = np.random.default_rng(6)
+    return hwq.quantize(float_graph(rng, [6, 4, 3], ["relu"]), 4,
+                        calibration=rng.uniform(0, 1, (20, 6)), bounds=(0, 1))
+
+
+def test_model_declares_versions_outputs_and_rules():
+    model = export_onnx(small_net())
+    assert model.ir_version == 8 and model.opset_import[0].version == 17
+    assert [o.name for o in model.graph.output] == ["scores", "decision"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert "lowest index wins ties" in meta["hwq.decision"]
+    assert meta["hwq.input_dtype"] == "uint8" and "floor(x * " in meta["hwq.input"]
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def test_save_is_atomic_and_replaces(tmp_path):
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"old")
+    save_onnx(small_net(), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
+    assert onnx.load(str(path)) == export_onnx(small_net())
+
+
+def test_failed_export_leaves_the_old_file(tmp_path):
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(InvalidModelError):
+        save_onnx(network([dense([[2**40, 2**40]], [0])], InputFormat(16, True, 1.0)), path)
+    assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
