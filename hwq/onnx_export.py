@@ -39,6 +39,7 @@ OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.23 refuses onnx 1.23's default IR version 14
 F64_EXACT = 2**53
 INT32_EXACT = 2**31
+MAX_SHIFT = 62  # docs/integer-semantics.md section 4
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 CONTAINERS = {  # ONNX type, numpy dtype, code range
     "uint8": (TensorProto.UINT8, np.uint8, 0, 255),
@@ -128,6 +129,8 @@ def requant_terms(layer: QLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = layer.weight.shape[0]
     mult = np.broadcast_to(layer.requant.multiplier, (m,)).astype(object)
     shift = np.broadcast_to(layer.requant.shift, (m,)).astype(np.int64)
+    if np.any((shift < 0) | (shift > MAX_SHIFT)):
+        raise InvalidModelError(f"requantization shifts must be in 0..{MAX_SHIFT}, got {shift.max()}")
     half = np.array([2 ** (int(s) - 1) if s > 0 else 0 for s in shift], dtype=object)
     return mult, shift, half
 

@@ -26,6 +26,7 @@ from hwq.qnet import (
 from hwq.schemes import check_bits, get_scheme
 
 MULTIPLIER_BITS = 16
+MAX_SHIFT = 62  # 2^(S-1) and the shift stay well defined in int64
 ON_GRID_TOLERANCE = 1e-6
 
 
@@ -45,7 +46,7 @@ def requant_for(ratio: np.ndarray, acc_bound: int) -> Requant:
     zeros of M folded into S (a power-of-two ratio becomes a pure shift)."""
     ratio = np.asarray(ratio, dtype=np.float64)
     exp = np.floor(np.log2(ratio)).astype(np.int64)
-    shift = np.maximum(MULTIPLIER_BITS - 1 - exp, 0)
+    shift = np.clip(MULTIPLIER_BITS - 1 - exp, 0, MAX_SHIFT)  # tiny ratios: M rounds toward 0
     mult = np.rint(ratio * 2.0**shift).astype(np.int64)
     while np.any((mult % 2 == 0) & (shift > 0) & (mult > 0)):
         even = (mult % 2 == 0) & (shift > 0) & (mult > 0)

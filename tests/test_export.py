@@ -186,3 +186,9 @@ def test_failed_export_leaves_the_old_file(tmp_path):
     with pytest.raises(InvalidModelError):
         save_onnx(network([dense([[2**40, 2**40]], [0])], InputFormat(16, True, 1.0)), path)
     assert path.read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_shifts_beyond_62_are_refused():
+    net = network([dense([[1]], [0], "relu", mult=1, shift=63), dense([[1]], [0])])
+    with pytest.raises(InvalidModelError, match="0..62"):
+        export_onnx(net)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hwq_targets.sim import vnni
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import hwq
 from hwq import ir, reference
-from hwq.errors import TargetError
+from hwq.errors import InvalidModelError, TargetError
 from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
 
 VNNI = [False, True] if vnni.available() else [False]
@@ -42,11 +42,14 @@ def quantized_networks(draw, hidden=("relu", "sigmoid", "step", "identity")):
     graph = float_graph(rng, sizes, acts, scale=draw(st.sampled_from([0.05, 1.0, 30.0])))
     unsigned = draw(st.booleans())
     x = rng.uniform(0, 1, (64, sizes[0])) if unsigned else rng.normal(0, 2, (64, sizes[0]))
-    net = hwq.quantize(
-        graph, draw(st.integers(1, 16)), calibration=x, bounds=(0.0, 1.0) if unsigned else None,
-        scheme=draw(st.sampled_from(["narrow", "pow2", "uniform"])),
-        per_channel=draw(st.booleans()), act_bits=draw(st.integers(1, 16)),
-        input_bits=draw(st.integers(2, 16)))
+    try:
+        net = hwq.quantize(
+            graph, draw(st.integers(1, 16)), calibration=x, bounds=(0.0, 1.0) if unsigned else None,
+            scheme=draw(st.sampled_from(["narrow", "pow2", "uniform"])),
+            per_channel=draw(st.booleans()), act_bits=draw(st.integers(1, 16)),
+            input_bits=draw(st.integers(2, 16)))
+    except InvalidModelError:  # quantize refuses requantization beyond 2^62
+        assume(False)
     return net, rng
 
 
@@ -256,3 +259,8 @@ def test_wrong_feature_count_is_refused():
     program = hwq.compile(network([dense([[1, 2]], [0])]), "sim")
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         program.forward(np.zeros((3, 5)))
+
+
+def test_shifts_beyond_62_are_refused():
+    with pytest.raises(InvalidModelError, match="0..62"):
+        network([dense([[1]], [0], "relu", mult=1, shift=63), dense([[1]], [0])])

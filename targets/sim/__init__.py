@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hwq.errors import TargetError
+from hwq.errors import InvalidModelError, TargetError
 from hwq.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.reference import decide
 
@@ -35,6 +35,7 @@ LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 EMPTY = np.zeros((0, 0), np.int64)
 MAX_FALLBACKS = 8  # plans kept for input ranges beyond the format
+MAX_SHIFT = 62  # docs/integer-semantics.md section 4
 
 
 def output_range(layer: QLayer, lo: int, hi: int) -> tuple[int, int]:
@@ -80,11 +81,11 @@ class CompiledLayer:
     lo: int  # the input codes this path is proven for
     hi: int
     weights: np.ndarray  # packed int8 (vnni), W.T in the product dtype (BLAS), W.T int64
-    colsum: np.ndarray
-    bias: np.ndarray
+    base: np.ndarray  # bias, minus 128 * sum_i W[:, i] when vnni stores codes + 128
     mode: int
     act_max: int
     mult: np.ndarray
+    half: np.ndarray  # 2^(shift-1), 0 where shift == 0
     shift: np.ndarray
     lut: np.ndarray
 
@@ -92,17 +93,22 @@ class CompiledLayer:
     def build(cls, layer: QLayer, lo: int, hi: int, use_vnni: bool) -> CompiledLayer:
         m = layer.weight.shape[0]
         path = product_path(layer, lo, hi, use_vnni)
+        base = layer.bias
         if path == "vnni":
             weights = vnni.pack_weights(layer.weight)
+            base = base - vnni.input_offset(lo, hi) * layer.weight.sum(axis=1)
         else:
             weights = np.ascontiguousarray(layer.weight.T, dtype=DTYPES[path])
         rq = layer.requant
+        shift = owned(rq.shift if rq else 0, shape=(m,))
+        if np.any((shift < 0) | (shift > MAX_SHIFT)):
+            raise InvalidModelError(f"requantization shifts must be in 0..{MAX_SHIFT}, got {shift.max()}")
+        half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
         lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
         act_max = 2**layer.act_bits - 1 if layer.activation == "relu" else 0
-        return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(layer.weight.sum(axis=1)),
-                   owned(layer.bias), kernels.MODES[layer.activation], act_max,
-                   owned(rq.multiplier if rq else 0, shape=(m,)),
-                   owned(rq.shift if rq else 0, shape=(m,)), owned(lut))
+        return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(base),
+                   kernels.MODES[layer.activation], act_max, owned(rq.multiplier if rq else 0, shape=(m,)),
+                   owned(half), shift, owned(lut))
 
     @property
     def in_dtype(self):
@@ -117,11 +123,11 @@ class CompiledLayer:
         n, m = h.shape[0], self.layer.weight.shape[0]
         acc = np.empty((n, m), np.int64) if want_acc else EMPTY
         out = np.empty((n, m), out_dtype) if want_out else EMPTY.astype(out_dtype)
-        args = (self.bias, self.mult, self.shift, self.mode, self.act_max, self.lut, LUT_HALF,
-                acc, out)
+        args = (self.base, self.mult, self.half, self.shift, self.mode, self.act_max, self.lut,
+                LUT_HALF, acc, out)
         if self.path == "vnni":
             offset = vnni.input_offset(self.lo, self.hi)
-            if vnni.layer(h, self.lo, self.hi, offset, self.weights, self.colsum, *args):
+            if vnni.layer(h, self.lo, self.hi, offset, self.weights, *args):
                 return None
         else:
             if self.path == "int64":
@@ -167,7 +173,8 @@ class SimProgram:
             raise ValueError(f"sim expects codes of shape (N, {self.net.n_features}), got {x_q.shape}")
         result = self._run_plan(self.layers, x_q, want_accs)
         if result is None:  # codes outside the input format: a plan proven for what we got
-            lo, hi = (int(v) for v in kernels.code_range(x_q)) if x_q.size else (0, 0)
+            x_q = x_q.astype(np.int64)  # the reference's reading of the codes
+            lo, hi = (int(v) for v in kernels.code_range(x_q))
             lo, hi = min(lo, self.net.input.qmin), max(hi, self.net.input.qmax)
             if (lo, hi) not in self._fallbacks:
                 if len(self._fallbacks) >= MAX_FALLBACKS:

@@ -12,35 +12,49 @@ F64_EXACT = 2**53
 MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3}
 
 
-@nb.njit(inline="always")
-def activate(a, mode, mult, shift, act_max, lut, lut_half):
-    """The activation of accumulator ``a`` (int64): ``hwq.reference.activate`` for one value."""
-    if mode == 0:
-        return a
-    if mode == 1:
-        return np.int64(1) if a > 0 else np.int64(0)
-    z = a * mult
-    if shift > 0:
-        z = (z + (np.int64(1) << (shift - 1))) >> shift
-    if mode == 2:
-        return min(max(z, np.int64(0)), act_max)
-    return lut[min(max(z, -lut_half), lut_half - 1) + lut_half]
+@nb.njit(cache=True, nogil=True)
+def finish_rows(acc, r0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, o0):
+    """Rows ``r0 .. r0+rows`` of a product ``acc`` (any dtype, integer-valued): ``acc + base``
+    (``base`` = bias, minus any input offset) into ``acc_out`` and the activated codes into
+    ``out``, rows ``o0 ..``; either output may have 0 rows to skip it. This is
+    ``hwq.reference.activate`` with ``half = 2^(shift-1)`` (0 when ``shift == 0``), so the
+    requantization ``(acc * mult + half) >> shift`` has no branch; one loop per mode, so each
+    vectorizes."""
+    m = base.shape[0]
+    if acc_out.shape[0] > 0:
+        for r in range(rows):
+            for j in range(m):
+                acc_out[o0 + r, j] = np.int64(acc[r0 + r, j]) + base[j]
+    if out.shape[0] == 0:
+        return
+    for r in range(rows):
+        if mode == 0:
+            for j in range(m):
+                out[o0 + r, j] = np.int64(acc[r0 + r, j]) + base[j]
+        elif mode == 1:
+            for j in range(m):
+                out[o0 + r, j] = np.int64(np.int64(acc[r0 + r, j]) + base[j] > 0)
+        elif mode == 2:
+            for j in range(m):
+                z = ((np.int64(acc[r0 + r, j]) + base[j]) * mult[j] + half[j]) >> shift[j]
+                out[o0 + r, j] = min(max(z, np.int64(0)), act_max)
+        else:
+            for j in range(m):
+                z = ((np.int64(acc[r0 + r, j]) + base[j]) * mult[j] + half[j]) >> shift[j]
+                out[o0 + r, j] = lut[min(max(z, -lut_half), lut_half - 1) + lut_half]
+
+
+ROWS_PER_TASK = 64
 
 
 @nb.njit(parallel=True, cache=True)
-def finish_layer(acc, bias, mult, shift, mode, act_max, lut, lut_half, acc_out, out):
-    """Bias, requantization and activation of one layer after a BLAS or int64 product ``acc``:
-    the accumulator into ``acc_out`` (int64) and the codes into ``out`` (the next product's
-    dtype); either may have 0 rows to skip it."""
-    n, m = acc.shape
-    want_acc, want_out = acc_out.shape[0] > 0, out.shape[0] > 0
-    for i in nb.prange(n):
-        for j in range(m):
-            a = np.int64(acc[i, j]) + bias[j]
-            if want_acc:
-                acc_out[i, j] = a
-            if want_out:
-                out[i, j] = activate(a, mode, mult[j], shift[j], act_max, lut, lut_half)
+def finish_layer(acc, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out):
+    """``finish_rows`` over a whole BLAS or int64 product, in parallel."""
+    n = acc.shape[0]
+    for t in nb.prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+        i0 = t * ROWS_PER_TASK
+        finish_rows(acc, i0, min(ROWS_PER_TASK, n - i0), base, mult, half, shift, mode, act_max,
+                    lut, lut_half, acc_out, out, i0)
 
 
 @nb.njit(parallel=True, cache=True)

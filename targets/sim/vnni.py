@@ -12,7 +12,7 @@ output ``c``, the four weights of input group ``g``, so one 64-byte load feeds 1
 The kernel copies 48 input rows into a u8 block, then a register tile of ``R`` rows x ``V``
 vectors of 16 outputs broadcasts four input bytes of a row and accumulates
 ``acc[r][v] += dot4(x[r, 4g:4g+4], W[16v:16v+16, 4g:4g+4])``. Bias, requantization and the
-activation follow in the same pass (``kernels.activate``).
+activation follow in the same pass (``kernels.finish_rows``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _BYTE_PTR = ir.IntType(8).as_pointer()
 
 def available() -> bool:
     """True when Numba compiles for this host and the host has AVX-512 VNNI."""
-    if nb.config.CPU_NAME not in (None, "host") or nb.config.CPU_FEATURES:
+    if nb.config.DISABLE_JIT or nb.config.CPU_NAME not in (None, "host") or nb.config.CPU_FEATURES:
         return False
     features = llvm_binding.get_host_cpu_features()
     return bool(features.get("avx512f")) and bool(features.get("avx512vnni"))
@@ -148,13 +148,11 @@ def _product(a, wpk, c, rows):
 
 
 @nb.njit(cache=True, nogil=True)
-def _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut,
+def _blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut,
             lut_half, acc_out, out):
     """The blocks of ``layer`` that this thread claims from ``counter`` (dynamic scheduling:
     a thread the OS runs late takes fewer blocks); returns the out-of-range count."""
     n, k = h.shape
-    m = bias.shape[0]
-    want_acc, want_out = acc_out.shape[0] > 0, out.shape[0] > 0
     a = np.zeros((BLOCK, wpk.shape[0] * 4), np.uint8)
     c = np.empty((BLOCK, wpk.shape[1] // 4), np.int32)
     count = 0
@@ -167,30 +165,25 @@ def _blocks(counter, h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, ac
         rows = min(BLOCK, n - i0)
         for r in range(rows):
             for p in range(k):
-                q = np.int64(h[i0 + r, p])
+                q = np.int64(h[i0 + r, p])  # truncates, as the reference reads codes
                 count += (q < lo) | (q > hi)
                 a[r, p] = np.uint8(q + offset)
         _product(a, wpk, c, rows)
-        for r in range(rows):
-            for j in range(m):
-                acc = np.int64(c[r, j]) - offset * colsum[j] + bias[j]
-                if want_acc:
-                    acc_out[i0 + r, j] = acc
-                if want_out:
-                    out[i0 + r, j] = kernels.activate(acc, mode, mult[j], shift[j], act_max, lut,
-                                                      lut_half)
+        kernels.finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half,
+                            acc_out, out, i0)
 
 
-def layer(h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut, lut_half,
+def layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half,
           acc_out, out) -> int:
     """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
     into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
-    skip it. Returns how many codes fell outside ``[lo, hi]`` (their rows are then wrong and
-    the caller must use an exact fallback).
+    skip it; ``base = bias - offset * sum_i W[:, i]`` undoes the u8 offset. Returns how many
+    codes fell outside ``[lo, hi]`` (their rows are then wrong and the caller must use an exact
+    fallback).
 
     ``numba.get_num_threads()`` threads (the caller's among them) claim blocks of rows from
     one atomic counter, so a thread that the OS schedules late simply takes fewer blocks."""
-    args = (h, lo, hi, offset, wpk, colsum, bias, mult, shift, mode, act_max, lut, lut_half,
+    args = (h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half,
             acc_out, out)
     counter = np.zeros(1, np.int64)
     helpers = min(nb.get_num_threads(), -(-h.shape[0] // BLOCK)) - 1
