@@ -7,12 +7,15 @@ with a step and once with a ReLU hidden layer, on random images in [0, 1]:
   ``--lava-samples`` inputs presented back to back; its rate is the marginal one,
   ``(large - small) / (t_large - t_small)``, so Lava's fixed start-up cost is left out (the
   table also shows ``large / t_large``, start-up included);
-* ``emulator``: ``program.forward`` on ``--samples`` inputs (float32 codes, as attacks make
-  them), after one warm-up call that compiles the Numba kernels.
+* ``emulator``: ``program.forward`` on ``--samples`` inputs, after one warm-up call that
+  compiles the Numba kernels, in two code containers: uint8 (what ``hwq.attack`` makes for
+  input formats of 8 bits or fewer) and float32 (what it made before).
 
-Both must give identical scores on the inputs they share (checked every repeat). Medians over
-``--repeats``. The last line is ``loihi_emulator_vs_lava=<ratio>``: the smaller of the two
-activations' median emulator rate / median Lava rate.
+Both must give identical scores on the inputs they share (checked every repeat), and the two
+emulator runs identical scores on all inputs. Medians over ``--repeats``. The last line is
+``loihi_emulator_vs_lava=<ratio>``: the smallest, over both activations and both containers,
+of median emulator rate / median Lava rate. ``emulator paths`` shows each layer's product
+(``vnni``: the exact int8 product shared with the sim target, on CPUs with AVX-512 VNNI).
 
     python benchmarks/bench_loihi.py [--samples 50000] [--lava-samples 400] [--repeats 3]
 """
@@ -59,21 +62,28 @@ def measure(act: str, args, rng) -> dict:
     net = build_network(rng, x, act)
     program = hwq.compile(net, target="loihi")
     xq = quantize_input(net.input, x).astype(np.float32)
+    xq8 = xq.astype(np.uint8)
     program.forward(xq[:100])  # compile the Numba kernels
-    lava_rates, lava_totals, emu_rates = [], [], []
+    program.forward(xq8[:100])
+    lava_rates, lava_totals, emu_rates, emu32_rates = [], [], [], []
     for _ in range(args.repeats):
         t_small, _ = time_lava(program, xq, args.lava_small)
         t_large, lava_scores = time_lava(program, xq, args.lava_samples)
-        t_emu, emu_scores = time_emulator(program, xq)
+        t_emu, emu_scores = time_emulator(program, xq8)
+        t_emu32, emu32_scores = time_emulator(program, xq)
         if not np.array_equal(lava_scores, emu_scores[:args.lava_samples]):
             raise SystemExit(f"{act}: Lava and the emulator differ")
+        if not np.array_equal(emu_scores, emu32_scores):
+            raise SystemExit(f"{act}: the emulator differs between uint8 and float32 codes")
         lava_rates.append((args.lava_samples - args.lava_small) / max(t_large - t_small, 1e-9))
         lava_totals.append(args.lava_samples / t_large)
         emu_rates.append(args.samples / t_emu)
+        emu32_rates.append(args.samples / t_emu32)
     sim = hwq.compile(net, target="sim")
     agree = np.mean(sim.decide(sim.forward(xq)) == program.decide(emu_scores))
     return {"act": act, "lava": float(np.median(lava_rates)), "emu": float(np.median(emu_rates)),
-            "lava_total": float(np.median(lava_totals)),
+            "emu32": float(np.median(emu32_rates)), "lava_total": float(np.median(lava_totals)),
+            "paths": program.emulator.report,
             "shifts": [lm.shift for lm in program.mapping.layers], "sim_agree": float(agree)}
 
 
@@ -88,12 +98,15 @@ def main():
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"784-{HIDDEN}-{N_OUT}, 4-bit weights, medians of {args.repeats}")
     print(f"{'hidden':8s} {'lava samples/s':>15s} {'(with start-up)':>16s} "
-          f"{'emulator samples/s':>19s} {'ratio':>8s} {'shifts':>8s} {'agrees with sim':>16s}")
+          f"{'emulator u8 /s':>15s} {'ratio':>7s} {'emulator f32 /s':>16s} {'ratio':>7s} "
+          f"{'emulator paths':>18s} {'shifts':>8s} {'agrees with sim':>16s}")
     ratios = []
     for act in ("step", "relu"):
         r = measure(act, args, rng)
-        ratios.append(r["emu"] / r["lava"])
-        print(f"{act:8s} {r['lava']:15.1f} {r['lava_total']:16.1f} {r['emu']:19.0f} {ratios[-1]:8.0f} "
+        ratio8, ratio32 = r["emu"] / r["lava"], r["emu32"] / r["lava"]
+        ratios += [ratio8, ratio32]
+        print(f"{act:8s} {r['lava']:15.1f} {r['lava_total']:16.1f} {r['emu']:15.0f} {ratio8:7.0f} "
+              f"{r['emu32']:16.0f} {ratio32:7.0f} {','.join(r['paths']):>18s} "
               f"{str(r['shifts']):>8s} {r['sim_agree']:16.4f}")
     print(f"identical scores on the {args.lava_samples} shared inputs: yes")
     print(f"loihi_emulator_vs_lava={min(ratios):.0f}")

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from builders import random_mlp
 from hwq_targets.loihi import Limits, LoihiTarget
+from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.spec import run_spec
 from hwq_targets.loihi.synapses import lava_effective, shift, split_digits, synapse_sets
+from hwq_targets.sim import vnni
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -321,3 +323,105 @@ def test_compare_programs():
     assert diff["scores_differ_fraction"] == diff["scores_differ"] / len(x)
     with pytest.raises(UsageError):
         compare_programs(sim, LOIHI.compile(equality_net()), xq)
+
+
+# ---------------------------------------------------------------- VNNI product path
+VNNI_HOST = vnni.available()
+needs_vnni = pytest.mark.skipif(not VNNI_HOST, reason="needs AVX-512 VNNI")
+
+
+def two_digit_net(rng, n_in=40):
+    """Weights ``256 a + b`` with ``b`` in [0, 127]: two synapse groups that both fit int8."""
+    w = 256 * rng.integers(-3, 4, (7, n_in)) + rng.integers(0, 128, (7, n_in))
+    l1 = make_layer(w, rng.integers(-40000, 40000, 7), "step")
+    l2 = make_layer(rng.integers(-7, 8, (3, 7)), [0, 5, -5], "identity")
+    return make_net([l1, l2])
+
+
+def assert_paths_agree(program, x, spec_rows=12):
+    """VNNI emulator = the pre-VNNI emulator (BLAS / int64) = the step-by-step spec."""
+    fast = Emulator(program.mapping)
+    slow = Emulator(program.mapping, use_vnni=False)
+    assert not any(c.vnni for c in slow.layers)
+    want = slow.run(x)
+    assert fast.run(x).tolist() == want.tolist()
+    assert [a.tolist() for a in fast.inputs(x)] == [a.tolist() for a in slow.inputs(x)]
+    assert want[:spec_rows].tolist() == run_spec(program.mapping, x[:spec_rows]).tolist()
+    return fast
+
+
+@needs_vnni
+@given(st.integers(0, 2**31), st.lists(st.sampled_from(["step", "relu", "identity"]),
+                                       min_size=1, max_size=3),
+       st.sampled_from([1, 7, 127, 255]), st.sampled_from(["mixed", "excitatory", "inhibitory"]),
+       st.booleans(), st.sampled_from([0.0, 0.5, 3.0]), st.sampled_from([2, 47, 49, 200]))
+@settings(max_examples=40, deadline=None)
+def test_vnni_emulator_equals_blas_emulator_and_spec(seed, acts, top, sign, signed, bias_scale, n):
+    """Random networks and batch sizes around the 48-row block, in every input container."""
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, 37, [21] * len(acts), acts, top, sign, signed=signed,
+                     bias_scale=bias_scale)
+    program = LOIHI.compile(net)
+    x = codes(rng, net, n)
+    fast = assert_paths_agree(program, x)
+    if top <= 127 and sign == "mixed":
+        assert fast.layers[0].vnni
+    want = fast.run(x).tolist()
+    for dtype in (np.float32, np.float64, np.int8 if signed else np.uint8, np.int16):
+        assert fast.run(x.astype(dtype)).tolist() == want
+
+
+@needs_vnni
+def test_vnni_emulator_on_the_benchmark_shape():
+    """784-100-10, 4-bit, step and ReLU: every layer VNNI (step) or layer 1 (ReLU)."""
+    rng = np.random.default_rng(11)
+    for act, paths in (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "float32"])):
+        graph = graph_from_model(random_mlp(rng, 784, 100, 10, act=act))
+        x = rng.uniform(0, 1, (500, 784))
+        net = quantize(graph, QuantSettings(4, "narrow"), x, bounds=(0, 1))
+        program = LOIHI.compile(net)
+        fast = assert_paths_agree(program, quantize_input(net.input, x), spec_rows=3)
+        assert fast.report == paths
+
+
+@needs_vnni
+def test_vnni_emulator_two_groups():
+    rng = np.random.default_rng(12)
+    net = two_digit_net(rng)
+    program = LOIHI.compile(net)
+    assert len(program.mapping.layers[0].sets) == 2
+    fast = assert_paths_agree(program, codes(rng, net, 100))
+    assert fast.report == ["vnni", "vnni"]
+
+
+@needs_vnni
+def test_vnni_emulator_falls_back_on_codes_outside_the_format():
+    """Codes beyond 8 bits cannot be packed: the chunk reruns on the exact BLAS/int64 path."""
+    rng = np.random.default_rng(13)
+    net = random_net(rng, 20, [9], ["relu"], 7)
+    program = LOIHI.compile(net)
+    fast, slow = Emulator(program.mapping), Emulator(program.mapping, use_vnni=False)
+    assert fast.layers[0].vnni
+    x = codes(rng, net, 100)
+    x[5, 3], x[60, 0] = 300, -2
+    assert fast.run(x).tolist() == slow.run(x).tolist()
+    assert [a.tolist() for a in fast.inputs(x)] == [a.tolist() for a in slow.inputs(x)]
+
+
+def test_emulator_without_vnni_host(monkeypatch):
+    """A host without AVX-512 VNNI: the emulator plans the BLAS / int64 paths only."""
+    monkeypatch.setattr(vnni, "available", lambda: False)
+    rng = np.random.default_rng(14)
+    net = random_net(rng, 20, [9], ["step"], 7)
+    program = LOIHI.compile(net)
+    assert not program.emulator.use_vnni
+    assert program.emulator.report == ["float32", "float32"]
+    x = codes(rng, net, 60)
+    assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()
+    with pytest.raises(ValueError, match="VNNI"):
+        Emulator(program.mapping, use_vnni=True)
+
+
+def test_trunc_variant_never_uses_vnni():
+    net = random_net(np.random.default_rng(5), 8, [6], ["relu"], 127)
+    assert not any(c.vnni for c in LOIHI.compile(net, variant="trunc").emulator.layers)

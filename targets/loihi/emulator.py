@@ -1,16 +1,28 @@
 """The batched emulator: Loihi's integer arithmetic for thousands of inputs at once.
 
-Each synapse group's product ``h @ D.T`` runs in float32 BLAS when every partial sum is
-below 2^24, in float64 BLAS below 2^53 (both exact for integers), and in a Numba int64 loop
-otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
-kernels (``kernels.py``). Its outputs equal Lava's fixed-point models bit for bit
-(tests/test_loihi_lava.py) and the step-by-step spec (tests/test_loihi.py).
+Each layer takes the fastest product that a bound proves exact:
+
+* ``vnni``: where every synapse group's digits fit int8 and the layer's inputs fit 8 bits
+  (input codes in ``[0, 255]`` or ``[-128, 127]``, spikes, graded activations up to 255) on a
+  CPU with AVX-512 VNNI: the sim target's exact int8 product (``hwq_targets.sim.vnni``), the
+  input packed once for all groups, fused with the shifts and the neuron
+  (``kernels.vnni_blocks``); each layer writes its outputs in the 8-bit container the next
+  layer reads. Layer-0 codes outside the input format make the chunk fall back to the paths
+  below, as before.
+* otherwise each group's product ``h @ D.T`` runs in float32 BLAS when every partial sum is
+  below 2^24, in float64 BLAS below 2^53 (both exact for integers), and in a Numba int64 loop
+  otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
+  kernels (``kernels.py``).
+
+Its outputs equal Lava's fixed-point models bit for bit (tests/test_loihi_lava.py) and the
+step-by-step spec (tests/test_loihi.py), on either path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..sim import vnni
 from . import kernels
 from .mapping import LayerMap, Mapping
 
@@ -18,6 +30,7 @@ F32_EXACT, F64_EXACT = 2**24, 2**53
 KINDS = {"lif": 0, "relu": 1, "identity": 2}
 NONE = np.empty((0, 0), np.int64)
 CHUNK_ROWS = 32768
+NATIVE_INPUTS = (np.uint8, np.int8, np.int64, np.float32, np.float64)  # others go via int64
 
 
 def product_dtype(lm: LayerMap):
@@ -26,14 +39,37 @@ def product_dtype(lm: LayerMap):
     return np.float32 if bound < F32_EXACT else (np.float64 if bound < F64_EXACT else np.int64)
 
 
+def vnni_fits(lm: LayerMap, variant: int) -> bool:
+    """Whether every group of ``lm`` is exact on ``vpdpbusd`` (``vnni.fits``). Not for the
+    ``trunc`` test variant, whose sums may leave the ranges the 8-bit containers are sized by."""
+    lo, hi = lm.in_range
+    return variant != kernels.VARIANTS["trunc"] and all(vnni.fits(s.digits, lo, hi)
+                                                         for s in lm.sets)
+
+
 class CompiledLayer:
-    def __init__(self, lm: LayerMap, variant: int):
+    def __init__(self, lm: LayerMap, variant: int, use_vnni: bool = False):
         self.lm, self.variant = lm, variant
         self.dtype = product_dtype(lm)
-        self.w_t = [np.ascontiguousarray(s.digits.T, dtype=self.dtype) for s in lm.sets]
         self.exps = [s.exp for s in lm.sets]
         self.kind = KINDS[lm.kind]
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)
+        self.vnni = use_vnni and vnni_fits(lm, variant)
+        if self.vnni:
+            self.offset = vnni.input_offset(*lm.in_range)
+            self.wpk = np.ascontiguousarray(np.stack([vnni.pack_weights(s.digits) for s in lm.sets]))
+            self.corr = np.ascontiguousarray(np.stack(
+                [-self.offset * np.asarray(s.digits, np.int64).sum(axis=1) for s in lm.sets]))
+            self.exp_arr = np.asarray(self.exps, np.int64)
+        else:
+            self.w_t = [np.ascontiguousarray(s.digits.T, dtype=self.dtype) for s in lm.sets]
+
+    @property
+    def in_dtype(self):
+        """The container the previous layer writes this layer's inputs in."""
+        if self.vnni:
+            return np.uint8 if self.lm.in_range[0] >= 0 else np.int8
+        return self.dtype
 
     def product(self, h: np.ndarray, g: int) -> np.ndarray:
         return kernels.int_matmul(h, self.w_t[g]) if self.dtype is np.int64 else h @ self.w_t[g]
@@ -45,7 +81,11 @@ class CompiledLayer:
             kernels.add_shifted(self.product(h, g), self.exps[g], self.variant, a)
         return a
 
-    def __call__(self, h, out_dtype, pres=None) -> np.ndarray:
+    def __call__(self, h, out_dtype, pres=None) -> np.ndarray | None:
+        """This layer's outputs in ``out_dtype``; None when (vnni path) an input falls outside
+        ``lm.in_range``."""
+        if self.vnni:
+            return self._vnni(h, out_dtype, pres)
         h = np.ascontiguousarray(h, dtype=self.dtype)
         out = np.empty((len(h), self.lm.n_out), dtype=out_dtype)
         if pres is not None:  # keep a for trace
@@ -59,24 +99,72 @@ class CompiledLayer:
         kernels.fused(y, e, rest, self.kind, self.bias, self.lm.theta, self.variant, out)
         return out
 
+    def _vnni(self, h, out_dtype, pres) -> np.ndarray | None:
+        if h.dtype.type not in NATIVE_INPUTS:
+            h = h.astype(np.int64)
+        h = np.ascontiguousarray(h)
+        n, m = len(h), self.lm.n_out
+        out = np.empty((n, m), dtype=out_dtype)
+        a = np.empty((n, m), np.int64) if pres is not None else NONE
+        lo, hi = self.lm.in_range
+        bad = vnni.run_blocks(kernels.vnni_blocks, n, h, lo, hi, self.offset, self.wpk, self.corr,
+                              self.exp_arr, self.kind, self.bias, self.lm.theta, self.variant,
+                              a, out)
+        if bad:
+            return None
+        if pres is not None:
+            pres.append(a)
+        return out
+
 
 class Emulator:
-    """``run(x_q)`` -> int64 scores; ``inputs(x_q)`` -> every layer's ``a`` (int64)."""
+    """``run(x_q)`` -> int64 scores; ``inputs(x_q)`` -> every layer's ``a`` (int64).
 
-    def __init__(self, mapping: Mapping, variant: str = "exact"):
+    ``use_vnni``: None uses the VNNI product wherever the CPU has it and a layer fits, False
+    never (float BLAS / int64 only: the pre-VNNI emulator), True requires a VNNI CPU."""
+
+    def __init__(self, mapping: Mapping, variant: str = "exact", use_vnni: bool | None = None):
         if variant not in kernels.VARIANTS:
             raise ValueError(f"unknown emulator variant {variant!r}")
+        if use_vnni and not vnni.available():
+            raise ValueError("use_vnni=True needs a CPU with AVX-512 VNNI (and Numba's JIT)")
         self.mapping = mapping
-        self.layers = [CompiledLayer(lm, kernels.VARIANTS[variant]) for lm in mapping.layers]
+        self.variant = kernels.VARIANTS[variant]
+        self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
+        self.layers = self._plan(self.use_vnni)
+        self._exact: list[CompiledLayer] | None = None if self.use_vnni else self.layers
 
-    def _out_dtype(self, i: int):
-        return self.layers[i + 1].dtype if i + 1 < len(self.layers) else np.int64
+    def _plan(self, use_vnni: bool) -> list[CompiledLayer]:
+        return [CompiledLayer(lm, self.variant, use_vnni) for lm in self.mapping.layers]
+
+    @property
+    def exact_layers(self) -> list[CompiledLayer]:
+        """The plan without VNNI: for inputs outside the format (made on first use)."""
+        if self._exact is None:
+            self._exact = self._plan(False)
+        return self._exact
+
+    @property
+    def report(self) -> list[str]:
+        """The product path of every layer: "vnni", "float32", "float64" or "int64"."""
+        return ["vnni" if c.vnni else c.dtype.__name__ for c in self.layers]
+
+    @staticmethod
+    def _forward(layers: list[CompiledLayer], x: np.ndarray, pres: list | None):
+        h = x
+        for i, c in enumerate(layers):
+            h = c(h, layers[i + 1].in_dtype if i + 1 < len(layers) else np.int64, pres)
+            if h is None:
+                return None
+        return h
 
     def _chunk(self, x: np.ndarray, pres: list | None) -> np.ndarray:
-        h = x
-        for i, c in enumerate(self.layers):
-            h = c(h, self._out_dtype(i), pres)
-        return h
+        out = self._forward(self.layers, x, pres)
+        if out is None:  # codes outside the input format: the paths proven for any code
+            if pres is not None:
+                pres.clear()
+            out = self._forward(self.exact_layers, x, pres)
+        return out
 
     def run(self, x_q: np.ndarray) -> np.ndarray:
         x_q = np.asarray(x_q)

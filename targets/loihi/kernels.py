@@ -4,12 +4,19 @@ graph computes (see ``spec.py`` for the step-by-step version and docs/loihi.md).
 ``variant`` selects a deliberately wrong arithmetic that only the tests use, to show that the
 Lava comparison catches it: 1 = right shifts truncate toward zero instead of flooring,
 2 = the LIF fires on ``v >= theta``, 3 = the LIF current does not wrap at 24 bits.
+
+``vnni_blocks`` runs a whole layer on AVX-512 VNNI where its groups and inputs fit 8 bits. It
+reuses the sim target's exact int8 product (``hwq_targets.sim.vnni``: block packing, the
+``vpdpbusd`` register tiles and the threaded driver) and adds the Loihi epilogue; this is the
+one place where the loihi backend imports a sibling backend's kernel module.
 """
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+
+from ..sim import vnni
 
 VARIANTS = {"exact": 0, "trunc": 1, "ge": 2, "nowrap": 3}
 U_WRAP = 2**23
@@ -93,3 +100,50 @@ def int_matmul(h, w_t):
                 for j in range(m):
                     out[i, j] += v * w_t[p, j]
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def vnni_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, variant, a_out,
+                out):
+    """The blocks of one layer that this thread claims (``vnni.run_blocks``): pack the codes
+    ``h`` (+ ``offset``) into u8 once, then per group ``g`` the exact int32 product with the
+    packed digits ``wpk[g]``, ``y = product + corr[g]`` (``corr = -offset * row sums``: the
+    exact ``D_g @ h``), ``a += shift(y, exps[g])``; then ``a`` into ``a_out`` (0 rows: skip)
+    and the neuron into ``out``. Returns how many codes fell outside ``[lo, hi]``."""
+    n = h.shape[0]
+    groups, m = wpk.shape[0], bias.shape[0]
+    block = vnni.BLOCK
+    a = np.zeros((block, wpk.shape[1] * 4), np.uint8)
+    c = np.empty((block, wpk.shape[2] // 4), np.int32)
+    s = np.empty((block, m), np.int64)
+    keep = a_out.shape[0] > 0
+    count = 0
+    nblocks = (n + block - 1) // block
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * block
+        rows = min(block, n - i0)
+        count += vnni.pack_rows(h, i0, rows, lo, hi, offset, a)
+        for g in range(groups):
+            vnni.product(a, wpk[g], c, rows)
+            e = exps[g]
+            first = g == 0
+            for r in range(rows):
+                for j in range(m):
+                    y = shifted(np.int64(c[r, j]) + corr[g, j], e, variant)
+                    s[r, j] = y if first else s[r, j] + y
+        for r in range(rows):
+            if keep:
+                for j in range(m):
+                    a_out[i0 + r, j] = s[r, j]
+            if kind == 0:
+                for j in range(m):
+                    out[i0 + r, j] = fire(s[r, j], bias[j], theta, variant)
+            elif kind == 1:
+                for j in range(m):
+                    out[i0 + r, j] = max(s[r, j] + bias[j], 0)
+            else:
+                for j in range(m):
+                    out[i0 + r, j] = s[r, j] + bias[j]

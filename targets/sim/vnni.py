@@ -13,6 +13,13 @@ The kernel copies 48 input rows into a u8 block, then a register tile of ``R`` r
 vectors of 16 outputs broadcasts four input bytes of a row and accumulates
 ``acc[r][v] += dot4(x[r, 4g:4g+4], W[16v:16v+16, 4g:4g+4])``. Bias, requantization and the
 activation follow in the same pass (``kernels.finish_rows``).
+
+Reuse. The pieces are public so that other backends build their own fused layers on the same
+exact product: ``run_blocks`` (the threaded driver), ``claim`` (a block index),
+``pack_rows`` (codes into the u8 block, counting codes out of range) and ``product`` (the
+int32 block product); a block worker combines them with its own epilogue. ``matmul`` is the
+plain exact product ``h @ W.T`` (int64). The loihi emulator
+(``hwq_targets.loihi.kernels.vnni_blocks``) imports this module for its 8-bit groups.
 """
 
 from __future__ import annotations
@@ -120,8 +127,11 @@ def _claim(typingctx, counter):
     return sig, codegen
 
 
-@nb.njit(cache=True)
-def _product(a, wpk, c, rows):
+claim = _claim  # public name for other modules' block workers
+
+
+@nb.njit(cache=True, nogil=True)
+def product(a, wpk, c, rows):
     """``c[:rows] = a[:rows] @ W.T`` (int32) for a packed block ``a`` of BLOCK rows."""
     groups = wpk.shape[0]
     lda, ldb, ldc = a.shape[1], wpk.shape[1], c.shape[1] * 4
@@ -148,11 +158,25 @@ def _product(a, wpk, c, rows):
 
 
 @nb.njit(cache=True, nogil=True)
+def pack_rows(h, i0, rows, lo, hi, offset, a):
+    """Rows ``i0 .. i0+rows`` of the codes ``h`` (any numeric dtype) into the u8 block ``a``
+    as ``code + offset``; returns how many codes fell outside ``[lo, hi]``."""
+    k = h.shape[1]
+    count = 0
+    for r in range(rows):
+        for p in range(k):
+            q = np.int64(h[i0 + r, p])  # truncates, as the reference reads codes
+            count += (q < lo) | (q > hi)
+            a[r, p] = np.uint8(q + offset)
+    return count
+
+
+@nb.njit(cache=True, nogil=True)
 def _blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut,
             lut_half, acc_out, out):
     """The blocks of ``layer`` that this thread claims from ``counter`` (dynamic scheduling:
     a thread the OS runs late takes fewer blocks); returns the out-of-range count."""
-    n, k = h.shape
+    n = h.shape[0]
     a = np.zeros((BLOCK, wpk.shape[0] * 4), np.uint8)
     c = np.empty((BLOCK, wpk.shape[1] // 4), np.int32)
     count = 0
@@ -163,14 +187,50 @@ def _blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_
             return count
         i0 = blk * BLOCK
         rows = min(BLOCK, n - i0)
-        for r in range(rows):
-            for p in range(k):
-                q = np.int64(h[i0 + r, p])  # truncates, as the reference reads codes
-                count += (q < lo) | (q > hi)
-                a[r, p] = np.uint8(q + offset)
-        _product(a, wpk, c, rows)
+        count += pack_rows(h, i0, rows, lo, hi, offset, a)
+        product(a, wpk, c, rows)
         kernels.finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half,
                             acc_out, out, i0)
+
+
+@nb.njit(cache=True, nogil=True)
+def _product_blocks(counter, h, lo, hi, offset, wpk, base, acc_out):
+    """Blocks of ``matmul``: ``acc_out = h @ W.T + base`` (int64), no epilogue."""
+    n, m = h.shape[0], acc_out.shape[1]
+    a = np.zeros((BLOCK, wpk.shape[0] * 4), np.uint8)
+    c = np.empty((BLOCK, wpk.shape[1] // 4), np.int32)
+    count = 0
+    nblocks = (n + BLOCK - 1) // BLOCK
+    while True:
+        blk = _claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * BLOCK
+        rows = min(BLOCK, n - i0)
+        count += pack_rows(h, i0, rows, lo, hi, offset, a)
+        product(a, wpk, c, rows)
+        for r in range(rows):
+            for j in range(m):
+                acc_out[i0 + r, j] = np.int64(c[r, j]) + base[j]
+
+
+def run_blocks(worker, n: int, *args) -> int:
+    """Run the Numba block worker ``worker(counter, *args)`` over ``n`` rows on
+    ``numba.get_num_threads()`` threads (the caller's among them), which claim blocks of
+    BLOCK rows from one atomic counter (``claim``), so a thread that the OS schedules late
+    simply takes fewer blocks. Returns the sum of the workers' results (out-of-range counts).
+
+    This is the driver of every VNNI kernel: sim's fused layer (``layer``), the plain product
+    (``matmul``) and the loihi emulator's (``hwq_targets.loihi.kernels.vnni_blocks``). A
+    worker packs its rows with ``pack_rows``, multiplies with ``product`` and applies its own
+    epilogue to the int32 block."""
+    counter = np.zeros(1, np.int64)
+    helpers = min(nb.get_num_threads(), -(-n // BLOCK)) - 1
+    if helpers <= 0:
+        return int(worker(counter, *args))
+    futures = [_pool().submit(worker, counter, *args) for _ in range(helpers)]
+    bad = worker(counter, *args)
+    return int(bad + sum(f.result() for f in futures))
 
 
 def layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half,
@@ -179,19 +239,25 @@ def layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, l
     into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
     skip it; ``base = bias - offset * sum_i W[:, i]`` undoes the u8 offset. Returns how many
     codes fell outside ``[lo, hi]`` (their rows are then wrong and the caller must use an exact
-    fallback).
+    fallback)."""
+    return run_blocks(_blocks, h.shape[0], h, lo, hi, offset, wpk, base, mult, half, shift,
+                      mode, act_max, lut, lut_half, acc_out, out)
 
-    ``numba.get_num_threads()`` threads (the caller's among them) claim blocks of rows from
-    one atomic counter, so a thread that the OS schedules late simply takes fewer blocks."""
-    args = (h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half,
-            acc_out, out)
-    counter = np.zeros(1, np.int64)
-    helpers = min(nb.get_num_threads(), -(-h.shape[0] // BLOCK)) - 1
-    if helpers <= 0:
-        return int(_blocks(counter, *args))
-    futures = [_pool().submit(_blocks, counter, *args) for _ in range(helpers)]
-    bad = _blocks(counter, *args)
-    return int(bad + sum(f.result() for f in futures))
+
+def matmul(h: np.ndarray, weight: np.ndarray, lo: int, hi: int,
+           wpk: np.ndarray | None = None) -> np.ndarray | None:
+    """The plain exact product ``h @ weight.T`` (int64) for codes ``h`` (N, K; any numeric
+    dtype, integer-valued) that ``fits(weight, lo, hi)`` proves exact; ``wpk`` is
+    ``pack_weights(weight)`` if already made. None when a code falls outside ``[lo, hi]``."""
+    offset = input_offset(lo, hi)
+    if not fits(weight, lo, hi):
+        raise ValueError("vnni.matmul: weights or code range outside the exact int8 bound")
+    wpk = pack_weights(weight) if wpk is None else wpk
+    base = -offset * np.asarray(weight, np.int64).sum(axis=1)
+    out = np.empty((h.shape[0], weight.shape[0]), np.int64)
+    bad = run_blocks(_product_blocks, h.shape[0], np.ascontiguousarray(h), lo, hi, offset, wpk,
+                     base, out)
+    return None if bad else out
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
