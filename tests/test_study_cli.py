@@ -137,8 +137,12 @@ def test_reproduce_quick_on_spirals(tmp_path, capsys):
     assert len(list(out.glob("sweep-quick-spiral-limit200.h5"))) == 1
 
 
-def test_reproduce_rejects_a_file_as_folder(tmp_path, capsys):
+def test_reproduce_bad_input(tmp_path, capsys):
     check_bad(capsys, ["reproduce", "-o", tmp_path / "x.h5"], tmp_path / "x.h5")
+    check_bad(capsys, ["reproduce", "--data", "nosuch", "-o", tmp_path / "out"],
+              tmp_path / "out")
+    check_bad(capsys, ["reproduce", "--data", f"mnist:{tmp_path / 'none'}", "-o",
+                       tmp_path / "out"], tmp_path / "out")
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("sweep*.py")))

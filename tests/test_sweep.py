@@ -194,21 +194,26 @@ def _wait_for_cells(out: Path, proc: subprocess.Popen, count: int, timeout: floa
 
 
 @pytest.mark.slow
-def test_kill_9_mid_sweep_then_resume(reference, tmp_path):
+def test_kill_9_mid_sweep_then_resume(tmp_path):
+    """kill -9 of a real `hwq sweep` mid-run, then the same command: the file equals that of
+    an uninterrupted run. Longer training (1000 epochs) keeps the kill inside the sweep."""
+    longer = ["--epochs", "1000", "--patience", "1000"]
     out = tmp_path / "killed.h5"
-    proc = _hwq_sweep(out, "--workers", "1")
+    proc = _hwq_sweep(out, "--workers", "1", *longer)
     _wait_for_cells(out, proc, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert Path(f"{out}.cells").is_dir()  # interrupted: the journal is still there
-    done = read_sweep(out) if out.exists() else None
-    assert done is None or not done.attrs["complete"]
-    proc = _hwq_sweep(out, "--workers", "1", "--json")
+    assert not out.exists() or not read_sweep(out).attrs["complete"]
+    proc = _hwq_sweep(out, "--workers", "1", "--json", *longer)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert '"resumed": ' in stdout and '"resumed": 0' not in stdout
-    assert content_digest(out) == content_digest(reference)
+    uninterrupted = tmp_path / "uninterrupted.h5"
+    proc = _hwq_sweep(uninterrupted, "--workers", "2", *longer)
+    assert proc.communicate(timeout=300) and proc.returncode == 0
+    assert content_digest(out) == content_digest(uninterrupted)
 
 
 @pytest.mark.slow

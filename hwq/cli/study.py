@@ -189,6 +189,7 @@ def reproduce(
 ):
     """Reproduce the paper's figures end to end: sweep, then report (resumable)."""
     from hwq.report import write_report
+    from hwq.sweep_cell import dataset
     from hwq.sweep_protocols import protocol
 
     proto = protocol(data_specs, full, limit=limit)
@@ -196,6 +197,8 @@ def reproduce(
         raise UsageError(f"-o {output} should be a folder, not a file")
     if not output.parent.exists():
         raise UsageError(f"output folder {output.parent} does not exist")
+    for spec in proto.spec.data:  # bad data fails before the folder exists (loads are cached)
+        dataset(spec, proto.spec.data_seed, proto.spec.attack.limit)
     output.mkdir(exist_ok=True)
     sweep_file = output / proto.file_name
     if not as_json:
