@@ -37,7 +37,12 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; 
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   EXTRAS="test"
   "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' && EXTRAS="test,loihi"
-  "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" -c 'import hwq' || { echo "bootstrap: installation failed" >&2; exit 1; }
+  if ! "$VENV/bin/python" -m pip install -e ".[$EXTRAS]" > "$VENV/install.log" 2>&1 \
+     || ! "$VENV/bin/python" -c 'import hwq'; then
+    tail -n 30 "$VENV/install.log" >&2
+    echo "bootstrap: installation failed (full log: $VENV/install.log)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installed hwq with extras [$EXTRAS]" >&2
   echo "$WANT" > "$STAMP"
 fi

@@ -89,7 +89,12 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     # layer directly), need one scale for the whole row vector
     codes, w_scale, on_grid = weight_codes(affine, settings, last or act == "identity")
     acc_unit = in_fmt_scale * w_scale
-    bias = np.rint(affine.bias / acc_unit).astype(np.int64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        bias_codes = np.rint(affine.bias / acc_unit)
+    if not np.all(np.abs(bias_codes) < 2.0**62):
+        raise InvalidModelError(f"layer {index}: a bias does not fit the 64-bit accumulator",
+                                hint="the weight or input scale is too small for this bias")
+    bias = bias_codes.astype(np.int64)
     name = f"layer{index}"
     w_err = float(np.max(np.abs(codes * w_scale[:, None] - affine.weight), initial=0))
     b_err = float(np.max(np.abs(bias * acc_unit - affine.bias), initial=0))

@@ -61,13 +61,20 @@ class LayerMap:
 
     def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per neuron, the smallest and largest ``a`` any input in ``in_range`` can give."""
-        lo, hi = self.in_range
-        a_lo = np.zeros(self.n_out, np.int64)
-        a_hi = np.zeros(self.n_out, np.int64)
-        for s in self.sets:
-            a_hi += shift(np.maximum(s.digits * lo, s.digits * hi).sum(axis=1), s.exp)
-            a_lo += shift(np.minimum(s.digits * lo, s.digits * hi).sum(axis=1), s.exp)
-        return a_lo, a_hi
+        return sum_bounds(self.sets, self.in_range)
+
+
+def sum_bounds(sets, in_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron, the smallest and largest ``a = sum_s shift(D_s @ h, E_s)`` over inputs in
+    ``in_range``."""
+    lo, hi = in_range
+    n = sets[0].digits.shape[0]
+    a_lo = np.zeros(n, np.int64)
+    a_hi = np.zeros(n, np.int64)
+    for s in sets:
+        a_hi += shift(np.maximum(s.digits * lo, s.digits * hi).sum(axis=1), s.exp)
+        a_lo += shift(np.minimum(s.digits * lo, s.digits * hi).sum(axis=1), s.exp)
+    return a_lo, a_hi
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +152,9 @@ class LayerPlan:
         if fitted is None:
             return None
         sets, k = fitted
-        mant, exp, vth = (self.lif_bias(r) if self.kind == "lif" else self.sd_bias(r))
+        bounds = sum_bounds(sets, self.in_range)
+        mant, exp, vth = (self.lif_bias(r, bounds) if self.kind == "lif"
+                          else self.sd_bias(r, bounds))
         return LayerMap(self.kind, tuple(sets), mant, exp, vth, self.unit0 * 2.0**r,
                         self.in_bits, self.in_range, r, k)
 
@@ -159,43 +168,129 @@ class LayerPlan:
         out = np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias))
         return int(max(top.max(initial=0), out.max(initial=0))) <= self.limits.state_max
 
-    def lif_bias(self, r: int):
+    def lif_bias(self, r: int, bounds):
         """Offsets ``c`` such that ``a + c > 0`` best matches ``W h + bias > 0`` for floored
-        ``a``, realised as ``b = bias_mant * 2^bias_exp`` and a shared threshold ``vth``."""
+        ``a``, realised as ``b = bias_mant * 2^bias_exp`` and a shared threshold ``vth``.
+        Where ``a`` cannot wrap, a neuron that fires for every input (``c >= 1 - a_lo``) or
+        for none (``c <= -a_hi``) accepts any offset beyond that bound (``lif_offsets``)."""
         y_star = np.floor(-self.bias0) + 1  # smallest W @ h that should fire
-        c = 1 - round_half_up(y_star / 2.0**r)
-        vmax = 2**self.limits.lif_vth_bits - 1
-        mmax = 2 ** (self.limits.lif_bias_mant_bits - 1)
-        vth = int(min(max(0, -int(c.min(initial=0)) - mmax), vmax))
-        t = c + vth
-        near = (t >= -mmax) & (t < mmax)
-        mant = np.clip(np.where(near, t, t // 2), -mmax, mmax - 1)
-        exp = np.where(near, 6, 7)
-        c_real = -np.floor(vth - (mant << exp) / 64.0).astype(np.int64)
-        self.record_bias(c_real, c, "LIF bias/threshold out of range (offset clipped)")
-        return mant.astype(np.int64), exp.astype(np.int64), vth
+        c = (1 - round_half_up(y_star / 2.0**r)).astype(np.int64)
+        a_lo, a_hi = bounds
+        lo, hi = c.copy(), c.copy()
+        top = int(np.maximum(np.abs(a_lo), np.abs(a_hi)).max(initial=0))
+        if top <= self.limits.lif_input_max:  # no wrap: decisions depend on c only in range
+            on, off = c >= 1 - a_lo, c <= -a_hi
+            lo = np.where(on, 1 - a_lo, np.where(off, -BIG, c))
+            hi = np.where(off, -a_hi, np.where(on, BIG, c))
+        mant, exp, vth, err, clipped = lif_offsets(c, lo, hi, self.limits)
+        self.inexact = bool((err > 0).any())
+        if clipped.any():
+            self.note("LIF bias/threshold out of range (offset clipped)",
+                      neurons=int(clipped.sum()), max_error=float(err.max()))
+        rounded = (err > 0) & ~clipped
+        if rounded.any():
+            self.note("LIF offset rounded to the bias_exp grid", neurons=int(rounded.sum()),
+                      max_error=float(err[rounded].max()))
+        return mant, exp, vth
 
-    def sd_bias(self, r: int):
-        """``B`` nearest to the sim bias, with half a unit added when sums are floored."""
+    def sd_bias(self, r: int, bounds):
+        """``B`` nearest to the sim bias, with half a unit added when sums are floored. A ReLU
+        whose ``a + B <= 0`` for every input may take any ``B <= -a_hi`` (it never passes)."""
         ideal = self.bias0 / 2.0**r + (0.5 * (1 - 2.0**-r))
         b = round_half_up(ideal)
+        if self.kind == "relu":
+            dead = b <= -bounds[1]
+            b = np.where(dead, np.maximum(b, -bounds[1]), b)
         mmax = 2 ** (self.limits.sd_bias_bits - 1) - 1
         top = int(np.abs(b).max(initial=0))
-        e = 0 if top <= mmax else min(math.ceil(math.log2(top / mmax)), self.limits.sd_bias_exp[1])
+        e_lo, e_hi = self.limits.sd_bias_exp
+        e = e_lo if top <= mmax << e_lo else min(max(e_lo, math.ceil(math.log2(top / mmax))),
+                                                 e_hi)
         mant = np.clip(round_half_up(b / 2.0**e), -mmax, mmax)
-        self.record_bias(mant << e, b, "SigmaDelta bias out of range (clipped)")
+        err = np.abs((mant << e) - b)
+        clipped = np.abs(b) > (mmax << e) + (1 << e) // 2
+        self.inexact = bool(clipped.any())
+        if clipped.any():
+            self.note("SigmaDelta bias out of range (clipped)", neurons=int(clipped.sum()),
+                      max_error=float(err.max()))
+        rounded = (err > 0) & ~clipped
+        if rounded.any():
+            self.note("SigmaDelta bias rounded to spike_exp", neurons=int(rounded.sum()),
+                      spike_exp=e, max_error=float(err[rounded].max()))
         return mant, np.full(len(b), e, np.int64), 0
 
-    def record_bias(self, realised, wanted, clip_note):
-        off = realised != wanted
-        if off.any():
-            self.note(clip_note, neurons=int(off.sum()),
-                      max_error=float(np.abs(realised - wanted).max()))
+
+BIG = 2**62  # an open end of a tolerance interval
+
+
+def lif_encodings(limits: Limits) -> list[tuple[int, int, int, int]]:
+    """``(step, t_min, t_max, bias_exp)`` per usable bias exponent, finest step first: the
+    offsets ``t = b / 2^6`` (units of ``a``) that ``b = bias_mant * 2^bias_exp`` realises."""
+    a6 = limits.act_shift
+    mmax = 2 ** (limits.lif_bias_mant_bits - 1)
+    best: dict[int, tuple[int, int, int, int]] = {}
+    for e in range(limits.lif_bias_exp[0], limits.lif_bias_exp[1] + 1):
+        if e >= a6:
+            step = 2 ** (e - a6)
+            enc = (step, -mmax * step, (mmax - 1) * step, e)
+        else:
+            enc = (1, -(mmax >> (a6 - e)), (mmax - 1) >> (a6 - e), e)
+        if enc[0] not in best or enc[2] - enc[1] > best[enc[0]][2] - best[enc[0]][1]:
+            best[enc[0]] = enc
+    return [best[k] for k in sorted(best)]
+
+
+def lif_offsets(c, lo, hi, limits: Limits):
+    """Encode per-neuron offsets ``c`` (any value in ``[lo, hi]`` gives the same decisions) as
+    ``bias_mant``, ``bias_exp`` and one ``vth``: the neuron fires iff ``a + c' > 0`` with
+    ``c' = t - vth``, ``t = bias_mant * 2^(bias_exp - 6)``. ``vth`` is the smallest that puts
+    every interval inside the finest grid's range (else inside the union of all grids); each
+    neuron then takes the grid value nearest ``c + vth`` within its interval. Returns
+    ``mant, exp, vth, err, clipped``: ``err`` is how far ``c'`` lies outside ``[lo, hi]``,
+    ``clipped`` where no grid value could reach the interval at all."""
+    encs = lif_encodings(limits)
+    vmax = 2**limits.lif_vth_bits - 1
+    f0, f1 = encs[0][1], encs[0][2]
+    u0, u1 = min(e[1] for e in encs), max(e[2] for e in encs)
+
+    def vth_for(t0, t1):
+        v_lo = max(0, int((t0 - hi).max(initial=0)))
+        v_hi = min(vmax, int((t1 - lo).min(initial=vmax)))
+        return v_lo if v_lo <= v_hi else None
+
+    vth = vth_for(f0, f1)
+    if vth is None:
+        vth = vth_for(u0, u1)
+    if vth is None:  # last resort: the lowest thresholds at the bottom of the range
+        vth = int(min(max(0, int((u0 - np.minimum(hi, c)).max(initial=0))), vmax))
+    tl, th = lo + vth, hi + vth
+    goal = np.clip(np.clip(c + vth, f0, f1), tl, th)
+    best_err = np.full(len(c), BIG, np.int64)
+    best_d = np.full(len(c), BIG, np.int64)
+    mant = np.zeros(len(c), np.int64)
+    exp = np.zeros(len(c), np.int64)
+    a6 = limits.act_shift
+    for step, t_min, t_max, e in encs:
+        for m in (np.floor_divide(goal, step), -np.floor_divide(-goal, step)):
+            m = np.clip(m, t_min // step, t_max // step)
+            t = m * step
+            err = np.maximum(np.maximum(tl - t, t - th), 0)
+            d = np.abs(t - goal)
+            better = (err < best_err) | ((err == best_err) & (d < best_d))
+            raw = m if e >= a6 else m << (a6 - e)
+            mant, exp = np.where(better, raw, mant), np.where(better, e, exp)
+            best_err, best_d = np.where(better, err, best_err), np.where(better, d, best_d)
+    realised = -np.floor(vth - (mant << exp) / 64.0).astype(np.int64)
+    err = np.maximum(np.maximum(lo - realised, realised - hi), 0)
+    clipped = (err > 0) & ((th < u0) | (tl > u1))
+    return mant.astype(np.int64), exp.astype(np.int64), int(vth), err, clipped
 
 
 def plan_layer(plan: LayerPlan, forced: int | None, start: int | None = None) -> LayerMap:
     """The layer at shift ``forced``, or at the smallest shift from ``start`` (default: the
-    requested one) that fits the limits."""
+    requested one) that fits the limits and represents the bias/threshold offsets without
+    clipping (LIF: exactly). If no shift does, the smallest that fits, with its clipping
+    reported."""
     if forced is not None:
         lm = plan.build(int(forced))
         if lm is None:
@@ -203,14 +298,27 @@ def plan_layer(plan: LayerPlan, forced: int | None, start: int | None = None) ->
                              f"{plan.limits.weight_exp[1]}", hint="use a larger shift")
         return lm
     r0 = plan.requested_shift() if start is None else start
+    first = None
     for r in range(r0, MAX_SHIFT):
         lm = plan.build(r)
-        if lm is not None and plan.fits(lm):
-            if r > r0 and start is None:
-                plan.note("shift raised to fit the 24-bit state and int32 sums", requested=r0,
-                          shift=r)
-            return lm
-    raise LimitError(f"layer {plan.index}: no shift up to {MAX_SHIFT} fits Loihi's limits")
+        if lm is None or not plan.fits(lm):
+            continue
+        if first is None:
+            first = (lm, list(plan.notes))
+        if not plan.inexact:
+            break
+    else:
+        if first is None:
+            raise LimitError(f"layer {plan.index}: no shift up to {MAX_SHIFT} fits Loihi's limits")
+        lm, plan.notes = first
+    r_state = first[0].shift
+    if r_state > r0 and start is None:
+        plan.note("shift raised to fit the 24-bit state and int32 sums", requested=r0,
+                  shift=r_state)
+    if lm.shift > r_state:
+        plan.note("shift raised to represent the bias/threshold offsets", from_shift=r_state,
+                  shift=lm.shift)
+    return lm
 
 
 def int32_ok(lm: LayerMap) -> bool:
