@@ -4,10 +4,10 @@ The 784-100-10 MLP (random weights, relu hidden layer, 4-bit narrow weights, 8-b
 activations and inputs) is attacked with FGSM at 101 epsilons on 10,000 random inputs: 1.01 M
 integer forward passes, in the chunks ``hwq.attack.attack`` uses.
 
-* ``sim attack``: ``perturb_quantize`` (float32 codes, as the attack makes them) + sim
-  ``forward`` + ``decide``, timed together;
+* ``sim attack``: ``perturb_quantize`` (uint8 codes, the container ``hwq.attack`` makes for
+  8-bit inputs) + sim ``forward`` + ``decide``, timed together;
 * ``sim forward``: the same, timing ``forward`` + ``decide`` alone;
-* ``sim attack u8``: ``perturb_quantize`` into uint8 codes (a quarter of the memory traffic)
+* ``sim attack f32``: ``perturb_quantize`` into float32 codes (four times the memory traffic)
   + ``forward`` + ``decide``;
 * ``ort forward``: the graph of ``hwq.onnx_export`` on the same codes fed as uint8 (its native
   input), timing ``session.run`` alone; ``ort attack`` adds ``perturb_quantize`` into uint8;
@@ -18,7 +18,7 @@ Every repeat checks that sim and onnxruntime decide identically on all 1.01 M in
 first chunk's scores must be equal in sim, onnxruntime and the reference. Medians over
 ``--repeats``; peak memory is the process's maximum resident set. The last line is
 ``sim_vs_onnxruntime=<sim attack passes/s / ort attack passes/s>``: each engine makes its
-codes the way it is fed (sim: float32, as ``hwq.attack`` does; onnxruntime: uint8) and runs.
+codes the way it is fed (both: uint8, as ``hwq.attack`` does) and runs.
 
     python benchmarks/bench_sim.py [--inputs 10000] [--epsilons 101] [--repeats 5] [--threads 2]
 """
@@ -37,7 +37,7 @@ import onnxruntime as ort
 
 import hwq
 from hwq import ir, reference
-from hwq.attack import CHUNK_ELEMENTS, perturb_quantize
+from hwq.attack import CHUNK_ELEMENTS, code_dtype, perturb_quantize
 from hwq.epsilons import check_epsilons
 from hwq.gradients import SurrogateGradient
 from hwq.onnx_export import export_onnx
@@ -73,7 +73,7 @@ class Workload:
         return out
 
 
-def run_sim(work: Workload, program, dtype=np.float32):
+def run_sim(work: Workload, program, dtype):
     """(seconds perturb+forward+decide, seconds forward+decide, decisions) with the codes
     made as ``dtype`` (float32: what ``hwq.attack`` makes)."""
     total = fwd = 0.0
@@ -185,14 +185,15 @@ def main(argv=None) -> None:
     checked = check_first_chunk(work, program, session)  # also compiles every kernel
     print(f"scores identical in sim, onnxruntime and reference on {checked:,} passes")
 
-    names = ("sim attack", "sim forward", "sim attack u8", "ort attack", "ort forward", "hwq.attack")
+    names = ("sim attack", "sim forward", "sim attack f32", "ort attack", "ort forward", "hwq.attack")
+    attack_dtype = code_dtype(net.input)  # the container hwq.attack makes (uint8 here)
     times = {k: [] for k in names}
     busy0, own0, wall0 = *busy_cpu_seconds(), time.perf_counter()
     for _ in range(args.repeats):
-        total, fwd, sim_dec = run_sim(work, program)
+        total, fwd, sim_dec = run_sim(work, program, attack_dtype)
         times["sim attack"].append(total)
         times["sim forward"].append(fwd)
-        times["sim attack u8"].append(run_sim(work, program, np.uint8)[0])
+        times["sim attack f32"].append(run_sim(work, program, np.float32)[0])
         total, fwd, ort_dec = run_ort(work, session)
         times["ort attack"].append(total)
         times["ort forward"].append(fwd)
@@ -211,7 +212,7 @@ def main(argv=None) -> None:
           f"({args.reference_inputs * args.epsilons:,} passes, extrapolated)")
     print(f"sim forward / onnxruntime forward: {rates['sim forward'] / rates['ort forward']:.2f}x; "
           f"sim attack / ort attack: {rates['sim attack'] / rates['ort attack']:.2f}x; "
-          f"sim attack u8 / ort attack: {rates['sim attack u8'] / rates['ort attack']:.2f}x; "
+          f"sim attack f32 / ort attack: {rates['sim attack f32'] / rates['ort attack']:.2f}x; "
           f"sim attack / numpy reference: {rates['sim attack'] / ref_rate:.0f}x")
     other = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
     print(f"other processes used {other:.2f} of {os.cpu_count()} CPUs during the timed runs")
