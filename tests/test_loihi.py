@@ -71,6 +71,22 @@ def random_net(rng, n_in, hidden, acts, top, sign="mixed", input_bits=8, signed=
     return make_net(layers, input_bits, signed, output)
 
 
+def big_bias_net(rng, act="step", n_in=2, hidden=40, top=15):
+    """A spiral-like network on 16-bit signed inputs whose biases span the whole sum range
+    (some neurons always or never fire): the offsets outgrow the LIF bias and threshold at
+    the shift the 24-bit state alone would need."""
+    reach = top * 2**15 * n_in
+    w = rng.integers(-top, top + 1, (hidden, n_in))
+    bias = rng.integers(-reach, reach + 1, hidden)
+    bias[:4] = [reach, -reach, reach // 2, -reach // 2]
+    acc_scale = 0.01 / 2**15
+    out_scale = acc_scale * reach / 2**7 if act == "relu" else 1.0
+    layers = [make_layer(w, bias, act, 1.0 / 2**15, out_scale),
+              make_layer(rng.integers(-7, 8, (3, hidden)), rng.integers(-20, 21, 3), "identity",
+                         out_scale if act == "relu" else 1.0)]
+    return make_net(layers, 16, signed=True)
+
+
 def codes(rng, net, n):
     """Random input codes plus the extremes of the input range."""
     fmt = net.input
@@ -191,6 +207,43 @@ def test_threshold_is_strict():
     assert (acc == 0).any()
     z = program.trace(x)[0]
     assert ((z > 0) == (acc > 0)).all()
+
+
+@pytest.mark.parametrize("act", ["step", "relu"])
+def test_large_biases_on_16bit_inputs_are_not_clipped(act):
+    """16-bit signed inputs, biases across the whole sum range: the shift is raised until the
+    bias/threshold offset is representable instead of clipping it, and the decisions of the
+    hidden layer match hwq's ``acc > 0`` (step) to within the floor's precision."""
+    rng = np.random.default_rng(5)
+    net = big_bias_net(rng, act)
+    program = LOIHI.compile(net)
+    whats = [a["what"] for a in program.report["adjustments"]]
+    assert not any("clipped" in w for w in whats), whats
+    lm = program.mapping.layers[0]
+    x = codes(rng, net, 4000)
+    assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()
+    acc = x @ net.layers[0].weight.T + net.layers[0].bias
+    z = program.trace(x)[0]
+    if act == "step":
+        assert "shift raised to represent the bias/threshold offsets" in whats
+        assert lm.shift > 3  # the 24-bit state alone needs 3; the offsets need more
+        assert ((z > 0) == (acc > 0)).mean() >= 0.999
+        # the neurons that always (never) fire still always (never) fire
+        assert (z[:, [0, 2]] > 0).all() and (z[:, [1, 3]] <= 0).all()
+    else:
+        assert ((z > 0) == (acc > 0)).mean() >= 0.99
+    sim = get_target("sim").compile(net)
+    assert compare_programs(sim, program, x)["decisions_differ_fraction"] <= 0.01
+
+
+def test_offset_clipping_is_the_last_resort():
+    """A forced shift too small for the offsets still maps, with the clipping reported."""
+    net = big_bias_net(np.random.default_rng(5))
+    program = LOIHI.compile(net, shifts=[3, 0])
+    assert any(a["what"] == "LIF bias/threshold out of range (offset clipped)"
+               for a in program.report["adjustments"])
+    x = codes(np.random.default_rng(6), net, 300)
+    assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()
 
 
 def test_sigmoid_is_refused_with_a_hint():

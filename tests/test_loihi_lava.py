@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from hwq_targets.loihi import Limits, LoihiProgram
 from hwq_targets.loihi.lavanet import run_lava
-from test_loihi import LOIHI, codes, equality_net, onnx_net, random_net, wrap_net
+from test_loihi import (LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net,
+                        wrap_net)
 
 from hwq.reference import quantize_input
 
@@ -62,6 +63,12 @@ def signed(rng):
             for act in ("step", "relu")]
 
 
+def signed16(rng):
+    """16-bit signed inputs with biases across the whole sum range (offsets not clipped)."""
+    return [(f"signed16-bigbias-{act}", LOIHI.compile(big_bias_net(rng, act)))
+            for act in ("step", "relu")]
+
+
 def run_group(cases, x):
     out = []
     for start in range(0, len(cases), PER_RUN):
@@ -75,7 +82,8 @@ def run_group(cases, x):
 def sweep():
     rng = np.random.default_rng(2024)
     unsigned = bit_sweep(rng) + special(rng)
-    groups = [unsigned, signed(rng), [("equality", LOIHI.compile(equality_net()))]]
+    groups = [unsigned, signed(rng), signed16(rng),
+              [("equality", LOIHI.compile(equality_net()))]]
     results = []
     for cases in groups:
         results.extend(run_group(cases, codes(rng, cases[0][1].net, 16)))
@@ -94,7 +102,12 @@ def test_lava_equals_emulator(sweep):
 @pytest.mark.slow
 def test_sweep_covers_the_hard_cases(sweep):
     names = {name for name, *_ in sweep}
-    assert {"forced-wrap", "equality", "signed-relu", "uniform-16bit", "sign-output"} <= names
+    assert {"forced-wrap", "equality", "signed-relu", "uniform-16bit", "sign-output",
+            "signed16-bigbias-step", "signed16-bigbias-relu"} <= names
+    big = next(p for name, p, *_ in sweep if name == "signed16-bigbias-step")
+    assert not any("clipped" in a["what"] for a in big.report["adjustments"])
+    assert big.mapping.layers[0].vth > 0 or (big.mapping.layers[0].bias_exp == 7).any() \
+        or np.abs(big.mapping.layers[0].bias_mant).max() > 1000  # large offsets really in Lava
     wrap = next(p for name, p, *_ in sweep if name == "forced-wrap")
     x = next(x for name, _, x, _ in sweep if name == "forced-wrap")
     a = wrap.emulator.inputs(x)[0]

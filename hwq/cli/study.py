@@ -217,7 +217,7 @@ def reproduce(
     for data, by_target in out["critical"].items():
         for target, by_act in by_target.items():
             for act, defs in by_act.items():
-                mv = defs["min-variance"]
-                typer.echo(f"  critical strength {data}/{target}/{act}: "
-                           + (f"{mv['eps_linf']:g} (l2 {mv['eps_l2']:.3g})" if mv else "none"))
+                parts = [f"{name} " + (f"{d['eps_linf']:.3g} (l2 {d['eps_l2']:.3g})" if d else "none")
+                         for name, d in defs.items()]
+                typer.echo(f"  critical strength {data}/{target}/{act}: " + "; ".join(parts))
     typer.echo(f"figures: {output}/fig*.png  report: {out['report']}  sweep: {sweep_file}")
