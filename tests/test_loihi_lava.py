@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from hwq_targets.loihi import Limits, LoihiProgram
 from hwq_targets.loihi.lavanet import run_lava
-from test_loihi import (LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net,
-                        wrap_net)
+from test_loihi import LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net, wrap_net
 
 from hwq.reference import quantize_input
 

@@ -5,11 +5,14 @@ accumulator steps), the synapse groups (``synapses.py``) and the neuron paramete
 
 * ``lif`` (step): ``LIFReset`` reset every step. ``v = sat(wrap(a * 2^6) + b)``, spike iff
   ``v > vth * 2^6``. ``r`` is the smallest shift for which ``|a| <= 2^17 - 1`` over every
-  possible input, so ``u`` never wraps (unless ``shifts=`` forces a smaller one).
+  possible input, so ``u`` never wraps (unless ``shifts=`` forces a smaller one), raised
+  further until the bias/threshold offsets are exact (``lif_offsets``); clipping them is the
+  last resort.
 * ``relu`` / ``identity``: ``SigmaDelta`` (RELU / UNIT) whose sigma sees ``a`` afresh every
   step; ``act = max(a + B, 0)`` or ``a + B``. A hidden ReLU's ``r`` approximates hwq's
   requantization ``M / 2^S`` by a power of two, traded against weight rounding in this layer
-  and the next (``hidden_relu``); every ``r`` is raised if the 24-bit state would overflow.
+  and the next (``hidden_relu``); every ``r`` is raised if the 24-bit state would overflow
+  or the bias ``B`` would clip.
 
 Every place where this rounds or clips is recorded in ``Mapping.adjustments``.
 """
