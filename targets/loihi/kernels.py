@@ -17,6 +17,7 @@ import numba as nb
 import numpy as np
 
 from ..sim import vnni
+from ..sim.kernels import int_matmul  # noqa: F401  (the exact int64 product, shared)
 
 VARIANTS = {"exact": 0, "trunc": 1, "ge": 2, "nowrap": 3}
 U_WRAP = 2**23
@@ -85,21 +86,6 @@ def fused(y, e, rest, kind, bias, theta, variant, out):
                 out[i, j] = max(a + bias[j], 0)
             else:
                 out[i, j] = a + bias[j]
-
-
-@nb.njit(parallel=True, cache=True)
-def int_matmul(h, w_t):
-    """Exact int64 product for groups whose bound rules out float BLAS."""
-    n, k = h.shape
-    m = w_t.shape[1]
-    out = np.zeros((n, m), dtype=np.int64)
-    for i in nb.prange(n):
-        for p in range(k):
-            v = np.int64(h[i, p])
-            if v != 0:
-                for j in range(m):
-                    out[i, j] += v * w_t[p, j]
-    return out
 
 
 @nb.njit(cache=True, nogil=True)
