@@ -9,7 +9,6 @@ name and renamed, so a reader never sees half a file.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from hwq import ir, qnet
 from hwq.errors import FileFormatError
+from hwq.fileio import atomic_path
 
 TYPES: dict[str, type] = {
     cls.__name__: cls
@@ -87,16 +87,9 @@ def plain(value, annotation):
 
 @contextmanager
 def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
-    """Open ``path.tmp-<pid>`` for writing and rename it over ``path`` only on success."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Open a temporary HDF5 file for writing and rename it over ``path`` only on success."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def open_checked(path: str | Path, kind: str, versions: tuple[int, ...]) -> h5py.File:

@@ -23,7 +23,6 @@ Graph optimizations do not matter for these ops (tests run onnxruntime with
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwq import __version__
 from hwq.errors import InvalidModelError
+from hwq.fileio import atomic_write_bytes
 from hwq.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 
 OPSET = 17
@@ -271,11 +271,5 @@ def export_onnx(net: QuantizedNetwork) -> onnx.ModelProto:
 def save_onnx(net: QuantizedNetwork, path: str | Path) -> Path:
     """Export ``net`` to ``path`` atomically (a temporary file beside it, then a rename)."""
     path = Path(path)
-    data = export_onnx(net).SerializeToString()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, export_onnx(net).SerializeToString())
     return path

@@ -7,8 +7,6 @@ the target folder and moved into place with ``os.replace``, so a reader never se
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +16,7 @@ from matplotlib.figure import Figure
 
 from hwq.analysis import geometry
 from hwq.errors import UsageError
+from hwq.fileio import atomic_path
 
 
 def _figure(ncols: int = 1, width: float = 4.5, height: float = 3.6):
@@ -30,15 +29,8 @@ def save_png(fig: Figure, path) -> Figure:
     """Write ``fig`` to ``path`` atomically (temporary file + os.replace); None writes nothing."""
     if path is None:
         return fig
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return fig
 
 

@@ -124,7 +124,8 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
         grid_z = (np.arange(2 * half) - half) * 2.0**-8
         lut = np.rint(activations.sigmoid(grid_z) * levels).astype(np.int64)
         out_scale = 1.0 / levels
-        reports.append(TensorReport(f"{name}.sigmoid", f"LUT 2^{SIGMOID_INDEX_BITS} -> u{settings.act_bits}", 2.0**-9, 0, False))
+        lut_format = f"LUT 2^{SIGMOID_INDEX_BITS} -> u{settings.act_bits}"
+        reports.append(TensorReport(f"{name}.sigmoid", lut_format, 2.0**-9, 0, False))
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, settings.act_bits, rq, lut, out_scale, in_max)
     return layer, reports, np.clip(np.rint(h / out_scale), 0, levels) * out_scale, out_scale, levels
 

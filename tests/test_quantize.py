@@ -122,9 +122,9 @@ def test_16_bit_weights_track_float(act):
 
 def test_hidden_layer_without_activation():
     """Two dense layers in a row: the accumulator (one scale) feeds the next layer."""
+    from builders import make_model
     from onnx import helper
 
-    from builders import make_model
     from hwq.gradients import FloatGradient
 
     inits = dict(w1=RNG.normal(size=(6, 8)).astype(np.float32), b=np.ones(8, np.float32),

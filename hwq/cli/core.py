@@ -82,7 +82,8 @@ def compile_(
     model: Path = typer.Argument(..., help="ONNX model to compile."),
     target: str = typer.Option("sim", help="Target backend: sim | loihi (see `hwq info --targets`)."),
     bits: int = typer.Option(None, help="Weight bits 1..16 (default: the bits a QAT model was trained with)."),
-    scheme: str = typer.Option(None, help="Weight levels: narrow | pow2 | uniform (default: narrow, or the model's QAT scheme)."),
+    scheme: str = typer.Option(
+        None, help="Weight levels: narrow | pow2 | uniform (default: narrow, or the model's QAT scheme)."),
     per_channel: bool = typer.Option(False, help="One weight scale per output channel (hidden layers)."),
     act_bits: int = typer.Option(8, help="Bits of ReLU/sigmoid activations (16 ~ the paper's weights-only study)."),
     input_bits: int = typer.Option(8, help="Bits of the device's input codes."),
@@ -196,7 +197,8 @@ def attack(
     if plot is not None:
         from hwq.plots import plot_accuracy_vs_eps
 
-        plot_accuracy_vs_eps(result.epsilons, result.accuracy[None, :], [f"{program.target} q={program.net.settings.bits}"], plot)
+        label = f"{program.target} q={program.net.settings.bits}"
+        plot_accuracy_vs_eps(result.epsilons, result.accuracy[None, :], [label], plot)
     if as_json:
         return emit_json(summary)
     picks = np.unique(np.linspace(0, len(epsilons) - 1, min(11, len(epsilons))).astype(int))
