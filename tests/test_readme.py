@@ -1,0 +1,38 @@
+"""Every command in the README's "Use" block runs as written (in a temporary folder)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def use_commands() -> list[list[str]]:
+    text = README.read_text()
+    block = re.search(r"## Use\n\n```\n(.*?)```", text, re.S).group(1)
+    lines = [line.split("#")[0].strip() for line in block.splitlines()]
+    return [shlex.split(line) for line in lines if line]
+
+
+def test_readme_starts_with_the_two_setup_commands():
+    first = re.search(r"```[a-z]*\n(.*?)```", README.read_text(), re.S).group(1).split("\n")
+    commands = [c for c in first if c.strip()]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert len(commands) == 2 and commands[1] in ci
+
+
+@pytest.mark.slow
+def test_use_block_runs(tmp_path):
+    commands = use_commands()
+    assert commands and all(c[0] == "hwq" for c in commands)
+    for argv in commands:
+        proc = subprocess.run([sys.executable, "-m", "hwq", *argv[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{shlex.join(argv)}: {proc.stderr[-1500:]}"
+    assert (tmp_path / "figures" / "report.md").exists()
