@@ -27,7 +27,8 @@ def train(
     scheme: str = typer.Option("uniform", help="QAT weight levels: uniform | narrow | pow2."),
     hidden: int = typer.Option(100, help="Hidden units."),
     gain: float = typer.Option(None, help="Hidden pre-activation gain (default: 10 for spirals, 1 otherwise)."),
-    epochs: int = typer.Option(100, help="Maximum epochs (early stopping on validation accuracy)."),
+    epochs: int = typer.Option(None, help="Maximum epochs (default: 500 below 10k training samples, else 50)."),
+    patience: int = typer.Option(None, help="Early-stopping patience (default: 100 below 10k samples, else 10)."),
     batch_size: int = typer.Option(64, help="Mini-batch size."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     init: str = typer.Option("grid", help="Weight init: grid (spans the quantization grid) | default."),
@@ -37,13 +38,17 @@ def train(
 ):
     """Train a one-hidden-layer MLP with the paper's QAT recipe and write it as ONNX."""
     from hwq.fileio import atomic_write_bytes
+    from hwq.sweep import AUTO_TRAINING, SMALL_DATA  # the same budget as sweeps
     from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
 
     check_output(output, (".onnx",))
     ds = data(data_spec, seed=seed)
     gain = gain if gain is not None else (10.0 if ds.name.startswith("spiral") else 1.0)
+    auto_epochs, auto_patience = AUTO_TRAINING["small" if len(ds.y_train) < SMALL_DATA else "large"]
+    epochs, patience = epochs or auto_epochs, patience or auto_patience
     config = TrainConfig(hidden=hidden, activation=activation, bits=bits, scheme=scheme, gain=gain,
-                         epochs=epochs, batch_size=batch_size, learning_rate=lr, init=init, seed=seed)
+                         epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr,
+                         init=init, seed=seed)
     bar = progress(epochs, "epochs")
     mlp = train_mlp(ds.x_train, ds.y_train, ds.n_classes, config,
                     progress=lambda epoch, total, stats: bar.update(1))

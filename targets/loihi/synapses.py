@@ -11,6 +11,12 @@ digits are in [0, 255] (excitatory groups); the top digit is in [-128, 127] (mix
 one sign. All groups feed the same neurons. The sum is exact when at most the lowest group
 has a negative exponent; otherwise each group floors separately (Lava does the same, and the
 report says so).
+
+A mixed-sign digit needs ``s >= 1``, so its ``weight_exp`` cannot reach the lowest exponent.
+When its exponent would fall below the range, it is split by sign instead of rounding the
+weights: an excitatory group ``max(D, 0)`` and an inhibitory group ``min(D, 0)``, both exact
+and at ``s = 0``. Their sums floor separately, so ``a`` may be one unit below the single
+floor ``floor(D @ h / 2^-E)``.
 """
 
 from __future__ import annotations
@@ -117,6 +123,13 @@ def synapse_sets(w: np.ndarray, shift_r: int, k: int, limits: Limits) -> list[Sy
     sets = []
     for d, e in split_digits(round_weights(np.asarray(w, dtype=np.int64), k)):
         placed = place(d, e + k - shift_r, limits)
+        if placed == "low" and sign_mode(d) == "mixed":
+            # one sign per group needs no spare LSB, so its weight_exp reaches one lower
+            halves = [place(h, e + k - shift_r, limits)
+                      for h in (np.maximum(d, 0), np.minimum(d, 0))]
+            if not any(isinstance(h, str) for h in halves):
+                sets.extend(halves)
+                continue
         if isinstance(placed, str):
             return placed
         sets.append(placed)
