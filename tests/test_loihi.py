@@ -476,3 +476,34 @@ def test_emulator_without_vnni_host(monkeypatch):
 def test_trunc_variant_never_uses_vnni():
     net = random_net(np.random.default_rng(5), 8, [6], ["relu"], 127)
     assert not any(c.vnni for c in LOIHI.compile(net, variant="trunc").emulator.layers)
+
+
+def sign_split_net(rng, act="step"):
+    """4-bit mixed weights on 16-bit inputs: the 24-bit state needs a sum shift of 8, one below
+    what a mixed-sign group's weight_exp can reach."""
+    return random_net(rng, 160, [8], [act], 7, input_bits=16, bias_scale=0.3)
+
+
+def test_deep_shift_splits_mixed_weights_by_sign_instead_of_rounding():
+    rng = np.random.default_rng(5)
+    net = sign_split_net(rng)
+    prog = LOIHI.compile(net)
+    lm = prog.mapping.layers[0]
+    assert lm.shift == 8 and lm.weight_round == 0
+    assert [(s.mode, s.exp, s.lava_weight_exp) for s in lm.sets] == [
+        ("excitatory", -8, -8), ("inhibitory", -8, -8)]
+    w = net.layers[0].weight
+    assert (lm.sets[0].digits + lm.sets[1].digits).tolist() == w.tolist()  # exact weights
+    for s in lm.sets:  # Lava keeps every stored weight
+        assert (lava_effective(s.lava_weights, s.mode) == s.lava_weights).all()
+    x = codes(rng, net, 200)
+    a = prog.emulator.inputs(x)[0]
+    pos, neg = np.maximum(w, 0), np.minimum(w, 0)
+    assert a.tolist() == (((x @ pos.T) >> 8) + ((x @ neg.T) >> 8)).tolist()  # two floors
+    single = (x @ w.T) >> 8
+    assert ((single - a) >= 0).all() and ((single - a) <= 1).all()
+    assert prog.forward(x).tolist() == run_spec(prog.mapping, x).tolist()
+    what = [adj["what"] for adj in prog.report["adjustments"]]
+    assert not any("rounded to fit" in w for w in what)
+    assert any("split into excitatory and inhibitory" in w for w in what)
+    assert "synapse groups floored separately" in what

@@ -3,7 +3,8 @@
 Many networks share one Lava run (one RingBuffer feeds them all), so the sweep stays short:
 step and ReLU layers, weight codes of 1..16 bits (narrow and odd 'uniform' codes), mixed,
 excitatory-only and inhibitory-only weights, negative biases, signed inputs, threshold
-equality, and forced shifts that make the LIF current wrap and its voltage saturate. Each
+equality, forced shifts that make the LIF current wrap and its voltage saturate, and mixed
+weights split by sign into two separately floored groups at the deepest weight_exp. Each
 deliberately wrong emulator variant must disagree with Lava somewhere."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from hwq_targets.loihi import Limits, LoihiProgram
 from hwq_targets.loihi.lavanet import run_lava
-from test_loihi import LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net, wrap_net
+from test_loihi import LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net, sign_split_net, wrap_net
 
 from hwq.reference import quantize_input
 
@@ -68,6 +69,13 @@ def signed16(rng):
             for act in ("step", "relu")]
 
 
+def sign_split(rng):
+    """16-bit inputs whose 24-bit state needs a shift of 8: mixed 4-bit weights run as an
+    excitatory and an inhibitory Dense at weight_exp -8, each floored separately."""
+    return [("sign-split-step", LOIHI.compile(sign_split_net(rng, "step"))),
+            ("sign-split-relu", LOIHI.compile(sign_split_net(rng, "relu"), shifts=[8, None]))]
+
+
 def run_group(cases, x):
     out = []
     for start in range(0, len(cases), PER_RUN):
@@ -81,7 +89,7 @@ def run_group(cases, x):
 def sweep():
     rng = np.random.default_rng(2024)
     unsigned = bit_sweep(rng) + special(rng)
-    groups = [unsigned, signed(rng), signed16(rng),
+    groups = [unsigned, signed(rng), signed16(rng), sign_split(rng),
               [("equality", LOIHI.compile(equality_net()))]]
     results = []
     for cases in groups:
@@ -116,6 +124,11 @@ def test_sweep_covers_the_hard_cases(sweep):
     floors = max(sum(s.exp < 0 for s in lm.sets) for _, p, *_ in sweep for lm in p.mapping.layers)
     assert floors >= 2  # groups that floor separately (only with a wider exponent range)
     assert any(lm.weight_round > 0 for _, p, *_ in sweep for lm in p.mapping.layers)
+    for case in ("sign-split-step", "sign-split-relu"):
+        split = next(p for name, p, *_ in sweep if name == case).mapping.layers[0]
+        assert [(s.mode, s.lava_weight_exp) for s in split.sets] == [("excitatory", -8),
+                                                                     ("inhibitory", -8)]
+        assert split.weight_round == 0
 
 
 @pytest.mark.slow

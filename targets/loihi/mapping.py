@@ -345,11 +345,20 @@ def describe(plan: LayerPlan, lm: LayerMap):
         err = float(np.abs((round_weights(plan.layer.weight, lm.weight_round) << lm.weight_round)
                            - plan.layer.weight).max())
         plan.note("weights rounded to fit weight_exp", multiple=2**lm.weight_round, max_error=err)
+    if any(s.mode != "mixed" for s in lm.sets) and sign_split(lm):
+        plan.note("mixed-sign weights split into excitatory and inhibitory groups (exact "
+                  "weights, each group's sum floored)", groups=len(lm.sets))
     if sum(s.exp < 0 for s in lm.sets) > 1:
         plan.note("synapse groups floored separately", groups=len(lm.sets))
     if lm.kind == "relu" and not plan.last:
         ratio = float(lm.unit[0] / plan.layer.out_scale)
         plan.note("ReLU requantization as a power of two, no upper clip", unit_ratio=ratio)
+
+
+def sign_split(lm: LayerMap) -> bool:
+    """Whether two groups share an exponent: a mixed-sign digit split by sign."""
+    exps = [s.exp for s in lm.sets]
+    return len(set(exps)) < len(exps)
 
 
 def next_input(lm: LayerMap, plan: LayerPlan) -> tuple[float, tuple[int, int], int]:
@@ -366,11 +375,17 @@ def next_input(lm: LayerMap, plan: LayerPlan) -> tuple[float, tuple[int, int], i
     return float(lm.unit[0]), (lo, hi), bits
 
 
+def split_floors(lm: LayerMap) -> int:
+    """Floors beyond the first: groups with a negative exponent each floor their own sum."""
+    return max(0, sum(s.exp < 0 for s in lm.sets) - 1)
+
+
 def hidden_relu(make_plan, i: int) -> tuple[LayerPlan, LayerMap]:
     """A hidden ReLU's shift, from 0 up to the requested one: each group can scale by at most
     2^8 without rounding weights, and what this layer does not scale down the next one must.
     Pick the shift that rounds the fewest weight bits in this layer and the next together,
-    then the one nearest the requested requantization."""
+    then the one with the fewest separately floored groups (sign splits), then the one
+    nearest the requested requantization."""
     best = None
     want = make_plan(i, None).requested_shift()
     for r in range(want, -1, -1):
@@ -380,7 +395,8 @@ def hidden_relu(make_plan, i: int) -> tuple[LayerPlan, LayerMap]:
             after = plan_layer(make_plan(i + 1, next_input(lm, plan)), None)
         except LimitError:
             continue
-        cost = (lm.weight_round + after.weight_round, abs(lm.shift - want))
+        cost = (lm.weight_round + after.weight_round, split_floors(lm) + split_floors(after),
+                abs(lm.shift - want))
         if best is None or cost < best[0]:
             best = (cost, plan, lm)
     if best is None:
