@@ -66,11 +66,11 @@ def read(group: h5py.Group):
             item = group[f.name]
             kwargs[f.name] = read(item) if isinstance(item, h5py.Group) else item[()]
         elif f.name in group.attrs:
-            kwargs[f.name] = plain(group.attrs[f.name], f.type)
+            kwargs[f.name] = plain(group.attrs[f.name])
     return cls(**kwargs)
 
 
-def plain(value, annotation):
+def plain(value):
     """HDF5 attributes back to the Python types the dataclasses declare."""
     if isinstance(value, np.ndarray):
         return tuple(value.tolist())

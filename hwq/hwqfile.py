@@ -41,7 +41,7 @@ def read_network(path: str | Path) -> tuple[str, QuantizedNetwork, dict]:
         def load():
             net = h5io.read(f["network"])
             art = {k: v[()] for k, v in f["artifacts"].items()}
-            art.update({k: h5io.plain(v, None) for k, v in f["artifacts"].attrs.items()})
+            art.update({k: h5io.plain(v) for k, v in f["artifacts"].attrs.items()})
             return str(f.attrs["target"]), net, art
         return h5io.guarded(path, load)
 

@@ -336,8 +336,8 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
         st.nodes.pop()
         output = ir.Output("sigmoid")
     nodes = tuple(st.nodes)
-    shape = sample_shape(model, inputs) or (next(n for n in nodes if isinstance(n, ir.Affine)).n_in,) \
-        if any(isinstance(n, ir.Affine) for n in nodes) else ()
+    affines = [n for n in nodes if isinstance(n, ir.Affine)]
+    shape = sample_shape(model, inputs) or ((affines[0].n_in,) if affines else ())
     graph = ir.Graph(shape, nodes, output or ir.Output("identity"), tuple(st.notes))
     graph.layers()  # validates the chain
     if graph.output.kind == "sigmoid" and graph.n_outputs != 1:

@@ -32,18 +32,16 @@ def narrow_bits(codes: np.ndarray) -> int:
     return max(2, int(np.ceil(np.log2(m + 1))) + 1)
 
 
-def per_row_scale(scale: np.ndarray, shape: tuple[int, ...], axis: int) -> tuple[float, ...]:
-    """Scale as one value, or one per output row of the (n_in, n_out) MatMul / Gemm weight."""
-    scale = np.asarray(scale, dtype=np.float64).reshape(-1)
-    return tuple(float(v) for v in scale)
+def scale_tuple(scale: np.ndarray) -> tuple[float, ...]:
+    """One scale, or one per output channel (quantize checks the count against the rows)."""
+    return tuple(float(v) for v in np.asarray(scale, dtype=np.float64).reshape(-1))
 
 
 def make_grid(codes: np.ndarray, scale: np.ndarray, source: str, bits: int | None = None):
     if not np.all(np.isfinite(scale)) or np.any(np.asarray(scale) <= 0):
         raise InvalidModelError(f"{source}: scales must be positive and finite")
     bits = narrow_bits(codes) if bits is None else bits
-    scheme = "narrow" if bits > 1 else "narrow"
-    return ir.Grid(scheme, bits, per_row_scale(scale, codes.shape, 0), source)
+    return ir.Grid("narrow", bits, scale_tuple(scale), source)
 
 
 def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0):

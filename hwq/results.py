@@ -2,7 +2,7 @@
 
 Layout::
 
-    /              attrs: format="hwq-attack", version=1, hwq_version, command, target,
+    /              attrs: format="hwq-attack", version=1, hwq_version, command, model, target,
                           backend, gradient, norm, bits, scheme, data, data_fingerprint,
                           seed, quantization (JSON), created (ISO time)
     /epsilons      (K,)   float64
@@ -44,7 +44,7 @@ def read_attack(path: str | Path) -> dict:
     with h5io.open_checked(path, FORMAT, (VERSION,)) as f:
         def load():
             out = {name: f[name][()] for name in ARRAYS}
-            out["attrs"] = {k: h5io.plain(v, None) for k, v in f.attrs.items()}
+            out["attrs"] = {k: h5io.plain(v) for k, v in f.attrs.items()}
             return out
         return h5io.guarded(path, load)
 

@@ -330,7 +330,7 @@ class SweepFile:
 def _plain_attrs(obj) -> dict:
     out = {}
     for k, v in obj.attrs.items():
-        v = h5io.plain(v, None)
+        v = h5io.plain(v)
         if k != "spec" and isinstance(v, str) and (v[:1] in ("[", "{") or v == "null"):
             with contextlib.suppress(ValueError):
                 v = json.loads(v)
@@ -363,7 +363,7 @@ def content_digest(path: str | Path) -> str:
     def attrs(obj, skip=()):
         for k in sorted(obj.attrs):
             if k not in skip:
-                h.update(f"@{k}={h5io.plain(obj.attrs[k], None)!r}".encode())
+                h.update(f"@{k}={h5io.plain(obj.attrs[k])!r}".encode())
 
     def visit(group):
         for name in sorted(group):
