@@ -1,0 +1,190 @@
+"""The hwq device wire protocol, version 1 (docs/devices.md): one frame per message.
+
+A frame is a fixed 96-byte little-endian header, the payload, and the 4-byte end marker::
+
+    off size field
+      0    4 magic        b"HWQD"
+      4    1 version      1
+      5    1 kind         1 HELLO, 2 IDENTITY, 3 INFER, 4 SCORES, 5 ERROR
+      6    1 dtype        1 u8, 2 i8, 3 u16, 4 i16, 5 i32, 6 i64, 16 UTF-8 JSON
+      7    1 bits         significant bits of each value (<= 8 * itemsize)
+      8    8 request id   u64; a response echoes its request's id
+     16   32 model hash   SHA-256 of the compiled model; a response echoes the device's
+     48    1 ndim         0..4
+     49    7 reserved     zero
+     56   32 shape        4 x u64 (unused dimensions 0)
+     88    8 payload len  bytes; must equal prod(shape) * itemsize and not exceed the limit
+     96    n payload      C-order little-endian values (or UTF-8 JSON text)
+   96+n    4 end marker   b"HWQE"
+
+Nothing from the wire is executed or unpickled: arrays are read straight into numpy buffers
+of the declared dtype, and JSON payloads are parsed with ``json.loads`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from .errors import ConnectionClosed, FrameTooLarge, ProtocolError, TruncatedFrame
+
+MAGIC, END, VERSION = b"HWQD", b"HWQE", 1
+HEADER = struct.Struct("<4sBBBBQ32sB7s4QQ")
+MAX_DIMS = 4
+DEFAULT_LIMIT = 512 * 2**20  # bytes of payload per frame
+JSON_LIMIT = 2**20
+NO_HASH = bytes(32)
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    IDENTITY = 2
+    INFER = 3
+    SCORES = 4
+    ERROR = 5
+
+
+JSON = 16
+DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<i1"), 3: np.dtype("<u2"), 4: np.dtype("<i2"),
+          5: np.dtype("<i4"), 6: np.dtype("<i8")}
+CODES = {dt: code for code, dt in DTYPES.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One message. ``data`` is an ndarray (INFER, SCORES) or a JSON object (the others)."""
+
+    kind: Kind
+    request_id: int
+    model_hash: bytes
+    data: Any
+    bits: int = 0
+
+
+def json_frame(kind: Kind, request_id: int, model_hash: bytes, obj: dict) -> Frame:
+    return Frame(kind, request_id, model_hash, obj, 8)
+
+
+def array_frame(kind: Kind, request_id: int, model_hash: bytes, array: np.ndarray,
+                bits: int | None = None) -> Frame:
+    array = np.asarray(array)
+    array = np.require(array, dtype=array.dtype.newbyteorder("<"), requirements="C")
+    return Frame(kind, request_id, model_hash, array, array.dtype.itemsize * 8 if bits is None else bits)
+
+
+def encode(frame: Frame) -> list:
+    """The frame as three buffers (header, payload, end marker); the payload is not copied."""
+    if isinstance(frame.data, np.ndarray):
+        arr = frame.data
+        if arr.dtype not in CODES or arr.ndim > MAX_DIMS or not arr.flags.c_contiguous:
+            raise ProtocolError(f"cannot send an array of dtype {arr.dtype}, shape {arr.shape}")
+        dtype, shape, payload = CODES[arr.dtype], arr.shape, memoryview(arr.reshape(-1).view(np.uint8))
+    else:
+        payload = memoryview(json.dumps(frame.data, separators=(",", ":")).encode())
+        dtype, shape = JSON, (len(payload),)
+    if len(frame.model_hash) != 32 or not 0 <= frame.request_id < 2**64:
+        raise ProtocolError("a frame needs a 32-byte model hash and a u64 request id")
+    dims = tuple(shape) + (0,) * (MAX_DIMS - len(shape))
+    header = HEADER.pack(MAGIC, VERSION, int(frame.kind), dtype, frame.bits, frame.request_id,
+                         frame.model_hash, len(shape), bytes(7), *dims, payload.nbytes)
+    return [header, payload, END]
+
+
+def to_bytes(frame: Frame) -> bytes:
+    return b"".join(bytes(part) for part in encode(frame))
+
+
+Reader = Callable[[memoryview], int]  # like socket.recv_into: bytes read, 0 at end of stream
+
+
+def read_exact(readinto: Reader, view: memoryview, what: str) -> None:
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if n == 0:
+            raise TruncatedFrame(f"connection closed after {got} of {len(view)} bytes of the {what}")
+        got += n
+
+
+def parse_header(raw: bytes, limit: int) -> tuple[Kind, int, int, int, bytes, tuple, int]:
+    magic, version, kind, dtype, bits, rid, mhash, ndim, reserved, *rest = HEADER.unpack(raw)
+    dims, length = rest[:MAX_DIMS], rest[MAX_DIMS]
+    if magic != MAGIC:
+        raise ProtocolError(f"not an hwq device frame (magic {magic!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported (this side speaks {VERSION})")
+    if kind not in Kind._value2member_map_:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    if dtype != JSON and dtype not in DTYPES:
+        raise ProtocolError(f"unknown dtype code {dtype}")
+    if reserved != bytes(7):
+        raise ProtocolError("reserved header bytes are not zero")
+    if ndim > MAX_DIMS or any(dims[ndim:]):
+        raise ProtocolError(f"bad shape: ndim {ndim}, dims {dims}")
+    shape = tuple(dims[:ndim])
+    if length > (JSON_LIMIT if dtype == JSON else limit):
+        raise FrameTooLarge(f"frame payload of {length} bytes exceeds the limit of "
+                            f"{JSON_LIMIT if dtype == JSON else limit} bytes")
+    itemsize = 1 if dtype == JSON else DTYPES[dtype].itemsize
+    if (dtype == JSON and ndim != 1) or int(np.prod(shape, dtype=object)) * itemsize != length:
+        raise ProtocolError(f"payload length {length} does not match shape {shape}")
+    if bits > 8 * itemsize:
+        raise ProtocolError(f"bit width {bits} does not fit dtype code {dtype}")
+    return Kind(kind), dtype, bits, rid, mhash, shape, length
+
+
+def read_frame(readinto: Reader, limit: int = DEFAULT_LIMIT) -> Frame:
+    """Read one frame. Raises ``ConnectionClosed`` at a clean end of stream before a frame,
+    ``TruncatedFrame``, ``FrameTooLarge`` or ``ProtocolError`` for anything malformed."""
+    raw = bytearray(HEADER.size)
+    view = memoryview(raw)
+    first = readinto(view)
+    if first == 0:
+        raise ConnectionClosed("the peer closed the connection")
+    read_exact(readinto, view[first:], "frame header")
+    kind, dtype, bits, rid, mhash, shape, length = parse_header(bytes(raw), limit)
+    if dtype == JSON:
+        buf = bytearray(length)
+        read_exact(readinto, memoryview(buf), "frame payload")
+        data = decode_json(bytes(buf))
+    else:
+        data = np.empty(shape, DTYPES[dtype])
+        read_exact(readinto, memoryview(data.reshape(-1).view(np.uint8)), "frame payload")
+    end = bytearray(len(END))
+    read_exact(readinto, memoryview(end), "end-of-frame marker")
+    if bytes(end) != END:
+        raise ProtocolError(f"missing end-of-frame marker (got {bytes(end)!r})")
+    return Frame(kind, rid, mhash, data, bits)
+
+
+def decode_json(buf: bytes) -> dict:
+    try:
+        obj = json.loads(buf.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"bad JSON payload: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a JSON payload must be an object")
+    return obj
+
+
+def from_bytes(buf: bytes, limit: int = DEFAULT_LIMIT) -> Frame:
+    """Decode one frame from ``buf`` (tests, tools); trailing bytes are an error."""
+    pos = 0
+
+    def readinto(view: memoryview) -> int:
+        nonlocal pos
+        n = min(len(view), len(buf) - pos)
+        view[:n] = buf[pos:pos + n]
+        pos += n
+        return n
+
+    frame = read_frame(readinto, limit)
+    if pos != len(buf):
+        raise ProtocolError(f"{len(buf) - pos} bytes after the end-of-frame marker")
+    return frame
