@@ -97,7 +97,9 @@ class Server:
                 return self.log(f"{peer}: truncated frame, connection dropped ({exc})")
             except ProtocolError as exc:
                 self.log(f"{peer}: bad frame, connection dropped ({exc})")
-                return self.reply(conn, peer, json_frame(Kind.ERROR, 0, self.hash, {"error": exc.message}))
+                if self.reply(conn, peer, json_frame(Kind.ERROR, 0, self.hash, {"error": exc.message})):
+                    drain(conn)
+                return
             except TimeoutError:
                 return self.log(f"{peer}: stalled in the middle of a frame, connection dropped")
             except OSError as exc:
@@ -142,6 +144,19 @@ class Server:
     def error(self, rid: int, message: str) -> Frame:
         self.log(f"request {rid}: {message}")
         return json_frame(Kind.ERROR, rid, self.hash, {"error": message})
+
+
+def drain(conn: socket.socket, seconds: float = 1.0, most: int = 64 * 2**20) -> None:
+    """Half-close and discard what the client still sends (briefly), so that the ERROR reply
+    reaches it instead of being lost to a connection reset."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(seconds)
+        got = 0
+        while got < most and (chunk := conn.recv(2**20)):
+            got += len(chunk)
+    except OSError:
+        pass
 
 
 def serve(device, host: str = "127.0.0.1", port: int = 0, *, ready: Callable[[Server], None] | None = None,
