@@ -254,7 +254,8 @@ def compact_json(values) -> str:
 
 def core_text(core: Core, kinds: list[int], proto: str) -> str:
     n = core.neurons
-    return (f'\t/* Core parameters */\n\t"core":{{\n\t\t"id":{core.id},\n\t\t"timeScaleExponent":{core.time_scale_exponent},\n'
+    return (f'\t/* Core parameters */\n\t"core":{{\n\t\t"id":{core.id},\n'
+            f'\t\t"timeScaleExponent":{core.time_scale_exponent},\n'
             f'\t\t"rngSeed":{core.rng_seed},\n\t\t/* Core neuron connectivity parameters */\n\t\t"neurons":{{\n'
             f'\t\t\t"dendrites":["0:255"],\n\t\t\t"types":{compact_json(kinds)},\n'
             f'\t\t\t"destCores":{compact_json(n.dest_core)},\n\t\t\t"destAxons":{compact_json(n.dest_axon)},\n'
