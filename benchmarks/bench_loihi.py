@@ -31,7 +31,7 @@ from hwq_targets.loihi.lavanet import run_lava
 
 import hwq
 from hwq import ir
-from hwq.reference import quantize_input
+from hwq.quant.reference import quantize_input
 
 N_IN, HIDDEN, N_OUT = 784, 100, 10
 

@@ -36,11 +36,12 @@ import numpy as np
 import onnxruntime as ort
 
 import hwq
-from hwq import ir, reference
+from hwq import ir
 from hwq.attack import CHUNK_ELEMENTS, code_dtype, perturb_quantize
-from hwq.epsilons import check_epsilons
-from hwq.gradients import SurrogateGradient
-from hwq.onnx_export import export_onnx
+from hwq.attack.gradients import SurrogateGradient
+from hwq.onnx.exporter import export_onnx
+from hwq.quant import reference
+from hwq.ranges import check_epsilons
 
 N_IN, HIDDEN, N_OUT = 784, 100, 10
 

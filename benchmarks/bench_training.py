@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 import hwq
 from hwq.errors import DataError
-from hwq.onnx_import import graph_from_model
+from hwq.onnx.importer import graph_from_model
 from hwq.train import TrainConfig, mlp_to_onnx, train_mlp
 
 BATCH, HIDDEN, LR = 64, 100, 1e-3

@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 import hwq
-from hwq.onnx_import import graph_from_model
+from hwq.onnx.importer import graph_from_model
 from hwq.train import TrainConfig, mlp_to_onnx, train_mlp
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hwq.sweep import AttackSettings, SweepSpec, TrainSettings, run_sweep
-from hwq.sweep_exec import DaskExecutor
-from hwq.sweep_store import read_sweep
+from hwq.sweep.executors import DaskExecutor
+from hwq.sweep.run import run_sweep
+from hwq.sweep.spec import AttackSettings, SweepSpec, TrainSettings
+from hwq.sweep.store import read_sweep
 
 
 def main() -> None:

@@ -17,9 +17,10 @@ import argparse
 from pathlib import Path
 
 import hwq
-from hwq.report import write_report
-from hwq.sweep import AttackSettings, QuantOptions, SweepSpec, model_ref, run_sweep
-from hwq.sweep_exec import make_executor
+from hwq.study.report import write_report
+from hwq.sweep.executors import make_executor
+from hwq.sweep.run import model_ref, run_sweep
+from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec
 from hwq.train import TrainConfig, mlp_to_onnx, train_mlp
 
 

@@ -5,9 +5,7 @@ The pipeline, in order: ``load_onnx`` -> ``quantize`` -> ``compile`` -> ``attack
 -> results file -> figures. See ``hwq.api`` for the public functions.
 """
 
-__version__ = "0.1.0"
-
-from hwq.api import (  # noqa: E402
+from hwq.api import (
     FGSM,
     AttackResult,
     QuantSettings,
@@ -20,6 +18,7 @@ from hwq.api import (  # noqa: E402
     quantize,
     save_program,
 )
+from hwq.version import __version__
 
 __all__ = [
     "FGSM", "AttackResult", "QuantSettings", "attack", "compile", "evaluate", "load_dataset",

@@ -1,7 +1,7 @@
 """The public Python API; the CLI is a thin layer over these functions.
 
 Typical use (a hardware-in-the-loop script can replace ``program`` by any object with
-``net``, ``target``, ``forward``, ``trace`` and ``decide``)::
+``net``, ``target``, ``forward`` and ``decide``: a device; see ``hwq.target.protocol``)::
 
     import hwq
     data = hwq.load_dataset("digits")
@@ -18,19 +18,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwq.attack import FGSM, AttackResult, attack, check_inputs
+from hwq.attack import ATTACKS, FGSM, Attack, AttackResult, attack, check_inputs, make_attack
+from hwq.attack.gradients import FloatGradient, SurrogateGradient, default_gradient, gradient_source
 from hwq.data import Dataset, load_dataset
-from hwq.hwqfile import load_program, save_program
+from hwq.files.program import load_program, save_program
 from hwq.ir import Graph
-from hwq.onnx_import import load_onnx
-from hwq.qnet import QuantizedNetwork, QuantSettings
-from hwq.quantize import quantize as quantize_graph
-from hwq.reference import quantize_input
-from hwq.targets import get_target
+from hwq.onnx.importer import load_onnx
+from hwq.quant.qnet import QuantizedNetwork, QuantSettings
+from hwq.quant.quantize import quantize as quantize_graph
+from hwq.quant.reference import quantize_input
+from hwq.target.protocol import ReferenceProgram, Traceable
+from hwq.target.registry import get_target, resolve_target
 
 __all__ = [
-    "FGSM", "AttackResult", "Dataset", "Evaluation", "QuantSettings", "attack", "compile",
-    "evaluate", "load_dataset", "load_onnx", "load_program", "quantize", "save_program",
+    "ATTACKS", "FGSM", "Attack", "AttackResult", "Dataset", "Evaluation", "FloatGradient",
+    "QuantSettings", "ReferenceProgram", "SurrogateGradient", "Traceable", "attack", "compile",
+    "default_gradient", "evaluate", "gradient_source", "load_dataset", "load_onnx", "load_program",
+    "make_attack", "quantize", "save_program",
 ]
 
 
@@ -51,8 +55,11 @@ def quantize(
 
 
 def compile(net: QuantizedNetwork, target: str = "sim", **options):  # noqa: A001
-    """Map a quantized network onto a target; returns the target's program."""
-    return get_target(target).compile(net, **options)
+    """Map a quantized network onto a target; returns the target's program. ``target`` may
+    carry text options (``"loihi:backend=lava"``); keyword ``options`` go to the target as
+    values (``backend="lava"``)."""
+    name, parsed = resolve_target(target)
+    return get_target(name).compile(net, **{**parsed, **options})
 
 
 @dataclass(frozen=True, eq=False)

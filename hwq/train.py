@@ -31,9 +31,17 @@ from dataclasses import dataclass, field, replace
 import numba
 import numpy as np
 
-from hwq import activations
 from hwq.errors import DataError, UsageError
-from hwq.schemes import Scheme, check_bits, get_scheme
+from hwq.ir import activations
+from hwq.quant.schemes import Scheme, check_bits, get_scheme
+
+SMALL_DATA = 10_000  # training sets below this size get the small-data budget
+AUTO_TRAINING = {"small": (500, 100), "large": (50, 10)}  # (epochs, patience)
+
+
+def training_budget(n_train: int) -> tuple[int, int]:
+    """The default ``(epochs, patience)``: 500 / 100 below 10,000 samples, else 50 / 10."""
+    return AUTO_TRAINING["small" if n_train < SMALL_DATA else "large"]
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 STALL_MARGIN = 0.05  # a run whose best validation accuracy is within this of chance stalled

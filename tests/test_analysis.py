@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwq.analysis import critical as cr
-from hwq.analysis import geometry as g
-from hwq.analysis import montecarlo as mc
 from hwq.errors import UsageError
+from hwq.study.analysis import critical as cr
+from hwq.study.analysis import geometry as g
+from hwq.study.analysis import montecarlo as mc
 
 PAIRS = [(2, 2), (3, 4), (1, 5)]  # (q, n) of the paper's Fig. 2
 

@@ -7,12 +7,12 @@ import pytest
 from builders import random_mlp, torch_style_mlp
 
 import hwq
-from hwq import reference
 from hwq.attack import FGSM
-from hwq.epsilons import parse_epsilons
+from hwq.attack.gradients import FloatGradient, SurrogateGradient, backprop
 from hwq.errors import DataError, UsageError
-from hwq.gradients import FloatGradient, SurrogateGradient, backprop
-from hwq.onnx_import import graph_from_model
+from hwq.onnx.importer import graph_from_model
+from hwq.quant import reference
+from hwq.ranges import parse_epsilons
 
 RNG = np.random.default_rng(11)
 

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, reject, settings
 from test_sim import dense, extreme_codes, float_graph, network, quantized_networks
 
 import hwq
-from hwq import reference
 from hwq.errors import InvalidModelError
-from hwq.onnx_export import export_onnx, save_onnx
-from hwq.qnet import InputFormat
+from hwq.onnx.exporter import export_onnx, save_onnx
+from hwq.quant import reference
+from hwq.quant.qnet import InputFormat
 
 LEVELS = [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
 NUMPY = {"tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32}

@@ -14,20 +14,20 @@ from hwq_targets.loihi import Limits, LoihiTarget
 from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.spec import run_spec
 from hwq_targets.loihi.synapses import lava_effective, shift, split_digits, synapse_sets
-from hwq_targets.sim import vnni
+from hwq_targets.common import vnni
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hwq
-from hwq.compare import compare_programs
 from hwq.errors import DataError, FileFormatError, LimitError, TargetError, UsageError
-from hwq.hwqfile import load_program, save_program
-from hwq.onnx_import import graph_from_model
-from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings
-from hwq.quantize import quantize
-from hwq.reference import quantize_input
-from hwq.schemes import get_scheme
-from hwq.targets import get_target
+from hwq.files.program import load_program, save_program
+from hwq.onnx.importer import graph_from_model
+from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings
+from hwq.quant.quantize import quantize
+from hwq.quant.reference import quantize_input
+from hwq.quant.schemes import get_scheme
+from hwq.target.compare import compare_programs
+from hwq.target.registry import get_target
 
 LOIHI = LoihiTarget()
 

@@ -11,10 +11,10 @@ import pytest
 from builders import make_model, random_mlp, save, torch_style_mlp
 from onnx import TensorProto, helper
 
-from hwq import activations
+from hwq.attack.gradients import FloatGradient
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
-from hwq.gradients import FloatGradient
-from hwq.onnx_import import graph_from_model, load_onnx
+from hwq.ir import activations
+from hwq.onnx.importer import graph_from_model, load_onnx
 
 RNG = np.random.default_rng(7)
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from hwq import plots
-from hwq.analysis import critical as cr
-from hwq.analysis import montecarlo as mc
 from hwq.errors import UsageError
+from hwq.study import plots
+from hwq.study.analysis import critical as cr
+from hwq.study.analysis import montecarlo as mc
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BITS = np.arange(1, 11)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from builders import torch_style_mlp
 
-from hwq import reference
 from hwq.errors import UsageError
-from hwq.onnx_import import graph_from_model
-from hwq.qnet import QuantSettings
-from hwq.quantize import input_format, quantize, requant_for
-from hwq.schemes import SCHEMES, get_scheme
+from hwq.onnx.importer import graph_from_model
+from hwq.quant import reference
+from hwq.quant.qnet import QuantSettings
+from hwq.quant.quantize import input_format, quantize, requant_for
+from hwq.quant.schemes import SCHEMES, get_scheme
 
 RNG = np.random.default_rng(3)
 
@@ -114,7 +114,7 @@ def test_16_bit_weights_track_float(act):
     graph = mlp_graph(w1, b1, w2, b2, act=act)
     x = RNG.uniform(0, 1, (2000, 10))
     net = quantize(graph, QuantSettings(16, act_bits=16, input_bits=16), x, (0, 1))
-    from hwq.gradients import FloatGradient
+    from hwq.attack.gradients import FloatGradient
 
     float_pred = FloatGradient(graph).forward(x)[-1].argmax(axis=1)
     assert np.mean(reference.predict(net, x) == float_pred) > 0.99
@@ -125,7 +125,7 @@ def test_hidden_layer_without_activation():
     from builders import make_model
     from onnx import helper
 
-    from hwq.gradients import FloatGradient
+    from hwq.attack.gradients import FloatGradient
 
     inits = dict(w1=RNG.normal(size=(6, 8)).astype(np.float32), b=np.ones(8, np.float32),
                  w2=RNG.normal(size=(8, 5)).astype(np.float32), w3=RNG.normal(size=(5, 3)).astype(np.float32))

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwq import reference
-from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
+from hwq.quant import reference
+from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
 
 LUT_HALF = 2048
 

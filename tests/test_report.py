@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwq.report import blocks, critical_table, key_numbers, write_report
-from hwq.sweep import AttackSettings, SweepSpec, TrainSettings, run_sweep
-from hwq.sweep_exec import SerialExecutor
-from hwq.sweep_store import CellRecord, SweepFile, read_sweep
+from hwq.study.report import blocks, critical_table, key_numbers, write_report
+from hwq.sweep.executors import SerialExecutor
+from hwq.sweep.run import run_sweep
+from hwq.sweep.spec import AttackSettings, SweepSpec, TrainSettings
+from hwq.sweep.store import CellRecord, SweepFile, read_sweep
 
 EPS = tuple(np.round(np.arange(21) * 0.025, 6).tolist())
 SPEC = SweepSpec(data=("spiral",), bits=(1, 2, 6), seeds=(0, 1),

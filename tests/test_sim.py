@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hwq_targets.sim import vnni
+from hwq_targets.common import vnni
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import hwq
-from hwq import ir, reference
+from hwq import ir
 from hwq.errors import InvalidModelError, TargetError
-from hwq.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
+from hwq.quant import reference
+from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
 
 VNNI = [False, True] if vnni.available() else [False]
 LUT_HALF = 2048

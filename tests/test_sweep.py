@@ -15,19 +15,11 @@ import pytest
 
 import hwq
 from hwq.errors import HwqError, UsageError
-from hwq.sweep import (
-    AttackSettings,
-    SweepSpec,
-    Task,
-    TrainSettings,
-    derive_seed,
-    parse_ints,
-    parse_seeds,
-    plan,
-    run_sweep,
-)
-from hwq.sweep_exec import DaskExecutor, SerialExecutor, make_executor
-from hwq.sweep_store import SweepStore, content_digest, read_sweep
+from hwq.ranges import parse_ints, parse_seeds
+from hwq.sweep.executors import DaskExecutor, SerialExecutor, make_executor
+from hwq.sweep.run import run_sweep
+from hwq.sweep.spec import AttackSettings, SweepSpec, Task, TrainSettings, derive_seed, plan
+from hwq.sweep.store import SweepStore, content_digest, read_sweep
 
 EPS = tuple(np.round(np.arange(11) * 0.05, 6).tolist())
 TINY = SweepSpec(data=("spiral",), activations=("relu", "step"), bits=(1, 4), seeds=(0, 1),
@@ -126,13 +118,13 @@ def test_resume_ignores_half_written_cells_and_rebuilds_a_broken_file(reference,
     ref = read_sweep(reference)
     # journal the first three cells by hand, as a run killed after three cells would have
     with h5py.File(reference, "r") as f:
-        from hwq.sweep_store import _journal_copy
+        from hwq.sweep.store import _journal_copy
         for key in [c.key for c in ref.cells[:3]]:
             _journal_copy(f["cells"][key], store.journal / f"{key}.h5")
     import json
 
-    from hwq.sweep import all_keys
-    from hwq.sweep_cell import data_info
+    from hwq.sweep.cell import data_info
+    from hwq.sweep.spec import all_keys
     header = {"spec": TINY.to_json(), "data": {"spiral": data_info("spiral", TINY)},
               "keys": all_keys(plan(TINY)), "command": "x", "created": "then",
               "hwq_version": hwq.__version__}
@@ -147,7 +139,7 @@ def test_resume_ignores_half_written_cells_and_rebuilds_a_broken_file(reference,
 
 def test_a_second_writer_is_refused(tmp_path):
     store = SweepStore(tmp_path / "locked.h5")
-    from hwq.sweep_cell import data_info
+    from hwq.sweep.cell import data_info
     data = {"spiral": data_info("spiral", TINY)}
     keys = [k for t in plan(TINY) for k in t.keys()]
     with store.session(TINY, data, keys, command="a", overwrite=False):
@@ -163,7 +155,7 @@ def test_cells_from_given_onnx_models(tmp_path):
     rng = np.random.default_rng(0)
     paths = [save(random_mlp(rng, 2, 8, 1, act), tmp_path / f"m{i}.onnx")
              for i, act in enumerate(["Relu", "Sigmoid"])]
-    from hwq.sweep import model_ref
+    from hwq.sweep.run import model_ref
 
     spec = SweepSpec(data=("spiral",), bits=(2, 8), models=tuple(model_ref(p) for p in paths),
                      attack=AttackSettings((0.0, 0.1)))

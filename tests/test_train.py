@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hwq import train
 from hwq.data import load_dataset
 from hwq.errors import DataError, UsageError
-from hwq.schemes import SCHEMES, get_scheme
+from hwq.quant.schemes import SCHEMES, get_scheme
 from hwq.train import (
     TrainConfig,
     TrainedMLP,

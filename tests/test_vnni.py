@@ -1,4 +1,4 @@
-"""The exact AVX-512 VNNI int8 product (targets/sim/vnni.py) as a reusable entry point:
+"""The exact AVX-512 VNNI int8 product (targets/common/vnni.py) as a reusable entry point:
 ``vnni.matmul`` and the block driver equal numpy's int64 product on random shapes, 8-bit
 containers and batch sizes around the 48-row block; codes out of range are reported; sim's
 fused layer is unchanged by the factoring (tests/test_sim.py covers it against the
@@ -9,7 +9,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 import pytest
-from hwq_targets.sim import kernels, vnni
+from hwq_targets.common import vnni
+from hwq_targets.sim import kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +64,7 @@ def test_matmul_reports_codes_out_of_range_and_refuses_what_int8_cannot_hold():
 
 
 def test_sim_layer_equals_matmul_plus_epilogue():
-    """``vnni.layer`` (sim's fused path, now built on pack_rows/product/run_blocks) gives the
+    """``kernels.vnni_layer`` (sim's fused path, now built on pack_rows/product/run_blocks) gives the
     product of ``matmul`` plus the bias, and the activation of ``kernels.finish_rows``."""
     rng = np.random.default_rng(3)
     h, w, lo, hi = random_case(rng, 200, 50, 20, True)
@@ -74,7 +75,7 @@ def test_sim_layer_equals_matmul_plus_epilogue():
     acc = np.empty((200, 20), np.int64)
     out = np.empty((200, 20), np.int64)
     lut = np.zeros(1, np.int64)
-    bad = vnni.layer(h.astype(np.int8), lo, hi, offset, vnni.pack_weights(w), base, mult, half,
+    bad = kernels.vnni_layer(h.astype(np.int8), lo, hi, offset, vnni.pack_weights(w), base, mult, half,
                      shift, kernels.MODES["relu"], 255, lut, 1, acc, out)
     assert bad == 0
     want = h @ w.T + bias

@@ -1,60 +1,56 @@
-"""FGSM against the bit-exact model, foolbox style: one call, a list of epsilons.
+"""The attack seam, foolbox style: one call, a list of epsilons, one shared judging loop.
 
-The attack proposes a direction per input from a gradient source (computed once, reused for
-every epsilon); the shared loop builds ``x_adv = clip(x + eps * d, bounds)``, puts it on the
-device's input grid, runs the target's integer forward pass and judges it there. Foolbox's
-convention: an input counts as a *success* when the model gets it wrong (clean mistakes
-included); ``clean_correct`` keeps the two apart.
+An attack proposes points; the base owns everything that makes the answer trustworthy and
+the same for every attack: input checks, chunking, the clean pass, and for every proposed
+point ``clip(x', bounds)`` -> the device's input quantization -> the integer model's
+decision. Success is judged there, never on a float model. Foolbox's convention: an input
+counts as a *success* when the model gets it wrong (clean mistakes included);
+``clean_correct`` keeps the two apart.
+
+Writing an attack: subclass :class:`Attack`, set ``name``, give ``params()`` and implement
+``run_chunk(judge, x, y, eps, gradient)`` returning a :class:`ChunkOutcome`. ``judge`` is the
+shared loop (:class:`Judge`): ``judge.codes(points)`` puts real points on the device grid,
+``judge.decide(codes)`` runs the program, ``judge.along(x, d, eps)`` does both for
+``x + eps_k d`` at every epsilon in one fused kernel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numba as nb
 import numpy as np
 
-from hwq.epsilons import check_epsilons
-from hwq.errors import DataError, UsageError
-from hwq.gradients import GradientSource, SurrogateGradient
-from hwq.reference import quantize_input
+from hwq.errors import DataError
+from hwq.quant.reference import quantize_input
+from hwq.ranges import check_epsilons
 
 BIG = 1e30  # "unbounded" data range: the input format's saturation does the clipping
 CHUNK_ELEMENTS = 2**24  # perturbed codes per evaluation chunk (64 MB of float32)
 
 
-@dataclass(frozen=True)
-class FGSM:
-    """Fast gradient method. ``linf``: ``d = sign(g)`` (the paper's FGSM); ``l2``: ``d = g / |g|_2``."""
-
-    norm: str = "linf"
-
-    def __post_init__(self):
-        if self.norm not in ("linf", "l2"):
-            raise UsageError(f"unknown norm '{self.norm}'", hint="use linf or l2")
-
-    def direction(self, grad: np.ndarray) -> np.ndarray:
-        if self.norm == "linf":
-            return np.sign(grad).astype(np.float32)
-        norms = np.linalg.norm(grad, axis=1, keepdims=True)
-        return np.divide(grad, norms, out=np.zeros_like(grad), where=norms > 0).astype(np.float32)
-
-
 @dataclass(frozen=True, eq=False)
 class AttackResult:
     epsilons: np.ndarray  # (K,)
-    correct: np.ndarray  # (K, N) bool: the integer model is right on x_adv(eps_k)
-    predictions: np.ndarray  # (K, N) int
+    correct: np.ndarray  # (K, N) bool: the integer model is right on the worst point found
+    predictions: np.ndarray  # (K, N) int: its decision there
     clean_correct: np.ndarray  # (N,) bool
     zero_gradient: np.ndarray  # (N,) bool: the gradient source gave exactly 0
-    direction: np.ndarray  # (N, d) float32
     x: np.ndarray
     labels: np.ndarray
     bounds: tuple[float, float] | None
-    norm: str
+    attack: str  # the attack's name ("fgsm", ...)
+    params: dict[str, Any]  # its parameters (norm, steps, ...), JSON-serialisable
     gradient: str
     target: str
+    direction: np.ndarray | None = None  # (N, d) float32: FGSM's one direction per input
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def norm(self) -> str:
+        return self.params.get("norm", "linf")
 
     @property
     def success(self) -> np.ndarray:
@@ -74,8 +70,20 @@ class AttackResult:
 
     def adversarial(self, k: int) -> np.ndarray:
         """The perturbed inputs for ``epsilons[k]`` (before input quantization)."""
+        if self.direction is None:
+            raise DataError(f"the {self.attack} result keeps no adversarial points")
         lo, hi = self.bounds or (-BIG, BIG)
         return np.clip(self.x + self.epsilons[k] * self.direction, lo, hi)
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkOutcome:
+    """What an attack found for one chunk of inputs: ``predictions`` (K, n) of the worst point
+    per input and epsilon, ``zero_gradient`` (n,), optionally FGSM's ``direction`` (n, d)."""
+
+    predictions: np.ndarray
+    zero_gradient: np.ndarray
+    direction: np.ndarray | None = None
 
 
 @nb.njit(parallel=True, cache=True)
@@ -99,8 +107,73 @@ def code_dtype(fmt) -> np.dtype:
     return np.dtype(np.int16 if fmt.signed else np.uint16)
 
 
-def evaluate_codes(program, x_q: np.ndarray) -> np.ndarray:
-    return program.decide(program.forward(x_q))
+class Judge:
+    """The shared perturb -> clip -> input quantization -> judge loop for one program."""
+
+    def __init__(self, program, bounds: tuple[float, float] | None):
+        self.program, self.fmt = program, program.net.input
+        self.lo, self.hi = bounds if bounds is not None else (-BIG, BIG)
+
+    def codes(self, points: np.ndarray) -> np.ndarray:
+        """Real points -> clip to the data bounds -> the device's input codes."""
+        return quantize_input(self.fmt, np.clip(points, self.lo, self.hi)).astype(code_dtype(self.fmt))
+
+    def decide(self, codes: np.ndarray) -> np.ndarray:
+        return self.program.decide(self.program.forward(codes))
+
+    def along(self, x: np.ndarray, direction: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """Decisions (K, n) on ``x + eps_k * direction`` for every epsilon, fused."""
+        codes = np.empty((len(eps) * len(x), x.shape[1]), code_dtype(self.fmt))
+        perturb_quantize(x, np.asarray(direction, np.float32), eps, self.lo, self.hi,
+                         self.fmt.inv_scale, self.fmt.qmin, self.fmt.qmax, codes)
+        return self.decide(codes).reshape(len(eps), -1)
+
+
+class Attack:
+    """Base of every attack: ``attack.run(program, x, y, epsilons, gradient)``."""
+
+    name = "attack"
+    needs_gradient = True
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def chunk_size(self, n_eps: int, d: int, batch_size: int) -> int:
+        return max(1, min(batch_size, CHUNK_ELEMENTS // max(1, n_eps * d)))
+
+    def run_chunk(self, judge: Judge, x, y, eps, gradient) -> ChunkOutcome:
+        raise NotImplementedError
+
+    def run(self, program, x, y, epsilons, gradient=None, *, bounds=None, batch_size: int = 2048,
+            progress: Callable[[int], None] | None = None) -> AttackResult:
+        """Attack ``program`` on real inputs ``x`` (N, d) with labels ``y`` at every epsilon.
+        ``gradient`` None: the surrogate of the judged program's bit-exact model."""
+        from hwq.attack.gradients import default_gradient
+
+        x, y = check_inputs(program, x, y)
+        eps = check_epsilons(epsilons)
+        if gradient is None and self.needs_gradient:
+            gradient = default_gradient(program)
+        judge = Judge(program, bounds)
+        n, d = x.shape
+        preds = np.empty((len(eps), n), np.int64)
+        clean, zero = np.empty(n, np.int64), np.zeros(n, bool)
+        direction = None
+        step = self.chunk_size(len(eps), d, batch_size)
+        for start in range(0, n, step):
+            sl = slice(start, min(n, start + step))
+            clean[sl] = judge.decide(quantize_input(program.net.input, x[sl]))
+            out = self.run_chunk(judge, x[sl], y[sl], eps, gradient)
+            preds[:, sl], zero[sl] = out.predictions, out.zero_gradient
+            if out.direction is not None:
+                if direction is None:
+                    direction = np.empty((n, d), np.float32)
+                direction[sl] = out.direction
+            if progress:
+                progress(sl.stop - sl.start)
+        return AttackResult(eps, preds == y, preds, clean == y, zero, x, y,
+                            None if bounds is None else tuple(bounds), self.name, self.params(),
+                            getattr(gradient, "name", "none"), program.target, direction)
 
 
 def check_inputs(program, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,43 +184,3 @@ def check_inputs(program, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.
     if y.shape != (len(x),) or (y.size and (y.min() < 0 or y.max() >= program.net.n_classes)):
         raise DataError(f"labels must be {len(x)} integers in 0..{program.net.n_classes - 1}")
     return x, y
-
-
-def attack(
-    program,
-    x: np.ndarray,
-    y: np.ndarray,
-    epsilons,
-    *,
-    method: FGSM = FGSM(),
-    gradient: GradientSource | None = None,
-    bounds: tuple[float, float] | None = None,
-    batch_size: int = 2048,
-    progress: Callable[[int], None] | None = None,
-) -> AttackResult:
-    """Attack ``program`` (a compiled target program) on inputs ``x`` with labels ``y``."""
-    x, y = check_inputs(program, x, y)
-    eps = check_epsilons(epsilons)
-    gradient = gradient or SurrogateGradient(program)
-    fmt = program.net.input
-    lo, hi = bounds if bounds is not None else (-BIG, BIG)
-    n, d = x.shape
-    direction = np.empty((n, d), np.float32)
-    zero = np.empty(n, bool)
-    preds = np.empty((len(eps), n), np.int64)
-    clean = np.empty(n, np.int64)
-    step = max(1, min(batch_size, CHUNK_ELEMENTS // max(1, len(eps) * d)))
-    for start in range(0, n, step):
-        sl = slice(start, min(n, start + step))
-        _, grad = gradient.value_and_grad(x[sl], y[sl])
-        zero[sl] = ~np.any(grad != 0, axis=1)
-        direction[sl] = method.direction(grad)
-        clean[sl] = evaluate_codes(program, quantize_input(fmt, x[sl]))
-        codes = np.empty((len(eps) * (sl.stop - sl.start), d), code_dtype(fmt))
-        perturb_quantize(x[sl], direction[sl], eps, lo, hi, fmt.inv_scale, fmt.qmin, fmt.qmax, codes)
-        preds[:, sl] = evaluate_codes(program, codes).reshape(len(eps), -1)
-        if progress:
-            progress(sl.stop - sl.start)
-    return AttackResult(eps, preds == y, preds, clean == y, zero, direction, x, y,
-                        None if bounds is None else tuple(bounds), method.norm, gradient.name,
-                        program.target)

@@ -5,7 +5,7 @@ of the true label, from:
 
 * ``SurrogateGradient`` (default): the real-valued weights ``W * weight_scale`` of the very
   integer network the target runs, backpropagated at the target's own operating point (its
-  pre-activations ``z`` from ``program.trace``): straight through the rounding and input
+  pre-activations ``z`` from ``reference.trace``): straight through the rounding and input
   quantization, the true derivative for ReLU and sigmoid, the fast-sigmoid surrogate for the
   step (``hwq.activations``). This is "white box against the hardware model".
 * ``FloatGradient``: the original float model (a transfer attack).
@@ -21,9 +21,13 @@ from typing import Protocol
 
 import numpy as np
 
-from hwq import activations, ir
-from hwq.qnet import QuantizedNetwork
-from hwq.reference import quantize_input
+from hwq import ir
+from hwq.errors import UsageError
+from hwq.ir import activations
+from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.reference import quantize_input
+from hwq.ranges import check_gradient
+from hwq.target.protocol import ReferenceProgram, Traceable
 
 
 class GradientSource(Protocol):
@@ -57,13 +61,18 @@ def backprop(weights, gains, acts, zs, y, single) -> tuple[np.ndarray, np.ndarra
 
 
 class SurrogateGradient:
-    """Gradient of the integer network's own weights at the target's operating point."""
+    """Gradient of the integer network's own weights at the operating point of ``reference``,
+    a program that can trace (``hwq.target.protocol.Traceable``): the judged program itself
+    when it can, else the bit-exact model of the same compiled network."""
 
     name = "surrogate"
 
-    def __init__(self, program):
-        self.program = program
-        net: QuantizedNetwork = program.net
+    def __init__(self, reference):
+        if not isinstance(reference, Traceable):
+            raise UsageError(f"the {reference.target} program cannot trace its pre-activations",
+                             hint="build the surrogate from its bit-exact model (default_gradient)")
+        self.program = reference
+        net: QuantizedNetwork = reference.net
         self.weights = [layer.real_weight for layer in net.layers]
         self.gains = [layer.gain for layer in net.layers]
         self.acts = [layer.activation for layer in net.layers]
@@ -99,11 +108,22 @@ class FloatGradient:
         return backprop(weights, gains, self.acts, self.forward(x), y, self.single)
 
 
-def gradient_source(name: str, program) -> GradientSource:
-    from hwq.errors import UsageError
+def reference_for(program):
+    """The program whose operating point the surrogate follows: ``program`` itself when it can
+    trace, else its ``bit_exact_model()`` (a device's local model), else the numpy reference
+    of the same integer network."""
+    if isinstance(program, Traceable):
+        return program
+    model = getattr(program, "bit_exact_model", None)
+    return model() if callable(model) else ReferenceProgram(program.net)
 
-    if name == "surrogate":
-        return SurrogateGradient(program)
-    if name == "float":
-        return FloatGradient(program.net.float_graph)
-    raise UsageError(f"unknown gradient source '{name}'", hint="use surrogate or float")
+
+def default_gradient(program) -> SurrogateGradient:
+    return SurrogateGradient(reference_for(program))
+
+
+def gradient_source(name: str, program) -> GradientSource:
+    """A gradient source by name for attacks on ``program``."""
+    if check_gradient(name) == "surrogate":
+        return default_gradient(program)
+    return FloatGradient(program.net.float_graph)

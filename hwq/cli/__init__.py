@@ -8,19 +8,30 @@ Errors from the ``HwqError`` hierarchy are caught here, once, and printed as one
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 
 import typer
 
+from hwq.cli.app import app
 from hwq.errors import HwqError
 
-app = typer.Typer(
-    name="hwq",
-    help="Quantize ONNX networks for neuromorphic hardware models and measure their adversarial "
-    "robustness as the chip computes them.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+COMMANDS_GROUP = "hwq.commands"  # backends add command groups (``hwq truenorth ...``) here
+
+
+_MOUNTED: set[str] = set()
+
+
+def register_plugins() -> None:
+    """Mount every typer app registered in the ``hwq.commands`` entry-point group under its
+    name (once); a plugin that fails to import is skipped (its target reports why when used)."""
+    for ep in entry_points(group=COMMANDS_GROUP):
+        if ep.name in _MOUNTED:
+            continue
+        _MOUNTED.add(ep.name)
+        try:
+            app.add_typer(ep.load(), name=ep.name)
+        except Exception:  # noqa: BLE001  (a broken backend must not take the CLI down)
+            continue
 
 
 def fail(message: str, code: int) -> None:
@@ -30,6 +41,8 @@ def fail(message: str, code: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from hwq.cli import core, study  # noqa: F401  (register commands)
+
+    register_plugins()
 
     try:
         code = app(args=argv, standalone_mode=False)

@@ -14,6 +14,20 @@ from hwq.data import Dataset, load_dataset
 from hwq.errors import UsageError
 
 DATA_HELP = "spiral | spiral-paper | digits | fashion-mnist | mnist:DIR | FILE.npz"
+TARGET_HELP = "NAME or NAME:OPT=V,... (see `hwq info --targets` for names and their options)"
+
+
+def target_options(spec: str | None, items: list[str] | None) -> tuple[str | None, dict]:
+    """``--target`` (maybe with inline options) plus repeated ``--option NAME=VALUE`` ->
+    ``(name, options)``; the core names no target's options, the target validates them."""
+    from hwq.target.registry import resolve_target, split_target_spec
+
+    if spec is None:
+        if items:
+            raise UsageError("--option needs --target (options belong to a target)")
+        return None, {}
+    name, _ = split_target_spec(spec)
+    return resolve_target(spec, items or [])
 
 
 def command_line() -> str:

@@ -8,15 +8,29 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from hwq import api, hwqfile, results
-from hwq.cli import app
-from hwq.cli.common import DATA_HELP, check_output, command_line, data, emit_json, progress, table
-from hwq.epsilons import parse_epsilons
+from hwq import api
+from hwq.attack import ATTACKS, make_attack
+from hwq.attack.gradients import gradient_source
+from hwq.cli.app import app
+from hwq.cli.common import (
+    DATA_HELP,
+    TARGET_HELP,
+    check_output,
+    command_line,
+    data,
+    emit_json,
+    progress,
+    table,
+    target_options,
+)
 from hwq.errors import DataError, FileFormatError, UsageError
-from hwq.gradients import gradient_source
-from hwq.onnx_import import load_onnx, model_metadata
+from hwq.files import program as hwqfile
+from hwq.files import results
+from hwq.onnx.importer import load_onnx, model_metadata
+from hwq.ranges import parse_epsilons
 
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+OPTION = typer.Option(None, "--option", "-O", help="Target option NAME=VALUE (repeatable), e.g. backend=lava.")
 
 
 @app.command()
@@ -37,14 +51,13 @@ def train(
     as_json: bool = JSON,
 ):
     """Train a one-hidden-layer MLP with the paper's QAT recipe and write it as ONNX."""
-    from hwq.fileio import atomic_write_bytes
-    from hwq.sweep import AUTO_TRAINING, SMALL_DATA  # the same budget as sweeps
-    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
+    from hwq.files.atomic import atomic_write_bytes
+    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp, training_budget
 
     check_output(output, (".onnx",))
     ds = data(data_spec, seed=seed)
     gain = gain if gain is not None else (10.0 if ds.name.startswith("spiral") else 1.0)
-    auto_epochs, auto_patience = AUTO_TRAINING["small" if len(ds.y_train) < SMALL_DATA else "large"]
+    auto_epochs, auto_patience = training_budget(len(ds.y_train))  # the same budget as sweeps
     epochs, patience = epochs or auto_epochs, patience or auto_patience
     config = TrainConfig(hidden=hidden, activation=activation, bits=bits, scheme=scheme, gain=gain,
                          epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr,
@@ -85,7 +98,8 @@ def calibration(calib: str | None, meta: dict, n_features: int, seed: int):
 @app.command("compile")
 def compile_(
     model: Path = typer.Argument(..., help="ONNX model to compile."),
-    target: str = typer.Option("sim", help="Target backend: sim | loihi (see `hwq info --targets`)."),
+    target: str = typer.Option("sim", help="Target: " + TARGET_HELP),
+    option: list[str] = OPTION,
     bits: int = typer.Option(None, help="Weight bits 1..16 (default: the bits a QAT model was trained with)."),
     scheme: str = typer.Option(
         None, help="Weight levels: narrow | pow2 | uniform (default: narrow, or the model's QAT scheme)."),
@@ -99,6 +113,7 @@ def compile_(
 ):
     """Quantize an ONNX model and map it onto a target; writes a .hwq file."""
     output = check_output(output or model.with_suffix(".hwq"), (".hwq",))
+    target, options = target_options(target, option)
     graph = load_onnx(model)
     meta = model_metadata(model)
     bits = bits if bits is not None else int(meta.get("hwq.bits", 0)) or None
@@ -108,39 +123,33 @@ def compile_(
     x_cal, bounds, cal_name = calibration(calib, meta, graph.n_features, seed)
     net = api.quantize(graph, bits, calibration=x_cal, bounds=bounds, scheme=scheme,
                        per_channel=per_channel, act_bits=act_bits, input_bits=input_bits)
-    program = api.compile(net, target)
+    program = api.compile(net, target, **options)
     hwqfile.save_program(output, program, command=command_line())
-    rows = [[r.tensor, r.format, f"{r.max_abs_error:.3g}", r.clipped, "yes" if r.on_grid else ""]
-            for r in net.report]
     if as_json:
-        return emit_json({"output": str(output), "target": target, "bits": bits, "scheme": scheme,
-                          "calibration": cal_name, "notes": list(graph.notes),
-                          "report": [dict(zip(["tensor", "format", "max_abs_error", "clipped", "on_grid"],
-                                              [r.tensor, r.format, r.max_abs_error, r.clipped, r.on_grid]))
-                                     for r in net.report],
-                          "target_report": program.report})
+        return emit_json({"output": str(output), "target": target, "options": program.options, "bits": bits,
+                          "scheme": scheme, "calibration": cal_name, "notes": list(graph.notes),
+                          "report": hwqfile.quantization_table(net), "target_report": program.report})
     for note in graph.notes:
         typer.echo(f"note: {note}")
-    typer.echo(table(rows, ["tensor", "format", "max error", "clipped", "QAT grid"]))
+    typer.echo(quantization_text(hwqfile.quantization_table(net)))
     typer.echo(f"compiled {model} for {target} ({scheme} q={bits}, calibration: {cal_name}) -> {output}")
 
 
-def program_for(model: Path, target: str | None, backend: str | None):
-    """The program stored in ``model`` (or the network recompiled for ``target``), run by
-    ``backend`` (loihi: emulator | lava) with the stored mapping kept."""
-    if backend is None:
-        return hwqfile.load_program(model, target)
-    saved, net, artifacts = hwqfile.read_network(model)
-    if (target or saved) != "loihi":
-        raise UsageError("--backend applies to the loihi target only")
-    from hwq.targets import get_target
-
-    loihi = get_target("loihi")
-    return loihi.load(net, artifacts, backend=backend) if saved == "loihi" else loihi.compile(net, backend=backend)
+def quantization_text(rows: list[dict]) -> str:
+    return table([[r["tensor"], r["format"], f"{r['max_abs_error']:.3g}", r["clipped"], "yes" if r["on_grid"] else ""]
+                  for r in rows], ["tensor", "format", "max error", "clipped", "QAT grid"])
 
 
-TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for).")
-BACKEND = typer.Option(None, help="loihi only: emulator (fast, default) | lava (Lava fixed_pt processes).")
+def program_for(model: Path, target: str | None, option: list[str] | None):
+    """The program stored in ``model`` with its stored options (``--option`` overrides them;
+    a loihi file keeps its mapping), or the network recompiled for another ``--target``."""
+    if target is None and option:
+        target = hwqfile.read_stored(model).target
+    name, options = target_options(target, option)
+    return hwqfile.load_program(model, name, options)
+
+
+TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for): " + TARGET_HELP)
 LIMIT = typer.Option(None, help="Use only the first N test inputs.")
 
 
@@ -149,17 +158,30 @@ def run(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
     data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
     target: str = TARGET,
-    backend: str = BACKEND,
+    option: list[str] = OPTION,
     limit: int = LIMIT,
+    output: Path = typer.Option(None, "-o", "--output", help="Write per-input scores and decisions (RUN.h5)."),
+    predictions: bool = typer.Option(False, "--predictions", help="With --json: include every decision."),
     as_json: bool = JSON,
 ):
     """Run the integer model on a test set and print its accuracy."""
-    program = program_for(model, target, backend)
+    if output is not None:
+        check_output(output, (".h5", ".hdf5"))
+    program = program_for(model, target, option)
     ds = data(data_spec, limit)
     ev = api.evaluate(program, ds.x_test, ds.y_test)
+    if output is not None:
+        results.write_run(output, ev.scores, ev.predictions, ds.y_test, {
+            "command": command_line(), "model": str(model), "target": program.target,
+            "options": getattr(program, "options", {}), "data": data_spec, "data_fingerprint": ds.fingerprint()})
     if as_json:
-        return emit_json({"accuracy": ev.accuracy, "n_inputs": len(ds.y_test), "target": program.target})
-    typer.echo(f"{program.target}: accuracy {ev.accuracy:.4f} on {len(ds.y_test)} {ds.name} test inputs")
+        out = {"accuracy": ev.accuracy, "n_inputs": len(ds.y_test), "target": program.target,
+               "output": str(output) if output else None}
+        if predictions:
+            out.update(predictions=ev.predictions.tolist(), labels=ds.y_test.tolist())
+        return emit_json(out)
+    typer.echo(f"{program.target}: accuracy {ev.accuracy:.4f} on {len(ds.y_test)} {ds.name} test inputs"
+               + (f" -> {output}" if output else ""))
 
 
 @app.command()
@@ -168,24 +190,25 @@ def attack(
     data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
     grad: str = typer.Option("surrogate", help="Gradient source: surrogate (of the integer model) | float (transfer)."),
-    norm: str = typer.Option("linf", help="FGSM norm: linf (the paper's) | l2."),
+    norm: str = typer.Option("linf", help="Norm: linf (the paper's) | l2."),
+    attack_name: str = typer.Option("fgsm", "--attack", help="Attack: " + " | ".join(ATTACKS) + "."),
     target: str = TARGET,
-    backend: str = BACKEND,
+    option: list[str] = OPTION,
     limit: int = LIMIT,
     seed: int = typer.Option(0, help="Seed of generated data sets (spirals) and data splits."),
     output: Path = typer.Option(None, "-o", "--output", help="Results file (.h5)."),
     plot: Path = typer.Option(None, help="Also write accuracy vs strength as a PNG."),
     as_json: bool = JSON,
 ):
-    """FGSM over a list of strengths, judged on the bit-exact integer model."""
+    """Attack over a list of strengths (FGSM by default), judged on the bit-exact integer model."""
     epsilons = parse_epsilons(eps)
     if output is not None:
         check_output(output, (".h5", ".hdf5"))
     if plot is not None:
         check_output(plot, (".png",))
-    program = program_for(model, target, backend)
+    method = make_attack(attack_name, norm=norm)
+    program = program_for(model, target, option)
     ds = data(data_spec, limit, seed)
-    method = api.FGSM(norm)
     bar = progress(len(ds.y_test), f"attack ({len(epsilons)} strengths)")
     result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method,
                         gradient=gradient_source(grad, program), bounds=ds.bounds,
@@ -196,11 +219,11 @@ def attack(
     if output is not None:
         results.write_attack(output, result, {
             "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
-            "seed": seed, "backend": backend or "",
+            "seed": seed, "options": getattr(program, "options", {}),
             "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
             "quantization": json.dumps(vars(program.net.settings)), "model": str(model)})
     if plot is not None:
-        from hwq.plots import plot_accuracy_vs_eps
+        from hwq.study.plots import plot_accuracy_vs_eps
 
         label = f"{program.target} q={program.net.settings.bits}"
         plot_accuracy_vs_eps(result.epsilons, result.accuracy[None, :], [label], plot)
@@ -209,7 +232,7 @@ def attack(
     picks = np.unique(np.linspace(0, len(epsilons) - 1, min(11, len(epsilons))).astype(int))
     typer.echo(table([[f"{epsilons[k]:g}", f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"]
                       for k in picks], ["eps", "accuracy", "relative"]))
-    typer.echo(f"{program.target}, {grad} gradient, {norm}: clean accuracy {result.clean_accuracy:.4f} "
+    typer.echo(f"{program.target}, {method.name} {norm}, {grad} gradient: clean accuracy {result.clean_accuracy:.4f} "
                f"on {len(ds.y_test)} inputs; zero gradients: {int(result.zero_gradient.sum())}"
                + (f" -> {output}" if output else ""))
 
@@ -221,7 +244,7 @@ def export(
     as_json: bool = JSON,
 ):
     """Export the compiled integer network as an integer-exact ONNX graph (onnxruntime runs it)."""
-    from hwq.onnx_export import save_onnx
+    from hwq.onnx.exporter import save_onnx
 
     check_output(output, (".onnx",))
     _, net, _ = hwqfile.read_network(model)
@@ -238,10 +261,10 @@ def info(
     as_json: bool = JSON,
 ):
     """Describe a file hwq wrote or reads, or list the installed targets."""
-    from hwq.targets import available_targets
+    from hwq.target.registry import available_targets
 
     if targets or path is None:
-        out = {"targets": available_targets()}
+        out = {"targets": available_targets(), "options": target_option_help()}
     elif path.suffix == ".onnx":
         graph = load_onnx(path)
         out = {"kind": "onnx model", "sample_shape": list(graph.sample_shape),
@@ -251,8 +274,24 @@ def info(
         out = describe_h5(path)
     if as_json:
         return emit_json(out)
+    if out.get("kind") == "compiled model":
+        typer.echo(quantization_text(out.pop("quantization")))
     for key, value in out.items():
         typer.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
+
+
+def target_option_help() -> dict:
+    """Every usable target's options (name -> help), for ``hwq info --targets``."""
+    from hwq.errors import TargetError
+    from hwq.target.registry import available_targets, get_target
+
+    out = {}
+    for name in available_targets():
+        try:
+            out[name] = {o.name: o.help for o in getattr(get_target(name), "options", ())}
+        except TargetError as exc:
+            out[name] = {"error": exc.line()}
+    return out
 
 
 def describe_h5(path: Path) -> dict:
@@ -267,14 +306,18 @@ def describe_h5(path: Path) -> dict:
         raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None
     if fmt == hwqfile.FORMAT:
         return hwqfile.file_info(path)
+    if fmt == results.RUN_FORMAT:
+        r = results.read_run(path)
+        return {"kind": "run", **r["attrs"], "n_inputs": int(r["labels"].size),
+                "accuracy": float(r["correct"].mean()) if r["labels"].size else None}
     if fmt == results.FORMAT:
         r = results.read_attack(path)
         return {"kind": "attack results", **r["attrs"], "n_inputs": int(r["labels"].size),
                 "n_epsilons": int(r["epsilons"].size), "clean_accuracy": float(r["clean_correct"].mean())}
     if fmt.startswith("hwq-sweep"):
-        from hwq import sweep
+        from hwq.sweep.run import describe
 
-        return sweep.describe(path)
+        return describe(path)
     raise FileFormatError(f"{path}: not a file hwq wrote (format={fmt or 'none'})")
 
 
@@ -287,8 +330,8 @@ def compare(
     as_json: bool = JSON,
 ):
     """How often two targets disagree on the same compiled network."""
-    from hwq.compare import compare_programs
-    from hwq.reference import quantize_input
+    from hwq.quant.reference import quantize_input
+    from hwq.target.compare import compare_programs
 
     names = [t.strip() for t in targets.split(",")]
     if len(names) != 2:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from hwq.cli import app
+from hwq.cli.app import app
 from hwq.cli.common import DATA_HELP, check_output, command_line, emit_json, progress
 from hwq.errors import UsageError
 
@@ -38,8 +38,9 @@ def _sweep_progress(total: int, verbose: bool):
 
 
 def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose) -> dict:
-    from hwq.sweep import all_keys, plan, run_sweep
-    from hwq.sweep_exec import make_executor
+    from hwq.sweep.executors import make_executor
+    from hwq.sweep.run import run_sweep
+    from hwq.sweep.spec import all_keys, plan
 
     bar, update = _sweep_progress(len(all_keys(plan(spec))), verbose)
     try:
@@ -53,17 +54,9 @@ def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose) -> d
 def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, epochs, patience,
                batch_size, lr, hidden, init, gain, scheme, act_bits, input_bits, per_channel,
                grad, norm, limit, data_seed):
-    from hwq.epsilons import parse_epsilons
-    from hwq.sweep import (
-        AttackSettings,
-        QuantOptions,
-        SweepSpec,
-        TrainSettings,
-        model_ref,
-        parse_ints,
-        parse_names,
-        parse_seeds,
-    )
+    from hwq.ranges import parse_epsilons, parse_ints, parse_names, parse_seeds
+    from hwq.sweep.run import model_ref
+    from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings
 
     refs = tuple(model_ref(m) for m in models or ())
     return SweepSpec(
@@ -137,7 +130,7 @@ def report(
     as_json: bool = JSON,
 ):
     """Figures (Figs. 2, 3/6, 4/7) and a Markdown report of a sweep."""
-    from hwq.report import write_report
+    from hwq.study.report import write_report
 
     if output.suffix:
         raise UsageError(f"-o {output} should be a folder, not a file")
@@ -158,8 +151,8 @@ def model_(
     as_json: bool = JSON,
 ):
     """The geometric model's quantities (Section 3) for one (n, q)."""
-    from hwq.analysis import model_summary
-    from hwq.schemes import check_bits
+    from hwq.quant.schemes import check_bits
+    from hwq.study.analysis import model_summary
 
     if n < 1:
         raise UsageError(f"--n must be a positive integer, got {n}")
@@ -188,9 +181,9 @@ def reproduce(
     as_json: bool = JSON,
 ):
     """Reproduce the paper's figures end to end: sweep, then report (resumable)."""
-    from hwq.report import write_report
-    from hwq.sweep_cell import dataset
-    from hwq.sweep_protocols import protocol
+    from hwq.study.report import write_report
+    from hwq.sweep.cell import dataset
+    from hwq.sweep.grids import protocol
 
     proto = protocol(data_specs, full, limit=limit)
     if output.suffix:

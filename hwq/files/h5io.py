@@ -16,9 +16,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hwq import ir, qnet
+from hwq import ir
 from hwq.errors import FileFormatError
-from hwq.fileio import atomic_path
+from hwq.files.atomic import atomic_path
+from hwq.quant import qnet
 
 TYPES: dict[str, type] = {
     cls.__name__: cls

@@ -1,10 +1,12 @@
-"""Attack results files (HDF5, version 1; schema in docs/file-formats.md).
+"""Attack results and run files (HDF5; schema in docs/file-formats.md).
 
-Layout::
+Attack results, version 2 (version 1 files, which predate ``attack``/``attack_params``, are
+still read: they were all FGSM with the ``norm`` they record)::
 
-    /              attrs: format="hwq-attack", version=1, hwq_version, command, model, target,
-                          backend, gradient, norm, bits, scheme, data, data_fingerprint,
-                          seed, quantization (JSON), created (ISO time)
+    /              attrs: format="hwq-attack", version=2, hwq_version, command, model, target,
+                          options (JSON), attack, attack_params (JSON), gradient, norm, bits,
+                          scheme, data, data_fingerprint, seed, quantization (JSON),
+                          diagnostics (JSON), created (ISO time)
     /epsilons      (K,)   float64
     /accuracy      (K,)   float64   accuracy of the integer model at each epsilon
     /correct       (K, N) bool      per input and epsilon
@@ -22,17 +24,23 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq import __version__, h5io
 from hwq.attack import AttackResult
+from hwq.files import h5io
+from hwq.version import __version__
 
-FORMAT, VERSION = "hwq-attack", 1
+FORMAT, VERSION = "hwq-attack", 2
+READABLE = (1, 2)
 ARRAYS = ("epsilons", "accuracy", "correct", "predictions", "clean_correct", "zero_gradient", "labels")
+RUN_FORMAT, RUN_VERSION = "hwq-run", 1
+RUN_ARRAYS = ("scores", "predictions", "labels", "correct")
 
 
 def write_attack(path: str | Path, result: AttackResult, meta: dict) -> None:
     with h5io.atomic_h5(path) as f:
         f.attrs.update(format=FORMAT, version=VERSION, hwq_version=__version__,
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       attack=result.attack, attack_params=json.dumps(result.params, sort_keys=True),
+                       diagnostics=json.dumps(result.diagnostics, sort_keys=True, default=str),
                        norm=result.norm, gradient=result.gradient, target=result.target)
         for key, value in meta.items():
             f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
@@ -41,9 +49,35 @@ def write_attack(path: str | Path, result: AttackResult, meta: dict) -> None:
 
 
 def read_attack(path: str | Path) -> dict:
-    with h5io.open_checked(path, FORMAT, (VERSION,)) as f:
+    with h5io.open_checked(path, FORMAT, READABLE) as f:
         def load():
             out = {name: f[name][()] for name in ARRAYS}
+            out["attrs"] = {k: h5io.plain(v) for k, v in f.attrs.items()}
+            if int(out["attrs"]["version"]) == 1:  # every version-1 file is FGSM
+                out["attrs"].setdefault("attack", "fgsm")
+                out["attrs"].setdefault("attack_params", json.dumps({"norm": out["attrs"].get("norm", "linf")}))
+            return out
+        return h5io.guarded(path, load)
+
+
+def write_run(path: str | Path, scores: np.ndarray, predictions: np.ndarray, labels: np.ndarray,
+              meta: dict) -> None:
+    """``hwq run -o RUN.h5``: the integer scores and decisions of every input."""
+    with h5io.atomic_h5(path) as f:
+        f.attrs.update(format=RUN_FORMAT, version=RUN_VERSION, hwq_version=__version__,
+                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        for key, value in meta.items():
+            f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        arrays = {"scores": np.asarray(scores, np.int64), "predictions": np.asarray(predictions, np.int64),
+                  "labels": np.asarray(labels, np.int64), "correct": np.asarray(predictions) == np.asarray(labels)}
+        for name in RUN_ARRAYS:
+            f.create_dataset(name, data=arrays[name], compression="gzip")
+
+
+def read_run(path: str | Path) -> dict:
+    with h5io.open_checked(path, RUN_FORMAT, (RUN_VERSION,)) as f:
+        def load():
+            out = {name: f[name][()] for name in RUN_ARRAYS}
             out["attrs"] = {k: h5io.plain(v) for k, v in f.attrs.items()}
             return out
         return h5io.guarded(path, load)
@@ -59,6 +93,9 @@ def summary(result: AttackResult) -> dict:
         "zero_gradient": int(result.zero_gradient.sum()),
         "n_inputs": int(result.labels.size),
         "target": result.target,
+        "attack": result.attack,
+        "attack_params": result.params,
         "gradient": result.gradient,
         "norm": result.norm,
+        "diagnostics": result.diagnostics,
     }

@@ -30,10 +30,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hwq import __version__
 from hwq.errors import InvalidModelError
-from hwq.fileio import atomic_write_bytes
-from hwq.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
+from hwq.files.atomic import atomic_write_bytes
+from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
+from hwq.version import __version__
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.23 refuses onnx 1.23's default IR version 14

@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from hwq import ir
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
-from hwq.onnx_quant import QUANT_OPS
+from hwq.onnx.grids import QUANT_OPS
 
 POST_PROCESSING = {"ArgMax", "ArgMin", "TopK", "ZipMap", "ArrayFeatureExtractor", "LabelEncoder"}
 PASS_THROUGH = {"Identity", "Dropout"}

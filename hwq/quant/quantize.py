@@ -12,9 +12,10 @@ import math
 
 import numpy as np
 
-from hwq import activations, ir
+from hwq import ir
 from hwq.errors import InvalidModelError, UsageError
-from hwq.qnet import (
+from hwq.ir import activations
+from hwq.quant.qnet import (
     SIGMOID_INDEX_BITS,
     InputFormat,
     QLayer,
@@ -23,7 +24,7 @@ from hwq.qnet import (
     Requant,
     TensorReport,
 )
-from hwq.schemes import check_bits, get_scheme
+from hwq.quant.schemes import check_bits, get_scheme
 
 MULTIPLIER_BITS = 16
 MAX_SHIFT = 62  # 2^(S-1) and the shift stay well defined in int64
@@ -142,7 +143,7 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
     if x_calib.shape[1] != pairs[0][0].n_in:
         raise UsageError(f"calibration data has {x_calib.shape[1]} features, the model expects {pairs[0][0].n_in}")
     fmt = input_format(x_calib, bounds, settings.input_bits)
-    from hwq.reference import quantize_input
+    from hwq.quant.reference import quantize_input
 
     x = quantize_input(fmt, x_calib) * fmt.scale
     scale, in_max = fmt.scale, max(abs(fmt.qmin), fmt.qmax)

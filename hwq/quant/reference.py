@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwq.qnet import SIGMOID_INDEX_BITS, InputFormat, QLayer, QuantizedNetwork, Requant
+from hwq.quant.qnet import SIGMOID_INDEX_BITS, InputFormat, QLayer, QuantizedNetwork, Requant
 
 
 def quantize_input(fmt: InputFormat, x: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hwq.analysis import geometry
 from hwq.errors import UsageError
-from hwq.fileio import atomic_path
+from hwq.files.atomic import atomic_path
+from hwq.study.analysis import geometry
 
 
 def _figure(ncols: int = 1, width: float = 4.5, height: float = 3.6):

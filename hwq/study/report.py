@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.analysis import min_variance_strength, relative_accuracy, slope_crossing_strength
-from hwq.analysis.critical import DEFINITIONS
-from hwq.sweep import data_label
-from hwq.sweep_store import SweepFile, read_sweep
+from hwq.study.analysis import min_variance_strength, relative_accuracy, slope_crossing_strength
+from hwq.study.analysis.critical import DEFINITIONS
+from hwq.sweep.spec import data_label
+from hwq.sweep.store import SweepFile, read_sweep
 
 FIG2_CASES = ((2, 2), (3, 4), (1, 5))  # (q, n) of the paper's Fig. 2
 FIG2_SAMPLES = 200_000
@@ -182,8 +182,8 @@ def _mark_stalled(fig, block: Block) -> None:
 
 def figure_fig2(folder: Path, seed: int = 0) -> tuple[Path, list[dict]]:
     """Fig. 2: Monte Carlo nearest-face distances vs the model density, with KS tests."""
-    from hwq import plots
-    from hwq.analysis import geometry, montecarlo
+    from hwq.study import plots
+    from hwq.study.analysis import geometry, montecarlo
 
     rng = np.random.default_rng(seed)
     samples = {(q, n): montecarlo.simulate(q, n, FIG2_SAMPLES, rng) for q, n in FIG2_CASES}
@@ -200,7 +200,7 @@ def figure_fig2(folder: Path, seed: int = 0) -> tuple[Path, list[dict]]:
 
 def block_figures(block: Block, folder: Path, multi_target: bool) -> list[Path]:
     """Figs. 3/6 (accuracy vs bits) and 4/7 (relative accuracy, one per activation)."""
-    from hwq import plots
+    from hwq.study import plots
 
     f_bits, f_rel = _fig_numbers(block)
     stem = _stem(block, multi_target)
@@ -242,7 +242,7 @@ def _levels(scheme, bits: int) -> str:
 
 
 def _settings_md(sw: SweepFile) -> list[str]:
-    from hwq.schemes import get_scheme
+    from hwq.quant.schemes import get_scheme
 
     spec = sw.spec
     q = spec.quant
@@ -409,7 +409,7 @@ def write_report(sweep_path: str | Path, folder: str | Path, *, fig2: bool = Tru
         if b.present.any():
             figures += block_figures(b, folder, multi)
     report = folder / "report.md"
-    from hwq.fileio import atomic_write_bytes
+    from hwq.files.atomic import atomic_write_bytes
 
     atomic_write_bytes(report, markdown(sw, blks, figures, checks, folder).encode())
     return {"report": str(report), "figures": [str(p) for p in figures], **numbers}

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwq import api
+from hwq.attack import make_attack
+from hwq.attack.gradients import gradient_source
 from hwq.errors import HwqError
-from hwq.sweep import CellFailed, SweepSpec, Task, cell_key, data_label
+from hwq.onnx.importer import graph_from_model, read_model
+from hwq.sweep.spec import CellFailed, SweepSpec, Task, cell_key, data_label
 from hwq.train import STALL_MARGIN
 
 
@@ -104,8 +107,6 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
     else:
         model, train_attrs, arrays = _given_model(task)
     clock.lap("train_s")
-    from hwq.onnx_import import graph_from_model
-
     graph = graph_from_model(model)
     clock.lap("import_s")
     q = spec.quant
@@ -159,18 +160,14 @@ def _train(spec: SweepSpec, task: Task, ds):
 
 
 def _given_model(task: Task):
-    from hwq.onnx_import import read_model
-
     return read_model(task.model), {"source": task.model, "train_stalled": False}, {}
 
 
 def _attack(spec: SweepSpec, program, ds):
-    from hwq.gradients import gradient_source
-
     a = spec.attack
-    result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=api.FGSM(a.norm),
+    result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=make_attack(a.name, norm=a.norm),
                         gradient=gradient_source(a.gradient, program), bounds=ds.bounds)
     counts = result.correct.sum(axis=1).astype(np.int64)
-    attrs = {"clean_accuracy": result.clean_accuracy, "n_test": int(result.labels.size),
+    attrs = {"attack": result.attack, "clean_accuracy": result.clean_accuracy, "n_test": int(result.labels.size),
              "zero_gradient": int(result.zero_gradient.sum())}
     return attrs, {"accuracy": result.accuracy.astype(np.float64), "correct": counts}

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwq.sweep import AttackSettings, SweepSpec, data_label, parse_names
+from hwq.ranges import parse_names
+from hwq.sweep.spec import AttackSettings, SweepSpec, data_label
 
 QUICK_DATA = "spiral,digits"
 FULL_DATA_PREFIXES = ("mnist:", "fashion-mnist")

@@ -19,26 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from hwq.activations import HIDDEN_ACTIVATIONS
-from hwq.epsilons import check_epsilons
-from hwq.errors import DataError, HwqError, UsageError
-from hwq.schemes import check_bits, get_scheme
+from hwq.attack import ATTACKS
+from hwq.errors import HwqError, UsageError
+from hwq.ir.activations import HIDDEN_ACTIVATIONS
+from hwq.quant.schemes import check_bits, get_scheme
+from hwq.ranges import check_epsilons, check_gradient, check_norm
+from hwq.train import training_budget
 
 FORMAT, VERSION = "hwq-sweep", 1
-SMALL_DATA = 10_000  # training sets below this size get the small-data training defaults
-AUTO_TRAINING = {"small": (500, 100), "large": (50, 10)}  # (epochs, patience)
-
-
-class Interrupted(HwqError):
-    """Ctrl-C during a sweep; the finished cells are kept and the next run resumes."""
-
-    exit_code = 130
 
 
 class CellFailed(HwqError):
@@ -73,7 +67,7 @@ class TrainSettings:
 
     def resolved(self, data_name: str, n_train: int) -> dict:
         """The settings one data set trains with (auto values filled in)."""
-        epochs, patience = AUTO_TRAINING["small" if n_train < SMALL_DATA else "large"]
+        epochs, patience = training_budget(n_train)
         out = asdict(self)
         out["epochs"] = self.epochs or epochs
         out["patience"] = self.patience or patience
@@ -98,6 +92,7 @@ class AttackSettings:
     gradient: str = "surrogate"
     norm: str = "linf"
     limit: int | None = None  # first N test inputs only
+    name: str = "fgsm"  # hwq.attack.ATTACKS
 
 
 @dataclass(frozen=True)
@@ -148,11 +143,10 @@ class SweepSpec:
             raise UsageError("--act-bits must be in 1..16 and --input-bits in 2..16")
         object.__setattr__(self, "attack", replace(
             self.attack, epsilons=tuple(check_epsilons(self.attack.epsilons).tolist())))
-        if self.attack.gradient not in ("surrogate", "float"):
-            raise UsageError(f"unknown gradient source '{self.attack.gradient}'",
-                             hint="use surrogate or float")
-        if self.attack.norm not in ("linf", "l2"):
-            raise UsageError(f"unknown norm '{self.attack.norm}'", hint="use linf or l2")
+        check_gradient(self.attack.gradient)
+        check_norm(self.attack.norm)
+        if self.attack.name not in ATTACKS:
+            raise UsageError(f"unknown attack '{self.attack.name}'", hint="use " + ", ".join(ATTACKS))
         if self.attack.limit is not None and self.attack.limit < 1:
             raise UsageError(f"--limit must be a positive integer, got {self.attack.limit}")
         labels = [data_label(d) for d in self.data]
@@ -184,33 +178,6 @@ def data_label(spec: str) -> str:
         return "mnist"
     name = Path(spec).stem if spec.endswith(".npz") else spec
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-
-
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """``START:STOP`` (inclusive) or ``a,b,c``."""
-    try:
-        if ":" in text:
-            start, stop = (int(p) for p in text.split(":"))
-            if stop < start:
-                raise ValueError
-            return tuple(range(start, stop + 1))
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise UsageError(f"malformed {what} '{text}'", hint="use START:STOP or a,b,c") from None
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """A count (``5`` -> seeds 0..4) or explicit seeds (``0,3,7``, ``2:4``)."""
-    if text.strip().isdigit():
-        count = int(text)
-        if count < 1:
-            raise UsageError(f"--seeds must be at least 1, got {count}")
-        return tuple(range(count))
-    return parse_ints(text, "--seeds")
-
-
-def parse_names(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 # ------------------------------------------------------------------------- the plan
@@ -266,88 +233,3 @@ def plan(spec: SweepSpec) -> list[Task]:
 
 def all_keys(tasks: Iterable[Task]) -> list[str]:
     return [k for t in tasks for k in t.keys()]
-
-
-def model_ref(path: str | Path) -> ModelRef:
-    """Read a given ONNX model once: its hash and its hidden activation."""
-    from hwq.onnx_import import graph_from_model, read_model
-
-    path = Path(path)
-    model = read_model(path)
-    graph = graph_from_model(model)
-    acts = [act for _, act in graph.layers()[:-1]]
-    if len(acts) != 1 or acts[0] not in HIDDEN_ACTIVATIONS:
-        raise UsageError(f"{path}: a sweep model needs one hidden layer with step, sigmoid or "
-                         f"relu, found {acts or 'none'}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return ModelRef(str(path.resolve()), digest, acts[0], graph.n_features)
-
-
-# ------------------------------------------------------------------------- running
-
-
-Progress = Callable[[int, int, object], None]  # (cells done, cells total, CellResult or None)
-
-
-def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
-              overwrite: bool = False, progress: Progress | None = None) -> dict:
-    """Run (or resume) the sweep into ``path``; returns a summary dict.
-
-    ``executor`` is an ``hwq.sweep_exec`` executor (local pool, Dask or serial). Finished
-    cells are journaled beside the file (``PATH.cells/``) before they are appended to it, so
-    an interrupted sweep (Ctrl-C, kill -9) resumes with the cells it has.
-    """
-    from hwq.sweep_cell import data_info, run_task
-    from hwq.sweep_store import SweepStore
-    from hwq.targets import get_target
-
-    for target in spec.targets:  # fail before any file is created
-        get_target(target)
-    tasks = plan(spec)
-    keys = all_keys(tasks)
-    data = {data_label(d): data_info(d, spec) for d in spec.data}
-    for m in spec.models:
-        for label, info in data.items():
-            if info["n_features"] != m.n_features:
-                raise DataError(f"{m.path} expects {m.n_features} input features, data set "
-                                f"{label} has {info['n_features']}")
-    store = SweepStore(Path(path))
-    executor_name = f"{executor.name} x{executor.workers}"
-    with store.session(spec, data, keys, command=command, overwrite=overwrite,
-                       executor=executor_name) as session:
-        todo = [t for t in tasks if not set(t.keys()) <= session.done]
-        if progress:
-            progress(len(session.done), len(keys), None)
-        try:
-            for cells in executor.imap(run_task, [(spec, t) for t in todo]):
-                for cell in cells:
-                    session.check_fingerprint(cell)
-                    session.add(cell)
-                if progress:
-                    progress(len(session.done), len(keys), cells[-1] if cells else None)
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted after {len(session.done)} of {len(keys)} cells",
-                              hint="run the same command again to resume") from None
-        session.finish()
-    return {"output": str(path), "cells": len(keys), "ran": len(keys) - session.resumed,
-            "resumed": session.resumed, "stalled": session.stalled,
-            "wall_s": session.elapsed(), "executor": executor_name}
-
-
-def describe(path: str | Path) -> dict:
-    """What ``hwq info`` prints for a sweep file."""
-    from hwq.sweep_store import content_digest, read_sweep
-
-    sw = read_sweep(path)
-    spec = sw.spec
-    return {
-        "kind": "sweep", "version": VERSION, "hwq_version": sw.attrs.get("hwq_version"),
-        "command": sw.attrs.get("command"), "data": list(spec.data),
-        "activations": sorted({c.attrs["activation"] for c in sw.cells}) or list(spec.activations),
-        "bits": list(spec.bits), "seeds": list(spec.seeds), "targets": list(spec.targets),
-        "epsilons": [float(sw.epsilons.min()), float(sw.epsilons.max()), int(sw.epsilons.size)],
-        "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", 0)),
-        "complete": bool(sw.attrs.get("complete", False)),
-        "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
-        "content_sha256": content_digest(path),
-    }

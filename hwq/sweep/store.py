@@ -29,9 +29,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hwq import __version__, h5io
 from hwq.errors import DataError, FileFormatError, HwqError, UsageError
-from hwq.sweep import FORMAT, VERSION, SweepSpec
+from hwq.files import h5io
+from hwq.sweep.spec import FORMAT, VERSION, SweepSpec
+from hwq.version import __version__
 
 VOLATILE_ATTRS = ("created", "command", "wall_s", "executor")  # differ between runs
 VOLATILE_GROUP = "timing"  # per-cell group of wall times: differs between runs
@@ -61,8 +62,7 @@ def write_cell(group: h5py.Group, cell) -> None:
     set_attrs(group.create_group(VOLATILE_GROUP), cell.timing)
 
 
-def _root_attrs(header: dict, n_done: int) -> dict:
-    spec = SweepSpec.from_json(header["spec"])
+def _root_attrs(header: dict, spec: SweepSpec, n_done: int) -> dict:
     data = header["data"]
     return {
         "format": FORMAT, "version": VERSION, "hwq_version": header["hwq_version"],
@@ -84,7 +84,7 @@ def write_sweep_file(path: Path, header: dict, cell_files: list[Path]) -> None:
     """The whole sweep file from the header and journal files (atomic: temp + rename)."""
     spec = SweepSpec.from_json(header["spec"])
     with h5io.atomic_h5(path) as f:
-        set_attrs(f, _root_attrs(header, len(cell_files)))
+        set_attrs(f, _root_attrs(header, spec, len(cell_files)))
         f.create_dataset("epsilons", data=spec.epsilons)
         data = f.create_group("data")
         for label, info in sorted(header["data"].items()):

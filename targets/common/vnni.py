@@ -12,14 +12,14 @@ output ``c``, the four weights of input group ``g``, so one 64-byte load feeds 1
 The kernel copies 48 input rows into a u8 block, then a register tile of ``R`` rows x ``V``
 vectors of 16 outputs broadcasts four input bytes of a row and accumulates
 ``acc[r][v] += dot4(x[r, 4g:4g+4], W[16v:16v+16, 4g:4g+4])``. Bias, requantization and the
-activation follow in the same pass (``kernels.finish_rows``).
+activation follow in the same pass (sim's ``kernels.vnni_layer``).
 
 Reuse. The pieces are public so that other backends build their own fused layers on the same
 exact product: ``run_blocks`` (the threaded driver), ``claim`` (a block index),
 ``pack_rows`` (codes into the u8 block, counting codes out of range) and ``product`` (the
 int32 block product); a block worker combines them with its own epilogue. ``matmul`` is the
 plain exact product ``h @ W.T`` (int64). The loihi emulator
-(``hwq_targets.loihi.kernels.vnni_blocks``) imports this module for its 8-bit groups.
+(``hwq_targets.loihi.kernels.vnni_blocks``) uses it for its 8-bit groups, as sim does.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from . import kernels
+from hwq.quant.bounds import INT32_EXACT
 
 BLOCK = 48  # input rows per block; a multiple of every ROWS entry
 MAX_VECTORS = 7  # 16-output vectors per register tile
 ROWS = (0, 8, 8, 6, 4, 4, 3, 3)  # rows per tile for V vectors: R*V + V + 1 <= 32 zmm registers
-INT32_EXACT = 2**31
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -172,28 +171,6 @@ def pack_rows(h, i0, rows, lo, hi, offset, a):
 
 
 @nb.njit(cache=True, nogil=True)
-def _blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut,
-            lut_half, acc_out, out):
-    """The blocks of ``layer`` that this thread claims from ``counter`` (dynamic scheduling:
-    a thread the OS runs late takes fewer blocks); returns the out-of-range count."""
-    n = h.shape[0]
-    a = np.zeros((BLOCK, wpk.shape[0] * 4), np.uint8)
-    c = np.empty((BLOCK, wpk.shape[1] // 4), np.int32)
-    count = 0
-    nblocks = (n + BLOCK - 1) // BLOCK
-    while True:
-        blk = _claim(counter)
-        if blk >= nblocks:
-            return count
-        i0 = blk * BLOCK
-        rows = min(BLOCK, n - i0)
-        count += pack_rows(h, i0, rows, lo, hi, offset, a)
-        product(a, wpk, c, rows)
-        kernels.finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half,
-                            acc_out, out, i0)
-
-
-@nb.njit(cache=True, nogil=True)
 def _product_blocks(counter, h, lo, hi, offset, wpk, base, acc_out):
     """Blocks of ``matmul``: ``acc_out = h @ W.T + base`` (int64), no epilogue."""
     n, m = h.shape[0], acc_out.shape[1]
@@ -220,8 +197,8 @@ def run_blocks(worker, n: int, *args) -> int:
     BLOCK rows from one atomic counter (``claim``), so a thread that the OS schedules late
     simply takes fewer blocks. Returns the sum of the workers' results (out-of-range counts).
 
-    This is the driver of every VNNI kernel: sim's fused layer (``layer``), the plain product
-    (``matmul``) and the loihi emulator's (``hwq_targets.loihi.kernels.vnni_blocks``). A
+    This is the driver of every VNNI kernel: sim's fused layer (``kernels.vnni_layer``), the
+    plain product (``matmul``) and the loihi emulator's (``hwq_targets.loihi.kernels.vnni_blocks``). A
     worker packs its rows with ``pack_rows``, multiplies with ``product`` and applies its own
     epilogue to the int32 block."""
     counter = np.zeros(1, np.int64)
@@ -231,17 +208,6 @@ def run_blocks(worker, n: int, *args) -> int:
     futures = [_pool().submit(worker, counter, *args) for _ in range(helpers)]
     bad = worker(counter, *args)
     return int(bad + sum(f.result() for f in futures))
-
-
-def layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half,
-          acc_out, out) -> int:
-    """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
-    into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
-    skip it; ``base = bias - offset * sum_i W[:, i]`` undoes the u8 offset. Returns how many
-    codes fell outside ``[lo, hi]`` (their rows are then wrong and the caller must use an exact
-    fallback)."""
-    return run_blocks(_blocks, h.shape[0], h, lo, hi, offset, wpk, base, mult, half, shift,
-                      mode, act_max, lut, lut_half, acc_out, out)
 
 
 def matmul(h: np.ndarray, weight: np.ndarray, lo: int, hi: int,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from hwq.errors import FileFormatError, UsageError
-from hwq.qnet import QuantizedNetwork
+from hwq.quant.qnet import QuantizedNetwork
+from hwq.target.protocol import Option, check_options
 
 from .artifacts import from_artifacts
 from .limits import LOIHI, Limits
@@ -26,23 +27,37 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def parse_shifts(text: str) -> tuple[int | None, ...]:
+    """``"3,auto,5"`` -> ``(3, None, 5)``."""
+    return tuple(None if p.strip() in ("auto", "") else int(p) for p in text.split(","))
+
+
 class LoihiTarget:
     name = NAME
+    options = (
+        Option("backend", "emulator (batched, default) | lava (Lava's fixed-point processes)",
+               "emulator", str, BACKENDS),
+        Option("shifts", "per-layer right shifts, e.g. 3,auto (default: automatic)", None, parse_shifts),
+    )
+    API_ONLY = ("limits", "variant")  # Python objects / test switches, not CLI text
 
     def compile(self, net: QuantizedNetwork, backend: str = "emulator", *, shifts=None,
                 limits: Limits | None = None, variant: str = "exact", **unknown: Any
                 ) -> LoihiProgram:
         """Map ``net`` onto Loihi. ``shifts`` forces per-layer right shifts (None entries:
         automatic); ``limits`` overrides the hardware figures; ``variant`` is for tests only."""
-        if unknown:
-            raise UsageError(f"unknown loihi option(s): {', '.join(sorted(unknown))}",
-                             hint="options: backend, shifts, limits")
+        check_options(NAME, self.options, unknown, self.API_ONLY)
         limits = limits or LOIHI
         mapping = map_network(net, limits, shifts)
         return LoihiProgram(net, mapping, limits, check_backend(backend), variant)
 
-    def load(self, net: QuantizedNetwork, artifacts: dict[str, Any],
-             backend: str | None = None) -> LoihiProgram:
+    def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], backend: str | None = None,
+             **options: Any) -> LoihiProgram:
+        """The stored mapping, run by ``backend`` (default: the one it was compiled for).
+        Mapping options (``shifts``) cannot change a stored mapping: recompile instead."""
+        check_options(NAME, self.options, options)
+        if options.get("shifts") is not None:
+            raise UsageError("shifts change the mapping; recompile the model with --option shifts=...")
         mapping, limits, saved = from_artifacts(artifacts)
         shapes = [lm.sets[0].digits.shape for lm in mapping.layers]
         if shapes != [layer.weight.shape for layer in net.layers]:

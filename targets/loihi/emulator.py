@@ -4,7 +4,7 @@ Each layer takes the fastest product that a bound proves exact:
 
 * ``vnni``: where every synapse group's digits fit int8 and the layer's inputs fit 8 bits
   (input codes in ``[0, 255]`` or ``[-128, 127]``, spikes, graded activations up to 255) on a
-  CPU with AVX-512 VNNI: the sim target's exact int8 product (``hwq_targets.sim.vnni``), the
+  CPU with AVX-512 VNNI: the shared exact int8 product (``targets/common/vnni.py``), the
   input packed once for all groups, fused with the shifts and the neuron
   (``kernels.vnni_blocks``); each layer writes its outputs in the 8-bit container the next
   layer reads. Layer-0 codes outside the input format make the chunk fall back to the paths
@@ -22,21 +22,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sim import vnni
+from hwq.quant.bounds import row_sum_bound
+
+from ..common import products, vnni
+from ..common.plans import NATIVE_INPUTS
 from . import kernels
 from .mapping import LayerMap, Mapping
 
-F32_EXACT, F64_EXACT = 2**24, 2**53
 KINDS = {"lif": 0, "relu": 1, "identity": 2}
 NONE = np.empty((0, 0), np.int64)
 CHUNK_ROWS = 32768
-NATIVE_INPUTS = (np.uint8, np.int8, np.int64, np.float32, np.float64)  # others go via int64
 
 
 def product_dtype(lm: LayerMap):
     peak = max(abs(lm.in_range[0]), abs(lm.in_range[1]))
-    bound = max(int(np.abs(s.digits).sum(axis=1).max(initial=0)) for s in lm.sets) * peak
-    return np.float32 if bound < F32_EXACT else (np.float64 if bound < F64_EXACT else np.int64)
+    return products.DTYPES[products.product_path(max(row_sum_bound(s.digits) for s in lm.sets), peak)]
 
 
 def vnni_fits(lm: LayerMap, variant: int) -> bool:
@@ -72,7 +72,7 @@ class CompiledLayer:
         return self.dtype
 
     def product(self, h: np.ndarray, g: int) -> np.ndarray:
-        return kernels.int_matmul(h, self.w_t[g]) if self.dtype is np.int64 else h @ self.w_t[g]
+        return products.int_matmul(h, self.w_t[g]) if self.dtype is np.int64 else h @ self.w_t[g]
 
     def inputs(self, h: np.ndarray, groups: int | None = None) -> np.ndarray:
         """``a = sum_s shift(h @ D_s.T, E_s)`` (int64) over the first ``groups`` groups."""

@@ -6,9 +6,8 @@ Lava comparison catches it: 1 = right shifts truncate toward zero instead of flo
 2 = the LIF fires on ``v >= theta``, 3 = the LIF current does not wrap at 24 bits.
 
 ``vnni_blocks`` runs a whole layer on AVX-512 VNNI where its groups and inputs fit 8 bits. It
-reuses the sim target's exact int8 product (``hwq_targets.sim.vnni``: block packing, the
-``vpdpbusd`` register tiles and the threaded driver) and adds the Loihi epilogue; this is the
-one place where the loihi backend imports a sibling backend's kernel module.
+reuses the shared exact int8 product (``targets/common/vnni.py``: block packing, the
+``vpdpbusd`` register tiles and the threaded driver) and adds the Loihi epilogue.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ..sim import vnni
-from ..sim.kernels import int_matmul  # noqa: F401  (the exact int64 product, shared)
+from ..common import vnni
 
 VARIANTS = {"exact": 0, "trunc": 1, "ge": 2, "nowrap": 3}
 U_WRAP = 2**23

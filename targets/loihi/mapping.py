@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwq.errors import LimitError, TargetError
-from hwq.qnet import QLayer, QuantizedNetwork
+from hwq.quant.qnet import QLayer, QuantizedNetwork
 
 from .limits import INT32_SAFE_LIF, INT32_SAFE_SD, Limits
 from .synapses import SynapseSet, round_weights, shift, synapse_sets

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from hwq.errors import DataError
-from hwq.qnet import QuantizedNetwork
-from hwq.reference import decide
+from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.reference import decide
 
 from .artifacts import to_artifacts
 from .emulator import Emulator
@@ -30,6 +30,7 @@ class LoihiProgram:
     the same int64 scores. ``trace`` always uses the emulator (bit-identical)."""
 
     target = NAME
+    exact = True
 
     def __init__(self, net: QuantizedNetwork, mapping: Mapping, limits: Limits,
                  backend: str = "emulator", variant: str = "exact"):
@@ -37,6 +38,7 @@ class LoihiProgram:
         self.emulator = Emulator(mapping, variant)
         self.report = build_report(net, mapping, limits, backend)
         self.artifacts = to_artifacts(mapping, limits, backend)
+        self.options = {"backend": backend}
 
     def _check(self, x_q) -> np.ndarray:
         x_q = np.asarray(x_q)

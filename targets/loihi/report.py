@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from hwq.errors import LimitError
-from hwq.qnet import QuantizedNetwork
+from hwq.quant.qnet import QuantizedNetwork
 
 from .limits import Limits
 from .mapping import LayerMap, Mapping

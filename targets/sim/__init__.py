@@ -5,7 +5,7 @@ range ``[lo, hi]`` its input codes can take (the input format for layer 0, the p
 activation's output range after that) and ``S = max_row sum|W_row|``:
 
 * ``vnni``: 8-bit codes and int8 weights with ``255 * S < 2^31`` on a CPU with AVX-512 VNNI
-  (``vnni.py``): u8 x s8 products summed in int32, fused with bias, requantization and the
+  (``targets/common/vnni.py``): u8 x s8 products summed in int32, fused with bias, requantization and the
   activation;
 * ``float32`` BLAS when ``S * max(|lo|, |hi|) < 2^24``, ``float64`` BLAS below ``2^53`` (every
   partial sum is then an integer the float type represents exactly, in any summation order);
@@ -25,17 +25,19 @@ from typing import Any
 import numpy as np
 
 from hwq.errors import InvalidModelError, TargetError
-from hwq.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
-from hwq.reference import decide
+from hwq.quant.bounds import MAX_SHIFT, row_sum_bound
+from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
+from hwq.quant.reference import decide
+from hwq.target.protocol import Option, check_options, parse_bool_or_auto
 
-from . import kernels, vnni
+from ..common import products, vnni
+from ..common.plans import FallbackPlans, as_codes, owned, seen_range
+from ..common.products import DTYPES
+from . import kernels
 
 NAME = "sim"
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
-DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 EMPTY = np.zeros((0, 0), np.int64)
-MAX_FALLBACKS = 8  # plans kept for input ranges beyond the format
-MAX_SHIFT = 62  # docs/integer-semantics.md section 4
 
 
 def output_range(layer: QLayer, lo: int, hi: int) -> tuple[int, int]:
@@ -58,20 +60,7 @@ def accumulator_bound(layer: QLayer, lo: int, hi: int) -> int:
 def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
     if use_vnni and vnni.fits(layer.weight, lo, hi):
         return "vnni"
-    products = int(np.max(np.abs(layer.weight).sum(axis=1), initial=0)) * max(abs(lo), abs(hi))
-    if products < kernels.F32_EXACT:
-        return "float32"
-    return "float64" if products < kernels.F64_EXACT else "int64"
-
-
-NATIVE_INPUTS = (np.uint8, np.int8, np.int64, np.float32, np.float64)  # others go via int64
-
-
-def owned(values, dtype=np.int64, shape=None) -> np.ndarray:
-    """A fresh writable C-contiguous copy: every kernel argument has one Numba type, so each
-    kernel compiles once per dtype combination rather than once per read-only flag too."""
-    values = np.asarray(values, dtype)
-    return np.array(values if shape is None else np.broadcast_to(values, shape), dtype, order="C")
+    return products.product_path(row_sum_bound(layer.weight), max(abs(lo), abs(hi)))
 
 
 @dataclass
@@ -127,11 +116,11 @@ class CompiledLayer:
                 LUT_HALF, acc, out)
         if self.path == "vnni":
             offset = vnni.input_offset(self.lo, self.hi)
-            if vnni.layer(h, self.lo, self.hi, offset, self.weights, *args):
+            if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args):
                 return None
         else:
             if self.path == "int64":
-                product = kernels.int_matmul(np.ascontiguousarray(h), self.weights)
+                product = products.int_matmul(np.ascontiguousarray(h), self.weights)
             else:
                 product = np.asarray(h, dtype=self.weights.dtype) @ self.weights
             kernels.finish_layer(product, *args)
@@ -145,15 +134,17 @@ class SimProgram:
     artifacts: dict[str, Any] = field(default_factory=dict)
     use_vnni: bool | None = None  # None: wherever the CPU has AVX-512 VNNI
     layers: list[CompiledLayer] = field(init=False)
+    exact = True
 
     def __post_init__(self):
         if self.use_vnni and not vnni.available():
             raise TargetError("sim: vnni=True needs a CPU with AVX-512 VNNI",
                               hint="compile with vnni=None (auto) or vnni=False")
-        self.use_vnni = vnni.available() if self.use_vnni is None else bool(self.use_vnni)
         fmt = self.net.input
+        self.options = {} if self.use_vnni is None else {"vnni": self.use_vnni}
+        self.use_vnni = vnni.available() if self.use_vnni is None else bool(self.use_vnni)
         self.layers = self.plan(fmt.qmin, fmt.qmax)
-        self._fallbacks: dict[tuple[int, int], list[CompiledLayer]] = {}
+        self._fallbacks = FallbackPlans(self.plan)
 
     def plan(self, lo: int, hi: int) -> list[CompiledLayer]:
         layers = []
@@ -167,20 +158,12 @@ class SimProgram:
         return {"products": [c.path for c in self.layers]}
 
     def _run(self, x_q: np.ndarray, want_accs: bool) -> list[np.ndarray]:
-        x_q = np.asarray(x_q)
-        x_q = np.ascontiguousarray(x_q, x_q.dtype if x_q.dtype.type in NATIVE_INPUTS else np.int64)
-        if x_q.ndim != 2 or x_q.shape[1] != self.net.n_features:
-            raise ValueError(f"sim expects codes of shape (N, {self.net.n_features}), got {x_q.shape}")
+        x_q = as_codes(x_q, self.net.n_features, NAME)
         result = self._run_plan(self.layers, x_q, want_accs)
         if result is None:  # codes outside the input format: a plan proven for what we got
             x_q = x_q.astype(np.int64)  # the reference's reading of the codes
-            lo, hi = (int(v) for v in kernels.code_range(x_q))
-            lo, hi = min(lo, self.net.input.qmin), max(hi, self.net.input.qmax)
-            if (lo, hi) not in self._fallbacks:
-                if len(self._fallbacks) >= MAX_FALLBACKS:
-                    self._fallbacks.clear()
-                self._fallbacks[(lo, hi)] = self.plan(lo, hi)
-            result = self._run_plan(self._fallbacks[(lo, hi)], x_q, want_accs)
+            fmt = self.net.input
+            result = self._run_plan(self._fallbacks.for_range(*seen_range(x_q, fmt.qmin, fmt.qmax)), x_q, want_accs)
         return result
 
     @staticmethod
@@ -190,7 +173,7 @@ class SimProgram:
             last = i + 1 == len(layers)
             out_dtype = np.int64 if last else layers[i + 1].in_dtype
             if c.path != "vnni" and i == 0 and h.size:
-                lo, hi = kernels.code_range(h)
+                lo, hi = products.code_range(h)
                 if lo < c.lo or hi > c.hi:
                     return None
             ran = c.run(h, out_dtype, want_acc=want_accs or last, want_out=not last)
@@ -222,9 +205,14 @@ class SimTarget:
     them, False never (float BLAS / int64 only), True requires them."""
 
     name = NAME
+    options = (Option("vnni", "AVX-512 VNNI int8 products: auto (where the CPU has them) | true | false",
+                      None, parse_bool_or_auto, ("auto", "true", "false")),)
 
     def compile(self, net: QuantizedNetwork, *, vnni: bool | None = None, **options: Any) -> SimProgram:
+        check_options(NAME, self.options, options)
         return SimProgram(net, use_vnni=vnni)
 
-    def load(self, net: QuantizedNetwork, artifacts: dict[str, Any]) -> SimProgram:
-        return SimProgram(net, artifacts=dict(artifacts))
+    def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], *, vnni: bool | None = None,
+             **options: Any) -> SimProgram:
+        check_options(NAME, self.options, options)
+        return SimProgram(net, artifacts=dict(artifacts), use_vnni=vnni)

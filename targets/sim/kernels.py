@@ -1,13 +1,13 @@
-"""Numba kernels of the sim target: the integer semantics of hwq/reference.py, fused and
-parallel over the batch. Products run in float BLAS only where a bound proves them exact."""
+"""Numba kernels of the sim target: the integer semantics of hwq/quant/reference.py, fused and
+parallel over the batch (``finish_layer`` after a BLAS or int64 product, ``vnni_layer`` on the
+shared exact int8 product of ``targets/common/vnni.py``)."""
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
-F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
-F64_EXACT = 2**53
+from ..common import vnni
 
 MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3}
 
@@ -17,7 +17,7 @@ def finish_rows(acc, r0, rows, base, mult, half, shift, mode, act_max, lut, lut_
     """Rows ``r0 .. r0+rows`` of a product ``acc`` (any dtype, integer-valued): ``acc + base``
     (``base`` = bias, minus any input offset) into ``acc_out`` and the activated codes into
     ``out``, rows ``o0 ..``; either output may have 0 rows to skip it. This is
-    ``hwq.reference.activate`` with ``half = 2^(shift-1)`` (0 when ``shift == 0``), so the
+    ``hwq.quant.reference.activate`` with ``half = 2^(shift-1)`` (0 when ``shift == 0``), so the
     requantization ``(acc * mult + half) >> shift`` has no branch; one loop per mode, so each
     vectorizes."""
     m = base.shape[0]
@@ -53,37 +53,53 @@ def finish_layer(acc, base, mult, half, shift, mode, act_max, lut, lut_half, acc
     n = acc.shape[0]
     for t in nb.prange((n + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
         i0 = t * ROWS_PER_TASK
-        finish_rows(acc, i0, min(ROWS_PER_TASK, n - i0), base, mult, half, shift, mode, act_max,
-                    lut, lut_half, acc_out, out, i0)
+        finish_rows(
+            acc, i0, min(ROWS_PER_TASK, n - i0), base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0
+        )
 
 
-@nb.njit(parallel=True, cache=True)
-def int_matmul(h, w_t):
-    """Exact int64 product for layers whose bound rules out float BLAS."""
-    n, k = h.shape
-    m = w_t.shape[1]
-    out = np.zeros((n, m), dtype=np.int64)
-    for i in nb.prange(n):
-        for p in range(k):
-            v = np.int64(h[i, p])
-            if v != 0:
-                for j in range(m):
-                    out[i, j] += v * w_t[p, j]
-    return out
-
-
-@nb.njit(parallel=True, cache=True)
-def code_range(h):
-    """``(min, max)`` of the integer codes ``h`` (as int64; (0, 0) when empty)."""
+@nb.njit(cache=True, nogil=True)
+def vnni_blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out):
+    """The blocks of ``layer`` that this thread claims from ``counter`` (dynamic scheduling:
+    a thread the OS runs late takes fewer blocks); returns the out-of-range count."""
     n = h.shape[0]
-    lo = np.zeros(max(n, 1), np.int64)
-    hi = np.zeros(max(n, 1), np.int64)
-    for i in nb.prange(n):
-        a = np.int64(h[i, 0]) if h.shape[1] else np.int64(0)
-        b = a
-        for p in range(h.shape[1]):
-            q = np.int64(h[i, p])
-            a = min(a, q)
-            b = max(b, q)
-        lo[i], hi[i] = a, b
-    return lo.min(), hi.max()
+    a = np.zeros((vnni.BLOCK, wpk.shape[0] * 4), np.uint8)
+    c = np.empty((vnni.BLOCK, wpk.shape[1] // 4), np.int32)
+    count = 0
+    nblocks = (n + vnni.BLOCK - 1) // vnni.BLOCK
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * vnni.BLOCK
+        rows = min(vnni.BLOCK, n - i0)
+        count += vnni.pack_rows(h, i0, rows, lo, hi, offset, a)
+        vnni.product(a, wpk, c, rows)
+        finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
+
+
+def vnni_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out) -> int:
+    """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
+    into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
+    skip it; ``base = bias - offset * sum_i W[:, i]`` undoes the u8 offset. Returns how many
+    codes fell outside ``[lo, hi]`` (their rows are then wrong and the caller must use an exact
+    fallback)."""
+    return vnni.run_blocks(
+        vnni_blocks,
+        h.shape[0],
+        h,
+        lo,
+        hi,
+        offset,
+        wpk,
+        base,
+        mult,
+        half,
+        shift,
+        mode,
+        act_max,
+        lut,
+        lut_half,
+        acc_out,
+        out,
+    )

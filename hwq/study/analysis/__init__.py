@@ -5,14 +5,14 @@
 - :mod:`hwq.analysis.critical`   critical attack strength from accuracy-vs-bits sweeps
 """
 
-from hwq.analysis.critical import (
+from hwq.study.analysis.critical import (
     CriticalStrength,
     critical_strength,
     min_variance_strength,
     relative_accuracy,
     slope_crossing_strength,
 )
-from hwq.analysis.geometry import model_summary
+from hwq.study.analysis.geometry import model_summary
 
 __all__ = [
     "CriticalStrength",

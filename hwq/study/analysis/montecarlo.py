@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwq.analysis import geometry
+from hwq.study.analysis import geometry
 
 _CHUNK_VALUES = 1 << 22  # at most ~4M doubles per chunk
 
