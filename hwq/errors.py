@@ -34,12 +34,13 @@ class ModelFormatError(HwqError):
 class UnsupportedOpError(HwqError):
     """An ONNX op (or op pattern) hwq cannot import."""
 
-    def __init__(self, op: str, node: str, opset: int, supported: list[str]):
+    def __init__(self, op: str, node: str, opset: int, supported: str | list[str], *,
+                 what: str | None = None):
         self.op, self.node, self.opset = op, node, opset
-        super().__init__(
-            f"unsupported ONNX op '{op}' in node '{node}' (opset {opset})",
-            hint="supported: " + ", ".join(sorted(supported)),
-        )
+        if not isinstance(supported, str):
+            supported = "supported: " + ", ".join(sorted(supported))
+        super().__init__(what or f"unsupported ONNX op '{op}' in node '{node}' (opset {opset})",
+                         hint=None if what else supported)
 
 
 class InvalidModelError(HwqError):

@@ -23,7 +23,7 @@ from hwq.quant import qnet
 
 TYPES: dict[str, type] = {
     cls.__name__: cls
-    for cls in (ir.Grid, ir.Affine, ir.Activation, ir.Output, ir.Flatten, ir.Graph,
+    for cls in (ir.Grid, ir.Affine, ir.Activation, ir.Output, ir.Flatten, ir.Graph, ir.Quantizer,
                 qnet.InputFormat, qnet.Requant, qnet.QLayer, qnet.TensorReport,
                 qnet.QuantSettings, qnet.QuantizedNetwork)
 }

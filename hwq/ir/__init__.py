@@ -4,6 +4,6 @@
 ``activations`` the activation kinds as typed objects (float forward, derivative, integer codes).
 """
 
-from hwq.ir.graph import Activation, Affine, Flatten, Graph, Grid, Output, frozen_array
+from hwq.ir.graph import Activation, Affine, Flatten, Graph, Grid, Output, Quantizer, frozen_array
 
-__all__ = ["Activation", "Affine", "Flatten", "Graph", "Grid", "Output", "frozen_array"]
+__all__ = ["Activation", "Affine", "Flatten", "Graph", "Grid", "Output", "Quantizer", "frozen_array"]

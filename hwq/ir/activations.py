@@ -11,6 +11,7 @@ relu        max(z, 0)              [z > 0]
 sigmoid     1 / (1 + exp(-z))      f(z) (1 - f(z))
 step        [z > 0]                surrogate 1 / (1 + |z|)^2 (fast sigmoid; the true
                                    derivative is zero almost everywhere)
+sign        +1 if z >= 0 else -1   surrogate 2 / (1 + |z|)^2 (sign = 2 step - 1 up to z = 0)
 ==========  =====================  ===============================================
 """
 
@@ -36,7 +37,9 @@ def forward(name: str, z: np.ndarray) -> np.ndarray:
         return sigmoid(z)
     if name == "step":
         return (z > 0).astype(z.dtype)
-    raise UsageError(f"unknown activation '{name}'", hint="use step, sigmoid, relu or identity")
+    if name == "sign":
+        return np.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+    raise UsageError(f"unknown activation '{name}'", hint="use step, sign, sigmoid, relu or identity")
 
 
 def derivative(name: str, z: np.ndarray) -> np.ndarray:
@@ -49,4 +52,6 @@ def derivative(name: str, z: np.ndarray) -> np.ndarray:
         return s * (1 - s)
     if name == "step":
         return 1.0 / (1.0 + np.abs(z)) ** 2
-    raise UsageError(f"unknown activation '{name}'", hint="use step, sigmoid, relu or identity")
+    if name == "sign":
+        return 2.0 / (1.0 + np.abs(z)) ** 2
+    raise UsageError(f"unknown activation '{name}'", hint="use step, sign, sigmoid, relu or identity")

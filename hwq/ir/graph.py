@@ -64,11 +64,46 @@ class Affine:
 
 
 @dataclass(frozen=True)
+class Quantizer:
+    """A uniform quantizer read from the file (QCDQ ``QuantizeLinear -> [Clip] -> DequantizeLinear``
+    or QONNX ``Quant``): ``q = clip(round(x / scale), lo, hi)``, real value ``q * scale``, with
+    ``[lo, hi]`` the ``bits``-bit signed or unsigned range (``narrow`` drops the most negative
+    signed code). ``rounding`` is the file's rounding mode (``ROUND`` is half to even).
+    ``bits == 1, signed`` is QONNX's ``BipolarQuant``: ``+1 if x >= 0 else -1``."""
+
+    bits: int
+    signed: bool
+    scale: float
+    narrow: bool = False
+    rounding: str = "ROUND"
+    source: str = ""
+
+    @property
+    def lo(self) -> int:
+        if self.bits == 1 and self.signed:
+            return -1
+        return -(2 ** (self.bits - 1)) + int(self.narrow) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        if self.bits == 1 and self.signed:
+            return 1
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1 - int(self.narrow)
+
+    @property
+    def name(self) -> str:
+        kind = "bipolar" if self.bits == 1 and self.signed else ("s" if self.signed else "u") + str(self.bits)
+        return f"{kind}{' narrow' if self.narrow else ''} x {self.scale:.4g}"
+
+
+@dataclass(frozen=True)
 class Activation:
-    """An elementwise hidden activation: ``relu``, ``sigmoid``, ``step`` (``[x > 0]``) or
-    ``identity``. ``step`` is NIR's ``Threshold`` with threshold 0."""
+    """An elementwise hidden activation: ``relu``, ``sigmoid``, ``step`` (``[x > 0]``), ``sign``
+    (``+1 if x >= 0 else -1``, binarized networks) or ``identity``. ``step`` is NIR's
+    ``Threshold`` with threshold 0. ``quant`` is the file's output quantizer, if any (QAT)."""
 
     kind: str
+    quant: Quantizer | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,7 @@ class Graph:
     nodes: tuple[Node, ...]
     output: Output = Output("identity")
     notes: tuple[str, ...] = field(default=())
+    input_quant: Quantizer | None = None  # the file's input quantizer (QAT), if any
 
     @property
     def affines(self) -> list[Affine]:
@@ -132,6 +168,16 @@ class Graph:
                 f"first layer expects {pairs[0][0].n_in} inputs, samples have {self.n_features}"
             )
         return pairs
+
+    def activation_quants(self) -> list[Quantizer | None]:
+        """The file's output quantizer of each (affine, activation) pair of ``layers()``."""
+        quants: list[Quantizer | None] = []
+        for node in self.nodes:
+            if isinstance(node, Affine):
+                quants.append(None)
+            elif isinstance(node, Activation) and quants:
+                quants[-1] = node.quant
+        return quants
 
     @property
     def n_outputs(self) -> int:

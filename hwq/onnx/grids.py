@@ -37,14 +37,25 @@ def scale_tuple(scale: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(scale, dtype=np.float64).reshape(-1))
 
 
+def declared_bits(lo: int, hi: int) -> int:
+    """The ``narrow`` bits of a declared signed range ``[lo, hi]`` (a Clip or a QONNX bit
+    width), from its top: ``[-7, 7]`` and ``[-8, 7]`` are 4 bits, ``[-1, 1]`` is 2 (ternary).
+    ``make_grid`` widens it by one bit if a code uses a non-narrow range's extra ``-2^(b-1)``."""
+    top = int(hi) if int(hi) > 0 else abs(int(lo))
+    return max(2, int(np.ceil(np.log2(top + 1))) + 1) if top > 0 else 1
+
+
 def make_grid(codes: np.ndarray, scale: np.ndarray, source: str, bits: int | None = None):
+    """The grid of ``codes``: ``bits`` is the file's declared width where it says one (a Clip
+    range, a QONNX bit width), widened if a code does not fit hwq's ``narrow`` levels."""
     if not np.all(np.isfinite(scale)) or np.any(np.asarray(scale) <= 0):
         raise InvalidModelError(f"{source}: scales must be positive and finite")
-    bits = narrow_bits(codes) if bits is None else bits
+    seen = narrow_bits(codes)
+    bits = seen if bits is None else max(bits, seen)
     return ir.Grid("narrow", bits, scale_tuple(scale), source)
 
 
-def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0):
+def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0, declared=None):
     if not np.issubdtype(x.dtype, np.integer):
         raise InvalidModelError("DequantizeLinear on a float tensor is not a weight grid")
     zp = np.zeros(1) if zero_point is None else zero_point.astype(np.float64)
@@ -56,10 +67,11 @@ def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dty
     if s.size > 1:
         bshape[axis % x.ndim] = s.size
     w = x.astype(np.float64) * s.reshape(bshape)
-    return w, make_grid(x.astype(np.int64), s, "DequantizeLinear")
+    bits = None if declared is None else declared_bits(*declared)
+    return w, make_grid(x.astype(np.int64), s, "DequantizeLinear", bits)
 
 
-def Quant(x, scale, zeropt, bitwidth, signed=1, narrow=0, rounding_mode="ROUND"):
+def Quant(x, scale, zeropt, bitwidth, signed=1, narrow=0, rounding_mode="ROUND", declared=None):
     bits = int(np.asarray(bitwidth).reshape(-1)[0])
     if np.any(np.asarray(zeropt) != 0):
         raise InvalidModelError("QONNX Quant with a non-zero zero point is not supported")
@@ -69,11 +81,10 @@ def Quant(x, scale, zeropt, bitwidth, signed=1, narrow=0, rounding_mode="ROUND")
     s = np.asarray(scale, dtype=np.float64)
     codes = ROUNDING[mode.upper()](np.clip(x / s, lo, hi))
     w = codes * s
-    return w, make_grid(codes.astype(np.int64), s, "QONNX Quant",
-                        bits=narrow_bits(codes.astype(np.int64)))
+    return w, make_grid(codes.astype(np.int64), s, "QONNX Quant", bits=declared_bits(lo, hi))
 
 
-def BipolarQuant(x, scale):
+def BipolarQuant(x, scale, declared=None):
     codes = np.where(x >= 0, 1, -1)
     s = np.asarray(scale, dtype=np.float64)
     return codes * s, make_grid(codes.astype(np.int64), s, "QONNX BipolarQuant", bits=1)

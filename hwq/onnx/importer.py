@@ -21,6 +21,16 @@ from hwq import ir
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
 from hwq.onnx.grids import QUANT_OPS
 
+QONNX_DOMAINS = {"qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas"}
+CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool",
+            "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
+RECURRENT_OPS = {"LSTM", "GRU", "RNN", "Scan", "Loop"}
+INT_RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
+              onnx.TensorProto.INT16: (-(2**15), 2**15 - 1), onnx.TensorProto.UINT16: (0, 2**16 - 1),
+              onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
+SUPPORTED_SUMMARY = ("MLPs: Gemm/MatMul chains with Add/Sub/Mul/Div constants, Relu, Sigmoid, "
+                     "step and sign patterns, Softmax; QDQ/QCDQ and QONNX quantizers; "
+                     "full list: hwq info --ops")
 POST_PROCESSING = {"ArgMax", "ArgMin", "TopK", "ZipMap", "ArrayFeatureExtractor", "LabelEncoder"}
 PASS_THROUGH = {"Identity", "Dropout"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
@@ -37,6 +47,10 @@ class Importer:
     output: ir.Output | None = None
     dropped: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    qpending: dict | None = None  # a QCDQ activation quantizer read so far (QuantizeLinear [Clip])
+    input_quant: ir.Quantizer | None = None
+    clips: dict[str, tuple[int, int]] = field(default_factory=dict)  # constant Clip ranges
+    sign_node: str = ""
 
     def const(self, node: onnx.NodeProto, name: str) -> np.ndarray:
         if name not in self.consts:
@@ -72,6 +86,19 @@ class Importer:
         self.pending = None
         self.nodes.append(ir.Activation("step"))
 
+    def close_sign(self, node: onnx.NodeProto) -> None:
+        """A Sign that feeds the next dense layer directly is a sign (+-1) activation."""
+        if self.pending == "sign":
+            self.pending = None
+            self.nodes.append(ir.Activation("sign"))
+            self.notes.append(f"'{self.sign_node}': Sign read as the sign activation (+1 at x = 0, "
+                              "where ONNX Sign gives 0)")
+        elif self.pending is not None:
+            raise InvalidModelError(
+                f"node '{node.name}' ({node.op_type}) follows an incomplete step pattern ({self.pending})",
+                hint="steps are Greater+Cast, Where(x > 0, 1, 0), Relu(Sign(x)) or (Sign(x)+1)/2",
+            )
+
     def check_open(self, node: onnx.NodeProto) -> None:
         if self.output is not None:
             raise InvalidModelError(
@@ -89,6 +116,7 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 def Gemm(st: Importer, node, alpha=1.0, beta=1.0, transA=0, transB=0):
     st.check_open(node)
+    st.close_sign(node)
     if node.input[0] != st.stream or transA:
         raise InvalidModelError(f"Gemm '{node.name}': the sample must be input A with transA=0")
     b = st.const(node, node.input[1])
@@ -102,6 +130,7 @@ def Gemm(st: Importer, node, alpha=1.0, beta=1.0, transA=0, transB=0):
 
 def MatMul(st: Importer, node):
     st.check_open(node)
+    st.close_sign(node)
     if node.input[0] != st.stream:
         raise InvalidModelError(f"MatMul '{node.name}': the sample must be the left operand")
     w = st.const(node, node.input[1])
@@ -145,6 +174,9 @@ def Div(st: Importer, node):
     if node.input[0] != st.stream:
         raise InvalidModelError(f"Div '{node.name}': only stream / constant is supported")
     c = st.other(node)
+    if st.pending == "sign+1" and np.all(c == 2):
+        st.notes.append(f"'{node.name}': (Sign(x)+1)/2 read as step [x > 0] (0 at x = 0, not 0.5)")
+        return st.finish_step(node)
     affine = st.open_affine(node)
     if c.size != 1 or not float(c.reshape(-1)[0]) > 0:
         raise InvalidModelError(f"Div '{node.name}': only a positive scalar divisor is supported")
@@ -176,6 +208,7 @@ def LogSoftmax(st: Importer, node, axis=-1):
 def Sign(st: Importer, node):
     st.check_open(node)
     st.pending = "sign"
+    st.sign_node = node.name
 
 
 def Greater(st: Importer, node):
@@ -222,13 +255,162 @@ def Reshape(st: Importer, node, allowzero=0):
     st.nodes.append(ir.Flatten())
 
 
+# ---------------------------------------------------------------- quantizers on the stream (QAT)
+
+
+def scalar_scale(node, scale) -> float:
+    s = np.asarray(scale, dtype=np.float64).reshape(-1)
+    if s.size != 1 or not (np.isfinite(s[0]) and s[0] > 0):
+        raise InvalidModelError(
+            f"{node.op_type} '{node.name}': an activation quantizer needs one positive scale",
+            hint="per-channel activation scales are not supported",
+        )
+    return float(s[0])
+
+
+def zero_point_zero(node, zp) -> None:
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        raise InvalidModelError(
+            f"{node.op_type} '{node.name}': activation zero point {np.asarray(zp).reshape(-1)[0]} "
+            "is not supported", hint="hwq reads symmetric quantizers (zero point 0)")
+
+
+def QuantizeLinear(st: Importer, node, axis=1, saturate=1, block_size=0, output_dtype=0, precision=0):
+    scale = scalar_scale(node, st.const(node, node.input[1]))
+    zp = st.const(node, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    zero_point_zero(node, zp)
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(zp.dtype) if zp is not None else onnx.TensorProto.UINT8
+    if output_dtype:
+        dtype = output_dtype
+    if dtype not in INT_RANGES:
+        raise InvalidModelError(f"QuantizeLinear '{node.name}': output type {dtype} is not an integer grid")
+    lo, hi = INT_RANGES[dtype]
+    st.qpending = dict(scale=scale, lo=lo, hi=hi, signed=lo < 0, name=node.name)
+
+
+def Clip(st: Importer, node):
+    if st.qpending is None:
+        raise InvalidModelError(
+            f"Clip '{node.name}' on the sample is only supported inside QuantizeLinear -> Clip -> "
+            "DequantizeLinear", hint="ReLU6/HardTanh-style clipping is not a supported activation")
+    bounds = [st.const(node, n) if n else None for n in list(node.input[1:3]) + [""] * 2][:2]
+    if bounds[0] is not None:
+        st.qpending["lo"] = max(st.qpending["lo"], int(np.asarray(bounds[0]).reshape(-1)[0]))
+    if bounds[1] is not None:
+        st.qpending["hi"] = min(st.qpending["hi"], int(np.asarray(bounds[1]).reshape(-1)[0]))
+
+
+def DequantizeLinear(st: Importer, node, axis=1, block_size=0, output_dtype=0):
+    q, st.qpending = st.qpending, None
+    if q is None:
+        raise InvalidModelError(f"DequantizeLinear '{node.name}' on the sample without a QuantizeLinear")
+    scale = scalar_scale(node, st.const(node, node.input[1]))
+    zp = st.const(node, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    zero_point_zero(node, zp)
+    if scale != q["scale"]:
+        raise InvalidModelError(f"DequantizeLinear '{node.name}': scale {scale:g} differs from its "
+                                f"QuantizeLinear's {q['scale']:g}")
+    lo, hi = q["lo"], q["hi"]
+    bits = int(np.ceil(np.log2(hi + 1))) + (1 if q["signed"] else 0)
+    quant = ir.Quantizer(bits, q["signed"], scale, narrow=q["signed"] and lo == -(2 ** (bits - 1)) + 1,
+                         rounding="ROUND", source=f"QCDQ '{q['name']}'")
+    if quant.lo != lo or quant.hi != hi:
+        raise InvalidModelError(f"QuantizeLinear '{q['name']}': range [{lo}, {hi}] is not a "
+                                "signed or unsigned bit-width range")
+    attach_quant(st, node, quant)
+
+
+def Quant(st: Importer, node, signed=1, narrow=0, rounding_mode="ROUND"):
+    scale = scalar_scale(node, st.const(node, node.input[1]))
+    zero_point_zero(node, st.const(node, node.input[2]))
+    width = float(np.asarray(st.const(node, node.input[3])).reshape(-1)[0])
+    mode = (rounding_mode.decode() if isinstance(rounding_mode, bytes) else rounding_mode).upper()
+    if width != int(width) or not 1 <= width <= 16 or (width == 1 and signed):
+        raise InvalidModelError(f"Quant '{node.name}': bit width {width:g} is not supported",
+                                hint="activation quantizers: 2..16 bits signed, 1..16 unsigned")
+    if mode not in ("ROUND", "HALF_EVEN"):
+        st.notes.append(f"'{node.name}': rounding mode {mode} read as hwq's round half up")
+    attach_quant(st, node, ir.Quantizer(int(width), bool(signed), scale, bool(narrow), mode,
+                                        source=f"QONNX '{node.name}'"))
+
+
+IntQuant = Quant
+
+
+def BipolarQuant(st: Importer, node):
+    scale = scalar_scale(node, st.const(node, node.input[1]))
+    attach_quant(st, node, ir.Quantizer(1, True, scale, rounding="BIPOLAR",
+                                        source=f"QONNX '{node.name}'"))
+
+
+def attach_quant(st: Importer, node, quant: ir.Quantizer) -> None:
+    """Place a stream quantizer: the input format before the first dense layer, else the
+    output format of the activation it follows (a quantizer right after a dense layer is
+    the activation: unsigned = ReLU, bipolar = sign)."""
+    st.check_open(node)
+    if st.pending is not None:
+        raise InvalidModelError(f"{node.op_type} '{node.name}' inside a step pattern is not supported")
+    last = st.nodes[-1] if st.nodes else None
+    if not any(isinstance(n, ir.Affine) for n in st.nodes):
+        if st.input_quant is not None or quant.bits == 1:
+            raise InvalidModelError(f"{node.op_type} '{node.name}': only one multi-bit input quantizer "
+                                    "is supported")
+        if quant.narrow:
+            raise InvalidModelError(f"{node.op_type} '{node.name}': narrow-range input quantizers "
+                                    "are not supported", hint="export the input with narrow_range=False")
+        st.input_quant = quant
+    elif isinstance(last, ir.Activation) and last.quant is None and last.kind in ("relu", "sigmoid"):
+        if quant.bits == 1 or (not quant.signed and quant.narrow):
+            raise InvalidModelError(f"{node.op_type} '{node.name}': a {quant.name} quantizer after "
+                                    f"{last.kind} is not supported")
+        st.nodes[-1] = ir.Activation(last.kind, quant)
+    elif isinstance(last, ir.Affine) and quant.bits == 1:
+        st.nodes.append(ir.Activation("sign", quant))
+    elif isinstance(last, ir.Affine) and not quant.signed and not quant.narrow:
+        st.notes.append(f"'{node.name}': an unsigned quantizer right after a dense layer read as "
+                        "a quantized ReLU")
+        st.nodes.append(ir.Activation("relu", quant))
+    else:
+        where = f"after {last.kind}" if isinstance(last, ir.Activation) else "after a dense layer"
+        raise InvalidModelError(
+            f"{node.op_type} '{node.name}': a {quant.name} quantizer {where} is not supported",
+            hint="hidden activations: relu or sigmoid (optionally quantized), step, sign (bipolar)")
+
+
 OpFunction = Callable[..., None]
 OPS: dict[str, OpFunction] = {
     f.__name__: f
     for f in (Gemm, MatMul, Add, Sub, Mul, Div, Relu, Sigmoid, Softmax, LogSoftmax, Sign,
-              Greater, Cast, Where, Flatten, Reshape)
+              Greater, Cast, Where, Flatten, Reshape, QuantizeLinear, Clip, DequantizeLinear)
 }
-SUPPORTED = sorted([*OPS, *PASS_THROUGH, *POST_PROCESSING, "DequantizeLinear", "Quant", "BipolarQuant"])
+QONNX_OPS: dict[str, OpFunction] = {"Quant": Quant, "IntQuant": IntQuant, "BipolarQuant": BipolarQuant}
+SUPPORTED = sorted({*OPS, *QONNX_OPS, *PASS_THROUGH, *POST_PROCESSING})
+
+
+def op_table() -> list[tuple[str, str]]:
+    """Every op hwq reads, with its role: what ``hwq info --ops`` prints."""
+    roles = {**{op: "layer, activation or constant folding" for op in OPS},
+             **{op: "quantizer (QONNX)" for op in QONNX_OPS},
+             **{op: "quantizer (QDQ/QCDQ)" for op in ("QuantizeLinear", "Clip", "DequantizeLinear")},
+             **{op: "pass-through" for op in PASS_THROUGH},
+             **{op: "classifier post-processing (dropped)" for op in POST_PROCESSING}}
+    return sorted(roles.items())
+
+
+def unsupported(node: onnx.NodeProto, opset: int) -> UnsupportedOpError:
+    """One short line: the op, the node, what hwq reads in a few words."""
+    name = node.name or "?"
+    if node.op_type in CONV_OPS:
+        return UnsupportedOpError(node.op_type, name, opset, "convolution is not supported yet",
+                                  what=f"node '{name}' ({node.op_type}): convolution is not supported yet")
+    if node.op_type in RECURRENT_OPS:
+        return UnsupportedOpError(node.op_type, name, opset, "recurrent networks are not supported",
+                                  what=f"node '{name}' ({node.op_type}): recurrent networks are not supported")
+    if node.op_type == "Trunc" and node.domain in QONNX_DOMAINS:
+        return UnsupportedOpError(node.op_type, name, opset, "accumulator truncation (QuantAvgPool) "
+                                  "is not supported")
+    domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+    return UnsupportedOpError(node.op_type + domain, name, opset, SUPPORTED_SUMMARY)
 
 
 # ---------------------------------------------------------------- driver
@@ -261,7 +443,8 @@ def fold_constant(st: Importer, node: onnx.NodeProto) -> None:
     """Evaluate a node whose inputs are all constants (weight transposes, casts, Q/DQ)."""
     args = [st.consts[n] if n else None for n in node.input]
     if node.op_type in QUANT_OPS:
-        w, grid = QUANT_OPS[node.op_type](*args, **attrs(node))
+        declared = st.clips.get(node.input[0])  # without a Clip: the bits the codes need
+        w, grid = QUANT_OPS[node.op_type](*args, **attrs(node), declared=declared)
         st.consts[node.output[0]] = w
         st.grids[node.output[0]] = grid
         return
@@ -275,6 +458,10 @@ def fold_constant(st: Importer, node: onnx.NodeProto) -> None:
         ) from None
     for name, value in zip(node.output, outs):
         st.consts[name] = np.asarray(value)
+    if node.op_type == "Clip" and np.issubdtype(st.consts[node.output[0]].dtype, np.integer):
+        lo = args[1] if len(args) > 1 and args[1] is not None else np.iinfo(args[0].dtype).min
+        hi = args[2] if len(args) > 2 and args[2] is not None else np.iinfo(args[0].dtype).max
+        st.clips[node.output[0]] = (int(np.asarray(lo).reshape(-1)[0]), int(np.asarray(hi).reshape(-1)[0]))
     if node.op_type in PASS_THROUGH | {"Cast"} and node.input[0] in st.grids:
         st.grids[node.output[0]] = st.grids[node.input[0]]
 
@@ -312,9 +499,13 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
     if node.op_type in PASS_THROUGH:
         st.stream = node.output[0]
         return
-    if node.op_type not in OPS or node.domain not in ("", "ai.onnx"):
-        raise UnsupportedOpError(node.op_type, node.name or "?", st.opset, SUPPORTED)
-    OPS[node.op_type](st, node, **attrs(node))
+    if node.domain in QONNX_DOMAINS and node.op_type in QONNX_OPS:
+        op = QONNX_OPS[node.op_type]
+    elif node.domain in ("", "ai.onnx") and node.op_type in OPS:
+        op = OPS[node.op_type]
+    else:
+        raise unsupported(node, st.opset)
+    op(st, node, **attrs(node))
     st.stream = node.output[0]
 
 
@@ -329,8 +520,13 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
     st.stream = inputs[0].name
     for node in g.node:
         import_node(st, node)
+    if st.pending == "sign":
+        raise InvalidModelError("Sign on the output scores is not supported",
+                                hint="sign (+-1) is a hidden activation; the output is raw scores, Softmax or Sigmoid")
     if st.pending is not None:
         raise InvalidModelError(f"incomplete step pattern ({st.pending}) at the end of the graph")
+    if st.qpending is not None:
+        raise InvalidModelError(f"QuantizeLinear '{st.qpending['name']}' has no DequantizeLinear")
     output = st.output
     if output is None and st.nodes and st.nodes[-1] == ir.Activation("sigmoid"):
         st.nodes.pop()
@@ -338,7 +534,7 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
     nodes = tuple(st.nodes)
     affines = [n for n in nodes if isinstance(n, ir.Affine)]
     shape = sample_shape(model, inputs) or ((affines[0].n_in,) if affines else ())
-    graph = ir.Graph(shape, nodes, output or ir.Output("identity"), tuple(st.notes))
+    graph = ir.Graph(shape, nodes, output or ir.Output("identity"), tuple(st.notes), st.input_quant)
     graph.layers()  # validates the chain
     if graph.output.kind == "sigmoid" and graph.n_outputs != 1:
         raise InvalidModelError("a Sigmoid output needs exactly one output unit")

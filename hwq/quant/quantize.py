@@ -27,6 +27,7 @@ from hwq.quant.qnet import (
 from hwq.quant.schemes import check_bits, get_scheme
 
 MULTIPLIER_BITS = 16
+FILE_MULTIPLIER_BITS = 24  # a file's own quantizer: as fine as its float32 requantization
 MAX_SHIFT = 62  # 2^(S-1) and the shift stay well defined in int64
 ON_GRID_TOLERANCE = 1e-6
 
@@ -42,12 +43,21 @@ def input_format(x_calib: np.ndarray, bounds, bits: int) -> InputFormat:
     return InputFormat(bits, True, 2.0**frac, None if bounds is None else tuple(bounds))
 
 
-def requant_for(ratio: np.ndarray, acc_bound: int) -> Requant:
-    """Integer ``M / 2^S`` closest to each ``ratio`` with a ``MULTIPLIER_BITS``-bit M, trailing
+def file_input_format(quant, bounds) -> InputFormat | None:
+    """The input format of a QAT file's input quantizer: ``x_q = clip(round(x / scale))``
+    becomes ``inv_scale = 1 / scale`` (hwq rounds half up in float64; the file half to even
+    in float32: they differ only where ``x / scale`` is within float32 rounding of a tie)."""
+    if quant is None:
+        return None
+    return InputFormat(quant.bits, quant.signed, 1.0 / quant.scale, None if bounds is None else tuple(bounds))
+
+
+def requant_for(ratio: np.ndarray, acc_bound: int, bits: int = MULTIPLIER_BITS) -> Requant:
+    """Integer ``M / 2^S`` closest to each ``ratio`` with a ``bits``-bit M, trailing
     zeros of M folded into S (a power-of-two ratio becomes a pure shift)."""
     ratio = np.asarray(ratio, dtype=np.float64)
     exp = np.floor(np.log2(ratio)).astype(np.int64)
-    shift = np.clip(MULTIPLIER_BITS - 1 - exp, 0, MAX_SHIFT)  # tiny ratios: M rounds toward 0
+    shift = np.clip(bits - 1 - exp, 0, MAX_SHIFT)  # tiny ratios: M rounds toward 0
     mult = np.rint(ratio * 2.0**shift).astype(np.int64)
     while np.any((mult % 2 == 0) & (shift > 0) & (mult > 0)):
         even = (mult % 2 == 0) & (shift > 0) & (mult > 0)
@@ -84,8 +94,35 @@ def clipped_count(w: np.ndarray, scale: np.ndarray, settings: QuantSettings) -> 
     return int(np.sum(np.abs(w / scale[:, None]) > top + 0.5))
 
 
-def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, index):
-    """Quantize one (affine, activation) pair; returns (QLayer, reports, float output)."""
+def weight_format(affine, codes, on_grid, settings) -> str:
+    """The report's format of one weight matrix: the bits its codes really use when they were
+    kept from a QAT grid, with a note when ``--bits`` re-quantized a finer grid."""
+    grid = affine.grid
+    if on_grid and grid is not None:
+        fmt = f"{settings.scheme} q={min(grid.bits, settings.bits)}"
+    else:
+        fmt = f"{settings.scheme} q={settings.bits}"
+        if grid is not None and grid.bits > settings.bits:
+            fmt += f" (re-quantized from the file's q={grid.bits} grid)"
+    return fmt
+
+
+def act_format(act: str, quant, settings: QuantSettings) -> tuple[int, float | None]:
+    """Bits and scale of a ReLU/sigmoid output: the file's quantizer (QAT), else
+    ``act_bits`` with a calibrated scale (None). A signed quantizer on a non-negative output
+    uses its non-negative half: ``b - 1`` bits."""
+    if quant is None:
+        return settings.act_bits, None
+    bits = quant.bits - 1 if quant.signed else quant.bits
+    if not 1 <= bits <= 16:
+        raise InvalidModelError(f"a {quant.name} quantizer after {act} leaves {bits} bits")
+    return bits, quant.scale
+
+
+def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, index, quant=None):
+    """Quantize one (affine, activation) pair; returns (QLayer, reports, float output,
+    the next layer's input scale, its largest |input code|). ``quant`` is the activation's
+    quantizer from the file (QAT), if any."""
     # the output layer, and a hidden layer without activation (its accumulator feeds the next
     # layer directly), need one scale for the whole row vector
     codes, w_scale, on_grid = weight_codes(affine, settings, last or act == "identity")
@@ -99,7 +136,7 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     name = f"layer{index}"
     w_err = float(np.max(np.abs(codes * w_scale[:, None] - affine.weight), initial=0))
     b_err = float(np.max(np.abs(bias * acc_unit - affine.bias), initial=0))
-    fmt = f"{settings.scheme} q={settings.bits}" + (" per-channel" if len(set(w_scale)) > 1 else "")
+    fmt = weight_format(affine, codes, on_grid, settings) + (" per-channel" if len(set(w_scale)) > 1 else "")
     reports = [
         TensorReport(f"{name}.weight", fmt, w_err, clipped_count(affine.weight, w_scale, settings), on_grid),
         TensorReport(f"{name}.bias", f"int64 x {acc_unit.min():.3g}", b_err, 0, b_err < 1e-9),
@@ -109,25 +146,35 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     h = activations.forward(act, z)
     if act == "step":
         return layer, reports, h, 1.0, 1
+    if act == "sign":  # +-1 codes; a bipolar quantizer's scale is the real value of +1
+        out = 1.0 if quant is None else quant.scale
+        reports.append(TensorReport(f"{name}.sign", "+-1" + (f" x {out:.4g}" if out != 1 else ""), 0.0, 0,
+                                    quant is not None))
+        return layer, reports, h * out, out, 1
     if act == "identity":  # the accumulator itself is the next layer's input
         return layer, reports, h, float(layer.acc_scale[0]), layer.acc_bound
-    levels = 2**settings.act_bits - 1
+    act_bits, file_scale = act_format(act, quant, settings)
+    levels = 2**act_bits - 1
+    src = " (file)" if quant is not None else ""
     if act == "relu":
         peak = float(np.max(h)) if h.size else 1.0
-        out_scale = (peak if peak > 0 else 1.0) / levels
-        rq = requant_for(layer.acc_scale / out_scale, layer.acc_bound)
-        err = float(np.max(np.abs(np.clip(np.rint(h / out_scale), 0, levels) * out_scale - h), initial=0))
-        reports.append(TensorReport(f"{name}.relu", f"u{settings.act_bits} x {out_scale:.3g}", err, 0, False))
+        out_scale = file_scale or (peak if peak > 0 else 1.0) / levels
+        mbits = MULTIPLIER_BITS if quant is None else FILE_MULTIPLIER_BITS
+        rq = requant_for(layer.acc_scale / out_scale, layer.acc_bound, mbits)
+        q = np.rint(h / out_scale)
+        err = float(np.max(np.abs(np.clip(q, 0, levels) * out_scale - h), initial=0))
+        reports.append(TensorReport(f"{name}.relu", f"u{act_bits} x {out_scale:.3g}{src}", err,
+                                    int(np.sum(q > levels)), quant is not None))
         lut = None
     else:  # sigmoid: index z in [-8, 8) with step 2^-8, then a lookup table
         half = 2 ** (SIGMOID_INDEX_BITS - 1)
         rq = requant_for(layer.acc_scale / 2.0**-8, layer.acc_bound)
         grid_z = (np.arange(2 * half) - half) * 2.0**-8
-        lut = np.rint(activations.sigmoid(grid_z) * levels).astype(np.int64)
-        out_scale = 1.0 / levels
-        lut_format = f"LUT 2^{SIGMOID_INDEX_BITS} -> u{settings.act_bits}"
-        reports.append(TensorReport(f"{name}.sigmoid", lut_format, 2.0**-9, 0, False))
-    layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, settings.act_bits, rq, lut, out_scale, in_max)
+        out_scale = file_scale or 1.0 / levels
+        lut = np.clip(np.rint(activations.sigmoid(grid_z) / out_scale), 0, levels).astype(np.int64)
+        lut_format = f"LUT 2^{SIGMOID_INDEX_BITS} -> u{act_bits} x {out_scale:.4g}{src}"
+        reports.append(TensorReport(f"{name}.sigmoid", lut_format, 2.0**-9, 0, quant is not None))
+    layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, act_bits, rq, lut, out_scale, in_max)
     return layer, reports, np.clip(np.rint(h / out_scale), 0, levels) * out_scale, out_scale, levels
 
 
@@ -142,15 +189,18 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
     pairs = graph.layers()
     if x_calib.shape[1] != pairs[0][0].n_in:
         raise UsageError(f"calibration data has {x_calib.shape[1]} features, the model expects {pairs[0][0].n_in}")
-    fmt = input_format(x_calib, bounds, settings.input_bits)
+    fmt = file_input_format(graph.input_quant, bounds) or input_format(x_calib, bounds, settings.input_bits)
     from hwq.quant.reference import quantize_input
 
     x = quantize_input(fmt, x_calib) * fmt.scale
     scale, in_max = fmt.scale, max(abs(fmt.qmin), fmt.qmax)
-    layers, reports = [], [TensorReport("input", fmt.name, 0.5 * fmt.scale, 0, False)]
+    in_src = " (file)" if graph.input_quant is not None else ""
+    layers, reports = [], [TensorReport("input", fmt.name + in_src, 0.5 * fmt.scale, 0, bool(in_src))]
+    quants = graph.activation_quants()
     for i, (affine, act) in enumerate(pairs):
         last = i == len(pairs) - 1
-        layer, rep, x, scale, in_max = quantize_layer(affine, act, scale, in_max, x, settings, last, i)
+        layer, rep, x, scale, in_max = quantize_layer(affine, act, scale, in_max, x, settings, last, i,
+                                                      quants[i])
         layers.append(layer)
         reports.extend(rep)
     output = "sign" if graph.output.kind == "sigmoid" else "argmax"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwq.quant.bounds import check_layers
 from hwq.quant.qnet import SIGMOID_INDEX_BITS, InputFormat, QLayer, QuantizedNetwork, Requant
 
 
@@ -30,6 +31,8 @@ def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:
         return acc
     if kind == "step":
         return (acc > 0).astype(np.int64)
+    if kind == "sign":
+        return np.where(acc >= 0, 1, -1).astype(np.int64)
     z = requantize(acc, layer.requant)
     if kind == "relu":
         return np.clip(z, 0, 2**layer.act_bits - 1)
@@ -44,9 +47,20 @@ def accumulate(layer: QLayer, h: np.ndarray) -> np.ndarray:
     return h @ layer.weight.T + layer.bias
 
 
+def check_int64(net: QuantizedNetwork, x_q: np.ndarray) -> None:
+    """Refuse (``InvalidModelError``, naming the layer and the bound) a network whose exact
+    accumulators for these codes, widened to the input format, could leave int64."""
+    lo, hi = net.input.qmin, net.input.qmax
+    if x_q.size:
+        lo, hi = min(lo, int(x_q.min())), max(hi, int(x_q.max()))
+    check_layers(net.layers, lo, hi)
+
+
 def trace(net: QuantizedNetwork, x_q: np.ndarray) -> list[np.ndarray]:
-    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features)."""
+    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features); refuses a
+    network whose accumulators could wrap in int64 (``check_int64``)."""
     h = np.asarray(x_q, dtype=np.int64)
+    check_int64(net, h)
     accs = []
     for layer in net.layers:
         acc = accumulate(layer, h)

@@ -51,19 +51,24 @@ def train(model, x, y, epochs=40, lr=0.01, seed=0):
 # ------------------------------------------------------------------ Brevitas (QCDQ and QONNX)
 
 
-def brevitas_mlp(w_bits, a_bits, in_bits=8, unsigned_input=False, hidden=32, seed=0):
-    """QuantIdentity (input) -> QuantLinear -> QuantReLU -> QuantLinear: the FINN-style MLP."""
+def brevitas_mlp(w_bits, a_bits, in_bits=8, unsigned_input=False, hidden=32, seed=0,
+                 float_bias=False, per_channel=False):
+    """QuantIdentity (input) -> QuantLinear -> QuantReLU -> QuantLinear: the FINN-style MLP.
+    Biases are quantized to the accumulator (``Int32Bias``: scale = input scale x weight
+    scale), as integer hardware needs; ``float_bias=True`` keeps Brevitas's default float bias."""
     import torch
     from brevitas import nn as qnn
-    from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
+    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Int32Bias, Uint8ActPerTensorFloat
 
     torch.manual_seed(seed)
     in_quant = Uint8ActPerTensorFloat if unsigned_input else Int8ActPerTensorFloat
+    bias = {} if float_bias else {"bias_quant": Int32Bias}
+    first = {"weight_quant": Int8WeightPerChannelFloat} if per_channel else {}
     return torch.nn.Sequential(
         qnn.QuantIdentity(act_quant=in_quant, bit_width=in_bits, return_quant_tensor=True),
-        qnn.QuantLinear(64, hidden, bias=True, weight_bit_width=w_bits),
+        qnn.QuantLinear(64, hidden, bias=True, weight_bit_width=w_bits, **bias, **first),
         qnn.QuantReLU(bit_width=a_bits, return_quant_tensor=True),
-        qnn.QuantLinear(hidden, 10, bias=True, weight_bit_width=w_bits),
+        qnn.QuantLinear(hidden, 10, bias=True, weight_bit_width=w_bits, **bias),
     )
 
 
@@ -84,14 +89,15 @@ def brevitas_binary(hidden=32, seed=0):
     Brevitas's QCDQ export refuses 1 bit)."""
     import torch
     from brevitas import nn as qnn
-    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
+    from brevitas.quant import Int32Bias, SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
 
     torch.manual_seed(seed)
     return torch.nn.Sequential(
         qnn.QuantIdentity(bit_width=8, return_quant_tensor=True),
-        qnn.QuantLinear(64, hidden, bias=True, weight_quant=SignedBinaryWeightPerTensorConst),
+        qnn.QuantLinear(64, hidden, bias=True, weight_quant=SignedBinaryWeightPerTensorConst,
+                        bias_quant=Int32Bias),
         qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True),
-        qnn.QuantLinear(hidden, 10, bias=True, weight_bit_width=4),
+        qnn.QuantLinear(hidden, 10, bias=True, weight_bit_width=4, bias_quant=Int32Bias),
     )
 
 
@@ -130,21 +136,16 @@ def make_brevitas(x, y):
     specs = {
         "brevitas_w4a4": dict(w_bits=4, a_bits=4),
         "brevitas_w2a2_u8in": dict(w_bits=2, a_bits=2, unsigned_input=True),
-        "brevitas_w3a4_perchannel": dict(w_bits=3, a_bits=4),
+        "brevitas_w3a4_perchannel": dict(w_bits=3, a_bits=4, per_channel=True),
+        "brevitas_w2a2_floatbias": dict(w_bits=2, a_bits=2, unsigned_input=True, float_bias=True),
     }
     accs = {}
     for name, kw in specs.items():
         model = brevitas_mlp(**kw)
-        if name.endswith("perchannel"):
-            from brevitas.quant import Int8WeightPerChannelFloat
-            from brevitas import nn as qnn
-
-            model[1] = qnn.QuantLinear(64, 32, bias=True, weight_quant=Int8WeightPerChannelFloat,
-                                       weight_bit_width=3)
         accs[name] = train(model, x, y, epochs=15, lr=0.01)
         for kind in ("qcdq", "qonnx"):
             export_brevitas(model, kind, HERE / f"{name}_{kind}.onnx")
-        if name == "brevitas_w4a4":
+        if name == "brevitas_w2a2_floatbias":  # dynamo QCDQ refuses quantized biases
             export_brevitas(model, "qcdq", HERE / f"{name}_qcdq_dynamo.onnx", dynamo=True)
     model = brevitas_weights_only()
     accs["brevitas_w2_weights_only"] = train(model, x, y, epochs=15, lr=0.01)
