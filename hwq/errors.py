@@ -47,7 +47,7 @@ class InvalidModelError(HwqError):
     """A model that imports but cannot be quantized or compiled (NaN weights, bad shapes...)."""
 
 
-class DataError(HwqError):
+class DataError(HwqError, ValueError):
     """Missing, corrupt or ill-fitting data."""
 
     exit_code = 2

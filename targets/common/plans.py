@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from hwq.errors import DataError
+
 from .products import code_range
 
 NATIVE_INPUTS = (np.uint8, np.int8, np.int64, np.float32, np.float64)  # others go via int64
@@ -22,7 +24,7 @@ def as_codes(x_q, n_features: int, target: str) -> np.ndarray:
     """``x_q`` as a C-contiguous (N, n_features) array in a dtype the kernels take natively."""
     x_q = np.asarray(x_q)
     if x_q.ndim != 2 or x_q.shape[1] != n_features:
-        raise ValueError(f"{target} expects codes of shape (N, {n_features}), got {x_q.shape}")
+        raise DataError(f"{target} expects codes of shape (N, {n_features}), got {x_q.shape}")
     return np.ascontiguousarray(x_q, x_q.dtype if x_q.dtype.type in NATIVE_INPUTS else np.int64)
 
 
