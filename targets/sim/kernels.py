@@ -9,7 +9,7 @@ import numpy as np
 
 from ..common import vnni
 
-MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3}
+MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3, "sign": 4}
 
 
 @nb.njit(cache=True, nogil=True)
@@ -38,6 +38,9 @@ def finish_rows(acc, r0, rows, base, mult, half, shift, mode, act_max, lut, lut_
             for j in range(m):
                 z = ((np.int64(acc[r0 + r, j]) + base[j]) * mult[j] + half[j]) >> shift[j]
                 out[o0 + r, j] = min(max(z, np.int64(0)), act_max)
+        elif mode == 4:
+            for j in range(m):
+                out[o0 + r, j] = np.int64(1) if np.int64(acc[r0 + r, j]) + base[j] >= 0 else np.int64(-1)
         else:
             for j in range(m):
                 z = ((np.int64(acc[r0 + r, j]) + base[j]) * mult[j] + half[j]) >> shift[j]
