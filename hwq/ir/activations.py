@@ -1,21 +1,27 @@
-"""Float activations and the derivatives that training and surrogate gradients use.
+"""Activations as typed objects: each kind says how it computes in floats, what gradient the
+trainer and the attack surrogate follow through it, and which integer codes it emits.
 
-One table, shared by the QAT trainer, the float model and the attack surrogate, so the
-gradient an attack follows is the gradient the network was trained with.
+One table, shared by the QAT trainer, the float model, the attack surrogate and the backends,
+so the gradient an attack follows is the gradient the network was trained with, and a new kind
+is added in one place. Names are the serialized form (IR, ``.hwq`` files); ``kind(name)``
+gives the object.
 
-==========  =====================  ===============================================
-name        forward f(z)           backward f'(z)
-==========  =====================  ===============================================
-identity    z                      1
-relu        max(z, 0)              [z > 0]
-sigmoid     1 / (1 + exp(-z))      f(z) (1 - f(z))
-step        [z > 0]                surrogate 1 / (1 + |z|)^2 (fast sigmoid; the true
-                                   derivative is zero almost everywhere)
-sign        +1 if z >= 0 else -1   surrogate 2 / (1 + |z|)^2 (sign = 2 step - 1 up to z = 0)
-==========  =====================  ===============================================
+==========  =====================  ===============================================  ==============
+name        forward f(z)           backward f'(z)                                   integer codes
+==========  =====================  ===============================================  ==============
+identity    z                      1                                                the accumulator
+relu        max(z, 0)              [z > 0]                                          0 .. 2^A - 1
+sigmoid     1 / (1 + exp(-z))      f(z) (1 - f(z))                                  the LUT's range
+step        [z > 0]                surrogate 1 / (1 + |z|)^2 (fast sigmoid; the     0, 1
+                                   true derivative is zero almost everywhere)
+sign        +1 if z >= 0 else -1   surrogate 2 / (1 + |z|)^2 (sign = 2 step - 1     -1, +1
+                                   up to z = 0)
+==========  =====================  ===============================================  ==============
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,30 +34,102 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
 
 
-def forward(name: str, z: np.ndarray) -> np.ndarray:
-    if name == "identity":
+@dataclass(frozen=True)
+class Kind:
+    """An activation kind. ``binary``: emits two fixed codes (no requantization);
+    ``requantizes``: the integer layer rescales its accumulator before the activation."""
+
+    name: str = "identity"
+    binary: bool = False
+    requantizes: bool = False
+
+    def forward(self, z: np.ndarray) -> np.ndarray:
         return z
-    if name == "relu":
-        return np.maximum(z, 0)
-    if name == "sigmoid":
-        return sigmoid(z)
-    if name == "step":
-        return (z > 0).astype(z.dtype)
-    if name == "sign":
-        return np.where(z >= 0, 1.0, -1.0).astype(z.dtype)
-    raise UsageError(f"unknown activation '{name}'", hint="use step, sign, sigmoid, relu or identity")
 
-
-def derivative(name: str, z: np.ndarray) -> np.ndarray:
-    if name == "identity":
+    def derivative(self, z: np.ndarray) -> np.ndarray:
         return np.ones_like(z)
-    if name == "relu":
+
+    def code_range(self, act_bits: int, lut: np.ndarray | None, acc_bound: int) -> tuple[int, int]:
+        """The integer codes this kind passes on (identity: the accumulator's range)."""
+        return -acc_bound, acc_bound
+
+
+@dataclass(frozen=True)
+class ReLU(Kind):
+    name: str = "relu"
+    requantizes: bool = True
+
+    def forward(self, z):
+        return np.maximum(z, 0)
+
+    def derivative(self, z):
         return (z > 0).astype(z.dtype)
-    if name == "sigmoid":
+
+    def code_range(self, act_bits, lut, acc_bound):
+        return 0, max(0, 2**act_bits - 1)
+
+
+@dataclass(frozen=True)
+class Sigmoid(Kind):
+    name: str = "sigmoid"
+    requantizes: bool = True
+
+    def forward(self, z):
+        return sigmoid(z)
+
+    def derivative(self, z):
         s = sigmoid(z)
         return s * (1 - s)
-    if name == "step":
+
+    def code_range(self, act_bits, lut, acc_bound):
+        return int(lut.min()), int(lut.max())
+
+
+@dataclass(frozen=True)
+class Step(Kind):
+    name: str = "step"
+    binary: bool = True
+
+    def forward(self, z):
+        return (z > 0).astype(z.dtype)
+
+    def derivative(self, z):
         return 1.0 / (1.0 + np.abs(z)) ** 2
-    if name == "sign":
+
+    def code_range(self, act_bits, lut, acc_bound):
+        return 0, 1
+
+
+@dataclass(frozen=True)
+class Sign(Kind):
+    name: str = "sign"
+    binary: bool = True
+
+    def forward(self, z):
+        return np.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+
+    def derivative(self, z):
         return 2.0 / (1.0 + np.abs(z)) ** 2
-    raise UsageError(f"unknown activation '{name}'", hint="use step, sign, sigmoid, relu or identity")
+
+    def code_range(self, act_bits, lut, acc_bound):
+        return -1, 1
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (Kind(), ReLU(), Sigmoid(), Step(), Sign())}
+
+
+def kind(name: str | Kind) -> Kind:
+    """The activation object for a name (or the object itself)."""
+    if isinstance(name, Kind):
+        return name
+    if name not in KINDS:
+        raise UsageError(f"unknown activation '{name}'", hint="use " + ", ".join(sorted(KINDS)))
+    return KINDS[name]
+
+
+def forward(name: str | Kind, z: np.ndarray) -> np.ndarray:
+    return kind(name).forward(z)
+
+
+def derivative(name: str | Kind, z: np.ndarray) -> np.ndarray:
+    return kind(name).derivative(z)

@@ -186,6 +186,11 @@ def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray,
         if kind == "step":
             gt = b.op("Greater", [acc, b.const(f"zero{i}", np.float64(0))], f"gt{i}")
             return Codes(b.cast(gt, "uint8", f"h{i + 1}"), "uint8", 0, 1)
+        if kind == "sign":  # +1 if acc >= 0 else -1: 2 [acc >= 0] - 1
+            ge = b.cast(b.op("GreaterOrEqual", [acc, b.const(f"zero{i}", np.float64(0))], f"ge{i}"),
+                        "int8", f"ge{i}_i8")
+            two = b.op("Mul", [ge, b.const(f"two{i}", np.int8(2))], f"ge2_{i}")
+            return Codes(b.op("Sub", [two, b.const(f"one{i}", np.int8(1))], f"h{i + 1}"), "int8", -1, 1)
         peak = int(acc_bound.max(initial=0))
         return Codes(acc, "double", -peak, peak)
     z = requant_nodes(b, layer, prod, acc_bound, i)
