@@ -181,7 +181,7 @@ def clip(b: GraphBuilder, z: str, lo: int, hi: int, i: int) -> str:
 def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray, i: int) -> Codes:
     """The codes layer ``i`` passes on, in the container the next product wants."""
     kind = layer.activation
-    if kind in ("identity", "step"):
+    if kind in ("identity", "step", "sign"):
         acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
         if kind == "step":
             gt = b.op("Greater", [acc, b.const(f"zero{i}", np.float64(0))], f"gt{i}")
