@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from hwq.attack.base import Attack, AttackResult, Judge, check_inputs
 from hwq.attack.fgsm import FGSM
+from hwq.attack.pgd import PGD
 from hwq.errors import UsageError
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM}
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
 
-__all__ = ["ATTACKS", "FGSM", "Attack", "AttackResult", "Judge", "attack", "check_inputs", "make_attack"]
+__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "AttackResult", "Judge", "attack", "check_inputs",
+           "make_attack"]
 
 
 def make_attack(name: str, **params) -> Attack:

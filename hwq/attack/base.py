@@ -11,7 +11,14 @@ Writing an attack: subclass :class:`Attack`, set ``name``, give ``params()`` and
 ``run_chunk(judge, x, y, eps, gradient)`` returning a :class:`ChunkOutcome`. ``judge`` is the
 shared loop (:class:`Judge`): ``judge.codes(points)`` puts real points on the device grid,
 ``judge.decide(codes)`` runs the program, ``judge.along(x, d, eps)`` does both for
-``x + eps_k d`` at every epsilon in one fused kernel.
+``x + eps_k d`` at every epsilon in one fused kernel; ``judge.judge(codes, y)`` gives the
+decisions and the margin of the integer scores (what score-based attacks minimise) and
+counts every query.
+
+Iterative attacks (PGD, Square) keep the worst point found per input and epsilon: the first
+judged point the integer model gets wrong, else the clean input. They return those points as
+device codes (``ChunkOutcome.codes``), which the base keeps when they fit in memory
+(``KEEP_POINTS``) so that ``result.adversarial(k)`` gives the very points that were judged.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from hwq.ranges import check_epsilons
 
 BIG = 1e30  # "unbounded" data range: the input format's saturation does the clipping
 CHUNK_ELEMENTS = 2**24  # perturbed codes per evaluation chunk (64 MB of float32)
+KEEP_POINTS = 2**25  # keep the judged points of iterative attacks up to K x N x d codes
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,6 +55,11 @@ class AttackResult:
     target: str
     direction: np.ndarray | None = None  # (N, d) float32: FGSM's one direction per input
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    points: np.ndarray | None = None  # (K, N, d) device codes of the worst point found
+    queries: np.ndarray | None = None  # (K, N) int64: model queries spent per input and eps
+    nonfinite_gradient: np.ndarray | None = None  # (N,) bool: a NaN/Inf gradient was seen
+    members: tuple = ()  # a suite's per-attack results
+    input_scale: float = 1.0  # real value of one input code
 
     @property
     def norm(self) -> str:
@@ -69,9 +82,13 @@ class AttackResult:
         return self.accuracy / self.clean_accuracy if self.clean_accuracy > 0 else np.zeros_like(self.accuracy)
 
     def adversarial(self, k: int) -> np.ndarray:
-        """The perturbed inputs for ``epsilons[k]`` (before input quantization)."""
+        """The perturbed inputs for ``epsilons[k]``: FGSM's before input quantization; for
+        iterative attacks the judged points themselves (on the device's input grid)."""
+        if self.points is not None:
+            return self.points[k].astype(np.float64) * self.input_scale
         if self.direction is None:
-            raise DataError(f"the {self.attack} result keeps no adversarial points")
+            raise DataError(f"the {self.attack} result keeps no adversarial points",
+                            hint="attack fewer inputs or strengths at once")
         lo, hi = self.bounds or (-BIG, BIG)
         return np.clip(self.x + self.epsilons[k] * self.direction, lo, hi)
 
@@ -79,11 +96,15 @@ class AttackResult:
 @dataclass(frozen=True, eq=False)
 class ChunkOutcome:
     """What an attack found for one chunk of inputs: ``predictions`` (K, n) of the worst point
-    per input and epsilon, ``zero_gradient`` (n,), optionally FGSM's ``direction`` (n, d)."""
+    per input and epsilon, ``zero_gradient`` (n,), optionally FGSM's ``direction`` (n, d),
+    the worst points' device ``codes`` (K, n, d), ``queries`` (K, n) and ``nonfinite`` (n,)."""
 
     predictions: np.ndarray
     zero_gradient: np.ndarray
     direction: np.ndarray | None = None
+    codes: np.ndarray | None = None
+    queries: np.ndarray | None = None
+    nonfinite: np.ndarray | None = None
 
 
 @nb.njit(parallel=True, cache=True)
@@ -113,13 +134,27 @@ class Judge:
     def __init__(self, program, bounds: tuple[float, float] | None):
         self.program, self.fmt = program, program.net.input
         self.lo, self.hi = bounds if bounds is not None else (-BIG, BIG)
+        self.single = program.net.output == "sign"
+        self.queries = 0  # points sent to the program through judge()
+        self.offset = 0  # index of the chunk's first input (seeds random attacks per chunk)
 
     def codes(self, points: np.ndarray) -> np.ndarray:
         """Real points -> clip to the data bounds -> the device's input codes."""
         return quantize_input(self.fmt, np.clip(points, self.lo, self.hi)).astype(code_dtype(self.fmt))
 
+    def real(self, codes: np.ndarray) -> np.ndarray:
+        """The real value of device codes (a point on the input grid)."""
+        return codes.astype(np.float64) * self.fmt.scale
+
     def decide(self, codes: np.ndarray) -> np.ndarray:
         return self.program.decide(self.program.forward(codes))
+
+    def judge(self, codes: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decisions and margins of the integer model on ``codes`` for labels ``y``; the
+        decision is the program's own (``decide``), the margin only ranks points."""
+        scores = self.program.forward(codes)
+        self.queries += len(codes)
+        return self.program.decide(scores), margin(scores, y, self.single)
 
     def along(self, x: np.ndarray, direction: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """Decisions (K, n) on ``x + eps_k * direction`` for every epsilon, fused."""
@@ -127,6 +162,21 @@ class Judge:
         perturb_quantize(x, np.asarray(direction, np.float32), eps, self.lo, self.hi,
                          self.fmt.inv_scale, self.fmt.qmin, self.fmt.qmax, codes)
         return self.decide(codes).reshape(len(eps), -1)
+
+
+def margin(scores: np.ndarray, y: np.ndarray, single: bool) -> np.ndarray:
+    """Margin of the true label on integer scores, > 0 exactly where ``reference.decide`` is
+    right: argmax (lowest index wins ties): ``min(s_y - max_{j<y} s_j - 1/2,
+    s_y - max_{j>y} s_j + 1/2)``; one sign output: ``s`` for label 1, ``1/2 - s`` for 0."""
+    s = np.asarray(scores, np.float64)
+    if single:
+        return np.where(y == 1, s[:, 0], 0.5 - s[:, 0])
+    rows = np.arange(len(y))
+    true = s[rows, y]
+    idx = np.arange(s.shape[1])
+    other = np.where(idx[None, :] < y[:, None], s + 0.5, s - 0.5)
+    other[rows, y] = -np.inf
+    return true - other.max(axis=1)
 
 
 class Attack:
@@ -158,10 +208,12 @@ class Attack:
         n, d = x.shape
         preds = np.empty((len(eps), n), np.int64)
         clean, zero = np.empty(n, np.int64), np.zeros(n, bool)
-        direction = None
+        direction = codes = queries = nonfinite = None
+        keep = len(eps) * n * d <= KEEP_POINTS
         step = self.chunk_size(len(eps), d, batch_size)
         for start in range(0, n, step):
             sl = slice(start, min(n, start + step))
+            judge.offset = start
             clean[sl] = judge.decide(quantize_input(program.net.input, x[sl]))
             out = self.run_chunk(judge, x[sl], y[sl], eps, gradient)
             preds[:, sl], zero[sl] = out.predictions, out.zero_gradient
@@ -169,11 +221,25 @@ class Attack:
                 if direction is None:
                     direction = np.empty((n, d), np.float32)
                 direction[sl] = out.direction
+            if out.codes is not None and keep:
+                if codes is None:
+                    codes = np.empty((len(eps), n, d), out.codes.dtype)
+                codes[:, sl] = out.codes
+            if out.queries is not None:
+                if queries is None:
+                    queries = np.zeros((len(eps), n), np.int64)
+                queries[:, sl] = out.queries
+            if out.nonfinite is not None:
+                if nonfinite is None:
+                    nonfinite = np.zeros(n, bool)
+                nonfinite[sl] = out.nonfinite
             if progress:
                 progress(sl.stop - sl.start)
         return AttackResult(eps, preds == y, preds, clean == y, zero, x, y,
                             None if bounds is None else tuple(bounds), self.name, self.params(),
-                            getattr(gradient, "name", "none"), program.target, direction)
+                            getattr(gradient, "name", "none") if self.needs_gradient else "none",
+                            program.target, direction, points=codes, queries=queries,
+                            nonfinite_gradient=nonfinite, input_scale=program.net.input.scale)
 
 
 def check_inputs(program, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

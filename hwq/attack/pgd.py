@@ -1,0 +1,168 @@
+"""PGD (Madry et al. 2018; foolbox's ``LinfPGD``/``L2PGD``), judged on the integer model at
+every step, keeping the worst point per input and epsilon (AutoAttack's worst case).
+
+For every epsilon ``eps_k`` and restart, from ``x_0 = x`` (or a uniform random point of the
+ball, ``random_start``), ``steps`` times::
+
+    g       = dL/dx at x_t                       the gradient source (surrogate: at the
+                                                 integer model's operating point of x_t)
+    x_t+1   = P(x_t + a sign(g))                 l-inf; l2: a g / |g|_2
+    P(v)    = clip(x + proj_eps(v - x), lo, hi)  the eps ball, then the data bounds
+    judged  = decide(forward(codes(x_t+1)))      the device's input grid, the integer model
+
+``a = rel_stepsize * eps_k`` (foolbox's defaults: 0.01/0.3 for l-inf, 0.025 for l2) or
+``abs_stepsize``. The iterate stays real-valued (a step smaller than one input code would
+otherwise never move it); every judged point is its quantized version, like FGSM's. The first
+judged point the integer model gets wrong is kept (its codes and decision) and that pair
+(input, epsilon) stops; pairs never broken keep the clean input. All epsilons and inputs of a
+chunk run as one batch of ``K x n`` rows; random starts are drawn per chunk from
+``(seed, first input index)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq.attack.base import Attack, ChunkOutcome
+from hwq.errors import UsageError
+from hwq.ranges import check_norm
+
+DEFAULT_REL_STEPSIZE = {"linf": 0.01 / 0.3, "l2": 0.025}
+PGD_CHUNK_ELEMENTS = 2**22
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _positive(name: str, value) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+    return value
+
+
+def random_ball(rng: np.random.Generator, rows: int, d: int, norm: str) -> np.ndarray:
+    """Uniform points of the unit l-inf or l2 ball (l2: foolbox's ``uniform_l2_n_balls``)."""
+    if norm == "linf":
+        return rng.uniform(-1.0, 1.0, (rows, d))
+    z = rng.standard_normal((rows, d + 2))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    return z[:, :d]
+
+
+def unit_step(g: np.ndarray, norm: str) -> np.ndarray:
+    if norm == "linf":
+        return np.sign(g)
+    norms = np.linalg.norm(g, axis=1, keepdims=True)
+    return np.divide(g, norms, out=np.zeros_like(g), where=norms > 0)
+
+
+def project(x0: np.ndarray, v: np.ndarray, eps: np.ndarray, norm: str, lo: float, hi: float) -> np.ndarray:
+    """``clip(x0 + proj_eps(v - x0), lo, hi)``, eps per row."""
+    delta = v - x0
+    if norm == "linf":
+        delta = np.clip(delta, -eps[:, None], eps[:, None])
+    else:
+        norms = np.linalg.norm(delta, axis=1, keepdims=True)
+        factor = np.minimum(1.0, np.divide(eps[:, None], norms, out=np.ones_like(norms), where=norms > 0))
+        delta = delta * factor
+    return np.clip(x0 + delta, lo, hi)
+
+
+@dataclass(frozen=True)
+class PGD(Attack):
+    norm: str = "linf"
+    steps: int = 40
+    rel_stepsize: float | None = None
+    abs_stepsize: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+    seed: int = 0
+    name = "pgd"
+
+    def __post_init__(self):
+        check_norm(self.norm)
+        _positive_int("steps", self.steps)
+        _positive_int("restarts", self.restarts)
+        _positive("rel_stepsize", self.rel_stepsize)
+        _positive("abs_stepsize", self.abs_stepsize)
+        if self.restarts > 1 and not self.random_start:
+            raise UsageError("--restarts > 1 needs a random start (the runs would be identical)")
+
+    @property
+    def stepsize(self) -> float:
+        return self.rel_stepsize if self.rel_stepsize is not None else DEFAULT_REL_STEPSIZE[self.norm]
+
+    def params(self):
+        out = {"norm": self.norm, "steps": self.steps, "random_start": self.random_start,
+               "restarts": self.restarts, "seed": self.seed}
+        if self.abs_stepsize is not None:
+            out["abs_stepsize"] = self.abs_stepsize
+        else:
+            out["rel_stepsize"] = self.stepsize
+        return out
+
+    def chunk_size(self, n_eps, d, batch_size):
+        return max(1, min(batch_size, PGD_CHUNK_ELEMENTS // max(1, n_eps * d)))
+
+    def run_chunk(self, judge, x, y, eps, gradient) -> ChunkOutcome:
+        k_eps, (n, d) = len(eps), x.shape
+        _, g0 = gradient.value_and_grad(x, y)
+        zero = ~np.any(g0 != 0, axis=1)
+        nonfinite = ~np.all(np.isfinite(g0), axis=1)
+        clean_codes = judge.codes(x)
+        clean_pred = judge.decide(clean_codes)
+        rows = k_eps * n
+        x0 = np.tile(x, (k_eps, 1))
+        labels = np.tile(y, k_eps)
+        e = np.repeat(np.asarray(eps, np.float64), n)
+        alpha = np.full(rows, self.abs_stepsize) if self.abs_stepsize is not None else self.stepsize * e
+        pred = np.tile(clean_pred, k_eps)
+        best = np.tile(clean_codes, (k_eps, 1))
+        found = pred != labels
+        rng = np.random.default_rng([self.seed, judge.offset])
+        lo, hi = judge.lo, judge.hi
+        bad = np.zeros(rows, bool)  # a NaN/Inf gradient seen on this row
+
+        def judge_rows(idx, points):
+            codes = judge.codes(points)
+            p = judge.decide(codes)
+            hit = p != labels[idx]
+            pred[idx[hit]], best[idx[hit]], found[idx[hit]] = p[hit], codes[hit], True
+            return ~hit
+
+        for _ in range(self.restarts):
+            noise = random_ball(rng, rows, d, self.norm) if self.random_start else None
+            idx = np.flatnonzero(~found & (e > 0))
+            if idx.size == 0:
+                break
+            cur = x0[idx]
+            if noise is not None:
+                cur = np.clip(cur + e[idx, None] * noise[idx], lo, hi)
+                keep = judge_rows(idx, cur)
+                idx, cur = idx[keep], cur[keep]
+            for _ in range(self.steps):
+                if idx.size == 0:
+                    break
+                _, g = gradient.value_and_grad(cur, labels[idx])
+                finite = np.isfinite(g)
+                if not finite.all():
+                    bad[idx[~finite.all(axis=1)]] = True
+                    g = np.where(finite, g, 0.0)
+                cur = project(x0[idx], cur + alpha[idx, None] * unit_step(g, self.norm), e[idx],
+                              self.norm, lo, hi)
+                keep = judge_rows(idx, cur)
+                idx, cur = idx[keep], cur[keep]
+        nonfinite |= bad.reshape(k_eps, n).any(axis=0)
+        return ChunkOutcome(pred.reshape(k_eps, n), zero, codes=best.reshape(k_eps, n, d),
+                            nonfinite=nonfinite)

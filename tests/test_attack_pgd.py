@@ -1,0 +1,184 @@
+"""PGD: against an independent plain-numpy PGD on tiny nets, every kept point re-judged by the
+numpy reference and on the device's input grid, best-point tracking and bad parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from builders import torch_style_mlp
+
+import hwq
+from hwq.attack import FGSM, PGD, make_attack
+from hwq.errors import UsageError
+from hwq.onnx.importer import graph_from_model
+from hwq.quant import reference
+
+RNG = np.random.default_rng(5)
+
+
+def centred_mlp(n_in, hidden, n_out, act):
+    """Hidden pre-activations centred on the data (x uniform in [0, 1]), no output bias: the
+    decisions vary over the inputs (a random MLP's biases often fix one class)."""
+    w1 = RNG.uniform(-1, 1, (hidden, n_in))
+    w2 = RNG.uniform(-1, 1, (n_out, hidden))
+    return torch_style_mlp(w1, -0.5 * w1.sum(axis=1), w2, np.zeros(n_out), act=act,
+                           out="Sigmoid" if n_out == 1 else "Softmax")
+
+
+def compiled(act="Relu", n_out=10, bits=3, n_in=12, input_bits=8, hidden=9):
+    graph = graph_from_model(centred_mlp(n_in, hidden, n_out, act))
+    x = RNG.uniform(0, 1, (120, n_in))
+    net = hwq.quantize(graph, bits, calibration=x, bounds=(0, 1), act_bits=8, input_bits=input_bits)
+    return hwq.compile(net, "sim"), x, reference.predict(net, x)
+
+
+def plain_surrogate(net, x, y):
+    """dL/dx of softmax CE (or sigmoid BCE) at the integer model's operating point, written
+    out for one hidden layer (relu: [z > 0]; sigmoid: s(1-s); step: 1/(1+|z|)^2)."""
+    xq = reference.quantize_input(net.input, x)
+    accs = reference.trace(net, xq)
+    l1, l2 = net.layers
+    z1, z2 = accs[0] * l1.acc_scale, accs[1] * l2.acc_scale
+    if net.output == "sign":
+        delta = (1 / (1 + np.exp(-z2[:, 0])) - y)[:, None]
+    else:
+        p = np.exp(z2 - z2.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        delta = p
+    h_grad = l2.gain * delta @ l2.real_weight
+    act = l1.activation
+    if act == "relu":
+        d1 = (z1 > 0).astype(float)
+    elif act == "sigmoid":
+        s = 1 / (1 + np.exp(-z1))
+        d1 = s * (1 - s)
+    else:
+        d1 = 1 / (1 + np.abs(z1)) ** 2
+    return l1.gain * (h_grad * d1) @ l1.real_weight
+
+
+def plain_pgd(net, x, y, eps, norm, steps, rel, random_start, seed, lo=0.0, hi=1.0):
+    """The same PGD, one epsilon at a time, every row every step, first success kept."""
+    n, d = x.shape
+    fmt = net.input
+    noise = None
+    if random_start:  # the documented stream: default_rng([seed, first index]), (K*n, d)
+        rng = np.random.default_rng([seed, 0])
+        if norm == "linf":
+            noise = rng.uniform(-1, 1, (len(eps) * n, d))
+        else:
+            z = rng.standard_normal((len(eps) * n, d + 2))
+            noise = (z / np.linalg.norm(z, axis=1, keepdims=True))[:, :d]
+    preds = np.empty((len(eps), n), np.int64)
+    codes = np.empty((len(eps), n, d), np.int64)
+    for k, e in enumerate(eps):
+        q = reference.quantize_input(fmt, x)
+        best_p, best_c = reference.decide(reference.forward(net, q), net.output), q.copy()
+        done = best_p != y
+        cur = x.copy()
+        if e > 0:
+            def judge(points):
+                c = reference.quantize_input(fmt, np.clip(points, lo, hi))
+                p = reference.decide(reference.forward(net, c), net.output)
+                new = ~done & (p != y)
+                best_p[new], best_c[new] = p[new], c[new]
+                done[new] = True
+            if noise is not None:
+                cur = np.clip(x + e * noise[k * n:(k + 1) * n], lo, hi)
+                judge(cur)
+            for _ in range(steps):
+                g = plain_surrogate(net, cur, y)
+                if norm == "linf":
+                    cur = cur + rel * e * np.sign(g)
+                    cur = np.clip(np.clip(cur, x - e, x + e), lo, hi)
+                else:
+                    gn = np.linalg.norm(g, axis=1, keepdims=True)
+                    cur = cur + rel * e * np.where(gn > 0, g / np.where(gn > 0, gn, 1), 0)
+                    delta = cur - x
+                    dn = np.linalg.norm(delta, axis=1, keepdims=True)
+                    cur = np.clip(x + delta * np.minimum(1, e / np.where(dn > 0, dn, 1)), lo, hi)
+                judge(cur)
+        preds[k], codes[k] = best_p, best_c
+    return preds, codes
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "step"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("random_start", [False, True])
+def test_matches_plain_numpy_pgd(act, norm, random_start):
+    onnx_act = {"relu": "Relu", "sigmoid": "Sigmoid", "step": "step"}[act]
+    program, x, y = compiled(onnx_act)
+    eps = np.array([0.0, 0.03, 0.1, 0.3]) * (1 if norm == "linf" else 3)
+    attack = PGD(norm, steps=12, rel_stepsize=0.2, random_start=random_start, seed=3)
+    result = hwq.attack(program, x, y, eps, method=attack, bounds=(0, 1))
+    preds, codes = plain_pgd(program.net, x, y, eps, norm, 12, 0.2, random_start, 3)
+    np.testing.assert_array_equal(result.predictions, preds)
+    np.testing.assert_array_equal(result.points, codes)
+    assert result.accuracy[-1] < result.accuracy[0]  # the attack does something
+
+
+@pytest.mark.parametrize("n_out", [1, 10])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_every_kept_point_is_on_the_grid_and_rejudged(n_out, norm):
+    program, x, y = compiled("Relu", n_out=n_out, input_bits=6)
+    eps = np.array([0.0, 0.02, 0.1, 0.4])
+    result = hwq.attack(program, x, y, eps, method=PGD(norm, steps=10, restarts=2), bounds=(0, 1),
+                        batch_size=32)
+    fmt = program.net.input
+    for k, e in enumerate(eps):
+        pts = result.adversarial(k)
+        np.testing.assert_array_equal(reference.quantize_input(fmt, pts), result.points[k])
+        assert pts.min() >= 0 and pts.max() <= 1
+        np.testing.assert_array_equal(reference.predict(program.net, pts), result.predictions[k])
+        dist = np.abs(pts - x).max(axis=1) if norm == "linf" else np.linalg.norm(pts - x, axis=1)
+        slack = fmt.scale / 2 * (1 if norm == "linf" else np.sqrt(x.shape[1]))
+        assert np.all(dist <= e + slack + 1e-12)
+        # a pair counted as broken really is broken at its kept point; robust pairs keep x
+        robust = result.correct[k]
+        np.testing.assert_array_equal(result.points[k][robust],
+                                      reference.quantize_input(fmt, x)[robust])
+    np.testing.assert_array_equal(result.correct[0], result.clean_correct)
+
+
+def test_restarts_and_steps_only_help():
+    """More restarts (same seed stream: the first run is a prefix) never lose a broken pair."""
+    program, x, y = compiled("Sigmoid")
+    eps = [0.05, 0.1]
+    one = hwq.attack(program, x, y, eps, method=PGD(steps=8, restarts=1, seed=1), bounds=(0, 1))
+    three = hwq.attack(program, x, y, eps, method=PGD(steps=8, restarts=3, seed=1), bounds=(0, 1))
+    assert np.all(three.correct <= one.correct)
+
+
+def test_chunking_does_not_change_results_without_random_start():
+    program, x, y = compiled()
+    a = hwq.attack(program, x, y, [0.05, 0.2], method=PGD(random_start=False, steps=5), bounds=(0, 1))
+    b = hwq.attack(program, x, y, [0.05, 0.2], method=PGD(random_start=False, steps=5), bounds=(0, 1),
+                   batch_size=7)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+    np.testing.assert_array_equal(a.points, b.points)
+
+
+def test_one_step_pgd_without_start_is_fgsm():
+    """One full-size l-inf step from x is FGSM's point (before quantization), so the same
+    decisions."""
+    program, x, y = compiled("Relu")
+    eps = [0.0, 0.05, 0.2]
+    pgd = hwq.attack(program, x, y, eps, method=PGD(steps=1, rel_stepsize=1.0, random_start=False),
+                     bounds=(0, 1))
+    fgsm = hwq.attack(program, x, y, eps, method=FGSM(), bounds=(0, 1))
+    np.testing.assert_array_equal(pgd.correct, fgsm.correct)
+
+
+def test_records_parameters():
+    program, x, y = compiled()
+    r = hwq.attack(program, x[:10], y[:10], [0.1], method=make_attack("pgd", norm="l2", steps=3))
+    assert r.attack == "pgd" and r.params["steps"] == 3 and r.params["rel_stepsize"] == 0.025
+
+
+@pytest.mark.parametrize("params", [dict(steps=0), dict(restarts=0), dict(rel_stepsize=-1),
+                                    dict(restarts=2, random_start=False), dict(norm="l1"),
+                                    dict(abs_stepsize=float("nan")), dict(steps=2.5)])
+def test_bad_parameters(params):
+    with pytest.raises(UsageError):
+        PGD(**params)
