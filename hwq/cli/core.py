@@ -237,21 +237,58 @@ def attack(
                + (f" -> {output}" if output else ""))
 
 
+def core_exports() -> dict:
+    """File formats of the integer network itself (any target): name -> Export."""
+    from hwq.onnx.exporter import save_onnx
+    from hwq.target.protocol import Export
+
+    return {"onnx": Export("onnx", (".onnx",), lambda program, path: save_onnx(program.net, path),
+                           "the integer network as an integer-exact ONNX graph (onnxruntime runs it)")}
+
+
+def export_formats(target: str | None) -> dict:
+    """Every format ``hwq export`` can write for a program of ``target``: the core's plus the
+    target's own (``Target.exports``)."""
+    from hwq.target.registry import get_target
+
+    formats = core_exports()
+    if target is not None:
+        formats.update(getattr(get_target(target), "exports", {}))
+    return formats
+
+
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
-    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    fmt: str = typer.Option(None, "--format", "-f",
+                            help="onnx (integer-exact ONNX), or a format of the file's target, e.g. truenorth "
+                                 "(default: from the output's suffix; `hwq info MODEL.hwq` lists them)."),
     as_json: bool = JSON,
 ):
-    """Export the compiled integer network as an integer-exact ONNX graph (onnxruntime runs it)."""
-    from hwq.onnx.exporter import save_onnx
-
-    check_output(output, (".onnx",))
-    _, net, _ = hwqfile.read_network(model)
-    save_onnx(net, output)
+    """Export the compiled network: the integer network (onnx) or the target's mapping."""
+    stored = hwqfile.read_stored(model)
+    formats = export_formats(stored.target)
+    if fmt is None:
+        fmt = next((name for name, e in formats.items() if output.suffix in e.suffixes), None)
+        if fmt is None:
+            raise UsageError(f"cannot tell the format from '{output.suffix}'", hint="use --format " + " | ".join(formats))
+    if fmt not in formats:
+        raise UsageError(f"unknown export format '{fmt}' for a {stored.target} program",
+                         hint="formats: " + ", ".join(formats))
+    check_output(output, formats[fmt].suffixes)
+    program = hwqfile.load_program(model) if fmt not in core_exports() else _NetOnly(stored.net)
+    formats[fmt].write(program, output)
     if as_json:
-        return emit_json({"output": str(output)})
-    typer.echo(f"exported {model} -> {output}")
+        return emit_json({"output": str(output), "format": fmt})
+    typer.echo(f"exported {model} ({fmt}) -> {output}")
+
+
+class _NetOnly:
+    """The integer network alone, for formats that need no target mapping."""
+
+    def __init__(self, net):
+        self.net = net
 
 
 @app.command()
@@ -305,7 +342,9 @@ def describe_h5(path: Path) -> dict:
     except OSError:
         raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None
     if fmt == hwqfile.FORMAT:
-        return hwqfile.file_info(path)
+        out = hwqfile.file_info(path)
+        out["exports"] = list(export_formats(out["target"]))
+        return out
     if fmt == results.RUN_FORMAT:
         r = results.read_run(path)
         return {"kind": "run", **r["attrs"], "n_inputs": int(r["labels"].size),

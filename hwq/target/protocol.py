@@ -8,6 +8,7 @@ A backend registers one ``Target`` object in the ``hwq.targets`` entry-point gro
         options: tuple[Option, ...]        # what compile/load accept (CLI: --option k=v)
         def compile(self, net, **options) -> Program
         def load(self, net, artifacts, **options) -> Program   # from a .hwq file
+        exports: dict[str, Export]         # optional: file formats of its mapping
 
     class Program:                          # a network mapped onto the target
         net: QuantizedNetwork
@@ -79,6 +80,17 @@ def parse_bool_or_auto(text: str) -> bool | None:
     if text.lower() not in table:
         raise ValueError(text)
     return table[text.lower()]
+
+
+@dataclass(frozen=True)
+class Export:
+    """A file format a target writes its compiled program in (``hwq export --format NAME``):
+    ``write(program, path)`` must write atomically; ``suffixes`` are the accepted endings."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    write: Callable[[Any, Any], None]
+    help: str = ""
 
 
 class Target(Protocol):

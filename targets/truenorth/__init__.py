@@ -21,7 +21,7 @@ __all__ = ["Core", "Drive", "Emulator", "EmulatorConfig", "Model", "Neurons", "S
 from typing import Any  # noqa: E402
 
 from hwq.errors import FileFormatError  # noqa: E402
-from hwq.target.protocol import Option, check_options  # noqa: E402
+from hwq.target.protocol import Export, Option, check_options  # noqa: E402
 
 from .program import NAME, TrueNorthProgram, export_model  # noqa: E402
 
@@ -34,6 +34,8 @@ class TrueNorthTarget:
 
     name = NAME
     options: tuple[Option, ...] = ()
+    exports = {"truenorth": Export("truenorth", (".json",), lambda program, path: export_model(program, path),
+                                   "the mapped cores as an IBM-format model file (hwq truenorth run reads it)")}
 
     def compile(self, net, **options: Any) -> TrueNorthProgram:
         check_options(NAME, self.options, options)
