@@ -32,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwq.errors import InvalidModelError
 from hwq.files.atomic import atomic_write_bytes
+from hwq.quant.bounds import channel_bounds, check_layer, row_sum_bound
 from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.version import __version__
 
@@ -104,7 +105,7 @@ def input_container(net: QuantizedNetwork) -> str:
 def product(b: GraphBuilder, layer: QLayer, h: Codes, i: int) -> str:
     """``h @ W.T`` as an integer-valued double tensor (exact: see the module docstring)."""
     w = layer.weight
-    row_sum = int(np.abs(w).sum(axis=1).max(initial=0))
+    row_sum = row_sum_bound(w)
     if h.container in ("uint8", "int8") and w.min(initial=0) >= -128 and w.max(initial=0) <= 127 \
             and 255 * row_sum < INT32_EXACT:
         acc = b.op("MatMulInteger", [h.name, b.const(f"w{i}", w.T.astype(np.int8))], f"prod{i}")
@@ -228,7 +229,8 @@ def build_graph(net: QuantizedNetwork) -> onnx.GraphProto:
     if container == "int32":
         h = Codes(b.cast("x_q", "double", "x_f64"), "double", fmt.qmin, fmt.qmax)
     for i, layer in enumerate(net.layers):
-        acc_bound = np.abs(layer.weight).sum(axis=1) * h.peak + np.abs(layer.bias)
+        check_layer(layer, i, -h.peak, h.peak)  # int64 cannot wrap (Python-integer bound)
+        acc_bound = np.array(channel_bounds(layer.weight, layer.bias, h.peak), dtype=object)
         if int(acc_bound.max(initial=0)) >= F64_EXACT:
             raise InvalidModelError(f"layer {i}: accumulators reach 2^53, no exact ONNX export")
         prod = product(b, layer, h, i)

@@ -5,14 +5,17 @@
   partial sum is below that: ``max_row sum|W| * max|h| < 2^p``.
 * ``vpdpbusd`` sums u8 x s8 products in int32 lanes: exact when ``255 * max_row sum|W| < 2^31``.
 * Requantization shifts stay in ``0..62`` so that ``2^(S-1)`` and ``x >> S`` are defined in int64.
-* Every int64 intermediate stays below ``2^63`` (``INT64_LIMIT``).
-Bounds are computed in Python integers (``row_sum_bound``), never in numpy int64, so that the
+* Every int64 intermediate stays below ``2^63`` (``INT64_LIMIT``): ``check_layers`` proves it
+  for a whole network at compile time, or refuses the network naming the layer and the bound.
+Bounds are computed in Python integers (``row_sums``), never in numpy int64, so that the
 proof itself cannot wrap around. docs/integer-semantics.md states the rules.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from hwq.errors import InvalidModelError
 
 F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 F64_EXACT = 2**53
@@ -21,20 +24,82 @@ INT64_LIMIT = 2**63
 MAX_SHIFT = 62  # docs/integer-semantics.md section 4
 
 
-def row_sum_bound(weight: np.ndarray) -> int:
-    """``max_i sum_j |W[i, j]|`` as a Python integer (exact for any int64 weights)."""
+def row_sums(weight: np.ndarray) -> list[int]:
+    """``sum_j |W[i, j]|`` for every row ``i``, as Python integers (exact for any int64
+    weights: numpy's int64 sums are used only where ``max|W| * K < 2^63`` proves them exact)."""
     w = np.asarray(weight)
     if w.size == 0:
-        return 0
-    return max(sum(abs(int(v)) for v in row) for row in w.reshape(w.shape[0], -1))
+        return [0] * (w.shape[0] if w.ndim else 0)
+    w = w.reshape(w.shape[0], -1)
+    peak = max(abs(int(w.min())), abs(int(w.max())))
+    if peak * w.shape[1] < INT64_LIMIT and peak < INT64_LIMIT:
+        return [int(v) for v in np.abs(w.astype(np.int64)).sum(axis=1)]
+    return [sum(abs(int(v)) for v in row) for row in w.tolist()]
+
+
+def row_sum_bound(weight: np.ndarray) -> int:
+    """``max_i sum_j |W[i, j]|`` as a Python integer (exact for any int64 weights)."""
+    return max(row_sums(weight), default=0)
+
+
+def channel_bounds(weight: np.ndarray, bias: np.ndarray, peak: int) -> list[int]:
+    """``B_j = sum_i |W[j, i]| * peak + |b_j|`` per output channel, in Python integers:
+    the largest ``|acc_j|`` for inputs of magnitude at most ``peak``."""
+    b = [abs(int(v)) for v in np.asarray(bias).reshape(-1).tolist()]
+    return [s * int(peak) + bj for s, bj in zip(row_sums(weight), b)]
 
 
 def accumulator_bound(weight: np.ndarray, bias: np.ndarray, peak: int) -> int:
-    """``max_i (sum_j |W[i, j]| * peak + |b_i|)``: the largest |acc| for inputs of magnitude
-    at most ``peak``, in Python integers."""
-    w = np.asarray(weight)
-    b = np.asarray(bias).reshape(-1)
-    if w.shape[0] == 0:
-        return 0
-    return max(sum(abs(int(v)) for v in row) * int(peak) + abs(int(b[i]))
-               for i, row in enumerate(w.reshape(w.shape[0], -1)))
+    """``max_j B_j`` (``channel_bounds``): the largest |acc| for inputs of magnitude at most
+    ``peak``, in Python integers."""
+    return max(channel_bounds(weight, bias, peak), default=0)
+
+
+def output_range(layer, lo: int, hi: int) -> tuple[int, int]:
+    """The codes ``layer`` (a ``QLayer``) passes on for inputs in ``[lo, hi]``."""
+    if layer.activation == "step":
+        return 0, 1
+    if layer.activation == "relu":
+        return 0, max(0, 2**layer.act_bits - 1)
+    if layer.activation == "sigmoid":
+        return int(layer.lut.min()), int(layer.lut.max())
+    bound = accumulator_bound(layer.weight, layer.bias, max(abs(lo), abs(hi)))
+    return -bound, bound
+
+
+def check_layer(layer, index: int, lo: int, hi: int) -> int:
+    """Prove that ``layer`` (a ``QLayer``) computes in int64 without wrapping for inputs in
+    ``[lo, hi]``: ``B_j < 2^63`` on every channel and, where it requantizes,
+    ``B_j * M_j + 2^(S_j - 1) < 2^63``. Returns ``max_j B_j``; raises ``InvalidModelError``
+    naming the layer and the bound otherwise."""
+    peak = max(abs(int(lo)), abs(int(hi)))
+    bounds = channel_bounds(layer.weight, layer.bias, peak)
+    worst = max(bounds, default=0)
+    if worst >= INT64_LIMIT:
+        raise InvalidModelError(
+            f"layer {index}: the accumulator can reach {worst} (= {float(worst):.3g}; "
+            f"sum|W| * {peak} + |b|), beyond int64 (2^63 = 9.22e18)",
+            hint="use fewer weight or input bits, smaller weights, or an activation that "
+                 "requantizes between layers")
+    rq = layer.requant if layer.activation in ("relu", "sigmoid") else None
+    if rq is not None:
+        m = np.broadcast_to(rq.multiplier, (len(bounds),)).tolist()
+        s = np.broadcast_to(rq.shift, (len(bounds),)).tolist()
+        top = max((bj * int(mj) + (2 ** (int(sj) - 1) if sj > 0 else 0)
+                   for bj, mj, sj in zip(bounds, m, s)), default=0)
+        if top >= INT64_LIMIT:
+            raise InvalidModelError(
+                f"layer {index}: requantization acc * M + 2^(S-1) can reach {top} "
+                f"(= {float(top):.3g}), beyond int64 (2^63 = 9.22e18)",
+                hint="use fewer weight or input bits")
+    return worst
+
+
+def check_layers(layers, lo: int, hi: int) -> list[int]:
+    """``check_layer`` for every layer in order, the first receiving codes in ``[lo, hi]``;
+    returns each layer's accumulator bound ``max_j B_j``."""
+    out = []
+    for i, layer in enumerate(layers):
+        out.append(check_layer(layer, i, lo, hi))
+        lo, hi = output_range(layer, lo, hi)
+    return out

@@ -102,8 +102,11 @@ class QLayer:
 
     @property
     def acc_bound(self) -> int:
-        """max |acc| over all inputs the layer can receive (used to prove exact BLAS paths)."""
-        return int(np.max(np.abs(self.weight).sum(axis=1) * self.in_max + np.abs(self.bias)))
+        """max |acc| over all inputs the layer can receive, in Python integers (exact even
+        beyond int64; ``hwq.quant.bounds``)."""
+        from hwq.quant.bounds import accumulator_bound
+
+        return accumulator_bound(self.weight, self.bias, self.in_max)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hwq.quant.bounds import check_layers
 from hwq.quant.qnet import SIGMOID_INDEX_BITS, InputFormat, QLayer, QuantizedNetwork, Requant
 
 
@@ -46,9 +47,20 @@ def accumulate(layer: QLayer, h: np.ndarray) -> np.ndarray:
     return h @ layer.weight.T + layer.bias
 
 
+def check_int64(net: QuantizedNetwork, x_q: np.ndarray) -> None:
+    """Refuse (``InvalidModelError``, naming the layer and the bound) a network whose exact
+    accumulators for these codes, widened to the input format, could leave int64."""
+    lo, hi = net.input.qmin, net.input.qmax
+    if x_q.size:
+        lo, hi = min(lo, int(x_q.min())), max(hi, int(x_q.max()))
+    check_layers(net.layers, lo, hi)
+
+
 def trace(net: QuantizedNetwork, x_q: np.ndarray) -> list[np.ndarray]:
-    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features)."""
+    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features); refuses a
+    network whose accumulators could wrap in int64 (``check_int64``)."""
     h = np.asarray(x_q, dtype=np.int64)
+    check_int64(net, h)
     accs = []
     for layer in net.layers:
         acc = accumulate(layer, h)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hwq.errors import InvalidModelError, TargetError
-from hwq.quant.bounds import MAX_SHIFT, row_sum_bound
+from hwq.quant.bounds import MAX_SHIFT, check_layer, output_range, row_sum_bound
 from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.quant.reference import decide
 from hwq.target.protocol import Option, check_options, parse_bool_or_auto
@@ -38,23 +38,6 @@ from . import kernels
 NAME = "sim"
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 EMPTY = np.zeros((0, 0), np.int64)
-
-
-def output_range(layer: QLayer, lo: int, hi: int) -> tuple[int, int]:
-    """The range of the codes ``layer`` passes on, for inputs in ``[lo, hi]``."""
-    if layer.activation == "step":
-        return 0, 1
-    if layer.activation == "relu":
-        return 0, max(0, 2**layer.act_bits - 1)
-    if layer.activation == "sigmoid":
-        return int(layer.lut.min()), int(layer.lut.max())
-    bound = accumulator_bound(layer, lo, hi)
-    return -bound, bound
-
-
-def accumulator_bound(layer: QLayer, lo: int, hi: int) -> int:
-    w = np.abs(layer.weight).sum(axis=1) * max(abs(lo), abs(hi))
-    return int(np.max(w + np.abs(layer.bias), initial=0))
 
 
 def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
@@ -147,8 +130,11 @@ class SimProgram:
         self._fallbacks = FallbackPlans(self.plan)
 
     def plan(self, lo: int, hi: int) -> list[CompiledLayer]:
+        """Each layer's product for inputs in ``[lo, hi]``, after proving that no int64
+        intermediate can wrap (``hwq.quant.bounds.check_layer``; refused otherwise)."""
         layers = []
-        for layer in self.net.layers:
+        for i, layer in enumerate(self.net.layers):
+            check_layer(layer, i, lo, hi)
             layers.append(CompiledLayer.build(layer, lo, hi, self.use_vnni))
             lo, hi = output_range(layer, lo, hi)
         return layers
