@@ -15,6 +15,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import InvalidModelError, UsageError
 from hwq.ir import activations
+from hwq.quant.bounds import check_layers
 from hwq.quant.qnet import (
     SIGMOID_INDEX_BITS,
     InputFormat,
@@ -204,4 +205,5 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
         layers.append(layer)
         reports.extend(rep)
     output = "sign" if graph.output.kind == "sigmoid" else "argmax"
+    check_layers(layers, fmt.qmin, fmt.qmax)  # no int64 intermediate wraps, or refused
     return QuantizedNetwork(fmt, tuple(layers), output, settings, graph, tuple(reports))
