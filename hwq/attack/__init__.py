@@ -6,11 +6,12 @@ from __future__ import annotations
 from hwq.attack.base import Attack, AttackResult, Judge, check_inputs
 from hwq.attack.fgsm import FGSM
 from hwq.attack.pgd import PGD
+from hwq.attack.square import Square
 from hwq.errors import UsageError
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD}
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "square": Square}
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "AttackResult", "Judge", "attack", "check_inputs",
+__all__ = ["ATTACKS", "FGSM", "PGD", "Square", "Attack", "AttackResult", "Judge", "attack", "check_inputs",
            "make_attack"]
 
 

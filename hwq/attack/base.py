@@ -97,7 +97,8 @@ class AttackResult:
 class ChunkOutcome:
     """What an attack found for one chunk of inputs: ``predictions`` (K, n) of the worst point
     per input and epsilon, ``zero_gradient`` (n,), optionally FGSM's ``direction`` (n, d),
-    the worst points' device ``codes`` (K, n, d), ``queries`` (K, n) and ``nonfinite`` (n,)."""
+    the worst points' device ``codes`` (K, n, d), ``queries`` (K, n), ``nonfinite`` (n,) and
+    the ``clean`` decisions (n,) when the attack queried them (saves a query per input)."""
 
     predictions: np.ndarray
     zero_gradient: np.ndarray
@@ -105,6 +106,7 @@ class ChunkOutcome:
     codes: np.ndarray | None = None
     queries: np.ndarray | None = None
     nonfinite: np.ndarray | None = None
+    clean: np.ndarray | None = None  # (n,) the clean decisions, when the attack made them
 
 
 @nb.njit(parallel=True, cache=True)
@@ -214,8 +216,9 @@ class Attack:
         for start in range(0, n, step):
             sl = slice(start, min(n, start + step))
             judge.offset = start
-            clean[sl] = judge.decide(quantize_input(program.net.input, x[sl]))
             out = self.run_chunk(judge, x[sl], y[sl], eps, gradient)
+            clean[sl] = out.clean if out.clean is not None else judge.decide(
+                quantize_input(program.net.input, x[sl]))
             preds[:, sl], zero[sl] = out.predictions, out.zero_gradient
             if out.direction is not None:
                 if direction is None:

@@ -165,4 +165,4 @@ class PGD(Attack):
                 idx, cur = idx[keep], cur[keep]
         nonfinite |= bad.reshape(k_eps, n).any(axis=0)
         return ChunkOutcome(pred.reshape(k_eps, n), zero, codes=best.reshape(k_eps, n, d),
-                            nonfinite=nonfinite)
+                            nonfinite=nonfinite, clean=clean_pred)

@@ -1,0 +1,222 @@
+"""Square attack (Andriushchenko et al., ECCV 2020): score-based and gradient-free, it only
+queries the judged program, so it runs on every target, remote devices included.
+
+Each query is a point ``clip(x', bounds)`` put on the device's input grid (``Judge.codes``)
+and answered by the program itself; the search minimises the margin of the integer scores
+(``base.margin``: > 0 exactly where the model is right) and accepts a proposal only when the
+margin drops. A pair (input, epsilon) stops at its first wrong decision or when its budget
+(``queries``, the clean query and the start included) is spent. Queries are counted per pair
+(``result.queries``).
+
+The input is viewed as an ``h x w`` image (``h = w = sqrt(d)`` when ``d`` is a square, e.g.
+8x8 digits or 28x28 images; else a ``1 x d`` row, the windows then being segments).
+Following the reference implementation (one window position per iteration for the whole
+batch, the ``p`` schedule halving at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10,000
+iterations, rescaled to the budget):
+
+* ``linf``: start at vertical stripes ``x + eps * (+-1 per column)``; each iteration sets one
+  window of side ``round(sqrt(p d))`` to ``x + eps * (+-1)`` (sign per input; flipped once if
+  that would change nothing).
+* ``l2``: start at a grid of pseudo-Gaussian blocks scaled to norm ``eps``; each iteration
+  moves the perturbation's mass from a second window into a pseudo-Gaussian update of the
+  first (windows of odd side >= 3), keeping ``|delta|_2 = eps`` before clipping.
+
+Randomness comes from ``(seed, first input index of the chunk)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq.attack.base import Attack, ChunkOutcome
+from hwq.attack.pgd import _positive, _positive_int
+from hwq.errors import UsageError
+from hwq.ranges import check_norm
+
+SQUARE_CHUNK_ELEMENTS = 2**22
+
+
+def p_schedule(p_init: float, it: int, n_iters: int) -> float:
+    """The reference implementation's ``p_selection``: the share of the input one window covers."""
+    it = int(it / max(n_iters, 1) * 10000)
+    for stop, div in ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
+                      (6000, 128), (8000, 256), (10000, 512)):
+        if it <= stop:
+            return p_init / div
+    return p_init
+
+
+def image_shape(d: int) -> tuple[int, int]:
+    s = int(round(np.sqrt(d)))
+    return (s, s) if s * s == d and s > 1 else (1, d)
+
+
+def _pseudo_gaussian_rect(h: int, w: int) -> np.ndarray:
+    delta = np.zeros((h, w))
+    xc, yc = h // 2 + 1, w // 2 + 1
+    c0, c1 = xc - 1, yc - 1
+    for counter in range(max(xc, yc)):
+        delta[max(c0, 0):min(c0 + 2 * counter + 1, h), max(0, c1):min(c1 + 2 * counter + 1, w)] += \
+            1.0 / (counter + 1) ** 2
+        c0 -= 1
+        c1 -= 1
+    return delta / np.sqrt(np.sum(delta**2))
+
+
+def meta_pseudo_gaussian(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Two pseudo-Gaussian halves of opposite sign, unit l2 norm (randomly transposed if square)."""
+    delta = np.zeros((h, w))
+    if h >= 2:
+        delta[:h // 2] = _pseudo_gaussian_rect(h // 2, w)
+        delta[h // 2:] = -_pseudo_gaussian_rect(h - h // 2, w)
+    elif w >= 2:
+        delta[:, :w // 2] = _pseudo_gaussian_rect(h, w // 2)
+        delta[:, w // 2:] = -_pseudo_gaussian_rect(h, w - w // 2)
+    else:
+        delta[:] = 1.0
+    delta /= np.sqrt(np.sum(delta**2))
+    if h == w and rng.random() > 0.5:
+        delta = delta.T
+    return delta
+
+
+def _norm(v: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.sum(v**2, axis=(1, 2), keepdims=True))
+
+
+@dataclass(frozen=True)
+class Square(Attack):
+    norm: str = "linf"
+    queries: int = 1000
+    p_init: float = 0.3
+    seed: int = 0
+    name = "square"
+    needs_gradient = False
+
+    def __post_init__(self):
+        check_norm(self.norm)
+        _positive_int("queries", self.queries)
+        _positive("p_init", self.p_init)
+        if self.p_init > 1:
+            raise UsageError(f"--p-init must be in (0, 1], got {self.p_init}")
+
+    def params(self):
+        return {"norm": self.norm, "queries": self.queries, "p_init": self.p_init, "seed": self.seed}
+
+    def chunk_size(self, n_eps, d, batch_size):
+        return max(1, min(batch_size, SQUARE_CHUNK_ELEMENTS // max(1, n_eps * d)))
+
+    def _window(self, it: int, n_iters: int, h: int, w: int) -> tuple[int, int]:
+        p = p_schedule(self.p_init, it, n_iters)
+        if h == 1:
+            return 1, int(min(max(round(p * w), 1), w))
+        s = int(round(np.sqrt(p * h * w)))
+        if self.norm == "linf":
+            return (s2 := min(max(s, 1), h - 1)), s2
+        s = max(s, 3)
+        s += 1 - s % 2
+        s = min(s, h if h % 2 else h - 1)
+        return s, s
+
+    def run_chunk(self, judge, x, y, eps, gradient) -> ChunkOutcome:
+        k_eps, (n, d) = len(eps), x.shape
+        h, w = image_shape(d)
+        rng = np.random.default_rng([self.seed, judge.offset])
+        clean_codes = judge.codes(x)
+        clean_pred, _ = judge.judge(clean_codes, y)
+        rows = k_eps * n
+        x0 = np.tile(x, (k_eps, 1)).reshape(rows, h, w)
+        labels = np.tile(y, k_eps)
+        e = np.repeat(np.asarray(eps, np.float64), n)
+        pred = np.tile(clean_pred, k_eps)
+        best_codes = np.tile(clean_codes, (k_eps, 1))
+        used = np.zeros(rows, np.int64)
+        lo, hi = judge.lo, judge.hi
+        idx = np.flatnonzero((pred == labels) & (e > 0)) if self.queries > 1 else np.zeros(0, np.int64)
+        xs, es = x0[idx], e[idx, None, None]
+        if self.norm == "linf":
+            cur = np.clip(xs + es * rng.choice([-1.0, 1.0], size=(len(idx), 1, w)), lo, hi)
+        else:
+            cur = np.clip(xs + self._l2_init(rng, len(idx), h, w) * es, lo, hi)
+
+        def query(sub, points):
+            codes = judge.codes(points.reshape(len(sub), d))
+            p, m = judge.judge(codes, labels[sub])
+            used[sub] += 1
+            return codes, p, m
+
+        codes, p, best_margin = query(idx, cur)
+        best_codes[idx], pred[idx] = codes, p
+        n_iters = self.queries - 2  # the clean query and the start count against the budget
+        for it in range(n_iters):
+            alive = pred[idx] == labels[idx]
+            if not alive.all():
+                idx, cur, best_margin, xs = idx[alive], cur[alive], best_margin[alive], xs[alive]
+            if idx.size == 0:
+                break
+            es = e[idx, None, None]
+            sh, sw = self._window(it, n_iters, h, w)
+            r0, c0 = rng.integers(0, h - sh + 1), rng.integers(0, w - sw + 1)
+            if self.norm == "linf":
+                new = self._linf_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi)
+            else:
+                new = self._l2_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi)
+            codes, p, m = query(idx, new)
+            better = m < best_margin
+            cur[better], best_margin[better] = new[better], m[better]
+            best_codes[idx[better]], pred[idx[better]] = codes[better], p[better]
+        return ChunkOutcome(pred.reshape(k_eps, n), np.zeros(n, bool),
+                            codes=best_codes.reshape(k_eps, n, d), queries=used.reshape(k_eps, n) + 1,
+                            clean=clean_pred)
+
+    @staticmethod
+    def _linf_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi):
+        win = (slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
+        sign = rng.choice([-1.0, 1.0], size=(len(xs), 1, 1))
+        proposal = np.clip(xs[win] + es * sign, lo, hi)
+        same = np.all(np.abs(proposal - cur[win]) < 1e-7, axis=(1, 2))
+        if same.any():  # the reference resamples: with one channel that is the other sign
+            sign[same] *= -1
+            proposal = np.clip(xs[win] + es * sign, lo, hi)
+        new = cur.copy()
+        new[win] = proposal
+        return new
+
+    @staticmethod
+    def _l2_init(rng, rows, h, w):
+        delta = np.zeros((rows, h, w))
+        if h == 1:
+            s = max(w // 5, 1)
+            for c in range(0, w - s + 1, s):
+                delta[:, :, c:c + s] += meta_pseudo_gaussian(rng, 1, s) * rng.choice([-1.0, 1.0], (rows, 1, 1))
+        else:
+            s = max(h // 5, 1)
+            start = (h - s * 5) // 2 if h >= 5 else 0
+            for r in range(start, h - s + 1, s):
+                for c in range(start, w - s + 1, s):
+                    delta[:, r:r + s, c:c + s] += (meta_pseudo_gaussian(rng, s, s)
+                                                   * rng.choice([-1.0, 1.0], (rows, 1, 1)))
+        return delta / np.maximum(_norm(delta), 1e-12)
+
+    @staticmethod
+    def _l2_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi):
+        delta = cur - xs
+        r2, c2 = rng.integers(0, xs.shape[1] - sh + 1), rng.integers(0, xs.shape[2] - sw + 1)
+        w1 = (slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
+        w2 = (slice(None), slice(r2, r2 + sh), slice(c2, c2 + sw))
+        mask = np.zeros(xs.shape[1:])
+        mask[w1[1:]] = 1
+        mask[w2[1:]] = 1
+        norm_window = _norm(delta[w1])
+        norm_image = _norm(delta)
+        norm_windows = _norm(delta * mask)
+        update = meta_pseudo_gaussian(rng, sh, sw)[None] * rng.choice([-1.0, 1.0], (len(xs), 1, 1))
+        update = update + delta[w1] / (1e-10 + norm_window)
+        update = update / np.maximum(_norm(update), 1e-12) * np.sqrt(
+            np.maximum(es**2 - norm_image**2, 0) + norm_windows**2)
+        delta = delta.copy()
+        delta[w2] = 0.0
+        delta[w1] = update
+        return np.clip(xs + delta / np.maximum(_norm(delta), 1e-12) * es, lo, hi)
