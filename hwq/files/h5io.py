@@ -102,12 +102,14 @@ def open_checked(path: str | Path, kind: str, versions: tuple[int, ...]) -> h5py
         f = h5py.File(path, "r")
     except OSError:
         raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None
-    if f.attrs.get("format") != kind:
+    fmt, version = f.attrs.get("format"), f.attrs.get("version", -1)
+    if fmt != kind:
         f.close()
-        raise FileFormatError(f"{path}: not an hwq {kind} file (format={f.attrs.get('format')!r})")
-    if int(f.attrs.get("version", -1)) not in versions:
+        raise FileFormatError(f"{path}: not an hwq {kind} file (format={fmt!r})")
+    if int(version) not in versions:
         f.close()
-        raise FileFormatError(f"{path}: {kind} version {f.attrs.get('version')} is not supported")
+        raise FileFormatError(f"{path}: {kind} version {version} is not supported",
+                              hint=f"this hwq reads versions {', '.join(map(str, versions))}")
     return f
 
 
