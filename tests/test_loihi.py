@@ -393,6 +393,32 @@ def test_vnni_emulator_falls_back_on_codes_outside_the_format():
     assert [a.tolist() for a in fast.inputs(x)] == [a.tolist() for a in slow.inputs(x)]
 
 
+@pytest.mark.parametrize("use_vnni", [False, True] if vnni.available() else [False])
+@pytest.mark.parametrize("act", ["relu", "step"])
+def test_codes_outside_the_format_are_exact_against_spec_and_python_ints(use_vnni, act):
+    """Issue 8 defect 2: a row of codes at 2^24 + 1 used to run layer 0 in float32 (planned
+    from the format) and give 5767037440 for 5767037527; without VNNI layer 0 was not
+    checked at all. Compared with the step-by-step spec and with layer 0's ``a`` in Python
+    integers."""
+    rng = np.random.default_rng(21)
+    net = random_net(rng, 50, [9], [act], 7)
+    program = LOIHI.compile(net)
+    emu = Emulator(program.mapping, use_vnni=use_vnni)
+    assert emu.report[0] == ("vnni" if use_vnni else "float32")
+    x = codes(rng, net, 40)
+    x[3] = 2**24 + 1
+    x[7, :5] = -(2**20) - 3
+    lm = program.mapping.layers[0]
+    want_a = [[sum(sum(int(d) * int(v) for d, v in zip(row, xr)) >> -s.exp if s.exp < 0
+                   else sum(int(d) * int(v) for d, v in zip(row, xr)) << s.exp
+                   for s in lm.sets for row in [s.digits[j].tolist()])
+               for j in range(lm.n_out)] for xr in x.tolist()]
+    assert emu.inputs(x)[0].tolist() == want_a
+    assert emu.run(x).tolist() == run_spec(program.mapping, x).tolist()
+    inside = codes(rng, net, 40)  # the fast plan is still used for codes in the format
+    assert emu.run(inside).tolist() == run_spec(program.mapping, inside).tolist()
+
+
 def test_emulator_without_vnni_host(monkeypatch):
     """A host without AVX-512 VNNI: the emulator plans the BLAS / int64 paths only."""
     monkeypatch.setattr(vnni, "available", lambda: False)

@@ -14,18 +14,26 @@ Each layer takes the fastest product that a bound proves exact:
   otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
   kernels (``kernels.py``).
 
+Layer 0 always checks the codes it receives (the VNNI kernel while packing, the other paths
+with one pass of ``code_range``): a chunk with codes outside the input format runs on a plan
+made for the range that arrived (``widen``: layer 0's range widened to the codes seen, every
+later graded layer's range recomputed from it; no VNNI), so the answer stays exact.
+
 Its outputs equal Lava's fixed-point models bit for bit (tests/test_loihi_lava.py) and the
 step-by-step spec (tests/test_loihi.py), on either path.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from hwq.quant.bounds import row_sum_bound
+from hwq.errors import DataError
+from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 
 from ..common import products, vnni
-from ..common.plans import NATIVE_INPUTS
+from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
 from . import kernels
 from .mapping import LayerMap, Mapping
 
@@ -37,6 +45,27 @@ CHUNK_ROWS = 32768
 def product_dtype(lm: LayerMap):
     peak = max(abs(lm.in_range[0]), abs(lm.in_range[1]))
     return products.DTYPES[products.product_path(max(row_sum_bound(s.digits) for s in lm.sets), peak)]
+
+
+def widen(layers: tuple[LayerMap, ...], lo: int, hi: int) -> list[LayerMap]:
+    """The layers with layer 0 receiving codes in ``[lo, hi]`` and every later layer's input
+    range recomputed from it (a ReLU passes ``[0, max a + B]``, a LIF ``{0, 1}``). Refuses
+    codes so large that a sum could leave int64 (Python-integer bound)."""
+    out = []
+    for i, lm in enumerate(layers):
+        peak = max(abs(lo), abs(hi))
+        top = sum(row_sum_bound(s.digits) * peak * 2 ** max(s.exp, 0) for s in lm.sets)
+        if top + max(abs(int(v)) for v in lm.bias.tolist()) >= INT64_LIMIT // 64:
+            raise DataError(f"loihi: layer {i} cannot sum codes up to {peak} exactly in int64",
+                            hint="give codes inside the input format")
+        lm = dataclasses.replace(lm, in_range=(lo, hi))
+        out.append(lm)
+        if lm.kind == "lif":
+            lo, hi = 0, 1
+        else:
+            a_lo, a_hi = lm.input_bounds()
+            lo, hi = 0, max(int((a_hi + lm.bias).max()), 0)
+    return out
 
 
 def vnni_fits(lm: LayerMap, variant: int) -> bool:
@@ -131,18 +160,17 @@ class Emulator:
         self.mapping = mapping
         self.variant = kernels.VARIANTS[variant]
         self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
-        self.layers = self._plan(self.use_vnni)
-        self._exact: list[CompiledLayer] | None = None if self.use_vnni else self.layers
+        self.layers = self._plan(self.mapping.layers, self.use_vnni)
+        self._fallbacks = FallbackPlans(
+            lambda lo, hi: self._plan(widen(self.mapping.layers, lo, hi), False))
 
-    def _plan(self, use_vnni: bool) -> list[CompiledLayer]:
-        return [CompiledLayer(lm, self.variant, use_vnni) for lm in self.mapping.layers]
+    def _plan(self, layers, use_vnni: bool) -> list[CompiledLayer]:
+        return [CompiledLayer(lm, self.variant, use_vnni) for lm in layers]
 
-    @property
-    def exact_layers(self) -> list[CompiledLayer]:
-        """The plan without VNNI: for inputs outside the format (made on first use)."""
-        if self._exact is None:
-            self._exact = self._plan(False)
-        return self._exact
+    def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
+        """The plan for codes outside the input format: proven for the range that arrived."""
+        lo, hi = self.mapping.layers[0].in_range
+        return self._fallbacks.for_range(*seen_range(x, lo, hi))
 
     @property
     def report(self) -> list[str]:
@@ -159,12 +187,22 @@ class Emulator:
         return h
 
     def _chunk(self, x: np.ndarray, pres: list | None) -> np.ndarray:
-        out = self._forward(self.layers, x, pres)
-        if out is None:  # codes outside the input format: the paths proven for any code
+        first = self.layers[0]
+        out = None
+        if first.vnni or not x.size or self._inside(x, first.lm.in_range):
+            out = self._forward(self.layers, x, pres)  # None: vnni packing saw codes outside
+        if out is None:  # codes outside the input format: a plan proven for what arrived
             if pres is not None:
                 pres.clear()
-            out = self._forward(self.exact_layers, x, pres)
+            x = np.asarray(x).astype(np.int64)  # the codes as the reference reads them
+            out = self._forward(self.fallback(x), x, pres)
         return out
+
+    @staticmethod
+    def _inside(x: np.ndarray, in_range: tuple[int, int]) -> bool:
+        x = x if x.dtype.type in NATIVE_INPUTS else x.astype(np.int64)
+        lo, hi = products.code_range(np.ascontiguousarray(x))
+        return in_range[0] <= lo and hi <= in_range[1]
 
     def run(self, x_q: np.ndarray) -> np.ndarray:
         x_q = np.asarray(x_q)
