@@ -1,7 +1,7 @@
 """The Lava process graph, step by step, in plain numpy: the living spec of the loihi target.
 
 It runs the very processes ``lavanet.py`` builds, with the arithmetic of Lava 0.10.0's CPU
-fixed-point models (/work/shared/specs/lava_fixed_point.md): Dense weights as Lava clips
+fixed-point models (shared/specs/lava_fixed_point.md): Dense weights as Lava clips
 and truncates them, one step of Dense latency, sums floored by ``weight_exp``, graded or
 binary payloads, LIFReset with 24-bit wrap and saturation, SigmaDelta, GradedVec and Sigma.
 Samples are presented back to back, one per step; sample k's scores are the output SigmaDelta's ``act``
