@@ -167,3 +167,22 @@ def test_convolution_is_refused_in_one_line():
 def test_weight_only_grids_carry_their_bits(kind):
     graph = load_onnx(DATA / f"brevitas_w2_weights_only_{kind}.onnx")
     assert [a.grid.bits for a in graph.affines] == [2, 2] and graph.input_quant is None
+
+
+def test_compile_bits_follow_the_grids(tmp_path, capsys):
+    """No --bits: the grids' bits; a higher --bits keeps the codes and records their bits; a
+    lower one re-quantizes and says so in the report."""
+    import json
+
+    from hwq.cli import main
+
+    model = str(DATA / "brevitas_w2_weights_only_qcdq.onnx")
+    for bits, want in ((None, 2), (4, 2), (1, 1)):
+        args = ["compile", model, "-o", str(tmp_path / "m.hwq"), "--json"] + (["--bits", str(bits)] if bits else [])
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code in (0, None)
+        out = json.loads(capsys.readouterr().out)
+        assert out["bits"] == want
+        assert hwq.load_program(tmp_path / "m.hwq").net.settings.bits == want
+    assert any("re-quantized from the file's q=2 grid" in r["format"] for r in out["report"])

@@ -95,6 +95,12 @@ def calibration(calib: str | None, meta: dict, n_features: int, seed: int):
     return rng.uniform(0, 1, (1000, n_features)), (0.0, 1.0), "uniform[0,1] (no --calib given)"
 
 
+def grid_bits(graph) -> int | None:
+    """The bits of the file's QAT weight grids when every layer has one (else None)."""
+    grids = [a.grid for a in graph.affines]
+    return max(g.bits for g in grids) if grids and all(g is not None for g in grids) else None
+
+
 @app.command("compile")
 def compile_(
     model: Path = typer.Argument(..., help="ONNX model to compile."),
@@ -116,7 +122,7 @@ def compile_(
     target, options = target_options(target, option)
     graph = load_onnx(model)
     meta = model_metadata(model)
-    bits = bits if bits is not None else int(meta.get("hwq.bits", 0)) or None
+    bits = bits if bits is not None else int(meta.get("hwq.bits", 0)) or grid_bits(graph)
     if bits is None:
         raise UsageError("--bits is required for a float model (1..16)")
     scheme = scheme or meta.get("hwq.scheme", "narrow")
@@ -126,13 +132,14 @@ def compile_(
     program = api.compile(net, target, **options)
     hwqfile.save_program(output, program, command=command_line())
     if as_json:
-        return emit_json({"output": str(output), "target": target, "options": program.options, "bits": bits,
+        return emit_json({"output": str(output), "target": target, "options": program.options,
+                          "bits": net.settings.bits,
                           "scheme": scheme, "calibration": cal_name, "notes": list(graph.notes),
                           "report": hwqfile.quantization_table(net), "target_report": program.report})
     for note in graph.notes:
         typer.echo(f"note: {note}")
     typer.echo(quantization_text(hwqfile.quantization_table(net)))
-    typer.echo(f"compiled {model} for {target} ({scheme} q={bits}, calibration: {cal_name}) -> {output}")
+    typer.echo(f"compiled {model} for {target} ({scheme} q={net.settings.bits}, calibration: {cal_name}) -> {output}")
 
 
 def quantization_text(rows: list[dict]) -> str:

@@ -8,6 +8,7 @@ format, max error and clip count of every tensor instead of printing warnings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -206,4 +207,15 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
         reports.extend(rep)
     output = "sign" if graph.output.kind == "sigmoid" else "argmax"
     check_layers(layers, fmt.qmin, fmt.qmax)  # no int64 intermediate wraps, or refused
-    return QuantizedNetwork(fmt, tuple(layers), output, settings, graph, tuple(reports))
+    return QuantizedNetwork(fmt, tuple(layers), output, true_bits(settings, graph, reports), graph,
+                            tuple(reports))
+
+
+def true_bits(settings: QuantSettings, graph: ir.Graph, reports) -> QuantSettings:
+    """A ``--bits`` above the file's QAT grids keeps their codes: record the bits they use
+    (ternary codes stay q=2, not the requested q=4)."""
+    weights = [r for r in reports if r.tensor.endswith(".weight")]
+    grids = [a.grid for a in graph.affines]
+    if weights and all(r.on_grid for r in weights) and all(g is not None for g in grids):
+        return dataclasses.replace(settings, bits=min(settings.bits, max(g.bits for g in grids)))
+    return settings
