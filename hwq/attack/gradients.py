@@ -122,8 +122,72 @@ def default_gradient(program) -> SurrogateGradient:
     return SurrogateGradient(reference_for(program))
 
 
-def gradient_source(name: str, program) -> GradientSource:
-    """A gradient source by name for attacks on ``program``."""
-    if check_gradient(name) == "surrogate":
+TRANSFER_FORMS = ("surrogate", "float", "bits:Q", "target:NAME", "model:FILE.hwq")
+
+
+def check_gradient_name(name: str) -> str:
+    """``surrogate`` | ``float`` | ``bits:Q`` (the same float model re-quantized to Q bits) |
+    ``target:NAME`` (the surrogate of the network compiled for another target) |
+    ``model:FILE.hwq`` (the surrogate of another compiled model, e.g. another bit width of
+    the same training run)."""
+    kind, _, arg = name.partition(":")
+    if kind in ("bits", "target", "model"):
+        if not arg:
+            raise UsageError(f"gradient source '{name}' needs a value after ':'",
+                             hint="use " + " | ".join(TRANSFER_FORMS))
+        if kind == "bits":
+            from hwq.quant.schemes import check_bits
+
+            try:
+                check_bits(int(arg))
+            except ValueError:
+                raise UsageError(f"gradient source '{name}': bits must be an integer",
+                                 hint="e.g. bits:2") from None
+        return name
+    try:
+        return check_gradient(name)
+    except UsageError:
+        raise UsageError(f"unknown gradient source '{name}'", hint="use " + " | ".join(TRANSFER_FORMS)) from None
+
+
+class Named:
+    """A gradient source under another name (what the results record)."""
+
+    def __init__(self, source, name: str):
+        self.source, self.name = source, name
+
+    def value_and_grad(self, x, y):
+        return self.source.value_and_grad(x, y)
+
+
+def gradient_source(name: str, program, *, calibration=None, bounds=None) -> GradientSource:
+    """A gradient source by name for attacks on ``program`` (``check_gradient_name``).
+    ``bits:Q`` re-quantizes the float model with the program's settings at Q bits, calibrated
+    on ``calibration`` (the CLI and sweeps pass the training inputs)."""
+    kind, _, arg = check_gradient_name(name).partition(":")
+    if kind == "surrogate":
         return default_gradient(program)
-    return FloatGradient(program.net.float_graph)
+    if kind == "float":
+        return FloatGradient(program.net.float_graph)
+    if kind == "bits":
+        from dataclasses import replace
+
+        from hwq.quant.quantize import quantize
+
+        if calibration is None:
+            raise UsageError("gradient source bits:Q needs calibration data")
+        settings = replace(program.net.settings, bits=int(arg))
+        net = quantize(program.net.float_graph, settings, calibration, bounds)
+        return Named(default_gradient(ReferenceProgram(net)), name)
+    if kind == "target":
+        from hwq.target.registry import get_target, resolve_target
+
+        target, options = resolve_target(arg)
+        return Named(default_gradient(get_target(target).compile(program.net, **options)), name)
+    from hwq.files.program import load_program
+
+    other = load_program(arg)
+    if other.net.n_features != program.net.n_features:
+        raise UsageError(f"{arg} expects {other.net.n_features} inputs, the attacked model "
+                         f"{program.net.n_features}")
+    return Named(default_gradient(other), name)

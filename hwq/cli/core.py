@@ -191,14 +191,35 @@ def run(
                + (f" -> {output}" if output else ""))
 
 
+ATTACK_PANEL = "Attack parameters"
+
+
 @app.command()
 def attack(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
     data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
-    grad: str = typer.Option("surrogate", help="Gradient source: surrogate (of the integer model) | float (transfer)."),
+    grad: str = typer.Option("surrogate", help="Gradient source: surrogate (of the integer model) | float | "
+                             "bits:Q | target:NAME | model:FILE.hwq (transfer attacks)."),
     norm: str = typer.Option("linf", help="Norm: linf (the paper's) | l2."),
     attack_name: str = typer.Option("fgsm", "--attack", help="Attack: " + " | ".join(ATTACKS) + "."),
+    attacks: str = typer.Option(None, "--attacks", help="A suite, e.g. fgsm,pgd,square: the per-input worst "
+                                "case is the robust accuracy (overrides --attack)."),
+    steps: int = typer.Option(None, help="PGD steps (default 40).", rich_help_panel=ATTACK_PANEL),
+    restarts: int = typer.Option(None, help="PGD random restarts (default 1).", rich_help_panel=ATTACK_PANEL),
+    rel_stepsize: float = typer.Option(None, help="PGD step / eps (default 0.01/0.3 linf, 0.025 l2).",
+                                       rich_help_panel=ATTACK_PANEL),
+    abs_stepsize: float = typer.Option(None, help="PGD step, absolute.", rich_help_panel=ATTACK_PANEL),
+    random_start: bool = typer.Option(True, "--random-start/--no-random-start", help="PGD random start.",
+                                      rich_help_panel=ATTACK_PANEL),
+    queries: int = typer.Option(None, help="Square query budget per input and strength (default 1000).",
+                                rich_help_panel=ATTACK_PANEL),
+    p_init: float = typer.Option(None, help="Square initial window share (default 0.3).",
+                                 rich_help_panel=ATTACK_PANEL),
+    attack_seed: int = typer.Option(None, help="Seed of random starts and Square (default 0).",
+                                    rich_help_panel=ATTACK_PANEL),
+    diagnostics: bool = typer.Option(True, "--diagnostics/--no-diagnostics",
+                                     help="Run the unbounded-strength sanity check too."),
     target: str = TARGET,
     option: list[str] = OPTION,
     limit: int = LIMIT,
@@ -208,18 +229,24 @@ def attack(
     as_json: bool = JSON,
 ):
     """Attack over a list of strengths (FGSM by default), judged on the bit-exact integer model."""
+    from hwq.attack import make_suite
+
     epsilons = parse_epsilons(eps)
     if output is not None:
         check_output(output, (".h5", ".hdf5"))
     if plot is not None:
         check_output(plot, (".png",))
-    method = make_attack(attack_name, norm=norm)
+    method = make_suite(attacks or attack_name, norm=norm, steps=steps, restarts=restarts,
+                        rel_stepsize=rel_stepsize, abs_stepsize=abs_stepsize, random_start=random_start,
+                        queries=queries, p_init=p_init, seed=attack_seed)
     program = program_for(model, target, option)
     ds = data(data_spec, limit, seed)
-    bar = progress(len(ds.y_test), f"attack ({len(epsilons)} strengths)")
-    result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method,
-                        gradient=gradient_source(grad, program), bounds=ds.bounds,
-                        progress=bar.update)
+    members = getattr(method, "attacks", (method,))
+    gradient = (gradient_source(grad, program, calibration=ds.x_train[:5000], bounds=ds.bounds)
+                if any(a.needs_gradient for a in members) else None)
+    bar = progress(len(ds.y_test) * len(members), f"attack ({len(epsilons)} strengths)")
+    result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method, gradient=gradient,
+                        bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
     bar.close()
     summary = results.summary(result)
     summary.update(bits=program.net.settings.bits, scheme=program.net.settings.scheme, data=ds.name)
@@ -233,35 +260,43 @@ def attack(
         from hwq.study.plots import plot_accuracy_vs_eps
 
         label = f"{program.target} q={program.net.settings.bits}"
-        plot_accuracy_vs_eps(result.epsilons, result.accuracy[None, :], [label], plot)
+        curves = [m.accuracy for m in result.members] + [result.accuracy] if result.members else [result.accuracy]
+        labels = [f"{label} {m.attack}" for m in result.members] + [f"{label} worst case"] if result.members \
+            else [label]
+        plot_accuracy_vs_eps(result.epsilons, np.array(curves), labels, plot)
     if as_json:
         return emit_json(summary)
     picks = np.unique(np.linspace(0, len(epsilons) - 1, min(11, len(epsilons))).astype(int))
-    typer.echo(table([[f"{epsilons[k]:g}", f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"]
-                      for k in picks], ["eps", "accuracy", "relative"]))
-    typer.echo(f"{program.target}, {method.name} {norm}, {grad} gradient: clean accuracy {result.clean_accuracy:.4f} "
-               f"on {len(ds.y_test)} inputs; zero gradients: {int(result.zero_gradient.sum())}"
-               + (f" -> {output}" if output else ""))
+    names = [m.attack for m in result.members]
+    typer.echo(table([[f"{epsilons[k]:g}", *[f"{m.accuracy[k]:.4f}" for m in result.members],
+                       f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"] for k in picks],
+                     ["eps", *names, "robust" if names else "accuracy", "relative"]))
+    label = getattr(method, "label", method.name)
+    typer.echo(f"{program.target}, {label} {norm}, {result.gradient} gradient: clean accuracy "
+               f"{result.clean_accuracy:.4f} on {len(ds.y_test)} inputs; zero gradients: "
+               f"{int(result.zero_gradient.sum())}" + (f" -> {output}" if output else ""))
+    for flag in result.diagnostics.get("flags", []):
+        typer.echo(f"warning: {flag_text(flag, result.diagnostics)}", err=True)
 
 
-def core_exports() -> dict:
-    """File formats of the integer network itself (any target): name -> Export."""
-    from hwq.onnx.exporter import save_onnx
-    from hwq.target.protocol import Export
-
-    return {"onnx": Export("onnx", (".onnx",), lambda program, path: save_onnx(program.net, path),
-                           "the integer network as an integer-exact ONNX graph (onnxruntime runs it)")}
-
-
-def export_formats(target: str | None) -> dict:
-    """Every format ``hwq export`` can write for a program of ``target``: the core's plus the
-    target's own (``Target.exports``)."""
-    from hwq.target.registry import get_target
-
-    formats = core_exports()
-    if target is not None:
-        formats.update(getattr(get_target(target), "exports", {}))
-    return formats
+def flag_text(flag: str, diag: dict) -> str:
+    """One line per diagnostic flag (``hwq.attack.suite``)."""
+    name, _, attack = flag.partition(":")
+    if name == "unbounded_not_broken":
+        c = diag["unbounded"][attack]
+        return (f"{attack} at eps={c['eps']:g} (the input range) leaves accuracy {c['accuracy']:.3f} above "
+                f"chance {c['chance']:.3f}: its gradient does not work (masking?)")
+    if name == "gradient_free_beats_gradient":
+        g = diag[name]
+        return (f"the gradient-free attack broke {g['share']:.1%} of inputs that every gradient attack "
+                f"missed (eps={g['eps']:g}): gradient masking")
+    if name == "pgd_weaker_than_fgsm":
+        return f"PGD is weaker than FGSM at {len(diag[name]['epsilons'])} strength(s): step size or gradient"
+    if name == "zero_gradient":
+        return f"{diag['zero_gradient']} input(s) have an exactly zero gradient"
+    if name == "nonfinite_gradient":
+        return f"{diag['nonfinite_gradient']} input(s) have NaN/Inf gradients"
+    return flag
 
 
 @app.command()

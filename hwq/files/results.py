@@ -14,6 +14,11 @@ still read: they were all FGSM with the ``norm`` they record)::
     /clean_correct (N,)   bool
     /zero_gradient (N,)   bool
     /labels        (N,)   int64
+    optional (iterative attacks and suites, readers of version 2 ignore what they lack):
+    /queries       (K, N) int64     model queries per input and epsilon (score-based attacks)
+    /nonfinite_gradient (N,) bool   a NaN/Inf gradient was seen
+    /members/<attack>/{accuracy, correct, predictions[, queries]}  a suite's attacks; the
+                   root arrays are then the per-input worst case (robust accuracy)
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from hwq.version import __version__
 FORMAT, VERSION = "hwq-attack", 2
 READABLE = (1, 2)
 ARRAYS = ("epsilons", "accuracy", "correct", "predictions", "clean_correct", "zero_gradient", "labels")
+OPTIONAL = ("queries", "nonfinite_gradient")
+MEMBER_ARRAYS = ("accuracy", "correct", "predictions", "queries")
 RUN_FORMAT, RUN_VERSION = "hwq-run", 1
 RUN_ARRAYS = ("scores", "predictions", "labels", "correct")
 
@@ -46,12 +53,23 @@ def write_attack(path: str | Path, result: AttackResult, meta: dict) -> None:
             f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
         for name in ARRAYS:
             f.create_dataset(name, data=np.asarray(getattr(result, name)), compression="gzip")
+        for name in OPTIONAL:
+            if getattr(result, name) is not None:
+                f.create_dataset(name, data=np.asarray(getattr(result, name)), compression="gzip")
+        for m in result.members:
+            g = f.create_group(f"members/{m.attack}")
+            g.attrs.update(attack_params=json.dumps(m.params, sort_keys=True), gradient=m.gradient)
+            for name in MEMBER_ARRAYS:
+                if getattr(m, name) is not None:
+                    g.create_dataset(name, data=np.asarray(getattr(m, name)), compression="gzip")
 
 
 def read_attack(path: str | Path) -> dict:
     with h5io.open_checked(path, FORMAT, READABLE) as f:
         def load():
-            out = {name: f[name][()] for name in ARRAYS}
+            out = {name: f[name][()] for name in ARRAYS + OPTIONAL if name in f}
+            out["members"] = {k: {n: g[n][()] for n in g} | {"attrs": {a: h5io.plain(v) for a, v in g.attrs.items()}}
+                              for k, g in f["members"].items()} if "members" in f else {}
             out["attrs"] = {k: h5io.plain(v) for k, v in f.attrs.items()}
             if int(out["attrs"]["version"]) == 1:  # every version-1 file is FGSM
                 out["attrs"].setdefault("attack", "fgsm")
@@ -98,4 +116,10 @@ def summary(result: AttackResult) -> dict:
         "gradient": result.gradient,
         "norm": result.norm,
         "diagnostics": result.diagnostics,
+        "flags": result.diagnostics.get("flags", []),
+        "robust_accuracy": result.accuracy.tolist(),
+        "members": {m.attack: {"accuracy": m.accuracy.tolist(), "attack_params": m.params,
+                               "gradient": m.gradient} for m in result.members},
+        "queries": None if result.queries is None else {
+            "total": int(result.queries.sum()), "mean_per_input": result.queries.mean(axis=1).tolist()},
     }

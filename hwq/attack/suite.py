@@ -1,0 +1,144 @@
+"""Suites of attacks (per-input worst case = robust accuracy) and the diagnostics reported
+with every attack run.
+
+A suite runs each attack on the same inputs and epsilons; an input counts as robust at
+``eps_k`` only if every attack failed there (AutoAttack's worst case). Its decision is that of
+the first attack (in the suite's order) that broke the input, else the first attack's.
+
+Diagnostics (``diagnose``), stored in ``result.diagnostics`` (results file, ``--json``,
+sweep cells, the report):
+
+* ``zero_gradient`` / ``nonfinite_gradient``: inputs whose gradient was exactly 0 / had a
+  NaN or Inf (gradient masking; a broken gradient source);
+* ``unbounded``: each gradient attack rerun at ``eps`` = the input range (``hi - lo``; the
+  data's spread for unbounded data) on the first ``SANITY_INPUTS`` inputs: its accuracy must
+  reach chance (the most common label's share) or below; flag ``unbounded_not_broken``;
+* ``gradient_free_beats_gradient``: the share of inputs, at the worst epsilon, that the
+  gradient-free attack broke and every gradient attack missed; flagged above
+  ``GRADIENT_FREE_SHARE``;
+* ``pgd_weaker_than_fgsm``: epsilons (same norm) where PGD's accuracy is above FGSM's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from hwq.attack.base import Attack, AttackResult
+from hwq.errors import UsageError
+
+SANITY_INPUTS = 256
+GRADIENT_FREE_SHARE = 0.01
+
+
+@dataclass(frozen=True)
+class Suite:
+    attacks: tuple[Attack, ...]
+    name = "suite"
+
+    def __post_init__(self):
+        names = [a.name for a in self.attacks]
+        if not names:
+            raise UsageError("--attacks needs at least one attack")
+        if len(set(names)) != len(names):
+            raise UsageError(f"duplicate attacks in the suite: {','.join(names)}")
+
+    @property
+    def label(self) -> str:
+        return ",".join(a.name for a in self.attacks)
+
+    def params(self) -> dict[str, Any]:
+        return {"attacks": [{"name": a.name, **a.params()} for a in self.attacks]}
+
+    def run(self, program, x, y, epsilons, gradient=None, *, bounds=None, batch_size=2048,
+            progress=None) -> AttackResult:
+        members = tuple(a.run(program, x, y, epsilons, gradient if a.needs_gradient else None,
+                              bounds=bounds, batch_size=batch_size, progress=progress)
+                        for a in self.attacks)
+        return combine(members, self.params())
+
+
+def combine(members: tuple[AttackResult, ...], params: dict) -> AttackResult:
+    first = members[0]
+    correct = np.logical_and.reduce([m.correct for m in members])
+    preds = first.predictions.copy()
+    for m in reversed(members):  # the first attack that broke an input gives its decision
+        preds = np.where(~m.correct, m.predictions, preds)
+    grads = [m for m in members if m.gradient != "none"]
+    zero = np.logical_or.reduce([m.zero_gradient for m in grads]) if grads else np.zeros_like(first.zero_gradient)
+    nonfinite = [m.nonfinite_gradient for m in grads if m.nonfinite_gradient is not None]
+    return replace(first, correct=correct, predictions=preds, zero_gradient=zero,
+                   attack="suite", params=params,
+                   gradient=grads[0].gradient if grads else "none", direction=None, points=None,
+                   queries=None, nonfinite_gradient=np.logical_or.reduce(nonfinite) if nonfinite else None,
+                   members=members, diagnostics={})
+
+
+def chance(y: np.ndarray) -> float:
+    return float(np.bincount(y).max() / len(y)) if len(y) else 0.0
+
+
+def input_range(x: np.ndarray, bounds) -> float:
+    if bounds is not None:
+        return float(bounds[1] - bounds[0])
+    return float(x.max() - x.min()) if x.size else 0.0
+
+
+def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bool = True,
+             batch_size: int = 2048) -> dict[str, Any]:
+    """The diagnostics of ``result`` (see the module doc); reruns gradient attacks once at
+    the input range when ``sanity``."""
+    members = result.members or (result,)
+    attacks = method.attacks if hasattr(method, "attacks") else (method,)
+    out: dict[str, Any] = {"zero_gradient": int(result.zero_gradient.sum()),
+                           "nonfinite_gradient": int(result.nonfinite_gradient.sum())
+                           if result.nonfinite_gradient is not None else 0}
+    flags = []
+    if out["zero_gradient"]:
+        flags.append("zero_gradient")
+    if out["nonfinite_gradient"]:
+        flags.append("nonfinite_gradient")
+    if sanity:
+        n = min(SANITY_INPUTS, len(result.labels))
+        x, y = result.x[:n], result.labels[:n]
+        eps = input_range(result.x, result.bounds)
+        ch = chance(y)
+        checks = {}
+        for attack in attacks:
+            if not attack.needs_gradient or n == 0:
+                continue
+            r = attack.run(program, x, y, [eps], gradient, bounds=result.bounds, batch_size=batch_size)
+            acc = float(r.accuracy[0])
+            checks[attack.name] = {"eps": eps, "accuracy": acc, "chance": ch, "n_inputs": n,
+                                   "broken": acc <= ch}
+            if acc > ch:
+                flags.append(f"unbounded_not_broken:{attack.name}")
+        out["unbounded"] = checks
+    by_name = {m.attack: m for m in members}
+    if "pgd" in by_name and "fgsm" in by_name and by_name["pgd"].norm == by_name["fgsm"].norm:
+        diff = by_name["pgd"].accuracy - by_name["fgsm"].accuracy
+        weaker = [float(e) for e, dv in zip(result.epsilons, diff) if dv > 0]
+        out["pgd_weaker_than_fgsm"] = {"epsilons": weaker,
+                                       "max_accuracy_gap": float(max(diff.max(), 0.0))}
+        if weaker:
+            flags.append("pgd_weaker_than_fgsm")
+    free = [m for m in members if m.gradient == "none"]
+    grads = [m for m in members if m.gradient != "none"]
+    if free and grads:
+        grad_correct = np.logical_and.reduce([m.correct for m in grads])
+        free_broke = np.logical_or.reduce([~m.correct for m in free])
+        share = (grad_correct & free_broke).mean(axis=1)  # (K,)
+        k = int(np.argmax(share))
+        out["gradient_free_beats_gradient"] = {"share": float(share[k]), "eps": float(result.epsilons[k]),
+                                               "threshold": GRADIENT_FREE_SHARE,
+                                               "share_per_eps": share.tolist()}
+        if share[k] > GRADIENT_FREE_SHARE:
+            flags.append("gradient_free_beats_gradient")
+    q = [m.queries for m in members if m.queries is not None]
+    if q:
+        out["queries"] = {"total": int(sum(a.sum() for a in q)),
+                          "mean_per_input": [float(v) for v in sum(a.mean(axis=1) for a in q)]}
+    out["flags"] = flags
+    return out
