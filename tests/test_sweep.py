@@ -256,3 +256,59 @@ def test_one_training_serves_every_target(tmp_path):
     for name in ("train_seed", "val_accuracy", "best_epoch", "float_test_accuracy"):
         assert sim.attrs[name] == loihi.attrs[name]
     assert "train_s" in loihi.timing or "train_s" in sim.timing
+
+
+# --------------------------------------------------------------------------- kill -9 at finish
+
+SMALL = SweepSpec(data=("spiral",), activations=("relu",), bits=(1, 2, 4), seeds=(0,),
+                  train=TrainSettings(epochs=5, patience=5), attack=AttackSettings((0.0, 0.1)))
+
+KILLER = r'''
+import os, signal, sys
+from pathlib import Path
+import hwq.sweep.store as store
+from hwq.sweep.executors import SerialExecutor
+from hwq.sweep.run import run_sweep
+from hwq.sweep.spec import SweepSpec
+
+point, out, spec = sys.argv[1], Path(sys.argv[2]), SweepSpec.from_json(sys.argv[3])
+state = {"finishing": False, "unlinked": 0}
+finish = store.Session.finish
+def finishing(self):
+    state["finishing"] = True
+    return finish(self)
+store.Session.finish = finishing
+unlink, replace = Path.unlink, os.replace
+def killing_unlink(self, *a, **k):
+    unlink(self, *a, **k)
+    if state["finishing"] and self.parent.name.endswith(".cells"):
+        state["unlinked"] += 1
+        if (point == "header" and self.name == "header.json") or \
+           (point == "cells" and self.suffix == ".h5" and state["unlinked"] >= 2):
+            os.kill(os.getpid(), signal.SIGKILL)
+def killing_replace(src, dst, *a, **k):
+    if point == "final-write" and state["finishing"] and Path(dst) == out:
+        os.kill(os.getpid(), signal.SIGKILL)  # the complete file is written, not renamed
+    return replace(src, dst, *a, **k)
+Path.unlink, os.replace = killing_unlink, killing_replace
+with SerialExecutor() as ex:
+    run_sweep(spec, out, ex, command="test")
+print("not killed")
+'''
+
+
+@pytest.mark.parametrize("point", ["final-write", "header", "cells"])
+def test_kill_9_while_finishing_then_restart(tmp_path, point):
+    """A real SIGKILL at each step of finishing: during the final write (the complete file
+    written under its temporary name), right after the header is removed, and midway through
+    removing the journal. The next start must leave the complete file with every cell, run
+    nothing again, and leave no journal or temporary file behind (issue 8, defect 3)."""
+    out = tmp_path / "sweep.h5"
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, str(out), SMALL.to_json()],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    summary = sweep(SMALL, out)
+    sw = read_sweep(out)
+    assert sw.attrs["complete"] and len(sw.cells) == 3 and sw.attrs["n_cells"] == 3
+    assert summary["ran"] == 0 and summary["resumed"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.h5"]

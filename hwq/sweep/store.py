@@ -31,6 +31,7 @@ import numpy as np
 
 from hwq.errors import DataError, FileFormatError, HwqError, UsageError
 from hwq.files import h5io
+from hwq.files.atomic import atomic_path, stale_temporaries
 from hwq.sweep.spec import FORMAT, VERSION, SweepSpec
 from hwq.version import __version__
 
@@ -117,6 +118,8 @@ class SweepStore:
         new_journal = not self.journal.exists()
         self.journal.mkdir(exist_ok=True)
         with _locked(self.journal / "lock", self.path):
+            for p in stale_temporaries(self.path):  # a writer of this file killed mid-write
+                p.unlink()
             if overwrite:
                 self._clear()
             try:
@@ -217,24 +220,18 @@ def _locked(lock_path: Path, path: Path):
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+        _fsync(tmp)
 
 
 def _journal_write(path: Path, write) -> None:
-    """Write one journal file: temporary name, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write one journal file: exclusive temporary file, fsync, rename, fsync of the folder."""
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             write(f.create_group("cell"))
         _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _fsync(path.parent)
 
 
 def _journal_copy(group: h5py.Group, path: Path) -> None:
@@ -299,6 +296,12 @@ class Session:
         self.header["wall_s"] = self.header.get("wall_s", 0.0) + self.elapsed()
         self.finished = True
         write_sweep_file(self.store.path, self.header, [self.files[k] for k in self.keys])
+        _fsync(self.store.path.parent)
+        # The header goes first: a journal without a header beside a complete file is
+        # adopted from that file on the next start, while a header beside a partial journal
+        # would be taken as the truth (a kill -9 here used to shrink the finished file).
+        (self.store.journal / "header.json").unlink()
+        _fsync(self.store.journal)
         for p in self.store.journal.iterdir():
             if p.name != "lock":
                 p.unlink()
