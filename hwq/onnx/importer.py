@@ -421,12 +421,43 @@ def read_model(path: str | Path) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        check_external_data(model, path)  # before onnx reads any file the model names
+        onnx.load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model)
+    except ModelFormatError:
+        raise
     except Exception as exc:  # protobuf DecodeError, ValidationError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFormatError(f"{path}: not a valid ONNX model ({first[:160]})") from None
     return model
+
+
+def model_tensors(graph: onnx.GraphProto):
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            yield from ([a.t] if a.HasField("t") else [])
+            yield from a.tensors
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from model_tensors(g)
+
+
+def check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse external-data locations that are absolute or leave the model's folder (``../``,
+    symlinks out of it): CVE-2024-27318-style path traversal, checked by hwq itself."""
+    base = path.parent.resolve()
+    for t in model_tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        where = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (base / where).resolve()
+        if (not where or Path(where).is_absolute() or ".." in Path(where).parts
+                or not target.is_relative_to(base)):
+            raise ModelFormatError(
+                f"{path}: tensor '{t.name}' names external data at '{where}', outside the "
+                "model's folder; refused", hint="keep external data files beside the model")
 
 
 def opset_of(model: onnx.ModelProto) -> int:
