@@ -1,5 +1,10 @@
 """Lava's CPU fixed-point processes against the emulator: identical scores and decisions.
 
+Lava runs as a device in its own Python 3.10 environment (``.venv-lava`` or
+``$HWQ_LAVA_PYTHON``; ``./bootstrap.sh`` creates it), reached over hwq's device protocol:
+these tests exercise that path for real. Without a Lava environment they are skipped with the
+set-up line; ``HWQ_REQUIRE_LAVA=1`` (``.ci/run`` where Python 3.10 exists) makes that a failure.
+
 Many networks share one Lava run (one RingBuffer feeds them all), so the sweep stays short:
 step and ReLU layers, weight codes of 1..16 bits (narrow and odd 'uniform' codes), mixed,
 excitatory-only and inhibitory-only weights, negative biases, signed inputs, threshold
@@ -9,15 +14,30 @@ deliberately wrong emulator variant must disagree with Lava somewhere."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hwq_targets.loihi import Limits, LoihiProgram
+from hwq_targets.loihi.lava_device import device_for, lava_python
 from hwq_targets.loihi.lavanet import run_lava
 from test_loihi import LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net, sign_split_net, wrap_net
 
-from hwq.reference import quantize_input
+from hwq.errors import TargetError
+from hwq.quant.reference import quantize_input
 
-pytestmark = pytest.mark.lava
+
+def lava_missing() -> str | None:
+    try:
+        lava_python()
+    except TargetError as exc:
+        if os.environ.get("HWQ_REQUIRE_LAVA"):
+            raise
+        return str(exc)
+    return None
+
+
+pytestmark = pytest.mark.skipif(lava_missing() is not None, reason=str(lava_missing()))
 
 PER_RUN = 7
 WIDE_EXP = Limits(weight_exp=(-16, 7))  # lets two groups floor separately
@@ -152,3 +172,24 @@ def test_lava_backend_forward():
     assert scores.tolist() == emulator.forward(xq).tolist()
     assert lava.decide(scores).tolist() == emulator.decide(emulator.forward(xq)).tolist()
     assert lava.report["backend"] == "lava"
+
+
+def test_lava_runs_as_a_device_in_its_own_python():
+    """The scores come from a device server in the Lava environment, over the protocol."""
+    rng = np.random.default_rng(12)
+    net, x = onnx_net(rng, "Relu", 4)
+    mapping = LOIHI.compile(net).mapping
+    device = device_for([mapping])
+    scores = run_lava([mapping], quantize_input(net.input, x[:3]))[0]
+    assert device.proc.poll() is None and device.address.startswith("tcp://127.0.0.1:")
+    assert "lava-nc" in device.identity and "Python 3.10" in device.identity
+    assert "numpy 1." in device.identity
+    assert scores.shape == (3, mapping.layers[-1].sets[0].digits.shape[0])
+    assert device_for([mapping]) is device  # reused, not restarted
+
+
+def test_missing_lava_environment_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HWQ_LAVA_PYTHON", str(tmp_path / "no-python"))
+    with pytest.raises(TargetError, match="needs a Python 3.10 environment with Lava") as info:
+        lava_python()
+    assert "bootstrap.sh" in str(info.value) and "\n" not in str(info.value)

@@ -8,8 +8,10 @@ feeds a ``Sigma`` that turns its deltas back into activations. Samples are prese
 back from a ``RingBuffer``, one per step; a ``Monitor`` reads the output layer's ``act``.
 The layer latency is one step per Dense, so sample k's scores are read at step k + 1 + L.
 
-Lava is imported here only: the emulator works without it (Python >= 3.11 has no lava-nc).
-To run on Loihi 2, pass ``run_cfg=Loihi2HwCfg()`` to ``run_lava`` (docs/loihi.md; untested).
+Lava is imported here only, and only in the Lava environment (Python 3.10, numpy < 2):
+``run_lava`` sends the samples to a Lava device (``lava_device.py``) running ``run_lava_here``
+there; hwq itself runs on current Python. To run on Loihi 2, pass ``run_cfg=Loihi2HwCfg()``
+to ``run_lava_here`` (docs/loihi.md; untested).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def lava():
         from lava.proc.sdn.process import ActivationMode, Sigma, SigmaDelta
         from lava.utils.weightutils import SignMode
     except ImportError as exc:
-        raise TargetError(f"the lava backend needs lava-nc: {exc}",
-                          hint="pip install 'hwq[loihi]' on Python 3.10, or use backend='emulator'"
+        raise TargetError(f"the lava backend needs lava-nc in this Python: {exc}",
+                          hint="run Lava through run_lava (its own Python 3.10 environment)"
                           ) from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Dense=Dense, LIFReset=LIFReset,
                 SigmaDelta=SigmaDelta, Sigma=Sigma, Mode=ActivationMode, RingBuffer=RingBuffer,
@@ -111,9 +113,16 @@ def build(L, mapping: Mapping, source):
     return neuron
 
 
-def run_lava(mappings: list[Mapping], x_q: np.ndarray, run_cfg=None) -> list[np.ndarray]:
-    """Scores of every mapping (all fed the same samples from one RingBuffer, one Lava run).
-    ``run_cfg`` defaults to the CPU fixed-point models (``run_config()``)."""
+def run_lava(mappings: list[Mapping], x_q: np.ndarray) -> list[np.ndarray]:
+    """Scores of every mapping from Lava, run as a device in the Lava environment."""
+    from .lava_device import run_on_device
+
+    return run_on_device(mappings, x_q)
+
+
+def run_lava_here(mappings: list[Mapping], x_q: np.ndarray, run_cfg=None) -> list[np.ndarray]:
+    """Scores of every mapping (all fed the same samples from one RingBuffer, one Lava run),
+    in this process. ``run_cfg`` defaults to the CPU fixed-point models (``run_config()``)."""
     L = lava()
     x = np.asarray(x_q, dtype=np.int64)
     if np.abs(x).max(initial=0) >= 2**31:
