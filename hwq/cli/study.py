@@ -53,7 +53,7 @@ def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose) -> d
 
 def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, epochs, patience,
                batch_size, lr, hidden, init, gain, scheme, act_bits, input_bits, per_channel,
-               grad, norm, limit, data_seed):
+               grad, norm, limit, data_seed, attack="fgsm", attack_params=None):
     from hwq.ranges import parse_epsilons, parse_ints, parse_names, parse_seeds
     from hwq.sweep.run import model_ref
     from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings
@@ -68,7 +68,7 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, ep
         quant=QuantOptions(scheme=scheme, act_bits=act_bits, input_bits=input_bits,
                            per_channel=per_channel),
         attack=AttackSettings(epsilons=tuple(parse_epsilons(eps).tolist()), gradient=grad,
-                              norm=norm, limit=limit),
+                              norm=norm, limit=limit, name=attack, **(attack_params or {})),
     )
 
 
@@ -95,8 +95,18 @@ def sweep(
     act_bits: int = typer.Option(16, help="Bits of ReLU/sigmoid activations (16: weights-only study, the paper's)."),
     input_bits: int = typer.Option(16, help="Bits of the device's input codes."),
     per_channel: bool = typer.Option(False, help="One weight scale per hidden unit (given float models)."),
-    grad: str = typer.Option("surrogate", help="Gradient source: surrogate | float."),
-    norm: str = typer.Option("linf", help="FGSM norm: linf | l2."),
+    grad: str = typer.Option("surrogate", help="Gradient source: surrogate | float | bits:Q | target:NAME."),
+    norm: str = typer.Option("linf", help="Attack norm: linf | l2."),
+    attacks: str = typer.Option("fgsm", "--attacks", "--attack",
+                                help="Attack, or a suite a,b,c (fgsm, pgd, square): per-input worst case."),
+    steps: int = typer.Option(None, help="PGD steps (default 40)."),
+    restarts: int = typer.Option(None, help="PGD restarts (default 1)."),
+    rel_stepsize: float = typer.Option(None, help="PGD step / eps (default 0.01/0.3 linf, 0.025 l2)."),
+    no_random_start: bool = typer.Option(False, "--no-random-start", help="PGD from the clean input."),
+    queries: int = typer.Option(None, help="Square query budget per input and strength (default 1000)."),
+    p_init: float = typer.Option(None, help="Square initial window share (default 0.3)."),
+    attack_seed: int = typer.Option(None, help="Seed of random starts and Square (default 0)."),
+    no_diagnostics: bool = typer.Option(False, "--no-diagnostics", help="Skip the unbounded-strength check."),
     limit: int = typer.Option(None, help="Attack only the first N test inputs."),
     data_seed: int = typer.Option(0, help="Seed of generated data (spirals) and data splits."),
     workers: int = WORKERS,
@@ -112,7 +122,11 @@ def sweep(
                       patience=patience, batch_size=batch_size, lr=lr, hidden=hidden, init=init,
                       gain=gain, scheme=scheme, act_bits=act_bits, input_bits=input_bits,
                       per_channel=per_channel, grad=grad, norm=norm, limit=limit,
-                      data_seed=data_seed)
+                      data_seed=data_seed, attack=attacks,
+                      attack_params={"steps": steps, "restarts": restarts, "rel_stepsize": rel_stepsize,
+                                     "random_start": False if no_random_start else None,
+                                     "queries": queries, "p_init": p_init, "seed": attack_seed,
+                                     "diagnostics": False if no_diagnostics else None})
     summary = run_spec(spec, output, workers=workers, scheduler=scheduler, overwrite=overwrite,
                        verbose=verbose)
     if as_json:

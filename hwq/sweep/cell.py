@@ -1,5 +1,5 @@
 """One sweep task, as a worker runs it: train (or load) -> ONNX -> IR -> quantize -> compile
--> FGSM, once per target. Pure apart from reading the data set (cached per process).
+-> the attack, once per target. Pure apart from reading the data set (cached per process).
 
 Every task runs with single-threaded BLAS (threadpoolctl), whatever the executor: float32
 matrix products summed by one thread or by several differ in the last bit, which would make
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwq import api
-from hwq.attack import make_attack
 from hwq.attack.gradients import gradient_source
 from hwq.errors import HwqError
 from hwq.onnx.importer import graph_from_model, read_model
@@ -164,10 +163,39 @@ def _given_model(task: Task):
 
 
 def _attack(spec: SweepSpec, program, ds):
+    """The cell's attack: ``accuracy``/``correct`` (counts) of the attack, or of the per-input
+    worst case of a suite with each attack's under ``attacks/<name>/``; the diagnostics as
+    attributes (``diag_*``; docs/sweeps.md)."""
     a = spec.attack
-    result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=make_attack(a.name, norm=a.norm),
-                        gradient=gradient_source(a.gradient, program), bounds=ds.bounds)
+    method = a.method()
+    needs = any(m.needs_gradient for m in getattr(method, "attacks", (method,)))
+    gradient = (gradient_source(a.gradient, program, calibration=ds.x_train[:5000], bounds=ds.bounds)
+                if needs else None)
+    result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=method, gradient=gradient,
+                        bounds=ds.bounds, diagnostics=a.diagnostics is not False)
     counts = result.correct.sum(axis=1).astype(np.int64)
     attrs = {"attack": result.attack, "clean_accuracy": result.clean_accuracy, "n_test": int(result.labels.size),
-             "zero_gradient": int(result.zero_gradient.sum())}
-    return attrs, {"accuracy": result.accuracy.astype(np.float64), "correct": counts}
+             "zero_gradient": int(result.zero_gradient.sum()), **diagnostic_attrs(result.diagnostics)}
+    arrays = {"accuracy": result.accuracy.astype(np.float64), "correct": counts}
+    for m in result.members:
+        arrays[f"attacks/{m.attack}/accuracy"] = m.accuracy.astype(np.float64)
+        arrays[f"attacks/{m.attack}/correct"] = m.correct.sum(axis=1).astype(np.int64)
+        if m.queries is not None:
+            arrays[f"attacks/{m.attack}/queries_mean"] = m.queries.mean(axis=1)
+    if result.queries is not None:
+        arrays["queries_mean"] = result.queries.mean(axis=1)
+    return attrs, arrays
+
+
+def diagnostic_attrs(diag: dict) -> dict:
+    """Flat cell attributes of ``hwq.attack.suite.diagnose``'s output."""
+    out = {"diag_flags": list(diag.get("flags", [])),
+           "nonfinite_gradient": int(diag.get("nonfinite_gradient", 0))}
+    for name, check in diag.get("unbounded", {}).items():
+        out[f"diag_unbounded_{name}"] = float(check["accuracy"])
+    if "gradient_free_beats_gradient" in diag:
+        out["diag_gradient_free_share"] = float(diag["gradient_free_beats_gradient"]["share"])
+    if "pgd_weaker_than_fgsm" in diag:
+        out["diag_pgd_weaker_eps"] = len(diag["pgd_weaker_than_fgsm"]["epsilons"])
+        out["diag_pgd_weaker_gap"] = float(diag["pgd_weaker_than_fgsm"]["max_accuracy_gap"])
+    return out

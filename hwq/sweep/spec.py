@@ -2,7 +2,8 @@
 
 Pipeline of one cell (``hwq.sweep_cell``): train with the paper's QAT recipe (or take a given
 ONNX model) -> ONNX in memory -> ``graph_from_model`` -> ``quantize`` (QAT weights kept
-exactly) -> ``compile(target)`` -> FGSM over the epsilon list, judged on the integer model.
+exactly) -> ``compile(target)`` -> the attack (FGSM, PGD, Square or a worst-case suite) over
+the epsilon list, judged on the integer model.
 
 This module holds the pure part: the :class:`SweepSpec` (everything that determines the
 numbers), the plan (which cells, which per-cell seeds) and :func:`run_sweep`, which hands the
@@ -25,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.attack import ATTACKS
+from hwq.attack.gradients import check_gradient_name
 from hwq.errors import HwqError, UsageError
 from hwq.ir.activations import HIDDEN_ACTIVATIONS
 from hwq.quant.schemes import check_bits, get_scheme
-from hwq.ranges import check_epsilons, check_gradient, check_norm
+from hwq.ranges import check_epsilons, check_norm
 from hwq.train import training_budget
 
 FORMAT, VERSION = "hwq-sweep", 1
@@ -88,11 +89,37 @@ class QuantOptions:
 
 @dataclass(frozen=True)
 class AttackSettings:
+    """The attack of every cell: ``name`` is one attack of ``hwq.attack.ATTACKS`` or a
+    comma-separated suite (``fgsm,pgd,square``: the cell's ``accuracy`` is then the per-input
+    worst case, each attack's under ``attacks/<name>/``). Parameters left None take the
+    attack's default and are left out of the spec's JSON (so older sweep files resume)."""
+
     epsilons: tuple[float, ...] = tuple(np.round(np.arange(101) * 0.005, 12).tolist())
     gradient: str = "surrogate"
     norm: str = "linf"
     limit: int | None = None  # first N test inputs only
-    name: str = "fgsm"  # hwq.attack.ATTACKS
+    name: str = "fgsm"  # hwq.attack.ATTACKS, or a suite a,b,c
+    steps: int | None = None
+    restarts: int | None = None
+    rel_stepsize: float | None = None
+    random_start: bool | None = None
+    queries: int | None = None
+    p_init: float | None = None
+    seed: int | None = None
+    diagnostics: bool | None = None  # None: run the unbounded-strength check
+
+    def params(self) -> dict:
+        return {k: getattr(self, k) for k in OPTIONAL_ATTACK_FIELDS if getattr(self, k) is not None}
+
+    def method(self):
+        from hwq.attack import make_suite
+
+        return make_suite(self.name, norm=self.norm, **{k: v for k, v in self.params().items()
+                                                        if k != "diagnostics"})
+
+
+OPTIONAL_ATTACK_FIELDS = ("steps", "restarts", "rel_stepsize", "random_start", "queries", "p_init",
+                          "seed", "diagnostics")
 
 
 @dataclass(frozen=True)
@@ -143,10 +170,9 @@ class SweepSpec:
             raise UsageError("--act-bits must be in 1..16 and --input-bits in 2..16")
         object.__setattr__(self, "attack", replace(
             self.attack, epsilons=tuple(check_epsilons(self.attack.epsilons).tolist())))
-        check_gradient(self.attack.gradient)
+        check_gradient_name(self.attack.gradient)
         check_norm(self.attack.norm)
-        if self.attack.name not in ATTACKS:
-            raise UsageError(f"unknown attack '{self.attack.name}'", hint="use " + ", ".join(ATTACKS))
+        self.attack.method()  # unknown attacks and bad parameters fail here
         if self.attack.limit is not None and self.attack.limit < 1:
             raise UsageError(f"--limit must be a positive integer, got {self.attack.limit}")
         labels = [data_label(d) for d in self.data]
@@ -158,7 +184,11 @@ class SweepSpec:
         return np.asarray(self.attack.epsilons, dtype=np.float64)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        for k in OPTIONAL_ATTACK_FIELDS:
+            if d["attack"][k] is None:
+                del d["attack"][k]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> SweepSpec:
