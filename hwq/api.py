@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwq.attack import ATTACKS, FGSM, Attack, AttackResult, attack, check_inputs, make_attack
+from hwq.attack import (ATTACKS, FGSM, PGD, Attack, AttackResult, Square, Suite, attack, check_inputs,
+                        make_attack, make_suite)
 from hwq.attack.gradients import FloatGradient, SurrogateGradient, default_gradient, gradient_source
 from hwq.data import Dataset, load_dataset
 from hwq.files.program import load_program, save_program
@@ -31,7 +32,7 @@ from hwq.target.protocol import ReferenceProgram, Traceable
 from hwq.target.registry import get_target, resolve_target
 
 __all__ = [
-    "ATTACKS", "FGSM", "Attack", "AttackResult", "Dataset", "Evaluation", "FloatGradient",
+    "ATTACKS", "FGSM", "PGD", "Square", "Suite", "make_suite", "Attack", "AttackResult", "Dataset", "Evaluation", "FloatGradient",
     "QuantSettings", "ReferenceProgram", "SurrogateGradient", "Traceable", "attack", "compile",
     "default_gradient", "evaluate", "gradient_source", "load_dataset", "load_onnx", "load_program",
     "make_attack", "quantize", "save_program",
