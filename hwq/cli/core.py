@@ -299,12 +299,36 @@ def flag_text(flag: str, diag: dict) -> str:
     return flag
 
 
+def core_exports() -> dict:
+    """File formats of the integer network itself (any target): name -> Export."""
+    from hwq.files import nir
+    from hwq.onnx.exporter import save_onnx
+    from hwq.target.protocol import Export
+
+    return {"onnx": Export("onnx", (".onnx",), lambda program, path: save_onnx(program.net, path),
+                           "the integer network as an integer-exact ONNX graph (onnxruntime runs it)"),
+            "nir": Export("nir", (".nir",), lambda program, path: nir.write_network(program.net, path),
+                          nir.EXPORT_HELP)}
+
+
+def export_formats(target: str | None) -> dict:
+    """Every format ``hwq export`` can write for a program of ``target``: the core's plus the
+    target's own (``Target.exports``)."""
+    from hwq.target.registry import get_target
+
+    formats = core_exports()
+    if target is not None:
+        formats.update(getattr(get_target(target), "exports", {}))
+    return formats
+
+
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
     output: Path = typer.Option(..., "-o", "--output", help="File to write."),
     fmt: str = typer.Option(None, "--format", "-f",
-                            help="onnx (integer-exact ONNX), or a format of the file's target, e.g. truenorth "
+                            help="onnx (integer-exact ONNX), nir (NIR graph + integer metadata), or a format of the "
+                                 "file's target, e.g. truenorth, netx "
                                  "(default: from the output's suffix; `hwq info MODEL.hwq` lists them)."),
     as_json: bool = JSON,
 ):
