@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from factories import random_net  # noqa: E402
 from hwq_targets.truenorth import TrueNorthTarget  # noqa: E402
 from hwq_targets.truenorth.core import SLOTS  # noqa: E402
-from test_loihi import random_net  # noqa: E402
 
 
 def loop_counts(model, drive, ticks, f):

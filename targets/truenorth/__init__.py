@@ -2,7 +2,9 @@
 
 * ``core``, ``kernels``, ``emulator``: the integer neuron model and a batched emulator;
 * ``modelfile``, ``spikefile``, ``run``, ``cli``: IBM's model files, NSCS spike files,
-  ``hwq truenorth run``.
+  ``hwq truenorth run``;
+* ``mapping``, ``digits``, ``program``, ``validate``: the mapper, the compiled program and the
+  stand-alone check that a configuration fits the chip.
 
 Equations, choices and file formats: docs/truenorth.md.
 """
@@ -23,17 +25,34 @@ from typing import Any  # noqa: E402
 from hwq.errors import FileFormatError  # noqa: E402
 from hwq.target.protocol import Export, Option, check_options  # noqa: E402
 
-from .program import NAME, TrueNorthProgram, export_model  # noqa: E402
+from .program import CHOICES, ENCODINGS, NAME, TrueNorthProgram, export_model  # noqa: E402
+from .validate import problems, validate  # noqa: E402
 
-__all__ += ["TrueNorthProgram", "TrueNorthTarget", "export_model"]
+__all__ += ["TrueNorthProgram", "TrueNorthTarget", "export_model", "problems", "validate"]
+
+
+def parse_int(text: str) -> int:
+    return int(text)
 
 
 class TrueNorthTarget:
     """``compile`` maps a quantized network onto cores (mapping.py); the program runs them on
-    the emulator. The mapping is exact (rate-coded inputs, count-domain layers)."""
+    the emulator. Exact by default; approximations only by option, named in the report."""
 
     name = NAME
-    options: tuple[Option, ...] = ()
+    options: tuple[Option, ...] = (
+        Option("step", "auto: one-tick Eedn layers where they fit, count domain elsewhere | count: "
+               "count domain everywhere (both exact)", "auto", str, CHOICES["step"]),
+        Option("relu", "exact: ReLU layers in the count domain where an exact rate ratio exists, else refuse | "
+               "rate: the nearest ratio there (approximate) | refuse", "exact", str, CHOICES["relu"]),
+        Option("encoding", "rate: code x = x spikes (exact) | binary: one spike iff x >= threshold "
+               "(approximate) | stochastic: Bernoulli p = x/qmax per tick (approximate)", "rate", str, ENCODINGS),
+        Option("threshold", "binary encoding: the code at or above which an input spikes (default: half range)",
+               None, parse_int),
+        Option("seed", "stochastic encoding and the report's fidelity inputs", 0, parse_int),
+        Option("fidelity_samples", "random input codes the compile report's fidelity is measured on (0: none)",
+               64, parse_int),
+    )
     exports = {"truenorth": Export("truenorth", (".json",), lambda program, path: export_model(program, path),
                                    "the mapped cores as an IBM-format model file (hwq truenorth run reads it)")}
 
@@ -42,9 +61,14 @@ class TrueNorthTarget:
         return TrueNorthProgram(net, options)
 
     def load(self, net, artifacts: dict[str, Any], **options: Any) -> TrueNorthProgram:
+        """Recompile the stored network with the stored options (the mapping is a pure function of
+        both) and check it against the stored artifacts."""
         check_options(NAME, self.options, options)
-        program = TrueNorthProgram(net, options)
-        if int(artifacts.get("ticks", -1)) != program.mapping.ticks:
+        program = TrueNorthProgram(net, {**options, "fidelity_samples": 0})
+        program.options = dict(options)
+        stored = {k: artifacts.get(k) for k in ("ticks", "cores", "digest")}
+        mine = {k: program.artifacts[k] for k in stored}
+        if any(stored[k] is not None and str(stored[k]) != str(mine[k]) for k in stored) or stored["ticks"] is None:
             raise FileFormatError("the truenorth artifacts do not match the stored network",
                                   hint="recompile the model with --target truenorth")
         return program

@@ -1,26 +1,39 @@
-"""Map a quantized MLP onto TrueNorth cores, exactly, in the count domain (shared/specs/
-truenorth.md 7b, 7c, 7d; docs/truenorth.md).
+"""Map a quantized MLP onto TrueNorth cores (shared/specs/truenorth.md 7a-7d; docs/truenorth.md).
 
-Every layer ``acc = W h + b`` is split into input groups that fit one core. Per group core
-and output unit ``u`` two *gated emitters* ``E+`` (digit table ``+v``) and ``E-`` (``-v``)::
+Per layer one of four schemes, chosen at compile time (``plan_kinds``):
 
-    alpha 1, gamma 1 (linear reset), kappa 0, beta 2^18 - 1, leak 0, V0 = -K (+-b in group 0 of
-    the output layer), gate type weight +255
+* ``eedn-step`` (spec 7a, one tick): a step layer whose inputs arrive as single spikes in one
+  tick and that fits one core (``inputs * k + bias axons <= 256``). Memoryless neurons
+  ``alpha 1, beta 0, kappa 1, gamma 0, R 0``, digit-typed axons, bias as a leak ``<= 0`` plus
+  always-on bias axons of type 3 (one host spike per frame, on the layer's tick) for the rest:
+  ``b = c * w_b + lambda`` with ``c`` axons of weight ``w_b`` and ``-255 < lambda <= 0``. A
+  neuron without input then stays at 0 (no spontaneous spikes: a positive leak would fire
+  every idle tick). Fires at tick t iff ``sum_i W x_i(t) + b >= 1``, exactly hwq's step.
+* ``count-step``, ``count-relu``, ``count-output`` (spec 7c, multi-tick, exact for any fan-in):
+  inputs split into groups of one core; per group core and unit ``u`` two *gated emitters*
+  ``E+`` (digit table ``+v``) and ``E-`` (``-v``)::
 
-integrate the group's partial sum ``P`` while the inputs arrive (any ticks, <= 1 spike per
-axon per tick: a rate code). ``K >= max partial positive sum`` keeps ``V <= 0`` meanwhile.
-``n_gate = K / 255`` host spikes on the gate axons then add ``K``: ``V = P`` and the emitter
-fires exactly ``max(P, 0)`` times, one per tick, with linear reset (``E-`` fires ``max(-P, 0)``).
+      alpha 1, gamma 1 (linear reset), kappa 0, beta 2^18 - 1, leak 0, V0 = -K (+-b in group 0
+      of the output layer), gate type weight +255
 
-Hidden step layers: an accumulator ``H_u`` (types +1, -1, +255 gate; kappa 0, big beta,
-alpha 1, gamma 0, R 0, ``V0 = b_u - K_H``) counts ``sum_g (E+ - E-) = acc - b``; after the last
-emitter spike a single-tick gate of ``K_H`` makes it fire iff ``acc >= 1`` (hwq's step
-``[acc > 0]``), one spike, at one tick: the next layer's input. ``H_u`` is duplicated once per
-axon copy the next layer needs (fan-out 1). Output layer: the emitters go off-chip, and the
-score is ``sum_g count(E+) - count(E-) = acc`` exactly.
+  integrate the group's partial sum ``P`` while the inputs arrive (any ticks, <= 1 spike per
+  axon per tick). ``K >= max positive partial sum`` keeps ``V <= 0`` meanwhile; ``K / 255``
+  host spikes on the gate axons then make ``V = P`` and the emitter fires exactly
+  ``max(P, 0)`` times, one per tick (``E-``: ``max(-P, 0)``).
 
-Exact for unsigned inputs sent as a deterministic rate code (code ``x`` = ``x`` spikes on
-ticks 1..x), weights in [-4, 3] and step hidden layers. Each frame runs from the initial state.
+  Hidden layers: an accumulator ``H_u`` (types ``+m``, ``-m``, ``+255`` gate, ``-255`` clear;
+  kappa 0, big beta) integrates ``m * sum_g (E+ - E-)``; after the last emitter spike a gate of
+  ``K_H`` sets ``V = m * acc + h``. Step: ``m = 1, h = 0, alpha 1, gamma 0``: one spike iff
+  ``acc >= 1``. ReLU: ``alpha = a, gamma 1``: ``floor((m acc + h) / a)`` spikes, one per tick,
+  stopped after ``A = 2^act_bits - 1`` by a clear pulse: ``clip(floor((m acc + h)/a), 0, A)``
+  (``relu_params``: exact when some ``m <= 255`` reproduces hwq's requantization on the
+  layer's whole accumulator range, else the nearest ratio, approximate, on request).
+  ``H_u`` is duplicated once per axon copy the next layer needs (fan-out 1).
+  Output layer: the emitters go off-chip; the score ``sum_g count(E+) - count(E-) = acc``.
+
+Inputs: a column per input (signed codes: a ``+`` and a ``-`` column, ``x = x+ - x-``, weights
+``W`` and ``-W``), sent as a rate code (``x`` spikes on ticks 1..x), a stochastic code or a
+binary threshold (program.py). Each frame runs from the initial state.
 """
 
 from __future__ import annotations
@@ -30,16 +43,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hwq.errors import LimitError
+from hwq.errors import InvalidModelError, LimitError
 from hwq.quant.qnet import QuantizedNetwork
 
 from .core import AXONS, NEURONS, THRESHOLD_BITS, Core, Model, Neurons
 from .digits import DigitTable, table_for
 
-GATE_TYPE, GATE_W = 3, 255
+GATE_TYPE, GATE_W = 3, 255  # emitter gates; in H cores: type 2 gate (+255), type 3 clear (-255)
+BIAS_TYPE = 3  # eedn cores: always-on bias axons
 BIG_BETA = 2**THRESHOLD_BITS - 1
 OFFCHIP = -32
-V_SAFE = 2**19 - 1
+M_MAX = 255
+GATE_AXONS = 48  # at most this many gate (and clear) axons per ReLU accumulator core
 
 
 class Draft:
@@ -80,29 +95,40 @@ class LayerPlan:
     """Where one layer went, and its timing."""
 
     index: int
-    kind: str  # "count-step" or "count-output"
+    kind: str  # "eedn-step", "count-step", "count-relu" or "count-output"
     groups: int
     blocks: int
     table: DigitTable
-    n_gate: int
-    drain: int  # bound on spikes per emitter
+    n_gate: int = 0
+    drain: int = 0  # bound on spikes per emitter
+    exact: bool = True
     cores: list = field(default_factory=list)
     h_cores: list = field(default_factory=list)
     h_gate: int = 0
-    gate_axons: list = field(default_factory=list)  # (core id, axon indices) of emitter gates
+    gate_axons: list = field(default_factory=list)  # (draft, axon indices) of emitter gates
     h_gate_axons: list = field(default_factory=list)
+    clear_axons: list = field(default_factory=list)  # relu: (draft, axons) of the clear pulse
+    bias_axons: list = field(default_factory=list)  # eedn: (draft, axons), one spike per frame
+    out_max: int = 1  # largest spike count of one output unit per frame (relu: A)
+    relu: dict = field(default_factory=dict)  # relu: per-unit m, a, h and the deviation
 
 
 @dataclass
 class Mapping:
     model: Model
     layers: list
-    inputs: list  # per network input: list of (core id, axon)
+    inputs: list  # per input column: list of (core id, axon)
     outputs: list  # (core id, neuron, unit, sign)
-    gates: list  # (arrival tick, core id, axon)
-    in_max: int
+    gates: list  # host spikes other than inputs: (arrival tick, core id, axon)
+    in_max: int  # largest count per input column
     ticks: int
     duplicated: int
+    in_window: tuple = (1, 1)
+
+    @property
+    def host_ports(self) -> list:
+        ports = {p for col in self.inputs for p in col}
+        return sorted(ports | {(c, a) for _, c, a in self.gates})
 
 
 def group_sizes(n_in: int, capacity: int) -> list[np.ndarray]:
@@ -110,104 +136,317 @@ def group_sizes(n_in: int, capacity: int) -> list[np.ndarray]:
     return [a for a in np.array_split(np.arange(n_in), g)]
 
 
-def emitter_bound(w: np.ndarray, cmax: int, bias: np.ndarray | None) -> int:
-    """Largest count an emitter may need (and largest positive excursion before its gate)."""
+def emitter_bound(w: np.ndarray, cmax: int, bias: np.ndarray | None) -> tuple[int, int]:
+    """Largest positive and negative partial sums of one group."""
     pos = np.maximum(w, 0).sum(axis=1) * cmax
     neg = np.maximum(-w, 0).sum(axis=1) * cmax
     if bias is not None:
         pos, neg = pos + np.maximum(bias, 0), neg + np.maximum(-bias, 0)
-    return int(max(pos.max(initial=0), neg.max(initial=0)))
+    return int(pos.max(initial=0)), int(neg.max(initial=0))
 
 
-def plan_groups(w: np.ndarray, table: DigitTable, cmax: int, bias):
-    """Input groups and gate axons per group core, iterated until the gate fits."""
-    n_gate = 1
-    for _ in range(8):
-        groups = group_sizes(w.shape[1], (AXONS - n_gate) // table.k)
-        bound = max(emitter_bound(w[:, grp], cmax, bias if k == 0 else None) for k, grp in enumerate(groups))
-        need = max(1, math.ceil(bound / GATE_W))
-        if need <= n_gate:
+def plan_groups(w: np.ndarray, table: DigitTable, cmax: int, bias, li: int):
+    """Input groups and gate axons per group core: as few groups as the axons allow, more
+    where a group's partial sums would leave the emitters' threshold range."""
+    capacity = max(1, (AXONS - 1) // table.k)
+    while True:
+        n_gate = 1
+        for _ in range(8):
+            groups = group_sizes(w.shape[1], max(1, min(capacity, (AXONS - n_gate) // table.k)))
+            bounds = [emitter_bound(w[:, grp], cmax, bias if k == 0 else None) for k, grp in enumerate(groups)]
+            bound = max(max(b) for b in bounds)
+            need = max(1, math.ceil(bound / GATE_W))
+            if need <= n_gate:
+                break
+            n_gate = need
+        fits = need <= n_gate and (AXONS - n_gate) // table.k >= 1 and GATE_W * n_gate + bound + GATE_W <= BIG_BETA
+        if fits:
             return groups, n_gate, bound
-        n_gate = need
-    raise LimitError(f"a gate of {n_gate} axons does not leave room for the inputs",
-                     hint="the partial sums are too large for one core: fewer input bits or smaller weights")
+        if capacity == 1:
+            raise LimitError(f"layer {li}: one input's partial sum ({bound}) exceeds what an emitter can hold "
+                             f"(threshold range 0..{BIG_BETA})",
+                             hint="fewer input bits or smaller weights")
+        capacity = max(1, capacity // 2)
 
 
-def map_network(net: QuantizedNetwork, in_max: int) -> Mapping:
-    """Cores for ``net``, whose first layer receives counts ``0..in_max`` per input."""
+def relu_params(layer, lo: np.ndarray, hi: np.ndarray, approximate: bool, li: int = 0) -> dict:
+    """Per unit ``m <= 255``, ``a`` and ``h`` with ``clip(floor((m acc + h) / a), 0, A)`` equal
+    to hwq's ``clip(requant(acc), 0, A)`` for every ``acc`` in ``[lo_u, hi_u]`` (searched
+    over ``m`` and ``a`` near ``m 2^S / M``); with ``approximate``, where none exists, the
+    nearest ratio. Returns arrays ``m, a, h``, ``exact`` per unit and the deviation."""
+    A = 2**layer.act_bits - 1
+    if layer.requant is None:
+        raise InvalidModelError(f"layer {li} is ReLU without a requantization (multiplier and shift)")
+    mult, shift = layer.requant.multiplier, layer.requant.shift
+    units = len(mult)
+    out = {"m": np.zeros(units, np.int64), "a": np.zeros(units, np.int64), "h": np.zeros(units, np.int64),
+           "exact": np.ones(units, bool), "max_dev": 0, "mismatch_share": 0.0}
+    r = np.arange(1, A + 1)
+    mismatched, total = 0, 0
+    for u in range(units):
+        M, S = int(mult[u]), int(shift[u])
+        hh = (1 << (S - 1)) if S > 0 else 0
+        lo_u, hi_u = int(lo[u]), int(hi[u])
+        # m bounded by the potential's range and by the gate and clear axons (GATE_AXONS each)
+        m_cap = max(1, min(M_MAX, (BIG_BETA - 4 * GATE_W) // max(hi_u - lo_u + 1, 1),
+                           GATE_AXONS * GATE_W // max(hi_u, 1)))
+        found = None
+        if M == 0:
+            found = (1, 1, -(abs(lo_u) + abs(hi_u) + 1))  # always 0
+        else:
+            theta = -((hh - r * (1 << S)) // M)  # smallest acc with requant >= r
+            up = np.maximum(theta, lo_u)
+            low_pts = up <= hi_u
+            dn = np.minimum(theta - 1, hi_u)
+            up_pts = dn >= lo_u
+            for m in range(1, m_cap + 1):
+                centre = m * (1 << S) / M
+                for a in sorted({max(1, int(math.floor(centre)) + d) for d in (-2, -1, 0, 1, 2)}):
+                    if a > BIG_BETA:
+                        continue
+                    h_lo = int(np.max(a * r[low_pts] - m * up[low_pts], initial=-(1 << 40)))
+                    h_hi = int(np.min(a * r[up_pts] - 1 - m * dn[up_pts], initial=1 << 40))
+                    if h_lo <= h_hi:
+                        h = h_lo if h_lo > -(1 << 40) else min(h_hi, 0)
+                        found = (m, a, h)
+                        break
+                if found:
+                    break
+        if found is None:
+            if not approximate:
+                raise LimitError(
+                    f"layer {li}: unit {u}'s requantization {M}/2^{S} has no exact "
+                    "rate-coded form (no weight m <= 255 and threshold a with floor((m acc + h)/a) "
+                    "equal on its accumulator range)",
+                    hint="compile with --option relu=rate for the nearest ratio (approximate), "
+                         "or train with --activation step")
+            m = m_cap
+            a = max(1, round(m * (1 << S) / M))
+            found = (m, a, round(m * hh / M))
+            out["exact"][u] = False
+        m, a, h = found
+        out["m"][u], out["a"][u], out["h"][u] = m, a, h
+        if not out["exact"][u]:
+            acc = np.arange(lo_u, hi_u + 1)
+            ref = np.clip((acc * M + hh) >> S, 0, A)
+            got = np.clip(np.floor_divide(m * acc + h, a), 0, A)
+            dev = np.abs(ref - got)
+            out["max_dev"] = max(out["max_dev"], int(dev.max()))
+            mismatched += int(np.count_nonzero(dev))
+            total += len(acc)
+    out["mismatch_share"] = mismatched / total if total else 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class LayerIn:
+    """What a layer receives: ``cmax`` spikes at most per input per frame; ``single``: all in
+    one tick (binary inputs)."""
+
+    cmax: int
+    single: bool
+
+
+def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, step: str, relu: str):
+    """The scheme of every layer, in order, and what it receives."""
+    kinds, ins = [], []
+    inp = LayerIn(cmax0, cmax0 <= 1)
     layers = net.layers
-    for k, layer in enumerate(layers[:-1]):
-        if layer.activation != "step":
-            raise LimitError(f"layer {k} has activation '{layer.activation}'; the truenorth mapping is exact "
-                             "for step hidden layers only", hint="train with --activation step")
+    for li, layer in enumerate(layers):
+        w, b = weights[li], biases[li]
+        last = li == len(layers) - 1
+        ins.append(inp)
+        if last:
+            if layer.activation != "identity":
+                raise LimitError(f"the output layer has activation '{layer.activation}'; truenorth maps "
+                                 "identity output layers (scores are spike counts)")
+            kinds.append("count-output")
+        elif layer.activation == "step":
+            table = table_for(w)
+            n_bias = int(eedn_bias(b)[0].max(initial=0))
+            fits = w.shape[1] * table.k + n_bias <= AXONS
+            kinds.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
+            inp = LayerIn(1, True)
+        elif layer.activation == "relu":
+            if relu == "refuse":
+                raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it")
+            kinds.append("count-relu")
+            inp = LayerIn(2**layer.act_bits - 1, False)
+        else:
+            raise LimitError(f"layer {li} has activation '{layer.activation}'; truenorth maps step and ReLU "
+                             "hidden layers only (a lookup table has no spiking form)",
+                             hint="train with --activation step or relu")
+    return kinds, ins
+
+
+def eedn_bias(b: np.ndarray):
+    """``b = c * w_b + lam`` with ``c`` bias axons of weight ``|w_b| <= 255`` and
+    ``-255 < lam <= 0`` (no spontaneous spikes)."""
+    b = np.asarray(b, np.int64)
+    c = np.zeros_like(b)
+    wb = np.zeros_like(b)
+    pos = b > 0
+    c[pos] = -(-b[pos] // 255)
+    wb[pos] = -(-b[pos] // c[pos])
+    neg = b < -255
+    c[neg] = (-b[neg]) // 255
+    wb[neg] = -255
+    lam = b - c * wb
+    return c, wb, lam
+
+
+def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = False, step: str = "auto",
+                relu: str = "exact", layer0_bias=None) -> Mapping:
+    """Cores for ``net``. Layer 0 receives counts ``0..in_max`` per input column
+    (``signed_split``: columns ``x+`` then ``x-``, weights ``[W, -W]``); ``layer0_bias``
+    replaces layer 0's bias (binary encoding)."""
+    layers = net.layers
+    weights = [np.asarray(layer.weight, np.int64) for layer in layers]
+    biases = [np.asarray(layer.bias, np.int64) for layer in layers]
+    if signed_split:
+        weights[0] = np.concatenate([weights[0], -weights[0]], axis=1)
+    if layer0_bias is not None:
+        biases[0] = np.asarray(layer0_bias, np.int64)
+    kinds, ins = plan_kinds(net, weights, biases, in_max, step, relu)
     ids = iter(range(10**6))
     drafts: list[Draft] = []
     plans: list[LayerPlan] = []
     dests = None  # per unit of the layer being built: list of (draft, axon) it must reach
     outputs, duplicated = [], 0
     for li in range(len(layers) - 1, -1, -1):
-        layer = layers[li]
-        w, b = np.asarray(layer.weight, np.int64), np.asarray(layer.bias, np.int64)
-        m, n = w.shape
-        last = li == len(layers) - 1
-        cmax = in_max if li == 0 else 1
+        layer, w, b, kind, inp = layers[li], weights[li], biases[li], kinds[li], ins[li]
         table = table_for(w)
-        groups, n_gate, bound = plan_groups(w, table, cmax, b if last else None)
-        blocks = [np.arange(m)[s:s + NEURONS // 2] for s in range(0, m, NEURONS // 2)]
-        plan = LayerPlan(li, "count-output" if last else "count-step", len(groups), len(blocks), table, n_gate, bound)
-        h_axon = {}
-        if not last:
-            h_axon = place_accumulators(plan, w, b, cmax, groups, dests, ids, drafts)
-            duplicated += sum(len(d) - 1 for d in dests)
-        k_e = GATE_W * n_gate
-        in_ports = [[] for _ in range(n)]
-        for gi, grp in enumerate(groups):
-            for block in blocks:
-                d = Draft(next(ids))
-                drafts.append(d)
-                plan.cores.append(d.id)
-                ports = {i: d.axons(table.types) for i in grp}
-                for i in grp:
-                    in_ports[i].extend((d, int(a)) for a in ports[i])
-                gate = d.axons([GATE_TYPE] * n_gate)
-                plan.gate_axons.append((d, gate))
-                for u in block:
-                    for sign in (1, -1):
-                        if k_e + np.maximum(-sign * w[u, grp], 0).sum() * cmax + 255 > BIG_BETA:
-                            raise LimitError(f"layer {li}: partial sums exceed the threshold range")
-                        v0 = -k_e + (sign * int(b[u]) if last and gi == 0 else 0)
-                        weight = [sign * v for v in table.values] + [0] * (3 - len(table.values)) + [GATE_W]
-                        if last:
-                            dest = dict(dest_core=OFFCHIP, dest_axon=int(u) % AXONS)
-                        else:
-                            hd, ha = h_axon[(u, gi, sign)]
-                            dest = dict(dest_core=hd.id, dest_axon=ha)
-                        j = d.add_neuron(weight=weight, alpha=1, beta=BIG_BETA, gamma=1, kappa=False, v0=v0,
-                                         dest_delay=1, **dest)
-                        for i in grp:
-                            d.w[ports[i], j] = table.digits(int(w[u, i]))
-                        d.w[gate, j] = True
-                        if last:
-                            outputs.append((d.id, j, int(u), sign))
+        if kind == "eedn-step":
+            plan = LayerPlan(li, kind, 1, 0, table)
+            in_ports = build_eedn(plan, w, b, table, dests, ids, drafts)
+            duplicated += sum(max(len(d) - 1, 0) for d in dests)
+        else:
+            plan, in_ports, dup = build_count(li, layer, w, b, kind, inp, table, dests, ids, drafts, outputs, relu)
+            duplicated += dup
         plans.append(plan)
         dests = in_ports
     plans.reverse()
-    gates, ticks = schedule(plans, in_max)
+    gates, ticks, window = schedule(plans, in_max)
     model = Model(tuple(d.freeze() for d in sorted(drafts, key=lambda d: d.id)))
     inputs = [[(d.id, a) for d, a in ports] for ports in dests]
-    return Mapping(model, plans, inputs, outputs, gates, in_max, ticks, duplicated)
+    return Mapping(model, plans, inputs, outputs, gates, in_max, ticks, duplicated, window)
 
 
-def place_accumulators(plan: LayerPlan, w, b, cmax, groups, dests, ids, drafts) -> dict:
-    """H cores for a hidden step layer; returns (unit, group, sign) -> (draft, axon)."""
+def build_eedn(plan: LayerPlan, w, b, table: DigitTable, dests, ids, drafts) -> list:
+    """One-tick step layer (spec 7a): units packed so that their copies fit 256 neurons."""
+    m, n = w.shape
+    c, wb, lam = eedn_bias(b)
+    n_bias = int(c.max(initial=0))
+    blocks, cur, used = [], [], 0
+    for u in range(m):
+        k = len(dests[u])
+        if cur and used + k > NEURONS:
+            blocks.append(cur)
+            cur, used = [], 0
+        cur.append(u)
+        used += k
+    if cur:
+        blocks.append(cur)
+    plan.blocks = len(blocks)
+    in_ports = [[] for _ in range(n)]
+    pad = [0] * (3 - len(table.values))
+    for block in blocks:
+        if not any(dests[u] for u in block):
+            continue
+        d = Draft(next(ids))
+        drafts.append(d)
+        plan.cores.append(d.id)
+        used_inputs = [i for i in range(n) if np.any(w[block, i] != 0)]
+        ports = {i: d.axons(table.types) for i in used_inputs}
+        for i in used_inputs:
+            in_ports[i].extend((d, int(a)) for a in ports[i])
+        bias = d.axons([BIAS_TYPE] * n_bias) if n_bias else np.zeros(0, np.int64)
+        if n_bias:
+            plan.bias_axons.append((d, bias))
+        for u in block:
+            for dd, da in dests[u]:
+                j = d.add_neuron(weight=[*table.values, *pad, int(wb[u])], alpha=1, beta=0, kappa=True, gamma=0,
+                                 reset=0, leak=int(lam[u]), v0=0, dest_core=dd.id, dest_axon=da, dest_delay=1)
+                for i in used_inputs:
+                    d.w[ports[i], j] = table.digits(int(w[u, i]))
+                d.w[bias[:int(c[u])], j] = True
+    return in_ports
+
+
+def build_count(li, layer, w, b, kind, inp: LayerIn, table, dests, ids, drafts, outputs, relu):
+    """A count-domain layer (emitters, and accumulators for hidden layers)."""
+    m, n = w.shape
+    last = kind == "count-output"
+    cmax = inp.cmax
+    groups, n_gate, bound = plan_groups(w, table, cmax, b if last else None, li)
+    blocks = [np.arange(m)[s:s + NEURONS // 2] for s in range(0, m, NEURONS // 2)]
+    plan = LayerPlan(li, kind, len(groups), len(blocks), table, n_gate, bound)
+    h_axon, dup = {}, 0
+    if not last:
+        h_axon = place_accumulators(plan, layer, w, b, cmax, groups, dests, ids, drafts, relu)
+        dup = sum(max(len(d) - 1, 0) for d in dests)
+    k_e = GATE_W * n_gate
+    in_ports = [[] for _ in range(n)]
+    pad = [0] * (3 - len(table.values))
+    for gi, grp in enumerate(groups):
+        for block in blocks:
+            d = Draft(next(ids))
+            drafts.append(d)
+            plan.cores.append(d.id)
+            ports = {i: d.axons(table.types) for i in grp}
+            for i in grp:
+                in_ports[i].extend((d, int(a)) for a in ports[i])
+            gate = d.axons([GATE_TYPE] * n_gate)
+            plan.gate_axons.append((d, gate))
+            for u in block:
+                for sign in (1, -1):
+                    v0 = -k_e + (sign * int(b[u]) if last and gi == 0 else 0)
+                    weight = [sign * v for v in table.values] + pad + [GATE_W]
+                    if last:
+                        dest = dict(dest_core=OFFCHIP, dest_axon=int(u) % AXONS)
+                    else:
+                        hd, ha = h_axon[(u, gi, sign)]
+                        dest = dict(dest_core=hd.id, dest_axon=ha)
+                    j = d.add_neuron(weight=weight, alpha=1, beta=BIG_BETA, gamma=1, kappa=False, v0=v0,
+                                     dest_delay=1, **dest)
+                    for i in grp:
+                        d.w[ports[i], j] = table.digits(int(w[u, i]))
+                    d.w[gate, j] = True
+                    if last:
+                        outputs.append((d.id, j, int(u), sign))
+    return plan, in_ports, dup
+
+
+def place_accumulators(plan: LayerPlan, layer, w, b, cmax, groups, dests, ids, drafts, relu) -> dict:
+    """H cores for a hidden layer; returns (unit, group, sign) -> (draft, axon)."""
     m = w.shape[0]
     pos = np.maximum(w, 0).sum(axis=1) * cmax
     neg = np.maximum(-w, 0).sum(axis=1) * cmax
-    need = int(np.max(pos + b, initial=1))
+    if plan.kind == "count-relu":
+        rp = relu_params(layer, b - neg, b + pos, relu == "rate", plan.index)
+        mm, aa, hh = rp["m"], rp["a"], rp["h"]
+        A = 2**layer.act_bits - 1
+        plan.exact = bool(rp["exact"].all())
+        plan.relu = dict(exact_units=int(rp["exact"].sum()), units=m, max_deviation=rp["max_dev"],
+                         mismatch_share_of_acc_range=rp["mismatch_share"], act_max=A, m=mm, a=aa, h=hh)
+        plan.out_max = A
+    else:
+        mm, aa, hh = np.ones(m, np.int64), np.ones(m, np.int64), np.zeros(m, np.int64)
+        A = 1
+    # V0 = -K_H + m b + h; before the gate V <= V0 + m pos < a; after it V = m acc + h
+    need = int(np.max(mm * (b + pos) + hh - aa + 1, initial=1))
     n_gh = max(1, math.ceil(need / GATE_W))
     k_h = GATE_W * n_gh
-    if np.any(k_h - b + neg > BIG_BETA):
+    if np.any(k_h - mm * b - hh + mm * neg > BIG_BETA):
         raise LimitError(f"layer {plan.index}: sums exceed the threshold range of the accumulators")
+    x_max = mm * (b + pos) + hh
+    x_min = mm * (b - neg) + hh
+    n_clear = 0
+    if plan.kind == "count-relu":
+        over = x_max - A * aa - aa + 1
+        n_clear = max(0, math.ceil(int(over.max(initial=0)) / GATE_W))
+        if n_clear and np.any(np.minimum(x_min, 0) - GATE_W * n_clear < -BIG_BETA):
+            raise LimitError(f"layer {plan.index}: the clear pulse would leave the accumulators' range")
     per_unit = 2 * len(groups)
     where, d, gate = {}, None, None
     for u in range(m):
@@ -218,31 +457,50 @@ def place_accumulators(plan: LayerPlan, w, b, cmax, groups, dests, ids, drafts) 
             plan.h_cores.append(d.id)
             gate = d.axons([2] * n_gh)
             plan.h_gate_axons.append((d, gate))
+            clear = d.axons([3] * n_clear)
+            if n_clear:
+                plan.clear_axons.append((d, clear))
         ax = {}
         for gi in range(len(groups)):
             for sign, t in ((1, 0), (-1, 1)):
                 ax[(gi, sign)] = int(d.axons([t])[0])
                 where[(u, gi, sign)] = (d, ax[(gi, sign)])
+        relu_unit = plan.kind == "count-relu"
         for dd, da in copies:
-            j = d.add_neuron(weight=[1, -1, GATE_W, 0], alpha=1, beta=BIG_BETA, gamma=0, kappa=False,
-                             v0=int(b[u]) - k_h, dest_core=dd.id, dest_axon=da, dest_delay=1)
+            j = d.add_neuron(weight=[int(mm[u]), -int(mm[u]), GATE_W, -GATE_W], alpha=int(aa[u]), beta=BIG_BETA,
+                             gamma=1 if relu_unit else 0, kappa=False,
+                             v0=int(mm[u] * b[u] + hh[u]) - k_h, dest_core=dd.id, dest_axon=da, dest_delay=1)
             d.w[list(ax.values()), j] = True
             d.w[gate, j] = True
+            if n_clear:
+                d.w[clear, j] = True
     plan.h_gate = n_gh
     return where
 
 
 def schedule(plans: list[LayerPlan], in_max: int):
-    """Arrival ticks of the gates: inputs arrive on ticks 1..in_max; a layer's emitter gate
-    comes with its last input, the accumulator gate with the last emitter spike."""
-    gates, last_in = [], max(in_max, 1)
+    """Arrival ticks of the host's gates and bias spikes. Inputs arrive on ticks 1..in_max;
+    an eedn layer computes on the tick its inputs arrive (bias spike on that tick); a count
+    layer's emitter gate comes with its last input, the accumulator gate with the last
+    emitter spike, a ReLU's clear ``A`` ticks later."""
+    gates = []
+    first_in, last_in = 1, max(in_max, 1)
+    window = (first_in, last_in)
     for plan in plans:
+        if plan.kind == "eedn-step":
+            t = last_in
+            gates += [(t, d.id, int(a)) for d, axons in plan.bias_axons for a in axons]
+            first_in = last_in = t + 1
+            continue
         g_e = last_in
         gates += [(g_e, d.id, int(a)) for d, axons in plan.gate_axons for a in axons]
         g_h = g_e + plan.drain
-        if plan.kind == "count-step":
-            gates += [(g_h, d.id, int(a)) for d, axons in plan.h_gate_axons for a in axons]
-            last_in = g_h + 1
+        if plan.kind == "count-output":
+            return gates, g_h + 1, window
+        gates += [(g_h, d.id, int(a)) for d, axons in plan.h_gate_axons for a in axons]
+        if plan.kind == "count-relu":
+            gates += [(g_h + plan.out_max, d.id, int(a)) for d, axons in plan.clear_axons for a in axons]
+            first_in, last_in = g_h + 1, g_h + plan.out_max
         else:
-            return gates, g_h + 1
+            first_in = last_in = g_h + 1
     raise AssertionError("the last layer is an output layer")

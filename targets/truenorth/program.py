@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
-from hwq.errors import DataError, TargetError
+from hwq.errors import DataError, LimitError, TargetError, UsageError
 from hwq.quant import reference
 from hwq.quant.qnet import QuantizedNetwork
 
+from . import prng
 from .core import AXONS
 from .emulator import Drive, Emulator, EmulatorConfig
 from .mapping import Mapping, map_network
 from .modelfile import dumps_model
+from .validate import validate
 
 NAME = "truenorth"
 CHUNK = 256
 CHIP_CORES = 4096
+INPUT_DRAW = 3  # prng purpose of the stochastic input code
+ENCODINGS = ("rate", "binary", "stochastic")
+DEFAULTS = dict(step="auto", relu="exact", encoding="rate", threshold=None, seed=0, fidelity_samples=64)
+CHOICES = dict(step=("auto", "count"), relu=("exact", "rate", "refuse"), encoding=ENCODINGS)
+
+
+def resolve(options: dict) -> dict:
+    opts = {**DEFAULTS, **options}
+    for key, allowed in CHOICES.items():
+        if opts[key] not in allowed:
+            raise UsageError(f"truenorth option {key}={opts[key]!r} is not one of {', '.join(allowed)}")
+    for key in ("seed", "fidelity_samples"):
+        if not isinstance(opts[key], (int, np.integer)) or opts[key] < 0:
+            raise UsageError(f"truenorth option {key} must be an integer >= 0, got {opts[key]!r}")
+    thr = opts["threshold"]
+    if thr is not None and (not isinstance(thr, (int, np.integer)) or thr < 1):
+        raise UsageError(f"truenorth option threshold must be an integer >= 1, got {opts['threshold']!r}")
+    return opts
 
 
 class TrueNorthProgram:
@@ -25,33 +47,85 @@ class TrueNorthProgram:
     target = NAME
 
     def __init__(self, net: QuantizedNetwork, options: dict):
-        self.net, self.options = net, dict(options)
+        self.net = net
+        self.options = {k: v for k, v in options.items()}
+        opts = self.opts = resolve(options)
         fmt = net.input
-        if fmt.signed:
-            raise TargetError("the truenorth mapping needs unsigned input codes (a rate code has no sign)")
-        self.mapping: Mapping = map_network(net, fmt.qmax)
+        self.signed = fmt.signed
+        self.q = max(fmt.qmax, -fmt.qmin)  # largest count of one input column
+        enc = opts["encoding"]
+        bias0 = None
+        if enc == "binary":
+            self.thr = int(opts["threshold"] or (self.q + 1) // 2)
+            if net.layers[0].activation != "step" or len(net.layers) < 2:
+                raise LimitError("encoding=binary needs a step first layer (its spike stands for the code "
+                                 f"{self.q}: [W x + b > 0] becomes [W s + ceil(b / {self.q}) > 0])")
+            bias0 = -((-np.asarray(net.layers[0].bias, np.int64)) // self.q)
+            in_max = 1
+        else:
+            self.thr = None
+            in_max = self.q
+        self.mapping: Mapping = map_network(net, in_max, signed_split=self.signed, step=opts["step"],
+                                            relu=opts["relu"], layer0_bias=bias0)
+        validate(self.mapping.model, self.mapping.host_ports)
         self.emulator = Emulator(self.mapping.model, EmulatorConfig(count_merges=True))
-        self.exact = True
+        encoding_exact = {"rate": True, "binary": self.q == 1 and self.thr == 1, "stochastic": self.q == 1}[enc]
+        self.exact = encoding_exact and all(p.exact for p in self.mapping.layers)
         self.port = {cid: k for k, cid in enumerate(self.mapping.model.ids.tolist())}
-        self.report = self.build_report()
-        self.artifacts = {"ticks": self.mapping.ticks, "cores": len(self.mapping.model.cores)}
+        self.relu = {p.index: p for p in self.mapping.layers if p.kind == "count-relu"}
+        self.report = self.build_report(encoding_exact)
+        self.artifacts = {"ticks": self.mapping.ticks, "cores": len(self.mapping.model.cores),
+                          "digest": self.digest()}
+        n = int(opts["fidelity_samples"])
+        if n:
+            rng = np.random.default_rng(int(opts["seed"]))
+            x = rng.integers(fmt.qmin, fmt.qmax + 1, (n, net.n_features))
+            x[0], x[-1] = fmt.qmax, fmt.qmin
+            self.measure_fidelity(x, f"{n} random input codes (seed {int(opts['seed'])}, extremes included)")
 
-    def drive(self, x_q: np.ndarray) -> Drive:
-        """The rate code (code ``x``: spikes arriving on ticks 1..x on every copy) and the gates."""
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for c in self.mapping.model.cores:
+            h.update(np.packbits(c.crossbar).tobytes())
+            h.update(c.neurons.weight.tobytes() + c.neurons.v0.tobytes() + c.neurons.alpha.tobytes())
+        return h.hexdigest()[:16]
+
+    # -- inputs ------------------------------------------------------------------------------
+    def columns(self, x_q: np.ndarray) -> np.ndarray:
+        """Counts per input column: ``x`` (signed: ``x+`` then ``x-``); binary: ``[x >= thr]``."""
+        cols = np.concatenate([np.maximum(x_q, 0), np.maximum(-x_q, 0)], axis=1) if self.signed else x_q
+        if self.thr is not None:
+            cols = (cols >= self.thr).astype(np.int64)
+        return cols
+
+    def spikes_on(self, cols: np.ndarray, t: int, offset: int) -> np.ndarray:
+        """Which columns spike at arrival tick ``t`` (1..in_max)."""
+        if self.opts["encoding"] != "stochastic":
+            return cols >= t  # rate code: count c -> ticks 1..c
+        n = self.mapping.in_max
+        f = offset + np.arange(len(cols))[:, None]
+        u = prng.draws(int(self.opts["seed"]), f, t, INPUT_DRAW, 0)
+        with np.errstate(over="ignore"):
+            u = prng.mix(u ^ (np.arange(cols.shape[1], dtype=np.uint64) * prng.GOLDEN))
+        return (u >> np.uint64(32)).astype(np.int64) * n < cols.astype(np.int64) << 32  # p = c / n
+
+    def drive(self, x_q: np.ndarray, offset: int = 0) -> Drive:
+        """The input code on every copy of every column, and the host's gate and bias spikes."""
+        cols = self.columns(x_q)
         frames = len(x_q)
         drive = Drive(frames)
         per_core: dict[int, list] = {}
         for i, ports in enumerate(self.mapping.inputs):
             for cid, axon in ports:
                 per_core.setdefault(self.port[cid], []).append((i, axon))
+        idx = {c: np.array(pairs) for c, pairs in per_core.items()}
         for t in range(1, self.mapping.in_max + 1):
-            on = x_q >= t
+            on = self.spikes_on(cols, t, offset)
             if not on.any():
                 continue
-            for c, pairs in per_core.items():
+            for c, pairs in idx.items():
                 active = np.zeros((frames, AXONS), bool)
-                idx = np.array(pairs)
-                active[:, idx[:, 1]] = on[:, idx[:, 0]]
+                active[:, pairs[:, 1]] = on[:, pairs[:, 0]]
                 drive.add(t, c, active)
         for t, cid, axon in self.mapping.gates:
             active = np.zeros((frames, AXONS), bool)
@@ -63,11 +137,12 @@ class TrueNorthProgram:
         x_q = np.asarray(x_q)
         if x_q.ndim != 2 or x_q.shape[1] != self.net.n_features:
             raise DataError(f"inputs must have shape (N, {self.net.n_features}), got {x_q.shape}")
-        if np.any(x_q != np.round(x_q)):
+        if not np.issubdtype(x_q.dtype, np.number) or np.any(x_q != np.round(x_q)):
             raise DataError("input codes must be integers")
         x_q = x_q.astype(np.int64)
         return np.clip(x_q, self.net.input.qmin, self.net.input.qmax)
 
+    # -- running -----------------------------------------------------------------------------
     def forward(self, x_q) -> np.ndarray:
         x_q = self.check(x_q)
         out = np.zeros((len(x_q), self.net.layers[-1].weight.shape[0]), np.int64)
@@ -76,7 +151,7 @@ class TrueNorthProgram:
         return out
 
     def run_chunk(self, x_q: np.ndarray, offset: int) -> np.ndarray:
-        result = self.emulator.run(self.mapping.ticks, self.drive(x_q), frame_offset=offset)
+        result = self.emulator.run(self.mapping.ticks, self.drive(x_q, offset), frame_offset=offset)
         if result.stats["merged"]:
             raise TargetError(f"{result.stats['merged']} spikes merged at one (core, axon, tick); "
                               "the mapping relies on every one")
@@ -85,26 +160,88 @@ class TrueNorthProgram:
             scores[:, u] += sign * result.counts[self.port[cid], :, j]
         return scores
 
+    def mapped_accs(self, x_q) -> list[np.ndarray]:
+        """The accumulators the cores compute, in numpy: the reference's arithmetic on the
+        encoded inputs (binary: ``thr``-binarized codes times ``q``; stochastic: the codes, the
+        spike counts' expectation) with each ReLU as its mapped ``clip(floor((m acc + h) / a),
+        0, A)``. Equal to ``reference.trace`` when the program is exact."""
+        x_q = self.check(x_q)
+        if self.thr is not None:
+            cols = self.columns(x_q) * self.q
+            n = self.net.n_features
+            h = cols[:, :n] - cols[:, n:] if self.signed else cols
+        else:
+            h = x_q
+        accs = []
+        for li, layer in enumerate(self.net.layers):
+            acc = reference.accumulate(layer, h)
+            accs.append(acc)
+            if li in self.relu:
+                p = self.relu[li].relu
+                h = np.clip(np.floor_divide(p["m"] * acc + p["h"], p["a"]), 0, p["act_max"])
+            else:
+                h = reference.activate(layer, acc)
+        return accs
+
     def trace(self, x_q) -> list[np.ndarray]:
-        """Real pre-activations per layer. The mapping is exact, so the cores' accumulators are
-        the reference's: ``z = acc * acc_scale`` (straight through the step)."""
-        accs = reference.trace(self.net, self.check(x_q))
+        """Real pre-activations per layer, ``z = acc * acc_scale`` of the accumulators the cores
+        compute (``mapped_accs``; the reference's when exact): straight through the step, the
+        rate code and the rate-coded ReLU."""
+        accs = self.mapped_accs(x_q)
         return [acc * layer.acc_scale for acc, layer in zip(accs, self.net.layers)]
 
     def decide(self, scores) -> np.ndarray:
         return reference.decide(scores, self.net.output)
 
-    def build_report(self) -> dict:
+    def fidelity(self, x_q) -> float:
+        """Share of inputs whose decision equals the reference's (= the ``sim`` target's)."""
+        x_q = self.check(x_q)
+        if len(x_q) == 0:
+            return 1.0
+        ref = reference.decide(reference.forward(self.net, x_q), self.net.output)
+        return float(np.mean(self.decide(self.forward(x_q)) == ref))
+
+    def measure_fidelity(self, x_q, source: str = "given inputs") -> float:
+        """``fidelity(x_q)``, recorded in ``report["fidelity"]``."""
+        value = self.fidelity(x_q)
+        self.report["fidelity"] = dict(value=value, inputs=int(len(x_q)), source=source,
+                                       against="hwq.quant.reference (the sim target's decisions)")
+        return value
+
+    # -- report ------------------------------------------------------------------------------
+    def build_report(self, encoding_exact: bool) -> dict:
         m = self.mapping
         cores = m.model.cores
         axons = sum(int(c.crossbar.any(axis=1).sum()) for c in cores)
         neurons = sum(int(c.neurons.exists.sum()) for c in cores)
-        layers = [dict(layer=p.index, kind=p.kind, exact=True, groups=p.groups, unit_blocks=p.blocks,
-                       digit_table=list(p.table.values), axons_per_input=p.table.k, emitter_cores=len(p.cores),
-                       accumulator_cores=len(p.h_cores), gate_axons=p.n_gate, drain_ticks=p.drain) for p in m.layers]
+        layers = []
+        for p in m.layers:
+            row = dict(layer=p.index, kind=p.kind, exact=p.exact, groups=p.groups, unit_blocks=p.blocks,
+                       digit_table=list(p.table.values), digit_copies=list(p.table.copies),
+                       axons_per_input=p.table.k, cores=len(p.cores), accumulator_cores=len(p.h_cores),
+                       gate_axons=p.n_gate, drain_ticks=p.drain,
+                       bias_axons=int(sum(len(a) for _, a in p.bias_axons)))
+            if p.kind == "count-relu":
+                row["relu"] = {k: v for k, v in p.relu.items() if k in (
+                    "exact_units", "units", "max_deviation", "mismatch_share_of_acc_range", "act_max")}
+            layers.append(row)
+        enc = self.opts["encoding"]
+        approx = []
+        if not encoding_exact:
+            approx.append({"binary": f"inputs binarized at code {self.thr} (a spike stands for {self.q})",
+                           "stochastic": f"inputs as Bernoulli spikes, p = x / {self.q} per tick over {self.q} "
+                                         f"ticks (seed {self.opts['seed']})"}[enc])
+        for p in m.layers:
+            if not p.exact:
+                inexact = p.relu["units"] - p.relu["exact_units"]
+                approx.append(f"layer {p.index} ReLU by the nearest rate ratio on {inexact} "
+                              f"unit(s): max deviation {p.relu['max_deviation']} activation step(s), "
+                              f"{p.relu['mismatch_share_of_acc_range']:.3g} of the accumulator range differs")
         return dict(target=NAME, cores=len(cores), axons=axons, neurons=neurons, duplicated_neurons=m.duplicated,
-                    ticks_per_frame=m.ticks, chip_fraction=len(cores) / CHIP_CORES, encoding="rate",
-                    decoding="spike counts E+ - E-", exact=True, layers=layers)
+                    ticks_per_frame=m.ticks, chip_fraction=len(cores) / CHIP_CORES, encoding=enc,
+                    input_columns=len(m.inputs) if not self.signed else f"{len(m.inputs)} (x+ and x-)",
+                    decoding="spike counts E+ - E- per output unit", exact=self.exact,
+                    approximations=approx, layers=layers, options=dict(self.opts))
 
 
 def export_model(program: TrueNorthProgram, path) -> None:
