@@ -1,0 +1,159 @@
+"""Suites (per-input worst case), diagnostics, transfer sources, results files and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from builders import save, torch_style_mlp
+from test_attack_pgd import centred_mlp, compiled
+
+import hwq
+from hwq.attack import FGSM, PGD, Square, Suite, make_suite
+from hwq.attack.gradients import gradient_source
+from hwq.cli import main
+from hwq.errors import UsageError
+from hwq.files import results
+from hwq.onnx.importer import graph_from_model
+from hwq.quant import reference
+
+RNG = np.random.default_rng(9)
+
+
+def test_suite_is_the_per_input_worst_case():
+    program, x, y = compiled("step", n_in=16)
+    eps = [0.0, 0.05, 0.15]
+    suite = make_suite("fgsm,pgd,square", steps=10, queries=80)
+    assert isinstance(suite, Suite)
+    r = hwq.attack(program, x, y, eps, method=suite, bounds=(0, 1))
+    assert [m.attack for m in r.members] == ["fgsm", "pgd", "square"]
+    np.testing.assert_array_equal(r.correct, np.logical_and.reduce([m.correct for m in r.members]))
+    assert np.all(r.accuracy <= np.min([m.accuracy for m in r.members], axis=0))
+    # the members are the attacks run alone
+    alone = hwq.attack(program, x, y, eps, method=PGD(steps=10), bounds=(0, 1), diagnostics=False)
+    np.testing.assert_array_equal(r.members[1].correct, alone.correct)
+    broken = ~r.correct
+    for k in range(len(eps)):  # the recorded decision of a broken input is a wrong one
+        assert np.all(r.predictions[k][broken[k]] != y[broken[k]])
+    assert r.params["attacks"][2] == {"name": "square", "norm": "linf", "queries": 80, "p_init": 0.3, "seed": 0}
+
+
+def test_masked_gradient_fires_every_flag():
+    """Saturated sigmoid units (huge weights: s(1 - s) is exactly 0 in float64 for |z| > 37):
+    FGSM and PGD do not move most inputs, the unbounded check fails, Square breaks them."""
+    w1 = RNG.choice([-1.0, 1.0], (12, 16)) * 1e4
+    model = torch_style_mlp(w1, -0.5 * w1.sum(axis=1) + 0.3, RNG.uniform(-1, 1, (4, 12)), np.zeros(4),
+                            act="Sigmoid")
+    graph = graph_from_model(model)
+    x = RNG.uniform(0, 1, (100, 16))
+    net = hwq.quantize(graph, 8, calibration=x, bounds=(0, 1), act_bits=8)
+    program = hwq.compile(net)
+    y = reference.predict(net, x)
+    r = hwq.attack(program, x, y, [0.0, 0.2, 0.5], method=make_suite("fgsm,pgd,square", steps=5, queries=100),
+                   bounds=(0, 1))
+    d = r.diagnostics
+    assert d["zero_gradient"] > 0
+    assert "unbounded_not_broken:fgsm" in d["flags"] and "zero_gradient" in d["flags"]
+    assert d["unbounded"]["fgsm"]["accuracy"] > d["unbounded"]["fgsm"]["chance"]
+    assert "gradient_free_beats_gradient" in d["flags"] and d["gradient_free_beats_gradient"]["share"] > 0.01
+
+
+def test_healthy_gradient_passes_the_sanity_check_and_pgd_weaker_fires():
+    program, x, y = compiled("Relu", n_in=16)
+    weak = Suite((FGSM(), PGD(steps=1, rel_stepsize=0.05, random_start=False)))
+    r = hwq.attack(program, x, y, [0.0, 0.1, 0.3], method=weak, bounds=(0, 1))
+    assert r.diagnostics["unbounded"]["fgsm"]["broken"]  # FGSM's gradient works
+    assert "unbounded_not_broken:pgd" in r.diagnostics["flags"]  # one tiny step cannot reach
+    assert "pgd_weaker_than_fgsm" in r.diagnostics["flags"]
+    assert r.diagnostics["pgd_weaker_than_fgsm"]["epsilons"] == [0.1, 0.3]
+
+
+def test_transfer_sources(tmp_path):
+    graph = graph_from_model(centred_mlp(16, 10, 4, "Relu"))
+    x = RNG.uniform(0, 1, (80, 16))
+    net = hwq.quantize(graph, 4, calibration=x, bounds=(0, 1))
+    program = hwq.compile(net)
+    y = reference.predict(net, x)
+    for name in ("float", "bits:1", "bits:8", "target:sim"):
+        g = gradient_source(name, program, calibration=x, bounds=(0, 1))
+        r = hwq.attack(program, x, y, [0, 0.2], gradient=g, bounds=(0, 1), diagnostics=False)
+        assert r.gradient == name and r.accuracy[1] < r.accuracy[0]
+    other = hwq.compile(hwq.quantize(graph, 2, calibration=x, bounds=(0, 1)))
+    hwq.save_program(tmp_path / "q2.hwq", other)
+    g = gradient_source(f"model:{tmp_path / 'q2.hwq'}", program)
+    g2 = gradient_source("surrogate", other)
+    np.testing.assert_array_equal(g.value_and_grad(x, y)[1], g2.value_and_grad(x, y)[1])
+    g1 = gradient_source("bits:1", program, calibration=x, bounds=(0, 1)).value_and_grad(x, y)[1]
+    assert not np.allclose(g1, gradient_source("surrogate", program).value_and_grad(x, y)[1])
+    for bad in ("bits:", "bits:x", "bits:99", "nope", "target:"):
+        with pytest.raises(UsageError):
+            gradient_source(bad, program, calibration=x)
+
+
+def test_results_file_keeps_members_queries_and_diagnostics(tmp_path):
+    program, x, y = compiled("Relu", n_in=16)
+    r = hwq.attack(program, x, y, [0.0, 0.1], method=Suite((FGSM(), Square(queries=30))), bounds=(0, 1))
+    path = tmp_path / "r.h5"
+    results.write_attack(path, r, {"data": "test"})
+    back = results.read_attack(path)
+    np.testing.assert_array_equal(back["correct"], r.correct)
+    np.testing.assert_array_equal(back["members"]["square"]["queries"], r.members[1].queries)
+    assert json.loads(back["attrs"]["diagnostics"])["flags"] == r.diagnostics["flags"]
+    s = results.summary(r)
+    assert s["members"]["square"]["attack_params"]["queries"] == 30 and s["robust_accuracy"] == r.accuracy.tolist()
+
+
+def hwq_cli(*args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("m")
+    onnx_path = save(centred_mlp(64, 12, 10, "Relu"), folder / "m.onnx")
+    out = folder / "m.hwq"
+    with pytest.raises(SystemExit) as info:
+        main(["compile", onnx_path, "--bits", "3", "--calib", "digits", "-o", str(out)])
+    assert info.value.code == 0
+    return out
+
+
+def test_cli_suite_json(model_file, tmp_path, capsys):
+    code, stdout, err = hwq_cli("attack", model_file, "--data", "digits", "--limit", "40", "--eps", "0,0.1",
+                                "--attacks", "fgsm,pgd,square", "--steps", "5", "--queries", "50", "--json",
+                                "-o", tmp_path / "r.h5", capsys=capsys)
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert out["attack"] == "suite" and set(out["members"]) == {"fgsm", "pgd", "square"}
+    assert out["members"]["pgd"]["attack_params"]["steps"] == 5
+    assert out["robust_accuracy"][1] <= min(m["accuracy"][1] for m in out["members"].values())
+    assert "flags" in out and "unbounded" in out["diagnostics"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--attack", "cw"], "unknown attack 'cw'"),
+    (["--attacks", "fgsm,fgsm"], "duplicate attacks"),
+    (["--attack", "pgd", "--steps", "0"], "--steps must be a positive integer"),
+    (["--attack", "square", "--queries", "-3"], "--queries must be a positive integer"),
+    (["--attack", "pgd", "--restarts", "3", "--no-random-start"], "needs a random start"),
+    (["--grad", "bits:abc"], "bits must be an integer"),
+])
+def test_cli_bad_attack_arguments(model_file, args, message, capsys):
+    code, _, err = hwq_cli("attack", model_file, "--data", "digits", "--limit", "5", *args, capsys=capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_with_a_suite():
+    from hwq.sweep.spec import AttackSettings, SweepSpec
+
+    spec = SweepSpec(data=("spiral",), activations=("relu",), bits=(2,), seeds=(0,),
+                     attack=AttackSettings(epsilons=(0.0, 0.1, 0.3), name="fgsm,pgd,square", steps=4,
+                                           queries=20, limit=40))
+    assert SweepSpec.from_json(spec.to_json()) == spec
+    assert "steps" not in json.loads(SweepSpec(data=("spiral",)).to_json())["attack"]
+    with pytest.raises(UsageError):
+        SweepSpec(data=("spiral",), attack=AttackSettings(name="fgsm,nope"))
