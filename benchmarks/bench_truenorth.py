@@ -50,6 +50,23 @@ def loop_counts(model, drive, ticks, f):
     return counts
 
 
+def time_real_files(ticks=1000):
+    """Run IBM's own model files (tests/data/truenorth): the multi-core Eedn excerpt
+    th_small_test.json (2 of 4042 cores; its crossbar prototypes are not in the excerpt, read as
+    empty crossbars) and ex1.json with its NSCS spike file (1 core)."""
+    from hwq_targets.truenorth import read_model, read_spikes, run_model
+
+    data = Path(__file__).resolve().parents[1] / "tests" / "data" / "truenorth"
+    spikes = read_spikes(data / "ex1_spikes.sfti")
+    for name, opts in (("th_small_test.json", {"missing_crossbars": "empty"}), ("ex1.json", {})):
+        model = read_model(data / name, **opts)
+        t0 = time.perf_counter()
+        run = run_model(model, spikes, ticks)
+        dt = time.perf_counter() - t0
+        print(f"real model file {name}: cores={len(model.cores)} ticks={ticks} input_spikes={len(spikes)} "
+              f"spikes_out={len(run.spikes)} {dt:.3f} s ({ticks / dt:.0f} ticks/s)")
+
+
 def main(frames=256, loop_frames=2, repeats=3):
     rng = np.random.default_rng(0)
     net = random_net(rng, 784, [100], ["step"], 1, input_bits=1, out=10)
@@ -72,6 +89,7 @@ def main(frames=256, loop_frames=2, repeats=3):
     print(f"cores={len(m.model.cores)} ticks/frame={m.ticks} frames={frames}")
     print(f"emulator: {1 / e:.1f} frames/s, {events / e:.3g} synaptic events/s")
     print(f"loop: {1 / lp:.2f} frames/s")
+    time_real_files()
     print(f"truenorth_emulator_vs_loop={lp / e:.1f}")
 
 

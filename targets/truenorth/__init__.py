@@ -50,7 +50,7 @@ class TrueNorthTarget:
         Option("threshold", "binary encoding: the code at or above which an input spikes (default: half range)",
                None, parse_int),
         Option("seed", "stochastic encoding and the report's fidelity inputs", 0, parse_int),
-        Option("fidelity_samples", "random input codes the compile report's fidelity is measured on (0: none)",
+        Option("fidelity_samples", "random codes an approximate program's fidelity is measured on (0: none)",
                64, parse_int),
     )
     exports = {"truenorth": Export("truenorth", (".json",), lambda program, path: export_model(program, path),
