@@ -9,9 +9,24 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from typer.core import TyperOption
 
 from hwq.data import Dataset, load_dataset
 from hwq.errors import UsageError
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_type(self: TyperOption, ctx) -> str | None:
+    """No value column for flags (``--json``, ``--per-channel/--no-per-channel``): typer's rich
+    help panel asks every option for its type, so flags showed ``<bool>`` as if they took a
+    value; its plain help already skips them (``TyperOption.get_help_record``)."""
+    if self.is_flag or self.count:
+        return None
+    return _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type
 
 DATA_HELP = "spiral | spiral-paper | digits | fashion-mnist | mnist:DIR | FILE.npz"
 TARGET_HELP = "NAME or NAME:OPT=V,... (see `hwq info --targets` for names and their options)"
