@@ -9,8 +9,6 @@ from hwq.errors import UsageError
 
 from .protocol import Frame, Reader, encode
 
-BUFFER = 4 * 2**20  # socket buffer size asked for (the kernel may give less)
-
 
 def parse_address(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``tcp://HOST:PORT``, ``HOST:PORT`` or ``PORT`` -> (host, port)."""
@@ -35,12 +33,9 @@ def is_loopback(host: str) -> bool:
 
 
 def tune(sock: socket.socket) -> None:
+    """No Nagle delay. Buffer sizes are left to the kernel: setting SO_RCVBUF would turn off
+    its autotuning, which grows larger than ``net.core.rmem_max`` allows to ask for."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
-        except OSError:
-            pass
 
 
 def send(sock: socket.socket, frame: Frame) -> None:
