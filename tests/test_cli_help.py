@@ -1,6 +1,8 @@
-"""`--help` of every command: boolean flags render as flags (no `<bool>` value column)."""
+"""`--help` of every command (boolean flags render as flags) and `hwq info` (--ops, an ONNX file's grids)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import typer
@@ -50,3 +52,42 @@ def test_every_command_help_has_no_bool_values(capsys, monkeypatch):
     for path in paths:
         out = help_text(path, capsys, monkeypatch)
         assert "<bool>" not in out, path
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data" / "exporters"
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return info.value.code, out.out
+
+
+def test_info_ops_lists_every_op(capsys):
+    from hwq.onnx.importer import SUPPORTED
+
+    code, out = run(["info", "--ops"], capsys)
+    assert code == 0 and "QuantizeLinear" in out and "quantizer (QONNX)" in out
+    code, out = run(["info", "--ops", "--json"], capsys)
+    assert code == 0 and set(json.loads(out)["ops"]) == set(SUPPORTED)
+
+
+@pytest.mark.parametrize("name,weights,acts,input_bits", [
+    ("brevitas_w4a4_qcdq", [4, 4], [4, None], 8),
+    ("brevitas_w2a2_u8in_qonnx", [2, 2], [2, None], 8),
+    ("brevitas_binary_qonnx", [1, 4], [1, None], 8),
+    ("brevitas_w2_weights_only_qcdq", [2, 2], [None, None], None),
+    ("torch_relu_classic", [None, None], [None, None], None),
+])
+def test_info_onnx_reports_grids(capsys, name, weights, acts, input_bits):
+    code, out = run(["info", DATA / f"{name}.onnx", "--json"], capsys)
+    grids = json.loads(out)["grids"]
+    assert code == 0
+    assert [w and w["bits"] for w in grids["weights"]] == weights
+    assert [a and a["bits"] for a in grids["activations"]] == acts
+    assert (grids["input"] and grids["input"]["bits"]) == input_bits
+    assert grids["bits"] == (max(weights) if all(weights) else None)
+    code, text = run(["info", DATA / f"{name}.onnx"], capsys)
+    assert code == 0 and "weight grid" in text
+    assert f"weight grids on {sum(w is not None for w in weights)}/2 layers" in text

@@ -361,26 +361,68 @@ class _NetOnly:
 def info(
     path: Path = typer.Argument(None, help="A .hwq, results .h5, sweep .h5 or .onnx file."),
     targets: bool = typer.Option(False, "--targets", help="List the installed targets."),
+    ops: bool = typer.Option(False, "--ops", help="List every ONNX op the importer reads, with its role."),
     as_json: bool = JSON,
 ):
-    """Describe a file hwq wrote or reads, or list the installed targets."""
+    """Describe a file hwq wrote or reads, or list the installed targets or the ONNX ops hwq reads."""
     from hwq.target.registry import available_targets
 
+    if ops:
+        from hwq.onnx.importer import op_table
+
+        rows = op_table()
+        if as_json:
+            return emit_json({"ops": dict(rows)})
+        return typer.echo(table([list(r) for r in rows], ["op", "role"]))
     if targets or path is None:
         out = {"targets": available_targets(), "options": target_option_help()}
     elif path.suffix == ".onnx":
         graph = load_onnx(path)
         out = {"kind": "onnx model", "sample_shape": list(graph.sample_shape),
                "layers": [[a.n_in, a.n_out, act] for a, act in graph.layers()],
-               "output": graph.output.kind, "notes": list(graph.notes), "metadata": model_metadata(path)}
+               "output": graph.output.kind, "grids": grid_info(graph), "notes": list(graph.notes),
+               "metadata": model_metadata(path)}
     else:
         out = describe_h5(path)
     if as_json:
         return emit_json(out)
     if out.get("kind") == "compiled model":
         typer.echo(quantization_text(out.pop("quantization")))
+    if out.get("kind") == "onnx model":
+        typer.echo(grid_text(out.pop("grids")))
     for key, value in out.items():
         typer.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
+
+
+def grid_info(graph) -> dict:
+    """The QAT grids the importer found: per layer the weight grid and the activation's
+    quantizer (None where there is none), the input quantizer, and a one-line summary."""
+    def quant(q):
+        return None if q is None else {"bits": q.bits, "signed": q.signed, "scale": q.scale, "name": q.name,
+                                       "source": q.source}
+
+    pairs, acts = graph.layers(), graph.activation_quants()
+    weights = [None if a.grid is None else {"bits": a.grid.bits, "scheme": a.grid.scheme, "source": a.grid.source,
+                                            "per_channel": len(a.grid.weight_scale) > 1} for a, _ in pairs]
+    activations = [quant(q) for q in acts]
+    hidden = [i for i, (_, act) in enumerate(pairs) if act in ("relu", "sigmoid", "sign")]
+    found = [w for w in weights if w]
+    parts = [f"weight grids on {len(found)}/{len(weights)} layers"
+             + (f" (q={'/'.join(str(w['bits']) for w in weights if w)})" if found else ""),
+             f"activation quantizers on {sum(activations[i] is not None for i in hidden)}/{len(hidden)} "
+             "quantizable hidden layers",
+             "input quantizer " + (graph.input_quant.name if graph.input_quant else "none")]
+    if grid_bits(graph):
+        parts.append(f"compile --bits default: {grid_bits(graph)}")
+    return {"summary": "; ".join(parts), "weights": weights, "activations": activations,
+            "input": quant(graph.input_quant), "bits": grid_bits(graph)}
+
+
+def grid_text(grids: dict) -> str:
+    rows = [[i, f"{w['scheme']} q={w['bits']}{' per-channel' if w['per_channel'] else ''} ({w['source']})"
+             if w else "float", a["name"] + f" ({a['source']})" if a else ""]
+            for i, (w, a) in enumerate(zip(grids["weights"], grids["activations"]))]
+    return table(rows, ["layer", "weight grid", "activation quantizer"]) + "\ngrids: " + grids["summary"]
 
 
 def target_option_help() -> dict:
