@@ -122,7 +122,7 @@ def test_exact_programs_decide_like_the_reference(programs):
     target, progs = programs
     for name, program in progs:
         if program.exact:
-            check_exact(program, input_codes(program.net, n=256, seed=1))
+            check_exact(program, input_codes(program.net, n=96, seed=1))
 
 
 def test_traceable_programs_trace_every_layer(programs):
