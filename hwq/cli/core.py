@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -82,17 +83,25 @@ def train(
         typer.echo("warning: training stalled at chance accuracy (see docs/training.md)", err=True)
 
 
+CALIB_HELP = ("Calibration data for the input and activation formats, the same specs as --data: " + DATA_HELP
+              + " (its training split). Default: the data set `hwq train` recorded in the model, else "
+              + "1000 uniform samples in [0, 1] (a warning; the report and the .hwq file say which).")
+
+
 def calibration(calib: str | None, meta: dict, n_features: int, seed: int):
-    """Calibration samples and data bounds: --calib, else the dataset the model was trained on,
-    else uniform samples in [0, 1] (image-like inputs)."""
+    """Calibration samples, data bounds and a description: --calib, else the dataset the model
+    was trained on, else uniform samples in [0, 1] (image-like inputs). The whole training
+    split, as ``hwq.quantize(graph, q, calibration=data.x_train, bounds=data.bounds)``."""
     spec = calib or meta.get("hwq.dataset")
     if spec:
         ds = data(spec, seed=seed)
         if ds.n_features != n_features:
             raise DataError(f"calibration data {spec} has {ds.n_features} features, the model expects {n_features}")
-        return ds.x_train[:5000], ds.bounds, spec
+        source = "--calib" if calib else "the model's hwq.dataset"
+        return ds.x_train, ds.bounds, f"{spec} training split ({source})"
     rng = np.random.default_rng(seed)
-    return rng.uniform(0, 1, (1000, n_features)), (0.0, 1.0), "uniform[0,1] (no --calib given)"
+    return (rng.uniform(0, 1, (1000, n_features)), (0.0, 1.0),
+            f"uniform noise in [0, 1], seed {seed} (no --calib, and the model records no data set)")
 
 
 def grid_bits(graph) -> int | None:
@@ -129,6 +138,8 @@ def compile_(
     x_cal, bounds, cal_name = calibration(calib, meta, graph.n_features, seed)
     net = api.quantize(graph, bits, calibration=x_cal, bounds=bounds, scheme=scheme,
                        per_channel=per_channel, act_bits=act_bits, input_bits=input_bits)
+    cal_name = f"{cal_name}: {net.settings.calibration}"
+    net = dataclasses.replace(net, settings=dataclasses.replace(net.settings, calibration=cal_name))
     program = api.compile(net, target, **options)
     hwqfile.save_program(output, program, command=command_line())
     if as_json:
@@ -136,8 +147,12 @@ def compile_(
                           "bits": net.settings.bits,
                           "scheme": scheme, "calibration": cal_name, "notes": list(graph.notes),
                           "report": hwqfile.quantization_table(net), "target_report": program.report})
+    if cal_name.startswith("uniform noise"):
+        typer.echo("warning: activations calibrated on uniform noise; pass --calib DATA (the data the model "
+                   "will see) for scales that fit it", err=True)
     for note in graph.notes:
         typer.echo(f"note: {note}")
+    typer.echo(f"calibration: {cal_name}")
     typer.echo(quantization_text(hwqfile.quantization_table(net)))
     typer.echo(f"compiled {model} for {target} ({scheme} q={net.settings.bits}, calibration: {cal_name}) -> {output}")
 

@@ -127,6 +127,7 @@ class QuantSettings:
     per_channel: bool = False
     act_bits: int = 8
     input_bits: int = 8
+    calibration: str = ""  # what calibrated the input/activation formats (set by quantize)
 
 
 @dataclass(frozen=True)

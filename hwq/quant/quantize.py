@@ -9,6 +9,7 @@ format, max error and clip count of every tensor instead of printing warnings.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -188,6 +189,8 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
     if not 1 <= settings.act_bits <= 16 or not 2 <= settings.input_bits <= 16:
         raise UsageError("activation bits must be in 1..16 and input bits in 2..16")
     x_calib = np.asarray(x_calib, dtype=np.float64).reshape(len(x_calib), -1)
+    if not settings.calibration:
+        settings = dataclasses.replace(settings, calibration=describe_calibration(x_calib))
     pairs = graph.layers()
     if x_calib.shape[1] != pairs[0][0].n_in:
         raise UsageError(f"calibration data has {x_calib.shape[1]} features, the model expects {pairs[0][0].n_in}")
@@ -209,6 +212,13 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
     check_layers(layers, fmt.qmin, fmt.qmax)  # no int64 intermediate wraps, or refused
     return QuantizedNetwork(fmt, tuple(layers), output, true_bits(settings, graph, reports), graph,
                             tuple(reports))
+
+
+def describe_calibration(x_calib: np.ndarray) -> str:
+    """``N samples, sha256 <16 hex>`` of the float64 calibration array: two quantizations
+    used the same data iff these agree (stored in the settings, shown by ``hwq info``)."""
+    digest = hashlib.sha256(np.ascontiguousarray(x_calib, dtype=np.float64).tobytes()).hexdigest()
+    return f"{len(x_calib)} samples, sha256 {digest[:16]}"
 
 
 def true_bits(settings: QuantSettings, graph: ir.Graph, reports) -> QuantSettings:
