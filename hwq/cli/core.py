@@ -121,7 +121,7 @@ def compile_(
     per_channel: bool = typer.Option(False, help="One weight scale per output channel (hidden layers)."),
     act_bits: int = typer.Option(8, help="Bits of ReLU/sigmoid activations (16 ~ the paper's weights-only study)."),
     input_bits: int = typer.Option(8, help="Bits of the device's input codes."),
-    calib: str = typer.Option(None, help="Calibration data: " + DATA_HELP),
+    calib: str = typer.Option(None, help=CALIB_HELP),
     output: Path = typer.Option(None, "-o", "--output", help="Compiled file (default: MODEL.hwq)."),
     seed: int = typer.Option(0, help="Seed for calibration data."),
     as_json: bool = JSON,
