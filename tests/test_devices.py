@@ -38,6 +38,7 @@ def serve_main(argv: list[str]) -> None:
     ap.add_argument("--drop-every", type=int, default=0)
     ap.add_argument("--compute", default=None, help="compute another model, claim this one")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args(argv)
     program = hwq.load_program(args.model)
     compute = hwq.load_program(args.compute) if args.compute else program
@@ -62,7 +63,7 @@ def serve_main(argv: list[str]) -> None:
             return ok and not (args.drop_every and self.replies % args.drop_every == 0)
 
     options = {"limit": args.limit} if args.limit else {}
-    server = Dropping(device, "127.0.0.1", 0, **options)
+    server = Dropping(device, "127.0.0.1", args.port, **options)
     print(f"listening {server.address}", flush=True)
     server.serve_forever()
 

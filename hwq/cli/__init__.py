@@ -40,7 +40,7 @@ def fail(message: str, code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hwq.cli import core, study  # noqa: F401  (register commands)
+    from hwq.cli import core, devices, study  # noqa: F401  (register commands)
 
     register_plugins()
 

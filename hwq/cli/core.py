@@ -241,6 +241,8 @@ def attack(
     seed: int = typer.Option(0, help="Seed of generated data sets (spirals) and data splits."),
     output: Path = typer.Option(None, "-o", "--output", help="Results file (.h5)."),
     plot: Path = typer.Option(None, help="Also write accuracy vs strength as a PNG."),
+    device: str = typer.Option(None, "--device", help="Judge every point on a device: tcp://HOST:PORT "
+                               "(`hwq serve`, docs/devices.md); gradients stay the bit-exact model's."),
     as_json: bool = JSON,
 ):
     """Attack over a list of strengths (FGSM by default), judged on the bit-exact integer model."""
@@ -260,8 +262,14 @@ def attack(
     gradient = (gradient_source(grad, program, calibration=ds.x_train[:5000], bounds=ds.bounds)
                 if any(a.needs_gradient for a in members) else None)
     bar = progress(len(ds.y_test) * len(members), f"attack ({len(epsilons)} strengths)")
-    result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method, gradient=gradient,
-                        bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
+    device_meta = {}
+    if device:  # hwq/cli/devices.py: judged on the device, journaled beside the output
+        from hwq.cli.devices import attack_on
+
+        result, device_meta = attack_on(device, program, ds, epsilons, method, gradient, output, bar.update)
+    else:
+        result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method, gradient=gradient,
+                            bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
     bar.close()
     summary = results.summary(result)
     summary.update(bits=program.net.settings.bits, scheme=program.net.settings.scheme, data=ds.name)
@@ -270,7 +278,11 @@ def attack(
             "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
             "seed": seed, "options": getattr(program, "options", {}),
             "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
-            "quantization": json.dumps(vars(program.net.settings)), "model": str(model)})
+            "quantization": json.dumps(vars(program.net.settings)), "model": str(model), **device_meta})
+        if device:
+            from hwq.cli.devices import remove_journal
+
+            remove_journal(output)
     if plot is not None:
         from hwq.study.plots import plot_accuracy_vs_eps
 
