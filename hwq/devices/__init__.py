@@ -10,7 +10,8 @@ from .base import BoardDevice, Device, LocalDevice
 from .client import SocketDevice
 from .errors import DeviceError, DeviceMismatch, DeviceTimeout, ProtocolError
 from .fingerprint import model_hash
+from .program import DeviceProgram
 from .server import Server, serve
 
-__all__ = ["BoardDevice", "Device", "DeviceError", "DeviceMismatch", "DeviceTimeout", "LocalDevice",
+__all__ = ["BoardDevice", "Device", "DeviceError", "DeviceProgram", "DeviceMismatch", "DeviceTimeout", "LocalDevice",
            "ProtocolError", "Server", "SocketDevice", "model_hash", "serve"]
