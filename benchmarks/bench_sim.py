@@ -12,13 +12,17 @@ integer forward passes, in the chunks ``hwq.attack.attack`` uses.
 * ``ort forward``: the graph of ``hwq.onnx_export`` on the same codes fed as uint8 (its native
   input), timing ``session.run`` alone; ``ort attack`` adds ``perturb_quantize`` into uint8;
 * ``hwq.attack``: the whole ``hwq.attack.attack`` call (gradient and clean pass included);
-* ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass.
+* ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass;
+* ``sim16 attack``: ``sim attack`` on the same network quantized with 16-bit input and
+  activation codes (the paper's study formats): uint16 codes, both layers on two byte planes
+  through the int8 VNNI product where the CPU has it (float64 BLAS otherwise).
 
 Every repeat checks that sim and onnxruntime decide identically on all 1.01 M inputs; the
 first chunk's scores must be equal in sim, onnxruntime and the reference. Medians over
 ``--repeats``; peak memory is the process's maximum resident set. The last line is
 ``sim_vs_onnxruntime=<sim attack passes/s / ort attack passes/s>``: each engine makes its
-codes the way it is fed (both: uint8, as ``hwq.attack`` does) and runs.
+codes the way it is fed (both: uint8, as ``hwq.attack`` does) and runs; then
+``sim16_vs_sim8=<sim16 attack passes/s / sim attack passes/s>`` (same run, medians).
 
     python benchmarks/bench_sim.py [--inputs 10000] [--epsilons 101] [--repeats 5] [--threads 2]
 """
@@ -37,7 +41,7 @@ import onnxruntime as ort
 
 import hwq
 from hwq import ir
-from hwq.attack import CHUNK_ELEMENTS, code_dtype, perturb_quantize
+from hwq.attack.base import CHUNK_ELEMENTS, code_dtype, perturb_quantize
 from hwq.attack.gradients import SurrogateGradient
 from hwq.onnx.exporter import export_onnx
 from hwq.quant import reference
@@ -46,12 +50,17 @@ from hwq.ranges import check_epsilons
 N_IN, HIDDEN, N_OUT = 784, 100, 10
 
 
-def build_network(rng: np.random.Generator, x: np.ndarray):
+def build_graph(rng: np.random.Generator) -> ir.Graph:
     w1, b1 = rng.normal(0, 1 / np.sqrt(N_IN), (HIDDEN, N_IN)), rng.normal(0, 0.1, HIDDEN)
     w2, b2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (N_OUT, HIDDEN)), rng.normal(0, 0.1, N_OUT)
     nodes = (ir.Affine(w1, b1), ir.Activation("relu"), ir.Affine(w2, b2))
-    graph = ir.Graph((N_IN,), nodes, ir.Output("softmax"))
-    return hwq.quantize(graph, 4, calibration=x[:1000], bounds=(0.0, 1.0), act_bits=8, input_bits=8)
+    return ir.Graph((N_IN,), nodes, ir.Output("softmax"))
+
+
+def build_network(graph: ir.Graph, x: np.ndarray, bits: int = 8):
+    """4-bit weights; ``bits``-bit activations and inputs."""
+    return hwq.quantize(graph, 4, calibration=x[:1000], bounds=(0.0, 1.0), act_bits=bits,
+                        input_bits=bits)
 
 
 class Workload:
@@ -169,12 +178,14 @@ def main(argv=None) -> None:
 
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0.0, 1.0, (args.inputs, N_IN))
-    net = build_network(rng, x)
-    program = hwq.compile(net, "sim")
+    graph = build_graph(rng)
+    net, net16 = build_network(graph, x), build_network(graph, x, 16)
+    program, program16 = hwq.compile(net, "sim"), hwq.compile(net16, "sim")
     y = rng.integers(0, N_OUT, args.inputs)
     _, grad = SurrogateGradient(program).value_and_grad(x, y)
     eps = check_epsilons(np.linspace(0.0, 0.5, args.epsilons))
     work = Workload(net, x, np.sign(grad).astype(np.float32), eps)
+    work16 = Workload(net16, x, work.direction, eps)
     session = make_session(net, args.threads)
     passes = args.inputs * args.epsilons
 
@@ -185,8 +196,15 @@ def main(argv=None) -> None:
           f"{program.report['products']}; {passes:,} passes in chunks of {work.step} inputs")
     checked = check_first_chunk(work, program, session)  # also compiles every kernel
     print(f"scores identical in sim, onnxruntime and reference on {checked:,} passes")
+    sl = next(work16.chunks())
+    codes16 = work16.codes(sl, code_dtype(net16.input))
+    if not np.array_equal(program16.forward(codes16), reference.forward(net16, codes16.astype(np.int64))):
+        raise SystemExit("MISMATCH: sim and reference scores differ (16-bit codes)")
+    print(f"16-bit codes: sim products {program16.report['products']}; scores identical in sim "
+          f"and reference on {len(codes16):,} passes")
 
-    names = ("sim attack", "sim forward", "sim attack f32", "ort attack", "ort forward", "hwq.attack")
+    names = ("sim attack", "sim forward", "sim attack f32", "ort attack", "ort forward", "hwq.attack",
+             "sim16 attack", "sim16 forward")
     attack_dtype = code_dtype(net.input)  # the container hwq.attack makes (uint8 here)
     times = {k: [] for k in names}
     busy0, own0, wall0 = *busy_cpu_seconds(), time.perf_counter()
@@ -201,6 +219,9 @@ def main(argv=None) -> None:
         if not np.array_equal(sim_dec, ort_dec):
             raise SystemExit("MISMATCH: sim and onnxruntime decisions differ")
         times["hwq.attack"].append(run_attack(work, program, y))
+        total, fwd, _ = run_sim(work16, program16, code_dtype(net16.input))
+        times["sim16 attack"].append(total)
+        times["sim16 forward"].append(fwd)
     busy1, own1, wall1 = *busy_cpu_seconds(), time.perf_counter()
     ref_rate = 1.0 / run_reference(work, min(args.reference_inputs, args.inputs))
     print(f"decisions identical in sim and onnxruntime on {passes:,} passes x {args.repeats} repeats")
@@ -220,6 +241,7 @@ def main(argv=None) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak:,.0f} MiB")
     print(f"sim_vs_onnxruntime={rates['sim attack'] / rates['ort attack']:.2f}")
+    print(f"sim16_vs_sim8={rates['sim16 attack'] / rates['sim attack']:.2f}")
 
 
 if __name__ == "__main__":

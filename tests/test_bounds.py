@@ -34,7 +34,7 @@ def python_bounds(net, lo, hi):
         out.append(b)
         if layer.activation == "identity":
             peak = b
-        elif layer.activation == "step":
+        elif layer.activation in ("step", "sign"):
             peak = 1
         elif layer.activation == "relu":
             peak = 2**layer.act_bits - 1

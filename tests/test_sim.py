@@ -163,6 +163,26 @@ def test_vnni_hidden_layer_with_signed_lut():
     assert program.report["products"] == ["vnni", "vnni"]
 
 
+@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("fmt", [InputFormat(16, False, 65535.0), InputFormat(16, True, 1.0),
+                                 InputFormat(12, False, 1.0), InputFormat(9, True, 1.0)])
+@pytest.mark.parametrize("dtype", [None, np.uint16, np.int16, np.float32])
+def test_vnni16_byte_planes_at_16bit_extremes(fmt, dtype):
+    """16-bit codes (input and a 16-bit relu hidden layer) on two byte planes: weights at
+    -128/127, codes at both ends, every container; the 255 input scale is not a power of 2."""
+    if dtype is np.uint16 and fmt.signed or dtype is np.int16 and not fmt.signed:
+        dtype = np.int32
+    rng = np.random.default_rng(fmt.bits)
+    w = rng.integers(-128, 128, (21, 300))
+    w[0], w[1] = -128, 127
+    layers = [dense(w, rng.integers(-(2**30), 2**30, 21), "relu", act_bits=16,
+                    mult=rng.integers(1, 2**15, 21), shift=rng.integers(10, 30, 21)),
+              dense(rng.integers(-128, 128, (5, 21)), rng.integers(-99, 99, 5))]
+    x_q = extreme_codes(rng, fmt, 150, 300)
+    program = assert_sim_exact(network(layers, fmt), x_q, True, dtype)
+    assert program.report["products"] == ["vnni16", "vnni16"]
+
+
 def test_vnni_refuses_what_int8_cannot_hold():
     assert not vnni.fits(np.array([[128]]), 0, 255)
     assert not vnni.fits(np.array([[1]]), 0, 256)

@@ -81,3 +81,77 @@ def test_sim_layer_equals_matmul_plus_epilogue():
     want = h @ w.T + bias
     assert acc.tolist() == want.tolist()
     assert out.tolist() == np.clip((want * 3 + 8) >> 4, 0, 255).tolist()
+
+
+# ---------------------------------------------------------------- 16-bit codes: two byte planes
+
+def planes_layer(h, w, bias, lo, hi):
+    """sim's fused 16-bit layer (identity activation): the int64 accumulator, or None when a
+    code fell outside ``[lo, hi]``."""
+    m = w.shape[0]
+    offset = vnni.plane_offset(lo, hi)
+    acc = np.empty((len(h), m), np.int64)
+    zeros = np.zeros(m, np.int64)
+    bad = kernels.vnni_layer(h, lo, hi, offset, vnni.pack_weights(w), bias - offset * w.sum(axis=1), zeros,
+                             zeros, zeros, kernels.MODES["identity"], 0, np.zeros(1, np.int64), 1, acc,
+                             np.empty((0, 0), np.int64), planes=True)
+    return None if bad else acc
+
+
+def python_product(h, w, bias):
+    """``h @ W.T + b`` in plain Python integers."""
+    return [[sum(int(a) * int(b) for a, b in zip(row, wr)) + int(bj) for wr, bj in zip(w.tolist(), bias.tolist())]
+            for row in h.tolist()]
+
+
+@given(st.integers(0, 2**31), st.sampled_from([0, 1, 47, 48, 49, 130]), st.integers(1, 60),
+       st.integers(1, 40), st.sampled_from([(0, 65535), (-32768, 32767), (0, 4095), (-300, 300)]),
+       st.sampled_from([np.int64, np.float64, np.uint16, np.int16, np.int32]))
+@settings(max_examples=60, deadline=None)
+def test_byte_planes_equal_python_integers(seed, n, k, m, rng_lohi, dtype):
+    """Every container (the byte view for full-range uint16/int16, the checked packing
+    otherwise), codes at both ends, int8 weights at -128 and 127."""
+    lo, hi = rng_lohi
+    if dtype is np.uint16 and lo < 0 or dtype is np.int16 and hi > 32767:
+        dtype = np.int64
+    rng = np.random.default_rng(seed)
+    h = rng.integers(lo, hi + 1, (n, k))
+    pick = rng.integers(0, 4, (n, k))
+    h = np.where(pick == 0, lo, np.where(pick == 1, hi, h))
+    w = rng.integers(-128, 128, (m, k))
+    w[0, :] = -128
+    bias = rng.integers(-(2**40), 2**40, m)
+    assert vnni.fits_planes(w, lo, hi)
+    assert planes_layer(h.astype(dtype), w, bias, lo, hi).tolist() == python_product(h, w, bias)
+
+
+def test_byte_planes_at_the_int32_bound():
+    """``255 * S < 2^31`` is the exact limit of each plane's int32 sum: S = 8421504 fits,
+    and every code at 65535 (both planes 255) reaches 255 * S in each plane."""
+    s_max = (2**31 - 1) // 255
+    k = -(-s_max // 128)
+    w = np.full((2, k), -128, np.int64)
+    w[0, -1] = -(s_max - 128 * (k - 1))  # row 0: S = s_max exactly
+    w[1, -1] = 127  # row 1: S below the bound, mixed signs
+    assert int(np.abs(w[0]).sum()) == s_max and vnni.fits_planes(w, 0, 65535)
+    h = np.full((3, k), 65535, np.uint16)
+    h[1] = 0
+    h[2, ::2] = 65280  # hi plane 255, lo plane 0
+    bias = np.array([7, -7])
+    assert planes_layer(h, w, bias, 0, 65535).tolist() == python_product(h, w, bias)
+    over = w.copy()
+    over[0, 0] = -129  # not int8
+    assert not vnni.fits_planes(over, 0, 65535)
+    w2 = np.full((1, k + 1), -128, np.int64)  # S = 128 (k + 1) > s_max
+    assert 255 * int(np.abs(w2).sum()) >= 2**31 and not vnni.fits_planes(w2, 0, 65535)
+
+
+def test_byte_planes_report_codes_out_of_range():
+    rng = np.random.default_rng(4)
+    h = rng.integers(0, 4096, (100, 9))
+    w = rng.integers(-7, 8, (3, 9))
+    bias = np.zeros(3, np.int64)
+    h[70, 2] = 4096
+    assert planes_layer(h.astype(np.uint16), w, bias, 0, 4095) is None
+    assert planes_layer(h[:70].astype(np.uint16), w, bias, 0, 4095).tolist() == python_product(h[:70], w, bias)
+    assert not vnni.fits_planes(w, -1, 65535) and not vnni.fits_planes(w, 0, 65536)

@@ -59,6 +59,8 @@ def output_range(layer, lo: int, hi: int) -> tuple[int, int]:
     """The codes ``layer`` (a ``QLayer``) passes on for inputs in ``[lo, hi]``."""
     if layer.activation == "step":
         return 0, 1
+    if layer.activation == "sign":
+        return -1, 1
     if layer.activation == "relu":
         return 0, max(0, 2**layer.act_bits - 1)
     if layer.activation == "sigmoid":

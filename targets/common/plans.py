@@ -16,7 +16,7 @@ from hwq.errors import DataError
 
 from .products import code_range
 
-NATIVE_INPUTS = (np.uint8, np.int8, np.int64, np.float32, np.float64)  # others go via int64
+NATIVE_INPUTS = (np.uint8, np.int8, np.uint16, np.int16, np.int64, np.float32, np.float64)  # others go via int64
 MAX_FALLBACKS = 8  # plans kept for input ranges beyond the format
 
 

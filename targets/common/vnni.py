@@ -265,3 +265,82 @@ def fits(weight: np.ndarray, lo: int, hi: int) -> bool:
     if weight.min() < -128 or weight.max() > 127:
         return False
     return 255 * int(np.abs(weight).sum(axis=1).max()) < INT32_EXACT
+
+
+# ---------------------------------------------------------------- 16-bit codes: two byte planes
+#
+# A code ``x`` in 16 bits is stored as ``u = x + offset`` in ``[0, 65535]`` and split into
+# ``u = 256 u_hi + u_lo`` with both bytes in ``[0, 255]``. Then
+# ``sum_i x_i W_i = 256 sum_i u_hi,i W_i + sum_i u_lo,i W_i - offset sum_i W_i``: two u8 x s8
+# products, each exact in int32 under the same bound as 8-bit codes (``255 * S < 2^31``),
+# combined in int64. Twice the work of an 8-bit layer, none of the float BLAS conversions.
+
+
+def plane_offset(lo: int, hi: int) -> int | None:
+    """How codes in ``[lo, hi]`` are stored in u16: +0, +32768, or None when they do not fit."""
+    if 0 <= lo and hi <= 65535:
+        return 0
+    if -32768 <= lo and hi <= 32767:
+        return 32768
+    return None
+
+
+def fits_planes(weight: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether two ``vpdpbusd`` byte planes compute this layer exactly (see above)."""
+    if plane_offset(lo, hi) is None or weight.size == 0:
+        return False
+    if weight.min() < -128 or weight.max() > 127:
+        return False
+    return 255 * int(np.abs(weight).sum(axis=1).max()) < INT32_EXACT
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_planes(h, i0, rows, lo, hi, offset, a_lo, a_hi):
+    """Rows ``i0 .. i0+rows`` of the codes ``h`` as ``u = code + offset`` split into the u8
+    blocks ``a_lo`` (``u & 255``) and ``a_hi`` (``u >> 8``); returns how many codes fell
+    outside ``[lo, hi]``."""
+    k = h.shape[1]
+    count = 0
+    for r in range(rows):
+        for p in range(k):
+            q = np.int64(h[i0 + r, p])
+            count += (q < lo) | (q > hi)
+            u = q + offset
+            a_lo[r, p] = np.uint8(u & 255)
+            a_hi[r, p] = np.uint8((u >> 8) & 255)
+    return count
+
+
+@nb.njit(cache=True, nogil=True)
+def split_planes(hb, i0, rows, flip, a_lo, a_hi):
+    """``pack_planes`` for 16-bit codes whose range is the whole container, read as bytes:
+    ``hb`` is the uint16 (``flip = 0``) or int16 (``flip = 0x80``: ``code + 32768`` is the
+    bit pattern with its top bit flipped) array viewed as uint8 (N, 2K), little-endian. No
+    code can fall outside, so nothing is counted."""
+    k = hb.shape[1] // 2
+    for r in range(rows):
+        row, lo, hi = hb[i0 + r], a_lo[r], a_hi[r]
+        for p in range(k):
+            lo[p] = row[2 * p]
+            hi[p] = row[2 * p + 1] ^ flip
+
+
+def byte_view(h: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int] | None:
+    """``(h as uint8 bytes, flip)`` when ``split_planes`` applies to codes ``h`` planned for
+    ``[lo, hi]``: a C-contiguous little-endian uint16 array for ``[0, 65535]``, or int16 for
+    ``[-32768, 32767]``; else None."""
+    if not h.flags.c_contiguous or h.dtype.byteorder == ">" or h.ndim != 2:
+        return None
+    if h.dtype == np.uint16 and (lo, hi) == (0, 65535):
+        return h.view(np.uint8), 0
+    if h.dtype == np.int16 and (lo, hi) == (-32768, 32767):
+        return h.view(np.uint8), 0x80
+    return None
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def combine_planes(c_lo, c_hi, rows, m, c):
+    """``c = 256 c_hi + c_lo`` (int64) for the first ``rows`` rows and ``m`` outputs."""
+    for r in range(rows):
+        for j in range(m):
+            c[r, j] = (np.int64(c_hi[r, j]) << 8) + c_lo[r, j]

@@ -7,6 +7,8 @@ activation's output range after that) and ``S = max_row sum|W_row|``:
 * ``vnni``: 8-bit codes and int8 weights with ``255 * S < 2^31`` on a CPU with AVX-512 VNNI
   (``targets/common/vnni.py``): u8 x s8 products summed in int32, fused with bias, requantization and the
   activation;
+* ``vnni16``: codes of up to 16 bits with the same weights and bound: two byte planes
+  ``x + offset = 256 x_hi + x_lo`` through the same int8 product, combined in int64;
 * ``float32`` BLAS when ``S * max(|lo|, |hi|) < 2^24``, ``float64`` BLAS below ``2^53`` (every
   partial sum is then an integer the float type represents exactly, in any summation order);
 * an int64 Numba loop otherwise.
@@ -38,18 +40,26 @@ from . import kernels
 NAME = "sim"
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 EMPTY = np.zeros((0, 0), np.int64)
+VNNI_PATHS = ("vnni", "vnni16")  # 8-bit codes; 16-bit codes as two byte planes
+
+
+def offset_of(path: str, lo: int, hi: int) -> int:
+    """What the VNNI path adds to codes in ``[lo, hi]`` to store them unsigned."""
+    return vnni.input_offset(lo, hi) if path == "vnni" else vnni.plane_offset(lo, hi)
 
 
 def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
     if use_vnni and vnni.fits(layer.weight, lo, hi):
         return "vnni"
+    if use_vnni and vnni.fits_planes(layer.weight, lo, hi):
+        return "vnni16"
     return products.product_path(row_sum_bound(layer.weight), max(abs(lo), abs(hi)))
 
 
 @dataclass
 class CompiledLayer:
     layer: QLayer
-    path: str  # "vnni", "float32", "float64" or "int64"
+    path: str  # "vnni", "vnni16", "float32", "float64" or "int64"
     lo: int  # the input codes this path is proven for
     hi: int
     weights: np.ndarray  # packed int8 (vnni), W.T in the product dtype (BLAS), W.T int64
@@ -66,9 +76,9 @@ class CompiledLayer:
         m = layer.weight.shape[0]
         path = product_path(layer, lo, hi, use_vnni)
         base = layer.bias
-        if path == "vnni":
+        if path in VNNI_PATHS:
             weights = vnni.pack_weights(layer.weight)
-            base = base - vnni.input_offset(lo, hi) * layer.weight.sum(axis=1)
+            base = base - offset_of(path, lo, hi) * layer.weight.sum(axis=1)
         else:
             weights = np.ascontiguousarray(layer.weight.T, dtype=DTYPES[path])
         rq = layer.requant
@@ -87,6 +97,8 @@ class CompiledLayer:
         """The container the previous layer writes this layer's input codes in."""
         if self.path == "vnni":
             return np.uint8 if self.lo >= 0 else np.int8
+        if self.path == "vnni16":
+            return np.uint16 if self.lo >= 0 else np.int16
         return DTYPES[self.path]
 
     def run(self, h: np.ndarray, out_dtype, want_acc: bool, want_out: bool):
@@ -97,9 +109,10 @@ class CompiledLayer:
         out = np.empty((n, m), out_dtype) if want_out else EMPTY.astype(out_dtype)
         args = (self.base, self.mult, self.half, self.shift, self.mode, self.act_max, self.lut,
                 LUT_HALF, acc, out)
-        if self.path == "vnni":
-            offset = vnni.input_offset(self.lo, self.hi)
-            if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args):
+        if self.path in VNNI_PATHS:
+            offset = offset_of(self.path, self.lo, self.hi)
+            if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args,
+                                  planes=self.path == "vnni16"):
                 return None
         else:
             if self.path == "int64":
@@ -158,7 +171,7 @@ class SimProgram:
         for i, c in enumerate(layers):
             last = i + 1 == len(layers)
             out_dtype = np.int64 if last else layers[i + 1].in_dtype
-            if c.path != "vnni" and i == 0 and h.size:
+            if c.path not in VNNI_PATHS and i == 0 and h.size:
                 lo, hi = products.code_range(h)
                 if lo < c.lo or hi > c.hi:
                     return None

@@ -10,6 +10,7 @@ import numpy as np
 from ..common import vnni
 
 MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3, "sign": 4}
+NO_BYTES = np.zeros((0, 2), np.uint8)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -81,12 +82,49 @@ def vnni_blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, 
         finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
 
 
-def vnni_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out) -> int:
+@nb.njit(cache=True, nogil=True)
+def vnni_planes_blocks(counter, h, hb, flip, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut,
+                       lut_half, acc_out, out):
+    """``vnni_blocks`` for 16-bit codes: two byte planes through the same int8 product,
+    ``acc = 256 P_hi + P_lo + base``; the planes come from ``hb`` (``vnni.split_planes``)
+    when it has rows, else from ``h`` (``vnni.pack_planes``). Returns the out-of-range count."""
+    raw = hb.shape[0] > 0
+    n, m = h.shape[0], base.shape[0]
+    k4, cols = wpk.shape[0] * 4, wpk.shape[1] // 4
+    a_lo = np.zeros((vnni.BLOCK, k4), np.uint8)
+    a_hi = np.zeros((vnni.BLOCK, k4), np.uint8)
+    c_lo = np.empty((vnni.BLOCK, cols), np.int32)
+    c_hi = np.empty((vnni.BLOCK, cols), np.int32)
+    c = np.empty((vnni.BLOCK, m), np.int64)
+    count = 0
+    nblocks = (n + vnni.BLOCK - 1) // vnni.BLOCK
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * vnni.BLOCK
+        rows = min(vnni.BLOCK, n - i0)
+        if raw:
+            vnni.split_planes(hb, i0, rows, flip, a_lo, a_hi)
+        else:
+            count += vnni.pack_planes(h, i0, rows, lo, hi, offset, a_lo, a_hi)
+        vnni.product(a_lo, wpk, c_lo, rows)
+        vnni.product(a_hi, wpk, c_hi, rows)
+        vnni.combine_planes(c_lo, c_hi, rows, m, c)
+        finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
+
+
+def vnni_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out,
+               planes: bool = False) -> int:
     """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
     into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
     skip it; ``base = bias - offset * sum_i W[:, i]`` undoes the u8 offset. Returns how many
     codes fell outside ``[lo, hi]`` (their rows are then wrong and the caller must use an exact
-    fallback)."""
+    fallback). ``planes``: 16-bit codes as two byte planes (``vnni_planes_blocks``)."""
+    if planes:
+        hb, flip = vnni.byte_view(h, lo, hi) or (NO_BYTES, 0)
+        return vnni.run_blocks(vnni_planes_blocks, h.shape[0], h, hb, np.uint8(flip), lo, hi, offset, wpk,
+                               base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out)
     return vnni.run_blocks(
         vnni_blocks,
         h.shape[0],
