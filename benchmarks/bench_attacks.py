@@ -1,0 +1,174 @@
+"""PGD and Square on the 784-100-10 MLP: hwq on ``sim`` vs the same PGD written plainly on the
+float model.
+
+The network: random weights (hidden pre-activations centred on the data), relu hidden layer,
+4-bit uniform weights, 16-bit activations and inputs (the study's formats); 1,000 random
+inputs in [0, 1] labelled by the integer model; 11 strengths 0..0.1.
+
+* ``hwq pgd``: ``hwq.attack`` with ``PGD(steps=40, l-inf, no random start)`` and the
+  surrogate gradient, judged on the integer model after every step (diagnostics off). It
+  stops a pair (input, eps) at its first adversarial step, as AutoAttack does.
+* ``plain pgd``: the same 40 steps, written plainly on the float model (PyTorch where it is
+  installed, else JAX with ``jit``; float32, one batch of 11,000 rows, every row every step,
+  the float model's decision after each step) -- what a user would write.
+
+Throughput is row-steps per second (one row-step = one gradient + one forward of one point;
+hwq counts only the steps it ran). The wall time of the whole attack is what a user waits;
+``pgd_vs_torch = plain wall / hwq wall`` (the baseline's name is printed above it).
+Square: ``Square(queries=1000)`` on 200 inputs x 3 strengths, integer-model queries per
+second.
+
+    python benchmarks/bench_attacks.py [--inputs 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from builders import torch_style_mlp  # noqa: E402
+
+import hwq  # noqa: E402
+from hwq.attack import PGD, Square  # noqa: E402
+from hwq.onnx.importer import graph_from_model  # noqa: E402
+from hwq.quant import reference  # noqa: E402
+
+
+def network(rng):
+    w1 = rng.uniform(-0.1, 0.1, (100, 784))
+    w2 = rng.uniform(-1, 1, (10, 100))
+    return graph_from_model(torch_style_mlp(w1, -0.5 * w1.sum(axis=1), w2, np.zeros(10)))
+
+
+def plain_pgd_torch(net, x, y, eps, steps, rel):
+    import torch
+
+    w1, b1, w2, b2 = (torch.tensor(np.asarray(v, np.float32)) for v in net)
+    X = torch.tensor(np.tile(x, (len(eps), 1)), dtype=torch.float32)
+    Y = torch.tensor(np.tile(y, len(eps)))
+    E = torch.tensor(np.repeat(eps, len(x)), dtype=torch.float32)[:, None]
+    cur, broken = X.clone(), torch.zeros(len(X), dtype=torch.bool)
+    for _ in range(steps):
+        cur.requires_grad_(True)
+        logits = torch.relu(cur @ w1.T + b1) @ w2.T + b2
+        loss = torch.nn.functional.cross_entropy(logits, Y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, cur)
+        with torch.no_grad():
+            cur = torch.clamp(torch.minimum(torch.maximum(cur + rel * E * g.sign(), X - E), X + E), 0, 1)
+            broken |= (torch.relu(cur @ w1.T + b1) @ w2.T + b2).argmax(1) != Y
+    return broken.numpy().reshape(len(eps), -1)
+
+
+def plain_pgd_jax(net, x, y, eps, steps, rel):
+    import jax
+    import jax.numpy as jnp
+
+    w1, b1, w2, b2 = (jnp.asarray(v, jnp.float32) for v in net)
+
+    def loss(v, yy):
+        logits = jax.nn.relu(v @ w1.T + b1) @ w2.T + b2
+        return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(len(yy)), yy])
+
+    @jax.jit
+    def run(X, Y, E):
+        def step(carry, _):
+            cur, broken = carry
+            g = jax.grad(loss)(cur, Y)
+            cur = jnp.clip(jnp.clip(cur + rel * E * jnp.sign(g), X - E, X + E), 0, 1)
+            broken |= jnp.argmax(jax.nn.relu(cur @ w1.T + b1) @ w2.T + b2, 1) != Y
+            return (cur, broken), None
+        (cur, broken), _ = jax.lax.scan(step, (X, jnp.zeros(len(X), bool)), None, length=steps)
+        return broken
+
+    X = jnp.asarray(np.tile(x, (len(eps), 1)), jnp.float32)
+    Y = jnp.asarray(np.tile(y, len(eps)))
+    E = jnp.asarray(np.repeat(eps, len(x)), jnp.float32)[:, None]
+    run(X, Y, E).block_until_ready()  # compile outside the timing
+    t = time.perf_counter()
+    out = np.asarray(run(X, Y, E).block_until_ready())
+    return out.reshape(len(eps), -1), time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--inputs", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    graph = network(rng)
+    x = rng.uniform(0, 1, (args.inputs, 784))
+    net = hwq.quantize(graph, 4, calibration=x, bounds=(0, 1), scheme="uniform", act_bits=16, input_bits=16)
+    program = hwq.compile(net, "sim")
+    y = reference.predict(net, x)
+    eps = np.linspace(0, 0.1, 11)
+    steps, rel = 40, 0.01 / 0.3
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.inputs} inputs x {len(eps)} eps, "
+          f"{steps} steps")
+    method = PGD(steps=steps, random_start=False)
+    hwq.attack(program, x[:50], y[:50], eps, method=method, bounds=(0, 1), diagnostics=False)  # JIT warm-up
+    walls, rowsteps = [], 0
+    for _ in range(args.repeats):
+        counter = Counting(program)
+        t = time.perf_counter()
+        r = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
+                       gradient=hwq.api.default_gradient(program))
+        walls.append(time.perf_counter() - t)
+        rowsteps = counter.rows - args.inputs  # forwards after the clean pass = steps judged
+    hwq_wall = float(np.median(walls))
+    print(f"hwq pgd: {hwq_wall:.2f} s, {rowsteps} row-steps ({rowsteps / hwq_wall:,.0f} /s), "
+          f"accuracy at eps 0.1: {r.accuracy[-1]:.3f}")
+    layers = [graph.layers()[0][0], graph.layers()[1][0]]
+    floats = (layers[0].weight, layers[0].bias, layers[1].weight, layers[1].bias)
+    try:
+        import torch  # noqa: F401
+
+        name = "torch"
+        walls = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            broken = plain_pgd_torch(floats, x, y, eps, steps, rel)
+            walls.append(time.perf_counter() - t)
+    except ImportError:
+        name = "jax (PyTorch is not installed)"
+        walls = []
+        for _ in range(args.repeats):
+            broken, wall = plain_pgd_jax(floats, x, y, eps, steps, rel)
+            walls.append(wall)
+    base_wall = float(np.median(walls))
+    base_rows = steps * len(eps) * args.inputs
+    print(f"plain pgd ({name}, float model): {base_wall:.2f} s, {base_rows} row-steps "
+          f"({base_rows / base_wall:,.0f} /s), accuracy at eps 0.1: {1 - broken[-1].mean():.3f}")
+    sq_x, sq_y = x[:200], y[:200]
+    counter = Counting(program)
+    t = time.perf_counter()
+    hwq.attack(counter, sq_x, sq_y, [0.02, 0.05, 0.1], method=Square(queries=1000), bounds=(0, 1),
+               diagnostics=False)
+    wall = time.perf_counter() - t
+    print(f"square: {counter.rows} queries in {wall:.2f} s: {counter.rows / wall:,.0f} queries/s")
+    print(f"baseline={name.split()[0]}")
+    print(f"pgd_vs_torch={base_wall / hwq_wall:.2f}")
+
+
+class Counting:
+    """The program, counting the points it is asked to judge."""
+
+    def __init__(self, program):
+        self.inner, self.net, self.target, self.rows = program, program.net, program.target, 0
+        self.artifacts, self.report = {}, {}
+
+    def forward(self, x_q):
+        self.rows += len(x_q)
+        return self.inner.forward(x_q)
+
+    def decide(self, scores):
+        return self.inner.decide(scores)
+
+
+if __name__ == "__main__":
+    main()
