@@ -188,3 +188,25 @@ def plot_accuracy_vs_eps(eps, acc, labels, path, title="") -> Figure:
     )
     ax.legend()
     return save_png(fig, path)
+
+
+def plot_attacks_vs_bits(bits, acc, attacks, activations, eps_picks, path, title="") -> Figure:
+    """Accuracy vs bits per attack (the suite's members and its worst case) at fixed
+    strengths: ``acc`` (n_attacks, n_activations, n_bits, n_picks), one panel per activation,
+    one colour per strength, one line style per attack."""
+    acc = np.asarray(acc, float)
+    _check_shape("acc", acc, (len(attacks), len(activations), len(bits), len(eps_picks)))
+    styles = ["-", "--", ":", "-."]
+    colours = [colormaps["tab10"](i) for i in range(10)]
+    fig, axes = _figure(len(activations), height=4.6)
+    for a, (ax, act) in enumerate(zip(axes, activations, strict=True)):
+        for m, name in enumerate(attacks):
+            for k, e in enumerate(eps_picks):
+                ax.plot(bits, acc[m, a, :, k], styles[m % len(styles)], color=colours[k % len(colours)],
+                        marker="o" if name == "worst case" else None, markersize=3,
+                        label=f"{name} eps={e:g}")
+        ax.set(title=f"{title} — {act}" if title else act, xlabel="weight bits q", ylabel="test accuracy",
+               xticks=bits)
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize="xx-small", ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    return save_png(fig, path)

@@ -364,6 +364,78 @@ def _timing_md(sw: SweepFile) -> list[str]:
     return lines + _md_table(["phase", "sum", "mean per cell", "max"], rows) + [""]
 
 
+ATTACK_EPS = (0.025, 0.05, 0.1)
+
+
+def attack_arrays(sw: SweepFile, block: Block) -> dict[str, np.ndarray]:
+    """Each suite member's accuracy ``[activation, bits, seed, eps]`` for ``block`` (read
+    from the cells' ``attacks/<name>/accuracy``); empty for single-attack sweeps."""
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(sw.path, "r") as f:
+        for a in range(len(block.activations)):
+            for b in range(block.bits.size):
+                for s in range(block.seeds.size):
+                    key = block.keys[a, b, s]
+                    if not key or "attacks" not in f["cells"][key]:
+                        continue
+                    for name, g in f["cells"][key]["attacks"].items():
+                        arr = out.setdefault(name, np.full(block.acc.shape, np.nan))
+                        arr[a, b, s] = g["accuracy"][()]
+    return out
+
+
+def _pick_eps(eps: np.ndarray) -> list[int]:
+    return sorted({int(np.argmin(np.abs(eps - e))) for e in ATTACK_EPS if e <= eps.max() + 1e-12})
+
+
+def _attacks_md(sw: SweepFile, blks: list[Block]) -> list[str]:
+    lines = []
+    for b in blks:
+        members = attack_arrays(sw, b)
+        if not members:
+            continue
+        picks = _pick_eps(b.eps)
+        lines += [f"## Attacks compared: {b.data} / {b.target} (mean over usable seeds)", "",
+                  "Accuracy per attack and the per-input worst case (robust accuracy) at fixed "
+                  "strengths.", ""]
+        header = ["activation", "q"] + [f"{name} {b.eps[k]:g}" for name in [*members, "worst"] for k in picks]
+        rows = []
+        worst = b.mean()
+        means = {n: b.mean(v) for n, v in members.items()}
+        for a, act in enumerate(b.activations):
+            for i, q in enumerate(b.bits):
+                rows.append([act, int(q)] + [_fmt(means[n][a, i, k]) for n in members for k in picks]
+                            + [_fmt(worst[a, i, k]) for k in picks])
+        lines += _md_table(header, rows) + [""]
+        flags = {}
+        for c in sw.cells:
+            if c.attrs["data"] == b.data and c.attrs["target"] == b.target:
+                for flag in c.attrs.get("diag_flags", []) or []:
+                    flags.setdefault(flag, []).append(f"{c.attrs['activation']} q{c.attrs['bits']}")
+        lines += ["Diagnostics (cells where each fired):", ""]
+        lines += [f"- `{flag}`: {len(cells)} cells: {', '.join(sorted(set(cells)))}"
+                  for flag, cells in sorted(flags.items())] or ["- none fired"]
+        lines.append("")
+    return lines
+
+
+def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool) -> list[Path]:
+    from hwq.study.plots import plot_attacks_vs_bits
+
+    members = attack_arrays(sw, block)
+    if not members:
+        return []
+    picks = _pick_eps(block.eps)
+    names = [*members, "worst case"]
+    acc = np.stack([block.mean(members[n]) for n in members] + [block.mean()])[..., picks]
+    path = folder / f"attacks_{_stem(block, multi_target)}_accuracy_vs_bits.png"
+    plot_attacks_vs_bits(block.bits, acc, names, block.activations, block.eps[picks], path,
+                         title=f"{block.data}")
+    return [path]
+
+
 def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[dict],
              folder: Path) -> str:
     lines = [f"# hwq sweep report: {sw.path.name}", "",
@@ -374,6 +446,7 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
     lines += ["## Clean accuracy and accuracy under attack", ""]
     for b in blks:
         lines += _clean_md(b) + _eps_md(b)
+    lines += _attacks_md(sw, blks)
     lines += _stalled_md(sw, blks)
     if fig2:
         lines += ["## Fig. 2 check: Monte Carlo vs the geometric model", ""]
@@ -408,6 +481,7 @@ def write_report(sweep_path: str | Path, folder: str | Path, *, fig2: bool = Tru
     for b in blks:
         if b.present.any():
             figures += block_figures(b, folder, multi)
+            figures += attack_figures(sw, b, folder, multi)
     report = folder / "report.md"
     from hwq.files.atomic import atomic_write_bytes
 
