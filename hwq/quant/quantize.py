@@ -176,7 +176,9 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
         out_scale = file_scale or 1.0 / levels
         lut = np.clip(np.rint(activations.sigmoid(grid_z) / out_scale), 0, levels).astype(np.int64)
         lut_format = f"LUT 2^{SIGMOID_INDEX_BITS} -> u{act_bits} x {out_scale:.4g}{src}"
-        reports.append(TensorReport(f"{name}.sigmoid", lut_format, 2.0**-9, 0, quant is not None))
+        index = np.clip(np.floor(z / 2.0**-8 + 0.5), -half, half - 1).astype(np.int64) + half
+        err = float(np.max(np.abs(lut[index] * out_scale - h), initial=0))  # measured on calibration
+        reports.append(TensorReport(f"{name}.sigmoid", lut_format, err, 0, quant is not None))
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, act_bits, rq, lut, out_scale, in_max)
     return layer, reports, np.clip(np.rint(h / out_scale), 0, levels) * out_scale, out_scale, levels
 
