@@ -4,10 +4,11 @@ An integer network has no gradient. A source supplies ``dL/dx`` for the cross-en
 of the true label, from:
 
 * ``SurrogateGradient`` (default): the real-valued weights ``W * weight_scale`` of the very
-  integer network the target runs, backpropagated at the target's own operating point (its
-  pre-activations ``z`` from ``reference.trace``): straight through the rounding and input
-  quantization, the true derivative for ReLU and sigmoid, the fast-sigmoid surrogate for the
-  step (``hwq.activations``). This is "white box against the hardware model".
+  integer network the target runs (the mapped weights where the target rounds them: loihi),
+  backpropagated at the target's own operating point (its pre-activations ``z`` from
+  ``trace``): straight through the rounding and input quantization, the true derivative for
+  ReLU (0 where the integer ReLU saturates at ``2^A - 1``) and sigmoid, the fast-sigmoid
+  surrogate for the step (``hwq.activations``). This is "white box against the hardware model".
 * ``FloatGradient``: the original float model (a transfer attack).
 
 Backprop, for ``z_l = g_l (W_l h_{l-1} + b_l)``, ``h_l = f_l(z_l)``:
@@ -49,15 +50,39 @@ def output_loss(z: np.ndarray, y: np.ndarray, single: bool) -> tuple[np.ndarray,
     return -logp[np.arange(len(y)), y], delta
 
 
-def backprop(weights, gains, acts, zs, y, single) -> tuple[np.ndarray, np.ndarray]:
-    """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``."""
+def backprop(weights, gains, acts, zs, y, single, tops=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``;
+    ``tops[l]``: where layer ``l``'s ReLU saturates (real value; None: it does not), so
+    the derivative is 0 above it."""
     loss, delta = output_loss(zs[-1], y, single)
     for layer in range(len(weights) - 1, -1, -1):
         grad_h = gains[layer] * (delta @ weights[layer])
         if layer == 0:
             return loss, grad_h
-        delta = grad_h * activations.derivative(acts[layer - 1], zs[layer - 1])
+        z = zs[layer - 1]
+        delta = grad_h * activations.derivative(acts[layer - 1], z)
+        top = None if tops is None else tops[layer - 1]
+        if top is not None:
+            delta = delta * (z < top)
     raise AssertionError("unreachable")
+
+
+def relu_top(layer) -> float | None:
+    """The real pre-activation where an integer ReLU reaches its largest code ``2^A - 1``."""
+    if layer.activation != "relu" or not layer.act_bits:
+        return None
+    return (2**layer.act_bits - 1) * layer.out_scale
+
+
+def surrogate_layers(program) -> tuple[list, list]:
+    """``(real weights, ReLU tops)`` per layer of what ``program`` computes: its own
+    ``surrogate_layers()`` where it maps weights differently (loihi), else the network's
+    ``W * weight_scale`` and the ``2^A - 1`` clip of each ReLU."""
+    own = getattr(program, "surrogate_layers", None)
+    if callable(own):
+        return own()
+    layers = program.net.layers
+    return [layer.real_weight for layer in layers], [relu_top(layer) for layer in layers]
 
 
 class SurrogateGradient:
@@ -73,14 +98,14 @@ class SurrogateGradient:
                              hint="build the surrogate from its bit-exact model (default_gradient)")
         self.program = reference
         net: QuantizedNetwork = reference.net
-        self.weights = [layer.real_weight for layer in net.layers]
+        self.weights, self.tops = surrogate_layers(reference)
         self.gains = [layer.gain for layer in net.layers]
         self.acts = [layer.activation for layer in net.layers]
         self.single = net.output == "sign"
 
     def value_and_grad(self, x, y):
         zs = self.program.trace(quantize_input(self.program.net.input, x))
-        return backprop(self.weights, self.gains, self.acts, zs, y, self.single)
+        return backprop(self.weights, self.gains, self.acts, zs, y, self.single, self.tops)
 
 
 class FloatGradient:

@@ -22,8 +22,10 @@ SIGMOID_INDEX_BITS = 12  # sigmoid LUT index: z in [-8, 8) with step 2^-8
 @dataclass(frozen=True)
 class InputFormat:
     """How the device receives a sample: ``x_q = clip(floor(x * inv_scale + 1/2), lo, hi)``
-    with ``[lo, hi]`` the ``bits``-bit signed or unsigned range. ``bounds`` is the data's
-    valid range (attacks clip to it before quantization); None means unbounded."""
+    with ``[lo, hi]`` the ``bits``-bit signed or unsigned range. ``bounds`` records the data's
+    valid range as given to ``quantize`` (None: unbounded); it is not what attacks clip to:
+    ``hwq.attack`` clips to its own ``bounds`` argument (the CLI and sweeps pass the data
+    set's bounds), then quantizes."""
 
     bits: int
     signed: bool

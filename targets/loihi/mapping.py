@@ -62,6 +62,12 @@ class LayerMap:
     def theta(self) -> int:
         return self.vth << 6
 
+    def effective_codes(self) -> np.ndarray:
+        """The weight codes Loihi multiplies by, in units of the network's codes:
+        ``sum_g D_g 2^(E_g + r)`` (the codes themselves unless the weights were rounded to
+        multiples of ``2^k``: ``round(W / 2^k) 2^k``)."""
+        return sum(np.asarray(s.digits, np.int64) << (s.exp + self.shift) for s in self.sets)
+
     def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per neuron, the smallest and largest ``a`` any input in ``in_range`` can give."""
         return sum_bounds(self.sets, self.in_range)

@@ -63,5 +63,13 @@ class LoihiProgram:
         inputs = self.emulator.inputs(self._check(x_q))
         return [lm.unit * (a + offset(lm)) for a, lm in zip(inputs, self.mapping.layers)]
 
+    def surrogate_layers(self) -> tuple[list[np.ndarray], list[None]]:
+        """What the surrogate gradient backpropagates (``hwq.attack.gradients``): the real
+        weights Loihi computes with (rounded where the mapping rounds them) and no ReLU
+        saturation (a Loihi ReLU has no upper clip, docs/loihi.md section 5)."""
+        weights = [lm.effective_codes() * layer.weight_scale[:, None]
+                   for lm, layer in zip(self.mapping.layers, self.net.layers)]
+        return weights, [None] * len(weights)
+
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return decide(scores, self.net.output)
