@@ -11,11 +11,12 @@ from typing import Any
 
 from hwq.errors import FileFormatError, UsageError
 from hwq.quant.qnet import QuantizedNetwork
-from hwq.target.protocol import Option, check_options
+from hwq.target.protocol import Export, Option, check_options
 
 from .artifacts import from_artifacts
 from .limits import LOIHI, Limits
 from .mapping import map_network
+from .netx import write_netx
 from .program import BACKENDS, NAME, LoihiProgram
 
 __all__ = ["Limits", "LoihiProgram", "LoihiTarget"]
@@ -40,6 +41,8 @@ class LoihiTarget:
         Option("shifts", "per-layer right shifts, e.g. 3,auto (default: automatic)", None, parse_shifts),
     )
     API_ONLY = ("limits", "variant")  # Python objects / test switches, not CLI text
+    exports = {"netx": Export("netx", (".net", ".h5"), write_netx,
+                              "lava-dl netx HDF5 (lava.lib.dl.netx.hdf5.Network; step networks at shift 0)")}
 
     def compile(self, net: QuantizedNetwork, backend: str = "emulator", *, shifts=None,
                 limits: Limits | None = None, variant: str = "exact", **unknown: Any
