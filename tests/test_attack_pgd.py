@@ -34,7 +34,8 @@ def compiled(act="Relu", n_out=10, bits=3, n_in=12, input_bits=8, hidden=9):
 
 def plain_surrogate(net, x, y):
     """dL/dx of softmax CE (or sigmoid BCE) at the integer model's operating point, written
-    out for one hidden layer (relu: [z > 0]; sigmoid: s(1-s); step: 1/(1+|z|)^2)."""
+    out for one hidden layer (relu: [0 < z < top], top = (2^A - 1) x the activation code's
+    real value, where the integer ReLU saturates; sigmoid: s(1-s); step: 1/(1+|z|)^2)."""
     xq = reference.quantize_input(net.input, x)
     accs = reference.trace(net, xq)
     l1, l2 = net.layers
@@ -49,7 +50,8 @@ def plain_surrogate(net, x, y):
     h_grad = l2.gain * delta @ l2.real_weight
     act = l1.activation
     if act == "relu":
-        d1 = (z1 > 0).astype(float)
+        top = (2**l1.act_bits - 1) * l1.out_scale
+        d1 = ((z1 > 0) & (z1 < top)).astype(float)
     elif act == "sigmoid":
         s = 1 / (1 + np.exp(-z1))
         d1 = s * (1 - s)
@@ -78,7 +80,7 @@ def plain_pgd(net, x, y, eps, norm, steps, rel, random_start, seed, lo=0.0, hi=1
         done = best_p != y
         cur = x.copy()
         if e > 0:
-            def judge(points):
+            def judge(points, done=done, best_p=best_p, best_c=best_c):
                 c = reference.quantize_input(fmt, np.clip(points, lo, hi))
                 p = reference.decide(reference.forward(net, c), net.output)
                 new = ~done & (p != y)

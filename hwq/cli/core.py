@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from hwq import api
-from hwq.attack import ATTACKS, make_attack
+from hwq.attack import ATTACKS
 from hwq.attack.gradients import gradient_source
 from hwq.cli.app import app
 from hwq.cli.common import (
@@ -287,7 +287,8 @@ def attack(
         from hwq.study.plots import plot_accuracy_vs_eps
 
         label = f"{program.target} q={program.net.settings.bits}"
-        curves = [m.accuracy for m in result.members] + [result.accuracy] if result.members else [result.accuracy]
+        curves = ([m.accuracy for m in result.members] + [result.accuracy] if result.members
+                  else [result.accuracy])
         labels = [f"{label} {m.attack}" for m in result.members] + [f"{label} worst case"] if result.members \
             else [label]
         plot_accuracy_vs_eps(result.epsilons, np.array(curves), labels, plot)
