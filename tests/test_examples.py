@@ -13,6 +13,7 @@ CASES = {
     "quickstart.py": ["--epochs", "5"],
     "hardware_in_the_loop.py": ["--limit", "100"],
     "import_sklearn.py": [],
+    "device_server.py": ["--self-test"],
 }
 
 

@@ -14,8 +14,6 @@ deliberately wrong emulator variant must disagree with Lava somewhere."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from hwq_targets.loihi import Limits, LoihiProgram
@@ -26,18 +24,7 @@ from test_loihi import LOIHI, big_bias_net, codes, equality_net, onnx_net, rando
 from hwq.errors import TargetError
 from hwq.quant.reference import quantize_input
 
-
-def lava_missing() -> str | None:
-    try:
-        lava_python()
-    except TargetError as exc:
-        if os.environ.get("HWQ_REQUIRE_LAVA"):
-            raise
-        return str(exc)
-    return None
-
-
-pytestmark = pytest.mark.skipif(lava_missing() is not None, reason=str(lava_missing()))
+pytestmark = pytest.mark.lava  # tests/conftest.py: skipped only without .venv-lava (never in CI)
 
 PER_RUN = 7
 WIDE_EXP = Limits(weight_exp=(-16, 7))  # lets two groups floor separately

@@ -17,6 +17,8 @@ class DeviceProgram:
     def __init__(self, device, reference, *, golden: int = 8, check_every: int = 50):
         self.device, self.reference, self.net = device, reference, reference.net
         self.target = "device"
+        self.exact = False  # a device claims nothing; the golden gate and disagreement counts check it
+        self.options: dict = {}
         self.artifacts: dict = {}
         self.session = Session(device, reference, golden=golden, every=check_every)
         self.hash = model_hash(reference)
@@ -43,6 +45,10 @@ class DeviceProgram:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def bit_exact_model(self):
+        """The model the surrogate gradient follows (``hwq.attack.gradients.reference_for``)."""
+        return self.reference
 
     def forward(self, x_q) -> np.ndarray:
         return self.session.infer(np.asarray(x_q))
