@@ -7,20 +7,24 @@ The pipeline, in order: ``load_onnx`` -> ``quantize`` -> ``compile`` -> ``attack
 
 from hwq.api import (
     FGSM,
+    PGD,
     AttackResult,
     QuantSettings,
+    Square,
+    Suite,
     attack,
     compile,
     evaluate,
     load_dataset,
     load_onnx,
     load_program,
+    make_suite,
     quantize,
     save_program,
 )
 from hwq.version import __version__
 
 __all__ = [
-    "FGSM", "AttackResult", "QuantSettings", "attack", "compile", "evaluate", "load_dataset",
+    "FGSM", "PGD", "Square", "Suite", "make_suite", "AttackResult", "QuantSettings", "attack", "compile", "evaluate", "load_dataset",
     "load_onnx", "load_program", "quantize", "save_program", "__version__",
 ]

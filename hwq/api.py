@@ -18,8 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hwq.attack import (ATTACKS, FGSM, PGD, Attack, AttackResult, Square, Suite, attack, check_inputs,
-                        make_attack, make_suite)
+from hwq.attack import (
+    ATTACKS,
+    FGSM,
+    PGD,
+    Attack,
+    AttackResult,
+    Square,
+    Suite,
+    attack,
+    check_inputs,
+    make_attack,
+    make_suite,
+)
 from hwq.attack.gradients import FloatGradient, SurrogateGradient, default_gradient, gradient_source
 from hwq.data import Dataset, load_dataset
 from hwq.files.program import load_program, save_program

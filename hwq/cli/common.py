@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import typer
 from tqdm import tqdm
 from typer.core import TyperOption
 
 from hwq.data import Dataset, load_dataset
 from hwq.errors import UsageError
+from hwq.files.program import load_program, read_stored
 
 _display_type_rich = TyperOption.display_type_rich
 
@@ -30,6 +32,9 @@ TyperOption.display_type_rich = _flag_type
 
 DATA_HELP = "spiral | spiral-paper | digits | fashion-mnist | mnist:DIR | FILE.npz"
 TARGET_HELP = "NAME or NAME:OPT=V,... (see `hwq info --targets` for names and their options)"
+
+
+OPTION = typer.Option(None, "--option", "-O", help="Target option NAME=VALUE (repeatable), e.g. backend=lava.")
 
 
 def target_options(spec: str | None, items: list[str] | None) -> tuple[str | None, dict]:
@@ -78,3 +83,15 @@ def check_output(path: Path, suffixes: tuple[str, ...]) -> Path:
     if not path.parent.exists():
         raise UsageError(f"output folder {path.parent} does not exist")
     return path
+
+
+def program_for(model: Path, target: str | None, option: list[str] | None):
+    """The program stored in ``model`` with its stored options (``--option`` overrides them;
+    a loihi file keeps its mapping), or the network recompiled for another ``--target``."""
+    if target is None and option:
+        target = read_stored(model).target
+    name, options = target_options(target, option)
+    return load_program(model, name, options)
+
+
+TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for): " + TARGET_HELP)

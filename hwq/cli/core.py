@@ -15,11 +15,14 @@ from hwq.attack.gradients import gradient_source
 from hwq.cli.app import app
 from hwq.cli.common import (
     DATA_HELP,
+    OPTION,
+    TARGET,
     TARGET_HELP,
     check_output,
     command_line,
     data,
     emit_json,
+    program_for,
     progress,
     table,
     target_options,
@@ -31,7 +34,6 @@ from hwq.onnx.importer import load_onnx, model_metadata
 from hwq.ranges import parse_epsilons
 
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-OPTION = typer.Option(None, "--option", "-O", help="Target option NAME=VALUE (repeatable), e.g. backend=lava.")
 
 
 @app.command()
@@ -162,16 +164,6 @@ def quantization_text(rows: list[dict]) -> str:
                   for r in rows], ["tensor", "format", "max error", "clipped", "QAT grid"])
 
 
-def program_for(model: Path, target: str | None, option: list[str] | None):
-    """The program stored in ``model`` with its stored options (``--option`` overrides them;
-    a loihi file keeps its mapping), or the network recompiled for another ``--target``."""
-    if target is None and option:
-        target = hwqfile.read_stored(model).target
-    name, options = target_options(target, option)
-    return hwqfile.load_program(model, name, options)
-
-
-TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for): " + TARGET_HELP)
 LIMIT = typer.Option(None, help="Use only the first N test inputs.")
 
 
@@ -366,7 +358,8 @@ def export(
     if fmt is None:
         fmt = next((name for name, e in formats.items() if output.suffix in e.suffixes), None)
         if fmt is None:
-            raise UsageError(f"cannot tell the format from '{output.suffix}'", hint="use --format " + " | ".join(formats))
+            raise UsageError(f"cannot tell the format from '{output.suffix}'",
+                             hint="use --format " + " | ".join(formats))
     if fmt not in formats:
         raise UsageError(f"unknown export format '{fmt}' for a {stored.target} program",
                          hint="formats: " + ", ".join(formats))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from hwq.cli.app import app
-from hwq.cli.core import OPTION, TARGET, program_for
+from hwq.cli.common import OPTION, TARGET, program_for
 
 
 @app.command()

@@ -74,7 +74,7 @@ def _root_attrs(header: dict, spec: SweepSpec, n_done: int) -> dict:
         "targets": list(spec.targets),
         "data_fingerprints": {k: v["fingerprint"] for k, v in data.items()},
         "quantization": vars(spec.quant), "training": vars(spec.train),
-        "attack": {k: v for k, v in vars(spec.attack).items() if k != "epsilons"},
+        "attack": {k: v for k, v in vars(spec.attack).items() if k != "epsilons" and v is not None},
         "n_planned": len(header["keys"]), "n_cells": n_done,
         "complete": n_done == len(header["keys"]),
         "wall_s": float(header.get("wall_s", 0.0)), "executor": header.get("executor", ""),
