@@ -25,6 +25,6 @@ from hwq.api import (
 from hwq.version import __version__
 
 __all__ = [
-    "FGSM", "PGD", "Square", "Suite", "make_suite", "AttackResult", "QuantSettings", "attack", "compile", "evaluate", "load_dataset",
-    "load_onnx", "load_program", "quantize", "save_program", "__version__",
+    "FGSM", "PGD", "AttackResult", "QuantSettings", "Square", "Suite", "attack", "compile", "evaluate",
+    "load_dataset", "load_onnx", "load_program", "make_suite", "quantize", "save_program", "__version__",
 ]

@@ -43,7 +43,8 @@ from hwq.target.protocol import ReferenceProgram, Traceable
 from hwq.target.registry import get_target, resolve_target
 
 __all__ = [
-    "ATTACKS", "FGSM", "PGD", "Square", "Suite", "make_suite", "Attack", "AttackResult", "Dataset", "Evaluation", "FloatGradient",
+    "ATTACKS", "FGSM", "PGD", "Attack", "AttackResult", "Dataset", "Evaluation", "FloatGradient", "Square", "Suite",
+    "make_suite",
     "QuantSettings", "ReferenceProgram", "SurrogateGradient", "Traceable", "attack", "compile",
     "default_gradient", "evaluate", "gradient_source", "load_dataset", "load_onnx", "load_program",
     "make_attack", "quantize", "save_program",

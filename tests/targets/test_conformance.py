@@ -120,7 +120,7 @@ def test_programs_keep_the_contract(programs):
 
 def test_exact_programs_decide_like_the_reference(programs):
     target, progs = programs
-    for name, program in progs:
+    for _, program in progs:
         if program.exact:
             check_exact(program, input_codes(program.net, n=96, seed=1))
 
