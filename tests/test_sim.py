@@ -84,8 +84,25 @@ def assert_sim_exact(net, x_q, use_vnni, dtype=None):
     np.testing.assert_array_equal(scores, expected[-1])
     for got, want in zip(program.accumulators(codes), expected):
         np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(program.decide(scores), reference.decide(expected[-1], net.output))
+    assert program.decide(scores).tolist() == python_decide(expected[-1], net.output)
     return program
+
+
+def python_decide(scores, output):
+    """The decision rule of docs/integer-semantics.md section 6 in plain Python (not
+    ``reference.decide``, which sim itself uses): lowest index among the largest scores;
+    ``sign``: class 1 iff the score is > 0."""
+    out = []
+    for row in scores.tolist():
+        if output == "sign":
+            out.append(1 if row[0] > 0 else 0)
+        else:
+            best = 0
+            for j, v in enumerate(row):
+                if v > row[best]:
+                    best = j
+            out.append(best)
+    return out
 
 
 # --- random networks ------------------------------------------------------------------------
@@ -181,6 +198,34 @@ def test_vnni16_byte_planes_at_16bit_extremes(fmt, dtype):
     x_q = extreme_codes(rng, fmt, 150, 300)
     program = assert_sim_exact(network(layers, fmt), x_q, True, dtype)
     assert program.report["products"] == ["vnni16", "vnni16"]
+
+
+@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("codes16", [False, True])
+def test_vnni_int32_bound_at_its_limit(codes16):
+    """A row with ``255 * S`` just below 2^31 stays on VNNI (8-bit) / two byte planes
+    (16-bit) and is exact at the largest codes, against Python integers; one more unit of S
+    leaves VNNI for float64 BLAS, still exact."""
+    s_max = (2**31 - 1) // 255
+    k = -(-s_max // 127)
+    w = np.full((3, k), 127, np.int64)
+    w[0, -1] = s_max - 127 * (k - 1)  # S = s_max exactly
+    w[1, ::2] = -128 // 2  # mixed signs
+    w[2, -1] = 0
+    fmt = InputFormat(16, False, 1.0) if codes16 else InputFormat(8, False, 255.0)
+    x_q = np.stack([np.full(k, fmt.qmax), np.zeros(k, np.int64), np.arange(k) % (fmt.qmax + 1)])
+    bias = np.array([-(2**40), 3, 0])
+    net = network([dense(w, bias)], fmt)
+    program = assert_sim_exact(net, x_q, True)
+    assert program.report["products"] == ["vnni16" if codes16 else "vnni"]
+    want = [[sum(int(a) * int(b) for a, b in zip(row, wr)) + int(bj) for wr, bj in zip(w.tolist(), bias.tolist())]
+            for row in x_q.tolist()]
+    assert program.forward(x_q).tolist() == want
+    over = w.copy()
+    over[0, -1] += 1  # S = s_max + 1
+    assert 255 * int(np.abs(over[0]).sum()) >= 2**31
+    program = assert_sim_exact(network([dense(over, bias)], fmt), x_q, True)
+    assert program.report["products"] == ["float64"]
 
 
 def test_vnni_refuses_what_int8_cannot_hold():
