@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
-from test_sim import dense, extreme_codes, float_graph, network, quantized_networks
+from test_sim import dense, extreme_codes, float_graph, integer_networks, network, quantized_networks
 
 import hwq
 from hwq.errors import InvalidModelError
@@ -58,6 +58,38 @@ def test_random_networks_onnxruntime_equals_sim_and_reference(case):
     except InvalidModelError as exc:  # only accumulators beyond 2^53 may refuse
         assert "2^53" in str(exc)
         reject()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=integer_networks())
+def test_integer_networks_export_exactly_or_refuse_with_the_bound(case):
+    """The hand-built strategy of test_sim (weights up to 2^36, 2..16-bit formats): every
+    export that succeeds equals the reference in onnxruntime; a refusal names the 2^53 or
+    int64 bound it would break, and only when that bound is really reached."""
+    from hypothesis import event
+
+    from hwq.quant.bounds import F64_EXACT, INT64_LIMIT, check_layers, row_sum_bound
+
+    net, rng = case
+    try:
+        bounds = check_layers(net.layers, net.input.qmin, net.input.qmax)
+    except InvalidModelError:
+        event("refused: int64")
+        with pytest.raises(InvalidModelError, match="int64|2\\^53"):
+            export_onnx(net)
+        return
+    try:
+        model = export_onnx(net)
+    except InvalidModelError as err:
+        event("refused: 2^53")
+        assert "2^53" in str(err)
+        assert max(bounds) >= F64_EXACT or max(row_sum_bound(layer.weight) for layer in net.layers) * max(
+            abs(net.input.qmin), net.input.qmax, *bounds) >= F64_EXACT
+        assert max(bounds) < INT64_LIMIT
+        return
+    event("route int64 requant" if "Mod" in ops(model) else "route double requant")
+    event("MatMulInteger" if "MatMulInteger" in ops(model) else "double MatMul")
+    assert_export_exact(net, extreme_codes(rng, net.input, 40, net.n_features))
 
 
 # --- routes ---------------------------------------------------------------------------------

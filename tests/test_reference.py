@@ -26,6 +26,8 @@ def oracle_activate(layer: QLayer, acc: int, j: int) -> int:
         return acc
     if layer.activation == "step":
         return 1 if acc > 0 else 0
+    if layer.activation == "sign":  # +-1; an accumulator of 0 gives +1
+        return 1 if acc >= 0 else -1
     m = int(np.broadcast_to(layer.requant.multiplier, layer.bias.shape)[j])
     s = int(np.broadcast_to(layer.requant.shift, layer.bias.shape)[j])
     z = oracle_requant(acc, m, s)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hwq_targets.common import vnni
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import hwq
@@ -14,6 +14,7 @@ from hwq import ir
 from hwq.errors import InvalidModelError, TargetError
 from hwq.quant import reference
 from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
+from test_reference import oracle_forward  # noqa: E402  (the formulas in Python integers)
 
 VNNI = [False, True] if vnni.available() else [False]
 LUT_HALF = 2048
@@ -134,6 +135,73 @@ def test_batch_sizes_across_blocks(n, use_vnni):
     x_q = extreme_codes(rng, net.input, n, 30) if n else np.zeros((0, 30), np.int64)
     program = assert_sim_exact(net, x_q, use_vnni)
     assert program.forward(x_q).shape == (n, 3)
+
+
+# --- integer networks that reach every path ---------------------------------------------------
+
+MAGNITUDES = (1, 7, 127, 128, 2**12, 2**15, 2**20, 2**30, 2**36)  # vnni, vnni16, f32, f64, int64, ...
+FORMATS = (InputFormat(8, False, 255.0), InputFormat(8, True, 1.0), InputFormat(2, False, 3.0),
+           InputFormat(12, False, 4095.0), InputFormat(16, False, 65535.0), InputFormat(16, True, 1.0))
+
+
+@st.composite
+def integer_networks(draw):
+    """Hand-built integer networks (not through quantize): weight magnitudes from 1 to 2^30,
+    8/12/16-bit and 2-bit formats with non-power-of-two scales, every activation, random
+    multipliers and shifts (ties and saturation), wide and narrow LUTs. Networks whose
+    int64 could wrap are refused by compile (tests/test_bounds.py); they are skipped here."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    fmt = draw(st.sampled_from(FORMATS))
+    n = [draw(st.integers(1, 40))]
+    acts = draw(st.lists(st.sampled_from(["relu", "sigmoid", "step", "identity", "sign"]), max_size=2))
+    layers = []
+    for act in [*acts, "identity"]:
+        n.append(draw(st.integers(1, 12)))
+        big = draw(st.sampled_from(MAGNITUDES))
+        w = rng.integers(-big, big, (n[-1], n[-2]), endpoint=True)
+        if draw(st.booleans()):
+            w[0] = big if big != 128 else -128  # a row at the bound
+        b = rng.integers(-big * 64, big * 64, n[-1], endpoint=True)
+        kw = {}
+        if act in ("relu", "sigmoid"):
+            kw = dict(mult=rng.integers(0, 2**16, n[-1]), shift=rng.integers(0, 40, n[-1]),
+                      act_bits=draw(st.integers(1, 16)))
+            if act == "sigmoid":
+                kw["lut"] = rng.integers(-(2**15), 2**15, 2 * LUT_HALF)
+        layers.append(dense(w, b, act, **kw))
+    return network(layers, fmt), rng
+
+
+@pytest.mark.parametrize("use_vnni", VNNI)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=integer_networks())
+def test_integer_networks_match_reference_and_python_integers(case, use_vnni):
+    net, rng = case
+    try:
+        program = hwq.compile(net, "sim", vnni=use_vnni)
+    except InvalidModelError:
+        event("refused: int64 could wrap")
+        assume(False)
+    for path in program.report["products"]:
+        event(f"path {path}")
+    x_q = extreme_codes(rng, net.input, 60, net.n_features)
+    assert_sim_exact(net, x_q, use_vnni)
+    assert program.forward(x_q[:6]).tolist() == oracle_forward(net, x_q[:6])
+
+
+@pytest.mark.parametrize("path, big, fmt", [
+    ("vnni", 127, FORMATS[0]), ("vnni16", 7, FORMATS[4]), ("float32", 2**12, FORMATS[2]),
+    ("float64", 2**20, FORMATS[5]), ("int64", 2**36, FORMATS[5])])
+def test_the_strategy_magnitudes_reach_every_path(path, big, fmt):
+    """Each path the strategy is meant to reach, with one of its magnitudes and formats."""
+    if path.startswith("vnni") and not vnni.available():
+        pytest.skip("needs AVX-512 VNNI")
+    rng = np.random.default_rng(0)
+    w = rng.integers(-big, big, (4, 40), endpoint=True)
+    w[0] = big
+    net = network([dense(w, rng.integers(-big, big, 4))], fmt)
+    program = assert_sim_exact(net, extreme_codes(rng, fmt, 50, 40), None)
+    assert program.report["products"] == [path]
 
 
 # --- every product path ------------------------------------------------------------------------
