@@ -175,6 +175,8 @@ class SweepSpec:
         self.attack.method()  # unknown attacks and bad parameters fail here
         if self.attack.limit is not None and self.attack.limit < 1:
             raise UsageError(f"--limit must be a positive integer, got {self.attack.limit}")
+        for target in self.targets:
+            check_target_spec(target)
         labels = [data_label(d) for d in self.data]
         if len(set(labels)) != len(labels):
             raise UsageError(f"two data sets share a name: {labels}")
@@ -210,6 +212,39 @@ def data_label(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+TARGET_SPEC = re.compile(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.,=+-]*)?")
+
+
+def check_target_spec(target: str) -> str:
+    """A sweep target: a name, or ``name:opt=value,...`` (``truenorth:relu=rate``) made of
+    characters a cell key (HDF5 group and journal file name) can hold."""
+    if not isinstance(target, str) or not TARGET_SPEC.fullmatch(target):
+        raise UsageError(f"sweep target '{target}' is not NAME or NAME:OPTION=VALUE,...",
+                         hint="letters, digits and _ . - + in names and values")
+    return target
+
+
+def split_targets(text: str, known: Iterable[str] = ()) -> tuple[str, ...]:
+    """``"sim,truenorth:relu=rate,encoding=binary,loihi"`` -> ``("sim",
+    "truenorth:relu=rate,encoding=binary", "loihi")``: after a target with options, an item
+    without ``:`` that has ``=`` or is not a ``known`` target name continues its options."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if out and ":" in out[-1] and ":" not in part and ("=" in part or part not in known):
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def target_token(target: str) -> str:
+    """The target's part of a cell key: the spec with ``:`` as ``@`` (file-name safe on every
+    system; plain names are unchanged)."""
+    return target.replace(":", "@")
+
+
 # ------------------------------------------------------------------------- the plan
 
 
@@ -238,8 +273,9 @@ class Task:
 
 
 def cell_key(label: str, activation: str, bits: int, seed: int, target: str) -> str:
-    """The cell's name: its HDF5 group and its journal file (``spiral__relu__q04__s0__sim``)."""
-    return f"{label}__{activation}__q{bits:02d}__s{seed}__{target}"
+    """The cell's name: its HDF5 group and its journal file (``spiral__relu__q04__s0__sim``,
+    ``digits__relu__q02__s0__truenorth@relu=rate``)."""
+    return f"{label}__{activation}__q{bits:02d}__s{seed}__{target_token(target)}"
 
 
 def derive_seed(*parts) -> int:
