@@ -31,8 +31,9 @@ def _sweep_progress(total: int, verbose: bool):
         bar.update(done - bar.n)
         if verbose and cell is not None:
             a = cell.attrs
-            print(f"[{done}/{total}] {cell.key}: clean {a['clean_accuracy']:.3f}"
-                  f"{' STALLED' if a['stalled'] else ''} ({cell.timing.get('total_s', 0):.1f} s)",
+            what = (f"REFUSED: {a['refused']}" if a.get("refused") else
+                    f"clean {a['clean_accuracy']:.3f}{' STALLED' if a['stalled'] else ''}")
+            print(f"[{done}/{total}] {cell.key}: {what} ({cell.timing.get('total_s', 0):.1f} s)",
                   file=sys.stderr, flush=True)
     return bar, update
 
@@ -56,13 +57,14 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, ep
                grad, norm, limit, data_seed, attack="fgsm", attack_params=None):
     from hwq.ranges import parse_epsilons, parse_ints, parse_names, parse_seeds
     from hwq.sweep.run import model_ref
-    from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings
+    from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings, split_targets
+    from hwq.target.registry import available_targets
 
     refs = tuple(model_ref(m) for m in models or ())
     return SweepSpec(
         data=parse_names(data_specs), activations=parse_names(activations),
         bits=parse_ints(bits, "--bits"), seeds=parse_seeds(seeds),
-        targets=parse_names(targets), models=refs, data_seed=data_seed,
+        targets=split_targets(targets, available_targets()), models=refs, data_seed=data_seed,
         train=TrainSettings(hidden=hidden, epochs=epochs, patience=patience,
                             batch_size=batch_size, learning_rate=lr, init=init, gain=gain),
         quant=QuantOptions(scheme=scheme, act_bits=act_bits, input_bits=input_bits,
@@ -78,7 +80,9 @@ def sweep(
     activations: str = typer.Option("step,sigmoid,relu", help="Hidden activations, comma-separated."),
     bits: str = typer.Option("1:10", help="Weight bits: START:STOP (inclusive) or a,b,c (1..16)."),
     seeds: str = typer.Option("5", help="Number of seeds (5 -> 0..4), or explicit seeds a,b,c / A:B."),
-    targets: str = typer.Option("sim", help="Targets, comma-separated (see `hwq info --targets`)."),
+    targets: str = typer.Option(
+        "sim", help="Targets, comma-separated, with options as NAME:K=V,... (truenorth:relu=rate; "
+                    "see `hwq info --targets`). A target that cannot map a cell's network refuses it."),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
     model: list[Path] = typer.Option(
         None, "--model", help="Sweep this ONNX model instead of training (repeatable; its index is the seed)."),
@@ -132,7 +136,8 @@ def sweep(
     if as_json:
         return emit_json(summary)
     typer.echo(f"sweep: {summary['cells']} cells ({summary['ran']} run, {summary['resumed']} "
-               f"resumed, {len(summary['stalled'])} stalled) on {summary['executor']} in "
+               f"resumed, {len(summary['stalled'])} stalled, {len(summary.get('refused', []))} refused) "
+               f"on {summary['executor']} in "
                f"{summary['wall_s']:.1f} s -> {output}")
 
 
@@ -153,8 +158,8 @@ def report(
     out = write_report(sweep_file, output, fig2=fig2)
     if as_json:
         return emit_json(out)
-    typer.echo(f"report: {len(out['figures'])} figures, {len(out['stalled'])} stalled cells -> "
-               f"{out['report']}")
+    typer.echo(f"report: {len(out['figures'])} figures, {len(out['stalled'])} stalled cells, "
+               f"{len(out.get('refused', {}))} refused -> {out['report']}")
 
 
 @app.command("model")

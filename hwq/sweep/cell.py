@@ -18,10 +18,13 @@ import numpy as np
 
 from hwq import api
 from hwq.attack.gradients import gradient_source
-from hwq.errors import HwqError
+from hwq.errors import HwqError, InvalidModelError, TargetError
 from hwq.onnx.importer import graph_from_model, read_model
+from hwq.quant import reference
 from hwq.sweep.spec import CellFailed, SweepSpec, Task, cell_key, data_label
 from hwq.train import STALL_MARGIN
+
+REFUSALS = (TargetError, InvalidModelError)  # LimitError is a TargetError: the cell is refused
 
 
 @dataclass
@@ -117,16 +120,25 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
     base = {"data": task.label, "activation": task.activation, "bits": task.bits,
             "seed": task.seed, "data_fingerprint": fingerprint, "weights_on_grid": on_grid,
             "chance": chance(ds.y_test, ds.n_classes), **train_attrs}
+    codes = reference.quantize_input(net.input, ds.x_test.reshape(len(ds.x_test), -1))
+    ref_decisions = reference.decide(reference.forward(net, codes), net.output)
     out = []
     for target in task.targets:
         cell_clock = _Clock()
-        program = api.compile(net, target)
-        cell_clock.lap("compile_s")
-        attrs, acc = _attack(spec, program, ds)
-        cell_clock.lap("attack_s")
+        try:
+            program = api.compile(net, target)
+        except REFUSALS as exc:  # the target cannot map this network: a refused cell
+            attrs, acc = refused(exc.line(), spec, len(ds.y_test))
+            cell_clock.lap("compile_s")
+        else:
+            cell_clock.lap("compile_s")
+            attrs, acc = _attack(spec, program, ds)
+            attrs["fidelity"] = float(np.mean(program.decide(program.forward(codes)) == ref_decisions))
+            cell_clock.lap("attack_s")
         attrs = {**base, "target": target, **attrs}
-        attrs["at_chance"] = attrs["clean_accuracy"] <= attrs["chance"] + STALL_MARGIN
-        attrs["stalled"] = bool(attrs["at_chance"] or attrs.get("train_stalled", False))
+        if not attrs.get("refused"):
+            attrs["at_chance"] = attrs["clean_accuracy"] <= attrs["chance"] + STALL_MARGIN
+            attrs["stalled"] = bool(attrs["at_chance"] or attrs.get("train_stalled", False))
         first = not out  # the shared phases (load ... quantize) are charged to the first cell
         timing = {**(clock.times if first else {}), **cell_clock.times}
         timing["total_s"] = sum(timing.values())
@@ -135,6 +147,15 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
         key = cell_key(task.label, task.activation, task.bits, task.seed, target)
         out.append(CellResult(key, attrs, {**arrays, **acc}, timing))
     return out
+
+
+def refused(reason: str, spec: SweepSpec, n_test: int) -> tuple[dict, dict]:
+    """A cell whose target refused the network (``LimitError``, ``TargetError``,
+    ``InvalidModelError`` from compile): the one-line reason in ``refused``, NaN accuracies,
+    never stalled, left out of every mean (docs/sweeps.md)."""
+    attrs = {"refused": reason, "clean_accuracy": float("nan"), "n_test": n_test,
+             "at_chance": False, "stalled": False}
+    return attrs, {"accuracy": np.full(spec.epsilons.size, np.nan)}
 
 
 def _train(spec: SweepSpec, task: Task, ds):

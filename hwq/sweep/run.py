@@ -13,7 +13,7 @@ from hwq.onnx.importer import graph_from_model, read_model
 from hwq.sweep.cell import data_info, run_task
 from hwq.sweep.spec import VERSION, ModelRef, SweepSpec, all_keys, data_label, plan
 from hwq.sweep.store import SweepStore, content_digest, read_sweep
-from hwq.target.registry import get_target
+from hwq.target.registry import resolve_target
 
 
 class Interrupted(HwqError):
@@ -50,8 +50,8 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
     cells are journaled beside the file (``PATH.cells/``) before they are appended to it, so
     an interrupted sweep (Ctrl-C, kill -9) resumes with the cells it has.
     """
-    for target in spec.targets:  # fail before any file is created
-        get_target(target)
+    for target in spec.targets:  # unknown targets and bad options fail before any file exists
+        resolve_target(target)
     tasks = plan(spec)
     keys = all_keys(tasks)
     data = {data_label(d): data_info(d, spec) for d in spec.data}
@@ -65,6 +65,7 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
     with store.session(spec, data, keys, command=command, overwrite=overwrite,
                        executor=executor_name) as session:
         todo = [t for t in tasks if not set(t.keys()) <= session.done]
+        refused = []
         if progress:
             progress(len(session.done), len(keys), None)
         try:
@@ -72,6 +73,8 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
                 for cell in cells:
                     session.check_fingerprint(cell)
                     session.add(cell)
+                    if cell.attrs.get("refused"):
+                        refused.append(cell.key)
                 if progress:
                     progress(len(session.done), len(keys), cells[-1] if cells else None)
         except KeyboardInterrupt:
@@ -79,7 +82,7 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
                               hint="run the same command again to resume") from None
         session.finish()
     return {"output": str(path), "cells": len(keys), "ran": len(keys) - session.resumed,
-            "resumed": session.resumed, "stalled": session.stalled,
+            "resumed": session.resumed, "stalled": session.stalled, "refused": refused,
             "wall_s": session.elapsed(), "executor": executor_name}
 
 
@@ -96,5 +99,6 @@ def describe(path: str | Path) -> dict:
         "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", 0)),
         "complete": bool(sw.attrs.get("complete", False)),
         "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
+        "refused": {c.key: c.attrs["refused"] for c in sw.cells if c.attrs.get("refused")},
         "content_sha256": content_digest(path),
     }
