@@ -31,8 +31,22 @@ def test_readme_starts_with_the_two_setup_commands():
 def test_use_block_runs(tmp_path):
     commands = use_commands()
     assert commands and all(c[0] == "hwq" for c in commands)
-    for argv in commands:
-        proc = subprocess.run([sys.executable, "-m", "hwq", *argv[1:]], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{shlex.join(argv)}: {proc.stderr[-1500:]}"
+    background = []
+    try:
+        for argv in commands:
+            if argv[-1] == "&":  # a server: start it, wait until it listens, stop it at the end
+                proc = subprocess.Popen([sys.executable, "-m", "hwq", *argv[1:-1]], cwd=tmp_path,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                background.append(proc)
+                line = proc.stdout.readline()
+                assert line.startswith("listening "), f"{shlex.join(argv)}: {line!r} {proc.stderr.read()[-800:]}"
+                continue
+            proc = subprocess.run([sys.executable, "-m", "hwq", *argv[1:]], cwd=tmp_path,
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"{shlex.join(argv)}: {proc.stderr[-1500:]}"
+    finally:
+        for proc in background:
+            proc.terminate()
+            proc.wait(timeout=30)
     assert (tmp_path / "figures" / "report.md").exists()
+    assert (tmp_path / "dev.h5").exists() and (tmp_path / "tn.json").exists()
