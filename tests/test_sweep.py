@@ -312,3 +312,71 @@ def test_kill_9_while_finishing_then_restart(tmp_path, point):
     assert sw.attrs["complete"] and len(sw.cells) == 3 and sw.attrs["n_cells"] == 3
     assert summary["ran"] == 0 and summary["resumed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.h5"]
+
+
+# --------------------------------------------------------------------------- Dask security
+
+def test_plain_tcp_beyond_loopback_is_refused_with_the_reason():
+    with pytest.raises(UsageError, match="runs code") as err:
+        DaskExecutor("tcp://10.1.2.3:8786")
+    assert "--scheduler-security" in err.value.hint
+    DaskExecutor("tcp://10.1.2.3:8786", security="insecure")  # explicit: a trusted network
+    DaskExecutor("tcp://127.0.0.1:8786")
+    DaskExecutor("tcp://[::1]:8786")
+    with pytest.raises(UsageError, match="needs --scheduler"):
+        make_executor(1, None, "insecure")
+
+
+def tls_files(folder: Path) -> Path:
+    """A self-signed certificate (its own CA) and a Dask security file naming it."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    config = folder / "dask-tls.yaml"
+    config.write_text("distributed:\n  comm:\n    require-encryption: true\n    tls:\n"
+                      "      ca-file: cert.pem\n      client: {cert: cert.pem, key: key.pem}\n")
+    return config
+
+
+def test_security_file_is_read_with_paths_beside_it(tmp_path):
+    pytest.importorskip("distributed")
+    config = tmp_path / "dask-tls.yaml"
+    config.write_text("distributed:\n  comm:\n    require-encryption: true\n    tls:\n"
+                      "      ca-file: ca.pem\n      client: {cert: c.pem, key: k.pem}\n")
+    ex = DaskExecutor("tls://10.1.2.3:8786", security=config)
+    assert ex.security.tls_ca_file == str(tmp_path / "ca.pem")
+    assert ex.security.tls_client_cert == str(tmp_path / "c.pem")
+    assert ex.security.tls_client_key == str(tmp_path / "k.pem")
+    assert ex.security.require_encryption
+    (tmp_path / "bad.yaml").write_text("distributed: {}\n")
+    with pytest.raises(UsageError, match="ca-file"):
+        DaskExecutor("tls://10.1.2.3:8786", security=tmp_path / "bad.yaml")
+
+
+def _square(v):
+    return v * v
+
+
+@pytest.mark.slow
+def test_tls_cluster_runs_tasks_and_plain_clients_are_turned_away(tmp_path):
+    """A real scheduler and worker on tls://127.0.0.1 with a certificate: the executor
+    connects with the security file and runs tasks; without it the connection fails."""
+    distributed = pytest.importorskip("distributed")
+    if subprocess.run(["openssl", "version"], capture_output=True).returncode != 0:
+        pytest.skip("needs the openssl command")
+    config = tls_files(tmp_path)
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    sec = distributed.Security(tls_ca_file=cert, tls_scheduler_cert=cert, tls_scheduler_key=key,
+                               tls_worker_cert=cert, tls_worker_key=key, tls_client_cert=cert,
+                               tls_client_key=key, require_encryption=True)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  protocol="tls://", host="127.0.0.1", security=sec,
+                                  dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        with DaskExecutor(address, security=config) as ex:
+            assert sorted(ex.imap(_square, [1, 2, 3])) == [1, 4, 9]
+        with pytest.raises(HwqError, match="cannot reach"):
+            with DaskExecutor(address.replace("tls://", "tcp://"), timeout="3s"):
+                pass

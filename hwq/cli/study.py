@@ -14,7 +14,10 @@ from hwq.errors import UsageError
 
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 WORKERS = typer.Option(None, help="Local worker processes (default: one per CPU; 1 runs in this process).")
-SCHEDULER = typer.Option(None, help="Run on Dask: tcp://HOST:PORT of a scheduler, or 'local' for a local Dask cluster.")
+SCHEDULER = typer.Option(None, help="Run on Dask: tcp://HOST:PORT or tls://HOST:PORT of a scheduler, or 'local' for a local Dask cluster. A scheduler runs code: plain TCP is accepted on loopback only.")
+SCHEDULER_SECURITY = typer.Option(
+    None, "--scheduler-security",
+    help="TLS for --scheduler: a Dask config file (distributed.comm.tls ca-file, client cert/key; docs/sweeps.md), or 'insecure' to allow plain TCP on a trusted network.")
 
 
 def _sweep_progress(total: int, verbose: bool):
@@ -38,14 +41,14 @@ def _sweep_progress(total: int, verbose: bool):
     return bar, update
 
 
-def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose) -> dict:
+def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose, security=None) -> dict:
     from hwq.sweep.executors import make_executor
     from hwq.sweep.run import run_sweep
     from hwq.sweep.spec import all_keys, plan
 
     bar, update = _sweep_progress(len(all_keys(plan(spec))), verbose)
     try:
-        with make_executor(workers, scheduler) as executor:
+        with make_executor(workers, scheduler, security) as executor:
             return run_sweep(spec, output, executor, command=command_line(),
                              overwrite=overwrite, progress=update)
     finally:
@@ -115,6 +118,7 @@ def sweep(
     data_seed: int = typer.Option(0, help="Seed of generated data (spirals) and data splits."),
     workers: int = WORKERS,
     scheduler: str = SCHEDULER,
+    scheduler_security: str = SCHEDULER_SECURITY,
     output: Path = typer.Option(..., "-o", "--output", help="Sweep file (.h5); resumed if it exists."),
     overwrite: bool = typer.Option(False, help="Start again instead of resuming an existing sweep file."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per finished cell on stderr."),
@@ -132,7 +136,7 @@ def sweep(
                                      "queries": queries, "p_init": p_init, "seed": attack_seed,
                                      "diagnostics": False if no_diagnostics else None})
     summary = run_spec(spec, output, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                       verbose=verbose)
+                       verbose=verbose, security=scheduler_security)
     if as_json:
         return emit_json(summary)
     typer.echo(f"sweep: {summary['cells']} cells ({summary['ran']} run, {summary['resumed']} "
@@ -195,6 +199,7 @@ def reproduce(
     output: Path = typer.Option(Path("hwq-out"), "-o", "--output", help="Folder for the sweep, figures and report."),
     workers: int = WORKERS,
     scheduler: str = SCHEDULER,
+    scheduler_security: str = SCHEDULER_SECURITY,
     limit: int = typer.Option(None, help="Attack only the first N test inputs."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per finished cell on stderr."),
     as_json: bool = JSON,
@@ -217,7 +222,7 @@ def reproduce(
         typer.echo(f"reproduce ({proto.name} grid): {proto.describe()}", err=True)
     t0 = time.perf_counter()
     summary = run_spec(proto.spec, sweep_file, workers=workers, scheduler=scheduler,
-                       overwrite=False, verbose=verbose)
+                       overwrite=False, verbose=verbose, security=scheduler_security)
     out = write_report(sweep_file, output)
     out.update(sweep=str(sweep_file), grid=proto.name,
                settings=proto.describe(), wall_s=time.perf_counter() - t0,

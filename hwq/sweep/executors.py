@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 from hwq.errors import HwqError, UsageError
 
@@ -81,15 +82,80 @@ class PoolExecutor:
                 yield future.result()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+INSECURE = "insecure"
+
+
+def scheduler_host(address: str) -> str:
+    rest = address.split("://", 1)[-1]
+    return rest.rsplit(":", 1)[0] if rest.count(":") <= 1 or rest.startswith("[") else rest
+
+
+def load_security(security):
+    """A ``distributed.Security`` from ``security``: None (plain, loopback only), the word
+    ``insecure``, a ``Security`` object, or a Dask config file (YAML or JSON) holding the
+    usual TLS keys, e.g.::
+
+        distributed:
+          comm:
+            require-encryption: true
+            tls:
+              ca-file: /etc/hwq/ca.pem
+              client: {cert: /etc/hwq/client.pem, key: /etc/hwq/client-key.pem}
+
+    Relative paths in the file are taken from the file's folder."""
+    if security is None or security == INSECURE:
+        return None
+    from distributed import Security
+
+    if isinstance(security, Security):
+        return security
+    import yaml
+
+    path = Path(security)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read the Dask security file {path} ({exc})") from None
+    comm = ((config or {}).get("distributed") or {}).get("comm") or {}
+    tls = comm.get("tls") or {}
+    if not isinstance(tls, dict) or not tls.get("ca-file"):
+        raise UsageError(f"{path} names no distributed.comm.tls.ca-file",
+                         hint="see docs/sweeps.md (Dask over TLS)")
+    client = tls.get("client") or {}
+
+    def absolute(value):
+        return str((path.parent / value).resolve()) if isinstance(value, str) else None
+
+    return Security(tls_ca_file=absolute(tls["ca-file"]), tls_client_cert=absolute(client.get("cert")),
+                    tls_client_key=absolute(client.get("key")),
+                    require_encryption=bool(comm.get("require-encryption", True)))
+
+
 class DaskExecutor:
-    """Tasks on a Dask distributed cluster: ``tcp://HOST:PORT`` of a running scheduler, or
-    ``local`` for a LocalCluster of ``workers`` single-threaded processes on this machine.
-    Workers need hwq installed and the data at the same paths."""
+    """Tasks on a Dask distributed cluster: ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` of a
+    running scheduler, or ``local`` for a LocalCluster of ``workers`` single-threaded
+    processes on this machine. Workers need hwq installed and the data at the same paths.
+
+    **A scheduler address runs code.** Whoever controls the scheduler (or can talk to it)
+    can run anything on the workers and send anything back to this process, which unpickles
+    the results. So plain ``tcp://`` is accepted only on loopback; any other host needs
+    ``security`` (TLS with certificates: a Dask config file or a ``distributed.Security``,
+    ``--scheduler-security FILE``), or ``security="insecure"`` for a network you trust."""
 
     name = "dask"
 
-    def __init__(self, address: str, workers: int = 2, *, timeout: str = "15s"):
+    def __init__(self, address: str, workers: int = 2, *, timeout: str = "15s", security=None):
         self.address, self.workers, self.timeout = address, workers, timeout
+        self.security = load_security(security)
+        if (address != "local" and self.security is None and security != INSECURE
+                and scheduler_host(address) not in LOOPBACK):
+            raise UsageError(f"--scheduler {address}: a Dask scheduler runs code on its workers "
+                             "and sends results this process unpickles; plain TCP beyond this "
+                             "machine is refused",
+                             hint="use tls://HOST:PORT with --scheduler-security FILE (see "
+                                  "docs/sweeps.md), or --scheduler-security insecure on a "
+                                  "network you trust")
         self.client = self.cluster = None
 
     def __enter__(self):
@@ -105,7 +171,8 @@ class DaskExecutor:
                                             dashboard_address=None)
                 self.client = Client(self.cluster)
             else:
-                self.client = Client(self.address, timeout=self.timeout)
+                self.client = Client(self.address, timeout=self.timeout,
+                                     security=self.security)
                 self.workers = len(self.client.scheduler_info().get("workers", {}))
         except (OSError, TimeoutError) as exc:
             self.__exit__(None)
@@ -131,14 +198,17 @@ class DaskExecutor:
             self.client.cancel([f for f in futures if not f.done()])
 
 
-def make_executor(workers: int | None = None, scheduler: str | None = None):
-    """``scheduler`` given: Dask; else ``workers`` processes (1: this process)."""
+def make_executor(workers: int | None = None, scheduler: str | None = None, security=None):
+    """``scheduler`` given: Dask (``security``: see ``DaskExecutor``); else ``workers``
+    processes (1: this process)."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if scheduler:
         if scheduler != "local" and "://" not in scheduler:
             raise UsageError(f"--scheduler '{scheduler}' is not an address",
-                             hint="use tcp://HOST:PORT or local")
-        return DaskExecutor(scheduler, workers)
+                             hint="use tcp://HOST:PORT, tls://HOST:PORT or local")
+        return DaskExecutor(scheduler, workers, security=security)
+    if security is not None:
+        raise UsageError("--scheduler-security needs --scheduler")
     return SerialExecutor() if workers == 1 else PoolExecutor(workers)
