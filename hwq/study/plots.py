@@ -210,3 +210,40 @@ def plot_attacks_vs_bits(bits, acc, attacks, activations, eps_picks, path, title
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize="xx-small", ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     return save_png(fig, path)
+
+
+STYLES, MARKERS = ("-", "--", ":", "-."), ("o", "s", "^", "D")  # targets can overlap exactly
+
+
+def plot_targets_vs_eps(eps, acc_mean, acc_std, bits, targets, path, title="", notes=None) -> Figure:
+    """Targets compared on the same models: accuracy vs strength, one panel per bit width,
+    one line per target (mean, with a ± std band where ``acc_std`` is given).
+
+    ``acc_mean``/``acc_std``: shape (n_targets, n_bits, n_eps); ``acc_std`` may be None.
+    ``notes[t][b]``: why target t has no line at bit width b ("refused", "stalled"); it is
+    named in that panel's legend instead of a line.
+    """
+    eps, bits, mean = np.asarray(eps, float), np.asarray(bits), np.asarray(acc_mean, float)
+    shape = (len(targets), bits.size, eps.size)
+    _check_shape("acc_mean", mean, shape)
+    std = None if acc_std is None else np.asarray(acc_std, float)
+    if std is not None:
+        _check_shape("acc_std", std, shape)
+    fig, axes = _figure(bits.size, width=4.0, height=4.0)
+    colours = [colormaps["tab10"](i % 10) for i in range(len(targets))]
+    for i, (ax, q) in enumerate(zip(axes, bits, strict=True)):
+        for t, (name, colour) in enumerate(zip(targets, colours, strict=True)):
+            note = notes[t][i] if notes else ""
+            if note or np.isnan(mean[t, i]).all():
+                ax.plot([], [], " ", label=f"{name}: {note or 'no data'}")
+                continue
+            ax.plot(eps, mean[t, i], STYLES[t % len(STYLES)], color=colour, lw=1.8,
+                    marker=MARKERS[t % len(MARKERS)], ms=4, label=name)
+            if std is not None:
+                ax.fill_between(eps, mean[t, i] - std[t, i], mean[t, i] + std[t, i], color=colour,
+                                alpha=0.12, lw=0)
+        label = f"{int(q)} bit" + ("s" if q != 1 else "")
+        ax.set(title=f"{title} — {label}" if title else label,
+               xlabel="attack strength ε", ylabel="test accuracy", ylim=(-0.02, 1.02))
+        ax.legend(fontsize="x-small")
+    return save_png(fig, path)

@@ -7,7 +7,11 @@ writes ``report.md`` into a folder.
 
 Stalled cells (training stalled, or clean test accuracy within 5 points of chance) are never
 averaged: means and spreads are over the other seeds, each figure marks how many seeds of a
-bit width were left out, and the report lists every stalled cell.
+bit width were left out, and the report lists every stalled cell. Refused cells (the target
+could not map the network: attribute ``refused`` with the reason, NaN accuracies) are never
+averaged either and are listed with their reasons. With several targets, the report compares
+them: accuracy vs strength per target (one panel per bit width) and the fidelity (share of
+test inputs whose clean decision equals the integer reference's, i.e. the ``sim`` target's).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 
 from hwq.study.analysis import min_variance_strength, relative_accuracy, slope_crossing_strength
 from hwq.study.analysis.critical import DEFINITIONS
-from hwq.sweep.spec import data_label
+from hwq.sweep.spec import data_label, target_token
 from hwq.sweep.store import SweepFile, read_sweep
 
 FIG2_CASES = ((2, 2), (3, 4), (1, 5))  # (q, n) of the paper's Fig. 2
@@ -45,10 +49,17 @@ class Block:
     present: np.ndarray  # (A, B, S) bool
     stalled: np.ndarray  # (A, B, S) bool
     keys: np.ndarray  # (A, B, S) object: cell keys ("" where missing)
+    refused: np.ndarray  # (A, B, S) bool: the target refused the network (no accuracies)
+    fidelity: np.ndarray  # (A, B, S) float: clean decisions equal to the reference's (NaN: unknown)
+
+    @property
+    def ran(self) -> np.ndarray:
+        """Cells that ran (present and not refused), stalled or not."""
+        return self.present & ~self.refused
 
     @property
     def usable(self) -> np.ndarray:
-        return self.present & ~self.stalled
+        return self.ran & ~self.stalled
 
     def _masked(self, values: np.ndarray) -> np.ndarray:
         mask = self.usable if values.ndim == 3 else self.usable[..., None]
@@ -87,6 +98,7 @@ def blocks(sw: SweepFile) -> list[Block]:
             acc = np.full(shape + (sw.epsilons.size,), np.nan)
             clean, present = np.full(shape, np.nan), np.zeros(shape, bool)
             stalled, keys = np.zeros(shape, bool), np.full(shape, "", dtype=object)
+            refused, fidelity = np.zeros(shape, bool), np.full(shape, np.nan)
             for c in sw.cells:
                 a = c.attrs
                 if a["data"] != label or a["target"] != target or a["activation"] not in acts:
@@ -95,8 +107,10 @@ def blocks(sw: SweepFile) -> list[Block]:
                      int(np.flatnonzero(seeds == a["seed"])[0]))
                 acc[i], clean[i], present[i] = c.accuracy, a["clean_accuracy"], True
                 stalled[i], keys[i] = a["stalled"], c.key
+                refused[i] = bool(a.get("refused"))
+                fidelity[i] = a.get("fidelity", np.nan)
             out.append(Block(label, target, sw.data[label], acts, bits, seeds, sw.epsilons,
-                             acc, clean, present, stalled, keys))
+                             acc, clean, present, stalled, keys, refused, fidelity))
     return out
 
 
@@ -147,9 +161,17 @@ def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
         clean_all.setdefault(b.data, {})[b.target] = {
             act: {str(q): _num(all_clean[a, i]) for i, q in enumerate(b.bits)}
             for a, act in enumerate(b.activations)}
+    fidelity = {}
+    for b in blks:
+        mean_fid = _nan(np.nanmean, np.where(b.ran, b.fidelity, np.nan), 2)
+        fidelity.setdefault(b.data, {})[b.target] = {
+            act: {str(q): _num(mean_fid[a, i]) for i, q in enumerate(b.bits)}
+            for a, act in enumerate(b.activations)}
     return {
         "critical": critical, "clean_accuracy": clean, "clean_accuracy_all_seeds": clean_all,
+        "fidelity": fidelity,
         "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
+        "refused": {c.key: c.attrs["refused"] for c in sw.cells if c.attrs.get("refused")},
         "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", len(sw.cells))),
         "complete": bool(sw.attrs.get("complete", False)),
     }
@@ -164,7 +186,7 @@ def _fig_numbers(block: Block) -> tuple[int, int]:
 
 
 def _stem(block: Block, multi_target: bool) -> str:
-    return block.data + (f"_{block.target}" if multi_target else "")
+    return block.data + (f"_{target_token(block.target)}" if multi_target else "")
 
 
 def _mark_stalled(fig, block: Block) -> None:
@@ -214,12 +236,51 @@ def block_figures(block: Block, folder: Path, multi_target: bool) -> list[Path]:
     n = int(block.info["n_features"])
     scales = ("linear",) if f_rel == 7 else ("linear", "log")
     for a, act in enumerate(block.activations):
+        if not block.ran[a].any():  # every cell refused: nothing to draw
+            continue
         for scale in scales:
             suffix = "" if scale == "linear" else "_log"
             path = folder / f"fig{f_rel}_{stem}_{act}_relative_accuracy{suffix}.png"
             plots.plot_relative_accuracy(block.eps, rel[a], block.bits, None, path,
                                          title=f"{block.data} — {act}", n_features=n,
                                          xscale=scale)
+            paths.append(path)
+    return paths
+
+
+def by_data(blks: list[Block]) -> dict[str, list[Block]]:
+    """The blocks of each data set (one per target, in the spec's order)."""
+    out: dict[str, list[Block]] = {}
+    for b in blks:
+        out.setdefault(b.data, []).append(b)
+    return out
+
+
+def target_curves(group: list[Block], a: int) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Mean and std accuracy (targets, bits, eps) of activation ``a`` over usable seeds, and
+    per target and bit width a note: "refused", "stalled" (no usable seed) or ""."""
+    mean = np.stack([b.mean()[a] for b in group])
+    std = np.stack([b.std()[a] for b in group])
+    notes = [["refused" if b.refused[a, i].any() and not b.ran[a, i].any() else
+              "stalled" if b.ran[a, i].any() and not b.usable[a, i].any() else
+              "" for i in range(b.bits.size)] for b in group]
+    return mean, std, notes
+
+
+def target_figures(blks: list[Block], folder: Path) -> list[Path]:
+    """Targets compared on the same models: per data set and activation, accuracy vs strength,
+    one panel per bit width, one line per target (``targets_<data>_<activation>_accuracy_vs_eps``)."""
+    from hwq.study.plots import plot_targets_vs_eps
+
+    paths = []
+    for data, group in by_data(blks).items():
+        for a, act in enumerate(group[0].activations):
+            if not any(b.ran[a].any() for b in group):
+                continue
+            mean, std, notes = target_curves(group, a)
+            path = folder / f"targets_{data}_{act}_accuracy_vs_eps.png"
+            plot_targets_vs_eps(group[0].eps, mean, std, group[0].bits, [b.target for b in group],
+                                path, title=f"{data} — {act}", notes=notes)
             paths.append(path)
     return paths
 
@@ -307,6 +368,8 @@ def _clean_md(b: Block) -> list[str]:
         for a in range(len(b.activations)):
             n_ok, n_st = int(b.usable[a, i].sum()), int(b.stalled[a, i].sum())
             cell = f"{_fmt(mean[a, i])} ± {_fmt(std[a, i])} ({n_ok})" if n_ok else "–"
+            if b.refused[a, i].any():
+                cell += f", {int(b.refused[a, i].sum())} refused"
             stalled_mean = np.mean(b.clean[a, i][b.stalled[a, i]]) if n_st else None
             row.append(cell + (f", {n_st} stalled (at {_fmt(stalled_mean)})" if n_st else ""))
         rows.append(row)
@@ -320,7 +383,8 @@ def _eps_md(b: Block) -> list[str]:
     lines = [f"### Accuracy under attack: {b.data} on {b.target} (mean over usable seeds)", ""]
     for a, act in enumerate(b.activations):
         if np.isnan(mean[a]).all():
-            lines += [f"{act}: no usable cells.", ""]
+            why = " (refused by the target)" if b.refused[a].any() and not b.ran[a].any() else ""
+            lines += [f"{act}: no usable cells{why}.", ""]
             continue
         rows = [[q, *(_fmt(mean[a, i, k]) for k in picks)] for i, q in enumerate(b.bits)]
         lines += [f"{act}:", ""] + _md_table(["bits", *(f"ε={b.eps[k]:g}" for k in picks)],
@@ -334,7 +398,7 @@ def _stalled_md(sw: SweepFile, blks: list[Block]) -> list[str]:
     if not cells:
         return lines + ["None.", ""]
     counts = [[b.data, b.target, act,
-               *(f"{int(b.stalled[a, i].sum())}/{int(b.present[a, i].sum())}"
+               *(f"{int(b.stalled[a, i].sum())}/{int(b.ran[a, i].sum())}"
                  for i in range(b.bits.size))]
               for b in blks for a, act in enumerate(b.activations) if b.stalled[a].any()]
     lines += [f"{len(cells)} stalled cells; stalled / run per bit width:", ""]
@@ -348,6 +412,46 @@ def _stalled_md(sw: SweepFile, blks: list[Block]) -> list[str]:
     lines += _md_table(["cell", "clean acc", "chance", "val acc", "best epoch",
                         "training stalled", "test at chance"], rows)
     return lines + ["", "</details>", ""]
+
+
+def _targets_md(blks: list[Block], figures: list[Path], folder: Path) -> list[str]:
+    """Fidelity per (data, activation, bits) and target, and the comparison figures."""
+    groups = by_data(blks)
+    if all(len(g) < 2 for g in groups.values()):
+        return []
+    lines = ["## Targets compared", "",
+             "Fidelity: the share of test inputs whose clean decision equals the integer "
+             "reference's (`hwq.quant.reference`, which the `sim` target equals bit for bit), "
+             "mean over the seeds that ran (stalled ones included); `refused`: the target "
+             "cannot map the network (reasons below).", ""]
+    for data, group in groups.items():
+        rows = []
+        for a, act in enumerate(group[0].activations):
+            for i, q in enumerate(group[0].bits):
+                row = [act, int(q)]
+                for b in group:
+                    ran = b.ran[a, i]
+                    if ran.any():
+                        row.append(_fmt(float(_nan(np.nanmean, b.fidelity[a, i][ran], 0))))
+                    else:
+                        row.append("refused" if b.refused[a, i].any() else "–")
+                rows.append(row)
+        lines += [f"### Fidelity: {data}", ""]
+        lines += _md_table(["activation", "bits", *(b.target for b in group)], rows) + [""]
+    names = [p for p in figures if p.name.startswith("targets_")]
+    lines += [f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in names]
+    return lines + [""]
+
+
+def _refused_md(sw: SweepFile) -> list[str]:
+    cells = [c for c in sw.cells if c.attrs.get("refused")]
+    lines = ["## Refused cells (the target cannot map the network; no accuracies)", ""]
+    if not cells:
+        return lines + ["None.", ""]
+    lines += _md_table(["cell", "target", "reason"],
+                       [[c.key, c.attrs["target"], str(c.attrs["refused"]).replace("|", "\\|")]
+                        for c in cells])
+    return lines + [""]
 
 
 def _timing_md(sw: SweepFile) -> list[str]:
@@ -441,13 +545,15 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
     lines = [f"# hwq sweep report: {sw.path.name}", "",
              f"{len(sw.cells)} of {sw.attrs.get('n_planned', len(sw.cells))} cells"
              + ("" if sw.attrs.get("complete") else " (sweep not complete)")
-             + f"; {sum(c.attrs['stalled'] for c in sw.cells)} stalled.", ""]
+             + f"; {sum(c.attrs['stalled'] for c in sw.cells)} stalled"
+             + f"; {sum(bool(c.attrs.get('refused')) for c in sw.cells)} refused.", ""]
     lines += _settings_md(sw) + _critical_md(blks)
     lines += ["## Clean accuracy and accuracy under attack", ""]
     for b in blks:
         lines += _clean_md(b) + _eps_md(b)
     lines += _attacks_md(sw, blks)
-    lines += _stalled_md(sw, blks)
+    lines += _targets_md(blks, figures, folder)
+    lines += _stalled_md(sw, blks) + _refused_md(sw)
     if fig2:
         lines += ["## Fig. 2 check: Monte Carlo vs the geometric model", ""]
         lines += _md_table(["q", "n", "mean (MC)", "mean h/(n+1)", "KS D", "KS p"],
@@ -479,9 +585,11 @@ def write_report(sweep_path: str | Path, folder: str | Path, *, fig2: bool = Tru
         figures.append(path)
     multi = len(sw.spec.targets) > 1
     for b in blks:
-        if b.present.any():
+        if b.ran.any():
             figures += block_figures(b, folder, multi)
             figures += attack_figures(sw, b, folder, multi)
+    if multi:
+        figures += target_figures(blks, folder)
     report = folder / "report.md"
     from hwq.files.atomic import atomic_write_bytes
 
