@@ -95,3 +95,20 @@ def test_no_path_returns_figure_without_writing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert isinstance(plots.plot_accuracy_vs_eps(EPS, 1 - EPS, ["a"], None), Figure)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_targets_vs_eps_one_panel_per_bit_width_one_line_per_target(tmp_path):
+    acc = sweep(np.random.default_rng(4))[:, :3]  # 3 "targets" x 3 bit widths x eps
+    acc[2, 1] = np.nan  # target 2 refused at the second bit width
+    notes = [["", "", ""], ["", "", "stalled"], ["", "refused", ""]]
+    fig = plots.plot_targets_vs_eps(EPS, acc, 0.01 * np.ones_like(acc), BITS[:3],
+                                    ["sim", "loihi", "truenorth:relu=rate"], tmp_path / "t.png",
+                                    title="digits — relu", notes=notes)
+    assert_only_png(tmp_path, "t.png")
+    assert len(fig.axes) == 3 and fig.axes[1].get_title() == "digits — relu — 2 bits"
+    drawn = [[ln.get_label() for ln in ax.lines if ln.get_xdata().size] for ax in fig.axes]
+    assert drawn == [["sim", "loihi", "truenorth:relu=rate"], ["sim", "loihi"], ["sim", "truenorth:relu=rate"]]
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "truenorth:relu=rate: refused" in legend
+    with pytest.raises(UsageError, match="acc_mean"):
+        plots.plot_targets_vs_eps(EPS, acc[:2], None, BITS[:3], ["a", "b", "c"], tmp_path / "x.png")

@@ -89,3 +89,50 @@ def test_partial_sweeps_can_be_reported(sweep_file, tmp_path):
     sw = read_sweep(sweep_file)
     assert blocks(sw)[0].present.all()
     assert key_numbers(sw)["planned"] == 18
+
+
+def _two_targets(refused_value: float) -> SweepFile:
+    """sim and truenorth on one activation, 2 bit widths x 2 seeds; truenorth refuses 2 bits
+    (its accuracy arrays hold ``refused_value``, which must never count)."""
+    spec = SweepSpec(data=("spiral",), activations=("relu",), bits=(1, 2), seeds=(0, 1),
+                     targets=("sim", "truenorth:relu=rate"), attack=AttackSettings((0.0, 0.1, 0.2)))
+    cells = []
+    for target in spec.targets:
+        for q in (1, 2):
+            for s in (0, 1):
+                refused = target != "sim" and q == 2
+                acc = np.full(3, refused_value) if refused else np.array([0.9, 0.6, 0.3]) - 0.1 * s
+                attrs = {"data": "spiral", "target": target, "activation": "relu", "bits": q,
+                         "seed": s, "clean_accuracy": acc[0], "stalled": False, "at_chance": False,
+                         "chance": 0.5}
+                if refused:
+                    attrs["refused"] = "layer 1: too big | try relu=rate"
+                else:
+                    attrs["fidelity"] = 1.0 if target == "sim" else 0.75 + 0.25 * s
+                key = f"spiral__relu__q0{q}__s{s}__{target.replace(':', '@')}"
+                cells.append(CellRecord(key, attrs, acc, {}, {}))
+    data = {"spiral": {"label": "spiral", "n_features": 2, "chance": 0.5}}
+    return SweepFile(Path("fake.h5"), {"n_planned": 8}, spec, np.array(spec.attack.epsilons),
+                     data, cells)
+
+
+def test_refused_cells_are_left_out_and_targets_compared(tmp_path):
+    a, b = (blocks(_two_targets(v)) for v in (0.0, 1.0))
+    tn = a[1]
+    assert tn.target == "truenorth:relu=rate" and tn.refused[0, 1].all() and not tn.usable[0, 1].any()
+    np.testing.assert_allclose(tn.mean()[0, 0], [0.85, 0.55, 0.25])
+    assert np.isnan(tn.mean()[0, 1]).all()
+    np.testing.assert_array_equal(b[1].mean(), tn.mean())  # whatever the refused cells hold
+    numbers = key_numbers(_two_targets(0.0), a)
+    assert numbers["fidelity"]["spiral"]["truenorth:relu=rate"]["relu"] == {"1": 0.875, "2": None}
+    assert numbers["fidelity"]["spiral"]["sim"]["relu"] == {"1": 1.0, "2": 1.0}
+    assert sorted(numbers["refused"]) == ["spiral__relu__q02__s0__truenorth@relu=rate",
+                                          "spiral__relu__q02__s1__truenorth@relu=rate"]
+    from hwq.study.report import _clean_md, _refused_md, _targets_md, target_figures
+
+    figures = target_figures(a, tmp_path)
+    assert [p.name for p in figures] == ["targets_spiral_relu_accuracy_vs_eps.png"]
+    md = "\n".join(_targets_md(a, figures, tmp_path) + _refused_md(_two_targets(0.0)) + _clean_md(tn))
+    assert "| relu | 1 | 1.000 | 0.875 |" in md and "| relu | 2 | 1.000 | refused |" in md
+    assert "too big \\| try relu=rate" in md and "](targets_spiral_relu_accuracy_vs_eps.png)" in md
+    assert "| 2 | –, 2 refused |" in md
