@@ -110,3 +110,26 @@ def test_bad_target_options_fail_before_any_file(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "relu=maybe" in lines[0], err
     assert not out.exists() and not (tmp_path / "bad.h5.cells").exists()
+
+
+def test_compile_measures_fidelity_on_test_data_and_compare_prints_it(tmp_path, capsys):
+    onnx, compiled = tmp_path / "m.onnx", tmp_path / "m.hwq"
+    code, _, err = hwq(capsys, "train", "--data", "digits", "--activation", "step", "--bits", "2",
+                       "--epochs", "5", "--hidden", "12", "-o", onnx)
+    assert code == 0, err
+    code, out, err = hwq(capsys, "compile", onnx, "--target", "truenorth", "--input-bits", "2",
+                         "--calib", "digits", "-o", tmp_path / "text.hwq")
+    assert code == 0 and "\nfidelity: 1.0000 (digits test split" in out, err
+    code, out, err = hwq(capsys, "compile", onnx, "--target", "truenorth", "--input-bits", "2",
+                         "--calib", "digits", "-o", compiled, "--json")
+    assert code == 0, err
+    fid = json.loads(out)["target_report"]["fidelity"]
+    assert fid["source"].startswith("digits test split") and fid["inputs"] > 100 and fid["value"] == 1.0
+    code, out, err = hwq(capsys, "compare", compiled, "--data", "digits", "--targets", "sim,truenorth",
+                         "--json")
+    assert code == 0, err
+    cmp = json.loads(out)
+    assert cmp["fidelity"] == 1.0 - cmp["decisions_differ_fraction"] and cmp["inputs"] > 100
+    code, out, _ = hwq(capsys, "compile", onnx, "--target", "sim", "--input-bits", "2", "--calib", "digits",
+                       "-o", tmp_path / "s.hwq")
+    assert code == 0 and "\nfidelity: " not in out  # sim cannot measure it: nothing is claimed

@@ -143,6 +143,7 @@ def compile_(
     cal_name = f"{cal_name}: {net.settings.calibration}"
     net = dataclasses.replace(net, settings=dataclasses.replace(net.settings, calibration=cal_name))
     program = api.compile(net, target, **options)
+    measure_fidelity(program, calib or meta.get("hwq.dataset"), seed)
     hwqfile.save_program(output, program, command=command_line())
     if as_json:
         return emit_json({"output": str(output), "target": target, "options": program.options,
@@ -156,7 +157,27 @@ def compile_(
         typer.echo(f"note: {note}")
     typer.echo(f"calibration: {cal_name}")
     typer.echo(quantization_text(hwqfile.quantization_table(net)))
+    fidelity = program.report.get("fidelity") if isinstance(program.report, dict) else None
+    if isinstance(fidelity, dict) and "value" in fidelity:
+        typer.echo(f"fidelity: {fidelity['value']:.4f} ({fidelity.get('source', '')})")
     typer.echo(f"compiled {model} for {target} ({scheme} q={net.settings.bits}, calibration: {cal_name}) -> {output}")
+
+
+FIDELITY_INPUTS = 1000
+
+
+def measure_fidelity(program, spec: str | None, seed: int) -> None:
+    """A program that can measure its fidelity (``measure_fidelity(x_q, source)``: the share of
+    inputs whose decision equals the reference's) measures it on the first
+    ``FIDELITY_INPUTS`` test inputs of the calibration data set, when there is one."""
+    if not spec or not hasattr(program, "measure_fidelity"):
+        return
+    from hwq.quant.reference import quantize_input
+
+    ds = data(spec, limit=FIDELITY_INPUTS, seed=seed)
+    x = ds.x_test.reshape(len(ds.x_test), -1)
+    program.measure_fidelity(quantize_input(program.net.input, x),
+                             f"{spec} test split, first {len(x)} inputs")
 
 
 def quantization_text(rows: list[dict]) -> str:
@@ -507,7 +528,7 @@ def compare(
     a, b = (hwqfile.load_program(model, t) for t in names)
     ds = data(data_spec, limit)
     out = compare_programs(a, b, quantize_input(a.net.input, ds.x_test.reshape(len(ds.x_test), -1)))
-    out.update(targets=names, n_inputs=len(ds.y_test))
+    out.update(targets=names, n_inputs=len(ds.y_test), fidelity=1.0 - out["decisions_differ_fraction"])
     if as_json:
         return emit_json(out)
     for key, value in out.items():
