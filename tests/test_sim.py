@@ -8,13 +8,13 @@ import pytest
 from hwq_targets.common import vnni
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from test_reference import oracle_forward  # the formulas in Python integers
 
 import hwq
 from hwq import ir
 from hwq.errors import InvalidModelError, TargetError
 from hwq.quant import reference
 from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
-from test_reference import oracle_forward  # noqa: E402  (the formulas in Python integers)
 
 VNNI = [False, True] if vnni.available() else [False]
 LUT_HALF = 2048
