@@ -14,10 +14,12 @@ from hwq.errors import UsageError
 
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 WORKERS = typer.Option(None, help="Local worker processes (default: one per CPU; 1 runs in this process).")
-SCHEDULER = typer.Option(None, help="Run on Dask: tcp://HOST:PORT or tls://HOST:PORT of a scheduler, or 'local' for a local Dask cluster. A scheduler runs code: plain TCP is accepted on loopback only.")
+SCHEDULER = typer.Option(None, help="Run on Dask: tcp://HOST:PORT or tls://HOST:PORT of a scheduler, or 'local' "
+                                     "for a local Dask cluster. A scheduler runs code: plain TCP on loopback only.")
 SCHEDULER_SECURITY = typer.Option(
     None, "--scheduler-security",
-    help="TLS for --scheduler: a Dask config file (distributed.comm.tls ca-file, client cert/key; docs/sweeps.md), or 'insecure' to allow plain TCP on a trusted network.")
+    help="TLS for --scheduler: a Dask config file (distributed.comm.tls ca-file, client cert/key; "
+         "docs/sweeps.md), or 'insecure' to allow plain TCP on a trusted network.")
 
 
 def _sweep_progress(total: int, verbose: bool):
