@@ -11,7 +11,11 @@ Beside ``SWEEP.h5`` a sweep keeps a journal folder ``SWEEP.h5.cells/`` while it 
 The journal is the truth. Every start rebuilds ``SWEEP.h5`` from it (temporary file + rename:
 an HDF5 file broken by kill -9 in the middle of an append is simply replaced); each finished
 cell is journaled, then appended to ``SWEEP.h5``; when every cell is done the file is rebuilt
-once more in canonical order, marked ``complete`` and the journal is removed.
+once more in canonical order, marked ``complete`` and the journal is removed, ``header.json``
+first: a journal without a header beside a complete file is adopted from that file on the next
+start, so a kill -9 at any point of finishing leaves a complete sweep (tested with a real
+SIGKILL at each step). Temporary files are created exclusively under unpredictable names
+(``hwq.files.atomic``); the leftovers of a killed writer are deleted on the next start.
 """
 
 from __future__ import annotations
