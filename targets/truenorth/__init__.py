@@ -50,6 +50,9 @@ class TrueNorthTarget:
         Option("threshold", "binary encoding: the code at or above which an input spikes (default: half range)",
                None, parse_int),
         Option("seed", "stochastic encoding and the report's fidelity inputs", 0, parse_int),
+        Option("decoding", "count: score = spike count E+ - E- per output unit (exact) | vote: population vote, "
+               "each output emitter (one per input group) votes once if it spikes (approximate)", "count", str,
+               CHOICES["decoding"]),
         Option("fidelity_samples", "random codes an approximate program's fidelity is measured on (0: none)",
                64, parse_int),
     )

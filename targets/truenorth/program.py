@@ -22,8 +22,10 @@ CHUNK = 256
 CHIP_CORES = 4096
 INPUT_DRAW = 3  # prng purpose of the stochastic input code
 ENCODINGS = ("rate", "binary", "stochastic")
-DEFAULTS = dict(step="auto", relu="exact", encoding="rate", threshold=None, seed=0, fidelity_samples=64)
-CHOICES = dict(step=("auto", "count"), relu=("exact", "rate", "refuse"), encoding=ENCODINGS)
+DECODINGS = ("count", "vote")
+DEFAULTS = dict(step="auto", relu="exact", encoding="rate", threshold=None, seed=0, fidelity_samples=64,
+                decoding="count")
+CHOICES = dict(step=("auto", "count"), relu=("exact", "rate", "refuse"), encoding=ENCODINGS, decoding=DECODINGS)
 
 
 def resolve(options: dict) -> dict:
@@ -70,7 +72,8 @@ class TrueNorthProgram:
         validate(self.mapping.model, self.mapping.host_ports)
         self.emulator = Emulator(self.mapping.model, EmulatorConfig(count_merges=True))
         encoding_exact = {"rate": True, "binary": self.q == 1 and self.thr == 1, "stochastic": self.q == 1}[enc]
-        self.exact = encoding_exact and all(p.exact for p in self.mapping.layers)
+        self.vote = opts["decoding"] == "vote"
+        self.exact = encoding_exact and not self.vote and all(p.exact for p in self.mapping.layers)
         self.port = {cid: k for k, cid in enumerate(self.mapping.model.ids.tolist())}
         self.relu = {p.index: p for p in self.mapping.layers if p.kind == "count-relu"}
         self.report = self.build_report(encoding_exact)
@@ -160,7 +163,8 @@ class TrueNorthProgram:
                               "the mapping relies on every one")
         scores = np.zeros((len(x_q), self.net.layers[-1].weight.shape[0]), np.int64)
         for cid, j, u, sign in self.mapping.outputs:
-            scores[:, u] += sign * result.counts[self.port[cid], :, j]
+            count = result.counts[self.port[cid], :, j]
+            scores[:, u] += sign * ((count > 0) if self.vote else count)
         return scores
 
     def mapped_accs(self, x_q) -> list[np.ndarray]:
@@ -234,6 +238,9 @@ class TrueNorthProgram:
             approx.append({"binary": f"inputs binarized at code {self.thr} (a spike stands for {self.q})",
                            "stochastic": f"inputs as Bernoulli spikes, p = x / {self.q} per tick over {self.q} "
                                          f"ticks (seed {self.opts['seed']})"}[enc])
+        if self.vote:
+            approx.append(f"population vote: each of a unit's {m.layers[-1].groups} output emitter pair(s) votes "
+                          "+1 (E+ spiked) or -1 (E- spiked) instead of counting spikes")
         for p in m.layers:
             if not p.exact:
                 inexact = p.relu["units"] - p.relu["exact_units"]
@@ -243,7 +250,8 @@ class TrueNorthProgram:
         return dict(target=NAME, cores=len(cores), axons=axons, neurons=neurons, duplicated_neurons=m.duplicated,
                     ticks_per_frame=m.ticks, chip_fraction=len(cores) / CHIP_CORES, encoding=enc,
                     input_columns=len(m.inputs) if not self.signed else f"{len(m.inputs)} (x+ and x-)",
-                    decoding="spike counts E+ - E- per output unit", exact=self.exact,
+                    decoding=("population vote: sum over the unit's output emitters of [E+ spiked] - [E- spiked]"
+                              if self.vote else "spike counts E+ - E- per output unit"), exact=self.exact,
                     approximations=approx, layers=layers, options=dict(self.opts))
 
 
