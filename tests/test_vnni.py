@@ -85,16 +85,18 @@ def test_sim_layer_equals_matmul_plus_epilogue():
 
 # ---------------------------------------------------------------- 16-bit codes: two byte planes
 
-def planes_layer(h, w, bias, lo, hi):
-    """sim's fused 16-bit layer (identity activation): the int64 accumulator, or None when a
-    code fell outside ``[lo, hi]``."""
+def planes_layer(h, w, bias, lo, hi, planes=2):
+    """sim's fused layer on byte planes and weight digits (identity activation): the int64
+    accumulator, or None when a code fell outside ``[lo, hi]``."""
     m = w.shape[0]
-    offset = vnni.plane_offset(lo, hi)
+    offset = vnni.plane_offset(lo, hi) if planes == 2 else vnni.input_offset(lo, hi)
     acc = np.empty((len(h), m), np.int64)
     zeros = np.zeros(m, np.int64)
-    bad = kernels.vnni_layer(h, lo, hi, offset, vnni.pack_weights(w), bias - offset * w.sum(axis=1), zeros,
+    digits = vnni.weight_digits(w)
+    wpk = np.stack([vnni.pack_weights(d) for d in digits])
+    bad = kernels.vnni_layer(h, lo, hi, offset, wpk, bias - offset * w.sum(axis=1), zeros,
                              zeros, zeros, kernels.MODES["identity"], 0, np.zeros(1, np.int64), 1, acc,
-                             np.empty((0, 0), np.int64), planes=True)
+                             np.empty((0, 0), np.int64), planes=planes)
     return None if bad else acc
 
 
@@ -155,3 +157,37 @@ def test_byte_planes_report_codes_out_of_range():
     assert planes_layer(h.astype(np.uint16), w, bias, 0, 4095) is None
     assert planes_layer(h[:70].astype(np.uint16), w, bias, 0, 4095).tolist() == python_product(h[:70], w, bias)
     assert not vnni.fits_planes(w, -1, 65535) and not vnni.fits_planes(w, 0, 65536)
+
+
+@given(st.integers(0, 2**31), st.sampled_from([1, 48, 97]), st.integers(1, 50), st.integers(1, 30),
+       st.sampled_from([255, 256, 1023, 2**15 - 1, 2**16, 2**22]),
+       st.sampled_from([(0, 255, 1), (-128, 127, 1), (0, 65535, 2), (-32768, 32767, 2)]))
+@settings(max_examples=60, deadline=None)
+def test_weight_digits_equal_python_integers(seed, n, k, m, big, fmt):
+    """Weights beyond int8 as signed byte digits (1 to 3), on 8-bit codes (one plane) and
+    16-bit codes (two), codes and weights at both ends."""
+    lo, hi, planes = fmt
+    rng = np.random.default_rng(seed)
+    h = rng.integers(lo, hi + 1, (n, k))
+    h[0] = hi
+    w = rng.integers(-big, big + 1, (m, k))
+    w[0, :] = -big
+    digits = vnni.weight_digits(w)
+    assert sum(d * 256**i for i, d in enumerate(digits)).tolist() == w.tolist()
+    assert all(d.min() >= -128 and d.max() <= 127 for d in digits)
+    bias = rng.integers(-(2**30), 2**30, m)
+    dtype = {1: np.uint8 if lo == 0 else np.int8, 2: np.uint16 if lo == 0 else np.int16}[planes]
+    assert planes_layer(h.astype(dtype), w, bias, lo, hi, planes).tolist() == python_product(h, w, bias)
+
+
+def test_digit_plan_limits():
+    w = np.full((2, 10), 1023)
+    planes, digits = vnni.digit_plan(w, 0, 255)
+    assert planes == 1 and len(digits) == 2
+    assert vnni.digit_plan(w, 0, 65535)[0] == 2 and len(vnni.digit_plan(w, 0, 65535)[1]) == 2
+    assert vnni.digit_plan(np.full((1, 3), 2**17), 0, 65535) is None  # 3 digits x 2 planes > 4
+    assert vnni.digit_plan(np.full((1, 3), 2**17), 0, 255)[0] == 1  # 3 digits x 1 plane
+    assert vnni.weight_digits(np.array([[2**23]])) is None
+    assert vnni.digit_plan(w, 0, 65536) is None
+    wide = np.full((1, 2**24 // 128 + 1), 128 * 257)  # digits 0 and -128... sum|D| beyond the bound
+    assert vnni.digit_plan(wide, 0, 255) is None

@@ -344,3 +344,42 @@ def combine_planes(c_lo, c_hi, rows, m, c):
     for r in range(rows):
         for j in range(m):
             c[r, j] = (np.int64(c_hi[r, j]) << 8) + c_lo[r, j]
+
+
+# ---------------------------------------------------------------- wide weights: signed byte digits
+#
+# Weights beyond int8 are written in balanced base 256, ``W = sum_d 256^d D_d`` with every
+# digit ``D_d`` in ``[-128, 127]``; each digit is one more ``vpdpbusd`` product (per byte plane
+# of the codes), exact in int32 when ``255 * max_row sum|D_d| < 2^31``, combined in int64.
+
+MAX_DIGITS = 3  # |W| < 2^23
+MAX_PRODUCTS = 4  # planes x digits: beyond this float64 BLAS is about as fast
+
+
+def weight_digits(weight: np.ndarray) -> list[np.ndarray] | None:
+    """``[D_0, D_1, ...]`` with ``W = sum_d 256^d D_d`` and each ``D_d`` in ``[-128, 127]``;
+    None beyond ``MAX_DIGITS`` digits."""
+    rest = np.asarray(weight, np.int64)
+    digits = []
+    for _ in range(MAX_DIGITS):
+        low = (rest + 128) % 256 - 128
+        digits.append(low)
+        rest = (rest - low) // 256
+        if not rest.any():
+            return digits
+    return None
+
+
+def digit_plan(weight: np.ndarray, lo: int, hi: int) -> tuple[int, list[np.ndarray]] | None:
+    """``(planes, digits)`` for a layer on codes in ``[lo, hi]``: 1 plane for 8-bit codes, 2
+    for 16-bit; the weights' byte digits; None when no such VNNI product is exact or it would
+    take more than ``MAX_PRODUCTS`` products."""
+    if weight.size == 0:
+        return None
+    planes = 1 if input_offset(lo, hi) is not None else 2 if plane_offset(lo, hi) is not None else 0
+    digits = weight_digits(weight) if planes else None
+    if digits is None or planes * len(digits) > MAX_PRODUCTS:
+        return None
+    if any(255 * int(np.abs(d).sum(axis=1).max()) >= INT32_EXACT for d in digits):
+        return None
+    return planes, digits

@@ -9,6 +9,8 @@ activation's output range after that) and ``S = max_row sum|W_row|``:
   activation;
 * ``vnni16``: codes of up to 16 bits with the same weights and bound: two byte planes
   ``x + offset = 256 x_hi + x_lo`` through the same int8 product, combined in int64;
+* ``vnni/wD``, ``vnni16/wD``: weights beyond int8 as ``D`` signed byte digits
+  (``W = sum_d 256^d D_d``), one product per digit and plane (at most 4), combined in int64;
 * ``float32`` BLAS when ``S * max(|lo|, |hi|) < 2^24``, ``float64`` BLAS below ``2^53`` (every
   partial sum is then an integer the float type represents exactly, in any summation order);
 * an int64 Numba loop otherwise.
@@ -40,26 +42,38 @@ from . import kernels
 NAME = "sim"
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 EMPTY = np.zeros((0, 0), np.int64)
-VNNI_PATHS = ("vnni", "vnni16")  # 8-bit codes; 16-bit codes as two byte planes
 
 
-def offset_of(path: str, lo: int, hi: int) -> int:
+def vnni_path(layer: QLayer, lo: int, hi: int) -> tuple[str, int, list[np.ndarray]] | None:
+    """``(name, planes, digits)`` of the VNNI product for this layer, or None: ``vnni``
+    (8-bit codes, int8 weights), ``vnni16`` (16-bit codes as two byte planes), with ``/wD``
+    when the weights run as ``D`` signed byte digits (``vnni.digit_plan``)."""
+    if vnni.fits(layer.weight, lo, hi):
+        return "vnni", 0, [layer.weight]
+    plan = vnni.digit_plan(layer.weight, lo, hi)
+    if plan is None:
+        return None
+    planes, digits = plan
+    name = ("vnni" if planes == 1 else "vnni16") + (f"/w{len(digits)}" if len(digits) > 1 else "")
+    return name, planes, digits
+
+
+def offset_of(planes: int, lo: int, hi: int) -> int:
     """What the VNNI path adds to codes in ``[lo, hi]`` to store them unsigned."""
-    return vnni.input_offset(lo, hi) if path == "vnni" else vnni.plane_offset(lo, hi)
+    return vnni.plane_offset(lo, hi) if planes == 2 else vnni.input_offset(lo, hi)
 
 
 def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
-    if use_vnni and vnni.fits(layer.weight, lo, hi):
-        return "vnni"
-    if use_vnni and vnni.fits_planes(layer.weight, lo, hi):
-        return "vnni16"
+    found = vnni_path(layer, lo, hi) if use_vnni else None
+    if found is not None:
+        return found[0]
     return products.product_path(row_sum_bound(layer.weight), max(abs(lo), abs(hi)))
 
 
 @dataclass
 class CompiledLayer:
     layer: QLayer
-    path: str  # "vnni", "vnni16", "float32", "float64" or "int64"
+    path: str  # "vnni", "vnni16" (/wD), "float32", "float64" or "int64"
     lo: int  # the input codes this path is proven for
     hi: int
     weights: np.ndarray  # packed int8 (vnni), W.T in the product dtype (BLAS), W.T int64
@@ -70,15 +84,18 @@ class CompiledLayer:
     half: np.ndarray  # 2^(shift-1), 0 where shift == 0
     shift: np.ndarray
     lut: np.ndarray
+    planes: int = 0  # VNNI: 0 (8-bit codes, int8 weights), else byte planes of the codes
 
     @classmethod
     def build(cls, layer: QLayer, lo: int, hi: int, use_vnni: bool) -> CompiledLayer:
         m = layer.weight.shape[0]
         path = product_path(layer, lo, hi, use_vnni)
-        base = layer.bias
-        if path in VNNI_PATHS:
-            weights = vnni.pack_weights(layer.weight)
-            base = base - offset_of(path, lo, hi) * layer.weight.sum(axis=1)
+        base, planes = layer.bias, 0
+        if path.startswith("vnni"):
+            _, planes, digits = vnni_path(layer, lo, hi)
+            packed = [vnni.pack_weights(d) for d in digits]
+            weights = packed[0] if planes == 0 else np.stack(packed)
+            base = base - offset_of(planes, lo, hi) * layer.weight.sum(axis=1)
         else:
             weights = np.ascontiguousarray(layer.weight.T, dtype=DTYPES[path])
         rq = layer.requant
@@ -90,15 +107,15 @@ class CompiledLayer:
         act_max = 2**layer.act_bits - 1 if layer.activation == "relu" else 0
         return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(base),
                    kernels.MODES[layer.activation], act_max, owned(rq.multiplier if rq else 0, shape=(m,)),
-                   owned(half), shift, owned(lut))
+                   owned(half), shift, owned(lut), planes)
 
     @property
     def in_dtype(self):
         """The container the previous layer writes this layer's input codes in."""
-        if self.path == "vnni":
-            return np.uint8 if self.lo >= 0 else np.int8
-        if self.path == "vnni16":
+        if self.path.startswith("vnni16"):
             return np.uint16 if self.lo >= 0 else np.int16
+        if self.path.startswith("vnni"):
+            return np.uint8 if self.lo >= 0 else np.int8
         return DTYPES[self.path]
 
     def run(self, h: np.ndarray, out_dtype, want_acc: bool, want_out: bool):
@@ -109,10 +126,9 @@ class CompiledLayer:
         out = np.empty((n, m), out_dtype) if want_out else EMPTY.astype(out_dtype)
         args = (self.base, self.mult, self.half, self.shift, self.mode, self.act_max, self.lut,
                 LUT_HALF, acc, out)
-        if self.path in VNNI_PATHS:
-            offset = offset_of(self.path, self.lo, self.hi)
-            if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args,
-                                  planes=self.path == "vnni16"):
+        if self.path.startswith("vnni"):
+            offset = offset_of(self.planes, self.lo, self.hi)
+            if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args, planes=self.planes):
                 return None
         else:
             if self.path == "int64":
@@ -171,7 +187,7 @@ class SimProgram:
         for i, c in enumerate(layers):
             last = i + 1 == len(layers)
             out_dtype = np.int64 if last else layers[i + 1].in_dtype
-            if c.path not in VNNI_PATHS and i == 0 and h.size:
+            if not c.path.startswith("vnni") and i == 0 and h.size:
                 lo, hi = products.code_range(h)
                 if lo < c.lo or hi > c.hi:
                     return None

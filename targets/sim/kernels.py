@@ -83,14 +83,15 @@ def vnni_blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, 
 
 
 @nb.njit(cache=True, nogil=True)
-def vnni_planes_blocks(counter, h, hb, flip, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut,
-                       lut_half, acc_out, out):
-    """``vnni_blocks`` for 16-bit codes: two byte planes through the same int8 product,
-    ``acc = 256 P_hi + P_lo + base``; the planes come from ``hb`` (``vnni.split_planes``)
-    when it has rows, else from ``h`` (``vnni.pack_planes``). Returns the out-of-range count."""
+def vnni_planes_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max,
+                       lut, lut_half, acc_out, out):
+    """``vnni_blocks`` for 16-bit codes and/or wide weights: the codes as ``planes`` byte
+    planes (1: ``vnni.pack_rows``; 2: ``vnni.split_planes`` from the byte view ``hb`` when it
+    has rows, else ``vnni.pack_planes``), the weights as the byte digits ``wpk[d]``, and
+    ``acc = sum_d 256^d (P_lo,d + 256 P_hi,d) + base``. Returns the out-of-range count."""
     raw = hb.shape[0] > 0
     n, m = h.shape[0], base.shape[0]
-    k4, cols = wpk.shape[0] * 4, wpk.shape[1] // 4
+    k4, cols = wpk.shape[1] * 4, wpk.shape[2] // 4
     a_lo = np.zeros((vnni.BLOCK, k4), np.uint8)
     a_hi = np.zeros((vnni.BLOCK, k4), np.uint8)
     c_lo = np.empty((vnni.BLOCK, cols), np.int32)
@@ -104,27 +105,39 @@ def vnni_planes_blocks(counter, h, hb, flip, lo, hi, offset, wpk, base, mult, ha
             return count
         i0 = blk * vnni.BLOCK
         rows = min(vnni.BLOCK, n - i0)
-        if raw:
+        if planes == 1:
+            count += vnni.pack_rows(h, i0, rows, lo, hi, offset, a_lo)
+        elif raw:
             vnni.split_planes(hb, i0, rows, flip, a_lo, a_hi)
         else:
             count += vnni.pack_planes(h, i0, rows, lo, hi, offset, a_lo, a_hi)
-        vnni.product(a_lo, wpk, c_lo, rows)
-        vnni.product(a_hi, wpk, c_hi, rows)
-        vnni.combine_planes(c_lo, c_hi, rows, m, c)
+        for d in range(wpk.shape[0]):
+            vnni.product(a_lo, wpk[d], c_lo, rows)
+            if planes == 2:
+                vnni.product(a_hi, wpk[d], c_hi, rows)
+            for r in range(rows):
+                for j in range(m):
+                    v = np.int64(c_lo[r, j])
+                    if planes == 2:
+                        v += np.int64(c_hi[r, j]) << 8
+                    v <<= 8 * d
+                    c[r, j] = v if d == 0 else c[r, j] + v
         finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
 
 
 def vnni_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out,
-               planes: bool = False) -> int:
+               planes: int = 0) -> int:
     """One layer on input codes ``h`` (N, K) of any numeric dtype: ``acc = h @ W.T + bias``
     into ``acc_out`` (int64) and the activated codes into ``out``; either may have 0 rows to
     skip it; ``base = bias - offset * sum_i W[:, i]`` undoes the u8 offset. Returns how many
     codes fell outside ``[lo, hi]`` (their rows are then wrong and the caller must use an exact
-    fallback). ``planes``: 16-bit codes as two byte planes (``vnni_planes_blocks``)."""
+    fallback). ``planes`` 0: 8-bit codes, int8 weights ``wpk`` (``vnni_blocks``); 1 or 2: the
+    codes as that many byte planes and ``wpk`` a stack of packed weight digits
+    (``vnni_planes_blocks``)."""
     if planes:
-        hb, flip = vnni.byte_view(h, lo, hi) or (NO_BYTES, 0)
-        return vnni.run_blocks(vnni_planes_blocks, h.shape[0], h, hb, np.uint8(flip), lo, hi, offset, wpk,
-                               base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out)
+        hb, flip = (vnni.byte_view(h, lo, hi) if planes == 2 else None) or (NO_BYTES, 0)
+        return vnni.run_blocks(vnni_planes_blocks, h.shape[0], h, hb, np.uint8(flip), planes, lo, hi, offset,
+                               wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out)
     return vnni.run_blocks(
         vnni_blocks,
         h.shape[0],
