@@ -10,15 +10,19 @@ inputs in [0, 1] labelled by the integer model; 11 strengths 0..0.1.
   stops a pair (input, eps) at its first adversarial step, as AutoAttack does.
 * ``plain pgd``: the same 40 steps, written plainly on the float model (PyTorch where it is
   installed, else JAX with ``jit``; float32, one batch of 11,000 rows, every row every step,
-  the float model's decision after each step) -- what a user would write.
+  the float model's decision after each step) -- what a user would write. PyTorch is not
+  installable here from PyPI without its large CUDA dependencies, so the baseline is JAX.
 
 Throughput is row-steps per second (one row-step = one gradient + one forward of one point;
 hwq counts only the steps it ran). The wall time of the whole attack is what a user waits;
-``pgd_vs_torch = plain wall / hwq wall`` (the baseline's name is printed above it).
+``pgd_vs_torch = median plain wall / median hwq wall`` (the baseline's name is printed above
+it); the two alternate in every repeat so that a load change on a shared machine hits both.
+``precision``: the float32 sign-only surrogate (hwq's default for l-inf steps) against float64
+on the same run: gradient components whose sign differs, and decisions that differ.
 Square: ``Square(queries=1000)`` on 200 inputs x 3 strengths, integer-model queries per
 second.
 
-    python benchmarks/bench_attacks.py [--inputs 1000] [--repeats 3]
+    python benchmarks/bench_attacks.py [--inputs 1000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from builders import torch_style_mlp  # noqa: E402
 
 import hwq  # noqa: E402
 from hwq.attack import PGD, Square  # noqa: E402
+from hwq.attack.gradients import SurrogateGradient, backprop  # noqa: E402
 from hwq.onnx.importer import graph_from_model  # noqa: E402
 from hwq.quant import reference  # noqa: E402
 
@@ -66,6 +71,8 @@ def plain_pgd_torch(net, x, y, eps, steps, rel):
 
 
 def plain_pgd_jax(net, x, y, eps, steps, rel):
+    """A runner of the same PGD in JAX, compiled once (outside the timing); each call returns
+    ``(broken (K, N), wall seconds)``."""
     import jax
     import jax.numpy as jnp
 
@@ -90,15 +97,32 @@ def plain_pgd_jax(net, x, y, eps, steps, rel):
     Y = jnp.asarray(np.tile(y, len(eps)))
     E = jnp.asarray(np.repeat(eps, len(x)), jnp.float32)[:, None]
     run(X, Y, E).block_until_ready()  # compile outside the timing
-    t = time.perf_counter()
-    out = np.asarray(run(X, Y, E).block_until_ready())
-    return out.reshape(len(eps), -1), time.perf_counter() - t
+
+    def timed():
+        t = time.perf_counter()
+        out = np.asarray(run(X, Y, E).block_until_ready())
+        return out.reshape(len(eps), -1), time.perf_counter() - t
+    return timed
+
+
+def baseline(floats, x, y, eps, steps, rel):
+    """``(name, runner)``: plain PGD in PyTorch where it is installed, else in JAX."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "jax (PyTorch is not installed)", plain_pgd_jax(floats, x, y, eps, steps, rel)
+
+    def timed():
+        t = time.perf_counter()
+        broken = plain_pgd_torch(floats, x, y, eps, steps, rel)
+        return broken, time.perf_counter() - t
+    return "torch", timed
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     graph = network(rng)
@@ -108,42 +132,34 @@ def main():
     y = reference.predict(net, x)
     eps = np.linspace(0, 0.1, 11)
     steps, rel = 40, 0.01 / 0.3
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.inputs} inputs x {len(eps)} eps, "
-          f"{steps} steps")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+          f"{args.inputs} inputs x {len(eps)} eps, {steps} steps; {args.repeats} repeats, hwq and the "
+          f"baseline alternating")
     method = PGD(steps=steps, random_start=False)
     hwq.attack(program, x[:50], y[:50], eps, method=method, bounds=(0, 1), diagnostics=False)  # JIT warm-up
-    walls, rowsteps = [], 0
+    layers = [graph.layers()[0][0], graph.layers()[1][0]]
+    floats = (layers[0].weight, layers[0].bias, layers[1].weight, layers[1].bias)
+    name, plain = baseline(floats, x, y, eps, steps, rel)
+    walls, base_walls, rowsteps = [], [], 0
     for _ in range(args.repeats):
         counter = Counting(program)
         t = time.perf_counter()
         r = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
-                       gradient=hwq.api.default_gradient(program))
+                       gradient=hwq.api.default_gradient(counter))
         walls.append(time.perf_counter() - t)
-        rowsteps = counter.rows - args.inputs  # forwards after the clean pass = steps judged
-    hwq_wall = float(np.median(walls))
-    print(f"hwq pgd: {hwq_wall:.2f} s, {rowsteps} row-steps ({rowsteps / hwq_wall:,.0f} /s), "
+        rowsteps = counter.rows - args.inputs  # integer passes after the clean one = steps judged
+        broken, wall = plain()
+        base_walls.append(wall)
+    hwq_wall, base_wall = float(np.median(walls)), float(np.median(base_walls))
+    print(f"hwq pgd: {hwq_wall:.2f} s (runs {listed(walls)}), {rowsteps} row-steps "
+          f"({rowsteps / hwq_wall:,.0f} /s), {counter.traces} extra trace rows, "
           f"accuracy at eps 0.1: {r.accuracy[-1]:.3f}")
-    layers = [graph.layers()[0][0], graph.layers()[1][0]]
-    floats = (layers[0].weight, layers[0].bias, layers[1].weight, layers[1].bias)
-    try:
-        import torch  # noqa: F401
-
-        name = "torch"
-        walls = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            broken = plain_pgd_torch(floats, x, y, eps, steps, rel)
-            walls.append(time.perf_counter() - t)
-    except ImportError:
-        name = "jax (PyTorch is not installed)"
-        walls = []
-        for _ in range(args.repeats):
-            broken, wall = plain_pgd_jax(floats, x, y, eps, steps, rel)
-            walls.append(wall)
-    base_wall = float(np.median(walls))
     base_rows = steps * len(eps) * args.inputs
-    print(f"plain pgd ({name}, float model): {base_wall:.2f} s, {base_rows} row-steps "
-          f"({base_rows / base_wall:,.0f} /s), accuracy at eps 0.1: {1 - broken[-1].mean():.3f}")
+    print(f"plain pgd ({name}, float model): {base_wall:.2f} s (runs {listed(base_walls)}), {base_rows} "
+          f"row-steps ({base_rows / base_wall:,.0f} /s), accuracy at eps 0.1: {1 - broken[-1].mean():.3f}")
+    pairs = np.array(base_walls) / np.array(walls)
+    print(f"paired ratios (plain / hwq, per repeat): {listed(pairs)}; median {np.median(pairs):.2f}")
+    precision(program, x, y, eps, method, r)
     sq_x, sq_y = x[:200], y[:200]
     counter = Counting(program)
     t = time.perf_counter()
@@ -151,20 +167,70 @@ def main():
                diagnostics=False)
     wall = time.perf_counter() - t
     print(f"square: {counter.rows} queries in {wall:.2f} s: {counter.rows / wall:,.0f} queries/s")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(f"baseline={name.split()[0]}")
     print(f"pgd_vs_torch={base_wall / hwq_wall:.2f}")
 
 
-class Counting:
-    """The program, counting the points it is asked to judge."""
+def listed(values) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def precision(program, x, y, eps, method, fast):
+    """The float32 sign-only surrogate (the default) against float64: sign disagreements of
+    every l-inf step's gradient, and the (input, eps) outcomes that differ between the runs."""
+    checked = SignCheck(program)
+    hwq.attack(program, x, y, eps, method=method, bounds=(0, 1), diagnostics=False, gradient=checked)
+    exact = hwq.attack(program, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
+                       gradient=SurrogateGradient(program, sign_dtype=None))
+    differ = int((exact.predictions != fast.predictions).sum())
+    print(f"float32 vs float64 surrogate: {checked.disagree} of {checked.components:,} gradient "
+          f"components ({checked.disagree / max(1, checked.components):.1e}) in {checked.rows} "
+          f"row-steps change sign ({checked.rows_flipped} rows); {differ} of "
+          f"{exact.predictions.size} (input, eps) decisions differ; accuracy per eps float32 "
+          f"{listed(fast.accuracy)}, float64 {listed(exact.accuracy)}")
+
+
+class SignCheck(SurrogateGradient):
+    """The default surrogate, also computing every sign-only gradient in float64 and counting
+    the components whose sign differs (np.sign: -1, 0, +1)."""
 
     def __init__(self, program):
-        self.inner, self.net, self.target, self.rows = program, program.net, program.target, 0
+        super().__init__(program)
+        self.disagree = self.components = self.rows = self.rows_flipped = 0
+
+    def grad_at(self, zs, y, sign_only=False):
+        loss, g = super().grad_at(zs, y, sign_only)
+        if sign_only:
+            _, exact = backprop(self.weights, self.gains, self.acts, zs, y, self.single, self.tops)
+            diff = np.sign(g) != np.sign(exact)
+            self.disagree += int(diff.sum())
+            self.components += diff.size
+            self.rows += len(g)
+            self.rows_flipped += int(diff.any(axis=1).sum())
+        return loss, g
+
+
+class Counting:
+    """The program, counting the points it is asked to judge (``forward`` and the fused
+    ``accumulators`` pass) and the extra trace rows (``trace``)."""
+
+    def __init__(self, program):
+        self.inner, self.net, self.target = program, program.net, program.target
+        self.rows = self.traces = 0
         self.artifacts, self.report = {}, {}
 
     def forward(self, x_q):
         self.rows += len(x_q)
         return self.inner.forward(x_q)
+
+    def accumulators(self, x_q):
+        self.rows += len(x_q)
+        return self.inner.accumulators(x_q)
+
+    def trace(self, x_q):
+        self.traces += len(x_q)
+        return self.inner.trace(x_q)
 
     def decide(self, scores):
         return self.inner.decide(scores)

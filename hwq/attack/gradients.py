@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numba as nb
 import numpy as np
 
 from hwq import ir
@@ -29,6 +30,8 @@ from hwq.quant.qnet import QuantizedNetwork
 from hwq.quant.reference import quantize_input
 from hwq.ranges import check_gradient
 from hwq.target.protocol import ReferenceProgram, Traceable
+
+SERIAL_ROWS = 4096  # sign-only products on fewer rows run in one serial Numba loop
 
 
 class GradientSource(Protocol):
@@ -50,13 +53,25 @@ def output_loss(z: np.ndarray, y: np.ndarray, single: bool) -> tuple[np.ndarray,
     return -logp[np.arange(len(y)), y], delta
 
 
-def backprop(weights, gains, acts, zs, y, single, tops=None) -> tuple[np.ndarray, np.ndarray]:
+def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) -> tuple[np.ndarray, np.ndarray]:
     """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``;
     ``tops[l]``: where layer ``l``'s ReLU saturates (real value; None: it does not), so
-    the derivative is 0 above it."""
+    the derivative is 0 above it.
+
+    ``sign_dtype`` (e.g. ``np.float32``; ``weights`` then in that dtype): for callers that use
+    only the sign of each component (l-inf steps). The loss, the softmax and the activation
+    derivatives stay float64; before each product every row of ``delta`` is scaled by a power
+    of two (exact in float64, so the float64 signs are unchanged) that brings its largest
+    entry to [1/2, 1), then the product runs in ``sign_dtype``: no underflow of confident
+    softmax deltas or saturated sigmoid derivatives, and a sign differs from float64's only
+    where the component is below the rounding error of the narrower sum."""
     loss, delta = output_loss(zs[-1], y, single)
     for layer in range(len(weights) - 1, -1, -1):
-        grad_h = gains[layer] * (delta @ weights[layer])
+        if sign_dtype is not None:
+            delta = pow2_rows(delta).astype(sign_dtype)
+            grad_h = gains[layer] * narrow_product(delta, weights[layer])
+        else:
+            grad_h = gains[layer] * (delta @ weights[layer])
         if layer == 0:
             return loss, grad_h
         z = zs[layer - 1]
@@ -65,6 +80,38 @@ def backprop(weights, gains, acts, zs, y, single, tops=None) -> tuple[np.ndarray
         if top is not None:
             delta = delta * (z < top)
     raise AssertionError("unreachable")
+
+
+def narrow_product(delta: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``delta @ weight`` for the sign-only path: BLAS for large batches, below
+    ``SERIAL_ROWS`` rows one serial Numba loop (a threaded BLAS call on a few hundred rows
+    waits milliseconds for its threads on a loaded machine; late PGD steps have few rows)."""
+    if len(delta) >= SERIAL_ROWS:
+        return delta @ weight
+    out = np.empty((len(delta), weight.shape[1]), np.result_type(delta, weight))
+    rows_product(np.ascontiguousarray(delta), np.ascontiguousarray(weight), out)
+    return out
+
+
+@nb.njit(cache=True)
+def rows_product(a, w, out):
+    """``out = a @ w`` row by row (zeros of ``a``, e.g. ReLU-masked units, skipped)."""
+    for i in range(a.shape[0]):
+        o = out[i]
+        o[:] = 0
+        for k in range(a.shape[1]):
+            v = a[i, k]
+            if v != 0:
+                wk = w[k]
+                for j in range(w.shape[1]):
+                    o[j] += v * wk[j]
+
+
+def pow2_rows(a: np.ndarray) -> np.ndarray:
+    """``a`` with each row scaled by the power of two that brings its largest ``|entry|`` to
+    [1/2, 1) (exact in float64; all-zero rows unchanged)."""
+    _, exponent = np.frexp(np.abs(a).max(axis=1, keepdims=True))
+    return np.ldexp(a, -exponent)
 
 
 def relu_top(layer) -> float | None:
@@ -88,23 +135,54 @@ def surrogate_layers(program) -> tuple[list, list]:
 class SurrogateGradient:
     """Gradient of the integer network's own weights at the operating point of ``reference``,
     a program that can trace (``hwq.target.protocol.Traceable``): the judged program itself
-    when it can, else the bit-exact model of the same compiled network."""
+    when it can, else the bit-exact model of the same compiled network.
+
+    Besides ``value_and_grad`` (float64), iterative attacks use the split form: ``point(codes)``
+    (the operating point of device codes), ``judged_point(codes)`` (the integer scores and the
+    operating point from one integer forward pass, where ``fuses_with(program)``: the judged
+    program is the reference and gives its accumulators) and ``grad_at(zs, y, sign_only)``.
+    ``sign_only``: the caller uses only each component's sign (l-inf), and the products run in
+    ``sign_dtype`` (float32 by default; ``backprop``); None keeps float64 everywhere."""
 
     name = "surrogate"
 
-    def __init__(self, reference):
+    def __init__(self, reference, sign_dtype=np.float32):
         if not isinstance(reference, Traceable):
             raise UsageError(f"the {reference.target} program cannot trace its pre-activations",
                              hint="build the surrogate from its bit-exact model (default_gradient)")
         self.program = reference
         net: QuantizedNetwork = reference.net
         self.weights, self.tops = surrogate_layers(reference)
+        self.sign_dtype = sign_dtype
+        self.narrow = None if sign_dtype is None else [np.asarray(w, sign_dtype) for w in self.weights]
         self.gains = [layer.gain for layer in net.layers]
         self.acts = [layer.activation for layer in net.layers]
+        self.scales = [layer.acc_scale for layer in net.layers]
         self.single = net.output == "sign"
 
     def value_and_grad(self, x, y):
-        zs = self.program.trace(quantize_input(self.program.net.input, x))
+        return self.grad_at(self.point(quantize_input(self.program.net.input, x)), y)
+
+    def point(self, codes) -> list[np.ndarray]:
+        """The reference's pre-activations ``z`` per layer for device codes."""
+        return self.program.trace(codes)
+
+    def fuses_with(self, program) -> bool:
+        """Whether ``judged_point`` gives ``program``'s own scores: ``program`` is the reference
+        and exposes its int64 accumulators (``sim``), whose last layer is ``forward``'s scores
+        and whose ``acc * acc_scale`` is ``trace``."""
+        return program is self.program and callable(getattr(program, "accumulators", None))
+
+    def judged_point(self, codes) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``(integer scores, z per layer)`` from one pass of the reference (``fuses_with``)."""
+        accs = self.program.accumulators(codes)
+        return accs[-1], [acc * scale for acc, scale in zip(accs, self.scales)]
+
+    def grad_at(self, zs, y, sign_only: bool = False):
+        """``(loss, dL/dx)`` at the operating point ``zs``; ``sign_only``: see the class doc."""
+        if sign_only and self.sign_dtype is not None:
+            return backprop(self.narrow, self.gains, self.acts, zs, y, self.single, self.tops,
+                            sign_dtype=self.sign_dtype)
         return backprop(self.weights, self.gains, self.acts, zs, y, self.single, self.tops)
 
 
@@ -183,6 +261,11 @@ class Named:
 
     def value_and_grad(self, x, y):
         return self.source.value_and_grad(x, y)
+
+    def __getattr__(self, attr):  # point, grad_at, fuses_with, ... where the source has them
+        if attr == "source":
+            raise AttributeError(attr)
+        return getattr(self.source, attr)
 
 
 def gradient_source(name: str, program, *, calibration=None, bounds=None) -> GradientSource:

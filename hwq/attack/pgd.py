@@ -17,12 +17,18 @@ judged point the integer model gets wrong is kept (its codes and decision) and t
 (input, epsilon) stops; pairs never broken keep the clean input. All epsilons and inputs of a
 chunk run as one batch of ``K x n`` rows; random starts are drawn per chunk from
 ``(seed, first input index)``.
+
+Cost (docs/attacks.md, "How a step is computed"): with the surrogate of the judged program
+itself (``sim``) one integer pass per step both judges the iterate and gives the next
+gradient's operating point; without a random start the first step reuses the clean
+gradient; l-inf steps take float32 signs (``SurrogateGradient.grad_at(sign_only=True)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from hwq.attack.base import Attack, ChunkOutcome
@@ -117,14 +123,14 @@ class PGD(Attack):
 
     def run_chunk(self, judge, x, y, eps, gradient) -> ChunkOutcome:
         k_eps, (n, d) = len(eps), x.shape
-        _, g0 = gradient.value_and_grad(x, y)
+        ops = Operating(judge, gradient, x, self.norm == "linf")
+        clean_codes = judge.codes(x)
+        clean_pred, g0 = ops.clean(x, clean_codes, y)
         zero = ~np.any(g0 != 0, axis=1)
         nonfinite = ~np.all(np.isfinite(g0), axis=1)
-        clean_codes = judge.codes(x)
-        clean_pred = judge.decide(clean_codes)
         rows = k_eps * n
-        x0 = np.tile(x, (k_eps, 1))
-        labels = np.tile(y, k_eps)
+        src = np.tile(np.arange(n), k_eps)  # row -> its input
+        labels = y[src]
         e = np.repeat(np.asarray(eps, np.float64), n)
         alpha = np.full(rows, self.abs_stepsize) if self.abs_stepsize is not None else self.stepsize * e
         pred = np.tile(clean_pred, k_eps)
@@ -134,35 +140,95 @@ class PGD(Attack):
         lo, hi = judge.lo, judge.hi
         bad = np.zeros(rows, bool)  # a NaN/Inf gradient seen on this row
 
-        def judge_rows(idx, points):
-            codes = judge.codes(points)
-            p = judge.decide(codes)
+        def judge_rows(idx, codes):
+            """Judge ``codes`` of rows ``idx``; keep the hits; the survivors' mask and point."""
+            p, zs = ops.decide(codes)
             hit = p != labels[idx]
             pred[idx[hit]], best[idx[hit]], found[idx[hit]] = p[hit], codes[hit], True
-            return ~hit
+            keep = ~hit
+            return keep, None if zs is None else [z[keep] for z in zs]
 
         for _ in range(self.restarts):
             noise = random_ball(rng, rows, d, self.norm) if self.random_start else None
             idx = np.flatnonzero(~found & (e > 0))
             if idx.size == 0:
                 break
-            cur = x0[idx]
+            cur, zs = x[src[idx]], None
             if noise is not None:
                 cur = np.clip(cur + e[idx, None] * noise[idx], lo, hi)
-                keep = judge_rows(idx, cur)
+                keep, zs = judge_rows(idx, judge.codes(cur))
                 idx, cur = idx[keep], cur[keep]
-            for _ in range(self.steps):
+            for step in range(self.steps):
                 if idx.size == 0:
                     break
-                _, g = gradient.value_and_grad(cur, labels[idx])
+                # the clean gradient is the first step's without a random start
+                g = g0[src[idx]] if noise is None and step == 0 else ops.grad(cur, zs, labels[idx])
                 finite = np.isfinite(g)
                 if not finite.all():
                     bad[idx[~finite.all(axis=1)]] = True
                     g = np.where(finite, g, 0.0)
-                cur = project(x0[idx], cur + alpha[idx, None] * unit_step(g, self.norm), e[idx],
-                              self.norm, lo, hi)
-                keep = judge_rows(idx, cur)
+                if self.norm == "linf":
+                    codes = np.empty((idx.size, d), best.dtype)
+                    linf_step(cur, g, x, src[idx], e[idx], alpha[idx], lo, hi, judge.fmt.inv_scale,
+                              judge.fmt.qmin, judge.fmt.qmax, codes)
+                else:
+                    cur = project(x[src[idx]], cur + alpha[idx, None] * unit_step(g, self.norm), e[idx],
+                                  self.norm, lo, hi)
+                    codes = judge.codes(cur)
+                keep, zs = judge_rows(idx, codes)
                 idx, cur = idx[keep], cur[keep]
         nonfinite |= bad.reshape(k_eps, n).any(axis=0)
         return ChunkOutcome(pred.reshape(k_eps, n), zero, codes=best.reshape(k_eps, n, d),
                             nonfinite=nonfinite, clean=clean_pred)
+
+
+class Operating:
+    """How PGD reaches the gradient source: the split form where the source has it (the
+    operating point of the very codes just judged, ``SurrogateGradient.point``; with
+    ``fuses_with`` the judged forward pass itself gives it: one integer forward per step),
+    else ``value_and_grad`` of the real iterate (the same point: iterates lie in the bounds,
+    so their codes are ``judge.codes``). ``sign_only``: l-inf (``SurrogateGradient.grad_at``)."""
+
+    def __init__(self, judge, gradient, x, sign_only: bool):
+        self.judge, self.gradient, self.sign_only = judge, gradient, sign_only
+        self.split = callable(getattr(gradient, "grad_at", None))
+        self.fused = self.split and gradient.fuses_with(judge.program)
+        self.x_in_bounds = bool(np.all((x >= judge.lo) & (x <= judge.hi)))
+
+    def clean(self, x, codes, y) -> tuple[np.ndarray, np.ndarray]:
+        """Clean decisions and the float64 clean gradient (the diagnostics' and step 0's)."""
+        if self.fused and self.x_in_bounds:  # else value_and_grad's codes are not judge.codes
+            scores, zs = self.gradient.judged_point(codes)
+            return self.judge.program.decide(scores), self.gradient.grad_at(zs, y)[1]
+        return self.judge.decide(codes), self.gradient.value_and_grad(x, y)[1]
+
+    def decide(self, codes) -> tuple[np.ndarray, list | None]:
+        """The integer model's decisions on ``codes`` (and their operating point when fused)."""
+        if self.fused:
+            scores, zs = self.gradient.judged_point(codes)
+            return self.judge.program.decide(scores), zs
+        return self.judge.decide(codes), None
+
+    def grad(self, cur, zs, y) -> np.ndarray:
+        if not self.split:
+            return self.gradient.value_and_grad(cur, y)[1]
+        if zs is None:
+            zs = self.gradient.point(self.judge.codes(cur))
+        return self.gradient.grad_at(zs, y, sign_only=self.sign_only)[1]
+
+
+@nb.njit(cache=True)
+def linf_step(cur, g, x, src, eps, alpha, lo, hi, inv_scale, qmin, qmax, codes):
+    """One l-inf step in place, with its device codes, bit for bit numpy's ``project`` of
+    ``cur + alpha sign(g)`` followed by ``Judge.codes``: for row ``i`` of input ``x[src[i]]``,
+    ``cur = clip(x + clip(cur + alpha sign(g) - x, -eps, eps), lo, hi)`` and
+    ``codes = clip(floor(cur * inv_scale + 1/2), qmin, qmax)``."""
+    n, d = cur.shape
+    for i in range(n):
+        a, e, r = alpha[i], eps[i], src[i]
+        for j in range(d):
+            s = g[i, j]
+            v = cur[i, j] + a * (1.0 if s > 0 else (-1.0 if s < 0 else 0.0))
+            c = min(max(x[r, j] + min(max(v - x[r, j], -e), e), lo), hi)
+            cur[i, j] = c
+            codes[i, j] = min(max(np.floor(c * inv_scale + 0.5), qmin), qmax)
