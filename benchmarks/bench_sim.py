@@ -15,7 +15,8 @@ integer forward passes, in the chunks ``hwq.attack.attack`` uses.
 * ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass;
 * ``sim16 attack``: ``sim attack`` on the same network quantized with 16-bit input and
   activation codes (the paper's study formats): uint16 codes, both layers on two byte planes
-  through the int8 VNNI product where the CPU has it (float64 BLAS otherwise).
+  through the int8 VNNI product where the CPU has it (float64 BLAS otherwise);
+  ``sim16 attack blas``: the same with ``vnni=False`` (float64 BLAS: the path before byte planes).
 
 Every repeat checks that sim and onnxruntime decide identically on all 1.01 M inputs; the
 first chunk's scores must be equal in sim, onnxruntime and the reference. Medians over
@@ -181,6 +182,7 @@ def main(argv=None) -> None:
     graph = build_graph(rng)
     net, net16 = build_network(graph, x), build_network(graph, x, 16)
     program, program16 = hwq.compile(net, "sim"), hwq.compile(net16, "sim")
+    program16_blas = hwq.compile(net16, "sim", vnni=False)
     y = rng.integers(0, N_OUT, args.inputs)
     _, grad = SurrogateGradient(program).value_and_grad(x, y)
     eps = check_epsilons(np.linspace(0.0, 0.5, args.epsilons))
@@ -200,11 +202,14 @@ def main(argv=None) -> None:
     codes16 = work16.codes(sl, code_dtype(net16.input))
     if not np.array_equal(program16.forward(codes16), reference.forward(net16, codes16.astype(np.int64))):
         raise SystemExit("MISMATCH: sim and reference scores differ (16-bit codes)")
-    print(f"16-bit codes: sim products {program16.report['products']}; scores identical in sim "
-          f"and reference on {len(codes16):,} passes")
+    if not np.array_equal(program16_blas.forward(codes16), program16.forward(codes16)):
+        raise SystemExit("MISMATCH: sim 16-bit VNNI and BLAS scores differ")
+    print(f"16-bit codes: sim products {program16.report['products']} (BLAS: "
+          f"{program16_blas.report['products']}); scores identical in sim and reference on "
+          f"{len(codes16):,} passes")
 
     names = ("sim attack", "sim forward", "sim attack f32", "ort attack", "ort forward", "hwq.attack",
-             "sim16 attack", "sim16 forward")
+             "sim16 attack", "sim16 forward", "sim16 attack blas")
     attack_dtype = code_dtype(net.input)  # the container hwq.attack makes (uint8 here)
     times = {k: [] for k in names}
     busy0, own0, wall0 = *busy_cpu_seconds(), time.perf_counter()
@@ -222,6 +227,7 @@ def main(argv=None) -> None:
         total, fwd, _ = run_sim(work16, program16, code_dtype(net16.input))
         times["sim16 attack"].append(total)
         times["sim16 forward"].append(fwd)
+        times["sim16 attack blas"].append(run_sim(work16, program16_blas, code_dtype(net16.input))[0])
     busy1, own1, wall1 = *busy_cpu_seconds(), time.perf_counter()
     ref_rate = 1.0 / run_reference(work, min(args.reference_inputs, args.inputs))
     print(f"decisions identical in sim and onnxruntime on {passes:,} passes x {args.repeats} repeats")
@@ -241,6 +247,8 @@ def main(argv=None) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak:,.0f} MiB")
     print(f"sim_vs_onnxruntime={rates['sim attack'] / rates['ort attack']:.2f}")
+    print(f"sim16 attack / sim16 attack blas (byte planes vs float64 BLAS): "
+          f"{rates['sim16 attack'] / rates['sim16 attack blas']:.2f}x")
     print(f"sim16_vs_sim8={rates['sim16 attack'] / rates['sim attack']:.2f}")
 
 
