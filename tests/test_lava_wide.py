@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hwq_targets.common import vnni
 from hwq_targets.loihi import LoihiProgram
 from hwq_targets.loihi.lavanet import run_lava
 from hypothesis import HealthCheck, given, reject, settings
@@ -74,6 +75,11 @@ def width_sweep():
     for start in range(0, len(programs), 6):
         chunk = programs[start:start + 6]
         runs.extend((name, p, x, s) for (name, p), s in zip(chunk, run_lava([p.mapping for _, p in chunk], x)))
+    wide16 = [LOIHI.compile(random_net(rng, 784, [12], [act], 7, input_bits=16, signed=signed, bias_scale=0.5))
+              for act, signed in (("relu", False), ("step", True))]
+    for p in wide16:
+        x16 = codes(rng, p.net, 64)
+        runs.append((f"inputs16-{p.net.layers[0].activation}", p, x16, run_lava([p.mapping], x16)[0]))
     eq = LOIHI.compile(equality_net())
     x_eq = codes(rng, eq.net, 64)
     runs.append(("equality", eq, x_eq, run_lava([eq.mapping], x_eq)[0]))
@@ -86,6 +92,8 @@ def test_every_weight_width_on_784_inputs(width_sweep):
     groups = {len(lm.sets) for _, p, *_ in width_sweep for lm in p.mapping.layers}
     assert {1, 2} <= groups  # 9..16-bit codes as two synapse groups
     assert any(lm.weight_round > 0 for _, p, *_ in width_sweep for lm in p.mapping.layers)
+    if vnni.available():  # 16-bit inputs ran on the emulator's two byte planes
+        assert all(p.emulator.report[0] == "vnni16" for name, p, *_ in width_sweep if name.startswith("inputs16"))
     wrap = next(p for name, p, *_ in width_sweep if name == "wrap-784")
     x = width_sweep[0][2]
     assert (np.abs(wrap.emulator.inputs(x)[0]) > 2**17).any()  # the current really wraps

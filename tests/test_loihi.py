@@ -379,10 +379,31 @@ def test_vnni_emulator_equals_blas_emulator_and_spec(seed, acts, top, sign, sign
 
 
 @needs_vnni
+@given(st.integers(0, 2**31), st.sampled_from([["step"], ["relu"], ["relu", "step"]]),
+       st.sampled_from([1, 7, 127]), st.sampled_from(["mixed", "excitatory", "inhibitory"]),
+       st.booleans(), st.sampled_from([2, 49, 200]))
+@settings(max_examples=25, deadline=None)
+def test_vnni16_emulator_on_16bit_inputs(seed, acts, top, sign, signed, n):
+    """16-bit inputs on two byte planes: equal to the BLAS emulator and the step-by-step spec,
+    in the uint16/int16 containers (byte view) and others (checked packing)."""
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, 60, [13] * len(acts), acts, top, sign, input_bits=16, signed=signed,
+                     bias_scale=0.5)
+    program = LOIHI.compile(net)
+    x = codes(rng, net, n)
+    fast = assert_paths_agree(program, x)
+    assert fast.report[0] == "vnni16"
+    want = fast.run(x).tolist()
+    for dtype in (np.int16 if signed else np.uint16, np.float64, np.int32):
+        assert fast.run(x.astype(dtype)).tolist() == want
+
+
+@needs_vnni
 def test_vnni_emulator_on_the_benchmark_shape():
-    """784-100-10, 4-bit, step and ReLU: every layer VNNI (step) or layer 1 (ReLU)."""
+    """784-100-10, 4-bit, step and ReLU: every layer VNNI; ReLU activations beyond 8 bits on
+    two byte planes."""
     rng = np.random.default_rng(11)
-    for act, paths in (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "float32"])):
+    for act, paths in (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "vnni16"])):
         graph = graph_from_model(random_mlp(rng, 784, 100, 10, act=act))
         x = rng.uniform(0, 1, (500, 784))
         net = quantize(graph, QuantSettings(4, "narrow"), x, bounds=(0, 1))

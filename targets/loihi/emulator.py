@@ -7,8 +7,9 @@ Each layer takes the fastest product that a bound proves exact:
   CPU with AVX-512 VNNI: the shared exact int8 product (``targets/common/vnni.py``), the
   input packed once for all groups, fused with the shifts and the neuron
   (``kernels.vnni_blocks``); each layer writes its outputs in the 8-bit container the next
-  layer reads. Layer-0 codes outside the input format make the chunk fall back to the paths
-  below, as before.
+  layer reads. 16-bit inputs (``[0, 65535]`` or ``[-32768, 32767]``) run as two byte planes
+  through the same product (``vnni16``: ``y = P_lo + 256 P_hi``, each exact in int32 under the
+  same bound). Layer-0 codes outside the input format make the chunk fall back (below).
 * otherwise each group's product ``h @ D.T`` runs in float32 BLAS when every partial sum is
   below 2^24, in float64 BLAS below 2^53 (both exact for integers), and in a Numba int64 loop
   otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
@@ -39,6 +40,7 @@ from .mapping import LayerMap, Mapping
 
 KINDS = {"lif": 0, "relu": 1, "identity": 2}
 NONE = np.empty((0, 0), np.int64)
+NO_BYTES = np.zeros((0, 2), np.uint8)
 CHUNK_ROWS = 32768
 
 
@@ -68,12 +70,22 @@ def widen(layers: tuple[LayerMap, ...], lo: int, hi: int) -> list[LayerMap]:
     return out
 
 
-def vnni_fits(lm: LayerMap, variant: int) -> bool:
-    """Whether every group of ``lm`` is exact on ``vpdpbusd`` (``vnni.fits``). Not for the
-    ``trunc`` test variant, whose sums may leave the ranges the 8-bit containers are sized by."""
+def vnni_planes(lm: LayerMap, variant: int) -> int:
+    """How many byte planes ``vpdpbusd`` needs for ``lm`` exactly: 1 (8-bit inputs,
+    ``vnni.fits`` for every group), 2 (16-bit inputs, ``vnni.fits_planes``), or 0 (no VNNI).
+    Never for the ``trunc`` test variant, whose sums may leave the ranges the containers are
+    sized by."""
     lo, hi = lm.in_range
-    return variant != kernels.VARIANTS["trunc"] and all(vnni.fits(s.digits, lo, hi)
-                                                         for s in lm.sets)
+    if variant == kernels.VARIANTS["trunc"]:
+        return 0
+    if all(vnni.fits(s.digits, lo, hi) for s in lm.sets):
+        return 1
+    return 2 if all(vnni.fits_planes(s.digits, lo, hi) for s in lm.sets) else 0
+
+
+def vnni_fits(lm: LayerMap, variant: int) -> bool:
+    """Whether every group of ``lm`` is exact on ``vpdpbusd`` (one or two byte planes)."""
+    return vnni_planes(lm, variant) > 0
 
 
 class CompiledLayer:
@@ -83,9 +95,10 @@ class CompiledLayer:
         self.exps = [s.exp for s in lm.sets]
         self.kind = KINDS[lm.kind]
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)
-        self.vnni = use_vnni and vnni_fits(lm, variant)
+        self.planes = vnni_planes(lm, variant) if use_vnni else 0
+        self.vnni = self.planes > 0
         if self.vnni:
-            self.offset = vnni.input_offset(*lm.in_range)
+            self.offset = (vnni.input_offset if self.planes == 1 else vnni.plane_offset)(*lm.in_range)
             self.wpk = np.ascontiguousarray(np.stack([vnni.pack_weights(s.digits) for s in lm.sets]))
             self.corr = np.ascontiguousarray(np.stack(
                 [-self.offset * np.asarray(s.digits, np.int64).sum(axis=1) for s in lm.sets]))
@@ -96,6 +109,8 @@ class CompiledLayer:
     @property
     def in_dtype(self):
         """The container the previous layer writes this layer's inputs in."""
+        if self.planes == 2:
+            return np.uint16 if self.lm.in_range[0] >= 0 else np.int16
         if self.vnni:
             return np.uint8 if self.lm.in_range[0] >= 0 else np.int8
         return self.dtype
@@ -136,9 +151,10 @@ class CompiledLayer:
         out = np.empty((n, m), dtype=out_dtype)
         a = np.empty((n, m), np.int64) if pres is not None else NONE
         lo, hi = self.lm.in_range
-        bad = vnni.run_blocks(kernels.vnni_blocks, n, h, lo, hi, self.offset, self.wpk, self.corr,
-                              self.exp_arr, self.kind, self.bias, self.lm.theta, self.variant,
-                              a, out)
+        hb, flip = (vnni.byte_view(h, lo, hi) if self.planes == 2 else None) or (NO_BYTES, 0)
+        bad = vnni.run_blocks(kernels.vnni_blocks, n, h, hb, np.uint8(flip), self.planes, lo, hi,
+                              self.offset, self.wpk, self.corr, self.exp_arr, self.kind, self.bias,
+                              self.lm.theta, self.variant, a, out)
         if bad:
             return None
         if pres is not None:
@@ -174,8 +190,10 @@ class Emulator:
 
     @property
     def report(self) -> list[str]:
-        """The product path of every layer: "vnni", "float32", "float64" or "int64"."""
-        return ["vnni" if c.vnni else c.dtype.__name__ for c in self.layers]
+        """The product path of every layer: "vnni", "vnni16" (two byte planes), "float32",
+        "float64" or "int64"."""
+        return [("vnni16" if c.planes == 2 else "vnni") if c.vnni else c.dtype.__name__
+                for c in self.layers]
 
     @staticmethod
     def _forward(layers: list[CompiledLayer], x: np.ndarray, pres: list | None):

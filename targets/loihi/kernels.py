@@ -87,18 +87,23 @@ def fused(y, e, rest, kind, bias, theta, variant, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def vnni_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, variant, a_out,
-                out):
+def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, kind, bias, theta, variant,
+                a_out, out):
     """The blocks of one layer that this thread claims (``vnni.run_blocks``): pack the codes
-    ``h`` (+ ``offset``) into u8 once, then per group ``g`` the exact int32 product with the
-    packed digits ``wpk[g]``, ``y = product + corr[g]`` (``corr = -offset * row sums``: the
+    ``h`` (+ ``offset``) into u8 once (``planes`` 1), or as two byte planes (``planes`` 2:
+    16-bit codes, ``vnni.split_planes`` from the byte view ``hb`` when it has rows, else
+    ``vnni.pack_planes``), then per group ``g`` the exact int32 product(s) with the packed
+    digits ``wpk[g]``, ``y = P_lo + 256 P_hi + corr[g]`` (``corr = -offset * row sums``: the
     exact ``D_g @ h``), ``a += shift(y, exps[g])``; then ``a`` into ``a_out`` (0 rows: skip)
     and the neuron into ``out``. Returns how many codes fell outside ``[lo, hi]``."""
     n = h.shape[0]
     groups, m = wpk.shape[0], bias.shape[0]
     block = vnni.BLOCK
+    raw = hb.shape[0] > 0
     a = np.zeros((block, wpk.shape[1] * 4), np.uint8)
+    a_hi = np.zeros((block if planes == 2 else 0, wpk.shape[1] * 4), np.uint8)
     c = np.empty((block, wpk.shape[2] // 4), np.int32)
+    c_hi = np.empty((block if planes == 2 else 0, wpk.shape[2] // 4), np.int32)
     s = np.empty((block, m), np.int64)
     keep = a_out.shape[0] > 0
     count = 0
@@ -109,14 +114,24 @@ def vnni_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, 
             return count
         i0 = blk * block
         rows = min(block, n - i0)
-        count += vnni.pack_rows(h, i0, rows, lo, hi, offset, a)
+        if planes == 1:
+            count += vnni.pack_rows(h, i0, rows, lo, hi, offset, a)
+        elif raw:
+            vnni.split_planes(hb, i0, rows, flip, a, a_hi)
+        else:
+            count += vnni.pack_planes(h, i0, rows, lo, hi, offset, a, a_hi)
         for g in range(groups):
             vnni.product(a, wpk[g], c, rows)
+            if planes == 2:
+                vnni.product(a_hi, wpk[g], c_hi, rows)
             e = exps[g]
             first = g == 0
             for r in range(rows):
                 for j in range(m):
-                    y = shifted(np.int64(c[r, j]) + corr[g, j], e, variant)
+                    p = np.int64(c[r, j])
+                    if planes == 2:
+                        p += np.int64(c_hi[r, j]) << 8
+                    y = shifted(p + corr[g, j], e, variant)
                     s[r, j] = y if first else s[r, j] + y
         for r in range(rows):
             if keep:
