@@ -5,7 +5,11 @@ The pipeline, in order: ``load_onnx`` -> ``quantize`` -> ``compile`` -> ``attack
 -> results file -> figures. See ``hwq.api`` for the public functions.
 """
 
-from hwq.api import (
+from hwq import numba_cache
+
+numba_cache.configure()  # before any kernel compiles (see hwq/numba_cache.py)
+
+from hwq.api import (  # noqa: E402
     FGSM,
     PGD,
     AttackResult,
@@ -22,7 +26,7 @@ from hwq.api import (
     quantize,
     save_program,
 )
-from hwq.version import __version__
+from hwq.version import __version__  # noqa: E402
 
 __all__ = [
     "FGSM", "PGD", "AttackResult", "QuantSettings", "Square", "Suite", "attack", "compile", "evaluate",
