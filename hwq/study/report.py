@@ -323,7 +323,9 @@ def _settings_md(sw: SweepFile) -> list[str]:
              f"- quantizer: scheme `{q.scheme}` ({levels}; see docs/quantization.md), "
              f"weights{' per channel' if q.per_channel else ' per tensor'}; activations "
              f"{q.act_bits} bits, inputs {q.input_bits} bits",
-             f"- attack: FGSM {a.norm}, {a.gradient} gradient, {eps.size} strengths "
+             f"- attack: {a.name.upper() if ',' not in a.name else 'suite ' + a.name} {a.norm}"
+             + "".join(f", {k} {v}" for k, v in a.params().items())
+             + f", {a.gradient} gradient, {eps.size} strengths "
              f"{eps.min():g}..{eps.max():g}"
              + (f", first {a.limit} test inputs" if a.limit else ", whole test set"),
              "- training (hwq.train, QAT, Adam, 10 % validation, early stopping on validation "
