@@ -95,15 +95,23 @@ def test_surrogate_equals_float_gradient_on_fine_grid():
 
 
 def test_surrogate_uses_integer_operating_point():
-    """The surrogate's pre-activations are the integer model's accumulators times scales."""
+    """``SurrogateGradient`` backpropagates at the integer model's operating point (accumulators
+    times scales), and at 2 bits that differs from the float model's gradient. Finite-difference
+    checks of the surrogate itself: tests/test_surrogate.py."""
     program, x, y = compiled("Relu", bits=2)
     zs = program.trace(reference.quantize_input(program.net.input, x))
     accs = reference.trace(program.net, reference.quantize_input(program.net.input, x))
     for z, acc, layer in zip(zs, accs, program.net.layers):
         np.testing.assert_allclose(z, acc * layer.acc_scale)
-    loss, grad = backprop([layer.real_weight for layer in program.net.layers],
-                          [1.0, 1.0], ["relu", "identity"], zs, y, False)
-    assert grad.shape == x.shape and np.all(np.isfinite(loss))
+    loss, grad = SurrogateGradient(program).value_and_grad(x, y)
+    tops = [(2**layer.act_bits - 1) * layer.out_scale if layer.activation == "relu" else None
+            for layer in program.net.layers]
+    want_loss, want = backprop([layer.real_weight for layer in program.net.layers], [1.0, 1.0],
+                               ["relu", "identity"], zs, y, False, tops)
+    np.testing.assert_allclose(grad, want)
+    np.testing.assert_allclose(loss, want_loss)
+    _, float_grad = FloatGradient(program.net.float_graph).value_and_grad(x, y)
+    assert np.mean(np.sign(grad) != np.sign(float_grad)) > 0.01  # different operating points
 
 
 def test_transfer_attack_runs():
