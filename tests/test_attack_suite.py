@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import test_attack_pgd
 from builders import save, torch_style_mlp
+from cli_runner import run_cli
 from test_attack_pgd import centred_mlp, compiled
 
 import hwq
@@ -109,11 +110,7 @@ def test_results_file_keeps_members_queries_and_diagnostics(tmp_path):
     assert s["members"]["square"]["attack_params"]["queries"] == 30 and s["robust_accuracy"] == r.accuracy.tolist()
 
 
-def hwq_cli(*args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+hwq_cli = run_cli
 
 
 @pytest.fixture(scope="module")

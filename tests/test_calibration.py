@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 from builders import random_mlp, save
+from cli_runner import run_cli
 
 import hwq
-from hwq.cli import main
 from hwq.files import program as hwqfile
 from hwq.quant.reference import quantize_input
 
@@ -20,10 +20,7 @@ RNG = np.random.default_rng(21)
 
 
 def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+    return run_cli(*args, capsys=capsys)
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,14 @@ import sys
 import numpy as np
 import pytest
 from builders import random_mlp, save, torch_style_mlp
+from cli_runner import run_cli
 
 from hwq.cli import main
 
 RNG = np.random.default_rng(5)
 
 
-def hwq(*args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+hwq = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from builders import random_mlp, save
+from cli_runner import run_cli
 
 from hwq.cli import main
 from hwq.files import results
@@ -19,11 +20,7 @@ from hwq.quant import reference
 RNG = np.random.default_rng(11)
 
 
-def hwq(*args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+hwq = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
 from hwq.cli import main
 from hwq.errors import UsageError
@@ -29,10 +30,7 @@ ARGS = ["--data", "digits", "--activations", "step,relu", "--bits", "1:2", "--se
 
 
 def hwq(capsys, *args):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
+    return run_cli(*args, capsys=capsys)
 
 
 @pytest.fixture(scope="module")
