@@ -59,7 +59,7 @@ def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose, secu
 
 def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, epochs, patience,
                batch_size, lr, hidden, init, gain, scheme, act_bits, input_bits, per_channel,
-               grad, norm, limit, data_seed, attack="fgsm", attack_params=None):
+               grad, norm, limit, data_seed, attack="fgsm", attack_params=None, device=None):
     from hwq.ranges import parse_epsilons, parse_ints, parse_names, parse_seeds
     from hwq.sweep.run import model_ref
     from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings, split_targets
@@ -76,6 +76,7 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, ep
                            per_channel=per_channel),
         attack=AttackSettings(epsilons=tuple(parse_epsilons(eps).tolist()), gradient=grad,
                               norm=norm, limit=limit, name=attack, **(attack_params or {})),
+        device=device,
     )
 
 
@@ -118,6 +119,9 @@ def sweep(
     no_diagnostics: bool = typer.Option(False, "--no-diagnostics", help="Skip the unbounded-strength check."),
     limit: int = typer.Option(None, help="Attack only the first N test inputs."),
     data_seed: int = typer.Option(0, help="Seed of generated data (spirals) and data splits."),
+    device: str = typer.Option(
+        None, help="Judge every cell on a device: tcp://HOST:PORT (one served model) or exec:COMMAND "
+                   "started per cell with {model} (e.g. 'exec:hwq serve {model}'); docs/devices.md."),
     workers: int = WORKERS,
     scheduler: str = SCHEDULER,
     scheduler_security: str = SCHEDULER_SECURITY,
@@ -136,7 +140,8 @@ def sweep(
                       attack_params={"steps": steps, "restarts": restarts, "rel_stepsize": rel_stepsize,
                                      "random_start": False if no_random_start else None,
                                      "queries": queries, "p_init": p_init, "seed": attack_seed,
-                                     "diagnostics": False if no_diagnostics else None})
+                                     "diagnostics": False if no_diagnostics else None},
+                      device=device)
     summary = run_spec(spec, output, workers=workers, scheduler=scheduler, overwrite=overwrite,
                        verbose=verbose, security=scheduler_security)
     if as_json:

@@ -192,12 +192,21 @@ def _attack(spec: SweepSpec, program, ds):
     needs = any(m.needs_gradient for m in getattr(method, "attacks", (method,)))
     gradient = (gradient_source(a.gradient, program, calibration=ds.x_train[:5000], bounds=ds.bounds)
                 if needs else None)
-    result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=method, gradient=gradient,
-                        bounds=ds.bounds, diagnostics=a.diagnostics is not False)
+    device_attrs, device_arrays = {}, {}
+    if spec.device is not None:  # judged on a device (hwq/sweep/device.py)
+        from hwq.sweep.device import attack_on_device
+
+        result, device_attrs, disagreement = attack_on_device(spec.device, program, ds, spec.epsilons, method,
+                                                              gradient, a.diagnostics is not False)
+        device_arrays = {"device_disagreement": disagreement.astype(np.float64)}
+    else:
+        result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=method, gradient=gradient,
+                            bounds=ds.bounds, diagnostics=a.diagnostics is not False)
     counts = result.correct.sum(axis=1).astype(np.int64)
     attrs = {"attack": result.attack, "clean_accuracy": result.clean_accuracy, "n_test": int(result.labels.size),
-             "zero_gradient": int(result.zero_gradient.sum()), **diagnostic_attrs(result.diagnostics)}
-    arrays = {"accuracy": result.accuracy.astype(np.float64), "correct": counts}
+             "zero_gradient": int(result.zero_gradient.sum()), **diagnostic_attrs(result.diagnostics),
+             **device_attrs}
+    arrays = {"accuracy": result.accuracy.astype(np.float64), "correct": counts, **device_arrays}
     for m in result.members:
         arrays[f"attacks/{m.attack}/accuracy"] = m.accuracy.astype(np.float64)
         arrays[f"attacks/{m.attack}/correct"] = m.correct.sum(axis=1).astype(np.int64)

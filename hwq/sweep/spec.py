@@ -31,6 +31,7 @@ from hwq.errors import HwqError, UsageError
 from hwq.ir.activations import HIDDEN_ACTIVATIONS
 from hwq.quant.schemes import check_bits, get_scheme
 from hwq.ranges import check_epsilons, check_norm
+from hwq.sweep.device import check_device
 from hwq.train import training_budget
 
 FORMAT, VERSION = "hwq-sweep", 1
@@ -147,6 +148,7 @@ class SweepSpec:
     train: TrainSettings = field(default_factory=TrainSettings)
     quant: QuantOptions = field(default_factory=QuantOptions)
     attack: AttackSettings = field(default_factory=AttackSettings)
+    device: str | None = None  # judge every cell on a device (hwq/sweep/device.py)
 
     def __post_init__(self):
         for name in ("data", "activations", "bits", "seeds", "targets"):
@@ -177,6 +179,7 @@ class SweepSpec:
             raise UsageError(f"--limit must be a positive integer, got {self.attack.limit}")
         for target in self.targets:
             check_target_spec(target)
+        check_device(self.device)
         labels = [data_label(d) for d in self.data]
         if len(set(labels)) != len(labels):
             raise UsageError(f"two data sets share a name: {labels}")
@@ -190,6 +193,8 @@ class SweepSpec:
         for k in OPTIONAL_ATTACK_FIELDS:
             if d["attack"][k] is None:
                 del d["attack"][k]
+        if d["device"] is None:  # sweeps without a device keep the spec they always had
+            del d["device"]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -200,7 +205,8 @@ class SweepSpec:
                    data_seed=d["data_seed"], train=TrainSettings(**d["train"]),
                    quant=QuantOptions(**d["quant"]),
                    attack=AttackSettings(**{**d["attack"],
-                                            "epsilons": tuple(d["attack"]["epsilons"])}))
+                                            "epsilons": tuple(d["attack"]["epsilons"])}),
+                   device=d.get("device"))
 
 
 def data_label(spec: str) -> str:
