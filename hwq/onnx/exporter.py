@@ -32,15 +32,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwq.errors import InvalidModelError
 from hwq.files.atomic import atomic_write_bytes
-from hwq.quant.bounds import channel_bounds, check_layer, row_sum_bound
+from hwq.quant.bounds import F64_EXACT, INT32_EXACT, MAX_SHIFT, channel_bounds, check_layer, row_sum_bound
 from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.version import __version__
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.23 refuses onnx 1.23's default IR version 14
-F64_EXACT = 2**53
-INT32_EXACT = 2**31
-MAX_SHIFT = 62  # docs/integer-semantics.md section 4
 LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 CONTAINERS = {  # ONNX type, numpy dtype, code range
     "uint8": (TensorProto.UINT8, np.uint8, 0, 255),

@@ -15,6 +15,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import InvalidModelError
 from hwq.ir import frozen_array
+from hwq.quant.bounds import MAX_SHIFT
 
 SIGMOID_INDEX_BITS = 12  # sigmoid LUT index: z in [-8, 8) with step 2^-8
 
@@ -60,8 +61,8 @@ class Requant:
     def __post_init__(self):
         object.__setattr__(self, "multiplier", frozen_array(self.multiplier, np.int64))
         object.__setattr__(self, "shift", frozen_array(self.shift, np.int64))
-        if np.any(self.multiplier < 0) or np.any((self.shift < 0) | (self.shift > 62)):
-            raise InvalidModelError("requantization needs multipliers >= 0 and shifts in 0..62")
+        if np.any(self.multiplier < 0) or np.any((self.shift < 0) | (self.shift > MAX_SHIFT)):
+            raise InvalidModelError(f"requantization needs multipliers >= 0 and shifts in 0..{MAX_SHIFT}")
 
 
 @dataclass(frozen=True, eq=False)

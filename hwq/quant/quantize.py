@@ -17,7 +17,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import InvalidModelError, UsageError
 from hwq.ir import activations
-from hwq.quant.bounds import check_layers
+from hwq.quant.bounds import MAX_SHIFT, check_layers
 from hwq.quant.qnet import (
     SIGMOID_INDEX_BITS,
     InputFormat,
@@ -31,7 +31,6 @@ from hwq.quant.schemes import check_bits, get_scheme
 
 MULTIPLIER_BITS = 16
 FILE_MULTIPLIER_BITS = 24  # a file's own quantizer: as fine as its float32 requantization
-MAX_SHIFT = 62  # 2^(S-1) and the shift stay well defined in int64
 ON_GRID_TOLERANCE = 1e-6
 
 
