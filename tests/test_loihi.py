@@ -510,3 +510,9 @@ def test_deep_shift_splits_mixed_weights_by_sign_instead_of_rounding():
     assert not any("rounded to fit" in w for w in what)
     assert any("split into excitatory and inhibitory" in w for w in what)
     assert "synapse groups floored separately" in what
+
+
+def test_limits_refuse_weight_widths_the_mapping_cannot_split():
+    with pytest.raises(UsageError, match="weight_bits=7 is not supported"):
+        Limits(weight_bits=7)
+    assert Limits().weight_bits == 8

@@ -30,6 +30,13 @@ class Limits:
     synapse_bits_per_core: int = 128 * 1024 * 8
     cores_per_chip: int = 128
 
+    def __post_init__(self):
+        if self.weight_bits != 8:  # the digit split (synapses.py) and Lava's Dense are 8-bit
+            from hwq.errors import UsageError
+
+            raise UsageError(f"loihi limits: weight_bits={self.weight_bits} is not supported",
+                             hint="Loihi's synapses are 8-bit (the mapping splits wider codes into 8-bit digit groups)")
+
     @property
     def state_max(self) -> int:
         """Largest magnitude a 24-bit state holds without wrapping or saturating."""
