@@ -40,13 +40,12 @@ OPTION = typer.Option(None, "--option", "-O", help="Target option NAME=VALUE (re
 def target_options(spec: str | None, items: list[str] | None) -> tuple[str | None, dict]:
     """``--target`` (maybe with inline options) plus repeated ``--option NAME=VALUE`` ->
     ``(name, options)``; the core names no target's options, the target validates them."""
-    from hwq.target.registry import resolve_target, split_target_spec
+    from hwq.target.registry import resolve_target
 
     if spec is None:
         if items:
             raise UsageError("--option needs --target (options belong to a target)")
         return None, {}
-    name, _ = split_target_spec(spec)
     return resolve_target(spec, items or [])
 
 

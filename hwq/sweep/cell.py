@@ -197,7 +197,7 @@ def _attack(spec: SweepSpec, program, ds):
         from hwq.sweep.device import attack_on_device
 
         result, device_attrs, disagreement = attack_on_device(spec.device, program, ds, spec.epsilons, method,
-                                                              gradient, a.diagnostics is not False)
+                                                              gradient)
         device_arrays = {"device_disagreement": disagreement.astype(np.float64)}
     else:
         result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=method, gradient=gradient,

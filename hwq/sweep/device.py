@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,8 +57,6 @@ def device_address(device: str, program) -> Iterator[str]:
         save_program(model, program)
         argv = [part.replace("{model}", str(model)) for part in shlex.split(device.removeprefix("exec:"))]
         if argv and argv[0] == "hwq":  # the installed command, from this interpreter
-            import sys
-
             argv = [sys.executable, "-m", "hwq", *argv[1:]]
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -76,7 +75,7 @@ def device_address(device: str, program) -> Iterator[str]:
                 proc.kill()
 
 
-def attack_on_device(device: str, program, ds, epsilons, method, gradient, diagnostics: bool):
+def attack_on_device(device: str, program, ds, epsilons, method, gradient):
     """The cell's attack judged on the device: ``(AttackResult, device attributes)``."""
     from hwq import api
     from hwq.devices import SocketDevice, model_hash
