@@ -154,22 +154,28 @@ def sweep(
 
 @app.command()
 def report(
-    sweep_file: Path = typer.Argument(..., help="Sweep file written by `hwq sweep`."),
+    sweep_files: list[Path] = typer.Argument(
+        ..., metavar="SWEEP.h5",
+        help="Sweep file(s) written by `hwq sweep`. Several files of one grid run with different --seeds are "
+             "reported as one sweep over all their seeds; files that differ in anything but their seeds, or "
+             "share a seed, are refused."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the figures and report.md."),
     fig2: bool = typer.Option(True, help="Also draw Fig. 2 (Monte Carlo of the geometric model)."),
     as_json: bool = JSON,
 ):
-    """Figures (Figs. 2, 3/6, 4/7) and a Markdown report of a sweep."""
+    """Figures (Figs. 2, 3/6, 4/7) and a Markdown report of a sweep, or of several sweep files
+    that differ only in their seeds (merged: docs/sweeps.md, "Merging seeds")."""
     from hwq.study.report import write_report
 
     if output.suffix:
         raise UsageError(f"-o {output} should be a folder, not a file")
     if not output.parent.exists():
         raise UsageError(f"output folder {output.parent} does not exist")
-    out = write_report(sweep_file, output, fig2=fig2)
+    out = write_report(sweep_files[0] if len(sweep_files) == 1 else sweep_files, output, fig2=fig2)
     if as_json:
         return emit_json(out)
-    typer.echo(f"report: {len(out['figures'])} figures, {len(out['stalled'])} stalled cells, "
+    merged = f" from {len(sweep_files)} sweep files" if len(sweep_files) > 1 else ""
+    typer.echo(f"report{merged}: {len(out['figures'])} figures, {len(out['stalled'])} stalled cells, "
                f"{len(out.get('refused', {}))} refused -> {out['report']}")
 
 

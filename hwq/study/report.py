@@ -1,4 +1,5 @@
-"""From a sweep file to the paper's figures, a Markdown report and the key numbers.
+"""From a sweep file (or several of one grid with different seeds: hwq.sweep.merge) to the
+paper's figures, a Markdown report and the key numbers.
 
 Pure part: :func:`blocks` arranges a sweep's cells as arrays ``acc[activation, bits, seed,
 eps]`` per (data set, target); :func:`critical_table` and :func:`key_numbers` compute what the
@@ -17,6 +18,7 @@ test inputs whose clean decision equals the integer reference's, i.e. the ``sim`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import numpy as np
 
 from hwq.study.analysis import min_variance_strength, relative_accuracy, slope_crossing_strength
 from hwq.study.analysis.critical import DEFINITIONS
+from hwq.sweep.merge import merge_sweeps
 from hwq.sweep.spec import data_label, target_token
 from hwq.sweep.store import SweepFile, read_sweep
 
@@ -330,6 +333,8 @@ def _settings_md(sw: SweepFile) -> list[str]:
              + (f", first {a.limit} test inputs" if a.limit else ", whole test set"),
              "- training (hwq.train, QAT, Adam, 10 % validation, early stopping on validation "
              "accuracy; per-cell seeds derived from the cell key):", ""]
+    if sw.sources:  # merged sweeps: the files and their digests instead of one command
+        lines[2:3] = _sources_md(sw)
     rows = []
     for label, info in sw.data.items():
         t = info["training"]
@@ -340,6 +345,19 @@ def _settings_md(sw: SweepFile) -> list[str]:
     lines += _md_table(["data", "spec", "train", "test", "features", "chance", "max epochs",
                         "patience", "batch", "lr", "gain", "init", "hidden", "sha256"], rows)
     return lines + [""]
+
+
+def _sources_md(sw: SweepFile) -> list[str]:
+    """Merged sweeps: which file holds which seeds, with its content digest (``hwq info``'s
+    ``content_sha256``), so every number can be traced to its file."""
+    rows = [[f"`{s['path']}`", ", ".join(map(str, s["seeds"])), f"{s['cells']} / {s['planned']}",
+             "yes" if s["complete"] else "no", "`" + s["command"].replace("|", "\\|") + "`",
+             f"`{s['content_sha256']}`"]
+            for s in sw.sources]
+    return ([f"- merged from {len(sw.sources)} sweep files that differ only in their seeds "
+             "(every table and figure covers the seeds of all of them):", ""]
+            + _md_table(["file", "seeds", "cells", "complete", "command", "content sha256"], rows)
+            + [""])
 
 
 def _critical_md(blks: list[Block]) -> list[str]:
@@ -479,16 +497,20 @@ def attack_arrays(sw: SweepFile, block: Block) -> dict[str, np.ndarray]:
     import h5py
 
     out: dict[str, np.ndarray] = {}
-    with h5py.File(sw.path, "r") as f:
-        for a in range(len(block.activations)):
-            for b in range(block.bits.size):
-                for s in range(block.seeds.size):
-                    key = block.keys[a, b, s]
-                    if not key or "attacks" not in f["cells"][key]:
-                        continue
-                    for name, g in f["cells"][key]["attacks"].items():
-                        arr = out.setdefault(name, np.full(block.acc.shape, np.nan))
-                        arr[a, b, s] = g["accuracy"][()]
+    files = {c.key: c.source or sw.path for c in sw.cells}  # merged sweeps: the cell's file
+    where: dict[Path, list] = {}
+    for index in np.ndindex(block.keys.shape):
+        if block.keys[index]:
+            where.setdefault(files.get(block.keys[index], sw.path), []).append(index)
+    for path, indices in where.items():
+        with h5py.File(path, "r") as f:
+            for index in indices:
+                cell = f["cells"][block.keys[index]]
+                if "attacks" not in cell:
+                    continue
+                for name, g in cell["attacks"].items():
+                    arr = out.setdefault(name, np.full(block.acc.shape, np.nan))
+                    arr[index] = g["accuracy"][()]
     return out
 
 
@@ -544,7 +566,8 @@ def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool
 
 def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[dict],
              folder: Path) -> str:
-    lines = [f"# hwq sweep report: {sw.path.name}", "",
+    name = " + ".join(Path(s["path"]).name for s in sw.sources) if sw.sources else sw.path.name
+    lines = [f"# hwq sweep report: {name}", "",
              f"{len(sw.cells)} of {sw.attrs.get('n_planned', len(sw.cells))} cells"
              + ("" if sw.attrs.get("complete") else " (sweep not complete)")
              + f"; {sum(c.attrs['stalled'] for c in sw.cells)} stalled"
@@ -570,13 +593,17 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
 # ------------------------------------------------------------------------------ the edge
 
 
-def write_report(sweep_path: str | Path, folder: str | Path, *, fig2: bool = True) -> dict:
+def write_report(sweep_path: str | Path | Sequence[str | Path], folder: str | Path, *,
+                 fig2: bool = True) -> dict:
     """Read the sweep, write figures and ``report.md`` into ``folder``; return key numbers.
 
-    The sweep file is read completely before anything is written, so a damaged file leaves
-    no output behind.
+    ``sweep_path`` may be several files of one grid run with different seeds: they are read
+    as one sweep over all their seeds (``hwq.sweep.merge.merge_sweeps``; files that differ in
+    anything else are refused) and the result has ``sources`` (one entry per file, with its
+    content digest). The sweep files are read and checked completely before anything is
+    written, so a damaged or refused file leaves no output behind.
     """
-    sw = read_sweep(sweep_path)
+    sw = read_sweep(sweep_path) if isinstance(sweep_path, (str, Path)) else merge_sweeps(sweep_path)
     blks = blocks(sw)
     numbers = key_numbers(sw, blks)
     folder = Path(folder)
@@ -596,4 +623,7 @@ def write_report(sweep_path: str | Path, folder: str | Path, *, fig2: bool = Tru
     from hwq.files.atomic import atomic_write_bytes
 
     atomic_write_bytes(report, markdown(sw, blks, figures, checks, folder).encode())
-    return {"report": str(report), "figures": [str(p) for p in figures], **numbers}
+    out = {"report": str(report), "figures": [str(p) for p in figures], **numbers}
+    if sw.sources:
+        out["sources"] = [dict(s) for s in sw.sources]
+    return out

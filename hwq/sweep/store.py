@@ -322,6 +322,7 @@ class CellRecord:
     accuracy: np.ndarray  # (K,)
     timing: dict
     history: dict
+    source: Path | None = None  # the file holding the cell where it differs from SweepFile.path
 
 
 @dataclass(frozen=True, eq=False)
@@ -332,6 +333,7 @@ class SweepFile:
     epsilons: np.ndarray
     data: dict  # label -> data group attrs
     cells: list  # CellRecord, sorted by key
+    sources: tuple = ()  # merged sweeps (hwq.sweep.merge): one dict per file; () for one file
 
 
 def _plain_attrs(obj) -> dict:
