@@ -91,6 +91,8 @@ def test_float32_sign_only_gradient_has_float64_signs(act, scale, monkeypatch):
 
 
 def test_linf_step_kernel_is_numpy_project_then_codes():
+    """The kernel moves only the alive rows (in any order) of the iterate buffer in place;
+    a NaN or Inf gradient component counts as 0 and marks its row."""
     program, x, _ = compiled(input_bits=16)
     judge = Judge(program, (0.0, 1.0))
     rows, d = 3 * len(x), x.shape[1]
@@ -98,11 +100,17 @@ def test_linf_step_kernel_is_numpy_project_then_codes():
     eps = np.repeat([0.01, 0.1, 0.5], len(x))
     alpha = eps / 3
     cur = np.clip(x[src] + RNG.uniform(-1, 1, (rows, d)) * eps[:, None], 0, 1)
-    g = RNG.standard_normal((rows, d)).astype(np.float32)
-    g[RNG.random((rows, d)) < 0.2] = 0
-    want = project(x[src], cur + alpha[:, None] * np.sign(g), eps, "linf", 0.0, 1.0)
-    codes = np.empty((rows, d), judge.codes(x).dtype)
+    alive = RNG.permutation(rows)[: rows // 2]
+    g = RNG.standard_normal((alive.size, d)).astype(np.float32)
+    g[RNG.random(g.shape) < 0.2] = 0
+    g[3, 5], g[7, 0] = np.nan, -np.inf
+    clean_g = np.where(np.isfinite(g), g, 0)
+    want = cur.copy()
+    want[alive] = project(x[src[alive]], cur[alive] + alpha[alive, None] * np.sign(clean_g), eps[alive],
+                          "linf", 0.0, 1.0)
+    codes, bad = np.empty((alive.size, d), judge.codes(x).dtype), np.zeros(rows, bool)
     fmt = judge.fmt
-    linf_step(cur, g, x, src, eps, alpha, 0.0, 1.0, fmt.inv_scale, fmt.qmin, fmt.qmax, codes)
-    np.testing.assert_array_equal(cur, want)
-    np.testing.assert_array_equal(codes, judge.codes(want))
+    linf_step(cur, alive, g, x, src, eps, alpha, 0.0, 1.0, fmt.inv_scale, fmt.qmin, fmt.qmax, codes, bad)
+    np.testing.assert_array_equal(cur, want)  # the rows not alive are untouched
+    np.testing.assert_array_equal(codes, judge.codes(want[alive]))
+    np.testing.assert_array_equal(np.flatnonzero(bad), np.sort(alive[[3, 7]]))

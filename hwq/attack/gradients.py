@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numba as nb
 import numpy as np
 
 from hwq import ir
@@ -30,8 +29,6 @@ from hwq.quant.qnet import QuantizedNetwork
 from hwq.quant.reference import quantize_input
 from hwq.ranges import check_gradient
 from hwq.target.protocol import ReferenceProgram, Traceable
-
-SERIAL_ROWS = 4096  # sign-only products on fewer rows run in one serial Numba loop
 
 
 class GradientSource(Protocol):
@@ -53,6 +50,24 @@ def output_loss(z: np.ndarray, y: np.ndarray, single: bool) -> tuple[np.ndarray,
     return -logp[np.arange(len(y)), y], delta
 
 
+_BLAS = None  # threadpoolctl's controller, made at the first gradient
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread (threadpoolctl).
+
+    Gradient products run this way: OpenBLAS's worker threads busy-wait for a while after a
+    threaded call returns, and an attack step alternates BLAS with the integer pass's own
+    threads (Numba, the VNNI pool) every few milliseconds, so the two sets of threads take
+    the cores from each other (measured: benchmarks/README.md, "Attacks")."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) -> tuple[np.ndarray, np.ndarray]:
     """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``;
     ``tops[l]``: where layer ``l``'s ReLU saturates (real value; None: it does not), so
@@ -64,14 +79,18 @@ def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) ->
     of two (exact in float64, so the float64 signs are unchanged) that brings its largest
     entry to [1/2, 1), then the product runs in ``sign_dtype``: no underflow of confident
     softmax deltas or saturated sigmoid derivatives, and a sign differs from float64's only
-    where the component is below the rounding error of the narrower sum."""
+    where the component is below the rounding error of the narrower sum. The products run
+    on one BLAS thread (``one_blas_thread``)."""
+    with one_blas_thread():
+        return _products(weights, gains, acts, zs, y, single, tops, sign_dtype)
+
+
+def _products(weights, gains, acts, zs, y, single, tops, sign_dtype):
     loss, delta = output_loss(zs[-1], y, single)
     for layer in range(len(weights) - 1, -1, -1):
         if sign_dtype is not None:
             delta = pow2_rows(delta).astype(sign_dtype)
-            grad_h = gains[layer] * narrow_product(delta, weights[layer])
-        else:
-            grad_h = gains[layer] * (delta @ weights[layer])
+        grad_h = gains[layer] * (delta @ weights[layer])
         if layer == 0:
             return loss, grad_h
         z = zs[layer - 1]
@@ -80,31 +99,6 @@ def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) ->
         if top is not None:
             delta = delta * (z < top)
     raise AssertionError("unreachable")
-
-
-def narrow_product(delta: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``delta @ weight`` for the sign-only path: BLAS for large batches, below
-    ``SERIAL_ROWS`` rows one serial Numba loop (a threaded BLAS call on a few hundred rows
-    waits milliseconds for its threads on a loaded machine; late PGD steps have few rows)."""
-    if len(delta) >= SERIAL_ROWS:
-        return delta @ weight
-    out = np.empty((len(delta), weight.shape[1]), np.result_type(delta, weight))
-    rows_product(np.ascontiguousarray(delta), np.ascontiguousarray(weight), out)
-    return out
-
-
-@nb.njit(cache=True)
-def rows_product(a, w, out):
-    """``out = a @ w`` row by row (zeros of ``a``, e.g. ReLU-masked units, skipped)."""
-    for i in range(a.shape[0]):
-        o = out[i]
-        o[:] = 0
-        for k in range(a.shape[1]):
-            v = a[i, k]
-            if v != 0:
-                wk = w[k]
-                for j in range(w.shape[1]):
-                    o[j] += v * wk[j]
 
 
 def pow2_rows(a: np.ndarray) -> np.ndarray:

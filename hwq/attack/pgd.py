@@ -148,35 +148,37 @@ class PGD(Attack):
             keep = ~hit
             return keep, None if zs is None else [z[keep] for z in zs]
 
+        cur = np.empty((rows, d))  # every row's iterate; the alive rows ``idx`` move
+        fmt = judge.fmt
         for _ in range(self.restarts):
             noise = random_ball(rng, rows, d, self.norm) if self.random_start else None
             idx = np.flatnonzero(~found & (e > 0))
             if idx.size == 0:
                 break
-            cur, zs = x[src[idx]], None
+            cur[idx], zs = x[src[idx]], None
             if noise is not None:
-                cur = np.clip(cur + e[idx, None] * noise[idx], lo, hi)
-                keep, zs = judge_rows(idx, judge.codes(cur))
-                idx, cur = idx[keep], cur[keep]
+                cur[idx] = np.clip(cur[idx] + e[idx, None] * noise[idx], lo, hi)
+                keep, zs = judge_rows(idx, judge.codes(cur[idx]))
+                idx = idx[keep]
             for step in range(self.steps):
                 if idx.size == 0:
                     break
                 # the clean gradient is the first step's without a random start
-                g = g0[src[idx]] if noise is None and step == 0 else ops.grad(cur, zs, labels[idx])
-                finite = np.isfinite(g)
-                if not finite.all():
-                    bad[idx[~finite.all(axis=1)]] = True
-                    g = np.where(finite, g, 0.0)
-                if self.norm == "linf":
+                g = g0[src[idx]] if noise is None and step == 0 else ops.grad(cur, idx, zs, labels[idx])
+                if self.norm == "linf":  # non-finite components count as 0 and mark the row
                     codes = np.empty((idx.size, d), best.dtype)
-                    linf_step(cur, g, x, src[idx], e[idx], alpha[idx], lo, hi, judge.fmt.inv_scale,
-                              judge.fmt.qmin, judge.fmt.qmax, codes)
+                    linf_step(cur, idx, g, x, src, e, alpha, lo, hi, fmt.inv_scale, fmt.qmin, fmt.qmax,
+                              codes, bad)
                 else:
-                    cur = project(x[src[idx]], cur + alpha[idx, None] * unit_step(g, self.norm), e[idx],
-                                  self.norm, lo, hi)
-                    codes = judge.codes(cur)
+                    finite = np.isfinite(g)
+                    if not finite.all():
+                        bad[idx[~finite.all(axis=1)]] = True
+                        g = np.where(finite, g, 0.0)
+                    cur[idx] = project(x[src[idx]], cur[idx] + alpha[idx, None] * unit_step(g, self.norm),
+                                       e[idx], self.norm, lo, hi)
+                    codes = judge.codes(cur[idx])
                 keep, zs = judge_rows(idx, codes)
-                idx, cur = idx[keep], cur[keep]
+                idx = idx[keep]
         nonfinite |= bad.reshape(k_eps, n).any(axis=0)
         return ChunkOutcome(pred.reshape(k_eps, n), zero, codes=best.reshape(k_eps, n, d),
                             nonfinite=nonfinite, clean=clean_pred)
@@ -209,26 +211,34 @@ class Operating:
             return self.judge.program.decide(scores), zs
         return self.judge.decide(codes), None
 
-    def grad(self, cur, zs, y) -> np.ndarray:
+    def grad(self, cur, idx, zs, y) -> np.ndarray:
+        """The gradient at the iterates ``cur[idx]`` (``zs``: their operating point, when the
+        judged pass gave it)."""
         if not self.split:
-            return self.gradient.value_and_grad(cur, y)[1]
+            return self.gradient.value_and_grad(cur[idx], y)[1]
         if zs is None:
-            zs = self.gradient.point(self.judge.codes(cur))
+            zs = self.gradient.point(self.judge.codes(cur[idx]))
         return self.gradient.grad_at(zs, y, sign_only=self.sign_only)[1]
 
 
 @nb.njit(cache=True)
-def linf_step(cur, g, x, src, eps, alpha, lo, hi, inv_scale, qmin, qmax, codes):
-    """One l-inf step in place, with its device codes, bit for bit numpy's ``project`` of
-    ``cur + alpha sign(g)`` followed by ``Judge.codes``: for row ``i`` of input ``x[src[i]]``,
-    ``cur = clip(x + clip(cur + alpha sign(g) - x, -eps, eps), lo, hi)`` and
-    ``codes = clip(floor(cur * inv_scale + 1/2), qmin, qmax)``."""
-    n, d = cur.shape
-    for i in range(n):
-        a, e, r = alpha[i], eps[i], src[i]
+def linf_step(cur, rows, g, x, src, eps, alpha, lo, hi, inv_scale, qmin, qmax, codes, bad):
+    """One l-inf step of the rows ``rows`` of ``cur`` in place, with their device codes, bit
+    for bit numpy's ``project`` of ``cur + alpha sign(g)`` followed by ``Judge.codes``: for
+    row ``r = rows[i]`` of input ``x[src[r]]``,
+    ``cur[r] = clip(x + clip(cur[r] + alpha[r] sign(g[i]) - x, -eps[r], eps[r]), lo, hi)`` and
+    ``codes[i] = clip(floor(cur[r] * inv_scale + 1/2), qmin, qmax)``. A component of ``g``
+    that is not finite counts as 0 and sets ``bad[r]``."""
+    d = cur.shape[1]
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        a, e, xr = alpha[r], eps[r], x[src[r]]
         for j in range(d):
             s = g[i, j]
-            v = cur[i, j] + a * (1.0 if s > 0 else (-1.0 if s < 0 else 0.0))
-            c = min(max(x[r, j] + min(max(v - x[r, j], -e), e), lo), hi)
-            cur[i, j] = c
+            if not np.isfinite(s):
+                s = 0.0
+                bad[r] = True
+            v = cur[r, j] + a * (1.0 if s > 0 else (-1.0 if s < 0 else 0.0))
+            c = min(max(xr[j] + min(max(v - xr[j], -e), e), lo), hi)
+            cur[r, j] = c
             codes[i, j] = min(max(np.floor(c * inv_scale + 0.5), qmin), qmax)
