@@ -175,3 +175,22 @@ def test_one_file_reports_as_before(files, tmp_path, capsys):
     code, stdout, _ = run_cli("report", files["a"], files["b"], "-o", tmp_path / "text2",
                               "--no-fig2", capsys=capsys)
     assert code == 0 and stdout.startswith("report from 2 sweep files: ")
+
+
+def test_diagnostics_counted_per_activation_bits_and_seed(files, tmp_path, capsys):
+    """The report lists, per diagnostic, the seeds of each (activation, bits) where it fired,
+    out of the seeds run; --json has the same counts. Planted flags on a copy."""
+    planted = tmp_path / "planted.h5"
+    shutil.copy(files["full"], planted)
+    want = {("relu", 2): ["zero_gradient"], ("sigmoid", 6): ["pgd_weaker_than_fgsm"]}
+    with h5py.File(planted, "r+") as f:
+        for g in f["cells"].values():
+            at = (g.attrs["activation"], int(g.attrs["bits"]))
+            flags = want.get(at, []) if at == ("relu", 2) or int(g.attrs["seed"]) == 0 else []
+            g.attrs["diag_flags"] = json.dumps(flags)
+    res = report_json(capsys, tmp_path / "out", planted)
+    assert res["diagnostics"] == {"spiral": {"sim": {"pgd_weaker_than_fgsm": {"sigmoid": {"6": 1}},
+                                                     "zero_gradient": {"relu": {"2": 2}}}}}
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "- `zero_gradient`: 2 cells: relu q2 2/2" in md
+    assert "- `pgd_weaker_than_fgsm`: 1 cells: sigmoid q6 1/2" in md

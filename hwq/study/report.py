@@ -147,7 +147,8 @@ def _num(x) -> float | None:
 
 def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
     """What ``hwq report --json`` prints: critical strengths per activation and definition,
-    clean accuracy per bits and activation (usable seeds; and all seeds), stalled cells."""
+    clean accuracy per bits and activation (usable seeds; and all seeds), fidelity, the cells
+    (seeds) per activation and bits where each attack diagnostic fired, stalled cells."""
     blks = blks if blks is not None else blocks(sw)
     critical, clean, clean_all = {}, {}, {}
     for b in blks:
@@ -170,9 +171,15 @@ def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
         fidelity.setdefault(b.data, {})[b.target] = {
             act: {str(q): _num(mean_fid[a, i]) for i, q in enumerate(b.bits)}
             for a, act in enumerate(b.activations)}
+    diagnostics = {}
+    for b in blks:
+        counts = diagnostic_counts(sw, b)
+        diagnostics.setdefault(b.data, {})[b.target] = {
+            flag: {act: {str(q): n for q, n in bits.items()} for act, bits in per_act.items()}
+            for flag, per_act in counts.items()}
     return {
         "critical": critical, "clean_accuracy": clean, "clean_accuracy_all_seeds": clean_all,
-        "fidelity": fidelity,
+        "fidelity": fidelity, "diagnostics": diagnostics,
         "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
         "refused": {c.key: c.attrs["refused"] for c in sw.cells if c.attrs.get("refused")},
         "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", len(sw.cells))),
@@ -537,16 +544,45 @@ def _attacks_md(sw: SweepFile, blks: list[Block]) -> list[str]:
                 rows.append([act, int(q)] + [_fmt(means[n][a, i, k]) for n in members for k in picks]
                             + [_fmt(worst[a, i, k]) for k in picks])
         lines += _md_table(header, rows) + [""]
-        flags = {}
-        for c in sw.cells:
-            if c.attrs["data"] == b.data and c.attrs["target"] == b.target:
-                for flag in c.attrs.get("diag_flags", []) or []:
-                    flags.setdefault(flag, []).append(f"{c.attrs['activation']} q{c.attrs['bits']}")
-        lines += ["Diagnostics (cells where each fired):", ""]
-        lines += [f"- `{flag}`: {len(cells)} cells: {', '.join(sorted(set(cells)))}"
-                  for flag, cells in sorted(flags.items())] or ["- none fired"]
+        counts = diagnostic_counts(sw, b)
+        ran = int(b.ran.sum())
+        lines += [f"Diagnostics (cells where each fired, of {ran}; per activation and bits: seeds "
+                  f"where it fired / seeds run):", ""]
+        for flag, per_act in counts.items():
+            fired = sum(n for bits in per_act.values() for n in bits.values())
+            groups = [f"{act} " + ", ".join(
+                f"q{q} {n}/{int(b.ran[b.activations.index(act), _bit_index(b, q)].sum())}" for q, n in bits.items())
+                for act, bits in per_act.items()]
+            lines.append(f"- `{flag}`: {fired} cells: " + "; ".join(groups))
+        if not counts:
+            lines.append("- none fired")
         lines.append("")
     return lines
+
+
+def _bit_index(block: Block, q) -> int:
+    return int(np.flatnonzero(block.bits == int(q))[0])
+
+
+def diagnostic_counts(sw: SweepFile, block: Block) -> dict[str, dict[str, dict[int, int]]]:
+    """``{flag: {activation: {bits: cells}}}``: how many cells (seeds) of each activation and
+    bit width of ``block`` raised each attack diagnostic (``diag_flags``); flags sorted, then
+    activations in the block's order and bits ascending; only what fired."""
+    found: dict[str, dict[tuple[int, int], int]] = {}
+    for c in sw.cells:
+        if c.attrs["data"] != block.data or c.attrs["target"] != block.target:
+            continue
+        at = (block.activations.index(c.attrs["activation"]), _bit_index(block, c.attrs["bits"]))
+        for flag in c.attrs.get("diag_flags", []) or []:
+            found.setdefault(str(flag), {}).setdefault(at, 0)
+            found[str(flag)][at] += 1
+    out = {}
+    for flag in sorted(found):
+        per_act: dict[str, dict[int, int]] = {}
+        for (a, i), n in sorted(found[flag].items()):
+            per_act.setdefault(block.activations[a], {})[int(block.bits[i])] = n
+        out[flag] = per_act
+    return out
 
 
 def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool) -> list[Path]:
