@@ -114,3 +114,23 @@ def test_linf_step_kernel_is_numpy_project_then_codes():
     np.testing.assert_array_equal(cur, want)  # the rows not alive are untouched
     np.testing.assert_array_equal(codes, judge.codes(want[alive]))
     np.testing.assert_array_equal(np.flatnonzero(bad), np.sort(alive[[3, 7]]))
+
+
+def blas_threads() -> int:
+    """The largest thread count of the BLAS libraries loaded (numpy's, and scipy's if loaded)."""
+    from threadpoolctl import ThreadpoolController
+
+    return max(lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info())
+
+
+def test_gradient_products_run_on_one_blas_thread(monkeypatch):
+    """backprop's products run on one BLAS thread, and the count before is restored after."""
+    program, x, y = compiled()
+    monkeypatch.setitem(gradients._BLAS, "controller", None)  # made again: every library loaded now
+    original, seen = blas_threads(), []
+    products = gradients._products
+    monkeypatch.setattr(gradients, "_products", lambda *a: (seen.append(blas_threads()), products(*a))[1])
+    g = default_gradient(program)
+    g.value_and_grad(x, y)
+    g.grad_at(g.point(Judge(program, (0, 1)).codes(x)), y, sign_only=True)
+    assert seen == [1, 1] and blas_threads() == original

@@ -50,22 +50,24 @@ def output_loss(z: np.ndarray, y: np.ndarray, single: bool) -> tuple[np.ndarray,
     return -logp[np.arange(len(y)), y], delta
 
 
-_BLAS = None  # threadpoolctl's controller, made at the first gradient
+_BLAS = {"controller": None}  # threadpoolctl's controller, made at the first gradient
 
 
 def one_blas_thread():
-    """A context in which numpy's BLAS runs on one thread (threadpoolctl).
+    """A context in which numpy's BLAS runs on one thread (threadpoolctl), the count before
+    restored after.
 
     Gradient products run this way: OpenBLAS's worker threads busy-wait for a while after a
     threaded call returns, and an attack step alternates BLAS with the integer pass's own
     threads (Numba, the VNNI pool) every few milliseconds, so the two sets of threads take
-    the cores from each other (measured: benchmarks/README.md, "Attacks")."""
-    global _BLAS
-    if _BLAS is None:
+    the cores from each other (measured: benchmarks/README.md, "attacks"). Sweeps run one
+    cell per single-threaded process; two attacks in threads of one process would each set
+    and restore the count around their own products."""
+    if _BLAS["controller"] is None:
         from threadpoolctl import ThreadpoolController
 
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+        _BLAS["controller"] = ThreadpoolController()
+    return _BLAS["controller"].limit(limits=1, user_api="blas")
 
 
 def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) -> tuple[np.ndarray, np.ndarray]:
