@@ -194,3 +194,26 @@ def test_diagnostics_counted_per_activation_bits_and_seed(files, tmp_path, capsy
     md = (tmp_path / "out" / "report.md").read_text()
     assert "- `zero_gradient`: 2 cells: relu q2 2/2" in md
     assert "- `pgd_weaker_than_fgsm`: 1 cells: sigmoid q6 1/2" in md
+
+
+def test_a_data_file_at_another_path_merges_when_its_fingerprint_agrees(tmp_path, capsys):
+    """Seeds run on two machines with the data at different paths merge; a file of the same
+    name with other contents is refused by its fingerprint."""
+    from hwq.data import load_dataset
+
+    ds = load_dataset("spiral")
+    paths = {}
+    for name, y_test in (("one", ds.y_test), ("two", ds.y_test), ("other", 1 - ds.y_test)):
+        (tmp_path / name).mkdir()
+        paths[name] = tmp_path / name / "toy.npz"
+        np.savez(paths[name], x=ds.x_train, y=ds.y_train, x_test=ds.x_test, y_test=y_test)
+    a = sweep(tmp_path, "a.h5", "0:0", "--data", str(paths["one"]), "--bits", "2", "--activations", "relu")
+    b = sweep(tmp_path, "b.h5", "1:1", "--data", str(paths["two"]), "--bits", "2", "--activations", "relu")
+    c = sweep(tmp_path, "c.h5", "1:1", "--data", str(paths["other"]), "--bits", "2", "--activations", "relu")
+    merged = merge_sweeps([a, b])
+    assert merged.spec.seeds == (0, 1) and len(merged.cells) == 2
+    assert merged.spec.data == (str(paths["one"]),)
+    code, _, stderr = run_cli("report", a, c, "-o", tmp_path / "out", "--no-fig2", capsys=capsys)
+    assert code != 0 and len(stderr.strip().splitlines()) == 1
+    assert "differs from" in stderr and "fingerprint of data set toy" in stderr
+    assert not (tmp_path / "out" / "report.md").exists()

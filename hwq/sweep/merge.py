@@ -6,7 +6,10 @@ union of their seeds (sorted), so the report covers every seed. Files may differ
 but their seeds: the spec (data, activations, bits, targets, strengths, models, training,
 quantization, attack, device), the data sets (fingerprints and every attribute) and the hwq
 version must be equal, and no seed may be in two files; anything else is refused in one line
-naming the first differing field, before anything is written.
+naming the first differing field, before anything is written. A data set read from another
+path (``mnist:DIR`` or ``FILE.npz`` on another machine) is the same data set when its name and
+its fingerprint (a digest of every array) agree; the merged sweep names the first file's path
+and each source keeps its own command line.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hwq.errors import UsageError
-from hwq.sweep.spec import AttackSettings, QuantOptions, TrainSettings
+from hwq.sweep.spec import AttackSettings, QuantOptions, TrainSettings, data_label
 from hwq.sweep.store import SweepFile, content_digest, read_sweep
 
 ONLY_SEEDS = "only seeds may differ"
@@ -81,8 +84,11 @@ def first_difference(a: SweepFile, b: SweepFile) -> tuple[str, str, str] | None:
     sweep files differ, or None."""
     sa, sb = json.loads(a.spec.to_json()), json.loads(b.spec.to_json())
     for path, name in _ordered_fields():
-        if _get(sa, path) != _get(sb, path):
-            return name, _show(_get(sa, path)), _show(_get(sb, path))
+        va, vb = _get(sa, path), _get(sb, path)
+        if path == "data":  # mnist:DIR / FILE.npz at other paths: the fingerprints decide
+            va, vb = [data_label(d) for d in va], [data_label(d) for d in vb]
+        if va != vb:
+            return name, _show(va), _show(vb)
     rest = sorted((set(sa) | set(sb)) - {p.split(".")[0] for p, _ in _ordered_fields()} - {"seeds"})
     for key in rest:  # spec fields added later: compared all the same
         if sa.get(key) != sb.get(key):
@@ -92,7 +98,7 @@ def first_difference(a: SweepFile, b: SweepFile) -> tuple[str, str, str] | None:
         if da.get("fingerprint") != db.get("fingerprint"):
             return (f"the fingerprint of data set {label}", str(da.get("fingerprint"))[:12],
                     str(db.get("fingerprint"))[:12])
-        for key in sorted(set(da) | set(db)):
+        for key in sorted((set(da) | set(db)) - {"spec"}):  # "spec": the path it was read from
             if _plain(da.get(key)) != _plain(db.get(key)):
                 return (f"{key} of data set {label}", _show(_plain(da.get(key))),
                         _show(_plain(db.get(key))))
