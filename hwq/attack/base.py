@@ -144,10 +144,6 @@ class Judge:
         """Real points -> clip to the data bounds -> the device's input codes."""
         return quantize_input(self.fmt, np.clip(points, self.lo, self.hi)).astype(code_dtype(self.fmt))
 
-    def real(self, codes: np.ndarray) -> np.ndarray:
-        """The real value of device codes (a point on the input grid)."""
-        return codes.astype(np.float64) * self.fmt.scale
-
     def decide(self, codes: np.ndarray) -> np.ndarray:
         return self.program.decide(self.program.forward(codes))
 

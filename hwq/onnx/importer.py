@@ -158,29 +158,27 @@ def Sub(st: Importer, node):
 
 
 def Mul(st: Importer, node):
-    c = st.other(node)
-    if st.pending == "sign+1" and np.all(c == 0.5):
-        st.notes.append(f"'{node.name}': (Sign(x)+1)/2 read as step [x > 0] (0 at x = 0, not 0.5)")
-        return st.finish_step(node)
-    affine = st.open_affine(node)
-    if c.size != 1 or not float(c.reshape(-1)[0]) > 0:
-        raise InvalidModelError(
-            f"Mul '{node.name}': only a positive scalar gain after a dense layer is supported"
-        )
-    st.replace_last(gain=affine.gain * float(c.reshape(-1)[0]))
+    _scale(st, node, st.other(node), halving=0.5, invert=False,
+           refusal="only a positive scalar gain after a dense layer is supported")
 
 
 def Div(st: Importer, node):
     if node.input[0] != st.stream:
         raise InvalidModelError(f"Div '{node.name}': only stream / constant is supported")
-    c = st.other(node)
-    if st.pending == "sign+1" and np.all(c == 2):
+    _scale(st, node, st.other(node), halving=2, invert=True, refusal="only a positive scalar divisor is supported")
+
+
+def _scale(st: Importer, node, c: np.ndarray, *, halving: float, invert: bool, refusal: str) -> None:
+    """Mul / Div by a constant: after ``Sign(x) + 1`` a halving ends the step pattern
+    ``(Sign(x) + 1) / 2``; else a positive scalar that scales the open layer's gain."""
+    if st.pending == "sign+1" and np.all(c == halving):
         st.notes.append(f"'{node.name}': (Sign(x)+1)/2 read as step [x > 0] (0 at x = 0, not 0.5)")
         return st.finish_step(node)
     affine = st.open_affine(node)
     if c.size != 1 or not float(c.reshape(-1)[0]) > 0:
-        raise InvalidModelError(f"Div '{node.name}': only a positive scalar divisor is supported")
-    st.replace_last(gain=affine.gain / float(c.reshape(-1)[0]))
+        raise InvalidModelError(f"{node.op_type} '{node.name}': {refusal}")
+    factor = float(c.reshape(-1)[0])
+    st.replace_last(gain=affine.gain / factor if invert else affine.gain * factor)
 
 
 def Relu(st: Importer, node):

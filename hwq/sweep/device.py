@@ -32,8 +32,6 @@ from pathlib import Path
 from hwq.errors import UsageError
 from hwq.files.program import save_program
 
-START_TIMEOUT_S = 120
-
 
 def check_device(device: str | None) -> str | None:
     if device is None:

@@ -260,9 +260,12 @@ def input_offset(lo: int, hi: int) -> int | None:
 
 def fits(weight: np.ndarray, lo: int, hi: int) -> bool:
     """Whether ``vpdpbusd`` computes this layer exactly (see module doc for the bound)."""
-    if input_offset(lo, hi) is None or weight.size == 0:
-        return False
-    if weight.min() < -128 or weight.max() > 127:
+    return input_offset(lo, hi) is not None and int8_exact(weight)
+
+
+def int8_exact(weight: np.ndarray) -> bool:
+    """int8 weights whose u8 x s8 row sums stay exact in int32: ``255 * S < 2^31``."""
+    if weight.size == 0 or weight.min() < -128 or weight.max() > 127:
         return False
     return 255 * int(np.abs(weight).sum(axis=1).max()) < INT32_EXACT
 
@@ -287,11 +290,7 @@ def plane_offset(lo: int, hi: int) -> int | None:
 
 def fits_planes(weight: np.ndarray, lo: int, hi: int) -> bool:
     """Whether two ``vpdpbusd`` byte planes compute this layer exactly (see above)."""
-    if plane_offset(lo, hi) is None or weight.size == 0:
-        return False
-    if weight.min() < -128 or weight.max() > 127:
-        return False
-    return 255 * int(np.abs(weight).sum(axis=1).max()) < INT32_EXACT
+    return plane_offset(lo, hi) is not None and int8_exact(weight)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -336,14 +335,6 @@ def byte_view(h: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int] | None:
     if h.dtype == np.int16 and (lo, hi) == (-32768, 32767):
         return h.view(np.uint8), 0x80
     return None
-
-
-@nb.njit(cache=True, nogil=True, inline="always")
-def combine_planes(c_lo, c_hi, rows, m, c):
-    """``c = 256 c_hi + c_lo`` (int64) for the first ``rows`` rows and ``m`` outputs."""
-    for r in range(rows):
-        for j in range(m):
-            c[r, j] = (np.int64(c_hi[r, j]) << 8) + c_lo[r, j]
 
 
 # ---------------------------------------------------------------- wide weights: signed byte digits

@@ -83,11 +83,6 @@ def vnni_planes(lm: LayerMap, variant: int) -> int:
     return 2 if all(vnni.fits_planes(s.digits, lo, hi) for s in lm.sets) else 0
 
 
-def vnni_fits(lm: LayerMap, variant: int) -> bool:
-    """Whether every group of ``lm`` is exact on ``vpdpbusd`` (one or two byte planes)."""
-    return vnni_planes(lm, variant) > 0
-
-
 class CompiledLayer:
     def __init__(self, lm: LayerMap, variant: int, use_vnni: bool = False):
         self.lm, self.variant = lm, variant

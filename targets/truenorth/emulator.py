@@ -80,9 +80,6 @@ class Drive:
         slot[core] = slot[core] | active if core in slot else active.copy()
         self.count += int(active.sum())
 
-    def last_tick(self) -> int:
-        return max(self.by_tick, default=-1)
-
 
 class Emulator:
     def __init__(self, model: Model, config: EmulatorConfig | None = None):

@@ -104,7 +104,6 @@ class LayerPlan:
     exact: bool = True
     cores: list = field(default_factory=list)
     h_cores: list = field(default_factory=list)
-    h_gate: int = 0
     gate_axons: list = field(default_factory=list)  # (draft, axon indices) of emitter gates
     h_gate_axons: list = field(default_factory=list)
     clear_axons: list = field(default_factory=list)  # relu: (draft, axons) of the clear pulse
@@ -123,7 +122,6 @@ class Mapping:
     in_max: int  # largest count per input column
     ticks: int
     duplicated: int
-    in_window: tuple = (1, 1)
 
     @property
     def host_ports(self) -> list:
@@ -326,10 +324,10 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
         plans.append(plan)
         dests = in_ports
     plans.reverse()
-    gates, ticks, window = schedule(plans, in_max)
+    gates, ticks = schedule(plans, in_max)
     model = Model(tuple(d.freeze() for d in sorted(drafts, key=lambda d: d.id)))
     inputs = [[(d.id, a) for d, a in ports] for ports in dests]
-    return Mapping(model, plans, inputs, outputs, gates, in_max, ticks, duplicated, window)
+    return Mapping(model, plans, inputs, outputs, gates, in_max, ticks, duplicated)
 
 
 def build_eedn(plan: LayerPlan, w, b, table: DigitTable, dests, ids, drafts) -> list:
@@ -484,23 +482,22 @@ def schedule(plans: list[LayerPlan], in_max: int):
     layer's emitter gate comes with its last input, the accumulator gate with the last
     emitter spike, a ReLU's clear ``A`` ticks later."""
     gates = []
-    first_in, last_in = 1, max(in_max, 1)
-    window = (first_in, last_in)
+    last_in = max(in_max, 1)
     for plan in plans:
         if plan.kind == "eedn-step":
             t = last_in
             gates += [(t, d.id, int(a)) for d, axons in plan.bias_axons for a in axons]
-            first_in = last_in = t + 1
+            last_in = t + 1
             continue
         g_e = last_in
         gates += [(g_e, d.id, int(a)) for d, axons in plan.gate_axons for a in axons]
         g_h = g_e + plan.drain
         if plan.kind == "count-output":
-            return gates, g_h + 1, window
+            return gates, g_h + 1
         gates += [(g_h, d.id, int(a)) for d, axons in plan.h_gate_axons for a in axons]
         if plan.kind == "count-relu":
             gates += [(g_h + plan.out_max, d.id, int(a)) for d, axons in plan.clear_axons for a in axons]
-            first_in, last_in = g_h + 1, g_h + plan.out_max
+            last_in = g_h + plan.out_max
         else:
-            first_in = last_in = g_h + 1
+            last_in = g_h + 1
     raise AssertionError("the last layer is an output layer")
