@@ -25,6 +25,9 @@ hwq counts only the steps it ran). The issue defines the ratio by throughput:
 waits, is printed as ``pgd_wall_vs_torch = median torch plain wall / median hwq wall``: hwq
 stops a pair at its first adversarial step, so it runs far fewer steps. Medians of the
 repeats; the runs alternate so that a load change on a shared machine hits all of them.
+``hwq pgd, threaded BLAS``: the same hwq attack with its gradient products on numpy's
+threaded BLAS (``one_blas_thread`` undone), in the same rotation; ``threaded_blas_slowdown``
+is its median wall over hwq's (> 1: the one-thread limit pays).
 ``precision``: the float32 sign-only surrogate (hwq's default for l-inf steps) against float64
 on the same run: gradient components whose sign differs, and decisions that differ.
 Square: ``Square(queries=1000)`` on 200 inputs x 3 strengths, integer-model queries per
@@ -36,6 +39,7 @@ second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -51,7 +55,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from builders import torch_style_mlp  # noqa: E402
 
 import hwq  # noqa: E402
-from hwq.attack import PGD, Square  # noqa: E402
+from hwq.attack import PGD, Square, gradients  # noqa: E402
 from hwq.attack.gradients import SurrogateGradient, backprop  # noqa: E402
 from hwq.onnx.importer import graph_from_model  # noqa: E402
 from hwq.quant import reference  # noqa: E402
@@ -160,24 +164,44 @@ def main():
         worker = TorchWorker(python, floats, x, y, eps, steps, rel, folder)
         jax_run = plain_pgd_jax(floats, x, y, eps, steps, rel) if importlib.util.find_spec("jax") else None
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
-              f"{args.inputs} inputs x {len(eps)} eps, {steps} steps; {args.repeats} repeats, alternating; "
+              f"{args.inputs} inputs x {len(eps)} eps, {steps} steps; {args.repeats} repeats, order turning; "
               f"torch {worker.info['torch']} ({worker.info['threads']} threads, {python})")
-        walls = {"hwq": [], "plain": [], "careful": [], "jax": []}
-        accuracy = {}
-        for _ in range(args.repeats):
+        accuracy, counted = {}, {}
+
+        def run_hwq():
             counter = Counting(program)
             t = time.perf_counter()
-            r = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
-                           gradient=hwq.api.default_gradient(counter))
-            walls["hwq"].append(time.perf_counter() - t)
-            rowsteps = counter.rows - args.inputs  # integer passes after the clean one = steps judged
-            for name in ("plain", "careful"):
-                wall, accuracy[name] = worker.run(name)
-                walls[name].append(wall)
-            if jax_run is not None:
-                broken, wall = jax_run()
-                walls["jax"].append(wall)
-                accuracy["jax"] = 1 - broken.mean(axis=1)
+            counted["result"] = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
+                                           gradient=hwq.api.default_gradient(counter))
+            counted["counter"] = counter
+            return time.perf_counter() - t
+
+        def run_variant(variant):
+            with variant():
+                t = time.perf_counter()
+                hwq.attack(program, x, y, eps, method=method, bounds=(0, 1), diagnostics=False)
+                return time.perf_counter() - t
+
+        def run_torch(name):
+            wall, accuracy[name] = worker.run(name)
+            return wall
+
+        def run_jax():
+            broken, wall = jax_run()
+            accuracy["jax"] = 1 - broken.mean(axis=1)
+            return wall
+
+        runners = {"hwq": run_hwq, **{name: (lambda v=v: run_variant(v)) for name, v in VARIANTS.items()},
+                   "plain": lambda: run_torch("plain"), "careful": lambda: run_torch("careful")}
+        if jax_run is not None:
+            runners["jax"] = run_jax
+        walls = {name: [] for name in runners}
+        order = list(runners)
+        for repeat in range(args.repeats):  # the order turns by one each repeat: every runner
+            for name in order[repeat % len(order):] + order[:repeat % len(order)]:  # follows each other
+                walls[name].append(runners[name]())
+        r, counter = counted["result"], counted["counter"]
+        rowsteps = counter.rows - args.inputs  # integer passes after the clean one = steps judged
         worker.close()
     median = {k: float(np.median(v)) for k, v in walls.items() if v}
     base_rows = steps * len(eps) * args.inputs
@@ -190,6 +214,8 @@ def main():
             print(f"{name} (float model): {median[key]:.2f} s (runs {listed(walls[key])}), {base_rows} row-steps "
                   f"({base_rows / median[key]:,.0f} /s), accuracy at eps 0.01, 0.1: "
                   f"{accuracy[key][1]:.3f}, {accuracy[key][-1]:.3f}")
+    for name in VARIANTS:
+        print(f"hwq pgd, {name}: {median[name]:.2f} s (runs {listed(walls[name])})")
     precision(program, x, y, eps, method, r)
     sq_x, sq_y = x[:200], y[:200]
     counter = Counting(program)
@@ -199,12 +225,36 @@ def main():
     wall = time.perf_counter() - t
     print(f"square: {counter.rows} queries in {wall:.2f} s: {counter.rows / wall:,.0f} queries/s")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    for name in VARIANTS:  # > 1: the choice pays
+        print(f"{name.lower().replace(' ', '_')}_slowdown={median[name] / median['hwq']:.2f}")
     throughput = rowsteps / median["hwq"]
     print(f"pgd_wall_vs_torch={median['plain'] / median['hwq']:.2f}")
     if "jax" in median:
         print(f"pgd_vs_jax={throughput / (base_rows / median['jax']):.2f}")
     print(f"pgd_vs_torch_careful={throughput / (base_rows / median['careful']):.2f}")
     print(f"pgd_vs_torch={throughput / (base_rows / median['plain']):.2f}")
+
+
+@contextlib.contextmanager
+def threaded_blas():
+    """hwq's gradient products on numpy's threaded BLAS (no ``one_blas_thread``)."""
+    with patched(gradients, one_blas_thread=contextlib.nullcontext):
+        yield
+
+
+@contextlib.contextmanager
+def patched(module, **names):
+    saved = {k: getattr(module, k) for k in names}
+    for k, v in names.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)
+
+
+VARIANTS = {"threaded BLAS": threaded_blas}
 
 
 def listed(values) -> str:

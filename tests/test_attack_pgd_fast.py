@@ -134,18 +134,3 @@ def test_gradient_products_run_on_one_blas_thread(monkeypatch):
     g.value_and_grad(x, y)
     g.grad_at(g.point(Judge(program, (0, 1)).codes(x)), y, sign_only=True)
     assert seen == [1, 1] and blas_threads() == original
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_rows_matmul_splits_rows_without_changing_a_product(dtype, monkeypatch):
-    """Rows split across threads, each part on one BLAS thread: the same numbers as one
-    product on one BLAS thread (each row's sums do not depend on the split)."""
-    monkeypatch.setattr(gradients, "SPLIT_ROWS", 16)
-    a = RNG.standard_normal((101, 40)).astype(dtype)
-    b = RNG.standard_normal((40, 30)).astype(dtype)
-    with gradients.one_blas_thread():
-        want = a @ b
-    results = [gradients.rows_matmul(a, b, threads) for threads in (1, 2, 3, 6)]  # 6: 16-17 rows
-    for got in results:  # all kept alive: no output buffer reuses a finished product's memory
-        assert got.dtype == dtype
-        np.testing.assert_array_equal(got, want)

@@ -92,7 +92,7 @@ def _products(weights, gains, acts, zs, y, single, tops, sign_dtype):
     for layer in range(len(weights) - 1, -1, -1):
         if sign_dtype is not None:
             delta = pow2_rows(delta).astype(sign_dtype)
-        grad_h = gains[layer] * rows_matmul(delta, weights[layer])
+        grad_h = gains[layer] * (delta @ weights[layer])
         if layer == 0:
             return loss, grad_h
         z = zs[layer - 1]
@@ -101,52 +101,6 @@ def _products(weights, gains, acts, zs, y, single, tops, sign_dtype):
         if top is not None:
             delta = delta * (z < top)
     raise AssertionError("unreachable")
-
-
-SPLIT_ROWS = 1024  # a product gets one more thread per this many rows
-
-
-def rows_matmul(a: np.ndarray, b: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """``a @ b`` with the rows of ``a`` split across up to ``threads`` threads (default
-    ``numba.get_num_threads()``: this one and helpers), each part on one BLAS thread (numpy
-    releases the GIL): the cores in use without BLAS's own worker threads
-    (``one_blas_thread``)."""
-    available = _threads()
-    parts = min(threads or available, len(a) // SPLIT_ROWS)
-    if parts < 2:
-        return a @ b
-    out = np.empty((len(a), b.shape[1]), np.result_type(a, b))
-    edges = [len(a) * i // parts for i in range(parts + 1)]
-
-    def part(i):
-        with one_blas_thread():
-            np.matmul(a[edges[i]:edges[i + 1]], b, out=out[edges[i]:edges[i + 1]])
-
-    helpers = [_POOL["pool"].submit(part, i) for i in range(1, parts)]
-    part(0)
-    for h in helpers:
-        h.result()
-    return out
-
-
-_POOL = {"key": None, "pool": None}  # rows_matmul's helper threads, per process
-
-
-def _threads() -> int:
-    """Threads for ``rows_matmul`` (the helper pool made again after a fork or a change of
-    ``numba.set_num_threads``)."""
-    import os
-
-    import numba
-
-    key = (os.getpid(), numba.get_num_threads())
-    if _POOL["key"] != key:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if _POOL["pool"] is not None and _POOL["key"][0] == key[0]:
-            _POOL["pool"].shutdown(wait=False)
-        _POOL.update(key=key, pool=ThreadPoolExecutor(max(1, key[1] - 1), thread_name_prefix="hwq-grad"))
-    return key[1]
 
 
 def pow2_rows(a: np.ndarray) -> np.ndarray:
