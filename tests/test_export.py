@@ -32,8 +32,37 @@ def run_onnxruntime(model: onnx.ModelProto, x_q: np.ndarray, level) -> tuple[np.
     return scores, decision
 
 
+def avx2_u8s8(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """onnxruntime's AVX2 ``MatMulInteger`` (u8 x s8) as the CPU computes it: ``vpmaddubsw``
+    adds adjacent products ``a[2k] w[2k] + a[2k+1] w[2k+1]`` into a saturating int16, then the
+    pairs are summed in int32. ``a``: (N, K) codes as u8 (int8 codes as ``code + 128``),
+    ``w``: (K, M) int8."""
+    a = a.astype(np.int64)
+    w = w.astype(np.int64)
+    if a.shape[1] % 2:
+        a = np.pad(a, ((0, 0), (0, 1)))
+        w = np.pad(w, ((0, 1), (0, 0)))
+    pairs = a[:, 0::2, None] * w[None, 0::2] + a[:, 1::2, None] * w[None, 1::2]
+    return np.clip(pairs, -(2**15), 2**15 - 1).sum(axis=1)
+
+
+def assert_every_cpu_exact(model: onnx.ModelProto) -> None:
+    """Every ``MatMulInteger`` in the graph gives the exact product even on a CPU with AVX2 but
+    no VNNI: its int8 weights, against the worst u8 codes, never saturate ``vpmaddubsw``."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger":
+            w = inits[node.input[1]]
+            for sign in (1, -1):  # per output, codes 255 where its weights are positive (negative)
+                worst = np.where(sign * w.T > 0, 255, 0).astype(np.int64)
+                np.testing.assert_array_equal(
+                    np.diag(avx2_u8s8(worst, w)), np.einsum("ik,ki->i", worst, w.astype(np.int64)),
+                    err_msg=f"{node.name}: int8 weights saturate AVX2's vpmaddubsw")
+
+
 def assert_export_exact(net, x_q) -> onnx.ModelProto:
     model = export_onnx(net)
+    assert_every_cpu_exact(model)
     expected = reference.forward(net, x_q)
     np.testing.assert_array_equal(hwq.compile(net, "sim").forward(x_q), expected)
     for level in LEVELS:
@@ -111,6 +140,23 @@ def test_wide_codes_use_double_matmul_and_int32_input():
     model = assert_export_exact(net, extreme_codes(rng, net.input, 80, 20))
     assert "MatMulInteger" not in ops(model) and ops(model).count("MatMul") == 2
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+
+
+def test_matmulinteger_is_exact_without_vnni(monkeypatch):
+    """The audit's case: codes 255, 255 against weights -49, -117. AVX2's ``vpmaddubsw`` returns
+    -32768 instead of -42330, so weights beyond [-64, 64] take the double MatMul; the rule of
+    earlier versions (any int8 weight) fails the AVX2 check."""
+    a = np.array([[255, 255]])
+    w = np.array([[-49], [-117]])
+    assert avx2_u8s8(a, w)[0, 0] == -32768 and (a @ w)[0, 0] == -42330
+    fmt = InputFormat(8, False, 1.0)
+    net = network([dense([[-49, -117], [3, 5]], [0, 0], "relu"), dense([[1, -1]], [0])], fmt)
+    model = assert_export_exact(net, np.array([[255, 255], [0, 255], [7, 3]]))
+    assert ops(model).count("MatMulInteger") == 1  # layer 0 in double, layer 1 (|w| <= 64) in int8
+    from hwq.onnx import exporter
+    monkeypatch.setattr(exporter, "u8s8_exact_on_every_cpu", lambda w: bool(np.abs(w).max() <= 127))
+    with pytest.raises(AssertionError, match="saturate"):
+        assert_every_cpu_exact(export_onnx(net))
 
 
 def test_signed_8bit_inputs_use_int8_container():

@@ -7,9 +7,12 @@ with plain ONNX ops, no fused QDQ:
   onnxruntime multiplies natively: ``uint8`` (unsigned formats of <= 8 bits), ``int8`` (signed
   <= 8 bits), else ``int32``. Real inputs are quantized outside the graph with the formula in
   the metadata (``hwq.input``). The graph is exact for codes inside the input format.
-* products: ``MatMulInteger`` (int32 result) when the codes sit in an 8-bit container, the
-  weights fit int8 and ``255 * max_row sum|W| < 2^31``; otherwise an integer-valued ``double``
-  ``MatMul``, exact because every partial sum is an integer below ``2^53`` (checked).
+* products: ``MatMulInteger`` (int32 result) when the codes sit in an 8-bit container, every
+  weight is within ``[-64, 64]`` and ``255 * max_row sum|W| < 2^31``
+  (``bounds.u8s8_exact_on_every_cpu``: onnxruntime's AVX2 kernel adds pairs of u8 x s8
+  products in a saturating int16, so wider int8 weights are exact only on some CPUs);
+  otherwise an integer-valued ``double`` ``MatMul``, exact on every CPU because every partial
+  sum is an integer below ``2^53`` (checked).
 * bias, requantization, activation in ``double`` (``requant_nodes`` proves exactness), or in
   int64 with ``Mod``/``Div`` when ``|acc * M|`` may reach ``2^53``; step is ``Greater`` +
   ``Cast``, relu ``Clip``, sigmoid ``Clip`` + ``Gather`` in the LUT.
@@ -32,7 +35,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwq.errors import InvalidModelError
 from hwq.files.atomic import atomic_write_bytes
-from hwq.quant.bounds import F64_EXACT, INT32_EXACT, MAX_SHIFT, channel_bounds, check_layer, row_sum_bound
+from hwq.quant.bounds import (
+    F64_EXACT,
+    MAX_SHIFT,
+    channel_bounds,
+    check_layer,
+    row_sum_bound,
+    u8s8_exact_on_every_cpu,
+)
 from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.version import __version__
 
@@ -103,8 +113,7 @@ def product(b: GraphBuilder, layer: QLayer, h: Codes, i: int) -> str:
     """``h @ W.T`` as an integer-valued double tensor (exact: see the module docstring)."""
     w = layer.weight
     row_sum = row_sum_bound(w)
-    if h.container in ("uint8", "int8") and w.min(initial=0) >= -128 and w.max(initial=0) <= 127 \
-            and 255 * row_sum < INT32_EXACT:
+    if h.container in ("uint8", "int8") and u8s8_exact_on_every_cpu(w):
         acc = b.op("MatMulInteger", [h.name, b.const(f"w{i}", w.T.astype(np.int8))], f"prod{i}")
         return b.cast(acc, "double", f"prod{i}_f64")
     if row_sum * h.peak >= F64_EXACT:

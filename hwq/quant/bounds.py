@@ -4,6 +4,9 @@
   product ``h @ W.T`` computed in float BLAS is exact, in any summation order, when every
   partial sum is below that: ``max_row sum|W| * max|h| < 2^p``.
 * ``vpdpbusd`` sums u8 x s8 products in int32 lanes: exact when ``255 * max_row sum|W| < 2^31``.
+* A u8 x s8 product that runs on whatever CPU onnxruntime finds must also survive AVX2's
+  ``vpmaddubsw``, which adds two adjacent products into a *saturating* int16:
+  ``2 * 255 * max|W| <= 2^15 - 1``, i.e. ``|W| <= 64`` (``U8S8_PAIR_WEIGHT``).
 * Requantization shifts stay in ``0..62`` so that ``2^(S-1)`` and ``x >> S`` are defined in int64.
 * Every int64 intermediate stays below ``2^63`` (``INT64_LIMIT``): ``check_layers`` proves it
   for a whole network at compile time, or refuses the network naming the layer and the bound.
@@ -22,6 +25,21 @@ F64_EXACT = 2**53
 INT32_EXACT = 2**31
 INT64_LIMIT = 2**63
 MAX_SHIFT = 62  # docs/integer-semantics.md section 4
+INT16_MAX = 2**15 - 1
+U8S8_PAIR_WEIGHT = INT16_MAX // (2 * 255)  # 64: |w| bound for u8 x s8 pairs in saturating int16
+
+
+def u8s8_exact_on_every_cpu(weight: np.ndarray) -> bool:
+    """True when ``h @ W.T`` for codes ``h`` in ``[0, 255]`` (or int8 codes stored as ``h + 128``)
+    is exact in onnxruntime's ``MatMulInteger`` on every CPU it runs on: int8 weights whose
+    adjacent-pair sums ``x1 w1 + x2 w2`` fit int16 (``2 * 255 * max|W| <= 2^15 - 1``, AVX2's
+    ``vpmaddubsw`` saturates there) and whose row sums fit int32 (``255 * sum|W| < 2^31``).
+    NEON (``smull``/``sdot``) and AVX-512 VNNI (``vpdpbusd``) are exact under the same bound."""
+    w = np.asarray(weight)
+    if w.size == 0:
+        return True
+    peak = max(abs(int(w.min())), abs(int(w.max())))
+    return peak <= U8S8_PAIR_WEIGHT and 255 * row_sum_bound(w) < INT32_EXACT
 
 
 def row_sums(weight: np.ndarray) -> list[int]:

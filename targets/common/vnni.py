@@ -46,8 +46,15 @@ _V16 = ir.VectorType(_I32, 16)
 _BYTE_PTR = ir.IntType(8).as_pointer()
 
 
+FORCE_OFF = "HWQ_VNNI"  # HWQ_VNNI=0 (or off, false, no): plan as on a CPU without VNNI
+
+
 def available() -> bool:
-    """True when Numba compiles for this host and the host has AVX-512 VNNI."""
+    """True when Numba compiles for this host, the host has AVX-512 VNNI, and the environment
+    does not turn it off (``HWQ_VNNI=0``: every target then plans the products a CPU without
+    VNNI runs, so that a VNNI machine can test that path as a whole suite)."""
+    if os.environ.get(FORCE_OFF, "").strip().lower() in ("0", "off", "false", "no"):
+        return False
     if nb.config.DISABLE_JIT or nb.config.CPU_NAME not in (None, "host") or nb.config.CPU_FEATURES:
         return False
     features = llvm_binding.get_host_cpu_features()
