@@ -9,6 +9,7 @@ from builders import torch_style_mlp
 
 import hwq
 from hwq.attack import FGSM, PGD, make_attack
+from hwq.attack import noise as noise_streams
 from hwq.errors import UsageError
 from hwq.onnx.importer import graph_from_model
 from hwq.quant import reference
@@ -65,12 +66,13 @@ def plain_pgd(net, x, y, eps, norm, steps, rel, random_start, seed, lo=0.0, hi=1
     n, d = x.shape
     fmt = net.input
     noise = None
-    if random_start:  # the documented stream: default_rng([seed, first index]), (K*n, d)
-        rng = np.random.default_rng([seed, 0])
+    if random_start:  # the documented stream: (seed, eps_k, restart 0, input i), hwq.attack.noise
+        key = np.repeat(noise_streams.keys(seed, np.round(eps, 12), 0), n)  # eps as hwq records it
+        index = np.tile(np.arange(n), len(eps))
         if norm == "linf":
-            noise = rng.uniform(-1, 1, (len(eps) * n, d))
+            noise = 2 * noise_streams.uniform(key, index, d) - 1
         else:
-            z = rng.standard_normal((len(eps) * n, d + 2))
+            z = noise_streams.normal(key, index, d + 2)
             noise = (z / np.linalg.norm(z, axis=1, keepdims=True))[:, :d]
     preds = np.empty((len(eps), n), np.int64)
     codes = np.empty((len(eps), n, d), np.int64)
@@ -159,6 +161,22 @@ def test_chunking_does_not_change_results_without_random_start():
                    batch_size=7)
     np.testing.assert_array_equal(a.predictions, b.predictions)
     np.testing.assert_array_equal(a.points, b.points)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_strength_gives_the_same_result_alone_or_in_a_longer_list(norm):
+    """Issue 16: PGD at 0.05 gave 0.448 alone and 0.444 beside other strengths (the random
+    starts were drawn for the whole list, per chunk). Each strength's randomness now comes from
+    (seed, eps, restart, input): the same result alone, in a longer list, in other chunks."""
+    program, x, y = compiled("Relu", n_in=16)
+    attack = PGD(norm, steps=6, restarts=2, seed=4)
+    e = 0.05 if norm == "linf" else 0.4
+    alone = hwq.attack(program, x, y, [e], method=attack, bounds=(0, 1), diagnostics=False)
+    longer = [0.0, e / 3, e, 2 * e, 3 * e]
+    within = hwq.attack(program, x, y, longer, method=attack, bounds=(0, 1), diagnostics=False, batch_size=37)
+    np.testing.assert_array_equal(within.correct[2], alone.correct[0])
+    np.testing.assert_array_equal(within.points[2], alone.points[0])
+    assert 0 < alone.accuracy[0] < alone.clean_accuracy  # some inputs break, some do not
 
 
 def test_one_step_pgd_without_start_is_fgsm():

@@ -55,6 +55,21 @@ def test_every_query_on_the_grid_and_in_the_ball(norm, n_in):
     assert result.accuracy[2] < result.accuracy[0]
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_strength_gives_the_same_result_alone_or_in_a_longer_list(norm):
+    """Issue 16: per-strength randomness must not depend on the list (nor on the chunking)."""
+    program, x, y = compiled("Relu", n_in=16)
+    attack = Square(norm, queries=60, seed=2)
+    e = 0.1 if norm == "linf" else 0.6
+    alone = hwq.attack(program, x, y, [e], method=attack, bounds=(0, 1), diagnostics=False)
+    within = hwq.attack(program, x, y, [0.0, e / 2, e, 2 * e], method=attack, bounds=(0, 1),
+                        diagnostics=False, batch_size=45)
+    np.testing.assert_array_equal(within.correct[2], alone.correct[0])
+    np.testing.assert_array_equal(within.points[2], alone.points[0])
+    np.testing.assert_array_equal(within.queries[2], alone.queries[0])
+    assert 0 < alone.accuracy[0] < alone.clean_accuracy
+
+
 def test_broken_pairs_stop_and_robust_pairs_spend_the_budget():
     program, x, y = compiled("Relu", n_in=16)
     result = hwq.attack(program, x, y, [0.05, 0.5], method=Square(queries=40), bounds=(0, 1))

@@ -15,8 +15,9 @@ ball, ``random_start``), ``steps`` times::
 otherwise never move it); every judged point is its quantized version, like FGSM's. The first
 judged point the integer model gets wrong is kept (its codes and decision) and that pair
 (input, epsilon) stops; pairs never broken keep the clean input. All epsilons and inputs of a
-chunk run as one batch of ``K x n`` rows; random starts are drawn per chunk from
-``(seed, first input index)``.
+chunk run as one batch of ``K x n`` rows. The random start of input ``i`` at ``eps_k`` in
+restart ``r`` is drawn from ``(seed, eps_k, r, i)`` alone (``hwq.attack.noise``): a strength's
+result does not depend on the other strengths in the list, nor on the chunking.
 
 Cost (docs/attacks.md, "How a step is computed"): with the surrogate of the judged program
 itself (``sim``) one integer pass per step both judges the iterate and gives the next
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+from hwq.attack import noise
 from hwq.attack.base import Attack, ChunkOutcome
 from hwq.errors import UsageError
 from hwq.ranges import check_norm
@@ -57,11 +59,12 @@ def _positive(name: str, value) -> float | None:
     return value
 
 
-def random_ball(rng: np.random.Generator, rows: int, d: int, norm: str) -> np.ndarray:
-    """Uniform points of the unit l-inf or l2 ball (l2: foolbox's ``uniform_l2_n_balls``)."""
+def random_ball(key: np.ndarray, index: np.ndarray, d: int, norm: str) -> np.ndarray:
+    """Uniform points of the unit l-inf or l2 ball (l2: foolbox's ``uniform_l2_n_balls``), one
+    per row, from the stream ``key[r]`` of input ``index[r]`` (``hwq.attack.noise``)."""
     if norm == "linf":
-        return rng.uniform(-1.0, 1.0, (rows, d))
-    z = rng.standard_normal((rows, d + 2))
+        return 2.0 * noise.uniform(key, index, d) - 1.0
+    z = noise.normal(key, index, d + 2)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     return z[:, :d]
 
@@ -136,7 +139,7 @@ class PGD(Attack):
         pred = np.tile(clean_pred, k_eps)
         best = np.tile(clean_codes, (k_eps, 1))
         found = pred != labels
-        rng = np.random.default_rng([self.seed, judge.offset])
+        index = judge.offset + src  # row -> the input's index in the whole data set
         lo, hi = judge.lo, judge.hi
         bad = np.zeros(rows, bool)  # a NaN/Inf gradient seen on this row
 
@@ -150,21 +153,22 @@ class PGD(Attack):
 
         cur = np.empty((rows, d))  # every row's iterate; the alive rows ``idx`` move
         fmt = judge.fmt
-        for _ in range(self.restarts):
-            noise = random_ball(rng, rows, d, self.norm) if self.random_start else None
+        for restart in range(self.restarts):
             idx = np.flatnonzero(~found & (e > 0))
             if idx.size == 0:
                 break
+            start = (random_ball(np.repeat(noise.keys(self.seed, eps, restart), n)[idx], index[idx], d, self.norm)
+                     if self.random_start else None)
             cur[idx], zs = x[src[idx]], None
-            if noise is not None:
-                cur[idx] = np.clip(cur[idx] + e[idx, None] * noise[idx], lo, hi)
+            if start is not None:
+                cur[idx] = np.clip(cur[idx] + e[idx, None] * start, lo, hi)
                 keep, zs = judge_rows(idx, judge.codes(cur[idx]))
                 idx = idx[keep]
             for step in range(self.steps):
                 if idx.size == 0:
                     break
                 # the clean gradient is the first step's without a random start
-                g = g0[src[idx]] if noise is None and step == 0 else ops.grad(cur, idx, zs, labels[idx])
+                g = g0[src[idx]] if start is None and step == 0 else ops.grad(cur, idx, zs, labels[idx])
                 if self.norm == "linf":  # non-finite components count as 0 and mark the row
                     codes = np.empty((idx.size, d), best.dtype)
                     linf_step(cur, idx, g, x, src, e, alpha, lo, hi, fmt.inv_scale, fmt.qmin, fmt.qmax,

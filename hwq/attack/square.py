@@ -21,7 +21,11 @@ iterations, rescaled to the budget):
   moves the perturbation's mass from a second window into a pseudo-Gaussian update of the
   first (windows of odd side >= 3), keeping ``|delta|_2 = eps`` before clipping.
 
-Randomness comes from ``(seed, first input index of the chunk)``.
+Randomness: the window positions (one per iteration for the whole batch, as in the
+reference) come from ``default_rng(seed)`` alone and are the same for every chunk and strength;
+everything drawn per input (the start's stripes and blocks, the sign of each window) comes from
+``(seed, eps, iteration, input index)`` (``hwq.attack.noise``). So a strength's result does not
+depend on the other strengths in the list, nor on the chunking.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hwq.attack import noise
 from hwq.attack.base import Attack, ChunkOutcome
 from hwq.attack.pgd import _positive, _positive_int
 from hwq.errors import UsageError
 from hwq.ranges import check_norm
 
 SQUARE_CHUNK_ELEMENTS = 2**22
+ITERATION_TAG = 2**20  # stream tags: 0 the l-inf start, 1.. the l2 start's blocks, this + it the iterations
 
 
 def p_schedule(p_init: float, it: int, n_iters: int) -> float:
@@ -123,7 +129,13 @@ class Square(Attack):
     def run_chunk(self, judge, x, y, eps, gradient) -> ChunkOutcome:
         k_eps, (n, d) = len(eps), x.shape
         h, w = image_shape(d)
-        rng = np.random.default_rng([self.seed, judge.offset])
+        rng = np.random.default_rng(self.seed)  # window positions: the same for every chunk and eps
+        index = judge.offset + np.tile(np.arange(n), k_eps)  # row -> the input's index in the data set
+
+        def row_signs(rows_, tag, width=1):
+            """+-1 per row of ``rows_`` (and ``width`` per row) from (seed, its eps, tag, its input)."""
+            return noise.signs(noise.keys(self.seed, eps, tag)[rows_ // n], index[rows_], width)
+
         clean_codes = judge.codes(x)
         clean_pred, _ = judge.judge(clean_codes, y)
         rows = k_eps * n
@@ -137,9 +149,9 @@ class Square(Attack):
         idx = np.flatnonzero((pred == labels) & (e > 0)) if self.queries > 1 else np.zeros(0, np.int64)
         xs, es = x0[idx], e[idx, None, None]
         if self.norm == "linf":
-            cur = np.clip(xs + es * rng.choice([-1.0, 1.0], size=(len(idx), 1, w)), lo, hi)
+            cur = np.clip(xs + es * row_signs(idx, 0, w)[:, None, :], lo, hi)
         else:
-            cur = np.clip(xs + self._l2_init(rng, len(idx), h, w) * es, lo, hi)
+            cur = np.clip(xs + self._l2_init(rng, idx, row_signs, h, w) * es, lo, hi)
 
         def query(sub, points):
             codes = judge.codes(points.reshape(len(sub), d))
@@ -159,10 +171,11 @@ class Square(Attack):
             es = e[idx, None, None]
             sh, sw = self._window(it, n_iters, h, w)
             r0, c0 = rng.integers(0, h - sh + 1), rng.integers(0, w - sw + 1)
+            sign = row_signs(idx, ITERATION_TAG + it)[:, :, None]
             if self.norm == "linf":
-                new = self._linf_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi)
+                new = self._linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi)
             else:
-                new = self._l2_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi)
+                new = self._l2_step(rng, sign, xs, cur, es, r0, c0, sh, sw, lo, hi)
             codes, p, m = query(idx, new)
             better = m < best_margin
             cur[better], best_margin[better] = new[better], m[better]
@@ -172,9 +185,9 @@ class Square(Attack):
                             clean=clean_pred)
 
     @staticmethod
-    def _linf_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi):
+    def _linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi):
         win = (slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
-        sign = rng.choice([-1.0, 1.0], size=(len(xs), 1, 1))
+        sign = sign.copy()
         proposal = np.clip(xs[win] + es * sign, lo, hi)
         same = np.all(np.abs(proposal - cur[win]) < 1e-7, axis=(1, 2))
         if same.any():  # the reference resamples: with one channel that is the other sign
@@ -185,23 +198,26 @@ class Square(Attack):
         return new
 
     @staticmethod
-    def _l2_init(rng, rows, h, w):
-        delta = np.zeros((rows, h, w))
+    def _l2_init(rng, idx, row_signs, h, w):
+        delta = np.zeros((len(idx), h, w))
+        block = 1  # the stream tag of each block's signs
         if h == 1:
             s = max(w // 5, 1)
             for c in range(0, w - s + 1, s):
-                delta[:, :, c:c + s] += meta_pseudo_gaussian(rng, 1, s) * rng.choice([-1.0, 1.0], (rows, 1, 1))
+                delta[:, :, c:c + s] += meta_pseudo_gaussian(rng, 1, s) * row_signs(idx, block)[:, :, None]
+                block += 1
         else:
             s = max(h // 5, 1)
             start = (h - s * 5) // 2 if h >= 5 else 0
             for r in range(start, h - s + 1, s):
                 for c in range(start, w - s + 1, s):
                     delta[:, r:r + s, c:c + s] += (meta_pseudo_gaussian(rng, s, s)
-                                                   * rng.choice([-1.0, 1.0], (rows, 1, 1)))
+                                                   * row_signs(idx, block)[:, :, None])
+                    block += 1
         return delta / np.maximum(_norm(delta), 1e-12)
 
     @staticmethod
-    def _l2_step(rng, xs, cur, es, r0, c0, sh, sw, lo, hi):
+    def _l2_step(rng, sign, xs, cur, es, r0, c0, sh, sw, lo, hi):
         delta = cur - xs
         r2, c2 = rng.integers(0, xs.shape[1] - sh + 1), rng.integers(0, xs.shape[2] - sw + 1)
         w1 = (slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
@@ -212,7 +228,7 @@ class Square(Attack):
         norm_window = _norm(delta[w1])
         norm_image = _norm(delta)
         norm_windows = _norm(delta * mask)
-        update = meta_pseudo_gaussian(rng, sh, sw)[None] * rng.choice([-1.0, 1.0], (len(xs), 1, 1))
+        update = meta_pseudo_gaussian(rng, sh, sw)[None] * sign
         update = update + delta[w1] / (1e-10 + norm_window)
         update = update / np.maximum(_norm(update), 1e-12) * np.sqrt(
             np.maximum(es**2 - norm_image**2, 0) + norm_windows**2)
