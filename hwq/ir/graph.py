@@ -48,6 +48,8 @@ class Affine:
             raise InvalidModelError(
                 f"Affine weight {self.weight.shape} and bias {self.bias.shape} do not fit"
             )
+        if self.weight.size == 0:
+            raise InvalidModelError(f"a dense layer of shape {self.weight.shape} has no units or no inputs")
         for name, a in (("weight", self.weight), ("bias", self.bias)):
             if not np.all(np.isfinite(a)):
                 raise InvalidModelError(f"Affine {name} contains NaN or Inf values")

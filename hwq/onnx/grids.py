@@ -58,11 +58,15 @@ def make_grid(codes: np.ndarray, scale: np.ndarray, source: str, bits: int | Non
 def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dtype=0, declared=None):
     if not np.issubdtype(x.dtype, np.integer):
         raise InvalidModelError("DequantizeLinear on a float tensor is not a weight grid")
-    zp = np.zeros(1) if zero_point is None else zero_point.astype(np.float64)
+    zp = np.zeros(1) if zero_point is None else np.asarray(zero_point).astype(np.float64)
     if np.any(zp != 0):
         raise InvalidModelError("DequantizeLinear weights with a non-zero zero point",
                                 hint="hwq reads symmetric weight grids (zero point 0)")
     s = np.asarray(scale, dtype=np.float64)
+    if block_size or (s.size > 1 and (x.ndim == 0 or not -x.ndim <= axis < x.ndim or s.ndim != 1
+                                      or x.shape[axis % x.ndim] != s.size)):
+        raise InvalidModelError(f"DequantizeLinear: {s.size} scales do not fit weights of shape {x.shape} "
+                                f"along axis {axis}" + (" (blocked quantization)" if block_size else ""))
     bshape = [1] * x.ndim
     if s.size > 1:
         bshape[axis % x.ndim] = s.size
@@ -72,21 +76,40 @@ def DequantizeLinear(x, scale, zero_point=None, axis=1, block_size=0, output_dty
 
 
 def Quant(x, scale, zeropt, bitwidth, signed=1, narrow=0, rounding_mode="ROUND", declared=None):
-    bits = int(np.asarray(bitwidth).reshape(-1)[0])
+    width = np.asarray(bitwidth, dtype=np.float64).reshape(-1)
+    if width.size != 1 or not (np.isfinite(width[0]) and width[0] == int(width[0]) and 2 <= width[0] <= 32):
+        raise InvalidModelError(f"QONNX Quant: bit width {width.tolist()[:4]} is not one integer in 2..32")
+    bits = int(width[0])
     if np.any(np.asarray(zeropt) != 0):
         raise InvalidModelError("QONNX Quant with a non-zero zero point is not supported")
     lo = (-(2 ** (bits - 1)) + int(narrow)) if signed else 0
     hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
     mode = rounding_mode.decode() if isinstance(rounding_mode, bytes) else rounding_mode
+    if str(mode).upper() not in ROUNDING:
+        raise InvalidModelError(f"QONNX Quant: rounding mode '{mode}' is not one of {', '.join(ROUNDING)}")
     s = np.asarray(scale, dtype=np.float64)
+    check_scale(s, x.shape, "QONNX Quant")
     codes = ROUNDING[mode.upper()](np.clip(x / s, lo, hi))
     w = codes * s
     return w, make_grid(codes.astype(np.int64), s, "QONNX Quant", bits=declared_bits(lo, hi))
 
 
+def check_scale(s: np.ndarray, shape: tuple, source: str) -> None:
+    """Scales must be positive, finite and broadcast onto the weights without growing them."""
+    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise InvalidModelError(f"{source}: scales must be positive and finite")
+    try:
+        fits = np.broadcast_shapes(s.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise InvalidModelError(f"{source}: scales of shape {s.shape} do not fit weights of shape {tuple(shape)}")
+
+
 def BipolarQuant(x, scale, declared=None):
     codes = np.where(x >= 0, 1, -1)
     s = np.asarray(scale, dtype=np.float64)
+    check_scale(s, x.shape, "QONNX BipolarQuant")
     return codes * s, make_grid(codes.astype(np.int64), s, "QONNX BipolarQuant", bits=1)
 
 

@@ -1,24 +1,29 @@
 """ONNX -> IR. One function per ONNX op, named after it, registered in ``OPS``.
 
-The importer walks the nodes in (topological) file order, tracking one *stream*: the tensor
-that carries the sample through the network. Nodes whose inputs are all constants are folded.
-Each op function receives the importer state and the node and appends IR nodes. Classifier
-post-processing (ArgMax, ``ai.onnx.ml`` ops such as ZipMap, label outputs) is dropped with a
-note, keeping the scores output.
+The importer walks the nodes the declared outputs need (``outputs.needed_nodes``) in
+(topological) file order, tracking one *stream*: the tensor that carries the sample through the
+network. Nodes whose inputs are all constants are folded within budgets (``folding``). Each op
+function receives the importer state and the node and appends IR nodes; its keyword arguments
+are the ONNX attributes it reads (any other attribute is refused). Constant Sub/Div/Mul/Add
+before the first dense layer (input normalization) fold into it. Classifier post-processing
+is dropped with a note only where it keeps the decision (``outputs.PostProcessing``).
 """
 
 from __future__ import annotations
 
+import builtins
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from hwq import ir
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
+from hwq.onnx import outputs
+from hwq.onnx.folding import Folder, tensor_array
 from hwq.onnx.grids import QUANT_OPS
 
 QONNX_DOMAINS = {"qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas"}
@@ -34,6 +39,10 @@ SUPPORTED_SUMMARY = ("MLPs: Gemm/MatMul chains with Add/Sub/Mul/Div constants, R
 POST_PROCESSING = {"ArgMax", "ArgMin", "TopK", "ZipMap", "ArrayFeatureExtractor", "LabelEncoder"}
 PASS_THROUGH = {"Identity", "Dropout"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+OLDEST_OPSET = 7  # older files carry attributes (broadcast, consumed_inputs, Reshape's shape) hwq does not read
+MIN_INPUTS = {"Gemm": 2, "MatMul": 2, "Add": 2, "Sub": 2, "Mul": 2, "Div": 2, "Greater": 2, "Where": 3,
+              "Reshape": 2, "QuantizeLinear": 2, "DequantizeLinear": 2, "Quant": 4, "IntQuant": 4,
+              "BipolarQuant": 2}
 
 
 @dataclass
@@ -45,12 +54,17 @@ class Importer:
     nodes: list = field(default_factory=list)
     pending: str | None = None  # partial step pattern: "greater", "sign", "sign+1"
     output: ir.Output | None = None
-    dropped: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     qpending: dict | None = None  # a QCDQ activation quantizer read so far (QuantizeLinear [Clip])
     input_quant: ir.Quantizer | None = None
     clips: dict[str, tuple[int, int]] = field(default_factory=dict)  # constant Clip ranges
     sign_node: str = ""
+    rank: int | None = None  # the stream's rank (None: unknown)
+    sample_dims: tuple[int, ...] | None = None  # the stream's shape without the batch axis
+    prelude: tuple[np.ndarray, np.ndarray] | None = None  # input normalization x -> a x + c, not yet folded
+    post: outputs.PostProcessing | None = None  # the tensors after the network's scores
+    scores: str = ""  # the tensor where the network ends
+    folder: Folder = field(default_factory=Folder)
 
     def const(self, node: onnx.NodeProto, name: str) -> np.ndarray:
         if name not in self.consts:
@@ -59,7 +73,11 @@ class Importer:
                 "constant (an initializer)",
                 hint="hwq imports feed-forward chains whose parameters are constants",
             )
-        return self.consts[name]
+        value = self.consts[name]
+        if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_) or value.size == 0:
+            raise InvalidModelError(f"node '{node.name or node.op_type}' ({node.op_type}): constant '{name}' "
+                                    f"is {'empty' if value.size == 0 else value.dtype.name}, not a number")
+        return value
 
     def other(self, node: onnx.NodeProto) -> np.ndarray:
         """The constant operand of a binary op whose other operand is the stream."""
@@ -120,12 +138,15 @@ def Gemm(st: Importer, node, alpha=1.0, beta=1.0, transA=0, transB=0):
     if node.input[0] != st.stream or transA:
         raise InvalidModelError(f"Gemm '{node.name}': the sample must be input A with transA=0")
     b = st.const(node, node.input[1])
+    if b.ndim != 2:
+        raise InvalidModelError(f"Gemm '{node.name}': weight must be 2-D, got {b.shape}")
     w = b if transB else b.T
     bias = np.zeros(w.shape[0])
     if len(node.input) > 2 and node.input[2]:
-        bias = np.broadcast_to(st.const(node, node.input[2]).reshape(-1), (w.shape[0],)) * beta
+        bias = row_vector(node, st.const(node, node.input[2]), w.shape[0], "bias") * float(beta)
     grid = st.grids.get(node.input[1]) if alpha == 1.0 else None
-    st.nodes.append(ir.Affine(alpha * w, bias, grid=grid))
+    add_affine(st, node, float(alpha) * w, bias, grid)
+    st.rank = 2
 
 
 def MatMul(st: Importer, node):
@@ -136,28 +157,116 @@ def MatMul(st: Importer, node):
     w = st.const(node, node.input[1])
     if w.ndim != 2:
         raise InvalidModelError(f"MatMul '{node.name}': weight must be 2-D, got {w.shape}")
-    st.nodes.append(ir.Affine(w.T, np.zeros(w.shape[1]), grid=st.grids.get(node.input[1])))
+    add_affine(st, node, w.T, np.zeros(w.shape[1]), st.grids.get(node.input[1]))
+
+
+def row_vector(node, c: np.ndarray, n: int, what: str) -> np.ndarray:
+    """A constant that broadcasts along the class/unit axis of (N, n): shape (), (1,), (n,),
+    (1, n), ... (leading 1s); refused in one line otherwise."""
+    shape = c.shape
+    while shape and shape[0] == 1 and len(shape) > 1:
+        shape = shape[1:]
+    if shape not in ((), (1,), (n,)):
+        raise InvalidModelError(f"{node.op_type} '{node.name}': {what} of shape {c.shape} does not fit "
+                                f"{n} units")
+    return np.broadcast_to(c.astype(np.float64).reshape(-1), (n,))
+
+
+def add_affine(st: Importer, node, w: np.ndarray, bias: np.ndarray, grid: ir.Grid | None) -> None:
+    """Append a dense layer, folding a pending input normalization ``x -> a x + c`` into it:
+    ``W (a x + c) + b = (W a) x + (W c + b)``."""
+    if st.prelude is not None:
+        w, bias, grid = fold_prelude(st, node, np.asarray(w, np.float64), np.asarray(bias, np.float64), grid)
+    st.nodes.append(ir.Affine(w, bias, grid=grid))
+
+
+def fold_prelude(st: Importer, node, w, bias, grid):
+    a, c = st.prelude
+    st.prelude = None
+    if a.size not in (1, w.shape[1]):
+        raise InvalidModelError(f"{node.op_type} '{node.name}': the input normalization has {a.size} "
+                                f"features, the layer {w.shape[1]} inputs")
+    a, c = np.broadcast_to(a, (w.shape[1],)), np.broadcast_to(c, (w.shape[1],))
+    if grid is not None:  # QAT grid: codes stay; only a common positive scale keeps them on a grid
+        if not (np.all(a == a[0]) and a[0] > 0 and np.all(c == 0)):
+            raise InvalidModelError(
+                f"{node.op_type} '{node.name}': an input normalization with offsets or per-feature scales "
+                "cannot be folded exactly into QAT grid weights",
+                hint="normalize the data before hwq, or train without the normalization in the model")
+        grid = ir.Grid(grid.scheme, grid.bits, tuple(s * float(a[0]) for s in grid.weight_scale),
+                       grid.source + " (input scale folded in)")
+    with np.errstate(all="ignore"):
+        return w * a[None, :], bias + w @ c, grid
+
+
+def prelude(st: Importer, node, c: np.ndarray, op: str) -> None:
+    """Constant Add/Sub/Mul/Div before the first dense layer: input normalization, kept as
+    ``x -> a x + c`` per flattened feature until the dense layer folds it in."""
+    if st.pending is not None or st.nodes and isinstance(st.nodes[-1], ir.Activation):
+        raise InvalidModelError(f"node '{node.name}' ({node.op_type}) must directly follow a Gemm/MatMul")
+    sample = st.sample_dims
+    c = np.asarray(c, np.float64)
+    if sample is None or (st.rank is not None and c.ndim > st.rank):
+        if c.size != 1:
+            raise InvalidModelError(f"{node.op_type} '{node.name}': a per-feature input normalization needs "
+                                    "the input's shape", hint="declare the input's dimensions")
+        flat = c.reshape(1)
+    else:
+        full = (1, *sample)
+        try:
+            fits = np.broadcast_shapes(c.shape, full) == full
+        except ValueError:
+            fits = False
+        if not fits:
+            raise InvalidModelError(f"{node.op_type} '{node.name}': constant of shape {c.shape} does not fit "
+                                    f"samples of shape {sample}")
+        flat = np.broadcast_to(c, full).reshape(-1)
+    a, b = st.prelude or (np.ones(1), np.zeros(1))
+    with np.errstate(all="ignore"):
+        if op == "Add":
+            a, b = a + 0 * flat, b + flat
+        elif op == "Sub":
+            a, b = a + 0 * flat, b - flat
+        elif op == "Sub-from":
+            a, b = -a + 0 * flat, flat - b
+        elif op == "Mul":
+            a, b = a * flat, b * flat
+        else:
+            a, b = a / flat, b / flat
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise InvalidModelError(f"{node.op_type} '{node.name}': the input normalization is not finite "
+                                "(a division by zero?)")
+    st.prelude = (a, b)
+
+
+def before_first_layer(st: Importer) -> bool:
+    return not any(isinstance(n, ir.Affine) for n in st.nodes)
 
 
 def Add(st: Importer, node):
     c = st.other(node)
+    if before_first_layer(st):
+        return prelude(st, node, c, "Add")
     if st.pending == "sign" and np.all(c == 1):
         st.pending = "sign+1"
         return
     affine = st.open_affine(node)
-    bias = affine.bias + np.broadcast_to(c.reshape(-1), affine.bias.shape) / affine.gain
-    st.replace_last(bias=bias)
+    st.replace_last(bias=affine.bias + row_vector(node, c, affine.n_out, "constant") / affine.gain)
 
 
 def Sub(st: Importer, node):
+    if before_first_layer(st):
+        return prelude(st, node, st.other(node), "Sub" if node.input[0] == st.stream else "Sub-from")
     if node.input[0] != st.stream:
         raise InvalidModelError(f"Sub '{node.name}': only stream - constant is supported")
     affine = st.open_affine(node)
-    c = np.broadcast_to(st.other(node).reshape(-1), affine.bias.shape)
+    c = row_vector(node, st.other(node), affine.n_out, "constant")
     st.replace_last(bias=affine.bias - c / affine.gain)
 
 
 def Mul(st: Importer, node):
+    if before_first_layer(st):
+        return prelude(st, node, st.other(node), "Mul")
     _scale(st, node, st.other(node), halving=0.5, invert=False,
            refusal="only a positive scalar gain after a dense layer is supported")
 
@@ -165,6 +274,8 @@ def Mul(st: Importer, node):
 def Div(st: Importer, node):
     if node.input[0] != st.stream:
         raise InvalidModelError(f"Div '{node.name}': only stream / constant is supported")
+    if before_first_layer(st):
+        return prelude(st, node, st.other(node), "Div")
     _scale(st, node, st.other(node), halving=2, invert=True, refusal="only a positive scalar divisor is supported")
 
 
@@ -193,14 +304,22 @@ def Sigmoid(st: Importer, node):
     st.nodes.append(ir.Activation("sigmoid"))
 
 
-def Softmax(st: Importer, node, axis=-1):
+def Softmax(st: Importer, node, axis=None):
+    """Softmax/LogSoftmax over the class axis (opset < 13: over the axes from ``axis`` on,
+    default 1; opset 13+: one axis, default -1) keeps the argmax; any other axis does not."""
     st.check_open(node)
+    st.close_sign(node)
+    coerced = st.opset < 13
+    axis = (1 if coerced else -1) if axis is None else axis
+    if not outputs.class_axis(axis, st.rank, coerced):
+        raise InvalidModelError(f"{node.op_type} '{node.name}' over axis {axis} (the scores have rank "
+                                f"{st.rank or 'unknown'}): only the class axis keeps the decision",
+                                hint="hwq decides by argmax over the class axis")
     st.output = ir.Output("softmax")
 
 
-def LogSoftmax(st: Importer, node, axis=-1):
-    st.check_open(node)
-    st.output = ir.Output("softmax")
+def LogSoftmax(st: Importer, node, axis=None):
+    Softmax(st, node, axis)
 
 
 def Sign(st: Importer, node):
@@ -241,7 +360,14 @@ def Where(st: Importer, node):
 def Flatten(st: Importer, node, axis=1):
     if axis != 1:
         raise InvalidModelError(f"Flatten '{node.name}': only axis=1 is supported, got {axis}")
+    flatten(st)
+
+
+def flatten(st: Importer) -> None:
     st.nodes.append(ir.Flatten())
+    st.rank = 2
+    if st.sample_dims is not None:
+        st.sample_dims = (int(np.prod(st.sample_dims)),)
 
 
 def Reshape(st: Importer, node, allowzero=0):
@@ -250,7 +376,7 @@ def Reshape(st: Importer, node, allowzero=0):
         raise InvalidModelError(
             f"Reshape '{node.name}' to {shape.tolist()}: only flattening to (N, features) is supported"
         )
-    st.nodes.append(ir.Flatten())
+    flatten(st)
 
 
 # ---------------------------------------------------------------- quantizers on the stream (QAT)
@@ -286,16 +412,18 @@ def QuantizeLinear(st: Importer, node, axis=1, saturate=1, block_size=0, output_
     st.qpending = dict(scale=scale, lo=lo, hi=hi, signed=lo < 0, name=node.name)
 
 
-def Clip(st: Importer, node):
+def Clip(st: Importer, node, min=None, max=None):  # noqa: A002 (opset < 11 attributes)
     if st.qpending is None:
         raise InvalidModelError(
             f"Clip '{node.name}' on the sample is only supported inside QuantizeLinear -> Clip -> "
-            "DequantizeLinear", hint="ReLU6/HardTanh-style clipping is not a supported activation")
+            "DequantizeLinear", hint="ReLU6/HardTanh-style clipping is not a supported activation: use Relu, "
+            "or a quantized activation (Brevitas QuantReLU/QuantHardTanh)")
     bounds = [st.const(node, n) if n else None for n in list(node.input[1:3]) + [""] * 2][:2]
+    bounds = [np.float64(v) if v is not None else b for v, b in zip((min, max), bounds)]
     if bounds[0] is not None:
-        st.qpending["lo"] = max(st.qpending["lo"], int(np.asarray(bounds[0]).reshape(-1)[0]))
+        st.qpending["lo"] = builtins.max(st.qpending["lo"], int(np.asarray(bounds[0]).reshape(-1)[0]))
     if bounds[1] is not None:
-        st.qpending["hi"] = min(st.qpending["hi"], int(np.asarray(bounds[1]).reshape(-1)[0]))
+        st.qpending["hi"] = builtins.min(st.qpending["hi"], int(np.asarray(bounds[1]).reshape(-1)[0]))
 
 
 def DequantizeLinear(st: Importer, node, axis=1, block_size=0, output_dtype=0):
@@ -350,6 +478,11 @@ def attach_quant(st: Importer, node, quant: ir.Quantizer) -> None:
         raise InvalidModelError(f"{node.op_type} '{node.name}' inside a step pattern is not supported")
     last = st.nodes[-1] if st.nodes else None
     if not any(isinstance(n, ir.Affine) for n in st.nodes):
+        if st.prelude is not None:
+            raise InvalidModelError(
+                f"{node.op_type} '{node.name}': an input normalization before the file's input quantizer "
+                "cannot be folded exactly (hwq's input format has no offset or per-feature scale)",
+                hint="normalize the data before hwq")
         if st.input_quant is not None or quant.bits == 1:
             raise InvalidModelError(f"{node.op_type} '{node.name}': only one multi-bit input quantizer "
                                     "is supported")
@@ -462,63 +595,134 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def check_opset(opset: int) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelFormatError(f"the model declares ONNX opset {opset}; the newest this onnx knows is {newest}",
+                               hint="export with an opset onnxruntime and onnx support")
+    if opset < OLDEST_OPSET:
+        raise ModelFormatError(f"the model uses ONNX opset {opset}; hwq reads opset {OLDEST_OPSET} and later "
+                               "(older ops carry attributes such as broadcast and consumed_inputs)",
+                               hint="re-export the model with a newer opset")
+
+
+def data_input(inputs: list[onnx.ValueInfoProto]) -> tuple[int | None, tuple[int, ...] | None]:
+    """The data input's rank and sample dims (None where unknown), refusing what onnxruntime
+    would refuse to feed: a non-float32 input, a rank below 2 (no batch axis), a zero-size dim."""
+    if len(inputs) != 1:
+        raise InvalidModelError(f"the model must have exactly one data input, found {len(inputs)}")
+    v = inputs[0]
+    kind = v.type.WhichOneof("value")
+    if kind != "tensor_type" or v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        got = (onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) if kind == "tensor_type"
+               else kind or "untyped")
+        raise InvalidModelError(f"the data input '{v.name}' is {got}; hwq reads float32 samples",
+                                hint="export the model with a float32 input")
+    if not v.type.tensor_type.HasField("shape"):
+        return None, None
+    dims = v.type.tensor_type.shape.dim
+    if len(dims) < 2:
+        raise InvalidModelError(f"the data input '{v.name}' has rank {len(dims)}; hwq reads batches "
+                                "(N, features...)", hint="export with a batch axis")
+    if any(d.HasField("dim_value") and d.dim_value <= 0 for d in dims):
+        raise InvalidModelError(f"the data input '{v.name}' has a zero-size dimension")
+    sample = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims[1:])
+    return len(dims), (sample if all(d > 0 for d in sample) else None)
+
+
 def sample_shape(model: onnx.ModelProto, inputs: list[onnx.ValueInfoProto]) -> tuple[int, ...]:
     dims = inputs[0].type.tensor_type.shape.dim
     shape = tuple(d.dim_value for d in dims[1:])
     return shape if shape and all(d > 0 for d in shape) else ()
 
 
+def read_attrs(node: onnx.NodeProto, fn: Callable, skip: int) -> dict:
+    """The node's attributes as keyword arguments of ``fn`` (its parameters after the first
+    ``skip``), refusing in one line an attribute ``fn`` does not read or of the wrong type."""
+    params = list(inspect.signature(fn).parameters.values())[skip:]
+    known = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty and p.name != "declared"}
+    out = {}
+    for a in node.attribute:
+        where = f"node '{node.name or '?'}' ({node.op_type})"
+        if a.name not in known:
+            raise InvalidModelError(f"{where}: attribute '{a.name}' is not read by hwq",
+                                    hint="export with a current opset; older attributes are not supported")
+        try:
+            value = onnx.helper.get_attribute_value(a)
+        except Exception:
+            raise InvalidModelError(f"{where}: attribute '{a.name}' cannot be read") from None
+        default = known[a.name]
+        ok = {int: (int,), float: (int, float), str: (str, bytes)}.get(type(default), (int, float, str, bytes))
+        if isinstance(value, bool) or not isinstance(value, ok):
+            raise InvalidModelError(f"{where}: attribute '{a.name}' is a {type(value).__name__}, expected "
+                                    f"{type(default).__name__ if default is not None else 'a number'}")
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        out[a.name] = value
+    return out
+
+
+def check_inputs(node: onnx.NodeProto) -> None:
+    need = MIN_INPUTS.get(node.op_type, 1)
+    if len(node.input) < need or any(not n for n in node.input[:need]):
+        raise InvalidModelError(f"node '{node.name or '?'}' ({node.op_type}) has {len(node.input)} inputs; "
+                                f"it needs at least {need}")
+
+
 def fold_constant(st: Importer, node: onnx.NodeProto) -> None:
     """Evaluate a node whose inputs are all constants (weight transposes, casts, Q/DQ)."""
     args = [st.consts[n] if n else None for n in node.input]
-    if node.op_type in QUANT_OPS:
+    if node.op_type in QUANT_OPS and (node.domain in QONNX_DOMAINS or node.op_type == "DequantizeLinear"):
+        check_inputs(node)
+        fn = QUANT_OPS[node.op_type]
+        params = list(inspect.signature(fn).parameters.values())
+        positional = [p for p in params if p.default is inspect.Parameter.empty]
+        if len(args) > len(positional) + (node.op_type == "DequantizeLinear"):
+            raise InvalidModelError(f"node '{node.name or '?'}' ({node.op_type}) has {len(args)} inputs, "
+                                    f"more than {node.op_type} takes")
+        at = read_attrs(node, fn, skip=len(positional) + (node.op_type == "DequantizeLinear"))
+        st.folder.check(node, args, at)
         declared = st.clips.get(node.input[0])  # without a Clip: the bits the codes need
-        w, grid = QUANT_OPS[node.op_type](*args, **attrs(node), declared=declared)
+        w, grid = fn(*args, **at, declared=declared)
         st.consts[node.output[0]] = w
         st.grids[node.output[0]] = grid
         return
-    from onnx.reference import ReferenceEvaluator
-
-    try:
-        outs = ReferenceEvaluator(node).run(None, dict(zip(node.input, args)))
-    except Exception as exc:
-        raise InvalidModelError(
-            f"cannot fold constant node '{node.name}' ({node.op_type}): {exc}"
-        ) from None
+    outs = st.folder.run(node, args, attrs(node))
     for name, value in zip(node.output, outs):
-        st.consts[name] = np.asarray(value)
+        st.consts[name] = value
     if node.op_type == "Clip" and np.issubdtype(st.consts[node.output[0]].dtype, np.integer):
-        lo = args[1] if len(args) > 1 and args[1] is not None else np.iinfo(args[0].dtype).min
-        hi = args[2] if len(args) > 2 and args[2] is not None else np.iinfo(args[0].dtype).max
+        a = attrs(node)
+        lo = args[1] if len(args) > 1 and args[1] is not None else a.get("min", np.iinfo(args[0].dtype).min)
+        hi = args[2] if len(args) > 2 and args[2] is not None else a.get("max", np.iinfo(args[0].dtype).max)
         st.clips[node.output[0]] = (int(np.asarray(lo).reshape(-1)[0]), int(np.asarray(hi).reshape(-1)[0]))
     if node.op_type in PASS_THROUGH | {"Cast"} and node.input[0] in st.grids:
         st.grids[node.output[0]] = st.grids[node.input[0]]
 
 
-def sigmoid_output_pattern(st: Importer, node: onnx.NodeProto) -> bool:
-    """scikit-learn's binary head: Sigmoid -> Sub(1, p) -> Concat([1 - p, p]). The Sigmoid is
-    the output activation; the rest builds class probabilities (post-processing)."""
-    if node.op_type not in ("Sub", "Concat") or not st.nodes or st.nodes[-1] != ir.Activation("sigmoid"):
-        return False
-    if node.op_type == "Sub" and node.input[0] == st.stream:
-        return False
-    st.nodes.pop()
-    st.output = ir.Output("sigmoid")
-    return True
+def start_post(st: Importer) -> None:
+    """The network ends here: what reads the stream from now on is post-processing. A Sigmoid
+    on the last layer becomes the sigmoid output (its probability is the ``binary`` kind)."""
+    kind = "scores"
+    if st.output is None and st.nodes and st.nodes[-1] == ir.Activation("sigmoid"):
+        st.nodes.pop()
+        st.output = ir.Output("sigmoid")
+        kind = "binary"
+    st.scores = st.stream
+    st.post = outputs.PostProcessing(st.stream, kind, st.rank, st.opset, st.consts)
 
 
 def import_node(st: Importer, node: onnx.NodeProto) -> None:
-    uses_stream = st.stream in node.input
-    if uses_stream and st.output is None:
-        sigmoid_output_pattern(st, node)
-    if any(n in st.dropped for n in node.input) or (
-        uses_stream and (node.op_type in POST_PROCESSING or node.domain == "ai.onnx.ml")
-    ) or (uses_stream and st.output is not None and node.op_type not in PASS_THROUGH):
-        st.dropped.update(node.output)
-        if uses_stream:
-            st.notes.append(f"dropped classifier post-processing '{node.name}' ({node.op_type})")
+    if st.post is None and st.stream in node.input and (
+        st.output is not None or node.op_type in POST_PROCESSING or node.domain == "ai.onnx.ml"
+        or (node.op_type in ("Sub", "Concat") and st.nodes and st.nodes[-1] == ir.Activation("sigmoid")
+            and not (node.op_type == "Sub" and node.input[0] == st.stream))
+    ):
+        start_post(st)
+    if st.post is not None and st.post.reads(node):
+        st.post.node(node, attrs(node))
+        st.notes.append(f"dropped classifier post-processing '{node.name}' ({node.op_type})")
         return
-    if not uses_stream:
+    if st.stream not in node.input:
         if all(n in st.consts or not n for n in node.input):
             return fold_constant(st, node)
         raise InvalidModelError(
@@ -534,20 +738,25 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
         op = OPS[node.op_type]
     else:
         raise unsupported(node, st.opset)
-    op(st, node, **attrs(node))
+    check_inputs(node)
+    op(st, node, **read_attrs(node, op, skip=2))
     st.stream = node.output[0]
 
 
 def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
     g = model.graph
     st = Importer(opset=opset_of(model))
+    check_opset(st.opset)
+    nodes = outputs.needed_nodes(g)
+    used = {n for node in nodes for n in node.input} | {o.name for o in g.output}
+    initialized = {init.name for init in g.initializer}
     for init in g.initializer:
-        st.consts[init.name] = numpy_helper.to_array(init)
-    inputs = [i for i in g.input if i.name not in st.consts]
-    if len(inputs) != 1:
-        raise InvalidModelError(f"the model must have exactly one data input, found {len(inputs)}")
+        if init.name in used:
+            st.consts[init.name] = tensor_array(init)
+    inputs = [i for i in g.input if i.name not in initialized]
+    st.rank, st.sample_dims = data_input(inputs)
     st.stream = inputs[0].name
-    for node in g.node:
+    for node in nodes:
         import_node(st, node)
     if st.pending == "sign":
         raise InvalidModelError("Sign on the output scores is not supported",
@@ -556,6 +765,9 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
         raise InvalidModelError(f"incomplete step pattern ({st.pending}) at the end of the graph")
     if st.qpending is not None:
         raise InvalidModelError(f"QuantizeLinear '{st.qpending['name']}' has no DequantizeLinear")
+    if st.prelude is not None:
+        raise InvalidModelError("the input normalization is not followed by a dense layer")
+    outputs.check_declared(g, st.scores or st.stream, st.post)
     output = st.output
     if output is None and st.nodes and st.nodes[-1] == ir.Activation("sigmoid"):
         st.nodes.pop()
