@@ -4,11 +4,22 @@ A dataclass becomes a group with attribute ``type`` (its class name); each field
 dataset (arrays), a sub-group (dataclasses, tuples of dataclasses) or an attribute (numbers,
 strings, tuples of numbers; ``None`` is an absent attribute). Files are written to a temporary
 name and renamed, so a reader never sees half a file.
+
+Reading is one safe path for every HDF5 file hwq reads: ``open_h5`` opens a regular file and
+walks its whole tree first (``check_tree``), refusing soft and external links, datasets with
+external storage or virtual sources, groups reached twice (link cycles) and datasets that
+declare far more data than they store; ``read`` checks every field against its dataclass's
+declared types, then the class's own ``validate()``; ``content_digest`` is the sha256 that
+``.hwq`` files carry and that their reader verifies.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import stat
+import types
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +28,7 @@ import h5py
 import numpy as np
 
 from hwq import ir
-from hwq.errors import FileFormatError
+from hwq.errors import FileFormatError, HwqError
 from hwq.files.atomic import atomic_path
 from hwq.quant import qnet
 
@@ -55,20 +66,110 @@ def write_value(group: h5py.Group, name: str, value) -> None:
 
 
 def read(group: h5py.Group):
-    kind = group.attrs.get("type")
+    """The object stored in ``group``: every field checked against the type its dataclass
+    declares (``check_field``; integer arrays must be stored as integers), then the class's
+    ``validate()`` where it has one. Anything else is a one-line ``FileFormatError``."""
+    if not isinstance(group, h5py.Group):
+        raise FileFormatError(f"{group.name} should be a group, found a dataset")
+    kind = plain(group.attrs.get("type"))
     if kind == SEQUENCE:
-        return tuple(read(group[str(i)]) for i in range(len(group)))
-    if kind not in TYPES:
+        names = sorted(group)
+        if names != sorted(str(i) for i in range(len(names))):
+            raise FileFormatError(f"{group.name}: a sequence's members must be named 0..{len(names) - 1}")
+        return tuple(read(group[str(i)]) for i in range(len(names)))
+    if not isinstance(kind, str) or kind not in TYPES:
         raise FileFormatError(f"unknown object type {kind!r} in {group.name}")
     cls = TYPES[kind]
-    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for extra in sorted((set(group) | set(group.attrs)) - names - {"type"}):
+        raise FileFormatError(f"{group.name}: unexpected field {extra!r} in a {kind}")
+    kwargs, raw = {}, {}
     for f in dataclasses.fields(cls):
+        if f.name in group and f.name in group.attrs:
+            raise FileFormatError(f"{group.name}/{f.name} is stored twice")
         if f.name in group:
             item = group[f.name]
-            kwargs[f.name] = read(item) if isinstance(item, h5py.Group) else item[()]
+            value = read(item) if isinstance(item, h5py.Group) else item[()]
         elif f.name in group.attrs:
-            kwargs[f.name] = plain(group.attrs[f.name])
-    return cls(**kwargs)
+            value = plain(group.attrs[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise FileFormatError(f"{group.name}: the {kind} has no {f.name!r}")
+        else:
+            continue
+        if not check_field(value, hints[f.name]):
+            raise FileFormatError(f"{group.name}/{f.name}: {describe(value)} is not a valid "
+                                  f"{type_name(hints[f.name])}")
+        kwargs[f.name], raw[f.name] = value, value
+    try:
+        obj = cls(**kwargs)
+    except HwqError as exc:
+        raise FileFormatError(f"{group.name}: {exc.line()}") from None
+    for name, value in raw.items():  # a stored array must survive the field's dtype unchanged
+        if isinstance(value, np.ndarray):
+            lossless(group.name, name, value, getattr(obj, name))
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except HwqError as exc:
+            raise FileFormatError(f"{group.name}: {exc.line()}") from None
+    return obj
+
+
+def lossless(where: str, name: str, raw: np.ndarray, stored: np.ndarray) -> None:
+    """Refuse a stored array that the field's dtype would change: float codes in an integer
+    field (truncated), integers beyond int64, booleans or text where numbers belong."""
+    if not isinstance(stored, np.ndarray) or raw.shape != stored.shape:
+        raise FileFormatError(f"{where}/{name}: shape {raw.shape} changed on reading")
+    if np.issubdtype(stored.dtype, np.integer):
+        ok = raw.dtype.kind in "iu" and (raw.size == 0 or (int(raw.min()) >= np.iinfo(stored.dtype).min
+                                                          and int(raw.max()) <= np.iinfo(stored.dtype).max))
+        if not ok:
+            raise FileFormatError(f"{where}/{name}: integer codes expected, found {raw.dtype} values"
+                                  + (" out of int64 range" if raw.dtype.kind in "iu" else ""))
+    elif np.issubdtype(stored.dtype, np.floating) and raw.dtype.kind not in "iuf":
+        raise FileFormatError(f"{where}/{name}: numbers expected, found {raw.dtype}")
+
+
+def check_field(value, hint) -> bool:
+    """Whether ``value`` (as read) fits the declared type ``hint`` (``int``, ``float``,
+    ``str``, ``bool``, ``np.ndarray``, dataclasses, ``tuple[...]``, unions)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(check_field(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is np.ndarray:
+        return isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(check_field(v, args[0]) for v in value)
+        return len(value) == len(args) and all(check_field(v, a) for v, a in zip(value, args))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return False
+
+
+def type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("numpy.", "np.")
+
+
+def describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.dtype} array of shape {value.shape}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
 def plain(value):
@@ -93,31 +194,153 @@ def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
         yield f
 
 
-def open_checked(path: str | Path, kind: str, versions: tuple[int, ...]) -> h5py.File:
-    """Open an hwq HDF5 file and check its ``format`` and ``version`` attributes."""
+MAX_OBJECTS = 1_000_000  # groups and datasets in one file
+MAX_EXPANSION = 1100  # deflate, the only compression hwq writes, inflates at most 1032:1
+SLACK_BYTES = 1 << 20
+
+
+def open_h5(path: str | Path) -> h5py.File:
+    """Open an HDF5 file for reading, the one way hwq does: a regular file (not a device, a
+    FIFO or a folder), whose whole tree passes ``check_tree``; one-line ``FileFormatError``
+    otherwise. The caller closes it (``with open_h5(p) as f``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"{path}: no such file")
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        raise FileFormatError(f"{path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        raise FileFormatError(f"{path}: not a regular file")
     try:
         f = h5py.File(path, "r")
     except OSError:
         raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None
-    fmt, version = f.attrs.get("format"), f.attrs.get("version", -1)
-    if fmt != kind:
+    try:
+        guarded(path, lambda: check_tree(f))
+    except FileFormatError as exc:
         f.close()
-        raise FileFormatError(f"{path}: not an hwq {kind} file (format={fmt!r})")
-    if int(version) not in versions:
+        prefix = "" if exc.message.startswith(f"{path}:") else f"{path}: "
+        raise FileFormatError(prefix + exc.message, hint=exc.hint) from None
+    except BaseException:
         f.close()
-        raise FileFormatError(f"{path}: {kind} version {version} is not supported",
-                              hint=f"this hwq reads versions {', '.join(map(str, versions))}")
+        raise
+    return f
+
+
+def check_tree(f: h5py.File) -> None:
+    """Walk every link of the file (iteratively, each group once) and refuse what could make a
+    reader leave the file or loop: soft links, external links, a group reached twice (a hard
+    link cycle), datasets with external storage or virtual sources, datasets that declare
+    more data than their stored bytes can hold, references. Raises ``FileFormatError``."""
+    seen = {f.id}
+    stack: list[h5py.Group] = [f]
+    count = 0
+    while stack:
+        group = stack.pop()
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{group.name.rstrip('/')}/{name}"
+            if isinstance(link, h5py.SoftLink):
+                raise FileFormatError(f"{where} is a soft link (to {link.path!r}); hwq files have none")
+            if isinstance(link, h5py.ExternalLink):
+                raise FileFormatError(f"{where} is an external link (to {link.filename!r}); "
+                                      "hwq reads nothing outside the file")
+            if not isinstance(link, h5py.HardLink):
+                raise FileFormatError(f"{where} is a link of an unknown kind")
+            count += 1
+            if count > MAX_OBJECTS:
+                raise FileFormatError(f"more than {MAX_OBJECTS} objects in the file")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                if obj.id in seen:
+                    raise FileFormatError(f"{where} links to a group already seen (a link cycle)")
+                seen.add(obj.id)
+                stack.append(obj)
+            elif isinstance(obj, h5py.Dataset):
+                check_dataset(obj, where)
+            else:
+                raise FileFormatError(f"{where} is a {type(obj).__name__}, not a group or dataset")
+
+
+def check_dataset(d: h5py.Dataset, where: str) -> None:
+    if d.external:
+        raise FileFormatError(f"{where} keeps its data in external files ({d.external[0][0]!r}); "
+                              "hwq reads nothing outside the file")
+    if d.is_virtual:
+        raise FileFormatError(f"{where} is a virtual dataset (its data lives in other files)")
+    if h5py.check_dtype(ref=d.dtype) is not None or (d.dtype.kind == "O" and h5py.check_string_dtype(d.dtype) is None):
+        raise FileFormatError(f"{where} holds references or variable-length data ({d.dtype})")
+    if d.dtype.kind != "O":
+        stored = d.id.get_storage_size()
+        if d.nbytes > MAX_EXPANSION * stored + SLACK_BYTES:
+            raise FileFormatError(f"{where} declares {d.nbytes} bytes of data but stores {stored}")
+
+
+def content_digest(f: h5py.Group, skip: tuple[str, ...] = ()) -> str:
+    """sha256 over every group, dataset (dtype, shape, bytes) and attribute (sorted names),
+    leaving out the root attributes ``skip`` (the digest itself)."""
+    h = hashlib.sha256()
+
+    def attrs(obj, skip=()):
+        for k in sorted(obj.attrs):
+            if k not in skip:
+                h.update(b"@" + k.encode() + b"=" + attr_bytes(obj.attrs[k]))
+
+    stack = [f]
+    attrs(f, skip)
+    while stack:
+        group = stack.pop()
+        for name in sorted(group):
+            item = group[name]
+            h.update(b"/" + item.name.encode() + (b"/" if isinstance(item, h5py.Group) else b""))
+            attrs(item)
+            if isinstance(item, h5py.Group):
+                stack.append(item)
+            else:
+                value = np.asarray(item[()])
+                h.update(f"{value.dtype.str}{value.shape}".encode())
+                h.update(np.ascontiguousarray(value).tobytes() if value.dtype.kind != "O" else repr(value).encode())
+    return h.hexdigest()
+
+
+def attr_bytes(value) -> bytes:
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bytes):
+        return b"b" + value
+    a = np.asarray(value)
+    if a.dtype.kind == "O":
+        return b"o" + repr(a.tolist()).encode("utf-8", "surrogatepass")
+    return f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()
+
+
+def open_checked(path: str | Path, kind: str, versions: tuple[int, ...]) -> h5py.File:
+    """Open an hwq HDF5 file (``open_h5``) and check its ``format`` and ``version`` attributes."""
+    path = Path(path)
+    f = open_h5(path)
+
+    def check():
+        fmt, version = plain(f.attrs.get("format")), plain(f.attrs.get("version", -1))
+        if not isinstance(fmt, str) or fmt != kind:
+            raise FileFormatError(f"{path}: not an hwq {kind} file (format={fmt!r})")
+        if not isinstance(version, int) or isinstance(version, bool) or version not in versions:
+            raise FileFormatError(f"{path}: {kind} version {version!r} is not supported",
+                                  hint=f"this hwq reads versions {', '.join(map(str, versions))}")
+    try:
+        guarded(path, check)
+    except BaseException:
+        f.close()
+        raise
     return f
 
 
 def guarded(path, action: Callable):
-    """Run ``action`` and turn any low-level read error into one FileFormatError line."""
+    """Run ``action`` and turn any low-level read error into one FileFormatError line that
+    names the file."""
     try:
         return action()
-    except FileFormatError:
-        raise
+    except FileFormatError as exc:
+        if exc.message.startswith(f"{path}:"):
+            raise
+        raise FileFormatError(f"{path}: {exc.message}", hint=exc.hint) from None
     except Exception as exc:
         raise FileFormatError(f"{path}: corrupt file ({type(exc).__name__}: {exc})") from None

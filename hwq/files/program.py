@@ -1,12 +1,18 @@
 """The compiled ``.hwq`` file: a quantized network, its target, and the target's artifacts.
 
-HDF5 layout (version 2; see docs/file-formats.md)::
+HDF5 layout (version 3; see docs/file-formats.md)::
 
-    /                 attrs: format="hwq-compiled", version=2, hwq_version, target, created_by,
-                             options (JSON: the target options it was compiled with; v2)
+    /                 attrs: format="hwq-compiled", version=3, hwq_version, target, created_by,
+                             options (JSON: the target options it was compiled with),
+                             sha256 (hwq.files.h5io.content_digest of everything else)
     /network          QuantizedNetwork (generic dataclass encoding, hwq/h5io.py)
     /artifacts        target-specific arrays (datasets) and scalars (attributes)
     /report           attrs: target report as JSON
+
+Reading trusts nothing: the file is opened by ``h5io.open_h5`` (no links or storage outside
+it), the digest must match (a damaged file is refused), every network field is checked against
+its type and ``QuantizedNetwork.validate``, and the target checks its own artifacts on ``load``.
+Versions 1 and 2 carried no digest and are refused, naming the version.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from hwq.errors import FileFormatError, HwqError
 from hwq.files import h5io
 from hwq.quant.qnet import QuantizedNetwork
 from hwq.target.protocol import Program
 from hwq.target.registry import get_target
 from hwq.version import __version__
 
-FORMAT, VERSION = "hwq-compiled", 2
-READABLE = (1, 2)  # version 1 files have no options (the target defaults)
+FORMAT, VERSION = "hwq-compiled", 3
+READABLE = (3,)
+UNDIGESTED = (1, 2)  # older versions: no content digest, refused by name
+DIGEST = "sha256"
+PARTS = ("artifacts", "network", "report")
 
 
 def save_program(path: str | Path, program: Program, command: str = "") -> None:
@@ -40,6 +50,7 @@ def save_program(path: str | Path, program: Program, command: str = "") -> None:
             else:
                 art.attrs[key] = value
         f.create_group("report").attrs["json"] = json.dumps(program.report, default=str)
+        f.attrs[DIGEST] = h5io.content_digest(f, skip=(DIGEST,))
 
 
 @dataclass(frozen=True)
@@ -56,15 +67,57 @@ class StoredProgram:
 
 
 def read_stored(path: str | Path) -> StoredProgram:
-    with h5io.open_checked(path, FORMAT, READABLE) as f:
-        def load():
-            net = h5io.read(f["network"])
-            art = {k: v[()] for k, v in f["artifacts"].items()}
-            art.update({k: h5io.plain(v) for k, v in f["artifacts"].attrs.items()})
-            return StoredProgram(str(f.attrs["target"]), net, art, json.loads(f.attrs.get("options", "{}")),
-                                 json.loads(f["report"].attrs.get("json", "{}")),
-                                 str(f.attrs.get("created_by", "")), str(f.attrs.get("hwq_version", "")))
-        return h5io.guarded(path, load)
+    """The checked contents of a ``.hwq`` file; any damage or foreign content is one
+    ``FileFormatError`` line naming the file (``load_program`` then lets the target check its
+    artifacts)."""
+    with h5io.open_checked(path, FORMAT, UNDIGESTED + READABLE) as f:
+        return h5io.guarded(path, lambda: _read(path, f))
+
+
+def _read(path, f) -> StoredProgram:
+    version = int(f.attrs["version"])
+    if version in UNDIGESTED:
+        raise FileFormatError(f"{path}: {FORMAT} version {version} has no content digest, so damage to it "
+                              "cannot be detected", hint=f"recompile the model; this hwq reads version {VERSION}")
+    digest = h5io.plain(f.attrs.get(DIGEST))
+    if not isinstance(digest, str):
+        raise FileFormatError(f"{path}: the file has no content digest ({DIGEST} attribute)")
+    if h5io.content_digest(f, skip=(DIGEST,)) != digest:
+        raise FileFormatError(f"{path}: damaged file: its contents do not match the {DIGEST} digest "
+                              "it was written with", hint="recompile the model or restore the file")
+    if sorted(f) != sorted(PARTS) or not all(isinstance(f[k], h5io.h5py.Group) for k in PARTS):
+        raise FileFormatError(f"{path}: a compiled model holds the groups {', '.join(PARTS)}, found {sorted(f)}")
+    attrs = {k: h5io.plain(f.attrs.get(k, "")) for k in ("target", "created_by", "hwq_version")}
+    for key, value in attrs.items():
+        if not isinstance(value, str):
+            raise FileFormatError(f"{path}: attribute {key!r} must be text")
+    net = h5io.read(f["network"])
+    if not isinstance(net, QuantizedNetwork):
+        raise FileFormatError(f"{path}: /network holds a {type(net).__name__}, not a QuantizedNetwork")
+    art = {}
+    for key, item in f["artifacts"].items():
+        if not isinstance(item, h5io.h5py.Dataset):
+            raise FileFormatError(f"{path}: artifact {key!r} is a group; artifacts are arrays and scalars")
+        art[key] = item[()]
+    for key, value in f["artifacts"].attrs.items():
+        value = h5io.plain(value)
+        if not isinstance(value, (int, float, str, bool)):
+            raise FileFormatError(f"{path}: artifact {key!r} must be a number or text, not {type(value).__name__}")
+        art[key] = value
+    options = _json(path, f.attrs.get("options", "{}"), "options")
+    report = _json(path, f["report"].attrs.get("json", "{}"), "the target report")
+    return StoredProgram(attrs["target"], net, art, options, report, attrs["created_by"], attrs["hwq_version"])
+
+
+def _json(path, value, what: str) -> dict:
+    value = h5io.plain(value)
+    try:
+        out = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        out = None
+    if not isinstance(out, dict):
+        raise FileFormatError(f"{path}: {what} must be a JSON object")
+    return out
 
 
 def read_network(path: str | Path) -> tuple[str, QuantizedNetwork, dict]:
@@ -77,7 +130,16 @@ def load_program(path: str | Path, target: str | None = None, options: dict | No
     ``target`` recompiles the stored network there with ``options``."""
     stored = read_stored(path)
     if target is None or target == stored.target:
-        return get_target(stored.target).load(stored.net, stored.artifacts, **{**stored.options, **(options or {})})
+        backend = get_target(stored.target)
+        try:
+            return backend.load(stored.net, stored.artifacts, **{**stored.options, **(options or {})})
+        except HwqError as exc:
+            if isinstance(exc, FileFormatError) and not exc.message.startswith(f"{path}:"):
+                raise FileFormatError(f"{path}: {exc.message}", hint=exc.hint) from None
+            raise
+        except Exception as exc:  # a target's own check missed it: still the file's fault, one line
+            raise FileFormatError(f"{path}: the stored {stored.target} program does not load "
+                                  f"({type(exc).__name__}: {exc})") from None
     return get_target(target).compile(stored.net, **(options or {}))
 
 

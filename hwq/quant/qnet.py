@@ -14,10 +14,26 @@ import numpy as np
 
 from hwq import ir
 from hwq.errors import InvalidModelError
-from hwq.ir import frozen_array
+from hwq.ir import activations, frozen_array
 from hwq.quant.bounds import MAX_SHIFT
 
 SIGMOID_INDEX_BITS = 12  # sigmoid LUT index: z in [-8, 8) with step 2^-8
+LUT_SIZE = 2**SIGMOID_INDEX_BITS
+MAX_CODE_BITS = 16  # activation codes (quantize: 1..16 bits)
+MAX_INPUT_BITS = 32
+OUTPUT_RULES = ("argmax", "sign")
+
+
+def positive(name: str, value) -> None:
+    """A finite number > 0 (scales, gains), else ``InvalidModelError``."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+        raise InvalidModelError(f"{name} must be finite and > 0, got {value!r}"[:200])
+
+
+def integer_in(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
+        raise InvalidModelError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,18 @@ class InputFormat:
     def name(self) -> str:
         return f"{'s' if self.signed else 'u'}{self.bits} x 1/{self.inv_scale:g}"
 
+    def validate(self) -> None:
+        """What ``quantize`` guarantees: 1..32 bits, a finite positive ``inv_scale``, bounds
+        ``lo <= hi`` (finite) or None. Raises ``InvalidModelError``."""
+        integer_in("input bits", self.bits, 1, MAX_INPUT_BITS)
+        if not isinstance(self.signed, (bool, np.bool_)):
+            raise InvalidModelError(f"input 'signed' must be a boolean, got {self.signed!r}")
+        positive("the input scale (inv_scale)", self.inv_scale)
+        if self.bounds is not None:
+            b = np.asarray(self.bounds, dtype=np.float64)
+            if b.shape != (2,) or not np.all(np.isfinite(b)) or b[0] > b[1]:
+                raise InvalidModelError(f"input bounds must be two finite numbers lo <= hi, got {self.bounds!r}")
+
 
 @dataclass(frozen=True, eq=False)
 class Requant:
@@ -63,6 +91,14 @@ class Requant:
         object.__setattr__(self, "shift", frozen_array(self.shift, np.int64))
         if np.any(self.multiplier < 0) or np.any((self.shift < 0) | (self.shift > MAX_SHIFT)):
             raise InvalidModelError(f"requantization needs multipliers >= 0 and shifts in 0..{MAX_SHIFT}")
+
+    def validate(self, n_out: int | None = None) -> None:
+        """One multiplier and shift per output channel (``n_out`` where known)."""
+        if self.multiplier.ndim != 1 or self.shift.shape != self.multiplier.shape:
+            raise InvalidModelError(f"requantization multiplier {self.multiplier.shape} and shift "
+                                    f"{self.shift.shape} must be vectors of one length")
+        if n_out is not None and self.multiplier.shape != (n_out,):
+            raise InvalidModelError(f"requantization has {self.multiplier.size} channels, the layer {n_out}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +130,47 @@ class QLayer:
         if self.lut is not None:
             object.__setattr__(self, "lut", frozen_array(self.lut, np.int64))
 
+    def validate(self) -> None:
+        """The invariants ``quantize`` guarantees for one layer (checked on every layer read
+        from a file): shapes that fit, finite positive scales and gain, a known activation,
+        ``act_bits`` in 1..16 and a requantization where the activation requantizes (relu,
+        sigmoid) and none elsewhere, a sigmoid LUT of exactly 2^12 codes in
+        ``[0, 2^act_bits - 1]``. Raises ``InvalidModelError``."""
+        w = self.weight
+        if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1:
+            raise InvalidModelError(f"weight codes must be a non-empty matrix, got shape {w.shape}")
+        n_out = w.shape[0]
+        for name in ("bias", "weight_scale"):
+            if getattr(self, name).shape != (n_out,):
+                raise InvalidModelError(f"{name} has shape {getattr(self, name).shape}, the layer {n_out} outputs")
+        positive("weight_scale", self.weight_scale)
+        positive("in_scale", self.in_scale)
+        positive("gain", self.gain)
+        positive("out_scale", self.out_scale)
+        if not isinstance(self.activation, str) or self.activation not in activations.KINDS:
+            raise InvalidModelError(f"unknown activation {self.activation!r}",
+                                    hint="one of " + ", ".join(sorted(activations.KINDS)))
+        integer_in("in_max", self.in_max, 0, 2**63 - 1)
+        requantizes = activations.KINDS[self.activation].requantizes
+        if requantizes:
+            integer_in(f"{self.activation} activation bits", self.act_bits, 1, MAX_CODE_BITS)
+            if self.requant is None:
+                raise InvalidModelError(f"a {self.activation} layer needs its requantization (multiplier, shift)")
+            self.requant.validate(n_out)
+        else:
+            integer_in(f"{self.activation} activation bits", self.act_bits, 0, MAX_CODE_BITS)
+            if self.requant is not None:
+                raise InvalidModelError(f"a {self.activation} layer has no requantization")
+        if self.activation == "sigmoid":
+            top = 2**self.act_bits - 1
+            if self.lut is None or self.lut.shape != (LUT_SIZE,):
+                raise InvalidModelError(f"the sigmoid lookup table must have {LUT_SIZE} entries, got "
+                                        f"{'none' if self.lut is None else self.lut.shape}")
+            if self.lut.min() < 0 or self.lut.max() > top:
+                raise InvalidModelError(f"sigmoid lookup codes must lie in 0..{top} ({self.act_bits} bits)")
+        elif self.lut is not None:
+            raise InvalidModelError(f"a {self.activation} layer has no lookup table")
+
     @property
     def acc_scale(self) -> np.ndarray:
         """Real value of one accumulator unit, per output channel (gain included)."""
@@ -122,6 +199,11 @@ class TensorReport:
     clipped: int
     on_grid: bool
 
+    def validate(self) -> None:
+        if not (self.max_abs_error >= 0) or self.clipped < 0:  # NaN fails the first test
+            raise InvalidModelError(f"report row {self.tensor!r}: error {self.max_abs_error} or clip count "
+                                    f"{self.clipped} is negative or not a number")
+
 
 @dataclass(frozen=True)
 class QuantSettings:
@@ -132,6 +214,16 @@ class QuantSettings:
     input_bits: int = 8
     calibration: str = ""  # what calibrated the input/activation formats (set by quantize)
 
+    def validate(self) -> None:
+        """The ranges ``quantize`` accepts (bits 1..16, a known scheme)."""
+        from hwq.quant.schemes import SCHEMES
+
+        integer_in("weight bits", self.bits, 1, 16)
+        integer_in("activation bits", self.act_bits, 1, MAX_CODE_BITS)
+        integer_in("input bits", self.input_bits, 1, MAX_INPUT_BITS)
+        if self.scheme not in SCHEMES:
+            raise InvalidModelError(f"unknown weight scheme {self.scheme!r}")
+
 
 @dataclass(frozen=True)
 class QuantizedNetwork:
@@ -141,6 +233,55 @@ class QuantizedNetwork:
     settings: QuantSettings
     float_graph: ir.Graph
     report: tuple[TensorReport, ...] = field(default=())
+
+    def validate(self) -> None:
+        """Everything a file's network must satisfy before a target runs it: each part valid
+        (``validate`` of the input format, layers, settings), at least one layer, widths that
+        chain, a known output rule (``sign`` over exactly one score), each layer's ``in_max``
+        what the layer before it emits, no int64 intermediate that can wrap
+        (``bounds.check_layers``), and a float graph (where kept) of the same shapes.
+        Raises ``InvalidModelError`` naming the layer."""
+        from hwq.quant.bounds import check_layers
+
+        self.input.validate()
+        self.settings.validate()
+        if not self.layers:
+            raise InvalidModelError("the network has no layers")
+        if self.output not in OUTPUT_RULES:
+            raise InvalidModelError(f"unknown output rule {self.output!r}", hint="argmax or sign")
+        top_code = 2**self.settings.bits - 1  # every scheme's codes for q bits lie within
+        emits = max(abs(self.input.qmin), self.input.qmax)
+        for i, layer in enumerate(self.layers):
+            try:
+                layer.validate()
+            except InvalidModelError as exc:
+                raise InvalidModelError(f"layer {i}: {exc.message}", hint=exc.hint) from None
+            if i and layer.weight.shape[1] != self.layers[i - 1].weight.shape[0]:
+                raise InvalidModelError(f"layer {i} takes {layer.weight.shape[1]} inputs, layer {i - 1} "
+                                        f"has {self.layers[i - 1].weight.shape[0]} outputs")
+            if max(-int(layer.weight.min()), int(layer.weight.max())) > top_code:
+                raise InvalidModelError(f"layer {i}: weight codes beyond the {self.settings.bits}-bit range "
+                                        f"(|W| <= {top_code})")
+            if layer.in_max != emits:
+                raise InvalidModelError(f"layer {i}: in_max {layer.in_max} is not the largest input code "
+                                        f"{emits} the layer before it emits")
+            if layer.activation in ("relu", "sigmoid"):
+                emits = 2**layer.act_bits - 1
+            elif layer.activation == "identity":
+                emits = layer.acc_bound
+            else:
+                emits = 1
+        if self.layers[-1].activation != "identity":
+            raise InvalidModelError(f"the output layer must be identity, not {self.layers[-1].activation}")
+        if self.output == "sign" and self.layers[-1].weight.shape[0] != 1:
+            raise InvalidModelError("the sign output rule needs exactly one output score")
+        check_layers(self.layers, self.input.qmin, self.input.qmax)
+        if self.float_graph is not None:
+            shapes = [a.weight.shape for a, _ in self.float_graph.layers()]
+            if shapes != [layer.weight.shape for layer in self.layers]:
+                raise InvalidModelError(f"the float graph's layers {shapes} do not match the integer layers")
+        for t in self.report:
+            t.validate()
 
     @property
     def n_features(self) -> int:
