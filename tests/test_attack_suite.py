@@ -75,6 +75,32 @@ def test_healthy_gradient_passes_the_sanity_check_and_pgd_weaker_fires(monkeypat
     assert r.diagnostics["pgd_weaker_than_fgsm"]["epsilons"] == [0.1, 0.3]
 
 
+def mean_threshold(d=400):
+    """A healthy two-class ReLU network on d = 400 inputs: class = [mean(x) > 1/2]; class-0
+    inputs lie in [0, 0.3]^d, class-1 in [0.7, 1]^d (means about 0.15 and 0.85), so the decision
+    changes about 0.35 away in l-inf and 0.35 sqrt(d) = 7 in l2: far beyond eps 1 in l2."""
+    rng = np.random.default_rng(0)
+    y = np.arange(100) % 2
+    x = np.where(y[:, None] == 1, rng.uniform(0.7, 1, (100, d)), rng.uniform(0, 0.3, (100, d)))
+    w1 = np.stack([np.full(d, 1 / d), np.full(d, -1 / d)])
+    model = torch_style_mlp(w1, np.array([-0.5, 0.5]), np.array([[0.0, 4.0], [4.0, 0.0]]), np.zeros(2))
+    net = hwq.quantize(graph_from_model(model), 8, calibration=x, bounds=(0, 1), act_bits=8)
+    assert np.all(reference.predict(net, x) == y)
+    return hwq.compile(net), x, y
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_unbounded_check_uses_the_norms_diameter(norm):
+    """Issue 16: the l2 "masking?" warning fired on a healthy network (eps 1 in l2 is not the
+    input range); the unbounded strength is the box's diameter: 1 (l-inf), sqrt(400) = 20 (l2)."""
+    program, x, y = mean_threshold()
+    r = hwq.attack(program, x, y, [0.0, 0.5 if norm == "linf" else 10.0], method=FGSM(norm), bounds=(0, 1))
+    check = r.diagnostics["unbounded"]["fgsm"]
+    assert check["eps"] == (1.0 if norm == "linf" else 20.0)
+    assert check["broken"] and check["accuracy"] == 0.0 and r.diagnostics["flags"] == []
+    assert r.accuracy[1] == 0.0  # the gradient works at a strength above the distance
+
+
 def test_transfer_sources(tmp_path):
     graph = graph_from_model(centred_mlp(16, 10, 4, "Relu"))
     x = RNG.uniform(0, 1, (80, 16))

@@ -10,8 +10,9 @@ sweep cells, the report):
 
 * ``zero_gradient`` / ``nonfinite_gradient``: inputs whose gradient was exactly 0 / had a
   NaN or Inf (gradient masking; a broken gradient source);
-* ``unbounded``: each gradient attack rerun at ``eps`` = the input range (``hi - lo``; the
-  data's spread for unbounded data) on the first ``SANITY_INPUTS`` inputs: its accuracy must
+* ``unbounded``: each gradient attack rerun at ``eps`` = the diameter of the input box in its
+  norm (l-inf: the range ``hi - lo``, the data's spread for unbounded data; l2: that times
+  ``sqrt(d)``) on the first ``SANITY_INPUTS`` inputs: its accuracy must
   reach chance (the most common label's share) or below; flag ``unbounded_not_broken``;
 * ``gradient_free_beats_gradient``: the share of inputs, at the worst epsilon, that the
   gradient-free attack broke and every gradient attack missed; flagged above
@@ -86,6 +87,13 @@ def input_range(x: np.ndarray, bounds) -> float:
     return float(x.max() - x.min()) if x.size else 0.0
 
 
+def diameter(x: np.ndarray, bounds, norm: str) -> float:
+    """The input box's diameter in ``norm``: the range width (l-inf), ``width * sqrt(d)`` (l2):
+    no two points of the box are farther apart, so an attack of this strength can reach any."""
+    width = input_range(x, bounds)
+    return width if norm == "linf" else width * float(np.sqrt(x.shape[1]))
+
+
 def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bool = True,
              batch_size: int = 2048) -> dict[str, Any]:
     """The diagnostics of ``result`` (see the module doc); reruns gradient attacks once at
@@ -103,12 +111,12 @@ def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bo
     if sanity:
         n = min(SANITY_INPUTS, len(result.labels))
         x, y = result.x[:n], result.labels[:n]
-        eps = input_range(result.x, result.bounds)
         ch = chance(y)
         checks = {}
         for attack in attacks:
             if not attack.needs_gradient or n == 0:
                 continue
+            eps = diameter(result.x, result.bounds, getattr(attack, "norm", "linf"))
             r = attack.run(program, x, y, [eps], gradient, bounds=result.bounds, batch_size=batch_size)
             acc = float(r.accuracy[0])
             checks[attack.name] = {"eps": eps, "accuracy": acc, "chance": ch, "n_inputs": n,
