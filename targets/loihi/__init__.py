@@ -61,7 +61,7 @@ class LoihiTarget:
         check_options(NAME, self.options, options)
         if options.get("shifts") is not None:
             raise UsageError("shifts change the mapping; recompile the model with --option shifts=...")
-        mapping, limits, saved = from_artifacts(artifacts)
+        mapping, limits, saved = from_artifacts(artifacts, net)
         shapes = [lm.sets[0].digits.shape for lm in mapping.layers]
         if shapes != [layer.weight.shape for layer in net.layers]:
             raise FileFormatError("the loihi artifacts do not match the stored network",

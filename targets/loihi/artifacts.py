@@ -1,17 +1,33 @@
 """A mapping as flat ``.hwq`` artifacts (arrays and scalars) and back, so that
-``LoihiTarget().load(net, artifacts)`` runs exactly the parameters that compile chose."""
+``LoihiTarget().load(net, artifacts)`` runs exactly the parameters that compile chose.
+
+Reading trusts nothing (``from_artifacts``): every scalar must be an integer or text of the
+right kind and every array an integer (``unit``: a finite positive float) array of the layer's
+shape; the stored limits may be tighter than Loihi's registers, never wider
+(``Limits.looser_than``); and the mapping must be one that compile could have produced
+(``check_mapping``): the layer kinds of the network's activations, digits that survive Lava's
+8-bit clip and LSB drop unchanged in their sign mode, weight exponents, bias mantissas and
+exponents and thresholds inside the limits, digit groups that add up to the network's
+(rounded) weight codes, input ranges that chain from the input format, and sums that stay
+exact in Lava's int32 arithmetic."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 
 from hwq.errors import FileFormatError
+from hwq.quant.bounds import MAX_SHIFT
+from hwq.quant.qnet import QuantizedNetwork
 
-from .limits import Limits
-from .mapping import LayerMap, Mapping
-from .synapses import SynapseSet
+from .limits import LOIHI, Limits
+from .mapping import KINDS, LayerMap, Mapping, int32_ok, next_input
+from .synapses import SynapseSet, lava_effective, round_weights, sign_mode
+
+MODES = ("mixed", "excitatory", "inhibitory")
+MAX_WEIGHT_ROUND = 32  # mapping.fit_sets tries k = 0..32
 
 VERSION = 1
 
@@ -40,31 +56,157 @@ def to_artifacts(mapping: Mapping, limits: Limits, backend: str) -> dict:
     return art
 
 
-def _read_layer(art: dict, i: int) -> LayerMap:
+def _int(art: dict, key: str) -> int:
+    value = art[key]
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise FileFormatError(f"loihi artifact {key!r} must be an integer, got {value!r}"[:160])
+    return int(value)
+
+
+def _text(art: dict, key: str, choices: tuple[str, ...]) -> str:
+    value = art[key]
+    value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    if not isinstance(value, str) or value not in choices:
+        raise FileFormatError(f"loihi artifact {key!r} must be one of {', '.join(choices)}, got {value!r}"[:160])
+    return value
+
+
+def _array(art: dict, key: str, shape: tuple[int, ...], kind: str = "iu") -> np.ndarray:
+    value = art[key]
+    if isinstance(value, np.ndarray) and value.dtype.kind in kind and value.shape != shape:
+        raise FileFormatError(f"the loihi artifacts do not match the stored network ({key!r} has shape "
+                              f"{value.shape}, the network needs {shape})")
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in kind:
+        what = f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else repr(value)[:40]
+        raise FileFormatError(f"loihi artifact {key!r} must be an {'integer' if kind == 'iu' else 'float'} "
+                              f"array of shape {shape}, got {what}")
+    if kind == "iu" and value.size and (int(value.max()) > 2**62 or int(value.min()) < -(2**62)):
+        raise FileFormatError(f"loihi artifact {key!r} holds values beyond int64")
+    return value.astype(np.int64 if kind == "iu" else np.float64)
+
+
+def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
     p = f"l{i}."
     sets = []
-    for g in range(int(art[p + "groups"])):
+    groups = _int(art, p + "groups")
+    if not 1 <= groups <= 8:  # at most 3 base-256 digits of a 16-bit code, each maybe split by sign
+        raise FileFormatError(f"loihi layer {i}: {groups} synapse groups (1..8 expected)")
+    for g in range(groups):
         q = f"{p}g{g}."
-        sets.append(SynapseSet(np.asarray(art[q + "digits"], dtype=np.int64), int(art[q + "exp"]),
-                               str(art[q + "mode"]), int(art[q + "scale"])))
-    return LayerMap(str(art[p + "kind"]), tuple(sets),
-                    np.asarray(art[p + "bias_mant"], np.int64),
-                    np.asarray(art[p + "bias_exp"], np.int64), int(art[p + "vth"]),
-                    np.asarray(art[p + "unit"], np.float64), int(art[p + "in_bits"]),
-                    (int(art[p + "in_lo"]), int(art[p + "in_hi"])), int(art[p + "shift"]),
-                    int(art[p + "weight_round"]))
+        sets.append(SynapseSet(_array(art, q + "digits", shape), _int(art, q + "exp"),
+                               _text(art, q + "mode", MODES), _int(art, q + "scale")))
+    n = (shape[0],)
+    return LayerMap(_text(art, p + "kind", tuple(sorted(set(KINDS.values())))), tuple(sets),
+                    _array(art, p + "bias_mant", n), _array(art, p + "bias_exp", n), _int(art, p + "vth"),
+                    _array(art, p + "unit", n, "f"), _int(art, p + "in_bits"),
+                    (_int(art, p + "in_lo"), _int(art, p + "in_hi")), _int(art, p + "shift"),
+                    _int(art, p + "weight_round"))
 
 
-def from_artifacts(art: dict) -> tuple[Mapping, Limits, str]:
-    if int(art.get("loihi_version", -1)) != VERSION:
+def _read_limits(text) -> Limits:
+    if not isinstance(text, str):
+        raise FileFormatError("loihi artifact 'limits_json' must be text")
+    raw = json.loads(text)
+    fields = LOIHI.as_dict()
+    if not isinstance(raw, dict) or set(raw) != set(fields):
+        raise FileFormatError("loihi limits: the stored table does not have Loihi's fields")
+    for key, value in raw.items():
+        want = fields[key]
+        ok = (isinstance(value, list) and len(value) == len(want) and all(type(v) is int for v in value)
+              if isinstance(want, list) else type(value) is int)
+        if not ok:
+            raise FileFormatError(f"loihi limits: {key} = {value!r} is not "
+                                  + ("two integers" if isinstance(want, list) else "an integer"))
+    limits = Limits(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    looser = limits.looser_than(LOIHI)
+    if looser:
+        raise FileFormatError(f"loihi limits wider than Loihi's registers: {', '.join(looser)}",
+                              hint="recompile the model with --target loihi")
+    return limits
+
+
+def from_artifacts(art: dict, net: QuantizedNetwork | None = None) -> tuple[Mapping, Limits, str]:
+    """The stored mapping, its limits and backend, checked (``check_mapping`` against ``net``
+    where given); ``FileFormatError`` naming the first problem."""
+    from .program import BACKENDS
+
+    if not isinstance(art.get("loihi_version", -1), (int, np.integer)) or int(art.get("loihi_version", -1)) != VERSION:
         raise FileFormatError("the file's loihi artifacts are missing or of another version",
                               hint="recompile the model with --target loihi")
     try:
-        layers = tuple(_read_layer(art, i) for i in range(int(art["layers"])))
-        limits = json.loads(art["limits_json"])
-        limits = Limits(**{k: tuple(v) if isinstance(v, list) else v for k, v in limits.items()})
-        mapping = Mapping(layers, tuple(json.loads(art["adjustments_json"])),
-                          tuple(bool(f) for f in np.asarray(art["forced"])))
+        n_layers = _int(art, "layers")
+        if net is not None and n_layers != len(net.layers):
+            raise FileFormatError(f"the loihi artifacts map {n_layers} layers, the network has {len(net.layers)}")
+        if not 1 <= n_layers <= 1024:
+            raise FileFormatError(f"loihi artifacts with {n_layers} layers")
+        shapes = ([layer.weight.shape for layer in net.layers] if net is not None
+                  else [tuple(np.shape(art[f"l{i}.g0.digits"])) for i in range(n_layers)])
+        layers = tuple(_read_layer(art, i, shapes[i]) for i in range(n_layers))
+        limits = _read_limits(art["limits_json"])
+        adjustments = json.loads(art["adjustments_json"]) if isinstance(art["adjustments_json"], str) else None
+        if not isinstance(adjustments, list) or not all(isinstance(a, dict) for a in adjustments):
+            raise FileFormatError("loihi artifact 'adjustments_json' must be a JSON list of objects")
+        forced = art["forced"]
+        if not isinstance(forced, np.ndarray) or forced.dtype != bool or forced.shape != (n_layers,):
+            raise FileFormatError(f"loihi artifact 'forced' must be {n_layers} booleans")
+        mapping = Mapping(layers, tuple(adjustments), tuple(bool(f) for f in forced))
+        backend = _text(art, "backend", BACKENDS)
+    except FileFormatError as exc:
+        raise FileFormatError(f"corrupt loihi artifacts: {exc.message}", hint=exc.hint) from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise FileFormatError(f"corrupt loihi artifacts: {exc}") from None
-    return mapping, limits, str(art["backend"])
+        raise FileFormatError(f"corrupt loihi artifacts: {type(exc).__name__}: {exc}") from None
+    if net is not None:
+        check_mapping(mapping, limits, net)
+    return mapping, limits, backend
+
+
+def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> None:
+    """Refuse (``FileFormatError``, naming the layer) a mapping that compile could not have
+    produced for ``net`` under ``limits``: see the module docstring."""
+    fmt = net.input
+    expected_in = ((fmt.qmin, fmt.qmax), fmt.bits)
+    quiet = SimpleNamespace(limits=limits, note=lambda *a, **k: None)
+    e_lo, e_hi = limits.weight_exp
+    for i, (lm, layer) in enumerate(zip(mapping.layers, net.layers)):
+        def bad(what: str, i=i) -> FileFormatError:
+            return FileFormatError(f"loihi artifacts, layer {i}: {what}",
+                                   hint="recompile the model with --target loihi")
+
+        if lm.kind != KINDS.get(layer.activation):
+            raise bad(f"neuron kind {lm.kind!r} does not run a {layer.activation} layer")
+        if not 0 <= lm.shift <= MAX_SHIFT or not 0 <= lm.weight_round <= MAX_WEIGHT_ROUND:
+            raise bad(f"shift {lm.shift} or weight rounding {lm.weight_round} out of range")
+        for g, s in enumerate(lm.sets):
+            if np.abs(s.digits).max(initial=0) > 255 or not 0 <= s.scale <= 8 or (s.mode == "mixed" and s.scale < 1):
+                raise bad(f"synapse group {g}: digits beyond 8 bits or stored scale {s.scale} out of range")
+            if s.mode != sign_mode(s.digits) or not np.array_equal(lava_effective(s.lava_weights, s.mode),
+                                                                   s.lava_weights):
+                raise bad(f"synapse group {g}: {s.mode} digits that Loihi's 8-bit synapses would change")
+            if not e_lo <= s.lava_weight_exp <= e_hi or s.exp + lm.shift < 0:
+                raise bad(f"synapse group {g}: weight exponent {s.lava_weight_exp} outside {e_lo}..{e_hi}")
+        want = round_weights(layer.weight, lm.weight_round) << lm.weight_round
+        if not np.array_equal(lm.effective_codes(), want):
+            raise bad("the synapse groups do not add up to the network's weight codes")
+        if not np.all(np.isfinite(lm.unit)) or not np.all(lm.unit > 0):
+            raise bad("unit values must be finite and > 0")
+        if lm.kind == "lif":
+            mmax = 2 ** (limits.lif_bias_mant_bits - 1)
+            b_lo, b_hi = limits.lif_bias_exp
+            if not 0 <= lm.vth <= 2**limits.lif_vth_bits - 1:
+                raise bad(f"threshold mantissa {lm.vth} beyond {limits.lif_vth_bits} bits")
+        else:
+            mmax = 2 ** (limits.sd_bias_bits - 1) - 1
+            b_lo, b_hi = limits.sd_bias_exp
+            if lm.vth != 0 or len(set(lm.bias_exp.tolist())) > 1:
+                raise bad("a SigmaDelta layer has threshold 0 and one spike exponent")
+        if np.abs(lm.bias_mant).max(initial=0) > mmax or lm.bias_exp.min() < b_lo or lm.bias_exp.max() > b_hi:
+            raise bad(f"bias mantissas beyond {mmax} or bias exponents outside {b_lo}..{b_hi}")
+        if (lm.in_range, lm.in_bits) != expected_in:
+            raise bad(f"input range {lm.in_range} ({lm.in_bits} bits) is not what the layer before it "
+                      f"sends: {expected_in[0]} ({expected_in[1]} bits)")
+        if not int32_ok(lm):
+            raise bad("its sums can overflow Lava's int32 arithmetic")
+        unit, in_range, bits = next_input(lm, quiet)
+        expected_in = (in_range, bits)

@@ -47,6 +47,26 @@ class Limits:
         """Largest |a| whose ``a * 2^6`` fits the LIF current u without wrapping."""
         return 2 ** (self.state_bits - 1 - self.act_shift) - 1
 
+    def looser_than(self, hardware: Limits) -> list[str]:
+        """The register limits of this table that ``hardware`` cannot honour (a range reaching
+        beyond it, more bits than it has, another ``act_shift``) and capacities that are not
+        positive; empty when a mapping made for this table runs on ``hardware`` as computed.
+        Stored mappings are checked with it on load (``artifacts.from_artifacts``)."""
+        out = []
+        for key in ("weight_exp", "lif_bias_exp", "sd_bias_exp"):
+            lo, hi = getattr(self, key)
+            if not getattr(hardware, key)[0] <= lo <= hi <= getattr(hardware, key)[1]:
+                out.append(f"{key}={lo}..{hi}")
+        for key in ("state_bits", "lif_bias_mant_bits", "lif_vth_bits", "sd_bias_bits", "message_bits"):
+            if not 1 <= getattr(self, key) <= getattr(hardware, key):
+                out.append(f"{key}={getattr(self, key)}")
+        if self.act_shift != hardware.act_shift:
+            out.append(f"act_shift={self.act_shift}")
+        for key in ("neurons_per_core", "synapse_bits_per_core", "cores_per_chip"):
+            if getattr(self, key) < 1:
+                out.append(f"{key}={getattr(self, key)}")
+        return out
+
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
