@@ -256,6 +256,9 @@ def attack(
     plot: Path = typer.Option(None, help="Also write accuracy vs strength as a PNG."),
     device: str = typer.Option(None, "--device", help="Judge every point on a device: tcp://HOST:PORT "
                                "(`hwq serve`, docs/devices.md); gradients stay the bit-exact model's."),
+    max_disagreement: float = typer.Option(0.0, "--max-disagreement", help="With --device: stop, writing nothing, "
+                                           "if the device's decisions differ from the bit-exact model's on more "
+                                           "than this share of inputs at some strength (1: never stop)."),
     as_json: bool = JSON,
 ):
     """Attack over a list of strengths (FGSM by default), judged on the bit-exact integer model."""
@@ -279,7 +282,8 @@ def attack(
     if device:  # hwq/cli/devices.py: judged on the device, journaled beside the output
         from hwq.cli.devices import attack_on
 
-        result, device_meta = attack_on(device, program, ds, epsilons, method, gradient, output, bar.update)
+        result, device_meta = attack_on(device, program, ds, epsilons, method, gradient, output, bar.update,
+                                        max_disagreement)
     else:
         result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method, gradient=gradient,
                             bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
@@ -337,6 +341,10 @@ def flag_text(flag: str, diag: dict) -> str:
         return f"{diag['zero_gradient']} input(s) have an exactly zero gradient"
     if name == "nonfinite_gradient":
         return f"{diag['nonfinite_gradient']} input(s) have NaN/Inf gradients"
+    if name == "device_disagreement":  # hwq/cli/devices.py
+        d = diag["device"]
+        return (f"the device's decisions differ from the bit-exact model's on up to {max(d['disagreement']):.2%} "
+                f"of inputs (limit --max-disagreement {d['max_disagreement']:g})")
     return flag
 
 
