@@ -22,10 +22,9 @@ __all__ = ["Core", "Drive", "Emulator", "EmulatorConfig", "Model", "Neurons", "S
 
 from typing import Any  # noqa: E402
 
-from hwq.errors import FileFormatError  # noqa: E402
 from hwq.target.protocol import Export, Option, check_options  # noqa: E402
 
-from .program import CHOICES, ENCODINGS, NAME, TrueNorthProgram, export_model  # noqa: E402
+from .program import CHOICES, ENCODINGS, NAME, TrueNorthProgram, check_artifacts, export_model  # noqa: E402
 from .validate import problems, validate  # noqa: E402
 
 __all__ += ["TrueNorthProgram", "TrueNorthTarget", "export_model", "problems", "validate"]
@@ -69,9 +68,5 @@ class TrueNorthTarget:
         check_options(NAME, self.options, options)
         program = TrueNorthProgram(net, {**options, "fidelity_samples": 0})
         program.options = dict(options)
-        stored = {k: artifacts.get(k) for k in ("ticks", "cores", "digest")}
-        mine = {k: program.artifacts[k] for k in stored}
-        if any(stored[k] is not None and str(stored[k]) != str(mine[k]) for k in stored) or stored["ticks"] is None:
-            raise FileFormatError("the truenorth artifacts do not match the stored network",
-                                  hint="recompile the model with --target truenorth")
+        check_artifacts(artifacts, program)
         return program

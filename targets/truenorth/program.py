@@ -255,6 +255,23 @@ class TrueNorthProgram:
                     approximations=approx, layers=layers, options=dict(self.opts))
 
 
+ARTIFACTS = ("ticks", "cores", "digest")
+
+
+def check_artifacts(stored: dict, program: TrueNorthProgram) -> None:
+    """A ``.hwq`` file's truenorth artifacts must be exactly the ones the stored network and
+    options map to (the mapping is recompiled on load): ``ticks`` and ``cores`` integers, the
+    16-hex ``digest`` of the cores, nothing missing or extra. ``FileFormatError`` otherwise."""
+    from hwq.errors import FileFormatError
+
+    mine = {k: program.artifacts[k] for k in ARTIFACTS}
+    same = set(stored) == set(ARTIFACTS) and all(
+        type(stored[k]) is type(mine[k]) and stored[k] == mine[k] for k in ARTIFACTS)
+    if not same:
+        raise FileFormatError("the truenorth artifacts do not match the stored network",
+                              hint="recompile the model with --target truenorth")
+
+
 def export_model(program: TrueNorthProgram, path) -> None:
     """Write the mapped cores as an IBM-format model file (``hwq truenorth run`` reads it)."""
     from hwq.files.atomic import atomic_write_bytes
