@@ -3,6 +3,8 @@ numpy reference and on the device's input grid, best-point tracking and bad para
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from builders import torch_style_mlp
@@ -179,6 +181,21 @@ def test_a_strength_gives_the_same_result_alone_or_in_a_longer_list(norm):
     assert 0 < alone.accuracy[0] < alone.clean_accuracy  # some inputs break, some do not
 
 
+@pytest.mark.parametrize("steps", [5, 20])
+def test_the_default_step_follows_the_steps_so_pgd_is_at_least_fgsm(steps, monkeypatch):
+    """Issue 22: with foolbox's fixed 0.01/0.3 x eps step, 20 steps travel 2/3 eps and PGD was
+    weaker than FGSM at every strength (here at 5 and 20 steps: 0.92/0.80/0.68 and
+    0.81/0.57/0.31 against FGSM's 0.63/0.34/0.16); the default is now 2.5 eps / steps."""
+    monkeypatch.setattr(sys.modules[__name__], "RNG", np.random.default_rng(1))  # the network measured
+    program, x, y = compiled("Relu", n_in=16)
+    eps = [0.0, 0.02, 0.05, 0.1, 0.2]
+    fgsm = hwq.attack(program, x, y, eps, method=FGSM(), bounds=(0, 1), diagnostics=False)
+    pgd = hwq.attack(program, x, y, eps, method=PGD(steps=steps), bounds=(0, 1))
+    assert pgd.params["rel_stepsize"] == 2.5 / steps
+    assert np.all(pgd.accuracy <= fgsm.accuracy) and pgd.accuracy[-1] < fgsm.accuracy[-1]
+    assert pgd.diagnostics["flags"] == [] and pgd.diagnostics["pgd_weaker_than_fgsm"]["fgsm"] == "rerun"
+
+
 def test_one_step_pgd_without_start_is_fgsm():
     """One full-size l-inf step from x is FGSM's point (before quantization), so the same
     decisions."""
@@ -193,7 +210,8 @@ def test_one_step_pgd_without_start_is_fgsm():
 def test_records_parameters():
     program, x, y = compiled()
     r = hwq.attack(program, x[:10], y[:10], [0.1], method=make_attack("pgd", norm="l2", steps=3))
-    assert r.attack == "pgd" and r.params["steps"] == 3 and r.params["rel_stepsize"] == 0.025
+    # the default step follows the steps (2.5 eps / steps, Madry et al.), l2 as l-inf
+    assert r.attack == "pgd" and r.params["steps"] == 3 and r.params["rel_stepsize"] == 2.5 / 3
 
 
 @pytest.mark.parametrize("params", [dict(steps=0), dict(restarts=0), dict(rel_stepsize=-1),

@@ -75,6 +75,22 @@ def test_healthy_gradient_passes_the_sanity_check_and_pgd_weaker_fires(monkeypat
     assert r.diagnostics["pgd_weaker_than_fgsm"]["epsilons"] == [0.1, 0.3]
 
 
+def test_a_single_gradient_attack_says_when_it_is_weaker_than_fgsm(monkeypatch):
+    """Issue 22: the suite flagged PGD weaker than FGSM, a single ``--attack pgd`` run said
+    nothing; now FGSM runs beside it (same gradient, same inputs) and the flag is raised."""
+    monkeypatch.setattr(test_attack_pgd, "RNG", np.random.default_rng(1))
+    program, x, y = compiled("Relu", n_in=16)
+    r = hwq.attack(program, x, y, [0.0, 0.05, 0.1], method=PGD(steps=5, rel_stepsize=0.01 / 0.3), bounds=(0, 1))
+    check = r.diagnostics["weaker_than_fgsm"]["pgd"]
+    assert "pgd_weaker_than_fgsm" in r.diagnostics["flags"] and check["fgsm"] == "rerun"
+    assert check["epsilons"] == [0.05, 0.1] and check["max_accuracy_gap"] > 0.2
+    fgsm = hwq.attack(program, x, y, [0.0, 0.05, 0.1], method=FGSM(), bounds=(0, 1), diagnostics=False)
+    assert check["fgsm_accuracy"] == fgsm.accuracy.tolist()
+    quiet = hwq.attack(program, x, y, [0.0, 0.05], method=PGD(steps=5, rel_stepsize=0.01 / 0.3), bounds=(0, 1),
+                       diagnostics=False)  # --no-diagnostics: no extra runs
+    assert "weaker_than_fgsm" not in quiet.diagnostics
+
+
 def mean_threshold(d=400):
     """A healthy two-class ReLU network on d = 400 inputs: class = [mean(x) > 1/2]; class-0
     inputs lie in [0, 0.3]^d, class-1 in [0.7, 1]^d (means about 0.15 and 0.85), so the decision
@@ -160,6 +176,17 @@ def test_cli_suite_json(model_file, tmp_path, capsys):
     assert out["members"]["pgd"]["attack_params"]["steps"] == 5
     assert out["robust_accuracy"][1] <= min(m["accuracy"][1] for m in out["members"].values())
     assert "flags" in out and "unbounded" in out["diagnostics"]
+
+
+def test_cli_single_pgd_warns_and_reports_weaker_than_fgsm(model_file, capsys):
+    args = ("attack", model_file, "--data", "digits", "--limit", "60", "--eps", "0,0.05,0.1", "--attack", "pgd",
+            "--steps", "3", "--rel-stepsize", "0.01")
+    code, stdout, err = hwq_cli(*args, "--json", capsys=capsys)
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert "pgd_weaker_than_fgsm" in out["flags"] and out["diagnostics"]["weaker_than_fgsm"]["pgd"]["epsilons"]
+    code, stdout, err = hwq_cli(*args, capsys=capsys)
+    assert code == 0 and "warning: PGD is weaker than FGSM" in err
 
 
 @pytest.mark.parametrize("args,message", [
