@@ -490,12 +490,12 @@ def target_option_help() -> dict:
 
 
 def describe_h5(path: Path) -> dict:
-    import h5py
+    from hwq.files.h5io import open_h5
 
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file")
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             fmt = str(f.attrs.get("format", ""))
     except OSError:
         raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None

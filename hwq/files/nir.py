@@ -116,7 +116,10 @@ def read_network(path: str | Path) -> QuantizedNetwork:
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file")
+    from hwq.files.h5io import open_h5
+
     try:
+        open_h5(path).close()  # no links or storage outside the file (nir.read follows them)
         graph = nir.read(path)
     except Exception as exc:  # h5py, nir's own asserts and type checks
         raise FileFormatError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None

@@ -501,7 +501,7 @@ ATTACK_EPS = (0.025, 0.05, 0.1)
 def attack_arrays(sw: SweepFile, block: Block) -> dict[str, np.ndarray]:
     """Each suite member's accuracy ``[activation, bits, seed, eps]`` for ``block`` (read
     from the cells' ``attacks/<name>/accuracy``); empty for single-attack sweeps."""
-    import h5py
+    from hwq.files.h5io import open_h5
 
     out: dict[str, np.ndarray] = {}
     files = {c.key: c.source or sw.path for c in sw.cells}  # merged sweeps: the cell's file
@@ -510,7 +510,7 @@ def attack_arrays(sw: SweepFile, block: Block) -> dict[str, np.ndarray]:
         if block.keys[index]:
             where.setdefault(files.get(block.keys[index], sw.path), []).append(index)
     for path, indices in where.items():
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             for index in indices:
                 cell = f["cells"][block.keys[index]]
                 if "attacks" not in cell:

@@ -96,7 +96,7 @@ def write_sweep_file(path: Path, header: dict, cell_files: list[Path]) -> None:
             set_attrs(data.create_group(label), info)
         cells = f.create_group("cells")
         for cell_file in sorted(cell_files):
-            with h5py.File(cell_file, "r") as src:
+            with h5io.open_h5(cell_file) as src:
                 src.copy(src["cell"], cells, name=cell_file.stem)
 
 
@@ -176,7 +176,7 @@ class SweepStore:
                   "hwq_version": sw.attrs.get("hwq_version", __version__),
                   "wall_s": float(sw.attrs.get("wall_s", 0.0))}
         _check_same(self.path, {**header, "spec": sw.spec.to_json(), "data": sw.data}, fresh)
-        with h5py.File(self.path, "r") as f:
+        with h5io.open_h5(self.path) as f:
             for key in f["cells"]:
                 _journal_copy(f["cells"][key], self.journal / f"{key}.h5")
         return header
@@ -249,7 +249,7 @@ def _journal_copy(group: h5py.Group, path: Path) -> None:
 
 def _readable_cell(path: Path) -> bool:
     try:
-        with h5py.File(path, "r") as f:
+        with h5io.open_h5(path) as f:
             return "accuracy" in f["cell"] and "stalled" in f["cell"].attrs
     except Exception:  # noqa: BLE001  (any damage means: run the cell again)
         return False
