@@ -36,6 +36,7 @@ from hwq.data import Dataset, load_dataset
 from hwq.files.program import load_program, save_program
 from hwq.ir import Graph
 from hwq.onnx.importer import load_onnx
+from hwq.quant import reference
 from hwq.quant.qnet import QuantizedNetwork, QuantSettings
 from hwq.quant.quantize import quantize as quantize_graph
 from hwq.quant.reference import quantize_input
@@ -44,11 +45,30 @@ from hwq.target.registry import get_target, resolve_target
 
 __all__ = [
     "ATTACKS", "FGSM", "PGD", "Attack", "AttackResult", "Dataset", "Evaluation", "FloatGradient", "Square", "Suite",
-    "make_suite",
-    "QuantSettings", "ReferenceProgram", "SurrogateGradient", "Traceable", "attack", "compile",
+    "make_suite", "CALIBRATION_ROWS", "CALIBRATION_POLICY", "FIDELITY_WARN", "calibration_rows",
+    "check_fidelity", "QuantSettings", "ReferenceProgram", "SurrogateGradient", "Traceable", "attack", "compile",
     "default_gradient", "evaluate", "gradient_source", "load_dataset", "load_onnx", "load_program",
     "make_attack", "quantize", "save_program",
 ]
+
+
+# -- policy: one place for what every command (compile, attack, sweep, gradients) shares ----------
+
+CALIBRATION_ROWS = 5000
+CALIBRATION_POLICY = (f"the first {CALIBRATION_ROWS} rows of the data set's training split (all of it when "
+                      "smaller); the same rows for `hwq compile`, `hwq attack`'s surrogate and every sweep cell")
+
+# ``hwq compile`` / ``hwq attack``'s quantization defaults. A sweep spec states its own in its
+# ``quant`` section (docs/sweeps.md: uniform levels, 16-bit activations and inputs, the paper's
+# weights-only study); the report and every summary print the formats next to their numbers.
+SCHEME = "narrow"
+ACT_BITS = 8
+INPUT_BITS = 8
+
+
+def calibration_rows(x_train: np.ndarray) -> np.ndarray:
+    """The calibration samples of a training split (``CALIBRATION_POLICY``)."""
+    return x_train[:CALIBRATION_ROWS]
 
 
 def quantize(
@@ -57,10 +77,10 @@ def quantize(
     *,
     calibration: np.ndarray,
     bounds: tuple[float, float] | None = None,
-    scheme: str = "narrow",
+    scheme: str = SCHEME,
     per_channel: bool = False,
-    act_bits: int = 8,
-    input_bits: int = 8,
+    act_bits: int = ACT_BITS,
+    input_bits: int = INPUT_BITS,
 ) -> QuantizedNetwork:
     """Quantize a float graph to ``bits``-bit weights (see ``hwq.schemes`` for the levels)."""
     settings = QuantSettings(bits, scheme, per_channel, act_bits, input_bits)
@@ -88,3 +108,36 @@ def evaluate(program, x: np.ndarray, y: np.ndarray) -> Evaluation:
     scores = program.forward(quantize_input(program.net.input, x))
     pred = program.decide(scores)
     return Evaluation(pred, scores, float(np.mean(pred == y)) if len(y) else float("nan"))
+
+
+FIDELITY_WARN = 0.99  # below this share of reference decisions an inexact program warns at compile time
+
+
+def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FIDELITY_WARN) -> str | None:
+    """Measure an inexact program's fidelity on ``x_q`` (the share of inputs whose decision
+    equals the integer reference's, i.e. the ``sim`` target's) into ``program.report["fidelity"]``;
+    return a one-line warning (what differs, why, the setting that avoids it) when it falls
+    below ``threshold``, else None. An exact program without its own ``measure_fidelity``
+    computes the reference: nothing to measure."""
+    if not isinstance(getattr(program, "report", None), dict):
+        return None
+    if hasattr(program, "measure_fidelity"):  # a target's own measurement (it may differ by inputs)
+        program.measure_fidelity(x_q, source)
+    elif getattr(program, "exact", True):
+        return None
+    else:
+        ref = reference.decide(reference.forward(program.net, x_q), program.net.output)
+        value = float(np.mean(program.decide(program.forward(x_q)) == ref)) if len(x_q) else 1.0
+        program.report["fidelity"] = dict(value=value, inputs=int(len(x_q)), source=source,
+                                          against="hwq.quant.reference (the sim target's decisions)")
+    fid = program.report["fidelity"]
+    if fid["value"] >= threshold:
+        return None
+    found = [*program.report.get("adjustments", ()), *program.report.get("approximations", ())]
+    why = "; ".join(dict.fromkeys(f"{a['what']} (layer {a['layer']})" if isinstance(a, dict) and "layer" in a
+                                  else str(a.get("what", a) if isinstance(a, dict) else a)
+                                  for a in found)) or "the mapping is inexact"
+    fix = "; ".join(program.report.get("advice", ())) or "a setting that makes the mapping exact (docs of the target)"
+    return (f"{program.target} computes a different network: its decisions equal the integer reference's (sim) on "
+            f"{fid['value']:.1%} of {fid['inputs']} inputs ({fid['source']}), below {threshold:.0%}. Why: {why}. "
+            f"To avoid it: {fix}")

@@ -86,21 +86,23 @@ def train(
 
 
 CALIB_HELP = ("Calibration data for the input and activation formats, the same specs as --data: " + DATA_HELP
-              + " (its training split). Default: the data set `hwq train` recorded in the model, else "
-              + "1000 uniform samples in [0, 1] (a warning; the report and the .hwq file say which).")
+              + f". Policy (every command and sweep): {api.CALIBRATION_POLICY}. Default: the data set `hwq train` "
+              + "recorded in the model, else 1000 uniform samples in [0, 1] (a warning; the report and the .hwq "
+              + "file say which).")
 
 
 def calibration(calib: str | None, meta: dict, n_features: int, seed: int):
     """Calibration samples, data bounds and a description: --calib, else the dataset the model
-    was trained on, else uniform samples in [0, 1] (image-like inputs). The whole training
-    split, as ``hwq.quantize(graph, q, calibration=data.x_train, bounds=data.bounds)``."""
+    was trained on, else uniform samples in [0, 1] (image-like inputs). The rows of
+    ``hwq.api.CALIBRATION_POLICY`` (the same a sweep cell calibrates on)."""
     spec = calib or meta.get("hwq.dataset")
     if spec:
         ds = data(spec, seed=seed)
         if ds.n_features != n_features:
             raise DataError(f"calibration data {spec} has {ds.n_features} features, the model expects {n_features}")
         source = "--calib" if calib else "the model's hwq.dataset"
-        return ds.x_train, ds.bounds, f"{spec} training split ({source})"
+        x = api.calibration_rows(ds.x_train)
+        return x, ds.bounds, f"{spec} training split, first {len(x)} of {len(ds.x_train)} rows ({source})"
     rng = np.random.default_rng(seed)
     return (rng.uniform(0, 1, (1000, n_features)), (0.0, 1.0),
             f"uniform noise in [0, 1], seed {seed} (no --calib, and the model records no data set)")
@@ -143,12 +145,15 @@ def compile_(
     cal_name = f"{cal_name}: {net.settings.calibration}"
     net = dataclasses.replace(net, settings=dataclasses.replace(net.settings, calibration=cal_name))
     program = api.compile(net, target, **options)
-    measure_fidelity(program, calib or meta.get("hwq.dataset"), seed)
+    warning = measure_fidelity(program, calib or meta.get("hwq.dataset"), seed, x_cal)
     hwqfile.save_program(output, program, command=command_line())
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         return emit_json({"output": str(output), "target": target, "options": program.options,
                           "bits": net.settings.bits,
-                          "scheme": scheme, "calibration": cal_name, "notes": list(graph.notes),
+                          "scheme": scheme, "calibration": cal_name, "calibration_policy": api.CALIBRATION_POLICY,
+                          "notes": list(graph.notes), "warnings": [warning] if warning else [],
                           "report": hwqfile.quantization_table(net), "target_report": program.report})
     if cal_name.startswith("uniform noise"):
         typer.echo("warning: activations calibrated on uniform noise; pass --calib DATA (the data the model "
@@ -166,18 +171,19 @@ def compile_(
 FIDELITY_INPUTS = 1000
 
 
-def measure_fidelity(program, spec: str | None, seed: int) -> None:
-    """A program that can measure its fidelity (``measure_fidelity(x_q, source)``: the share of
-    inputs whose decision equals the reference's) measures it on the first
-    ``FIDELITY_INPUTS`` test inputs of the calibration data set, when there is one."""
-    if not spec or not hasattr(program, "measure_fidelity"):
-        return
+def measure_fidelity(program, spec: str | None, seed: int, x_cal: np.ndarray) -> str | None:
+    """An inexact program's fidelity (``hwq.api.check_fidelity``: the share of inputs whose
+    decision equals the reference's) on the first ``FIDELITY_INPUTS`` test inputs of the
+    calibration data set, else on the calibration samples; returns the warning when it is low."""
     from hwq.quant.reference import quantize_input
 
-    ds = data(spec, limit=FIDELITY_INPUTS, seed=seed)
-    x = ds.x_test.reshape(len(ds.x_test), -1)
-    program.measure_fidelity(quantize_input(program.net.input, x),
-                             f"{spec} test split, first {len(x)} inputs")
+    if spec:
+        ds = data(spec, limit=FIDELITY_INPUTS, seed=seed)
+        x, source = ds.x_test.reshape(len(ds.x_test), -1), f"{spec} test split, first {len(ds.x_test)} inputs"
+    else:
+        x = x_cal[:FIDELITY_INPUTS]
+        source = f"the first {len(x)} calibration samples"
+    return api.check_fidelity(program, quantize_input(program.net.input, x), source)
 
 
 def quantization_text(rows: list[dict]) -> str:
@@ -275,7 +281,7 @@ def attack(
     program = program_for(model, target, option)
     ds = data(data_spec, limit, seed)
     members = getattr(method, "attacks", (method,))
-    gradient = (gradient_source(grad, program, calibration=ds.x_train[:5000], bounds=ds.bounds)
+    gradient = (gradient_source(grad, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds)
                 if any(a.needs_gradient for a in members) else None)
     bar = progress(len(ds.y_test) * len(members), f"attack ({len(epsilons)} strengths)")
     device_meta = {}

@@ -112,7 +112,7 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
     graph = graph_from_model(model)
     clock.lap("import_s")
     q = spec.quant
-    net = api.quantize(graph, task.bits, calibration=ds.x_train[:5000], bounds=ds.bounds,
+    net = api.quantize(graph, task.bits, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,
                        scheme=q.scheme, per_channel=q.per_channel, act_bits=q.act_bits,
                        input_bits=q.input_bits)
     clock.lap("quantize_s")
@@ -190,7 +190,7 @@ def _attack(spec: SweepSpec, program, ds):
     a = spec.attack
     method = a.method()
     needs = any(m.needs_gradient for m in getattr(method, "attacks", (method,)))
-    gradient = (gradient_source(a.gradient, program, calibration=ds.x_train[:5000], bounds=ds.bounds)
+    gradient = (gradient_source(a.gradient, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds)
                 if needs else None)
     device_attrs, device_arrays = {}, {}
     if spec.device is not None:  # judged on a device (hwq/sweep/device.py)

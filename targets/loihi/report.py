@@ -61,6 +61,30 @@ def layer_entry(i: int, lm: LayerMap, net: QuantizedNetwork, hidden: bool, limit
     }
 
 
+SMALLER_SUMS = ("fewer input or weight bits (--input-bits, --bits): smaller sums fit the 24-bit state with less "
+                "shifting and flooring")
+# The setting that avoids each adjustment (matched on the start of its ``what``), in the order a
+# user should try them: a compile-time fidelity warning (``hwq.api.check_fidelity``) names them.
+ADVICE = (
+    ("ReLU requantization as a power of two, no upper clip",
+     "more activation bits (--act-bits 8 or more): a Loihi ReLU has no upper clip and requantizes by a power "
+     "of two, which changes coarse activation codes most"),
+    ("weights rounded", "fewer weight bits (--bits) or smaller weights, so that no weight is rounded"),
+    ("LIF bias/threshold out of range", SMALLER_SUMS),
+    ("SigmaDelta bias out of range", SMALLER_SUMS),
+    ("shift raised", SMALLER_SUMS),
+    ("forced shift", "the automatic shifts (drop --option shifts=...)"),
+    ("graded payload wider", "fewer activation bits (--act-bits)"),
+    ("sums floored", SMALLER_SUMS),
+)
+
+
+def advice(adjustments) -> list[str]:
+    """The settings that avoid the mapping's adjustments, most effective first, each once."""
+    whats = [a.get("what", "") for a in adjustments]
+    return list(dict.fromkeys(fix for start, fix in ADVICE if any(w.startswith(start) for w in whats)))
+
+
 def build_report(net: QuantizedNetwork, mapping: Mapping, limits: Limits, backend: str) -> dict:
     n = len(mapping.layers)
     layers = [layer_entry(i, lm, net, i + 1 < n, limits) for i, lm in enumerate(mapping.layers)]
@@ -69,4 +93,5 @@ def build_report(net: QuantizedNetwork, mapping: Mapping, limits: Limits, backen
     total["chips"] = math.ceil(total["cores"] / limits.cores_per_chip)
     return {"target": "loihi", "backend": backend, "latency_steps": mapping.latency,
             "layers": layers, "resources": total,
-            "adjustments": list(mapping.adjustments), "limits": limits.as_dict()}
+            "adjustments": list(mapping.adjustments), "advice": advice(mapping.adjustments),
+            "limits": limits.as_dict()}

@@ -57,11 +57,27 @@ M_MAX = 255
 GATE_AXONS = 48  # at most this many gate (and clear) axons per ReLU accumulator core
 
 
-class Draft:
-    """A core being filled: axons and neurons are handed out in order."""
+def smaller_counts(li: int | None) -> str:
+    """The setting that shrinks the spike counts (so the sums) layer ``li`` receives."""
+    if li is None:
+        return "lower --input-bits or --act-bits (smaller spike counts, smaller sums)"
+    if li == 0:
+        return "lower --input-bits (layer 0 receives up to 2^input_bits - 1 spikes per input)"
+    return f"lower --act-bits (layer {li} receives up to 2^act_bits - 1 spikes per unit of layer {li - 1})"
 
-    def __init__(self, cid: int):
-        self.id, self.axon, self.neuron = cid, 0, 0
+
+def fit_hint(li: int | None, what: str) -> str:
+    """Every setting that makes a layer that outgrew a core's ``what`` fit (refusals name them)."""
+    return (f"{smaller_counts(li)}; fewer weight bits (--bits; fewer axon types per input); "
+            f"or fewer hidden units (`hwq train --hidden`), so that each core needs fewer {what}")
+
+
+class Draft:
+    """A core being filled: axons and neurons are handed out in order (``layer``: the layer it
+    serves, for the refusal's message)."""
+
+    def __init__(self, cid: int, layer: int | None = None):
+        self.id, self.axon, self.neuron, self.layer = cid, 0, 0, layer
         self.w = np.zeros((AXONS, NEURONS), bool)
         self.g = np.zeros(AXONS, np.int8)
         empty = Neurons.empty()
@@ -70,7 +86,9 @@ class Draft:
     def axons(self, types) -> np.ndarray:
         n = len(types)
         if self.axon + n > AXONS:
-            raise LimitError(f"core {self.id} would need more than {AXONS} axons")
+            where = f"layer {self.layer}: " if self.layer is not None else ""
+            raise LimitError(f"{where}core {self.id} would need more than {AXONS} axons",
+                             hint=fit_hint(self.layer, "axons"))
         idx = np.arange(self.axon, self.axon + n)
         self.g[idx] = types
         self.axon += n
@@ -78,7 +96,9 @@ class Draft:
 
     def add_neuron(self, **params) -> int:
         if self.neuron >= NEURONS:
-            raise LimitError(f"core {self.id} would need more than {NEURONS} neurons")
+            where = f"layer {self.layer}: " if self.layer is not None else ""
+            raise LimitError(f"{where}core {self.id} would need more than {NEURONS} neurons",
+                             hint=fit_hint(self.layer, "neurons"))
         j = self.neuron
         self.neuron += 1
         self.cols["exists"][j] = True
@@ -163,7 +183,7 @@ def plan_groups(w: np.ndarray, table: DigitTable, cmax: int, bias, li: int):
         if capacity == 1:
             raise LimitError(f"layer {li}: one input's partial sum ({bound}) exceeds what an emitter can hold "
                              f"(threshold range 0..{BIG_BETA})",
-                             hint="fewer input bits or smaller weights")
+                             hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
         capacity = max(1, capacity // 2)
 
 
@@ -216,8 +236,8 @@ def relu_params(layer, lo: np.ndarray, hi: np.ndarray, approximate: bool, li: in
                     f"layer {li}: unit {u}'s requantization {M}/2^{S} has no exact "
                     "rate-coded form (no weight m <= 255 and threshold a with floor((m acc + h)/a) "
                     "equal on its accumulator range)",
-                    hint="compile with --option relu=rate for the nearest ratio (approximate), "
-                         "or train with --activation step")
+                    hint="compile with --option relu=rate for the nearest ratio (approximate; the compile reports "
+                         "its fidelity), or train with --activation step")
             m = m_cap
             a = max(1, round(m * (1 << S) / M))
             found = (m, a, round(m * hh / M))
@@ -257,7 +277,9 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
         if last:
             if layer.activation != "identity":
                 raise LimitError(f"the output layer has activation '{layer.activation}'; truenorth maps "
-                                 "identity output layers (scores are spike counts)")
+                                 "identity output layers (scores are spike counts)",
+                                 hint="export the model without its final activation (argmax of the logits "
+                                      "decides the same class)")
             kinds.append("count-output")
         elif layer.activation == "step":
             table = table_for(w)
@@ -267,7 +289,8 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
             inp = LayerIn(1, True)
         elif layer.activation == "relu":
             if relu == "refuse":
-                raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it")
+                raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it",
+                                 hint="drop --option relu=refuse (relu=exact, the default) or use relu=rate")
             kinds.append("count-relu")
             inp = LayerIn(2**layer.act_bits - 1, False)
         else:
@@ -351,7 +374,7 @@ def build_eedn(plan: LayerPlan, w, b, table: DigitTable, dests, ids, drafts) -> 
     for block in blocks:
         if not any(dests[u] for u in block):
             continue
-        d = Draft(next(ids))
+        d = Draft(next(ids), plan.index)
         drafts.append(d)
         plan.cores.append(d.id)
         used_inputs = [i for i in range(n) if np.any(w[block, i] != 0)]
@@ -388,7 +411,7 @@ def build_count(li, layer, w, b, kind, inp: LayerIn, table, dests, ids, drafts, 
     pad = [0] * (3 - len(table.values))
     for gi, grp in enumerate(groups):
         for block in blocks:
-            d = Draft(next(ids))
+            d = Draft(next(ids), li)
             drafts.append(d)
             plan.cores.append(d.id)
             ports = {i: d.axons(table.types) for i in grp}
@@ -436,7 +459,8 @@ def place_accumulators(plan: LayerPlan, layer, w, b, cmax, groups, dests, ids, d
     n_gh = max(1, math.ceil(need / GATE_W))
     k_h = GATE_W * n_gh
     if np.any(k_h - mm * b - hh + mm * neg > BIG_BETA):
-        raise LimitError(f"layer {plan.index}: sums exceed the threshold range of the accumulators")
+        raise LimitError(f"layer {plan.index}: sums exceed the threshold range of the accumulators",
+                         hint=f"{smaller_counts(plan.index)}, or fewer weight bits (--bits)")
     x_max = mm * (b + pos) + hh
     x_min = mm * (b - neg) + hh
     n_clear = 0
@@ -444,13 +468,14 @@ def place_accumulators(plan: LayerPlan, layer, w, b, cmax, groups, dests, ids, d
         over = x_max - A * aa - aa + 1
         n_clear = max(0, math.ceil(int(over.max(initial=0)) / GATE_W))
         if n_clear and np.any(np.minimum(x_min, 0) - GATE_W * n_clear < -BIG_BETA):
-            raise LimitError(f"layer {plan.index}: the clear pulse would leave the accumulators' range")
+            raise LimitError(f"layer {plan.index}: the clear pulse would leave the accumulators' range",
+                             hint=f"{smaller_counts(plan.index)}, or fewer weight bits (--bits)")
     per_unit = 2 * len(groups)
     where, d, gate = {}, None, None
     for u in range(m):
         copies = dests[u]
         if d is None or d.axon + per_unit > AXONS or d.neuron + len(copies) > NEURONS:
-            d = Draft(next(ids))
+            d = Draft(next(ids), plan.index)
             drafts.append(d)
             plan.h_cores.append(d.id)
             gate = d.axons([2] * n_gh)

@@ -1,0 +1,78 @@
+"""Warnings and refusals a user can act on (issue 16, section 2): each names what happened and
+the setting that avoids it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from builders import random_mlp
+from cli_runner import run_cli
+
+from hwq.errors import LimitError
+from hwq.onnx.importer import graph_from_model
+from hwq.quant.qnet import QuantSettings
+from hwq.quant.quantize import quantize
+from hwq.target.registry import get_target
+
+
+@pytest.fixture(scope="module")
+def digits_relu(tmp_path_factory):
+    """A post-training-quantized ReLU MLP trained on digits (the new user's model)."""
+    d = tmp_path_factory.mktemp("warn")
+    with pytest.raises(SystemExit) as info:
+        from hwq.cli import main
+
+        main(["train", "--data", "digits", "--activation", "relu", "--epochs", "40", "--hidden", "24",
+              "--seed", "0", "-o", str(d / "relu.onnx")])
+    assert info.value.code == 0
+    return d
+
+
+def test_loihi_compile_warns_when_coarse_activations_change_the_network(digits_relu, capsys):
+    d = digits_relu
+    code, out, err = run_cli("compile", d / "relu.onnx", "--bits", "8", "--act-bits", "2", "--target", "loihi",
+                             "-o", d / "l2.hwq", capsys=capsys)
+    assert code == 0, err
+    fidelity = float(out.split("\nfidelity: ")[1].split()[0])
+    assert fidelity < 0.99
+    warning = [line for line in err.splitlines() if line.startswith("warning: loihi computes a different network")]
+    assert len(warning) == 1, err
+    assert "no upper clip" in warning[0] and "--act-bits 8" in warning[0]  # the reason and the setting
+    code, out, err = run_cli("compile", d / "relu.onnx", "--bits", "8", "--act-bits", "2", "--target", "loihi",
+                             "-o", d / "l2j.hwq", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["warnings"] and "warning: loihi" in err
+    # the setting the warning names avoids it
+    code, out, err = run_cli("compile", d / "relu.onnx", "--bits", "8", "--act-bits", "8", "--target", "loihi",
+                             "-o", d / "l8.hwq", capsys=capsys)
+    assert code == 0 and "warning" not in err, err
+    assert float(out.split("\nfidelity: ")[1].split()[0]) >= 0.99
+
+
+def truenorth_case(seed: int):
+    """Random ReLU MLPs that TrueNorth refuses at the drawn settings (seed 1: the accumulators'
+    threshold range; seed 16: a core's 256 axons)."""
+    rng = np.random.default_rng(seed)
+    n_in = int(rng.choice([4, 16, 64, 200]))
+    hidden = int(rng.choice([4, 16, 64, 300]))
+    bits, input_bits, act_bits = (int(rng.choice([2, 4, 8])) for _ in range(3))
+    relu = str(rng.choice(["rate", "exact"]))
+    graph = graph_from_model(random_mlp(rng, n_in, hidden, 3, act="Relu"))
+    x = rng.uniform(0, 1, (64, n_in))
+    return lambda b, i: quantize(graph, QuantSettings(b, "narrow", False, act_bits, i), x, bounds=(0, 1)), \
+        bits, input_bits, relu
+
+
+@pytest.mark.parametrize("seed, what", [(1, "sums exceed the threshold range"), (16, "more than 256 axons")])
+def test_truenorth_refusals_name_the_settings_that_fit(seed, what):
+    tn = get_target("truenorth")
+    make, bits, input_bits, relu = truenorth_case(seed)
+    with pytest.raises(LimitError) as info:
+        tn.compile(make(bits, input_bits), relu=relu, fidelity_samples=0)
+    line = info.value.line()
+    assert what in line and line.startswith("layer 0:")
+    assert "--input-bits" in line and "--bits" in line, line
+    # each setting the refusal names makes this network fit
+    tn.compile(make(bits, 2), relu=relu, fidelity_samples=0)
+    tn.compile(make(2, input_bits), relu=relu, fidelity_samples=0)
