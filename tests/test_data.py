@@ -245,3 +245,210 @@ def test_bad_npz_files_are_data_errors(tmp_path):
     np.savez(tmp_path / "neg.npz", x=np.zeros((10, 2)), y=-np.ones(10))
     with pytest.raises(DataError, match="labels"):
         load_dataset(str(tmp_path / "neg.npz"))
+
+
+# ------------------------------------------------- hostile data files (issue 17: M10, M11, LOW)
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+RNG = np.random.default_rng(7)
+X, Y = RNG.random((50, 4)), RNG.integers(0, 3, 50)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(x=X, y=Y[:49]), "50 samples but y 49 labels"),
+        (dict(x=X, y=np.stack([Y, Y], 1)), r"labels y must have shape \(N,\)"),
+        (dict(x=np.float64(3.0), y=Y), "single value"),
+        (dict(x=np.array(["a"] * 50), y=Y), "<U1"),
+        (dict(x=X.astype(object), y=Y), "object"),
+        (dict(x=np.zeros((50, 0)), y=Y), "no features"),
+        (dict(x=X, y=Y, x_test=np.zeros((0, 4)), y_test=np.zeros(0, int)), "test set is empty"),
+        (dict(x=np.zeros((0, 4)), y=np.zeros(0, int), x_test=X, y_test=Y), "training set is empty"),
+        (dict(x=X[:4], y=Y[:4]), "too few to hold out a test set"),
+        (dict(x=X[:1], y=Y[:1]), "too few to hold out a test set"),
+        (dict(x=X + 1j * X, y=Y), "complex"),
+        (dict(x=X, y=Y, x_test=X[:10]), "x_test without y_test"),
+        (dict(x=X, y=Y, y_test=Y[:10]), "y_test without x_test"),
+        (dict(x=X, y=Y, x_test=X[:10, :3], y_test=Y[:10]), "differ from x's"),
+        (dict(x=X, y=Y, x_test=X[:10], y_test=Y[:9]), "x_test holds 10 samples but y_test 9"),
+        (dict(x=X, y=np.r_[Y[:49], 10**9]), r"labels must lie in 0..65535, got 0..1e\+09"),
+        (dict(x=X, y=np.r_[Y[:49], 2.5]), "non-negative integers"),
+        (dict(x=X, y=np.r_[Y[:49], np.nan]), "non-negative integers"),
+        (dict(x=X, y=Y.astype("U1")), "values of type <U1"),
+        (dict(x=np.r_[X[:49], [[1e300] * 4]], y=Y), "float32's range"),
+        (dict(x=np.r_[X[:49], [[np.inf] * 4]], y=Y), "NaN or Inf"),
+    ],
+)
+def test_ill_formed_npz_is_one_data_error(tmp_path, arrays, message):
+    """Each was a traceback, a silent coercion (complex -> real, x_test without y_test ignored,
+    1e300 -> inf) or an allocation of 1e9 classes before the fix."""
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(_npz(tmp_path / "d.npz", **arrays))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04", b"hello, not a zip", b"\x93NUMPY"])
+def test_non_zip_npz_is_a_data_error_not_an_interrupt(tmp_path, content):
+    """A 0-byte file made np.load raise EOFError, which click reports as 'interrupted' (130)."""
+    (tmp_path / "d.npz").write_bytes(content)
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset(str(tmp_path / "d.npz"))
+
+
+def test_plain_npy_under_an_npz_name_is_a_data_error(tmp_path):
+    np.save(tmp_path / "d.npy", X)
+    (tmp_path / "d.npy").rename(tmp_path / "d.npz")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_dataset(str(tmp_path / "d.npz"))
+
+
+def test_npz_reads_what_numpy_writes(tmp_path):
+    """Compressed, Fortran-order, big-endian, bool and integer inputs and float labels read as
+    numpy reads them."""
+    x = np.asfortranarray(RNG.integers(0, 2, (30, 3, 2)).astype(">i2"))
+    xte = RNG.random((6, 3, 2)) > 0.5
+    np.savez_compressed(tmp_path / "d.npz", x=x, y=(np.arange(30) % 4).astype(float), x_test=xte,
+                        y_test=np.arange(6) % 4)
+    d = load_dataset(str(tmp_path / "d.npz"))
+    np.testing.assert_array_equal(d.x_train, x.reshape(30, 6).astype(np.float32))
+    np.testing.assert_array_equal(d.x_test, xte.reshape(6, 6))
+    np.testing.assert_array_equal(d.y_train, np.arange(30) % 4)
+    assert d.n_classes == 4 and d.bounds == (0.0, 1.0) and d.sample_shape == (3, 2)
+
+
+def test_npz_header_declaring_more_than_the_member_holds_is_refused(tmp_path):
+    """The .npy header (shape x dtype) is checked against the member's size before any
+    allocation: here it declares 10^9 values for 160 KB of data."""
+    _npz(tmp_path / "d.npz", x=np.zeros((5000, 4)), y=np.zeros(5000, int))  # beyond zipfile's first read
+    raw = (tmp_path / "d.npz").read_bytes()
+    old, new = b"'shape': (5000, 4), }" + b" " * 5, b"'shape': (5000, 200000), }"  # same length
+    assert raw.count(old) == 1 and len(old) == len(new)
+    (tmp_path / "d.npz").write_bytes(raw.replace(old, new))
+    with pytest.raises(DataError, match=r"shape \(5000, 200000\) of float64 needs"):
+        load_dataset(str(tmp_path / "d.npz"))
+
+
+def _deflated_zeros_npz(path, n_zero_rows, width):
+    """An honest decompression bomb: ``x`` of zeros deflates about 1000:1."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False,
+                                                "shape": (n_zero_rows, width)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("x.npy", "w") as f:
+            f.write(head.getvalue())
+            for _ in range(n_zero_rows):
+                f.write(bytes(width))
+        y = io.BytesIO()
+        np.save(y, np.zeros(n_zero_rows, np.uint8))
+        zf.writestr("y.npy", y.getvalue())
+    return str(path)
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_npz_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
+    """64 MB of deflated zeros (a 64 KB file) with the limit lowered to 1M values: refused from
+    the headers, without inflating (before the fix np.load inflated all of it, then the
+    Dataset made a float32 copy)."""
+    monkeypatch.setattr("hwq.data.MAX_DATA_VALUES", 1_000_000)
+    path = _deflated_zeros_npz(tmp_path / "bomb.npz", 64, 1 << 20)
+    assert (tmp_path / "bomb.npz").stat().st_size < 200_000
+
+    def load():
+        with pytest.raises(DataError, match="more than the 1000000 a data set may hold"):
+            load_dataset(path)
+
+    assert _peak_bytes(load) < 4_000_000
+
+
+def _gzip_idx(path, dims, payload_bytes):
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(f">BBBB{len(dims)}I", 0, 0, 8, len(dims), *dims))
+        for _ in range(payload_bytes >> 20):
+            f.write(bytes(1 << 20))
+        f.write(bytes(payload_bytes % (1 << 20)))
+
+
+def test_gzip_idx_bomb_is_refused_from_its_dims(tmp_path, monkeypatch):
+    monkeypatch.setattr("hwq.data.MAX_DATA_VALUES", 1_000_000)
+    _gzip_idx(tmp_path / "a.gz", (64, 1024, 1024), 64 << 20)
+
+    def load():
+        with pytest.raises(DataError, match="declare 67108864 values, more than the 1000000"):
+            read_idx(tmp_path / "a.gz")
+
+    assert _peak_bytes(load) < 4_000_000
+
+
+def test_gzip_idx_is_inflated_no_further_than_its_dims(tmp_path):
+    """Dims of 100 values followed by 64 MB of zeros: inflated in chunks up to the declared size
+    plus one byte (before the fix gzip.decompress inflated all 64 MB first)."""
+    _gzip_idx(tmp_path / "a.gz", (10, 10), 64 << 20)
+
+    def load():
+        with pytest.raises(DataError, match="has trailing bytes"):
+            read_idx(tmp_path / "a.gz")
+
+    assert _peak_bytes(load) < 8_000_000
+
+
+@pytest.mark.parametrize("dims", [(2**32 - 1,) * 3, (2**32 - 1,) * 8, (2**16, 2**16, 2**16, 2**16)])
+def test_idx_dims_that_overflow_int64_are_refused(tmp_path, dims):
+    """np.prod of these dims wrapped around int64 (to a negative or small size) before the fix."""
+    path = tmp_path / "x.idx"
+    path.write_bytes(struct.pack(f">BBBB{len(dims)}I", 0, 0, 8, len(dims), *dims))
+    with pytest.raises(DataError, match="more than the"):
+        read_idx(path)
+
+
+def test_idx_dims_whose_int64_product_wraps_to_the_file_size_are_refused(tmp_path):
+    """4 x 2^62 items wrap int64 to 0 items: the old size check passed a header-only file, and
+    reshape raised ValueError."""
+    path = tmp_path / "x.idx"
+    path.write_bytes(struct.pack(">BBBB4I", 0, 0, 8, 4, 2**31, 2**31, 2**31, 8))
+    with pytest.raises(DataError, match="more than the"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_idx_split_is_a_data_error(tmp_path, split):
+    _write_mnist(tmp_path / "m")
+    prefix = "train" if split == "train" else "t10k"
+    (tmp_path / "m" / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 3, 2))))
+    (tmp_path / "m" / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0)))
+    with pytest.raises(DataError, match=f"the {split} set is empty"):
+        load_dataset(f"mnist:{tmp_path / 'm'}")
+
+
+def test_idx_float_labels_must_be_integral(tmp_path):
+    """A float32 label file was truncated to int64 (2.7 -> 2) without a word."""
+    _write_mnist(tmp_path / "m")
+    write_idx(tmp_path / "m" / "t10k-labels-idx1-ubyte", np.array([0, 1, 2.7, 3], np.float32))
+    with pytest.raises(DataError, match="non-negative integers"):
+        load_dataset(f"mnist:{tmp_path / 'm'}")
+
+
+def test_negative_data_seed_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="non-negative"):
+        load_dataset("spiral", seed=-1)
+    with pytest.raises(UsageError, match="non-negative"):
+        load_dataset(_npz(tmp_path / "d.npz", x=X, y=Y), seed=-1)
