@@ -76,3 +76,52 @@ def test_truenorth_refusals_name_the_settings_that_fit(seed, what):
     # each setting the refusal names makes this network fit
     tn.compile(make(bits, 2), relu=relu, fidelity_samples=0)
     tn.compile(make(2, input_bits), relu=relu, fidelity_samples=0)
+
+
+def test_run_on_an_onnx_model_says_compile_it_first(digits_relu, capsys):
+    code, _, err = run_cli("run", digits_relu / "relu.onnx", "--data", "digits", capsys=capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "compile it first: hwq compile" in lines[0], err
+    assert "HDF5" not in err
+
+
+def test_info_reads_hwqs_nir_and_lists_only_exports_that_write(digits_relu, capsys):
+    d = digits_relu
+    code, _, err = run_cli("compile", d / "relu.onnx", "--bits", "8", "--target", "loihi", "-o", d / "i.hwq",
+                           capsys=capsys)
+    assert code == 0, err
+    code, _, err = run_cli("export", d / "i.hwq", "-o", d / "i.nir", capsys=capsys)
+    assert code == 0, err
+    code, out, err = run_cli("info", d / "i.nir", "--json", capsys=capsys)
+    assert code == 0, err
+    nir = json.loads(out)
+    assert nir["kind"] == "nir export" and [x["shape"] for x in nir["layers"]] == [[24, 64], [10, 24]]
+    code, out, err = run_cli("info", d / "i.hwq", "--json", capsys=capsys)
+    info = json.loads(out)
+    assert code == 0 and "netx" not in info["exports"] and {"onnx", "nir"} <= set(info["exports"])
+    code, _, err = run_cli("export", d / "i.hwq", "-o", d / "i.net", capsys=capsys)
+    assert code != 0 and info["exports_refused"]["netx"] in err  # info said why export refuses
+    code, _, err = run_cli("run", d / "i.nir", "--data", "digits", capsys=capsys)
+    assert code == 1 and "not a compiled .hwq file" in err
+
+
+def test_compare_says_scores_of_different_targets_have_different_units(digits_relu, capsys):
+    d = digits_relu
+    code, _, err = run_cli("compile", d / "relu.onnx", "--bits", "8", "--target", "loihi", "-o", d / "c.hwq",
+                           capsys=capsys)
+    assert code == 0, err
+    code, out, err = run_cli("compare", d / "c.hwq", "--data", "digits", "--limit", "50", capsys=capsys)
+    line = next(x for x in out.splitlines() if x.startswith("scores_differ_fraction:"))
+    assert code == 0 and "different" in line and "compare decisions" in line, out
+    code, out, err = run_cli("compare", d / "c.hwq", "--data", "digits", "--limit", "50", "--json", capsys=capsys)
+    assert json.loads(out)["score_units"].startswith("different")
+    code, out, err = run_cli("compare", d / "c.hwq", "--data", "digits", "--limit", "50", "--targets",
+                             "loihi,loihi", "--json", capsys=capsys)
+    assert json.loads(out)["score_units"] == "same"
+
+
+def test_version(capsys):
+    from hwq.version import __version__
+
+    code, out, err = run_cli("--version", capsys=capsys)
+    assert code == 0 and out.strip() == f"hwq {__version__}", err

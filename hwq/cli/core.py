@@ -377,6 +377,27 @@ def export_formats(target: str | None) -> dict:
     return formats
 
 
+def writable_exports(path: Path, target: str) -> tuple[list[str], dict]:
+    """The formats ``hwq export`` writes for this file, and the target's formats it refuses
+    (name -> why): each target format is written once into a scratch folder, so the list
+    says exactly what ``export`` then does."""
+    import tempfile
+
+    from hwq.errors import HwqError
+
+    formats, refused = export_formats(target), {}
+    own = [name for name in formats if name not in core_exports()]
+    if own:
+        program = hwqfile.load_program(path)
+        with tempfile.TemporaryDirectory(prefix="hwq-info-") as scratch:
+            for name in own:
+                try:
+                    formats[name].write(program, Path(scratch) / f"probe{formats[name].suffixes[0]}")
+                except HwqError as exc:
+                    refused[name] = exc.line()
+    return [name for name in formats if name not in refused], refused
+
+
 @app.command()
 def export(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
@@ -432,6 +453,10 @@ def info(
         return typer.echo(table([list(r) for r in rows], ["op", "role"]))
     if targets or path is None:
         out = {"targets": available_targets(), "options": target_option_help()}
+    elif path.suffix == ".nir":
+        from hwq.files import nir
+
+        out = nir.describe(path)
     elif path.suffix == ".onnx":
         graph = load_onnx(path)
         out = {"kind": "onnx model", "sample_shape": list(graph.sample_shape),
@@ -507,7 +532,9 @@ def describe_h5(path: Path) -> dict:
         raise FileFormatError(f"{path}: not an HDF5 file, or a corrupt one") from None
     if fmt == hwqfile.FORMAT:
         out = hwqfile.file_info(path)
-        out["exports"] = list(export_formats(out["target"]))
+        out["exports"], refused = writable_exports(path, out["target"])
+        if refused:
+            out["exports_refused"] = refused
         return out
     if fmt == results.RUN_FORMAT:
         r = results.read_run(path)
@@ -545,5 +572,6 @@ def compare(
     out.update(targets=names, n_inputs=len(ds.y_test), fidelity=1.0 - out["decisions_differ_fraction"])
     if as_json:
         return emit_json(out)
+    units = out.pop("score_units")
     for key, value in out.items():
-        typer.echo(f"{key}: {value}")
+        typer.echo(f"{key}: {value}" + (f" (score units {units})" if key == "scores_differ_fraction" else ""))

@@ -219,3 +219,12 @@ def text(value) -> str:
 
 EXPORT_HELP = ("the network as a NIR graph (dequantized Affine weights, Threshold/IF activations) with the "
                "integer codes, scales and formats as metadata (docs/file-formats.md)")
+
+
+def describe(path: str | Path) -> dict:
+    """What ``hwq info`` shows for an hwq NIR file (read and checked as ``read_network``)."""
+    net = read_network(path)
+    return {"kind": "nir export", "input": net.input.name, "output": net.output,
+            "layers": [{"shape": list(layer.weight.shape), "activation": layer.activation,
+                        "act_bits": layer.act_bits} for layer in net.layers],
+            "settings": vars(net.settings) if hasattr(net.settings, "__dict__") else str(net.settings)}

@@ -66,10 +66,33 @@ class StoredProgram:
     hwq_version: str
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def not_compiled(path: str | Path) -> None:
+    """A model that was never compiled (an ONNX or NIR file where a ``.hwq`` belongs) is
+    refused with the command that compiles it."""
+    path = Path(path)
+    if path.suffix not in (".onnx", ".nir"):
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(HDF5_SIGNATURE))
+    except OSError:
+        return  # open_checked names what is wrong with the path
+    if path.suffix == ".onnx" and head != HDF5_SIGNATURE:
+        raise FileFormatError(f"{path}: an ONNX model, not a compiled .hwq file",
+                              hint=f"compile it first: hwq compile {path} -o {path.with_suffix('.hwq')}")
+    if path.suffix == ".nir":
+        raise FileFormatError(f"{path}: a NIR export, not a compiled .hwq file",
+                              hint="run the .hwq file it was exported from")
+
+
 def read_stored(path: str | Path) -> StoredProgram:
     """The checked contents of a ``.hwq`` file; any damage or foreign content is one
     ``FileFormatError`` line naming the file (``load_program`` then lets the target check its
     artifacts)."""
+    not_compiled(path)
     with h5io.open_checked(path, FORMAT, UNDIGESTED + READABLE) as f:
         return h5io.guarded(path, lambda: _read(path, f))
 

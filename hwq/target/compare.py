@@ -25,6 +25,7 @@ def compare_programs(a, b, x_q: np.ndarray) -> dict:
         scores = int(np.sum(np.any(sa != sb, axis=1))) if n else 0
     else:
         scores = n
+    same_units = a.target == b.target  # one target's backends give the same integers
     return {
         "targets": [a.target, b.target],
         "inputs": n,
@@ -32,4 +33,7 @@ def compare_programs(a, b, x_q: np.ndarray) -> dict:
         "decisions_differ_fraction": dec / n if n else 0.0,
         "scores_differ": scores,
         "scores_differ_fraction": scores / n if n else 0.0,
+        "score_units": "same" if same_units else
+        f"different: {a.target} and {b.target} scale their integer scores differently (shifted sums, spike "
+        "counts), so scores differ even where the decisions agree; compare decisions (fidelity)",
     }
