@@ -184,7 +184,8 @@ def digits(*, seed: int = 0) -> Dataset:
 
 
 def idx_dataset(directory: Path, *, name: str) -> Dataset:
-    """An MNIST-format directory of four IDX files (each possibly gzipped); pixels / 255."""
+    """An MNIST-format directory of four IDX files (each possibly gzipped); ubyte pixels / 255 (bounds
+    [0, 1]); images of other types as stored (bounds [0, 1] if every value lies there, else none)."""
     if not directory.is_dir():
         hint = (
             "install the Debian package dataset-fashion-mnist"
@@ -209,16 +210,21 @@ def idx_dataset(directory: Path, *, name: str) -> Dataset:
             raise DataError(f"{directory}: {split} images of {x.shape[1]}x{x.shape[2]} pixels")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{directory}: train and test images differ in size")
+    if arrays["x_train"].dtype != arrays["x_test"].dtype:  # one scale for both, or neither is read right
+        raise DataError(f"{directory}: train images are {arrays['x_train'].dtype}, test images "
+                        f"{arrays['x_test'].dtype} (one type for both)")
     ytr, yte = (_labels(f"{directory}: {k}", arrays[k]) for k in ("y_train", "y_test"))
     scale = 255.0 if arrays["x_train"].dtype == np.uint8 else 1.0
+    xtr, xte = arrays["x_train"] / np.float32(scale), arrays["x_test"] / np.float32(scale)
+    inside = scale == 255.0 or all(a.min() >= 0 and a.max() <= 1 for a in (xtr, xte))
     return Dataset(
         name,
-        arrays["x_train"] / np.float32(scale),
+        xtr,
         ytr,
-        arrays["x_test"] / np.float32(scale),
+        xte,
         yte,
         n_classes=int(max(ytr.max(), yte.max())) + 1,
-        bounds=(0.0, 1.0),
+        bounds=(0.0, 1.0) if inside else None,  # pixels / 255; other types: as .npz
         sample_shape=tuple(arrays["x_train"].shape[1:]),
     )
 
@@ -401,6 +407,7 @@ def read_npz(path: Path | str, *, required: tuple[str, ...] = (),
     path, max_values = Path(path), MAX_DATA_VALUES if max_values is None else max_values
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_directory(path, zf)
             members, found = {}, []
             for info in zf.infolist():
                 name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
@@ -424,6 +431,17 @@ def read_npz(path: Path | str, *, required: tuple[str, ...] = (),
             raise
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
     return arrays
+
+
+def _check_directory(path: Path, zf: zipfile.ZipFile) -> None:
+    """The central directory must list as many members as its end record declares: a damaged
+    length field (a comment or name length) makes zipfile skip the entries after it, which
+    could drop ``x_test`` and ``y_test`` and silently hold out 20 % instead."""
+    end = zipfile._EndRecData(zf.fp)  # zipfile's own reader of the end record (zip64 included)
+    declared = end[zipfile._ECD_ENTRIES_TOTAL] if end else None
+    if declared is not None and declared != len(zf.infolist()):
+        raise DataError(f"{path}: damaged zip directory: it declares {declared} members, {len(zf.infolist())} "
+                        "were read")
 
 
 def _npy_header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo):

@@ -452,3 +452,33 @@ def test_negative_data_seed_is_a_usage_error(tmp_path):
         load_dataset("spiral", seed=-1)
     with pytest.raises(UsageError, match="non-negative"):
         load_dataset(_npz(tmp_path / "d.npz", x=X, y=Y), seed=-1)
+
+
+def test_zip_directory_that_lost_members_is_refused(tmp_path):
+    """A comment length of 65535 in y's central directory entry made zipfile skip x_test and
+    y_test: the file then loaded with a seeded 20 % held out instead of its own test set (found
+    by tests/test_audit_data.py)."""
+    import zipfile
+
+    path = _npz(tmp_path / "d.npz", x=X, y=Y, x_test=X[:10], y_test=Y[:10])
+    with zipfile.ZipFile(path) as zf:
+        assert [i.filename for i in zf.infolist()] == ["x.npy", "y.npy", "x_test.npy", "y_test.npy"]
+    raw = bytearray((tmp_path / "d.npz").read_bytes())
+    entry = raw.find(b"PK\x01\x02", raw.find(b"PK\x01\x02") + 4)  # y.npy's entry
+    raw[entry + 32 : entry + 34] = (65535).to_bytes(2, "little")
+    (tmp_path / "d.npz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="declares 4 members, 2 were read"):
+        load_dataset(path)
+
+
+def test_idx_images_of_two_types_are_refused_and_other_types_are_not_bounded(tmp_path):
+    """Train images as signed bytes and test images as unsigned: the scale was chosen from the
+    train file alone, so test pixels were divided by 255 and train pixels not; bounds were
+    (0, 1) for values up to 127."""
+    arrays = _write_mnist(tmp_path / "m")
+    write_idx(tmp_path / "m" / "train-images-idx3-ubyte", (arrays["train-images-idx3-ubyte"] // 2).astype(np.int8))
+    with pytest.raises(DataError, match="train images are int8, test images uint8"):
+        load_dataset(f"mnist:{tmp_path / 'm'}")
+    write_idx(tmp_path / "m" / "t10k-images-idx3-ubyte", (arrays["t10k-images-idx3-ubyte"] // 2).astype(np.int8))
+    d = load_dataset(f"mnist:{tmp_path / 'm'}")
+    assert d.bounds is None and d.x_train.max() == arrays["train-images-idx3-ubyte"].max() // 2
