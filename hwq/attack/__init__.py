@@ -1,8 +1,12 @@
-"""Attacks judged on the bit-exact model: the shared base (``base``), the attacks (``fgsm``),
-and gradient sources (``gradients``). ``ATTACKS`` names every attack the CLI and sweeps accept."""
+"""Attacks judged on the bit-exact model: the shared base (``base``), the attacks (``fgsm``,
+``pgd``, ``square``, ``apgd``), and gradient sources (``gradients``). ``ATTACKS`` names every
+attack the CLI and sweeps accept, ``SUITES`` the named suites (``autoattack``)."""
 
 from __future__ import annotations
 
+from functools import partial
+
+from hwq.attack.apgd import APGD
 from hwq.attack.base import Attack, AttackResult, Judge, check_inputs
 from hwq.attack.fgsm import FGSM
 from hwq.attack.pgd import PGD
@@ -10,15 +14,24 @@ from hwq.attack.square import Square
 from hwq.attack.suite import Suite, diagnose
 from hwq.errors import UsageError
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "square": Square}
+ATTACKS = {"fgsm": FGSM, "pgd": PGD, "square": Square,
+           "apgd-ce": partial(APGD, loss="ce"), "apgd-dlr": partial(APGD, loss="dlr"),
+           "apgd-t": partial(APGD, loss="dlr", targets=9)}
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Square", "Suite", "Attack", "AttackResult", "Judge", "attack",
-           "check_inputs", "diagnose", "make_attack", "make_suite"]
+__all__ = ["APGD", "ATTACKS", "FGSM", "PGD", "SUITES", "Square", "Suite", "Attack", "AttackResult", "Judge",
+           "attack", "check_inputs", "diagnose", "make_attack", "make_suite"]
 
 # CLI/sweep parameter names each attack takes (the rest are ignored for it)
+_APGD = ("norm", "steps", "restarts", "seed", "rho")
 PARAMS = {"fgsm": ("norm",),
           "pgd": ("norm", "steps", "rel_stepsize", "abs_stepsize", "random_start", "restarts", "seed"),
-          "square": ("norm", "queries", "p_init", "seed")}
+          "square": ("norm", "queries", "p_init", "seed"),
+          "apgd-ce": _APGD, "apgd-dlr": _APGD, "apgd-t": (*_APGD, "targets")}
+
+# named suites: members and the defaults they take there (parameters given still win).
+# AutoAttack's standard suite (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T, Square
+# 5000 queries; FAB-T is not built here and APGD-DLR (untargeted) stands in (docs/attacks.md).
+SUITES = {"autoattack": (("apgd-ce", {}), ("apgd-t", {}), ("apgd-dlr", {}), ("square", {"queries": 5000}))}
 
 
 def make_attack(name: str, **params) -> Attack:
@@ -29,21 +42,30 @@ def make_attack(name: str, **params) -> Attack:
 
 
 def parse_attack_names(text: str) -> tuple[str, ...]:
-    names = tuple(p.strip() for p in text.split(",") if p.strip())
-    for name in names:
-        if name not in ATTACKS:
-            raise UsageError(f"unknown attack '{name}'", hint="use " + ", ".join(sorted(ATTACKS)))
-    if not names:
-        raise UsageError("--attacks needs at least one attack", hint="e.g. fgsm,pgd,square")
-    return names
+    return tuple(name for name, _ in expand_names(text))
+
+
+def expand_names(text: str) -> tuple[tuple[str, dict], ...]:
+    """``a,b,c`` -> ``((name, defaults), ...)``, named suites (``SUITES``) expanded."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part in SUITES:
+            out.extend(SUITES[part])
+        elif part in ATTACKS:
+            out.append((part, {}))
+        else:
+            raise UsageError(f"unknown attack '{part}'", hint="use " + ", ".join([*sorted(ATTACKS), *SUITES]))
+    if not out:
+        raise UsageError("--attacks needs at least one attack", hint="e.g. fgsm,pgd,square or autoattack")
+    return tuple(out)
 
 
 def make_suite(names, **params) -> Attack | Suite:
     """One attack (one name) or a worst-case suite; each attack takes from ``params`` the
     parameters it knows (``PARAMS``), None values meaning its default."""
-    names = parse_attack_names(names) if isinstance(names, str) else tuple(names)
-    built = [make_attack(n, **{k: v for k, v in params.items() if k in PARAMS[n] and v is not None})
-             for n in names]
+    pairs = expand_names(names) if isinstance(names, str) else expand_names(",".join(names))
+    built = [make_attack(n, **{**defaults, **{k: v for k, v in params.items() if k in PARAMS[n] and v is not None}})
+             for n, defaults in pairs]
     return built[0] if len(built) == 1 else Suite(tuple(built))
 
 

@@ -71,7 +71,40 @@ def one_blas_thread():
     return _BLAS["controller"].limit(limits=1, user_api="blas")
 
 
-def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+def logit_temperature(z: np.ndarray, y: np.ndarray, single: bool) -> np.ndarray:
+    """Per row, the temperature ``T`` (from ``TEMPERATURE_GRID``) at which the cross-entropy's
+    gradient with respect to the logits, ``|softmax(z / T) - onehot(y)|_2 / T`` (sigmoid for
+    one output), is largest: saturated rows (``p_y`` = 1 in float64, the gradient exactly 0)
+    get a high temperature, flat ones a low one. The rule of ``temperature="auto"``
+    (per input, in the spirit of Gupta & Ajanthan's PGD++, whose own rules scale by the
+    network's Jacobian or the Hessian's norm; this one needs no extra backward pass)."""
+    best, out = np.full(len(z), -1.0), np.ones(len(z))
+    for t in TEMPERATURE_GRID:
+        _, delta = output_loss(z / t, y, single)
+        size = np.linalg.norm(delta, axis=1) / t
+        better = size > best
+        best[better], out[better] = size[better], t
+    return out
+
+
+TEMPERATURE_GRID = tuple(2.0**k for k in range(-12, 13))
+
+
+def check_temperature(value):
+    """``None`` (no scaling), a positive number, or ``"auto"`` (per input, ``logit_temperature``)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = float("nan")
+    if not np.isfinite(t) or t <= 0:
+        raise UsageError(f"--temperature must be a positive number or 'auto', got {value!r}")
+    return t
+
+
+def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None, loss=None,
+             temperature=None) -> tuple[np.ndarray, np.ndarray]:
     """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``;
     ``tops[l]``: where layer ``l``'s ReLU saturates (real value; None: it does not), so
     the derivative is 0 above it.
@@ -83,13 +116,28 @@ def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None) ->
     entry to [1/2, 1), then the product runs in ``sign_dtype``: no underflow of confident
     softmax deltas or saturated sigmoid derivatives, and a sign differs from float64's only
     where the component is below the rounding error of the narrower sum. The products run
-    on one BLAS thread (``one_blas_thread``)."""
+    on one BLAS thread (``one_blas_thread``).
+
+    ``loss``: a callable ``z -> (value, dvalue/dz)`` per row (APGD's DLR losses), else the
+    cross-entropy of ``y``. ``temperature`` ``T`` (a number, or ``"auto"``: per row,
+    ``logit_temperature``): the loss of ``z / T`` (a masking remedy: Galloway et al. 2018;
+    Gupta & Ajanthan 2022), its gradient ``(1/T) dloss(z/T)``."""
     with one_blas_thread():
-        return _products(weights, gains, acts, zs, y, single, tops, sign_dtype)
+        return _products(weights, gains, acts, zs, y, single, tops, sign_dtype, loss, temperature)
 
 
-def _products(weights, gains, acts, zs, y, single, tops, sign_dtype):
-    loss, delta = output_loss(zs[-1], y, single)
+def top_loss(z, y, single, loss=None, temperature=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(value, dvalue/dz)`` of ``loss`` (default: the cross-entropy of ``y``) at the scores
+    ``z`` scaled by ``1 / temperature``."""
+    if temperature is None:
+        return loss(z) if loss is not None else output_loss(z, y, single)
+    t = logit_temperature(z, y, single) if temperature == "auto" else np.full(len(z), float(temperature))
+    value, delta = loss(z / t[:, None]) if loss is not None else output_loss(z / t[:, None], y, single)
+    return value, delta / t[:, None]
+
+
+def _products(weights, gains, acts, zs, y, single, tops, sign_dtype, loss_fn=None, temperature=None):
+    loss, delta = top_loss(zs[-1], y, single, loss_fn, temperature)
     for layer in range(len(weights) - 1, -1, -1):
         if sign_dtype is not None:
             delta = pow2_rows(delta).astype(sign_dtype)
@@ -143,7 +191,7 @@ class SurrogateGradient:
 
     name = "surrogate"
 
-    def __init__(self, reference, sign_dtype=np.float32):
+    def __init__(self, reference, sign_dtype=np.float32, temperature=None):
         if not isinstance(reference, Traceable):
             raise UsageError(f"the {reference.target} program cannot trace its pre-activations",
                              hint="build the surrogate from its bit-exact model (default_gradient)")
@@ -156,9 +204,12 @@ class SurrogateGradient:
         self.acts = [layer.activation for layer in net.layers]
         self.scales = [layer.acc_scale for layer in net.layers]
         self.single = net.output == "sign"
+        self.temperature = check_temperature(temperature)
+        if self.temperature is not None:
+            self.name = f"surrogate T={self.temperature}"
 
-    def value_and_grad(self, x, y):
-        return self.grad_at(self.point(quantize_input(self.program.net.input, x)), y)
+    def value_and_grad(self, x, y, loss=None):
+        return self.grad_at(self.point(quantize_input(self.program.net.input, x)), y, loss=loss)
 
     def point(self, codes) -> list[np.ndarray]:
         """The reference's pre-activations ``z`` per layer for device codes."""
@@ -175,12 +226,14 @@ class SurrogateGradient:
         accs = self.program.accumulators(codes)
         return accs[-1], [acc * scale for acc, scale in zip(accs, self.scales)]
 
-    def grad_at(self, zs, y, sign_only: bool = False):
-        """``(loss, dL/dx)`` at the operating point ``zs``; ``sign_only``: see the class doc."""
+    def grad_at(self, zs, y, sign_only: bool = False, loss=None):
+        """``(loss, dL/dx)`` at the operating point ``zs``; ``sign_only``: see the class doc;
+        ``loss``: see ``backprop`` (default: the cross-entropy of ``y``)."""
         if sign_only and self.sign_dtype is not None:
             return backprop(self.narrow, self.gains, self.acts, zs, y, self.single, self.tops,
-                            sign_dtype=self.sign_dtype)
-        return backprop(self.weights, self.gains, self.acts, zs, y, self.single, self.tops)
+                            sign_dtype=self.sign_dtype, loss=loss, temperature=self.temperature)
+        return backprop(self.weights, self.gains, self.acts, zs, y, self.single, self.tops, loss=loss,
+                        temperature=self.temperature)
 
 
 class FloatGradient:
@@ -188,7 +241,10 @@ class FloatGradient:
 
     name = "float"
 
-    def __init__(self, graph: ir.Graph):
+    def __init__(self, graph: ir.Graph, temperature=None):
+        self.temperature = check_temperature(temperature)
+        if self.temperature is not None:
+            self.name = f"float T={self.temperature}"
         pairs = graph.layers()
         self.affines = [a for a, _ in pairs]
         self.acts = [act for _, act in pairs]
@@ -202,10 +258,11 @@ class FloatGradient:
             h = activations.forward(act, z)
         return zs
 
-    def value_and_grad(self, x, y):
+    def value_and_grad(self, x, y, loss=None):
         weights = [a.weight for a in self.affines]
         gains = [a.gain for a in self.affines]
-        return backprop(weights, gains, self.acts, self.forward(x), y, self.single)
+        return backprop(weights, gains, self.acts, self.forward(x), y, self.single, loss=loss,
+                        temperature=self.temperature)
 
 
 def reference_for(program):
@@ -218,8 +275,8 @@ def reference_for(program):
     return model() if callable(model) else ReferenceProgram(program.net)
 
 
-def default_gradient(program) -> SurrogateGradient:
-    return SurrogateGradient(reference_for(program))
+def default_gradient(program, temperature=None) -> SurrogateGradient:
+    return SurrogateGradient(reference_for(program), temperature=temperature)
 
 
 TRANSFER_FORMS = ("surrogate", "float", "bits:Q", "target:NAME", "model:FILE.hwq")
@@ -256,8 +313,8 @@ class Named:
     def __init__(self, source, name: str):
         self.source, self.name = source, name
 
-    def value_and_grad(self, x, y):
-        return self.source.value_and_grad(x, y)
+    def value_and_grad(self, x, y, **kw):
+        return self.source.value_and_grad(x, y, **kw)
 
     def __getattr__(self, attr):  # point, grad_at, fuses_with, ... where the source has them
         if attr == "source":
@@ -265,15 +322,18 @@ class Named:
         return getattr(self.source, attr)
 
 
-def gradient_source(name: str, program, *, calibration=None, bounds=None) -> GradientSource:
+def gradient_source(name: str, program, *, calibration=None, bounds=None, temperature=None) -> GradientSource:
     """A gradient source by name for attacks on ``program`` (``check_gradient_name``).
     ``bits:Q`` re-quantizes the float model with the program's settings at Q bits, calibrated
-    on ``calibration`` (the CLI and sweeps pass the training inputs)."""
+    on ``calibration`` (the CLI and sweeps pass the training inputs). ``temperature``: the
+    logit temperature of its loss (``backprop``; a number or ``"auto"``)."""
     kind, _, arg = check_gradient_name(name).partition(":")
+    temperature = check_temperature(temperature)
+    tag = "" if temperature is None else f" T={temperature}"
     if kind == "surrogate":
-        return default_gradient(program)
+        return default_gradient(program, temperature)
     if kind == "float":
-        return FloatGradient(program.net.float_graph)
+        return FloatGradient(program.net.float_graph, temperature)
     if kind == "bits":
         from dataclasses import replace
 
@@ -283,16 +343,16 @@ def gradient_source(name: str, program, *, calibration=None, bounds=None) -> Gra
             raise UsageError("gradient source bits:Q needs calibration data")
         settings = replace(program.net.settings, bits=int(arg))
         net = quantize(program.net.float_graph, settings, calibration, bounds)
-        return Named(default_gradient(ReferenceProgram(net)), name)
+        return Named(default_gradient(ReferenceProgram(net), temperature), name + tag)
     if kind == "target":
         from hwq.target.registry import get_target, resolve_target
 
         target, options = resolve_target(arg)
-        return Named(default_gradient(get_target(target).compile(program.net, **options)), name)
+        return Named(default_gradient(get_target(target).compile(program.net, **options), temperature), name + tag)
     from hwq.files.program import load_program
 
     other = load_program(arg)
     if other.net.n_features != program.net.n_features:
         raise UsageError(f"{arg} expects {other.net.n_features} inputs, the attacked model "
                          f"{program.net.n_features}")
-    return Named(default_gradient(other), name)
+    return Named(default_gradient(other, temperature), name + tag)

@@ -237,11 +237,13 @@ def attack(
                              "bits:Q | target:NAME | model:FILE.hwq (transfer attacks)."),
     norm: str = typer.Option("linf", help="Norm: linf (the paper's) | l2."),
     attack_name: str = typer.Option("fgsm", "--attack", help="Attack: " + " | ".join(ATTACKS) + "."),
-    attacks: str = typer.Option(None, "--attacks", help="A suite, e.g. fgsm,pgd,square: the per-input worst "
-                                "case is the robust accuracy (overrides --attack)."),
-    steps: int = typer.Option(None, help="PGD steps (default 40).", rich_help_panel=ATTACK_PANEL),
-    restarts: int = typer.Option(None, help="PGD random restarts (default 1).", rich_help_panel=ATTACK_PANEL),
-    rel_stepsize: float = typer.Option(None, help="PGD step / eps (default 0.01/0.3 linf, 0.025 l2).",
+    attacks: str = typer.Option(None, "--attacks", help="A suite, e.g. fgsm,pgd,square, or autoattack "
+                                "(apgd-ce,apgd-t,apgd-dlr,square 5000): the per-input worst case is the robust "
+                                "accuracy (overrides --attack)."),
+    steps: int = typer.Option(None, help="PGD steps (default 40); APGD steps (default 100).",
+                              rich_help_panel=ATTACK_PANEL),
+    restarts: int = typer.Option(None, help="PGD/APGD random restarts (default 1).", rich_help_panel=ATTACK_PANEL),
+    rel_stepsize: float = typer.Option(None, help="PGD step / eps (default 2.5 / steps).",
                                        rich_help_panel=ATTACK_PANEL),
     abs_stepsize: float = typer.Option(None, help="PGD step, absolute.", rich_help_panel=ATTACK_PANEL),
     random_start: bool = typer.Option(True, "--random-start/--no-random-start", help="PGD random start.",
@@ -252,6 +254,9 @@ def attack(
                                  rich_help_panel=ATTACK_PANEL),
     attack_seed: int = typer.Option(None, help="Seed of random starts and Square (default 0).",
                                     rich_help_panel=ATTACK_PANEL),
+    targets: int = typer.Option(None, help="APGD-T target classes (default 9).", rich_help_panel=ATTACK_PANEL),
+    temperature: str = typer.Option(None, help="Logit temperature of the gradient's loss: a number (e.g. 0.25) "
+                                    "or auto (per input); a masking remedy.", rich_help_panel=ATTACK_PANEL),
     diagnostics: bool = typer.Option(True, "--diagnostics/--no-diagnostics",
                                      help="Run the unbounded-strength sanity check too."),
     target: str = TARGET,
@@ -277,12 +282,12 @@ def attack(
         check_output(plot, (".png",))
     method = make_suite(attacks or attack_name, norm=norm, steps=steps, restarts=restarts,
                         rel_stepsize=rel_stepsize, abs_stepsize=abs_stepsize, random_start=random_start,
-                        queries=queries, p_init=p_init, seed=attack_seed)
+                        queries=queries, p_init=p_init, seed=attack_seed, targets=targets)
     program = program_for(model, target, option)
     ds = data(data_spec, limit, seed)
     members = getattr(method, "attacks", (method,))
-    gradient = (gradient_source(grad, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds)
-                if any(a.needs_gradient for a in members) else None)
+    gradient = (gradient_source(grad, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,
+                                temperature=temperature) if any(a.needs_gradient for a in members) else None)
     bar = progress(len(ds.y_test) * len(members), f"attack ({len(epsilons)} strengths)")
     device_meta = {}
     if device:  # hwq/cli/devices.py: judged on the device, journaled beside the output
@@ -343,6 +348,11 @@ def flag_text(flag: str, diag: dict) -> str:
                 f"missed (eps={g['eps']:g}): gradient masking")
     if name == "pgd_weaker_than_fgsm":
         return f"PGD is weaker than FGSM at {len(diag[name]['epsilons'])} strength(s): step size or gradient"
+    if name == "weaker_than_fgsm":
+        return (f"{attack} is weaker than FGSM at {len(diag[name][attack]['epsilons'])} strength(s): "
+                "step size or gradient")
+    if name == "remedy_changed":
+        return f"a logit temperature ({attack}) breaks more inputs: gradient masking (see diagnostics 'remedies')"
     if name == "zero_gradient":
         return f"{diag['zero_gradient']} input(s) have an exactly zero gradient"
     if name == "nonfinite_gradient":
