@@ -136,7 +136,8 @@ def test_other_header_fields_are_compared(files, tmp_path):
         return path
 
     version = edited("version.h5", lambda f: f.attrs.modify("hwq_version", "0.0.1"))
-    data = edited("data.h5", lambda f: f["data"]["spiral"].attrs.modify("fingerprint", "f" * 64))
+    data = edited("data.h5", lambda f: (f["data"]["spiral"].attrs.modify("fingerprint", "f" * 64),
+                                        f.attrs.modify("data_fingerprints", json.dumps({"spiral": "f" * 64}))))
     for path, field in ((version, "hwq version"), (data, "the fingerprint of data set spiral")):
         with pytest.raises(UsageError, match=f"differs from .* in {field} "):
             merge_sweeps([files["a"], path])

@@ -8,8 +8,10 @@ make the results independent of the executor (hwq.sweep_cell).
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
+import re
 import signal
 import threading
 import time
@@ -18,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from hwq.errors import HwqError, UsageError
+from hwq.sweep.machine import machine_info, with_machine
 
 
 class SerialExecutor:
@@ -35,6 +38,10 @@ class SerialExecutor:
     def imap(self, fn: Callable, items: Iterable) -> Iterator:
         for item in items:
             yield fn(item)
+
+    def machines(self) -> list[dict]:
+        """The machines that ran the tasks (``hwq.sweep.machine``): this one."""
+        return [machine_info()]
 
 
 def _watch_parent(parent: int) -> None:
@@ -81,14 +88,37 @@ class PoolExecutor:
             for future in finished:
                 yield future.result()
 
+    def machines(self) -> list[dict]:
+        return [machine_info()]  # spawned processes of this machine, the same numpy
+
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 INSECURE = "insecure"
+ADDRESS = re.compile(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):(\d{1,5})")
+ADDRESS_HINT = "use tcp://HOST:PORT, tls://HOST:PORT or local"
+
+
+def parse_scheduler(address: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of a scheduler address ``tcp://HOST:PORT`` or ``tls://HOST:PORT``
+    (HOST a name, an IPv4 address or ``[IPv6]``); anything else (user info, paths, a second
+    address after ``@``...) is refused: the loopback check must see the host Dask connects to."""
+    m = ADDRESS.fullmatch(address)
+    if m is None or not 0 < int(m.group(3)) < 65536:
+        raise UsageError(f"--scheduler '{address}' is not a scheduler address", hint=ADDRESS_HINT)
+    return m.group(1), m.group(2), int(m.group(3))
 
 
 def scheduler_host(address: str) -> str:
-    rest = address.split("://", 1)[-1]
-    return rest.rsplit(":", 1)[0] if rest.count(":") <= 1 or rest.startswith("[") else rest
+    return parse_scheduler(address)[1]
+
+
+def _mapping(value, where: str, path: Path) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: {where} must be a mapping, found {type(value).__name__}",
+                         hint="see docs/sweeps.md (Dask over TLS)")
+    return value
 
 
 def load_security(security):
@@ -115,21 +145,30 @@ def load_security(security):
     path = Path(security)
     try:
         config = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read the Dask security file {path} ({exc})") from None
-    comm = ((config or {}).get("distributed") or {}).get("comm") or {}
-    tls = comm.get("tls") or {}
-    if not isinstance(tls, dict) or not tls.get("ca-file"):
+    comm = _mapping(_mapping(_mapping(config, "the file", path).get("distributed"), "distributed", path)
+                    .get("comm"), "distributed.comm", path)
+    tls = _mapping(comm.get("tls"), "distributed.comm.tls", path)
+    client = _mapping(tls.get("client"), "distributed.comm.tls.client", path)
+    if not tls.get("ca-file"):
         raise UsageError(f"{path} names no distributed.comm.tls.ca-file",
                          hint="see docs/sweeps.md (Dask over TLS)")
-    client = tls.get("client") or {}
+    for where, value in (("tls.ca-file", tls.get("ca-file")), ("tls.client.cert", client.get("cert")),
+                         ("tls.client.key", client.get("key"))):
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{path}: distributed.comm.{where} must be a file name, found {value!r}")
+    encryption = comm.get("require-encryption", True)
+    if not isinstance(encryption, bool):
+        raise UsageError(f"{path}: distributed.comm.require-encryption must be true or false, found {encryption!r}")
 
     def absolute(value):
         return str((path.parent / value).resolve()) if isinstance(value, str) else None
 
+    # require-encryption: false is kept for Dask, but it lifts nothing here: beyond loopback
+    # the executor needs tls:// with this file, or --scheduler-security insecure.
     return Security(tls_ca_file=absolute(tls["ca-file"]), tls_client_cert=absolute(client.get("cert")),
-                    tls_client_key=absolute(client.get("key")),
-                    require_encryption=bool(comm.get("require-encryption", True)))
+                    tls_client_key=absolute(client.get("key")), require_encryption=encryption)
 
 
 class DaskExecutor:
@@ -141,22 +180,34 @@ class DaskExecutor:
     can run anything on the workers and send anything back to this process, which unpickles
     the results. So plain ``tcp://`` is accepted only on loopback; any other host needs
     ``security`` (TLS with certificates: a Dask config file or a ``distributed.Security``,
-    ``--scheduler-security FILE``), or ``security="insecure"`` for a network you trust."""
+    ``--scheduler-security FILE``), or ``security="insecure"`` for a network you trust.
+    A security file goes with ``tls://`` only (with ``tcp://`` it would secure nothing), and
+    ``tls://`` needs one; its ``require-encryption`` never lifts the loopback rule."""
 
     name = "dask"
 
     def __init__(self, address: str, workers: int = 2, *, timeout: str = "15s", security=None):
         self.address, self.workers, self.timeout = address, workers, timeout
         self.security = load_security(security)
-        if (address != "local" and self.security is None and security != INSECURE
-                and scheduler_host(address) not in LOOPBACK):
+        self.seen: list[dict] = []
+        self.client = self.cluster = None
+        if address == "local":
+            return
+        scheme, host, _ = parse_scheduler(address)
+        if scheme == "tls" and self.security is None:
+            raise UsageError(f"--scheduler {address}: TLS needs the CA and this client's certificate",
+                             hint="pass --scheduler-security FILE (a Dask security file, see docs/sweeps.md)")
+        if scheme == "tcp" and self.security is not None:
+            raise UsageError(f"--scheduler {address}: a security file secures tls:// connections only; "
+                             "over tcp:// it would send everything in the clear",
+                             hint=f"use {address.replace('tcp://', 'tls://', 1)}")
+        if scheme == "tcp" and security != INSECURE and host not in LOOPBACK:
             raise UsageError(f"--scheduler {address}: a Dask scheduler runs code on its workers "
                              "and sends results this process unpickles; plain TCP beyond this "
                              "machine is refused",
                              hint="use tls://HOST:PORT with --scheduler-security FILE (see "
                                   "docs/sweeps.md), or --scheduler-security insecure on a "
                                   "network you trust")
-        self.client = self.cluster = None
 
     def __enter__(self):
         try:
@@ -190,12 +241,19 @@ class DaskExecutor:
     def imap(self, fn: Callable, items: Iterable) -> Iterator:
         from distributed import as_completed
 
-        futures = self.client.map(fn, list(items), pure=False)
+        futures = self.client.map(functools.partial(with_machine, fn), list(items), pure=False)
         try:
             for future in as_completed(futures):
-                yield future.result()
+                machine, result = future.result()
+                if machine not in self.seen:
+                    self.seen.append(machine)
+                yield result
         finally:
             self.client.cancel([f for f in futures if not f.done()])
+
+    def machines(self) -> list[dict]:
+        """The machines of the workers that returned results (each one once)."""
+        return list(self.seen)
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None, security=None):
@@ -205,9 +263,8 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, secu
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if scheduler:
-        if scheduler != "local" and "://" not in scheduler:
-            raise UsageError(f"--scheduler '{scheduler}' is not an address",
-                             hint="use tcp://HOST:PORT, tls://HOST:PORT or local")
+        if scheduler != "local":
+            parse_scheduler(scheduler)
         return DaskExecutor(scheduler, workers, security=security)
     if security is not None:
         raise UsageError("--scheduler-security needs --scheduler")

@@ -108,6 +108,17 @@ def first_difference(a: SweepFile, b: SweepFile) -> tuple[str, str, str] | None:
     return None
 
 
+def _machines(sweeps) -> list:
+    """The machines of every file, each once (``hwq.sweep.machine``)."""
+    out = []
+    for sw in sweeps:
+        machines = sw.attrs.get("machine")
+        for m in machines if isinstance(machines, list) else []:
+            if m not in out:
+                out.append(m)
+    return out
+
+
 def _plain(value):
     return value.tolist() if isinstance(value, np.ndarray) else value
 
@@ -181,5 +192,6 @@ def merge_sweeps(paths: Sequence[str | Path]) -> SweepFile:
              "wall_s": sum(s["wall_s"] for s in sources),
              "created": min(s["created"] for s in sources),
              "command": "; ".join(dict.fromkeys(s["command"] for s in sources)),
-             "executor": ", ".join(dict.fromkeys(s["executor"] for s in sources if s["executor"]))}
+             "executor": ", ".join(dict.fromkeys(s["executor"] for s in sources if s["executor"])),
+             "machine": _machines(sweeps)}
     return SweepFile(first, attrs, spec, base.epsilons, base.data, cells, sources)

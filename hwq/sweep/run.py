@@ -49,9 +49,11 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
               overwrite: bool = False, progress: Progress | None = None) -> dict:
     """Run (or resume) the sweep into ``path``; returns a summary dict.
 
-    ``executor`` is an ``hwq.sweep_exec`` executor (local pool, Dask or serial). Finished
+    ``executor`` is an ``hwq.sweep.executors`` executor (local pool, Dask or serial). Finished
     cells are journaled beside the file (``PATH.cells/``) before they are appended to it, so
-    an interrupted sweep (Ctrl-C, kill -9) resumes with the cells it has.
+    an interrupted sweep (Ctrl-C, kill -9) resumes with the cells it has. ``stalled`` and
+    ``refused`` in the summary list every such cell of the sweep, resumed ones too;
+    ``journal_kept`` names files hwq did not write that kept the journal folder in place.
     """
     for target in spec.targets:  # unknown targets and bad options fail before any file exists
         resolve_target(target)
@@ -65,10 +67,10 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
                                 f"{label} has {info['n_features']}")
     store = SweepStore(Path(path))
     executor_name = f"{executor.name} x{executor.workers}"
+    machines = getattr(executor, "machines", None)
     with store.session(spec, data, keys, command=command, overwrite=overwrite,
-                       executor=executor_name) as session:
+                       executor=executor_name, machines=machines) as session:
         todo = [t for t in tasks if not set(t.keys()) <= session.done]
-        refused = []
         if progress:
             progress(len(session.done), len(keys), None)
         try:
@@ -77,8 +79,6 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
                     for cell in cells:
                         session.check_fingerprint(cell)
                         session.add(cell)
-                        if cell.attrs.get("refused"):
-                            refused.append(cell.key)
                     if progress:
                         progress(len(session.done), len(keys), cells[-1] if cells else None)
                     if interrupted():
@@ -90,8 +90,9 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
                               hint="run the same command again to resume") from None
         session.finish()
     return {"output": str(path), "cells": len(keys), "ran": len(keys) - session.resumed,
-            "resumed": session.resumed, "stalled": session.stalled, "refused": refused,
-            "wall_s": session.elapsed(), "executor": executor_name}
+            "resumed": session.resumed, "stalled": sorted(session.stalled),
+            "refused": sorted(session.refused), "wall_s": session.elapsed(), "executor": executor_name,
+            "journal_kept": session.left}
 
 
 @contextlib.contextmanager

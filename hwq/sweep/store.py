@@ -6,7 +6,12 @@ Beside ``SWEEP.h5`` a sweep keeps a journal folder ``SWEEP.h5.cells/`` while it 
 - ``<cell key>.h5``: one file per finished cell, written to a temporary name, fsync'ed and
   renamed, so a file under its final name is always complete (a half-written cell is never
   read as done; temporary files are deleted on the next start);
-- ``lock``: an ``flock`` held by the running sweep (released by the kernel on kill -9).
+- ``lock``: an ``flock`` held by the running sweep (released by the kernel on kill -9);
+- ``hwq-journal.json``: the marker (``hwq.files.journal``). A folder under the journal's name
+  without it is not hwq's: it is refused in one line and nothing in it is touched (journals of
+  an hwq before the marker, holding ``header.json`` or ``lock``, are adopted). Only hwq's files
+  (cell files, the header, temporaries) are ever deleted; a journal that holds other files is
+  kept when the sweep is done.
 
 The journal is the truth. Every start rebuilds ``SWEEP.h5`` from it (temporary file + rename:
 an HDF5 file broken by kill -9 in the middle of an append is simply replaced); each finished
@@ -24,8 +29,9 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,11 +41,15 @@ import numpy as np
 
 from hwq.errors import DataError, FileFormatError, HwqError, UsageError
 from hwq.files import h5io
+from hwq.files import journal as folders
 from hwq.files.atomic import atomic_path, stale_temporaries
-from hwq.sweep.spec import FORMAT, VERSION, SweepSpec
+from hwq.sweep.spec import FORMAT, VERSION, SweepSpec, all_keys, plan
 from hwq.version import __version__
 
-VOLATILE_ATTRS = ("created", "command", "wall_s", "executor")  # differ between runs
+VOLATILE_ATTRS = ("created", "command", "wall_s", "executor", "machine")  # differ between runs
+KIND = "hwq-sweep-journal"
+HEADER = "header.json"
+CELL_FILE = re.compile(r".+__.+__q\d+__s\d+__.+\.h5")
 VOLATILE_GROUP = "timing"  # per-cell group of wall times: differs between runs
 
 
@@ -82,6 +92,7 @@ def _root_attrs(header: dict, spec: SweepSpec, n_done: int) -> dict:
         "n_planned": len(header["keys"]), "n_cells": n_done,
         "complete": n_done == len(header["keys"]),
         "wall_s": float(header.get("wall_s", 0.0)), "executor": header.get("executor", ""),
+        "machine": header.get("machines", []),
     }
 
 
@@ -118,33 +129,45 @@ class SweepStore:
 
     @contextlib.contextmanager
     def session(self, spec: SweepSpec, data: dict, keys: list[str], *, command: str,
-                overwrite: bool, executor: str = ""):
-        new_journal = not self.journal.exists()
-        self.journal.mkdir(exist_ok=True)
-        with _locked(self.journal / "lock", self.path):
+                overwrite: bool, executor: str = "", machines: Callable[[], list] | None = None):
+        """The open sweep; ``machines()`` (called at the end) lists the machines that ran its
+        cells (``hwq.sweep.machine``), recorded in the header and the file."""
+        new_journal = folders.make_journal(self.journal, KIND, self.path, legacy=_legacy_journal)
+        lock = folders.JournalLock(self.journal, f"{self.path} is being written by another hwq sweep")
+        try:
             for p in stale_temporaries(self.path):  # a writer of this file killed mid-write
                 p.unlink()
             if overwrite:
-                self._clear()
+                self._clear(new_journal)
             try:
                 header = self._header(spec, data, keys, command)
             except HwqError:  # refused: leave no journal behind that this call created
                 if new_journal:
-                    shutil.rmtree(self.journal, ignore_errors=True)
+                    folders.remove_journal(self.journal, ours)
                 raise
             header["executor"] = executor
-            session = Session(self, header, keys)
+            session = Session(self, header, keys, machines)
             try:
                 yield session
             finally:
                 if not session.finished:  # keep the wall time of this run for the next one
                     header["wall_s"] = header.get("wall_s", 0.0) + session.elapsed()
-                    _atomic_text(self.journal / "header.json", json.dumps(header, sort_keys=True))
+                    session.record_machines()
+                    _atomic_text(self.journal / HEADER, json.dumps(header, sort_keys=True))
+        finally:
+            lock.release()
 
-    def _clear(self) -> None:
-        for p in self.journal.iterdir():
-            if p.name != "lock":
-                p.unlink()
+    def _clear(self, new_journal: bool) -> None:
+        """--overwrite: hwq's files in the journal and the sweep file. Without a journal the
+        file must be a sweep file (any other file under the name is refused, not deleted)."""
+        if new_journal and self.path.exists():
+            try:
+                h5io.open_checked(self.path, FORMAT, (VERSION,)).close()
+            except FileFormatError as exc:
+                folders.remove_journal(self.journal, ours)
+                raise UsageError(f"{self.path} exists and is not a sweep file ({exc.message}); "
+                                 "--overwrite replaces only a sweep", hint="choose another -o") from None
+        folders.clear_journal(self.journal, ours)
         if self.path.exists():
             self.path.unlink()
 
@@ -152,7 +175,7 @@ class SweepStore:
         fresh = {"spec": spec.to_json(), "data": data, "keys": keys, "command": command,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "hwq_version": __version__}
-        header_file = self.journal / "header.json"
+        header_file = self.journal / HEADER
         if header_file.exists():
             header = json.loads(header_file.read_text())
             _check_same(self.path, header, fresh)
@@ -206,21 +229,14 @@ def _check_same(path: Path, old: dict, new: dict) -> None:
                             "(fingerprint changed)", hint="pass --overwrite to start again")
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path, path: Path):
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            import fcntl
+def ours(name: str) -> bool:
+    """The files a sweep journal holds besides the marker and the lock."""
+    return name == HEADER or CELL_FILE.fullmatch(name) is not None
 
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # no flock (Windows): no protection against two writers
-            pass
-        except OSError:
-            raise HwqError(f"{path} is being written by another hwq sweep") from None
-        yield
-    finally:
-        os.close(fd)
+
+def _legacy_journal(path: Path) -> bool:
+    """A journal of an hwq that did not mark its journals: its header or its lock is there."""
+    return (path / HEADER).is_file() or (path / folders.LOCK).is_file()
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -258,12 +274,13 @@ def _readable_cell(path: Path) -> bool:
 class Session:
     """An open sweep: the done cells, ``add`` for new ones, ``finish`` at the end."""
 
-    def __init__(self, store: SweepStore, header: dict, keys: list[str]):
-        self.store, self.header, self.keys = store, header, keys
+    def __init__(self, store: SweepStore, header: dict, keys: list[str], machines=None):
+        self.store, self.header, self.keys, self.machines = store, header, keys, machines
         self.files = {p.stem: p for p in store.cell_files(set(keys))}
         self.resumed = len(self.files)
-        self.stalled = []
+        self.stalled, self.refused = _flagged(self.files.values())  # of every cell, resumed ones too
         self.finished = False
+        self.left: list[str] = []  # files hwq did not write, found in the journal at the end
         self.t0 = time.monotonic()
         write_sweep_file(store.path, header, list(self.files.values()))
 
@@ -284,6 +301,8 @@ class Session:
         self.files[cell.key] = path
         if cell.attrs["stalled"]:
             self.stalled.append(cell.key)
+        if cell.attrs.get("refused"):
+            self.refused.append(cell.key)
         try:
             with h5py.File(self.store.path, "a") as f:
                 write_cell(f["cells"].create_group(cell.key), cell)
@@ -294,22 +313,42 @@ class Session:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
+    def record_machines(self) -> None:
+        """Add the machines that ran this run's cells to the header (each one once)."""
+        if self.machines is None or len(self.files) == self.resumed:
+            return
+        known = self.header.setdefault("machines", [])
+        for m in self.machines():
+            if m not in known:
+                known.append(m)
+
     def finish(self) -> None:
         if set(self.keys) - self.done:
             return
         self.header["wall_s"] = self.header.get("wall_s", 0.0) + self.elapsed()
+        self.record_machines()
         self.finished = True
         write_sweep_file(self.store.path, self.header, [self.files[k] for k in self.keys])
         _fsync(self.store.path.parent)
         # The header goes first: a journal without a header beside a complete file is
         # adopted from that file on the next start, while a header beside a partial journal
         # would be taken as the truth (a kill -9 here used to shrink the finished file).
-        (self.store.journal / "header.json").unlink()
+        (self.store.journal / HEADER).unlink()
         _fsync(self.store.journal)
-        for p in self.store.journal.iterdir():
-            if p.name != "lock":
-                p.unlink()
-        shutil.rmtree(self.store.journal, ignore_errors=True)
+        self.left = folders.remove_journal(self.store.journal, ours)
+
+
+def _flagged(files) -> tuple[list[str], list[str]]:
+    """The stalled and the refused cells among journal files."""
+    stalled, refused = [], []
+    for p in sorted(files):
+        with h5io.open_h5(p) as f:
+            attrs = f["cell"].attrs
+            if bool(attrs.get("stalled", False)):
+                stalled.append(p.stem)
+            if attrs.get("refused"):
+                refused.append(p.stem)
+    return stalled, refused
 
 
 # ------------------------------------------------------------------------- reading
@@ -347,10 +386,89 @@ def _plain_attrs(obj) -> dict:
     return out
 
 
+WAIT_FOR_WRITER_S = 10.0  # a running sweep holds the file only while it appends one cell
+
+
+def _open_sweep(path: Path):
+    """``open_checked`` for a sweep file, waiting for a running sweep that is appending a cell
+    (HDF5 locks the file meanwhile) and saying so in one line if it takes too long."""
+    journal = path.with_name(path.name + ".cells")
+    end = time.monotonic() + WAIT_FOR_WRITER_S
+    while True:
+        try:
+            return h5io.open_checked(path, FORMAT, (VERSION,))
+        except FileFormatError:
+            if not path.is_file() or not folders.is_locked(journal):
+                raise
+            if time.monotonic() > end:
+                raise FileFormatError(f"{path} is being written by a running hwq sweep and stayed locked for "
+                                      f"{WAIT_FOR_WRITER_S:.0f} s", hint="read it again in a moment, or once "
+                                      "the sweep has finished") from None
+            time.sleep(0.05)
+
+
+def _bad(path: Path, what: str) -> FileFormatError:
+    return FileFormatError(f"{path}: {what}", hint="the sweep file is damaged or was edited; run the sweep "
+                           "again (with --overwrite) to rebuild it")
+
+
+def _share(value) -> bool:
+    """An accuracy: a number in [0, 1], or NaN (a refused cell)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return v != v or 0.0 <= v <= 1.0
+
+
+def check_sweep(sw: SweepFile) -> SweepFile:
+    """The fields every reader relies on, checked against each other and their ranges: the
+    cells are cells of the plan, the counts and ``complete`` agree with them, each accuracy is
+    a share (or NaN where the target refused the cell), one per strength."""
+    path, attrs, spec = sw.path, sw.attrs, sw.spec
+    planned = all_keys(plan(spec))
+    eps = np.asarray(sw.epsilons)
+    if eps.shape != spec.epsilons.shape or not np.allclose(eps, spec.epsilons, rtol=0, atol=1e-12):
+        raise _bad(path, f"its strengths ({eps.size}) are not the spec's ({spec.epsilons.size})")
+    keys = {c.key for c in sw.cells}
+    stray = sorted(keys - set(planned))
+    if stray:
+        raise _bad(path, f"cell {stray[0]} is not in the sweep's plan")
+    for name, want in (("n_planned", len(planned)), ("n_cells", len(sw.cells))):
+        got = attrs.get(name)
+        if not isinstance(got, (int, np.integer)) or isinstance(got, bool) or int(got) != want:
+            raise _bad(path, f"{name} is {got!r}, but the file holds {want}"
+                       + (" planned cells" if name == "n_planned" else " cells"))
+    complete = attrs.get("complete")
+    if not isinstance(complete, (bool, np.bool_)) or bool(complete) != (len(keys) == len(planned)):
+        raise _bad(path, f"it says complete: {complete!r} with {len(keys)} of {len(planned)} cells")
+    labels = set(sw.data)
+    want_labels = set(attrs.get("data_fingerprints") or {})
+    if labels != want_labels:
+        raise _bad(path, f"its data groups {sorted(labels)} are not the data it names {sorted(want_labels)}")
+    for label, info in sw.data.items():
+        if info.get("fingerprint") != attrs["data_fingerprints"][label]:
+            raise _bad(path, f"the fingerprint of data set {label} disagrees with the root's")
+    for c in sw.cells:
+        acc = np.asarray(c.accuracy)
+        if acc.shape != eps.shape or acc.dtype.kind != "f":
+            raise _bad(path, f"cell {c.key} has accuracies of shape {acc.shape}, expected ({eps.size},)")
+        bad = [v for v in acc.tolist() if not _share(v)]
+        if bad or (np.isnan(acc).any() and not c.attrs.get("refused")):
+            raise _bad(path, f"cell {c.key} has an accuracy of {bad[0] if bad else 'NaN'} (a share of "
+                       "inputs in [0, 1] was expected)")
+        if not _share(c.attrs.get("clean_accuracy")):
+            raise _bad(path, f"cell {c.key} has a clean accuracy of {c.attrs.get('clean_accuracy')!r}")
+        if not isinstance(c.attrs.get("stalled"), (bool, np.bool_)):
+            raise _bad(path, f"cell {c.key} does not say whether its training stalled")
+    return sw
+
+
 def read_sweep(path: str | Path) -> SweepFile:
-    """Load a sweep file (complete or partial); one-line FileFormatError if it is damaged."""
+    """Load a sweep file (complete or partial); one-line FileFormatError if it is damaged or
+    its fields disagree (``check_sweep``)."""
     path = Path(path)
-    with h5io.open_checked(path, FORMAT, (VERSION,)) as f:
+    with _open_sweep(path) as f:
         def load():
             attrs = _plain_attrs(f)
             data = {k: _plain_attrs(g) for k, g in f["data"].items()}
@@ -359,8 +477,8 @@ def read_sweep(path: str | Path) -> SweepFile:
                                 {n: d[()] for n, d in g["history"].items()} if "history" in g
                                 else {})
                      for k, g in f["cells"].items()]
-            return SweepFile(path, attrs, SweepSpec.from_json(attrs["spec"]),
-                             f["epsilons"][()], data, cells)
+            return check_sweep(SweepFile(path, attrs, SweepSpec.from_json(attrs["spec"]),
+                                         f["epsilons"][()], data, cells))
         return h5io.guarded(path, load)
 
 
@@ -388,6 +506,6 @@ def content_digest(path: str | Path) -> str:
                 h.update(f"{value.dtype.str}{value.shape}".encode())
                 h.update(np.ascontiguousarray(value).tobytes())
 
-    with h5io.open_checked(path, FORMAT, (VERSION,)) as f:
+    with _open_sweep(Path(path)) as f:
         h5io.guarded(path, lambda: (attrs(f, VOLATILE_ATTRS), visit(f)))
     return h.hexdigest()
