@@ -1,0 +1,118 @@
+"""The report's figures (drawn by ``hwq.study.plots``), each with a caption that says what is
+plotted and how to read it (:func:`caption`; the Markdown and HTML reports print it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hwq.study.arrange import Block, attack_arrays, by_data, critical_table, pick_eps, target_curves
+from hwq.sweep.spec import target_token
+from hwq.sweep.store import SweepFile
+
+FIG2_CASES = ((2, 2), (3, 4), (1, 5))  # (q, n) of the paper's Fig. 2
+
+
+FIG2_SAMPLES = 200_000
+
+
+def _fig_numbers(block: Block) -> tuple[int, int]:
+    """The paper's numbering: spirals (2-D) are Figs. 6/7, MNIST-like data Figs. 3/4."""
+    return (6, 7) if block.info["n_features"] <= 3 else (3, 4)
+
+
+def _stem(block: Block, multi_target: bool) -> str:
+    return block.data + (f"_{target_token(block.target)}" if multi_target else "")
+
+
+def _mark_stalled(fig, block: Block) -> None:
+    """Under each panel: how many seeds of each bit width were left out as stalled."""
+    for a, ax in enumerate(fig.axes[: len(block.activations)]):
+        for i, q in enumerate(block.bits):
+            n = int(block.stalled[a, i].sum())
+            if n:
+                ax.annotate(f"{n}✕", (q, 0.0), xytext=(0, 2), textcoords="offset points",
+                            ha="center", fontsize=7, color="red")
+        if block.stalled[a].any():
+            ax.text(0.99, 0.99, "n✕: n stalled seeds left out", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=7, color="red")
+
+
+def figure_fig2(folder: Path, seed: int = 0) -> tuple[Path, list[dict]]:
+    """Fig. 2: Monte Carlo nearest-face distances vs the model density, with KS tests."""
+    from hwq.study import plots
+    from hwq.study.analysis import geometry, montecarlo
+
+    rng = np.random.default_rng(seed)
+    samples = {(q, n): montecarlo.simulate(q, n, FIG2_SAMPLES, rng) for q, n in FIG2_CASES}
+    path = folder / "fig2_simplex_distances.png"
+    plots.plot_simplex_histograms(samples, path)
+    checks = []
+    for (q, n), d in samples.items():
+        h = float(geometry.inradius(geometry.edge_length(q, n), n))
+        ks = montecarlo.ks_test_model(d, h, n)
+        checks.append({"q": q, "n": n, "mean_mc": float(d.mean()), "mean_model": h / (n + 1),
+                       "ks_statistic": ks.statistic, "ks_pvalue": ks.pvalue})
+    return path, checks
+
+
+def block_figures(block: Block, folder: Path, multi_target: bool) -> list[Path]:
+    """Figs. 3/6 (accuracy vs bits) and 4/7 (relative accuracy, one per activation)."""
+    from hwq.study import plots
+
+    f_bits, f_rel = _fig_numbers(block)
+    stem = _stem(block, multi_target)
+    crit = {act: e["min-variance"] for act, e in critical_table(block).items()}
+    fig = plots.plot_accuracy_vs_bits(block.bits, block.eps, block.mean(), block.std(),
+                                      block.activations, crit, None, title=block.data)
+    _mark_stalled(fig, block)
+    paths = [folder / f"fig{f_bits}_{stem}_accuracy_vs_bits.png"]
+    plots.save_png(fig, paths[0])
+    rel = block.mean(block.relative())
+    n = int(block.info["n_features"])
+    scales = ("linear",) if f_rel == 7 else ("linear", "log")
+    for a, act in enumerate(block.activations):
+        if not block.ran[a].any():  # every cell refused: nothing to draw
+            continue
+        for scale in scales:
+            suffix = "" if scale == "linear" else "_log"
+            path = folder / f"fig{f_rel}_{stem}_{act}_relative_accuracy{suffix}.png"
+            plots.plot_relative_accuracy(block.eps, rel[a], block.bits, None, path,
+                                         title=f"{block.data} — {act}", n_features=n,
+                                         xscale=scale)
+            paths.append(path)
+    return paths
+
+
+def target_figures(blks: list[Block], folder: Path) -> list[Path]:
+    """Targets compared on the same models: per data set and activation, accuracy vs strength,
+    one panel per bit width, one line per target (``targets_<data>_<activation>_accuracy_vs_eps``)."""
+    from hwq.study.plots import plot_targets_vs_eps
+
+    paths = []
+    for data, group in by_data(blks).items():
+        for a, act in enumerate(group[0].activations):
+            if not any(b.ran[a].any() for b in group):
+                continue
+            mean, std, notes = target_curves(group, a)
+            path = folder / f"targets_{data}_{act}_accuracy_vs_eps.png"
+            plot_targets_vs_eps(group[0].eps, mean, std, group[0].bits, [b.target for b in group],
+                                path, title=f"{data} — {act}", notes=notes)
+            paths.append(path)
+    return paths
+
+
+def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool) -> list[Path]:
+    from hwq.study.plots import plot_attacks_vs_bits
+
+    members = attack_arrays(sw, block)
+    if not members:
+        return []
+    picks = pick_eps(block.eps)
+    names = [*members, "worst case"]
+    acc = np.stack([block.mean(members[n]) for n in members] + [block.mean()])[..., picks]
+    path = folder / f"attacks_{_stem(block, multi_target)}_accuracy_vs_bits.png"
+    plot_attacks_vs_bits(block.bits, acc, names, block.activations, block.eps[picks], path,
+                         title=f"{block.data}")
+    return [path]
