@@ -91,6 +91,53 @@ def test_a_single_gradient_attack_says_when_it_is_weaker_than_fgsm(monkeypatch):
     assert "weaker_than_fgsm" not in quiet.diagnostics
 
 
+def saturated_softmax():
+    """A ReLU MLP whose output weights are scaled by 1e4: the surrogate's logits differ by
+    thousands, the softmax is exactly one-hot in float64 and the cross-entropy's gradient exactly
+    0 for most inputs (gradient masking by the output scale alone)."""
+    rng = np.random.default_rng(9)
+    w1 = rng.uniform(-1, 1, (12, 16))
+    model = torch_style_mlp(w1, -0.5 * w1.sum(axis=1), rng.uniform(-1, 1, (10, 12)) * 1e4, np.zeros(10))
+    x = rng.uniform(0, 1, (150, 16))
+    net = hwq.quantize(graph_from_model(model), 4, calibration=x, bounds=(0, 1), act_bits=8)
+    return hwq.compile(net), x, reference.predict(net, x)
+
+
+def test_a_logit_temperature_unmasks_and_the_diagnostics_say_which():
+    """Issue 22's masking remedy: a temperature on the gradient source's loss (fixed, or per
+    input), and the diagnostics rerun each gradient attack with each remedy."""
+    program, x, y = saturated_softmax()
+    eps = [0.0, 0.05, 0.1]
+    plain = hwq.attack(program, x, y, eps, method=PGD(steps=20), bounds=(0, 1))
+    d = plain.diagnostics
+    assert d["zero_gradient"] > 100 and "remedy_changed:T=auto" in d["flags"] and "T=auto" in d["remedies"]["changed"]
+    auto = d["remedies"]["by_attack"]["pgd"]["T=auto"]
+    assert auto["epsilons"] == [0.05, 0.1] and auto["accuracy"][1] < auto["without"][1] - 0.3
+    assert not d["remedies"]["by_attack"]["pgd"]["T=0.25"]["changed"]  # sharpening does not help here
+    tempered = gradient_source("surrogate", program, temperature="auto")
+    r = hwq.attack(program, x, y, eps, method=PGD(steps=20), gradient=tempered, bounds=(0, 1), diagnostics=False)
+    assert r.gradient == "surrogate T=auto" and r.accuracy[2] < plain.accuracy[2] - 0.4
+    fixed = hwq.attack(program, x, y, eps, method=FGSM(), bounds=(0, 1), diagnostics=False,
+                       gradient=gradient_source("float", program, temperature=300.0))
+    assert fixed.gradient == "float T=300.0" and fixed.zero_gradient.sum() < plain.zero_gradient.sum()
+    for bad in (0, -1, "hot", float("nan")):
+        with pytest.raises(UsageError, match="--temperature"):
+            gradient_source("surrogate", program, temperature=bad)
+
+
+def test_the_auto_temperature_takes_the_largest_logit_gradient():
+    from hwq.attack.gradients import TEMPERATURE_GRID, logit_temperature, output_loss
+
+    z = np.array([[3000.0, 0.0, -10.0], [0.01, 0.0, 0.02], [2.0, 1.0, 0.0]])
+    y = np.array([0, 2, 1])
+    t = logit_temperature(z, y, False)
+    for row in range(3):
+        sizes = [np.linalg.norm(output_loss(z[row:row + 1] / c, y[row:row + 1], False)[1]) / c
+                 for c in TEMPERATURE_GRID]
+        assert t[row] == TEMPERATURE_GRID[int(np.argmax(sizes))]
+    assert output_loss(z[:1], y[:1], False)[1].max() == 0 and t[0] >= 256  # saturated: softened
+
+
 def mean_threshold(d=400):
     """A healthy two-class ReLU network on d = 400 inputs: class = [mean(x) > 1/2]; class-0
     inputs lie in [0, 0.3]^d, class-1 in [0.7, 1]^d (means about 0.15 and 0.85), so the decision
@@ -176,6 +223,17 @@ def test_cli_suite_json(model_file, tmp_path, capsys):
     assert out["members"]["pgd"]["attack_params"]["steps"] == 5
     assert out["robust_accuracy"][1] <= min(m["accuracy"][1] for m in out["members"].values())
     assert "flags" in out and "unbounded" in out["diagnostics"]
+
+
+def test_cli_temperature(model_file, capsys):
+    code, stdout, err = hwq_cli("attack", model_file, "--data", "digits", "--limit", "20", "--eps", "0,0.1",
+                                "--temperature", "auto", "--json", capsys=capsys)
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert out["gradient"] == "surrogate T=auto" and "remedies" in out["diagnostics"]
+    code, _, err = hwq_cli("attack", model_file, "--data", "digits", "--limit", "5", "--temperature", "-2",
+                           capsys=capsys)
+    assert code == 2 and "--temperature must be a positive number" in err and "Traceback" not in err
 
 
 def test_cli_single_pgd_warns_and_reports_weaker_than_fgsm(model_file, capsys):

@@ -211,6 +211,10 @@ class SurrogateGradient:
     def value_and_grad(self, x, y, loss=None):
         return self.grad_at(self.point(quantize_input(self.program.net.input, x)), y, loss=loss)
 
+    def with_temperature(self, temperature) -> SurrogateGradient:
+        """The same source with another logit temperature (a masking remedy)."""
+        return SurrogateGradient(self.program, self.sign_dtype, temperature)
+
     def point(self, codes) -> list[np.ndarray]:
         """The reference's pre-activations ``z`` per layer for device codes."""
         return self.program.trace(codes)
@@ -242,7 +246,7 @@ class FloatGradient:
     name = "float"
 
     def __init__(self, graph: ir.Graph, temperature=None):
-        self.temperature = check_temperature(temperature)
+        self.graph, self.temperature = graph, check_temperature(temperature)
         if self.temperature is not None:
             self.name = f"float T={self.temperature}"
         pairs = graph.layers()
@@ -257,6 +261,9 @@ class FloatGradient:
             zs.append(z)
             h = activations.forward(act, z)
         return zs
+
+    def with_temperature(self, temperature) -> FloatGradient:
+        return FloatGradient(self.graph, temperature)
 
     def value_and_grad(self, x, y, loss=None):
         weights = [a.weight for a in self.affines]
@@ -312,6 +319,11 @@ class Named:
 
     def __init__(self, source, name: str):
         self.source, self.name = source, name
+
+    def with_temperature(self, temperature) -> Named:
+        base = self.name.split(" T=")[0]
+        other = self.source.with_temperature(temperature)
+        return Named(other, base if temperature is None else f"{base} T={temperature}")
 
     def value_and_grad(self, x, y, **kw):
         return self.source.value_and_grad(x, y, **kw)

@@ -17,6 +17,9 @@ sweep cells, the report):
 * ``gradient_free_beats_gradient``: the share of inputs, at the worst epsilon, that the
   gradient-free attack broke and every gradient attack missed; flagged above
   ``GRADIENT_FREE_SHARE``;
+* ``remedies``: each gradient attack rerun with logit temperatures (``REMEDIES``) on the
+  first ``SANITY_INPUTS`` inputs at up to ``REMEDY_STRENGTHS`` strengths: which remedy broke
+  more inputs (flag ``remedy_changed:T=<value>``);
 * ``weaker_than_fgsm``: per iterative gradient attack (PGD, APGD), the epsilons where its
   accuracy is above FGSM's (same norm, same gradient): FGSM's of the suite, else an FGSM run
   beside it on the same inputs when ``sanity`` (so a single ``--attack pgd`` run says so too);
@@ -35,6 +38,14 @@ from hwq.errors import UsageError
 
 SANITY_INPUTS = 256
 GRADIENT_FREE_SHARE = 0.01
+# logit temperatures tried as masking remedies: Galloway et al.'s 0.25 (sharpens small logits),
+# 4 (softens a saturated softmax), and "auto" (per input, gradients.logit_temperature)
+REMEDIES = (0.25, 4.0, "auto")
+REMEDY_STRENGTHS = 3
+# a remedy "changed the result" when it breaks this share of the inputs beyond the attack's own
+# result at some strength: on healthy networks another loss scale moves a few inputs either way
+# (measured: up to 6 %), masked ones differ by tens of percent
+REMEDY_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,46 @@ def diameter(x: np.ndarray, bounds, norm: str) -> float:
     return width if norm == "linf" else width * float(np.sqrt(x.shape[1]))
 
 
+def remedies(out, flags, members, attacks, result, program, gradient, batch_size):
+    """Each gradient attack rerun with each logit temperature of ``REMEDIES`` (other than the
+    source's own) on the first ``SANITY_INPUTS`` inputs at up to ``REMEDY_STRENGTHS`` strengths
+    (the largest included); ``remedies[attack][remedy]`` holds both accuracies, and a remedy
+    that breaks more than ``REMEDY_SHARE`` of those inputs beyond the attack's own
+    result at some strength is flagged ``remedy_changed:<remedy>`` (gradient masking that a
+    temperature removes). Needs a source with ``with_temperature`` (surrogate, float, transfer)."""
+    if gradient is None or not callable(getattr(gradient, "with_temperature", None)):
+        return
+    n = min(SANITY_INPUTS, len(result.labels))
+    nonzero = np.flatnonzero(result.epsilons > 0)
+    if n == 0 or nonzero.size == 0:
+        return
+    picks = nonzero[np.unique(np.linspace(0, nonzero.size - 1, min(REMEDY_STRENGTHS, nonzero.size)).round()
+                              .astype(int))]
+    x, y, eps = result.x[:n], result.labels[:n], result.epsilons[picks]
+    own = getattr(gradient, "temperature", None)
+    report = {}
+    for m, attack in zip(members, attacks):
+        if not attack.needs_gradient:
+            continue
+        base = m.correct[picks, :n].mean(axis=1)
+        entry = {}
+        for remedy in REMEDIES:
+            if remedy == own:
+                continue
+            label = f"T={remedy}"
+            r = attack.run(program, x, y, eps, gradient.with_temperature(remedy), bounds=result.bounds,
+                           batch_size=batch_size)
+            gain = base - r.accuracy
+            changed = bool(gain.max() > REMEDY_SHARE)
+            entry[label] = {"epsilons": eps.tolist(), "accuracy": r.accuracy.tolist(), "without": base.tolist(),
+                            "max_gain": float(gain.max()), "changed": changed}
+            if changed and f"remedy_changed:{label}" not in flags:
+                flags.append(f"remedy_changed:{label}")
+        report[m.attack] = entry
+    out["remedies"] = {"n_inputs": n, "by_attack": report,
+                       "changed": sorted({k for e in report.values() for k, v in e.items() if v["changed"]})}
+
+
 def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bool = True,
              batch_size: int = 2048) -> dict[str, Any]:
     """The diagnostics of ``result`` (see the module doc); reruns gradient attacks once at
@@ -149,6 +200,8 @@ def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bo
             out["pgd_weaker_than_fgsm"] = check
         if weaker:
             flags.append("pgd_weaker_than_fgsm" if m.attack == "pgd" else f"weaker_than_fgsm:{m.attack}")
+    if sanity:
+        remedies(out, flags, members, attacks, result, program, gradient, batch_size)
     free = [m for m in members if m.gradient == "none"]
     grads = [m for m in members if m.gradient != "none"]
     if free and grads:
