@@ -2,7 +2,8 @@
 
 Run as a script, this file is the faulty device server the tests start:
 ``python tests/test_devices.py MODEL.hwq [--delay S] [--die-after K] [--drop-every K]
-[--compute OTHER.hwq] [--claim-hash HEX]``; it prints ``listening tcp://...`` first.
+[--compute OTHER.hwq] [--limit BYTES] [--idle-timeout S] [--frame-timeout S] [--max-clients K]``;
+it prints ``listening tcp://...`` first.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def serve_main(argv: list[str]) -> None:
     ap.add_argument("--compute", default=None, help="compute another model, claim this one")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--idle-timeout", type=float, default=None)
+    ap.add_argument("--frame-timeout", type=float, default=None)
+    ap.add_argument("--max-clients", type=int, default=None)
     args = ap.parse_args(argv)
     program = hwq.load_program(args.model)
     compute = hwq.load_program(args.compute) if args.compute else program
@@ -62,7 +66,9 @@ def serve_main(argv: list[str]) -> None:
             self.replies += 1
             return ok and not (args.drop_every and self.replies % args.drop_every == 0)
 
-    options = {"limit": args.limit} if args.limit else {}
+    options = {name: value for name, value in (("limit", args.limit), ("idle_timeout", args.idle_timeout),
+                                               ("frame_timeout", args.frame_timeout),
+                                               ("max_clients", args.max_clients)) if value}
     server = Dropping(device, "127.0.0.1", args.port, **options)
     print(f"listening {server.address}", flush=True)
     server.serve_forever()

@@ -130,7 +130,7 @@ def test_oversized_frames_are_refused_before_reading_the_payload():
 
 def test_json_payload_must_be_an_object_and_utf8():
     for payload in (b"[1, 2]", b"\xff\xfe", b"{"):
-        raw = header(dtype=p.JSON, ndim=1, dims=(len(payload), 0, 0, 0), length=len(payload))
+        raw = header(kind=1, dtype=p.JSON, ndim=1, dims=(len(payload), 0, 0, 0), length=len(payload))
         with pytest.raises(ProtocolError, match="JSON"):
             p.from_bytes(raw + payload + p.END)
 

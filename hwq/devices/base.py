@@ -62,16 +62,19 @@ class LocalDevice(Device):
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, identity: str = "local",
                  model_hash: bytes | None = None, n_features: int | None = None,
-                 n_outputs: int | None = None, input_bits: int | None = None):
+                 n_outputs: int | None = None, input_bits: int | None = None,
+                 input_range: tuple[int, int] | None = None):
         self.fn, self.identity, self.model_hash = fn, identity, model_hash
         self.n_features, self.n_outputs, self.input_bits = n_features, n_outputs, input_bits
+        self.input_range = input_range  # (lowest, highest) input code; the server refuses others
 
     @classmethod
     def from_program(cls, program, identity: str | None = None) -> LocalDevice:
         net = program.net
         return cls(program.forward, identity=identity or f"hwq {program.target}",
                    model_hash=model_hash(program), n_features=net.n_features,
-                   n_outputs=net.layers[-1].weight.shape[0], input_bits=net.input.bits)
+                   n_outputs=net.layers[-1].weight.shape[0], input_bits=net.input.bits,
+                   input_range=(int(net.input.qmin), int(net.input.qmax)))
 
     def infer(self, codes: np.ndarray) -> np.ndarray:
         return as_scores(self.fn(codes), len(codes))

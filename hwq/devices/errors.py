@@ -10,7 +10,13 @@ class DeviceError(HwqError):
 
 
 class ProtocolError(DeviceError):
-    """A frame that is not a valid hwq device frame (garbage, wrong version, bad fields)."""
+    """A frame that is not a valid hwq device frame (garbage, wrong version, bad fields).
+    ``request_id`` is the frame's once its header could be read (0 before), so that an error
+    reply can name the request it refuses."""
+
+    def __init__(self, message: str, *, hint: str | None = None, request_id: int = 0):
+        self.request_id = request_id
+        super().__init__(message, hint=hint)
 
 
 class TruncatedFrame(ProtocolError):
@@ -19,6 +25,12 @@ class TruncatedFrame(ProtocolError):
 
 class FrameTooLarge(ProtocolError):
     """A frame whose payload exceeds the agreed size limit."""
+
+
+class BadMessage(ProtocolError):
+    """A whole, well-framed message whose content is wrong (a payload of the wrong type for its
+    kind, bad or too deeply nested JSON). The stream is still in step, so the connection can
+    stay up: the receiver answers request ``request_id`` with an error."""
 
 
 class ConnectionClosed(DeviceError):

@@ -18,12 +18,15 @@ A frame is a fixed 96-byte little-endian header, the payload, and the 4-byte end
    96+n    4 end marker   b"HWQE"
 
 Nothing from the wire is executed or unpickled: arrays are read straight into numpy buffers
-of the declared dtype, and JSON payloads are parsed with ``json.loads`` only.
+of the declared dtype, and JSON payloads are parsed with ``json.loads`` only, after their
+size (``JSON_LIMIT``) and nesting depth (``JSON_DEPTH``) are checked. HELLO, IDENTITY and
+ERROR carry a JSON object, INFER and SCORES an array; any other pairing is refused.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConnectionClosed, FrameTooLarge, ProtocolError, TruncatedFrame
+from .errors import BadMessage, ConnectionClosed, FrameTooLarge, ProtocolError, TruncatedFrame
 
 MAGIC, END, VERSION = b"HWQD", b"HWQE", 1
 HEADER = struct.Struct("<4sBBBBQ32sB7s4QQ")
 MAX_DIMS = 4
 DEFAULT_LIMIT = 512 * 2**20  # bytes of payload per frame
-JSON_LIMIT = 2**20
+JSON_LIMIT = 64 * 2**10  # bytes of a JSON payload (HELLO, IDENTITY, ERROR are a few hundred)
+JSON_DEPTH = 8  # nesting of JSON objects and arrays; the protocol's messages are flat
 NO_HASH = bytes(32)
 
 
@@ -51,6 +55,7 @@ class Kind(IntEnum):
 
 
 JSON = 16
+JSON_KINDS = frozenset({Kind.HELLO, Kind.IDENTITY, Kind.ERROR})  # the others carry arrays
 DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<i1"), 3: np.dtype("<u2"), 4: np.dtype("<i2"),
           5: np.dtype("<i4"), 6: np.dtype("<i8")}
 CODES = {dt: code for code, dt in DTYPES.items()}
@@ -112,7 +117,18 @@ def read_exact(readinto: Reader, view: memoryview, what: str) -> None:
         got += n
 
 
-def parse_header(raw: bytes, limit: int) -> tuple[Kind, int, int, int, bytes, tuple, int]:
+@dataclass(frozen=True)
+class Header:
+    kind: Kind
+    dtype: int
+    bits: int
+    request_id: int
+    model_hash: bytes
+    shape: tuple
+    length: int
+
+
+def parse_header(raw: bytes, limit: int) -> Header:
     magic, version, kind, dtype, bits, rid, mhash, ndim, reserved, *rest = HEADER.unpack(raw)
     dims, length = rest[:MAX_DIMS], rest[MAX_DIMS]
     if magic != MAGIC:
@@ -130,47 +146,81 @@ def parse_header(raw: bytes, limit: int) -> tuple[Kind, int, int, int, bytes, tu
     shape = tuple(dims[:ndim])
     if length > (JSON_LIMIT if dtype == JSON else limit):
         raise FrameTooLarge(f"frame payload of {length} bytes exceeds the limit of "
-                            f"{JSON_LIMIT if dtype == JSON else limit} bytes")
+                            f"{JSON_LIMIT if dtype == JSON else limit} bytes", request_id=rid)
     itemsize = 1 if dtype == JSON else DTYPES[dtype].itemsize
     if (dtype == JSON and ndim != 1) or int(np.prod(shape, dtype=object)) * itemsize != length:
         raise ProtocolError(f"payload length {length} does not match shape {shape}")
     if bits > 8 * itemsize:
         raise ProtocolError(f"bit width {bits} does not fit dtype code {dtype}")
-    return Kind(kind), dtype, bits, rid, mhash, shape, length
+    return Header(Kind(kind), dtype, bits, rid, mhash, shape, length)
 
 
-def read_frame(readinto: Reader, limit: int = DEFAULT_LIMIT) -> Frame:
+def read_frame(readinto: Reader, limit: int = DEFAULT_LIMIT,
+               on_header: Callable[[Header], None] | None = None) -> Frame:
     """Read one frame. Raises ``ConnectionClosed`` at a clean end of stream before a frame,
-    ``TruncatedFrame``, ``FrameTooLarge`` or ``ProtocolError`` for anything malformed."""
+    ``TruncatedFrame``, ``FrameTooLarge`` or ``ProtocolError`` for anything malformed, and
+    ``BadMessage`` for a whole frame whose payload does not suit its kind (the stream is still
+    in step then). ``on_header`` sees the header before any payload is allocated or read (to
+    refuse it, raise; to set a deadline for the rest, note its length)."""
     raw = bytearray(HEADER.size)
     view = memoryview(raw)
     first = readinto(view)
     if first == 0:
         raise ConnectionClosed("the peer closed the connection")
     read_exact(readinto, view[first:], "frame header")
-    kind, dtype, bits, rid, mhash, shape, length = parse_header(bytes(raw), limit)
-    if dtype == JSON:
-        buf = bytearray(length)
+    head = parse_header(bytes(raw), limit)
+    if on_header is not None:
+        on_header(head)
+    if head.dtype == JSON:
+        buf = bytearray(head.length)
         read_exact(readinto, memoryview(buf), "frame payload")
-        data = decode_json(bytes(buf))
+        data = bytes(buf)
     else:
-        data = np.empty(shape, DTYPES[dtype])
+        data = np.empty(head.shape, DTYPES[head.dtype])
         read_exact(readinto, memoryview(data.reshape(-1).view(np.uint8)), "frame payload")
     end = bytearray(len(END))
     read_exact(readinto, memoryview(end), "end-of-frame marker")
     if bytes(end) != END:
-        raise ProtocolError(f"missing end-of-frame marker (got {bytes(end)!r})")
-    return Frame(kind, rid, mhash, data, bits)
+        raise ProtocolError(f"missing end-of-frame marker (got {bytes(end)!r})", request_id=head.request_id)
+    if (head.dtype == JSON) != (head.kind in JSON_KINDS):
+        want = "a JSON object" if head.kind in JSON_KINDS else "an integer array"
+        raise BadMessage(f"{head.kind.name} frames carry {want}, not this payload", request_id=head.request_id)
+    if head.dtype == JSON:
+        data = decode_json(data, head.request_id)
+    return Frame(head.kind, head.request_id, head.model_hash, data, head.bits)
 
 
-def decode_json(buf: bytes) -> dict:
+STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(buf: bytes) -> int:
+    """How deeply the objects and arrays of JSON text nest (brackets inside strings aside)."""
+    text = np.frombuffer(STRINGS.sub(b'""', buf), np.uint8)
+    step = np.isin(text, (ord("["), ord("{"))).astype(np.int64) - np.isin(text, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def decode_json(buf: bytes, request_id: int = 0) -> dict:
+    """A JSON object from the wire: at most ``JSON_LIMIT`` bytes and ``JSON_DEPTH`` levels
+    deep, checked before ``json.loads`` sees it (whose recursion is Python's)."""
+    if len(buf) > JSON_LIMIT:
+        raise BadMessage(f"a JSON payload of {len(buf)} bytes exceeds the limit of {JSON_LIMIT}",
+                         request_id=request_id)
+    if (depth := json_depth(buf)) > JSON_DEPTH:
+        raise BadMessage(f"JSON nested {depth} levels deep (at most {JSON_DEPTH})", request_id=request_id)
     try:
         obj = json.loads(buf.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"bad JSON payload: {exc}") from None
+        raise BadMessage(f"bad JSON payload: {one_line(str(exc))}", request_id=request_id) from None
     if not isinstance(obj, dict):
-        raise ProtocolError("a JSON payload must be an object")
+        raise BadMessage("a JSON payload must be an object", request_id=request_id)
     return obj
+
+
+def one_line(text: str, most: int = 300) -> str:
+    """Text from a peer as one printable line of at most ``most`` characters."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def from_bytes(buf: bytes, limit: int = DEFAULT_LIMIT) -> Frame:

@@ -47,6 +47,8 @@ def check_device(device: str | None) -> str | None:
 @contextlib.contextmanager
 def device_address(device: str, program) -> Iterator[str]:
     """The address of the device that judges ``program``'s cell (started here for ``exec:``)."""
+    from hwq.devices.launch import wait_listening
+
     if device.startswith("tcp://"):
         yield device
         return
@@ -61,10 +63,7 @@ def device_address(device: str, program) -> Iterator[str]:
         except OSError as exc:
             raise UsageError(f"cannot start the device command {argv[0]!r}: {exc.strerror or exc}") from None
         try:
-            line = proc.stdout.readline().strip()
-            if not line.startswith("listening "):
-                raise UsageError(f"the device command did not print 'listening tcp://HOST:PORT' (got {line[:80]!r})")
-            yield line.split()[1]
+            yield wait_listening(proc)  # within a start-up deadline (hwq/devices/launch.py)
         finally:
             proc.terminate()
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from hwq.devices.client import SocketDevice
+from hwq.devices.errors import DeviceError
 from hwq.devices.fingerprint import digest
+from hwq.devices.launch import wait_listening
 from hwq.errors import TargetError
 
 from .artifacts import from_artifacts, to_artifacts
@@ -69,11 +72,23 @@ def bundle_hash(art: dict) -> bytes:
     return digest({"lava-bundle": art})
 
 
+def why_not_started(python: str, message: str) -> str:
+    """What is missing in the Lava Python, in one line (from the child's last words)."""
+    missing = re.search(r"No module named '([\w.]+)'", message)
+    if missing:
+        needs = {"lava": "lava-nc==0.10.0", "hwq_targets": "hwq", "hwq": "hwq", "numpy": "numpy<2"}
+        top = missing.group(1).split(".")[0]
+        return (f"{python} cannot run the Lava device: it has no module '{missing.group(1)}' "
+                f"(install {needs.get(top, missing.group(1))} there)")
+    return f"the Lava device did not start with {python}: {message}"
+
+
 class LavaDevice(SocketDevice):
     """A Lava device server for ``mappings``, started in the Lava environment."""
 
     def __init__(self, mappings: list[Mapping], *, timeout: float = 300.0, per_row: float = 2.0):
-        python = lava_python()
+        self.sock = None  # stop() closes it, also when the child fails before we connect
+        self.python = python = lava_python()
         art = bundle(mappings)
         self.outputs = [m.layers[-1].sets[0].digits.shape[0] for m in mappings]
         fd, self.bundle_path = tempfile.mkstemp(prefix="hwq-lava-", suffix=".npz")
@@ -92,15 +107,10 @@ class LavaDevice(SocketDevice):
 
     def _wait_ready(self) -> str:
         """The child's first stdout line is ``listening tcp://127.0.0.1:PORT``."""
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(START_TIMEOUT)
-        if not line or not line[0].startswith("listening "):
-            err = "" if self.proc.poll() is None else self.proc.stderr.read()
-            last = next((s for s in reversed(err.strip().splitlines()) if s.strip()), "no output")
-            raise TargetError(f"the Lava device did not start with {lava_python()}: {last}", hint=SETUP)
-        return line[0].split()[1]
+        try:
+            return wait_listening(self.proc, START_TIMEOUT, "the Lava device")
+        except DeviceError as exc:
+            raise TargetError(why_not_started(self.python, exc.message), hint=SETUP) from None
 
     def infer(self, codes: np.ndarray) -> np.ndarray:
         if self.proc.poll() is not None:
