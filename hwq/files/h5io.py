@@ -31,6 +31,7 @@ from hwq import ir
 from hwq.errors import FileFormatError, HwqError
 from hwq.files.atomic import atomic_path
 from hwq.quant import qnet
+from hwq.quant.qnet import short
 
 TYPES: dict[str, type] = {
     cls.__name__: cls
@@ -78,12 +79,12 @@ def read(group: h5py.Group):
             raise FileFormatError(f"{group.name}: a sequence's members must be named 0..{len(names) - 1}")
         return tuple(read(group[str(i)]) for i in range(len(names)))
     if not isinstance(kind, str) or kind not in TYPES:
-        raise FileFormatError(f"unknown object type {kind!r} in {group.name}")
+        raise FileFormatError(f"unknown object type {short(kind)} in {group.name}")
     cls = TYPES[kind]
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for extra in sorted((set(group) | set(group.attrs)) - names - {"type"}):
-        raise FileFormatError(f"{group.name}: unexpected field {extra!r} in a {kind}")
+        raise FileFormatError(f"{group.name}: unexpected field {short(extra)} in a {kind}")
     kwargs, raw = {}, {}
     for f in dataclasses.fields(cls):
         if f.name in group and f.name in group.attrs:
@@ -168,8 +169,7 @@ def type_name(hint) -> str:
 def describe(value) -> str:
     if isinstance(value, np.ndarray):
         return f"a {value.dtype} array of shape {value.shape}"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+    return f"{type(value).__name__} {short(value, 40)}"
 
 
 def plain(value):
@@ -237,12 +237,14 @@ def check_tree(f: h5py.File) -> None:
     while stack:
         group = stack.pop()
         for name in group:
+            if not name.isprintable():
+                raise FileFormatError(f"{group.name}: a member name with control characters: {short(name)}")
             link = group.get(name, getlink=True)
             where = f"{group.name.rstrip('/')}/{name}"
             if isinstance(link, h5py.SoftLink):
-                raise FileFormatError(f"{where} is a soft link (to {link.path!r}); hwq files have none")
+                raise FileFormatError(f"{where} is a soft link (to {short(link.path)}); hwq files have none")
             if isinstance(link, h5py.ExternalLink):
-                raise FileFormatError(f"{where} is an external link (to {link.filename!r}); "
+                raise FileFormatError(f"{where} is an external link (to {short(link.filename)}); "
                                       "hwq reads nothing outside the file")
             if not isinstance(link, h5py.HardLink):
                 raise FileFormatError(f"{where} is a link of an unknown kind")
@@ -263,7 +265,7 @@ def check_tree(f: h5py.File) -> None:
 
 def check_dataset(d: h5py.Dataset, where: str) -> None:
     if d.external:
-        raise FileFormatError(f"{where} keeps its data in external files ({d.external[0][0]!r}); "
+        raise FileFormatError(f"{where} keeps its data in external files ({short(d.external[0][0])}); "
                               "hwq reads nothing outside the file")
     if d.is_virtual:
         raise FileFormatError(f"{where} is a virtual dataset (its data lives in other files)")
@@ -321,9 +323,9 @@ def open_checked(path: str | Path, kind: str, versions: tuple[int, ...]) -> h5py
     def check():
         fmt, version = plain(f.attrs.get("format")), plain(f.attrs.get("version", -1))
         if not isinstance(fmt, str) or fmt != kind:
-            raise FileFormatError(f"{path}: not an hwq {kind} file (format={fmt!r})")
+            raise FileFormatError(f"{path}: not an hwq {kind} file (format={short(fmt)})")
         if not isinstance(version, int) or isinstance(version, bool) or version not in versions:
-            raise FileFormatError(f"{path}: {kind} version {version!r} is not supported",
+            raise FileFormatError(f"{path}: {kind} version {short(version)} is not supported",
                                   hint=f"this hwq reads versions {', '.join(map(str, versions))}")
     try:
         guarded(path, check)

@@ -18,6 +18,7 @@ Versions 1 and 2 carried no digest and are refused, naming the version.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from hwq.errors import FileFormatError, HwqError
 from hwq.files import h5io
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import QuantizedNetwork, short
 from hwq.target.protocol import Program
 from hwq.target.registry import get_target
 from hwq.version import __version__
@@ -114,18 +115,20 @@ def _read(path, f) -> StoredProgram:
     for key, value in attrs.items():
         if not isinstance(value, str):
             raise FileFormatError(f"{path}: attribute {key!r} must be text")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", attrs["target"]):
+        raise FileFormatError(f"{path}: {short(attrs['target'])} is not a target name")
     net = h5io.read(f["network"])
     if not isinstance(net, QuantizedNetwork):
         raise FileFormatError(f"{path}: /network holds a {type(net).__name__}, not a QuantizedNetwork")
     art = {}
     for key, item in f["artifacts"].items():
         if not isinstance(item, h5io.h5py.Dataset):
-            raise FileFormatError(f"{path}: artifact {key!r} is a group; artifacts are arrays and scalars")
+            raise FileFormatError(f"{path}: artifact {short(key)} is a group; artifacts are arrays and scalars")
         art[key] = item[()]
     for key, value in f["artifacts"].attrs.items():
         value = h5io.plain(value)
         if not isinstance(value, (int, float, str, bool)):
-            raise FileFormatError(f"{path}: artifact {key!r} must be a number or text, not {type(value).__name__}")
+            raise FileFormatError(f"{path}: artifact {short(key)} must be a number or text, not {type(value).__name__}")
         art[key] = value
     options = _json(path, f.attrs.get("options", "{}"), "options")
     report = _json(path, f["report"].attrs.get("json", "{}"), "the target report")

@@ -28,12 +28,21 @@ def positive(name: str, value) -> None:
     """A finite number > 0 (scales, gains), else ``InvalidModelError``."""
     arr = np.asarray(value, dtype=np.float64)
     if arr.size == 0 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
-        raise InvalidModelError(f"{name} must be finite and > 0, got {value!r}"[:200])
+        bad = arr[~(np.isfinite(arr) & (arr > 0))] if arr.size else arr
+        got = f"{float(bad.flat[0])}" if bad.size else "nothing"
+        raise InvalidModelError(f"{name} must be finite and > 0, got {got}"
+                                + (f" (among {arr.size} values)" if arr.ndim else ""))
+
+
+def short(value, limit: int = 60) -> str:
+    """``repr(value)`` on one line, at most ``limit`` characters (values read from files)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def integer_in(name: str, value, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= int(value) <= hi:
-        raise InvalidModelError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+        raise InvalidModelError(f"{name} must be an integer in {lo}..{hi}, got {short(value)}")
 
 
 @dataclass(frozen=True)
@@ -70,12 +79,12 @@ class InputFormat:
         ``lo <= hi`` (finite) or None. Raises ``InvalidModelError``."""
         integer_in("input bits", self.bits, 1, MAX_INPUT_BITS)
         if not isinstance(self.signed, (bool, np.bool_)):
-            raise InvalidModelError(f"input 'signed' must be a boolean, got {self.signed!r}")
+            raise InvalidModelError(f"input 'signed' must be a boolean, got {short(self.signed)}")
         positive("the input scale (inv_scale)", self.inv_scale)
         if self.bounds is not None:
             b = np.asarray(self.bounds, dtype=np.float64)
             if b.shape != (2,) or not np.all(np.isfinite(b)) or b[0] > b[1]:
-                raise InvalidModelError(f"input bounds must be two finite numbers lo <= hi, got {self.bounds!r}")
+                raise InvalidModelError(f"input bounds must be two finite numbers lo <= hi, got {short(self.bounds)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +157,7 @@ class QLayer:
         positive("gain", self.gain)
         positive("out_scale", self.out_scale)
         if not isinstance(self.activation, str) or self.activation not in activations.KINDS:
-            raise InvalidModelError(f"unknown activation {self.activation!r}",
+            raise InvalidModelError(f"unknown activation {short(self.activation)}",
                                     hint="one of " + ", ".join(sorted(activations.KINDS)))
         integer_in("in_max", self.in_max, 0, 2**63 - 1)
         requantizes = activations.KINDS[self.activation].requantizes
@@ -201,7 +210,7 @@ class TensorReport:
 
     def validate(self) -> None:
         if not (self.max_abs_error >= 0) or self.clipped < 0:  # NaN fails the first test
-            raise InvalidModelError(f"report row {self.tensor!r}: error {self.max_abs_error} or clip count "
+            raise InvalidModelError(f"report row {short(self.tensor)}: error {self.max_abs_error} or clip count "
                                     f"{self.clipped} is negative or not a number")
 
 
@@ -222,7 +231,7 @@ class QuantSettings:
         integer_in("activation bits", self.act_bits, 1, MAX_CODE_BITS)
         integer_in("input bits", self.input_bits, 1, MAX_INPUT_BITS)
         if self.scheme not in SCHEMES:
-            raise InvalidModelError(f"unknown weight scheme {self.scheme!r}")
+            raise InvalidModelError(f"unknown weight scheme {short(self.scheme)}")
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,7 @@ class QuantizedNetwork:
         if not self.layers:
             raise InvalidModelError("the network has no layers")
         if self.output not in OUTPUT_RULES:
-            raise InvalidModelError(f"unknown output rule {self.output!r}", hint="argmax or sign")
+            raise InvalidModelError(f"unknown output rule {short(self.output)}", hint="argmax or sign")
         top_code = 2**self.settings.bits - 1  # every scheme's codes for q bits lie within
         emits = max(abs(self.input.qmin), self.input.qmax)
         for i, layer in enumerate(self.layers):

@@ -20,7 +20,7 @@ import numpy as np
 
 from hwq.errors import FileFormatError
 from hwq.quant.bounds import MAX_SHIFT
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import QuantizedNetwork, short
 
 from .limits import LOIHI, Limits
 from .mapping import KINDS, LayerMap, Mapping, int32_ok, next_input
@@ -61,7 +61,7 @@ def _int(art: dict, key: str) -> int:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise FileFormatError(f"loihi artifact {key!r} must be an integer, got {value!r}"[:160])
+        raise FileFormatError(f"loihi artifact {short(key)} must be an integer, got {short(value)}")
     return int(value)
 
 
@@ -69,7 +69,7 @@ def _text(art: dict, key: str, choices: tuple[str, ...]) -> str:
     value = art[key]
     value = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     if not isinstance(value, str) or value not in choices:
-        raise FileFormatError(f"loihi artifact {key!r} must be one of {', '.join(choices)}, got {value!r}"[:160])
+        raise FileFormatError(f"loihi artifact {short(key)} must be one of {', '.join(choices)}, got {short(value)}")
     return value
 
 
@@ -79,7 +79,7 @@ def _array(art: dict, key: str, shape: tuple[int, ...], kind: str = "iu") -> np.
         raise FileFormatError(f"the loihi artifacts do not match the stored network ({key!r} has shape "
                               f"{value.shape}, the network needs {shape})")
     if not isinstance(value, np.ndarray) or value.dtype.kind not in kind:
-        what = f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else repr(value)[:40]
+        what = f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else short(value, 40)
         raise FileFormatError(f"loihi artifact {key!r} must be an {'integer' if kind == 'iu' else 'float'} "
                               f"array of shape {shape}, got {what}")
     if kind == "iu" and value.size and (int(value.max()) > 2**62 or int(value.min()) < -(2**62)):
@@ -117,7 +117,7 @@ def _read_limits(text) -> Limits:
         ok = (isinstance(value, list) and len(value) == len(want) and all(type(v) is int for v in value)
               if isinstance(want, list) else type(value) is int)
         if not ok:
-            raise FileFormatError(f"loihi limits: {key} = {value!r} is not "
+            raise FileFormatError(f"loihi limits: {short(key)} = {short(value)} is not "
                                   + ("two integers" if isinstance(want, list) else "an integer"))
     limits = Limits(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     looser = limits.looser_than(LOIHI)
@@ -175,7 +175,7 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
                                    hint="recompile the model with --target loihi")
 
         if lm.kind != KINDS.get(layer.activation):
-            raise bad(f"neuron kind {lm.kind!r} does not run a {layer.activation} layer")
+            raise bad(f"neuron kind {short(lm.kind)} does not run a {layer.activation} layer")
         if not 0 <= lm.shift <= MAX_SHIFT or not 0 <= lm.weight_round <= MAX_WEIGHT_ROUND:
             raise bad(f"shift {lm.shift} or weight rounding {lm.weight_round} out of range")
         for g, s in enumerate(lm.sets):
