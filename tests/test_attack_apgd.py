@@ -248,7 +248,7 @@ def test_autoattack_suite_members_and_worst_case():
 
 def test_cli_apgd_and_autoattack(model_file, capsys):  # noqa: F811
     code, stdout, err = run_cli("attack", model_file, "--data", "digits", "--limit", "30", "--eps", "0,0.1",
-                                "--attacks", "autoattack", "--steps", "5", "--queries", "30", "--targets", "2",
+                                "--attacks", "autoattack", "--steps", "5", "--queries", "30", "--target-classes", "2",
                                 "--json", capsys=capsys)
     assert code == 0, err
     out = json.loads(stdout)
@@ -260,10 +260,26 @@ def test_cli_apgd_and_autoattack(model_file, capsys):  # noqa: F811
     assert code == 0 and "apgd-ce" in stdout
 
 
-def test_sweep_runs_apgd():
+def test_sweep_runs_apgd(tmp_path, capsys):
     from hwq.sweep.spec import AttackSettings, SweepSpec
 
     spec = SweepSpec(data=("digits",), activations=("relu",), bits=(4,), seeds=(0,),
-                     attack=AttackSettings(epsilons=(0.0, 0.1), name="autoattack", steps=4, queries=20, limit=30))
+                     attack=AttackSettings(epsilons=(0.0, 0.1), name="autoattack", steps=4, queries=20, limit=30,
+                                           target_classes=3, temperature="auto"))
     assert SweepSpec.from_json(spec.to_json()) == spec
     assert [a.name for a in spec.attack.method().attacks] == ["apgd-ce", "apgd-t", "apgd-dlr", "square"]
+    assert spec.attack.method().attacks[1].targets == 3
+    with pytest.raises(UsageError, match="--temperature"):
+        SweepSpec(data=("spiral",), attack=AttackSettings(temperature=-1.0))
+    out = tmp_path / "s.h5"
+    code, _, err = run_cli("sweep", "--data", "spiral", "--activations", "relu", "--bits", "4", "--seeds", "1",
+                           "--epochs", "5", "--patience", "5", "--eps", "0,0.2", "--attacks", "apgd-ce,pgd",
+                           "--steps", "3", "--temperature", "0.5", "--limit", "40", "--workers", "1", "-o", out,
+                           capsys=capsys)
+    assert code == 0, err
+    from hwq.sweep.store import read_sweep
+
+    sweep = read_sweep(out)
+    assert sweep.spec.attack.temperature == 0.5 and sweep.spec.attack.name == "apgd-ce,pgd"
+    (cell,) = sweep.cells
+    assert cell.attrs["attack"] == "suite" and cell.accuracy[1] <= cell.accuracy[0]

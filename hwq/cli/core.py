@@ -254,7 +254,8 @@ def attack(
                                  rich_help_panel=ATTACK_PANEL),
     attack_seed: int = typer.Option(None, help="Seed of random starts and Square (default 0).",
                                     rich_help_panel=ATTACK_PANEL),
-    targets: int = typer.Option(None, help="APGD-T target classes (default 9).", rich_help_panel=ATTACK_PANEL),
+    target_classes: int = typer.Option(None, "--target-classes", help="APGD-T: target classes, the most likely "
+                                       "after the label (default 9).", rich_help_panel=ATTACK_PANEL),
     temperature: str = typer.Option(None, help="Logit temperature of the gradient's loss: a number (e.g. 0.25) "
                                     "or auto (per input); a masking remedy.", rich_help_panel=ATTACK_PANEL),
     diagnostics: bool = typer.Option(True, "--diagnostics/--no-diagnostics",
@@ -282,7 +283,7 @@ def attack(
         check_output(plot, (".png",))
     method = make_suite(attacks or attack_name, norm=norm, steps=steps, restarts=restarts,
                         rel_stepsize=rel_stepsize, abs_stepsize=abs_stepsize, random_start=random_start,
-                        queries=queries, p_init=p_init, seed=attack_seed, targets=targets)
+                        queries=queries, p_init=p_init, seed=attack_seed, targets=target_classes)
     program = program_for(model, target, option)
     ds = data(data_spec, limit, seed)
     members = getattr(method, "attacks", (method,))

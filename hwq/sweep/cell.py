@@ -190,8 +190,8 @@ def _attack(spec: SweepSpec, program, ds):
     a = spec.attack
     method = a.method()
     needs = any(m.needs_gradient for m in getattr(method, "attacks", (method,)))
-    gradient = (gradient_source(a.gradient, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds)
-                if needs else None)
+    gradient = (gradient_source(a.gradient, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,
+                                temperature=a.temperature) if needs else None)
     device_attrs, device_arrays = {}, {}
     if spec.device is not None:  # judged on a device (hwq/sweep/device.py)
         from hwq.sweep.device import attack_on_device

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.attack.gradients import check_gradient_name
+from hwq.attack.gradients import check_gradient_name, check_temperature
 from hwq.errors import HwqError, UsageError
 from hwq.ir.activations import HIDDEN_ACTIVATIONS
 from hwq.quant.schemes import check_bits, get_scheme
@@ -108,6 +108,8 @@ class AttackSettings:
     p_init: float | None = None
     seed: int | None = None
     diagnostics: bool | None = None  # None: run the unbounded-strength check
+    target_classes: int | None = None  # APGD-T's targets (default 9)
+    temperature: float | str | None = None  # the gradient source's logit temperature (a number or "auto")
 
     def params(self) -> dict:
         return {k: getattr(self, k) for k in OPTIONAL_ATTACK_FIELDS if getattr(self, k) is not None}
@@ -115,12 +117,14 @@ class AttackSettings:
     def method(self):
         from hwq.attack import make_suite
 
-        return make_suite(self.name, norm=self.norm, **{k: v for k, v in self.params().items()
-                                                        if k != "diagnostics"})
+        params = {k: v for k, v in self.params().items() if k not in ("diagnostics", "temperature")}
+        if "target_classes" in params:
+            params["targets"] = params.pop("target_classes")
+        return make_suite(self.name, norm=self.norm, **params)
 
 
 OPTIONAL_ATTACK_FIELDS = ("steps", "restarts", "rel_stepsize", "random_start", "queries", "p_init",
-                          "seed", "diagnostics")
+                          "seed", "diagnostics", "target_classes", "temperature")
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class SweepSpec:
         object.__setattr__(self, "attack", replace(
             self.attack, epsilons=tuple(check_epsilons(self.attack.epsilons).tolist())))
         check_gradient_name(self.attack.gradient)
+        object.__setattr__(self, "attack", replace(self.attack, temperature=check_temperature(self.attack.temperature)))
         check_norm(self.attack.norm)
         self.attack.method()  # unknown attacks and bad parameters fail here
         if self.attack.limit is not None and self.attack.limit < 1:
