@@ -104,7 +104,7 @@ def parse_scheduler(address: str) -> tuple[str, str, int]:
     address after ``@``...) is refused: the loopback check must see the host Dask connects to."""
     m = ADDRESS.fullmatch(address)
     if m is None or not 0 < int(m.group(3)) < 65536:
-        raise UsageError(f"--scheduler '{address}' is not a scheduler address", hint=ADDRESS_HINT)
+        raise UsageError(f"--scheduler '{address}' is not an address", hint=ADDRESS_HINT)
     return m.group(1), m.group(2), int(m.group(3))
 
 

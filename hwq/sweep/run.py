@@ -134,4 +134,5 @@ def describe(path: str | Path) -> dict:
         "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
         "refused": {c.key: c.attrs["refused"] for c in sw.cells if c.attrs.get("refused")},
         "content_sha256": content_digest(path),
+        "machine": sw.attrs.get("machine", []),
     }
