@@ -165,6 +165,8 @@ def report(
              "share a seed, are refused."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the figures and report.md."),
     fig2: bool = typer.Option(True, help="Also draw Fig. 2 (Monte Carlo of the geometric model)."),
+    html: bool = typer.Option(False, "--html", help="Also write report.html: one self-contained page (figures "
+                              "embedded, captions, no network fetches) that opens offline in a browser."),
     as_json: bool = JSON,
 ):
     """Figures (Figs. 2, 3/6, 4/7) and a Markdown report of a sweep, or of several sweep files
@@ -175,12 +177,12 @@ def report(
         raise UsageError(f"-o {output} should be a folder, not a file")
     if not output.parent.exists():
         raise UsageError(f"output folder {output.parent} does not exist")
-    out = write_report(sweep_files[0] if len(sweep_files) == 1 else sweep_files, output, fig2=fig2)
+    out = write_report(sweep_files[0] if len(sweep_files) == 1 else sweep_files, output, fig2=fig2, html=html)
     if as_json:
         return emit_json(out)
     merged = f" from {len(sweep_files)} sweep files" if len(sweep_files) > 1 else ""
     typer.echo(f"report{merged}: {len(out['figures'])} figures, {len(out['stalled'])} stalled cells, "
-               f"{len(out.get('refused', {}))} refused -> {out['report']}")
+               f"{len(out.get('refused', {}))} refused -> {out['report']}" + (f", {out['html']}" if html else ""))
 
 
 @app.command("model")
@@ -240,7 +242,7 @@ def reproduce(
     t0 = time.perf_counter()
     summary = run_spec(proto.spec, sweep_file, workers=workers, scheduler=scheduler,
                        overwrite=False, verbose=verbose, security=scheduler_security)
-    out = write_report(sweep_file, output)
+    out = write_report(sweep_file, output, html=True)
     out.update(sweep=str(sweep_file), grid=proto.name,
                settings=proto.describe(), wall_s=time.perf_counter() - t0,
                cells=summary["cells"])
@@ -254,4 +256,4 @@ def reproduce(
                 parts = [f"{name} " + (f"{d['eps_linf']:.3g} (l2 {d['eps_l2']:.3g})" if d else "none")
                          for name, d in defs.items()]
                 typer.echo(f"  critical strength {data}/{target}/{act}: " + "; ".join(parts))
-    typer.echo(f"figures: {output}/fig*.png  report: {out['report']}  sweep: {sweep_file}")
+    typer.echo(f"figures: {output}/fig*.png  report: {out['report']} and {out['html']}  sweep: {sweep_file}")

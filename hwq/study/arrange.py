@@ -78,6 +78,33 @@ def nan_reduce(func, values: np.ndarray, axis: int) -> np.ndarray:
         return func(values, axis=axis)
 
 
+def input_format(sw: SweepFile) -> str:
+    """The input codes every robust accuracy of the sweep was measured on: coarse input codes
+    are a robustness of the quantizer, not of the chip, so the report states them."""
+    b = sw.spec.quant.input_bits
+    return f"{b}-bit input codes ({2**b} levels over the data's range)"
+
+
+def calibration_policy() -> str:
+    from hwq.api import CALIBRATION_POLICY
+
+    return CALIBRATION_POLICY
+
+
+def float_accuracy(sw: SweepFile, block: Block) -> np.ndarray:
+    """The float model's test accuracy per cell (``float_test_accuracy``, NaN where absent:
+    given models), shape (A, B, S), over the block's usable seeds when averaged."""
+    out = np.full(block.clean.shape, np.nan)
+    for c in sw.cells:
+        a = c.attrs
+        if a["data"] != block.data or a["target"] != block.target or a["activation"] not in block.activations:
+            continue
+        i = (block.activations.index(a["activation"]), bit_index(block, a["bits"]),
+             int(np.flatnonzero(block.seeds == a["seed"])[0]))
+        out[i] = a.get("float_test_accuracy", np.nan)
+    return out
+
+
 def blocks(sw: SweepFile) -> list[Block]:
     """One :class:`Block` per (data set, target), in the order of the spec."""
     spec = sw.spec
@@ -137,8 +164,10 @@ def rounded(x) -> float | None:
 
 
 def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
-    """What ``hwq report --json`` prints: critical strengths per activation and definition,
-    clean accuracy per bits and activation (usable seeds; and all seeds), fidelity, the cells
+    """What ``hwq report --json`` prints: the input format every robust accuracy was measured
+    on and the calibration policy, critical strengths per activation and definition, clean
+    accuracy per bits and activation (usable seeds; and all seeds) beside the float model's,
+    fidelity, the cells
     (seeds) per activation and bits where each attack diagnostic fired, stalled cells."""
     blks = blks if blks is not None else blocks(sw)
     critical, clean, clean_all = {}, {}, {}
@@ -168,8 +197,16 @@ def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
         diagnostics.setdefault(b.data, {})[b.target] = {
             flag: {act: {str(q): n for q, n in bits.items()} for act, bits in per_act.items()}
             for flag, per_act in counts.items()}
+    float_acc = {}
+    for b in blks:
+        mean_float = b.mean(float_accuracy(sw, b))
+        float_acc.setdefault(b.data, {})[b.target] = {
+            act: {str(q): rounded(mean_float[a, i]) for i, q in enumerate(b.bits)}
+            for a, act in enumerate(b.activations)}
     return {
+        "input_format": input_format(sw), "calibration": calibration_policy(),
         "critical": critical, "clean_accuracy": clean, "clean_accuracy_all_seeds": clean_all,
+        "float_accuracy": float_acc,
         "fidelity": fidelity, "diagnostics": diagnostics,
         "stalled": [c.key for c in sw.cells if c.attrs["stalled"]],
         "refused": {c.key: c.attrs["refused"] for c in sw.cells if c.attrs.get("refused")},

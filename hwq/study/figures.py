@@ -116,3 +116,44 @@ def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool
     plot_attacks_vs_bits(block.bits, acc, names, block.activations, block.eps[picks], path,
                          title=f"{block.data}")
     return [path]
+
+
+STALLED_NOTE = ("A red n✕ under a bit width means n seeds stalled in training (clean accuracy within 5 points "
+                "of chance) and were left out of the mean; a bit width with no usable seed has no point.")
+
+CAPTIONS = (  # (file name start, caption): what is plotted and how to read it
+    ("fig2_", "Fig. 2 check: histograms of the distance from random points to the nearest face of their "
+              "quantization simplex (Monte Carlo, grey) against the geometric model's density f(ε) (black "
+              "line), for three (q, n). Where the model is right the line follows the bars; the KS test in "
+              "the table above says how closely."),
+    ("fig3_", "Accuracy vs weight bits q (Fig. 3): one panel per activation, one line per attack strength ε "
+              "(mean over usable seeds, bars: std). The black dashed line marks the critical strength "
+              "(min-variance definition): the ε at which accuracy depends least on q. A critical strength of "
+              "0 means even the clean accuracies already vary least across q, so no attack strength separates "
+              "the bit widths. " + STALLED_NOTE),
+    ("fig6_", "Accuracy vs weight bits q (Fig. 6, spirals): one panel per activation, one line per attack "
+              "strength ε (mean over usable seeds, bars: std); the black dashed line is the critical "
+              "strength (min-variance). A critical strength of 0 means the clean accuracies already vary "
+              "least across q. " + STALLED_NOTE),
+    ("fig4_", "Relative accuracy (accuracy under attack / clean accuracy) vs l∞ strength ε, one line per bit "
+              "width (Fig. 4). The dashed lines are the model bound: the geometric model's relative accuracy "
+              "(1 - ε√n / h)^n, which falls to 0 at ε = h/√n, far below the plotted range on MNIST-sized "
+              "inputs (the _log figure shows its shape). Measured curves above the bound mean the network "
+              "is more robust than a point uniformly placed in its quantization cell would be."),
+    ("fig7_", "Relative accuracy (accuracy under attack / clean accuracy) vs l∞ strength ε, one line per bit "
+              "width (Fig. 7, spirals). The dashed lines are the model bound, (1 - ε√n / h)^n from the "
+              "geometric model; measured curves above it are more robust than the model predicts."),
+    ("attacks_", "Accuracy vs weight bits per attack of the suite and their per-input worst case (the "
+                 "robust accuracy) at fixed strengths, one panel per activation (mean over usable seeds). "
+                 "A gradient attack far above the gradient-free one signals gradient masking."),
+    ("targets_", "The same quantized networks on each target: accuracy vs attack strength, one panel per bit "
+                 "width, one line per target (mean ± std over usable seeds). A target's line below sim's "
+                 "at ε = 0 is its clean fidelity loss; 'refused' panels mean the target could not map the "
+                 "network, 'stalled' that no seed trained."),
+)
+
+
+def caption(path: Path) -> str:
+    """What ``path`` (a report figure) plots and how to read it."""
+    name = Path(path).name
+    return next((text for start, text in CAPTIONS if name.startswith(start)), name)

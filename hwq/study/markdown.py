@@ -14,11 +14,15 @@ from hwq.study.arrange import (
     attack_arrays,
     bit_index,
     by_data,
+    calibration_policy,
     critical_table,
     diagnostic_counts,
+    float_accuracy,
+    input_format,
     nan_reduce,
     pick_eps,
 )
+from hwq.study.figures import caption
 from hwq.sweep.machine import report_lines
 from hwq.sweep.store import SweepFile
 
@@ -59,6 +63,9 @@ def _settings_md(sw: SweepFile) -> list[str]:
              f"- quantizer: scheme `{q.scheme}` ({levels}; see docs/quantization.md), "
              f"weights{' per channel' if q.per_channel else ' per tensor'}; activations "
              f"{q.act_bits} bits, inputs {q.input_bits} bits",
+             f"- input format of every accuracy below: {input_format(sw)}; robustness from coarse input codes "
+             "is the quantizer's, not the chip's",
+             f"- calibration (input and activation formats, and surrogate gradients): {calibration_policy()}",
              f"- attack: {a.name.upper() if ',' not in a.name else 'suite ' + a.name} {a.norm}"
              + "".join(f", {k} {v}" for k, v in a.params().items())
              + f", {a.gradient} gradient, {eps.size} strengths "
@@ -113,8 +120,11 @@ def _critical_md(blks: list[Block]) -> list[str]:
     return lines + [""]
 
 
-def _clean_md(b: Block) -> list[str]:
+def _clean_md(b: Block, float_acc: np.ndarray | None = None) -> list[str]:
+    """Clean accuracy per bits and activation; with ``float_acc`` (A, B, S) the float model's
+    beside it (the baseline the quantized networks are measured against)."""
     mean, std = b.mean(b.clean), b.std(b.clean)
+    float_mean = b.mean(float_acc) if float_acc is not None else None
     rows = []
     for i, q in enumerate(b.bits):
         row = [q]
@@ -124,16 +134,21 @@ def _clean_md(b: Block) -> list[str]:
             if b.refused[a, i].any():
                 cell += f", {int(b.refused[a, i].sum())} refused"
             stalled_mean = np.mean(b.clean[a, i][b.stalled[a, i]]) if n_st else None
+            if float_mean is not None and np.isfinite(float_mean[a, i]):
+                cell += f"; float {_fmt(float_mean[a, i])}"
             row.append(cell + (f", {n_st} stalled (at {_fmt(stalled_mean)})" if n_st else ""))
         rows.append(row)
-    title = f"### Clean accuracy: {b.data} on {b.target} (mean ± std over usable seeds (n))"
+    title = (f"### Clean accuracy: {b.data} on {b.target} (mean ± std over usable seeds (n)"
+             + ("; float: the same trained model's float forward pass, the baseline" if float_mean is not None
+                else "") + ")")
     return [title, ""] + _md_table(["bits", *b.activations], rows) + [""]
 
 
-def _eps_md(b: Block) -> list[str]:
+def _eps_md(b: Block, fmt: str = "") -> list[str]:
     picks = sorted({int(np.argmin(np.abs(b.eps - e))) for e in TABLE_EPS if e <= b.eps.max()})
     mean = b.mean()
-    lines = [f"### Accuracy under attack: {b.data} on {b.target} (mean over usable seeds)", ""]
+    lines = [f"### Accuracy under attack: {b.data} on {b.target} (mean over usable seeds"
+             + (f"; {fmt}" if fmt else "") + ")", ""]
     for a, act in enumerate(b.activations):
         if np.isnan(mean[a]).all():
             why = " (refused by the target)" if b.refused[a].any() and not b.ran[a].any() else ""
@@ -230,7 +245,7 @@ def _attacks_md(sw: SweepFile, blks: list[Block]) -> list[str]:
         picks = pick_eps(b.eps)
         lines += [f"## Attacks compared: {b.data} / {b.target} (mean over usable seeds)", "",
                   "Accuracy per attack and the per-input worst case (robust accuracy) at fixed "
-                  "strengths.", ""]
+                  f"strengths, on {input_format(sw)}.", ""]
         header = ["activation", "q"] + [f"{name} {b.eps[k]:g}" for name in [*members, "worst"] for k in picks]
         rows = []
         worst = b.mean()
@@ -267,7 +282,7 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
     lines += _settings_md(sw) + _critical_md(blks)
     lines += ["## Clean accuracy and accuracy under attack", ""]
     for b in blks:
-        lines += _clean_md(b) + _eps_md(b)
+        lines += _clean_md(b, float_accuracy(sw, b)) + _eps_md(b, input_format(sw))
     lines += _attacks_md(sw, blks)
     lines += _targets_md(blks, figures, folder)
     lines += _stalled_md(sw, blks) + _refused_md(sw)
@@ -278,5 +293,5 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
                              f"{c['ks_statistic']:.4f}", f"{c['ks_pvalue']:.3f}"] for c in fig2])
         lines.append("")
     lines += _timing_md(sw) + ["## Figures", ""]
-    lines += [f"- [{p.name}]({p.relative_to(folder).as_posix()})" for p in figures]
+    lines += [f"- [{p.name}]({p.relative_to(folder).as_posix()}): {caption(p)}" for p in figures]
     return "\n".join(lines) + "\n"

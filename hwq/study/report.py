@@ -40,8 +40,9 @@ from hwq.sweep.store import read_sweep
 
 
 def write_report(sweep_path: str | Path | Sequence[str | Path], folder: str | Path, *,
-                 fig2: bool = True) -> dict:
-    """Read the sweep, write figures and ``report.md`` into ``folder``; return key numbers.
+                 fig2: bool = True, html: bool = False) -> dict:
+    """Read the sweep, write figures and ``report.md`` into ``folder`` (with ``html`` also
+    ``report.html``: one self-contained page, ``hwq.study.html``); return key numbers.
 
     ``sweep_path`` may be several files of one grid run with different seeds: they are read
     as one sweep over all their seeds (``hwq.sweep.merge.merge_sweeps``; files that differ in
@@ -68,8 +69,15 @@ def write_report(sweep_path: str | Path | Sequence[str | Path], folder: str | Pa
     report = folder / "report.md"
     from hwq.files.atomic import atomic_write_bytes
 
-    atomic_write_bytes(report, markdown(sw, blks, figures, checks, folder).encode())
+    text = markdown(sw, blks, figures, checks, folder)
+    atomic_write_bytes(report, text.encode())
     out = {"report": str(report), "figures": [str(p) for p in figures], **numbers}
+    if html:
+        from hwq.study.html import render
+
+        page = folder / "report.html"
+        atomic_write_bytes(page, render(text, folder, title=text.splitlines()[0].lstrip("# ")).encode())
+        out["html"] = str(page)
     if sw.sources:
         out["sources"] = [dict(s) for s in sw.sources]
     return out
