@@ -125,3 +125,61 @@ def test_version(capsys):
 
     code, out, err = run_cli("--version", capsys=capsys)
     assert code == 0 and out.strip() == f"hwq {__version__}", err
+
+
+def test_attack_states_the_input_format_next_to_robust_accuracy(digits_relu, capsys):
+    d = digits_relu
+    code, _, err = run_cli("compile", d / "relu.onnx", "--bits", "4", "--input-bits", "2", "-o", d / "a.hwq",
+                           capsys=capsys)
+    assert code == 0, err
+    code, out, err = run_cli("attack", d / "a.hwq", "--data", "digits", "--eps", "0,0.1", "--limit", "30", "--json",
+                             "-o", d / "a.h5", capsys=capsys)
+    assert code == 0 and json.loads(out)["input_format"] == "u2 x 1/3 (2-bit codes)", err
+    code, out, err = run_cli("info", d / "a.h5", "--json", capsys=capsys)
+    assert code == 0 and json.loads(out)["input_format"] == "u2 x 1/3 (2-bit codes)"
+    code, out, err = run_cli("attack", d / "a.hwq", "--data", "digits", "--eps", "0,0.1", "--limit", "30",
+                             capsys=capsys)
+    assert code == 0 and "inputs u2 x 1/3 (2-bit codes): clean accuracy" in out, out
+
+
+def test_help_shows_one_calibration_policy_and_the_other_commands_defaults(capsys):
+    from hwq.api import CALIBRATION_ROWS
+
+    helps = {}
+    for command in ("compile", "sweep"):
+        code, out, _ = run_cli(command, "--help", capsys=capsys)
+        helps[command] = " ".join(out.replace("│", " ").split())
+        assert code == 0 and f"first {CALIBRATION_ROWS} rows" in helps[command], helps[command]
+    assert "`hwq sweep` defaults to 16" in helps["compile"] and "`hwq compile` defaults to 8" in helps["sweep"]
+
+
+def test_compile_and_sweep_calibrate_on_the_same_rows(tmp_path, capsys):
+    """A compiled file and "the same" sweep cell get the same formats: both calibrate on
+    hwq.api.calibration_rows (the first 5000 training rows), here on fashion-like data larger than that."""
+    from hwq import api
+
+    x = np.arange(12000, dtype=float).reshape(6000, 2)
+    assert api.calibration_rows(x).shape == (api.CALIBRATION_ROWS, 2)
+    import inspect
+
+    from hwq.cli import core
+    from hwq.sweep import cell
+
+    for module in (core, cell):
+        source = inspect.getsource(module)
+        assert "x_train[:" not in source and "calibration_rows(" in source, module.__name__
+
+
+def test_reproduce_without_a_terminal_prints_a_line_per_cell(tmp_path, capsys, monkeypatch):
+    import hwq.cli.study as study
+
+    seen = {}
+
+    def fake_run_spec(spec, output, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before any work: only the wiring is under test
+
+    monkeypatch.setattr(study, "run_spec", fake_run_spec)
+    monkeypatch.setattr(study.sys.stderr, "isatty", lambda: False, raising=False)
+    code, _, err = run_cli("reproduce", "--data", "spiral", "--quick", "-o", tmp_path / "out", capsys=capsys)
+    assert code == 130 and seen["verbose"] is True, err

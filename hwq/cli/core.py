@@ -121,10 +121,13 @@ def compile_(
     option: list[str] = OPTION,
     bits: int = typer.Option(None, help="Weight bits 1..16 (default: the bits a QAT model was trained with)."),
     scheme: str = typer.Option(
-        None, help="Weight levels: narrow | pow2 | uniform (default: narrow, or the model's QAT scheme)."),
+        None, help=f"Weight levels: narrow | pow2 | uniform (default: {api.SCHEME}, or the model's QAT scheme; "
+                   "`hwq sweep` defaults to uniform)."),
     per_channel: bool = typer.Option(False, help="One weight scale per output channel (hidden layers)."),
-    act_bits: int = typer.Option(8, help="Bits of ReLU/sigmoid activations (16 ~ the paper's weights-only study)."),
-    input_bits: int = typer.Option(8, help="Bits of the device's input codes."),
+    act_bits: int = typer.Option(api.ACT_BITS, help="Bits of ReLU/sigmoid activations (16 ~ the paper's "
+                                 "weights-only study, `hwq sweep`'s default)."),
+    input_bits: int = typer.Option(api.INPUT_BITS, help="Bits of the device's input codes (`hwq sweep` defaults "
+                                   "to 16; summaries print the format)."),
     calib: str = typer.Option(None, help=CALIB_HELP),
     output: Path = typer.Option(None, "-o", "--output", help="Compiled file (default: MODEL.hwq)."),
     seed: int = typer.Option(0, help="Seed for calibration data."),
@@ -138,7 +141,7 @@ def compile_(
     bits = bits if bits is not None else int(meta.get("hwq.bits", 0)) or grid_bits(graph)
     if bits is None:
         raise UsageError("--bits is required for a float model (1..16)")
-    scheme = scheme or meta.get("hwq.scheme", "narrow")
+    scheme = scheme or meta.get("hwq.scheme", api.SCHEME)
     x_cal, bounds, cal_name = calibration(calib, meta, graph.n_features, seed)
     net = api.quantize(graph, bits, calibration=x_cal, bounds=bounds, scheme=scheme,
                        per_channel=per_channel, act_bits=act_bits, input_bits=input_bits)
@@ -301,13 +304,16 @@ def attack(
                             bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
     bar.close()
     summary = results.summary(result)
-    summary.update(bits=program.net.settings.bits, scheme=program.net.settings.scheme, data=ds.name)
+    fmt = input_format(program.net)
+    summary.update(bits=program.net.settings.bits, scheme=program.net.settings.scheme, data=ds.name,
+                   input_format=fmt)
     if output is not None:
         results.write_attack(output, result, {
             "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
             "seed": seed, "options": getattr(program, "options", {}),
             "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
-            "quantization": json.dumps(vars(program.net.settings)), "model": str(model), **device_meta})
+            "quantization": json.dumps(vars(program.net.settings)), "model": str(model), "input_format": fmt,
+            **device_meta})
         if device:
             from hwq.cli.devices import remove_journal
 
@@ -329,11 +335,17 @@ def attack(
                        f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"] for k in picks],
                      ["eps", *names, "robust" if names else "accuracy", "relative"]))
     label = getattr(method, "label", method.name)
-    typer.echo(f"{program.target}, {label} {norm}, {result.gradient} gradient: clean accuracy "
+    typer.echo(f"{program.target}, {label} {norm}, {result.gradient} gradient, inputs {fmt}: clean accuracy "
                f"{result.clean_accuracy:.4f} on {len(ds.y_test)} inputs; zero gradients: "
                f"{int(result.zero_gradient.sum())}" + (f" -> {output}" if output else ""))
     for flag in result.diagnostics.get("flags", []):
         typer.echo(f"warning: {flag_text(flag, result.diagnostics)}", err=True)
+
+
+def input_format(net) -> str:
+    """The input codes an attack's accuracies were measured on (coarse codes are robust by
+    construction: a robustness of the quantizer, not of the chip), e.g. ``u2 x 1/3 (2-bit codes)``."""
+    return f"{net.input.name} ({net.input.bits}-bit codes)"
 
 
 def flag_text(flag: str, diag: dict) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from hwq.api import ACT_BITS, INPUT_BITS, SCHEME
 from hwq.cli.app import app
 from hwq.cli.common import DATA_HELP, check_output, command_line, emit_json, progress
 from hwq.errors import UsageError
@@ -101,9 +102,12 @@ def sweep(
     hidden: int = typer.Option(100, help="Hidden units."),
     init: str = typer.Option("grid", help="Weight init: grid | default."),
     gain: float = typer.Option(None, help="Hidden pre-activation gain (default: 10 for spirals, 1 otherwise)."),
-    scheme: str = typer.Option("uniform", help="Weight levels (QAT and quantizer): uniform | narrow | pow2."),
-    act_bits: int = typer.Option(16, help="Bits of ReLU/sigmoid activations (16: weights-only study, the paper's)."),
-    input_bits: int = typer.Option(16, help="Bits of the device's input codes."),
+    scheme: str = typer.Option("uniform", help="Weight levels (QAT and quantizer): uniform | narrow | pow2 "
+                               f"(`hwq compile` defaults to {SCHEME}; the report states the sweep's)."),
+    act_bits: int = typer.Option(16, help="Bits of ReLU/sigmoid activations (16: weights-only study, the paper's; "
+                                 f"`hwq compile` defaults to {ACT_BITS})."),
+    input_bits: int = typer.Option(16, help=f"Bits of the device's input codes (`hwq compile` defaults to "
+                                   f"{INPUT_BITS}; every accuracy in the report states them)."),
     per_channel: bool = typer.Option(False, help="One weight scale per hidden unit (given float models)."),
     grad: str = typer.Option("surrogate", help="Gradient source: surrogate | float | bits:Q | target:NAME."),
     norm: str = typer.Option("linf", help="Attack norm: linf | l2."),
@@ -133,7 +137,12 @@ def sweep(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="One line per finished cell on stderr."),
     as_json: bool = JSON,
 ):
-    """Train, quantize, compile and attack every cell of a grid; resumable, one HDF5 file."""
+    """Train, quantize, compile and attack every cell of a grid; resumable, one HDF5 file.
+
+    Calibration: the first 5000 rows of each data set's training split (hwq.api.CALIBRATION_POLICY,
+    the same rows `hwq compile` uses). The quantizer defaults differ from `hwq compile`'s on
+    purpose (uniform levels, 16-bit activations and inputs: the paper's weights-only study);
+    the report prints the sweep's next to its numbers."""
     check_output(output, (".h5", ".hdf5"))
     spec = build_spec(data_specs, activations, bits, seeds, targets, eps, model, epochs=epochs,
                       patience=patience, batch_size=batch_size, lr=lr, hidden=hidden, init=init,
@@ -240,8 +249,9 @@ def reproduce(
     if not as_json:
         typer.echo(f"reproduce ({proto.name} grid): {proto.describe()}", err=True)
     t0 = time.perf_counter()
-    summary = run_spec(proto.spec, sweep_file, workers=workers, scheduler=scheduler,
-                       overwrite=False, verbose=verbose, security=scheduler_security)
+    # without a terminal (a log, CI, nohup) there is no progress bar: a line per finished cell instead
+    summary = run_spec(proto.spec, sweep_file, workers=workers, scheduler=scheduler, overwrite=False,
+                       verbose=verbose or not sys.stderr.isatty(), security=scheduler_security)
     out = write_report(sweep_file, output, html=True)
     out.update(sweep=str(sweep_file), grid=proto.name,
                settings=proto.describe(), wall_s=time.perf_counter() - t0,
