@@ -246,6 +246,24 @@ def strict(model):
     s.stop()
 
 
+def test_clients_beyond_the_limit_are_told_the_server_is_busy(model):
+    path, program, codes = model
+    server = script_server(path, "--max-clients", 2)
+    try:
+        idle = [connect(server) for _ in range(2)]
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceError, match="refused the connection: the device server is busy"):
+            SocketDevice(server.address, model_hash=model_hash(program), timeout=5).open()
+        assert time.monotonic() - t0 < 4
+        for s in idle:
+            s.close()
+        time.sleep(0.2)
+        still_correct(server, program, codes)
+    finally:
+        server.stop()
+
+
 def test_idle_and_trickling_peers_are_timed_out(strict, model):
     _, program, codes = model
     t0 = time.monotonic()
@@ -711,7 +729,7 @@ def test_fuzzed_replies_give_one_line_errors(model):
 @pytest.mark.slow
 def test_fuzzed_replies_long_run(model):
     _, program, codes = model
-    print("client fuzz (slow):", fuzz_client(program, codes, 400, seed=4))
+    print("client fuzz (slow):", fuzz_client(program, codes, 300, seed=4))
 
 
 def test_attack_on_a_hostile_device_is_one_line(model):

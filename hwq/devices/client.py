@@ -235,6 +235,11 @@ class SocketDevice(Device):
 
     def _check(self, frame: Frame, reply: Frame, want: Kind) -> Frame:
         where = self.where
+        if reply.kind == Kind.ERROR and reply.request_id == 0 != frame.request_id:  # refused before it read the id
+            self.close()
+            reason = reply.data.get("error")
+            raise DeviceError(f"{where} refused the connection: "
+                              f"{one_line(reason, 500) if isinstance(reason, str) else 'no reason given'}")
         if reply.request_id != frame.request_id:
             self.close()
             raise DeviceError(f"{where} answered request {reply.request_id} while request "

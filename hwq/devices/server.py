@@ -110,6 +110,7 @@ class Server:
         self.device_lock = threading.Lock()
         self.lock = threading.Lock()  # guards the two sets below and ``requests``
         self.threads: set[threading.Thread] = set()
+        self.turning_away = 0
         self.conns: set[socket.socket] = set()
 
     @property
@@ -132,8 +133,8 @@ class Server:
                     break  # closed
                 served += 1
                 self.start(conn, f"{peer[0]}:{peer[1]}")
-            while self.threads:  # let the connections finish (close() ends them at once)
-                next(iter(set(self.threads))).join(1.0)
+            while live := list(self.threads):  # let the connections finish (close() ends them at once)
+                live[0].join(1.0)
         finally:
             self.device.close()
 
@@ -147,11 +148,30 @@ class Server:
                 self.conns.add(conn)
         if busy:
             self.log(f"{peer}: turned away, {self.max_clients} clients are connected")
-            with conn:
-                self.reply(conn, peer, json_frame(Kind.ERROR, 0, self.hash, {
-                    "error": f"the device server is busy ({self.max_clients} clients connected); retry later"}))
+            with self.lock:
+                self.turning_away += 1
+                polite = self.turning_away <= self.max_clients  # else just closed: a flood gets no threads
+            if polite:
+                threading.Thread(target=self.turn_away, args=(conn, peer), daemon=True).start()
+            else:
+                self.turned(conn)
             return
         thread.start()
+
+    def turn_away(self, conn: socket.socket, peer: str) -> None:
+        """Tell one client too many that the server is busy (then let its HELLO drain, so that
+        the reply is not lost to a connection reset)."""
+        try:
+            if self.reply(conn, peer, json_frame(Kind.ERROR, 0, self.hash, {
+                    "error": f"the device server is busy ({self.max_clients} clients connected); retry later"})):
+                drain(conn, 1.0, 2**20)
+        finally:
+            self.turned(conn)
+
+    def turned(self, conn: socket.socket) -> None:
+        conn.close()
+        with self.lock:
+            self.turning_away -= 1
 
     def close(self) -> None:
         self.sock.close()

@@ -14,6 +14,8 @@ import numpy as np
 
 from hwq.errors import InvalidModelError
 
+MAX_MAGNITUDE = 1e18  # |weight|, |bias|, gain of a float layer: beyond it scales overflow int64 requantization
+
 
 def frozen_array(a, dtype=np.float64) -> np.ndarray:
     """A read-only copy: IR values cannot be mutated after construction."""
@@ -55,6 +57,10 @@ class Affine:
                 raise InvalidModelError(f"Affine {name} contains NaN or Inf values")
         if not (np.isfinite(self.gain) and self.gain > 0):
             raise InvalidModelError(f"Affine gain must be a positive number, got {self.gain}")
+        top = max(float(np.max(np.abs(self.weight), initial=0)), float(np.max(np.abs(self.bias), initial=0)))
+        if top * max(self.gain, 1.0) > MAX_MAGNITUDE or not self.gain >= 1 / MAX_MAGNITUDE:
+            raise InvalidModelError(f"a dense layer's weights, bias or gain reach {top * self.gain:.3g}; hwq "
+                                    f"reads values within 1e{int(np.log10(MAX_MAGNITUDE))} (not a trained network)")
 
     @property
     def n_in(self) -> int:

@@ -77,6 +77,9 @@ class Importer:
         if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_) or value.size == 0:
             raise InvalidModelError(f"node '{node.name or node.op_type}' ({node.op_type}): constant '{name}' "
                                     f"is {'empty' if value.size == 0 else value.dtype.name}, not a number")
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise InvalidModelError(f"node '{node.name or node.op_type}' ({node.op_type}): constant '{name}' "
+                                    "contains NaN or Inf values")
         return value
 
     def other(self, node: onnx.NodeProto) -> np.ndarray:
@@ -138,6 +141,8 @@ def Gemm(st: Importer, node, alpha=1.0, beta=1.0, transA=0, transB=0):
     if node.input[0] != st.stream or transA:
         raise InvalidModelError(f"Gemm '{node.name}': the sample must be input A with transA=0")
     b = st.const(node, node.input[1])
+    if not (np.isfinite(alpha) and np.isfinite(beta)):
+        raise InvalidModelError(f"Gemm '{node.name}': alpha {alpha} and beta {beta} must be finite")
     if b.ndim != 2:
         raise InvalidModelError(f"Gemm '{node.name}': weight must be 2-D, got {b.shape}")
     w = b if transB else b.T
@@ -335,9 +340,10 @@ def Greater(st: Importer, node):
     c = st.other(node)
     if c.size != 1:
         raise InvalidModelError(f"Greater '{node.name}': the threshold must be a scalar")
-    if float(c) != 0.0:
+    threshold = float(c.reshape(-1)[0])
+    if threshold != 0.0:
         affine = st.open_affine(node)
-        st.replace_last(bias=affine.bias - float(c) / affine.gain)
+        st.replace_last(bias=affine.bias - threshold / affine.gain)
     st.pending = "greater"
 
 
