@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hwq_targets.common import vnni
 from hwq_targets.loihi import LoihiProgram
+from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.lavanet import run_lava
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from test_loihi import LOIHI, codes, equality_net, random_net
+from test_loihi import BLAS, FAMILIES, LOIHI, codes, equality_net, random_net
 
 from hwq.errors import LimitError
 
@@ -92,8 +92,11 @@ def test_every_weight_width_on_784_inputs(width_sweep):
     groups = {len(lm.sets) for _, p, *_ in width_sweep for lm in p.mapping.layers}
     assert {1, 2} <= groups  # 9..16-bit codes as two synapse groups
     assert any(lm.weight_round > 0 for _, p, *_ in width_sweep for lm in p.mapping.layers)
-    if vnni.available():  # 16-bit inputs ran on the emulator's two byte planes
-        assert all(p.emulator.report[0] == "vnni16" for name, p, *_ in width_sweep if name.startswith("inputs16"))
+    for use_vnni in FAMILIES:  # every product family of this host (VNNI and not) equals Lava
+        emulators = [(name, Emulator(p.mapping, use_vnni=use_vnni), x, s) for name, p, x, s in width_sweep]
+        assert not [name for name, e, x, s in emulators if e.run(x).tolist() != s.tolist()], use_vnni
+        paths = {e.report[0] for name, e, *_ in emulators if name.startswith("inputs16")}
+        assert paths == {"vnni16"} if use_vnni else paths <= set(BLAS)  # VNNI: two byte planes
     wrap = next(p for name, p, *_ in width_sweep if name == "wrap-784")
     x = width_sweep[0][2]
     assert (np.abs(wrap.emulator.inputs(x)[0]) > 2**17).any()  # the current really wraps

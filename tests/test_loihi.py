@@ -333,8 +333,12 @@ def test_compare_programs():
 
 
 # ---------------------------------------------------------------- VNNI product path
+# The emulator's product families on this host: False (float BLAS / int64, every CPU) and True
+# (AVX-512 VNNI, where the CPU has it). A VNNI machine tests both, others run False with nothing
+# skipped.
 VNNI_HOST = vnni.available()
-needs_vnni = pytest.mark.skipif(not VNNI_HOST, reason="needs AVX-512 VNNI")
+FAMILIES = [False, True] if VNNI_HOST else [False]
+BLAS = ("float32", "float64", "int64")
 
 
 def two_digit_net(rng, n_in=40):
@@ -345,9 +349,10 @@ def two_digit_net(rng, n_in=40):
     return make_net([l1, l2])
 
 
-def assert_paths_agree(program, x, spec_rows=12):
-    """VNNI emulator = the pre-VNNI emulator (BLAS / int64) = the step-by-step spec."""
-    fast = Emulator(program.mapping)
+def assert_paths_agree(program, x, spec_rows=12, use_vnni=True):
+    """The emulator on ``use_vnni``'s products = the pre-VNNI emulator (BLAS / int64) = the
+    step-by-step spec."""
+    fast = Emulator(program.mapping, use_vnni=use_vnni)
     slow = Emulator(program.mapping, use_vnni=False)
     assert not any(c.vnni for c in slow.layers)
     want = slow.run(x)
@@ -357,33 +362,33 @@ def assert_paths_agree(program, x, spec_rows=12):
     return fast
 
 
-@needs_vnni
+@pytest.mark.parametrize("use_vnni", FAMILIES)
 @given(st.integers(0, 2**31), st.lists(st.sampled_from(["step", "relu", "identity"]),
                                        min_size=1, max_size=3),
        st.sampled_from([1, 7, 127, 255]), st.sampled_from(["mixed", "excitatory", "inhibitory"]),
        st.booleans(), st.sampled_from([0.0, 0.5, 3.0]), st.sampled_from([2, 47, 49, 200]))
 @settings(max_examples=40, deadline=None)
-def test_vnni_emulator_equals_blas_emulator_and_spec(seed, acts, top, sign, signed, bias_scale, n):
+def test_vnni_emulator_equals_blas_emulator_and_spec(use_vnni, seed, acts, top, sign, signed, bias_scale, n):
     """Random networks and batch sizes around the 48-row block, in every input container."""
     rng = np.random.default_rng(seed)
     net = random_net(rng, 37, [21] * len(acts), acts, top, sign, signed=signed,
                      bias_scale=bias_scale)
     program = LOIHI.compile(net)
     x = codes(rng, net, n)
-    fast = assert_paths_agree(program, x)
+    fast = assert_paths_agree(program, x, use_vnni=use_vnni)
     if top <= 127 and sign == "mixed":
-        assert fast.layers[0].vnni
+        assert fast.layers[0].vnni == use_vnni
     want = fast.run(x).tolist()
     for dtype in (np.float32, np.float64, np.int8 if signed else np.uint8, np.int16):
         assert fast.run(x.astype(dtype)).tolist() == want
 
 
-@needs_vnni
+@pytest.mark.parametrize("use_vnni", FAMILIES)
 @given(st.integers(0, 2**31), st.sampled_from([["step"], ["relu"], ["relu", "step"]]),
        st.sampled_from([1, 7, 127]), st.sampled_from(["mixed", "excitatory", "inhibitory"]),
        st.booleans(), st.sampled_from([2, 49, 200]))
 @settings(max_examples=25, deadline=None)
-def test_vnni16_emulator_on_16bit_inputs(seed, acts, top, sign, signed, n):
+def test_vnni16_emulator_on_16bit_inputs(use_vnni, seed, acts, top, sign, signed, n):
     """16-bit inputs on two byte planes: equal to the BLAS emulator and the step-by-step spec,
     in the uint16/int16 containers (byte view) and others (checked packing)."""
     rng = np.random.default_rng(seed)
@@ -391,52 +396,55 @@ def test_vnni16_emulator_on_16bit_inputs(seed, acts, top, sign, signed, n):
                      bias_scale=0.5)
     program = LOIHI.compile(net)
     x = codes(rng, net, n)
-    fast = assert_paths_agree(program, x)
-    assert fast.report[0] == "vnni16"
+    fast = assert_paths_agree(program, x, use_vnni=use_vnni)
+    assert fast.report[0] == "vnni16" if use_vnni else fast.report[0] in BLAS
     want = fast.run(x).tolist()
     for dtype in (np.int16 if signed else np.uint16, np.float64, np.int32):
         assert fast.run(x.astype(dtype)).tolist() == want
 
 
-@needs_vnni
-def test_vnni_emulator_on_the_benchmark_shape():
+@pytest.mark.parametrize("use_vnni", FAMILIES)
+def test_vnni_emulator_on_the_benchmark_shape(use_vnni):
     """784-100-10, 4-bit, step and ReLU: every layer VNNI; ReLU activations beyond 8 bits on
-    two byte planes."""
+    two byte planes. Without VNNI: float32 BLAS (every sum below 2^24)."""
     rng = np.random.default_rng(11)
-    for act, paths in (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "vnni16"])):
+    shapes = {True: (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "vnni16"])),
+              False: (("step", ["float32", "float32"]), ("Relu", ["float32", "float32"]))}
+    for act, paths in shapes[use_vnni]:
         graph = graph_from_model(random_mlp(rng, 784, 100, 10, act=act))
         x = rng.uniform(0, 1, (500, 784))
         net = quantize(graph, QuantSettings(4, "narrow"), x, bounds=(0, 1))
         program = LOIHI.compile(net)
-        fast = assert_paths_agree(program, quantize_input(net.input, x), spec_rows=3)
+        fast = assert_paths_agree(program, quantize_input(net.input, x), spec_rows=3, use_vnni=use_vnni)
         assert fast.report == paths
 
 
-@needs_vnni
-def test_vnni_emulator_two_groups():
+@pytest.mark.parametrize("use_vnni", FAMILIES)
+def test_vnni_emulator_two_groups(use_vnni):
     rng = np.random.default_rng(12)
     net = two_digit_net(rng)
     program = LOIHI.compile(net)
     assert len(program.mapping.layers[0].sets) == 2
-    fast = assert_paths_agree(program, codes(rng, net, 100))
-    assert fast.report == ["vnni", "vnni"]
+    fast = assert_paths_agree(program, codes(rng, net, 100), use_vnni=use_vnni)
+    assert fast.report == (["vnni", "vnni"] if use_vnni else ["float32", "float32"])
 
 
-@needs_vnni
-def test_vnni_emulator_falls_back_on_codes_outside_the_format():
-    """Codes beyond 8 bits cannot be packed: the chunk reruns on the exact BLAS/int64 path."""
+@pytest.mark.parametrize("use_vnni", FAMILIES)
+def test_vnni_emulator_falls_back_on_codes_outside_the_format(use_vnni):
+    """Codes beyond 8 bits cannot be packed: the chunk reruns on the exact BLAS/int64 path
+    (without VNNI: layer 0's range check sends it there)."""
     rng = np.random.default_rng(13)
     net = random_net(rng, 20, [9], ["relu"], 7)
     program = LOIHI.compile(net)
-    fast, slow = Emulator(program.mapping), Emulator(program.mapping, use_vnni=False)
-    assert fast.layers[0].vnni
+    fast, slow = Emulator(program.mapping, use_vnni=use_vnni), Emulator(program.mapping, use_vnni=False)
+    assert fast.layers[0].vnni == use_vnni
     x = codes(rng, net, 100)
     x[5, 3], x[60, 0] = 300, -2
-    assert fast.run(x).tolist() == slow.run(x).tolist()
+    assert fast.run(x).tolist() == slow.run(x).tolist() == run_spec(program.mapping, x).tolist()
     assert [a.tolist() for a in fast.inputs(x)] == [a.tolist() for a in slow.inputs(x)]
 
 
-@pytest.mark.parametrize("use_vnni", [False, True] if vnni.available() else [False])
+@pytest.mark.parametrize("use_vnni", FAMILIES)
 @pytest.mark.parametrize("act", ["relu", "step"])
 def test_codes_outside_the_format_are_exact_against_spec_and_python_ints(use_vnni, act):
     """Issue 8 defect 2: a row of codes at 2^24 + 1 used to run layer 0 in float32 (planned

@@ -16,7 +16,13 @@ from hwq.errors import InvalidModelError, TargetError
 from hwq.quant import reference
 from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
 
-VNNI = [False, True] if vnni.available() else [False]
+# The product families this host runs, each as sim's compile options: "blas" (float32/float64
+# BLAS and the int64 loop, every CPU), "vnni" (AVX-512 VNNI, where the CPU has it). A VNNI
+# machine tests both; a machine without VNNI runs the others with nothing skipped.
+PRODUCTS = {"blas": {"vnni": False}}
+if vnni.available():
+    PRODUCTS["vnni"] = {"vnni": True}
+FAMILIES = list(PRODUCTS)
 LUT_HALF = 2048
 
 
@@ -76,8 +82,17 @@ def network(layers, fmt=InputFormat(8, False, 255.0), output="argmax") -> Quanti
     return QuantizedNetwork(fmt, tuple(layers), output, QuantSettings(8), None)
 
 
-def assert_sim_exact(net, x_q, use_vnni, dtype=None):
-    program = hwq.compile(net, "sim", vnni=use_vnni)
+def blas_path(weight, lo, hi) -> str:
+    """The BLAS/int64 path the bounds of docs/integer-semantics.md section 8 give a layer,
+    restated in Python integers: float32 when ``S * peak < 2^24``, float64 below ``2^53``."""
+    s = max(sum(abs(int(v)) for v in row) for row in np.asarray(weight).tolist())
+    top = s * max(abs(lo), abs(hi))
+    return "float32" if top < 2**24 else "float64" if top < 2**53 else "int64"
+
+
+def assert_sim_exact(net, x_q, products, dtype=None):
+    """``products``: a family of PRODUCTS (its compile options), or None (the host's default)."""
+    program = hwq.compile(net, "sim", **({} if products is None else PRODUCTS[products]))
     codes = x_q if dtype is None else x_q.astype(dtype)
     expected = reference.trace(net, x_q)
     scores = program.forward(codes)
@@ -108,13 +123,13 @@ def python_decide(scores, output):
 
 # --- random networks ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("use_vnni", VNNI)
+@pytest.mark.parametrize("products", FAMILIES)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=quantized_networks())
-def test_random_networks_match_reference(case, use_vnni):
+def test_random_networks_match_reference(case, products):
     net, rng = case
     x_q = extreme_codes(rng, net.input, 97, net.n_features)
-    assert_sim_exact(net, x_q, use_vnni)
+    assert_sim_exact(net, x_q, products)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,14 +141,14 @@ def test_input_dtypes(case, dtype):
     assert_sim_exact(net, x_q, None, dtype)
 
 
-@pytest.mark.parametrize("use_vnni", VNNI)
+@pytest.mark.parametrize("products", FAMILIES)
 @pytest.mark.parametrize("n", [0, 1, 47, 48, 49, 1000])
-def test_batch_sizes_across_blocks(n, use_vnni):
+def test_batch_sizes_across_blocks(n, products):
     rng = np.random.default_rng(n)
     graph = float_graph(rng, [30, 20, 3], ["relu"])
     net = hwq.quantize(graph, 4, calibration=rng.uniform(0, 1, (50, 30)), bounds=(0, 1))
     x_q = extreme_codes(rng, net.input, n, 30) if n else np.zeros((0, 30), np.int64)
-    program = assert_sim_exact(net, x_q, use_vnni)
+    program = assert_sim_exact(net, x_q, products)
     assert program.forward(x_q).shape == (n, 3)
 
 
@@ -172,39 +187,45 @@ def integer_networks(draw):
     return network(layers, fmt), rng
 
 
-@pytest.mark.parametrize("use_vnni", VNNI)
+@pytest.mark.parametrize("products", FAMILIES)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=integer_networks())
-def test_integer_networks_match_reference_and_python_integers(case, use_vnni):
+def test_integer_networks_match_reference_and_python_integers(case, products):
     net, rng = case
     try:
-        program = hwq.compile(net, "sim", vnni=use_vnni)
+        program = hwq.compile(net, "sim", **PRODUCTS[products])
     except InvalidModelError:
         event("refused: int64 could wrap")
         assume(False)
     for path in program.report["products"]:
         event(f"path {path}")
     x_q = extreme_codes(rng, net.input, 60, net.n_features)
-    assert_sim_exact(net, x_q, use_vnni)
+    assert_sim_exact(net, x_q, products)
     assert program.forward(x_q[:6]).tolist() == oracle_forward(net, x_q[:6])
 
 
-@pytest.mark.parametrize("path, big, fmt", [
-    ("vnni", 127, FORMATS[0]), ("vnni16", 7, FORMATS[4]), ("vnni/w2", 2**12, FORMATS[1]),
-    ("vnni16/w2", 2**12, FORMATS[5]), ("vnni/w3", 2**20, FORMATS[0]),
-    ("float32", 2**12, FORMATS[2]), ("float64", 2**20, FORMATS[5]), ("int64", 2**36, FORMATS[5])])
-def test_the_strategy_magnitudes_reach_every_path(path, big, fmt):
-    """Each path the strategy is meant to reach, with one of its magnitudes and formats
-    (the BLAS and int64 paths with VNNI off)."""
-    on = path.startswith("vnni")
-    if on and not vnni.available():
-        pytest.skip("needs AVX-512 VNNI")
+REACH = [  # (weight magnitude, input format, the path of each family)
+    (127, FORMATS[0], {"vnni": "vnni", "blas": "float32"}),
+    (7, FORMATS[4], {"vnni": "vnni16", "blas": "float64"}),
+    (2**12, FORMATS[1], {"vnni": "vnni/w2", "blas": "float64"}),
+    (2**12, FORMATS[5], {"vnni": "vnni16/w2", "blas": "float64"}),
+    (2**20, FORMATS[0], {"vnni": "vnni/w3", "blas": "float64"}),
+    (2**12, FORMATS[2], {"vnni": "vnni/w2", "blas": "float32"}),
+    (2**20, FORMATS[5], {"vnni": "float64", "blas": "float64"}),
+    (2**36, FORMATS[5], {"vnni": "int64", "blas": "int64"})]
+
+
+@pytest.mark.parametrize("products", FAMILIES)
+@pytest.mark.parametrize("big, fmt, paths", REACH)
+def test_the_strategy_magnitudes_reach_every_path(big, fmt, paths, products):
+    """Each path the strategy is meant to reach, with one of its magnitudes and formats, in
+    every product family this host runs."""
     rng = np.random.default_rng(0)
     w = rng.integers(-big, big, (4, 40), endpoint=True)
     w[0] = big
     net = network([dense(w, rng.integers(-big, big, 4))], fmt)
-    program = assert_sim_exact(net, extreme_codes(rng, fmt, 50, 40), on)
-    assert program.report["products"] == [path]
+    program = assert_sim_exact(net, extreme_codes(rng, fmt, 50, 40), products)
+    assert program.report["products"] == [paths[products]]
 
 
 # --- every product path ------------------------------------------------------------------------
@@ -222,40 +243,42 @@ def test_product_paths(big, fmt, path):
     w = rng.integers(-big, big + 1, (6, 300))
     w[0, :] = big  # one row at the bound
     net = network([dense(w, rng.integers(-big, big, 6))], fmt)
-    program = assert_sim_exact(net, extreme_codes(rng, fmt, 64, 300), False)
+    program = assert_sim_exact(net, extreme_codes(rng, fmt, 64, 300), "blas")
     assert program.report["products"] == [path]
 
 
-@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("products", FAMILIES)
 @pytest.mark.parametrize("fmt", [InputFormat(8, False, 1.0), InputFormat(8, True, 1.0),
                                  InputFormat(3, True, 1.0), InputFormat(1 + 1, False, 1.0)])
-def test_vnni_signed_and_unsigned_inputs_at_int8_extremes(fmt):
+def test_vnni_signed_and_unsigned_inputs_at_int8_extremes(fmt, products):
     rng = np.random.default_rng(fmt.bits)
     w = rng.integers(-128, 128, (37, 1030))
     w[0] = -128
     w[1] = 127
     net = network([dense(w, rng.integers(-(2**20), 2**20, 37))], fmt)
-    program = assert_sim_exact(net, extreme_codes(rng, fmt, 200, 1030), True)
-    assert program.report["products"] == ["vnni"]
+    program = assert_sim_exact(net, extreme_codes(rng, fmt, 200, 1030), products)
+    assert program.report["products"] == [{"vnni": "vnni", "blas": blas_path(w, fmt.qmin, fmt.qmax)}[products]]
 
 
-@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
-def test_vnni_hidden_layer_with_signed_lut():
+@pytest.mark.parametrize("products", FAMILIES)
+def test_vnni_hidden_layer_with_signed_lut(products):
     """A sigmoid LUT with negative values feeds the next layer as int8 (+128 offset)."""
     rng = np.random.default_rng(5)
     lut = rng.integers(-128, 128, 2 * LUT_HALF)
     layers = [dense(rng.integers(-100, 100, (20, 16)), rng.integers(-500, 500, 20), "sigmoid",
                     mult=rng.integers(1, 2**10, 20), shift=rng.integers(0, 12, 20), lut=lut),
               dense(rng.integers(-127, 128, (4, 20)), rng.integers(-9, 9, 4))]
-    program = assert_sim_exact(network(layers), extreme_codes(rng, InputFormat(8, False, 1.0), 300, 16), True)
-    assert program.report["products"] == ["vnni", "vnni"]
+    program = assert_sim_exact(network(layers), extreme_codes(rng, InputFormat(8, False, 1.0), 300, 16), products)
+    want = {"vnni": ["vnni", "vnni"],
+            "blas": [blas_path(layers[0].weight, 0, 255), blas_path(layers[1].weight, -128, 127)]}
+    assert program.report["products"] == want[products]
 
 
-@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("products", FAMILIES)
 @pytest.mark.parametrize("fmt", [InputFormat(16, False, 65535.0), InputFormat(16, True, 1.0),
                                  InputFormat(12, False, 1.0), InputFormat(9, True, 1.0)])
 @pytest.mark.parametrize("dtype", [None, np.uint16, np.int16, np.float32])
-def test_vnni16_byte_planes_at_16bit_extremes(fmt, dtype):
+def test_vnni16_byte_planes_at_16bit_extremes(fmt, dtype, products):
     """16-bit codes (input and a 16-bit relu hidden layer) on two byte planes: weights at
     -128/127, codes at both ends, every container; the 255 input scale is not a power of 2."""
     if dtype is np.uint16 and fmt.signed or dtype is np.int16 and not fmt.signed:
@@ -267,13 +290,15 @@ def test_vnni16_byte_planes_at_16bit_extremes(fmt, dtype):
                     mult=rng.integers(1, 2**15, 21), shift=rng.integers(10, 30, 21)),
               dense(rng.integers(-128, 128, (5, 21)), rng.integers(-99, 99, 5))]
     x_q = extreme_codes(rng, fmt, 150, 300)
-    program = assert_sim_exact(network(layers, fmt), x_q, True, dtype)
-    assert program.report["products"] == ["vnni16", "vnni16"]
+    program = assert_sim_exact(network(layers, fmt), x_q, products, dtype)
+    want = {"vnni": ["vnni16", "vnni16"],
+            "blas": [blas_path(w, fmt.qmin, fmt.qmax), blas_path(layers[1].weight, 0, 2**16 - 1)]}
+    assert program.report["products"] == want[products]
 
 
-@pytest.mark.skipif(not vnni.available(), reason="needs AVX-512 VNNI")
+@pytest.mark.parametrize("products", FAMILIES)
 @pytest.mark.parametrize("codes16", [False, True])
-def test_vnni_int32_bound_at_its_limit(codes16):
+def test_vnni_int32_bound_at_its_limit(codes16, products):
     """A row with ``255 * S`` just below 2^31 stays on VNNI (8-bit) / two byte planes
     (16-bit) and is exact at the largest codes, against Python integers; one more unit of S
     leaves VNNI for float64 BLAS, still exact."""
@@ -287,15 +312,15 @@ def test_vnni_int32_bound_at_its_limit(codes16):
     x_q = np.stack([np.full(k, fmt.qmax), np.zeros(k, np.int64), np.arange(k) % (fmt.qmax + 1)])
     bias = np.array([-(2**40), 3, 0])
     net = network([dense(w, bias)], fmt)
-    program = assert_sim_exact(net, x_q, True)
-    assert program.report["products"] == ["vnni16" if codes16 else "vnni"]
+    program = assert_sim_exact(net, x_q, products)
+    assert program.report["products"] == [{"vnni": "vnni16" if codes16 else "vnni", "blas": "float64"}[products]]
     want = [[sum(int(a) * int(b) for a, b in zip(row, wr)) + int(bj) for wr, bj in zip(w.tolist(), bias.tolist())]
             for row in x_q.tolist()]
     assert program.forward(x_q).tolist() == want
     over = w.copy()
     over[0, -1] += 1  # S = s_max + 1
     assert 255 * int(np.abs(over[0]).sum()) >= 2**31
-    program = assert_sim_exact(network([dense(over, bias)], fmt), x_q, True)
+    program = assert_sim_exact(network([dense(over, bias)], fmt), x_q, products)
     assert program.report["products"] == ["float64"]
 
 
@@ -309,9 +334,9 @@ def test_vnni_refuses_what_int8_cannot_hold():
 
 # --- hand-built extremes -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("use_vnni", VNNI)
+@pytest.mark.parametrize("products", FAMILIES)
 @pytest.mark.parametrize("shift", [0, 1, 2, 3, 7])
-def test_requant_ties_round_half_up_for_both_signs(shift, use_vnni):
+def test_requant_ties_round_half_up_for_both_signs(shift, products):
     """acc = x - 128 sweeps every residue mod 2^shift, negative and positive: ties go up."""
     fmt = InputFormat(8, False, 1.0)
     lut = np.arange(2 * LUT_HALF)
@@ -320,20 +345,20 @@ def test_requant_ties_round_half_up_for_both_signs(shift, use_vnni):
               dense(np.eye(3, dtype=np.int64), [0, 0, 0], "sigmoid", mult=1, shift=shift, lut=lut),
               dense(np.eye(3, dtype=np.int64), [-2048, -2048, -2048])]
     x_q = np.arange(256).reshape(-1, 1)
-    assert_sim_exact(network(layers, fmt), x_q, use_vnni)
+    assert_sim_exact(network(layers, fmt), x_q, products)
 
 
-@pytest.mark.parametrize("use_vnni", VNNI)
-def test_step_is_zero_at_zero_accumulator(use_vnni):
+@pytest.mark.parametrize("products", FAMILIES)
+def test_step_is_zero_at_zero_accumulator(products):
     layers = [dense([[1, -1], [-1, 1], [1, 1]], [0, 0, -255], "step"), dense(np.eye(3), [0, 0, 0])]
     x_q = np.array([[0, 0], [5, 5], [6, 5], [5, 6], [255, 0], [0, 255], [128, 127], [255, 255]])
-    program = assert_sim_exact(network(layers), x_q, use_vnni)
+    program = assert_sim_exact(network(layers), x_q, products)
     h = program.forward(x_q)
     assert h[:2].tolist() == [[0, 0, 0], [0, 0, 0]]
 
 
-@pytest.mark.parametrize("use_vnni", VNNI)
-def test_saturation_and_sigmoid_edges(use_vnni):
+@pytest.mark.parametrize("products", FAMILIES)
+def test_saturation_and_sigmoid_edges(products):
     """Accumulators far beyond the relu range and the LUT's index range, both signs."""
     lut = np.arange(2 * LUT_HALF) % 251
     w = np.array([[127] * 8, [-127] * 8, [1] * 8, [-1] * 8])
@@ -343,7 +368,7 @@ def test_saturation_and_sigmoid_edges(use_vnni):
                     mult=[1, 3, 2**12, 1], shift=[0, 1, 5, 2]),
               dense(np.ones((2, 4), np.int64), [-1, 1])]
     x_q = extreme_codes(np.random.default_rng(0), InputFormat(8, False, 1.0), 120, 8)
-    assert_sim_exact(network(layers), x_q, use_vnni)
+    assert_sim_exact(network(layers), x_q, products)
 
 
 def test_sign_output_and_argmax_ties():
@@ -357,8 +382,8 @@ def test_sign_output_and_argmax_ties():
     assert program.decide(program.forward(x_q)).tolist() == [0, 1, 0, 0]
 
 
-@pytest.mark.parametrize("use_vnni", VNNI)
-def test_codes_outside_the_format_stay_exact(use_vnni):
+@pytest.mark.parametrize("products", FAMILIES)
+def test_codes_outside_the_format_stay_exact(products):
     """Layer 0's proof holds for the format; codes beyond it take a path proven for them."""
     rng = np.random.default_rng(1)
     fmt = InputFormat(4, False, 1.0)
@@ -367,7 +392,7 @@ def test_codes_outside_the_format_stay_exact(use_vnni):
     x_q = extreme_codes(rng, fmt, 100, 50)
     x_q[3, 7] = 2**22
     x_q[5, 1] = -(2**22)
-    assert_sim_exact(network(layers, fmt), x_q, use_vnni)
+    assert_sim_exact(network(layers, fmt), x_q, products)
 
 
 def test_last_activation_is_ignored_like_the_reference():
