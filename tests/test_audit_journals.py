@@ -8,7 +8,10 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from builders import random_mlp
@@ -276,3 +279,70 @@ def test_journal_helpers_reject_a_busy_lock(tmp_path):
     with pytest.raises(UsageError, match="another kind"):
         folders.make_journal(path, "other", tmp_path / "x")
     assert Journal  # the attack journal is the first user
+
+
+@pytest.mark.slow
+def test_two_commands_on_one_output_the_second_is_refused(model_file, tmp_path):
+    """The audit's H1 with real processes: while one `hwq attack --device -o OUT` runs on a slow
+    device, a second one with other settings on the same OUT is refused in one line, and the
+    first finishes with its own numbers."""
+    helper = [sys.executable, str(Path(__file__).resolve().parent / "test_devices.py"), str(model_file),
+              "--delay", "1.0"]
+    proc = subprocess.Popen(helper, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    address = proc.stdout.readline().split()[1]
+    out = tmp_path / "out.h5"
+    args = ["--data", "digits", "--limit", "1000", "--no-diagnostics", "--device", address, "-o", out]
+    try:
+        first = subprocess.Popen([sys.executable, "-m", "hwq", "attack", model_file, "--eps", "0:0.1:0.05", *args],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lock = tmp_path / "out.h5.parts" / "lock"
+        for _ in range(600):
+            if lock.exists() or first.poll() is not None:
+                break
+            time.sleep(0.05)
+        second = hwq_cli("attack", model_file, "--eps", "0:0.2:0.1", *args)
+        _, err = first.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert first.returncode == 0, err
+    assert second.returncode == 1 and "being written by another hwq attack" in second.stderr.strip().splitlines()[-1]
+    assert "resumed" not in err and not (tmp_path / "out.h5.parts").exists()
+    with h5py.File(out) as f:
+        assert f["epsilons"][()].tolist() == [0.0, 0.05, 0.1]
+
+
+def test_attack_refuses_to_replace_a_sweep_before_running(model_file, tmp_path):
+    from hwq.sweep.spec import FORMAT
+
+    out = tmp_path / "sweep.h5"
+    with h5py.File(out, "w") as f:
+        f.attrs.update(format=FORMAT, version=1)
+    before = out.read_bytes()
+    proc = hwq_cli("attack", model_file, *ATTACK, "--device", "tcp://127.0.0.1:9", "-o", out)
+    assert proc.returncode == 2 and "is not replaced" in proc.stderr.strip().splitlines()[-1]
+    assert out.read_bytes() == before and not (tmp_path / "sweep.h5.parts").exists()
+
+
+def test_an_older_hwq_journal_is_adopted_but_its_parts_are_not_loaded(setup, tmp_path):
+    journal = tmp_path / "old.h5.parts"
+    with pytest.raises(Stop):
+        run(setup, EPS_A, journal, stop_after(1))
+    (journal / "hwq-journal.json").unlink()  # as an hwq before the marker left it
+    with np.load(journal / "part-0.npz") as f:
+        arrays = {k: f[k] for k in f.files if k not in ("key", "part")}
+    with open(journal / "part-0.npz", "wb") as f:
+        np.savez(f, **arrays)  # and its parts carried no key
+    again = run(setup, EPS_A, journal)
+    assert again.resumed == 0 and same(again.result, run(setup, EPS_A).result)
+    assert again.journal.remove() == [] and not journal.exists()
+
+
+def test_a_marker_that_is_a_link_is_not_read(setup, tmp_path):
+    journal = tmp_path / "z.h5.parts"
+    journal.mkdir()
+    (journal / "hwq-journal.json").symlink_to("/dev/zero")
+    with pytest.raises(UsageError, match="not made by hwq"):
+        run(setup, EPS_A, journal)

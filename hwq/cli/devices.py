@@ -85,6 +85,10 @@ def attack_on(device: str, program, ds, epsilons, method, gradient, output: Path
 
     if not 0.0 <= max_disagreement <= 1.0:
         raise UsageError(f"--max-disagreement must be a share of inputs in [0, 1], got {max_disagreement:g}")
+    if output is not None:  # before the device runs: a sweep or another file under -o is refused now
+        from hwq.files import results
+
+        results.check_replaceable(output, results.FORMAT, results.READABLE)
     expected = model_hash(program)
     client = SocketDevice(device, model_hash=expected)
 

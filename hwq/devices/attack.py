@@ -45,6 +45,13 @@ def ours(name: str) -> bool:
     return name == KEY_FILE or PART.fullmatch(name) is not None
 
 
+def _legacy(path: Path) -> bool:
+    """A journal of an hwq that did not mark its journals: its ``key.json`` is there (its parts
+    carry no key, so none of them is ever loaded)."""
+    info = folders.small_json(path / KEY_FILE)
+    return isinstance(info, dict) and isinstance(info.get("key"), str)
+
+
 @dataclass(frozen=True)
 class DeviceRun:
     result: AttackResult  # judged on the device
@@ -65,7 +72,7 @@ class Journal:
         if path is None:
             return
         output = output or path.with_name(path.name.removesuffix(".parts"))
-        folders.make_journal(path, KIND, output)
+        folders.make_journal(path, KIND, output, legacy=_legacy)
         self.lock = folders.JournalLock(
             path, f"{output} is being written by another hwq attack (its journal {path} is locked)")
         try:
@@ -79,10 +86,7 @@ class Journal:
             raise
 
     def _stamped(self) -> str | None:
-        try:
-            info = json.loads((self.path / KEY_FILE).read_text())
-        except (OSError, ValueError):
-            return None
+        info = folders.small_json(self.path / KEY_FILE)
         return info.get("key") if isinstance(info, dict) else None
 
     def load(self, i: int, rows: int, n_eps: int) -> dict | None:

@@ -45,12 +45,20 @@ def _refuse(path: Path, what: str, output: Path) -> UsageError:
                       "touch it", hint=f"move it away or choose another -o than {output}")
 
 
-def marker_kind(path: Path) -> str | None:
-    """The kind written in ``path``'s marker, or None if ``path`` is no marked journal folder."""
+def small_json(path: Path, most: int = 4096):
+    """The JSON in the regular file ``path`` (no link, at most ``most`` bytes), or None."""
     try:
-        info = json.loads((path / MARKER).read_text())
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > most:
+            return None
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def marker_kind(path: Path) -> str | None:
+    """The kind written in ``path``'s marker, or None if ``path`` is no marked journal folder."""
+    info = small_json(path / MARKER)
     return info.get("format") if isinstance(info, dict) and info.get("version") == VERSION else None
 
 
