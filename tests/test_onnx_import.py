@@ -220,9 +220,9 @@ def test_model_checker_runs_on_builders():
 # ---------------------------------------------------------------- hostile files (issue 17: H3, H4, M8, M9, LOW)
 
 
-def mlp(out="Softmax", **kw):
+def mlp(out="Softmax", act="Relu", **kw):
     return torch_style_mlp(RNG.normal(size=(8, 6)), RNG.normal(size=8), RNG.normal(size=(4, 8)),
-                           RNG.normal(size=4), out=out, **kw)
+                           RNG.normal(size=4), out=out, act=act, **kw)
 
 
 def with_head(model, *nodes, inits=None):
@@ -421,6 +421,10 @@ def checker_accepted(case):
     elif case == "clip-min-max-opset6":
         g.node[2].CopyFrom(helper.make_node("Clip", ["z1"], ["h"], min=0.0, max=6.0, name="clip"))
         m.opset_import[0].version = 6
+    elif case == "gemm-alpha-nan":
+        set_attr(g.node[1], alpha=float("nan"))
+    elif case == "weights-1e30":
+        g.initializer[0].CopyFrom(numpy_helper.from_array(np.full((8, 6), 1e30, np.float32), "w1"))
     elif case == "unknown-qonnx-attribute":
         m = qonnx_model(hello=1)
     elif case == "quant-missing-inputs":
@@ -440,7 +444,7 @@ def qonnx_model(inputs=("w", "s", "z", "bw"), **extra):
 
 CHECKER_ACCEPTED = ["raw-data-longer", "zero-hidden", "bias-shape", "add-shape", "relu-consumed-inputs",
                     "gemm-broadcast", "reshape-shape-attribute", "clip-min-max-opset6",
-                    "unknown-qonnx-attribute", "quant-missing-inputs"]
+                    "unknown-qonnx-attribute", "quant-missing-inputs", "gemm-alpha-nan", "weights-1e30"]
 
 
 @pytest.mark.parametrize("case", CHECKER_ACCEPTED)
@@ -535,3 +539,31 @@ def test_clip_activation_is_refused_with_a_hint():
                                 numpy_helper.from_array(np.float32(6), "hi")])
     with pytest.raises(InvalidModelError, match="relu6.*ReLU6/HardTanh"):
         graph_from_model(m)
+
+
+def test_step_threshold_of_any_rank():
+    """A one-element threshold of shape (1, 1) (found by the mutation audit: a TypeError before)."""
+    m = mlp(act="step")
+    m.graph.initializer[[i.name for i in m.graph.initializer].index("zero")].CopyFrom(
+        numpy_helper.from_array(np.full((1, 1), 0.25, np.float32), "zero"))
+    x = RNG.normal(size=(200, 6)).astype(np.float32)
+    np.testing.assert_allclose(float_scores(graph_from_model(m), x), ort_run(m, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [[0, 1, 2, 3], [3, 2, 1, 0]])
+def test_label_mapping_kept_only_when_it_is_the_class_index(classes):
+    """ArgMax -> ArrayFeatureExtractor(classes): dropped when classes are 0..C-1 (decisions equal
+    onnxruntime's labels), refused when it relabels them (hwq reports class indices)."""
+    m = with_head(mlp(), helper.make_node("ArgMax", ["p"], ["idx"], axis=1, name="argmax"),
+                  helper.make_node("ArrayFeatureExtractor", ["classes", "idx"], ["lab"], domain="ai.onnx.ml",
+                                   name="labels"),
+                  helper.make_node("Reshape", ["lab", "flat"], ["scores"], name="reshape"),
+                  inits={"classes": np.array(classes, np.int64), "flat": np.array([-1], np.int64)})
+    m.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info("scores", TensorProto.INT64, ["N"]))
+    x = RNG.normal(size=(200, 6)).astype(np.float32)
+    if classes == sorted(classes):
+        assert decisions_agree(m, x) == 1.0
+    else:
+        with pytest.raises(InvalidModelError, match="labels"):
+            graph_from_model(m)
