@@ -46,6 +46,8 @@ def training_budget(n_train: int) -> tuple[int, int]:
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 STALL_MARGIN = 0.05  # a run whose best validation accuracy is within this of chance stalled
 INITS = ("grid", "default")
+MAX_HIDDEN = 65_536
+MAX_PARAMETERS = 2**26  # weights and biases: five float32 copies of them are 1.3 GiB
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,16 @@ class TrainConfig:
         for name in ("hidden", "epochs", "batch_size", "patience"):
             if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
                 raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.hidden > MAX_HIDDEN:
+            raise UsageError(f"hidden must be at most {MAX_HIDDEN} units, got {self.hidden}")
+        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not 0 < self.val_fraction < 1:
             raise UsageError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if not (self.gain > 0 and self.learning_rate > 0):
-            raise UsageError("gain and learning_rate must be positive")
+        for name in ("gain", "learning_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be finite and positive, got {value!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -361,6 +369,10 @@ def train_mlp(
     xtr, ytr, xval, yval = _split(x, y, config.val_fraction, rng)
     n_out = 1 if n_classes == 2 else n_classes
     shapes = {"w1": (config.hidden, x.shape[1]), "b1": (config.hidden,), "w2": (n_out, config.hidden), "b2": (n_out,)}
+    n_params = sum(math.prod(s) for s in shapes.values())
+    if n_params > MAX_PARAMETERS:
+        raise UsageError(f"a {x.shape[1]}-{config.hidden}-{n_out} network has {n_params} parameters; "
+                         f"at most {MAX_PARAMETERS} (fewer hidden units)")
     flat = _FlatParams(shapes)
     for k, a in _init(shapes, config.init, rng).items():
         flat.views(flat.shadow)[k][...] = a

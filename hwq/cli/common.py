@@ -81,6 +81,8 @@ def check_output(path: Path, suffixes: tuple[str, ...]) -> Path:
         raise UsageError(f"output file {path} should end in {' or '.join(suffixes)}")
     if not path.parent.exists():
         raise UsageError(f"output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a folder; name a file (e.g. {path / ('out' + suffixes[0])})")
     return path
 
 

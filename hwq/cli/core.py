@@ -61,7 +61,8 @@ def train(
     ds = data(data_spec, seed=seed)
     gain = gain if gain is not None else (10.0 if ds.name.startswith("spiral") else 1.0)
     auto_epochs, auto_patience = training_budget(len(ds.y_train))  # the same budget as sweeps
-    epochs, patience = epochs or auto_epochs, patience or auto_patience
+    epochs = auto_epochs if epochs is None else epochs  # 0 is refused by TrainConfig, not read as "default"
+    patience = auto_patience if patience is None else patience
     config = TrainConfig(hidden=hidden, activation=activation, bits=bits, scheme=scheme, gain=gain,
                          epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr,
                          init=init, seed=seed)
