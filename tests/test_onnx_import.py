@@ -332,6 +332,9 @@ def test_declared_outputs_are_compiled_not_the_dangling_tail():
     m.graph.output.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 8]))
     with pytest.raises(InvalidModelError, match="declared output 'h'"):
         graph_from_model(m)
+    m = mlp()  # logits and probabilities both declared: one network
+    m.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4]))
+    assert graph_from_model(m).output.kind == "softmax"
 
 
 def const_node(name, out, **kw):

@@ -64,6 +64,7 @@ class Importer:
     prelude: tuple[np.ndarray, np.ndarray] | None = None  # input normalization x -> a x + c, not yet folded
     post: outputs.PostProcessing | None = None  # the tensors after the network's scores
     scores: str = ""  # the tensor where the network ends
+    logits: str = ""  # the scores before a Softmax/LogSoftmax output (declarable too)
     folder: Folder = field(default_factory=Folder)
 
     def const(self, node: onnx.NodeProto, name: str) -> np.ndarray:
@@ -321,6 +322,7 @@ def Softmax(st: Importer, node, axis=None):
                                 f"{st.rank or 'unknown'}): only the class axis keeps the decision",
                                 hint="hwq decides by argmax over the class axis")
     st.output = ir.Output("softmax")
+    st.logits = st.stream
 
 
 def LogSoftmax(st: Importer, node, axis=None):
@@ -773,7 +775,7 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
         raise InvalidModelError(f"QuantizeLinear '{st.qpending['name']}' has no DequantizeLinear")
     if st.prelude is not None:
         raise InvalidModelError("the input normalization is not followed by a dense layer")
-    outputs.check_declared(g, st.scores or st.stream, st.post)
+    outputs.check_declared(g, st.scores or st.stream, st.post, st.logits)
     output = st.output
     if output is None and st.nodes and st.nodes[-1] == ir.Activation("sigmoid"):
         st.nodes.pop()

@@ -173,9 +173,10 @@ class PostProcessing:
         raise self.refuse(node, "is not decision-keeping post-processing")
 
 
-def check_declared(graph: onnx.GraphProto, scores: str, post: PostProcessing | None) -> None:
-    """Every declared output must be the network's scores or a decision-keeping map of them."""
-    kinds = post.kinds if post else {scores: "scores"}
+def check_declared(graph: onnx.GraphProto, scores: str, post: PostProcessing | None, logits: str = "") -> None:
+    """Every declared output must be the network's scores (``logits``: before its Softmax) or a
+    decision-keeping map of them."""
+    kinds = {**(post.kinds if post else {scores: "scores"}), **({logits: "scores"} if logits else {})}
     for out in graph.output:
         kind = kinds.get(out.name)
         if out.name != scores and kind not in DECLARABLE:
