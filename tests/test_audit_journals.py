@@ -241,6 +241,7 @@ def wrong_device(model_file):
     proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_a_device_wrong_off_the_golden_inputs_stops_the_run_or_is_reported(model_file, wrong_device, tmp_path):
     """Before: exit 0, the disagreement only inside the results file. Now the default limit (0)
     stops the run with nothing written, the journal keeps the batches, and a rerun that allows
