@@ -570,3 +570,25 @@ def test_label_mapping_kept_only_when_it_is_the_class_index(classes):
     else:
         with pytest.raises(InvalidModelError, match="labels"):
             graph_from_model(m)
+
+
+@pytest.mark.parametrize("scaler", ["standard", "minmax"])
+def test_scikit_learn_pipeline_scalers_fold_into_the_first_layer(tmp_path, scaler):
+    """StandardScaler (ai.onnx.ml Scaler) and MinMaxScaler (Mul, Add) before the MLP fold into its
+    first layer; the probabilities equal scikit-learn's (before: Scaler dropped as post-processing
+    and the import failed)."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = make_pipeline(StandardScaler() if scaler == "standard" else MinMaxScaler(),
+                            MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0)).fit(x, y)
+    graph = load_onnx(save(to_onnx(clf, x[:1], target_opset=17), tmp_path / "skl.onnx"))
+    assert len(graph.affines) == 2
+    np.testing.assert_allclose(float_scores(graph, x), clf.predict_proba(x), atol=1e-5)

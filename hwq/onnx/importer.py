@@ -471,6 +471,17 @@ def Quant(st: Importer, node, signed=1, narrow=0, rounding_mode="ROUND"):
 IntQuant = Quant
 
 
+def Scaler(st: Importer, node, offset=(), scale=()):
+    """scikit-learn's StandardScaler (``ai.onnx.ml`` Scaler): ``(x - offset) * scale`` before the
+    first layer, folded into it like any input normalization."""
+    if not before_first_layer(st):
+        raise InvalidModelError(f"Scaler '{node.name}' is only read before the first dense layer")
+    for value, op in ((offset, "Sub"), (scale, "Mul")):
+        values = np.asarray(value, np.float64)
+        if values.size:
+            prelude(st, node, values.reshape(1, -1) if values.size > 1 else values.reshape(()), op)
+
+
 def BipolarQuant(st: Importer, node):
     scale = scalar_scale(node, st.const(node, node.input[1]))
     attach_quant(st, node, ir.Quantizer(1, True, scale, rounding="BIPOLAR",
@@ -523,16 +534,18 @@ OPS: dict[str, OpFunction] = {
               Greater, Cast, Where, Flatten, Reshape, QuantizeLinear, Clip, DequantizeLinear)
 }
 QONNX_OPS: dict[str, OpFunction] = {"Quant": Quant, "IntQuant": IntQuant, "BipolarQuant": BipolarQuant}
-SUPPORTED = sorted({*OPS, *QONNX_OPS, *PASS_THROUGH, *POST_PROCESSING})
+ML_OPS: dict[str, OpFunction] = {"Scaler": Scaler}
+SUPPORTED = sorted({*OPS, *QONNX_OPS, *ML_OPS, *PASS_THROUGH, *POST_PROCESSING})
 
 
 def op_table() -> list[tuple[str, str]]:
     """Every op hwq reads, with its role: what ``hwq info --ops`` prints."""
     roles = {**{op: "layer, activation or constant folding" for op in OPS},
              **{op: "quantizer (QONNX)" for op in QONNX_OPS},
+             "Scaler": "input normalization (ai.onnx.ml, folded into the first layer)",
              **{op: "quantizer (QDQ/QCDQ)" for op in ("QuantizeLinear", "Clip", "DequantizeLinear")},
              **{op: "pass-through" for op in PASS_THROUGH},
-             **{op: "classifier post-processing (dropped)" for op in POST_PROCESSING}}
+             **{op: "classifier post-processing (dropped where it keeps the decision)" for op in POST_PROCESSING}}
     return sorted(roles.items())
 
 
@@ -660,7 +673,8 @@ def read_attrs(node: onnx.NodeProto, fn: Callable, skip: int) -> dict:
         except Exception:
             raise InvalidModelError(f"{where}: attribute '{a.name}' cannot be read") from None
         default = known[a.name]
-        ok = {int: (int,), float: (int, float), str: (str, bytes)}.get(type(default), (int, float, str, bytes))
+        ok = {int: (int,), float: (int, float), str: (str, bytes), tuple: (list, tuple)}.get(
+            type(default), (int, float, str, bytes))
         if isinstance(value, bool) or not isinstance(value, ok):
             raise InvalidModelError(f"{where}: attribute '{a.name}' is a {type(value).__name__}, expected "
                                     f"{type(default).__name__ if default is not None else 'a number'}")
@@ -720,7 +734,8 @@ def start_post(st: Importer) -> None:
 
 
 def import_node(st: Importer, node: onnx.NodeProto) -> None:
-    if st.post is None and st.stream in node.input and (
+    ml_prelude = node.domain == "ai.onnx.ml" and node.op_type in ML_OPS and before_first_layer(st)
+    if st.post is None and st.stream in node.input and not ml_prelude and (
         st.output is not None or node.op_type in POST_PROCESSING or node.domain == "ai.onnx.ml"
         or (node.op_type in ("Sub", "Concat") and st.nodes and st.nodes[-1] == ir.Activation("sigmoid")
             and not (node.op_type == "Sub" and node.input[0] == st.stream))
@@ -742,6 +757,8 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
         return
     if node.domain in QONNX_DOMAINS and node.op_type in QONNX_OPS:
         op = QONNX_OPS[node.op_type]
+    elif ml_prelude:
+        op = ML_OPS[node.op_type]
     elif node.domain in ("", "ai.onnx") and node.op_type in OPS:
         op = OPS[node.op_type]
     else:
