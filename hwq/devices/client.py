@@ -21,7 +21,15 @@ import numpy as np
 from hwq.errors import DataError
 
 from .base import Device, as_scores
-from .errors import ConnectionClosed, DeviceError, DeviceMismatch, DeviceTimeout, ProtocolError, TruncatedFrame
+from .errors import (
+    ConnectionClosed,
+    DeviceBusy,
+    DeviceError,
+    DeviceMismatch,
+    DeviceTimeout,
+    ProtocolError,
+    TruncatedFrame,
+)
 from .fingerprint import short
 from .protocol import DEFAULT_LIMIT, NO_HASH, VERSION, Frame, Kind, array_frame, json_frame, one_line, read_frame
 from .wire import TimedReader, parse_address, send, tune
@@ -108,7 +116,27 @@ class SocketDevice(Device):
             self.sock = None
 
     def _connect(self, window: float | None = None) -> None:
+        """Connect and exchange HELLO/IDENTITY within ``window`` seconds (a device that is
+        down, or busy with as many clients as it takes, is retried until then)."""
         deadline = time.monotonic() + (self.connect_timeout if window is None else window)
+        while True:
+            try:
+                reply = self._hello(deadline)
+                break
+            except DeviceBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.model_hash = reply.model_hash
+        self.identity = self.info["identity"]
+        self.connections += 1
+        if self.expected is not None and reply.model_hash != self.expected:
+            self.close()
+            raise DeviceMismatch(f"{self.where} ({self.identity}) serves model "
+                                 f"{short(reply.model_hash)}, expected {short(self.expected)}",
+                                 hint="serve the same .hwq file on the device")
+
+    def _hello(self, deadline: float) -> Frame:
         while True:
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=max(0.1, deadline - time.monotonic()))
@@ -131,14 +159,7 @@ class SocketDevice(Device):
         except BaseException:
             self.close()
             raise
-        self.model_hash = reply.model_hash
-        self.identity = self.info["identity"]
-        self.connections += 1
-        if self.expected is not None and reply.model_hash != self.expected:
-            self.close()
-            raise DeviceMismatch(f"{self.where} ({self.identity}) serves model "
-                                 f"{short(reply.model_hash)}, expected {short(self.expected)}",
-                                 hint="serve the same .hwq file on the device")
+        return reply
 
     def _id(self) -> int:
         rid, self.next_id = self.next_id, self.next_id + 1
@@ -238,8 +259,9 @@ class SocketDevice(Device):
         if reply.kind == Kind.ERROR and reply.request_id == 0 != frame.request_id:  # refused before it read the id
             self.close()
             reason = reply.data.get("error")
-            raise DeviceError(f"{where} refused the connection: "
-                              f"{one_line(reason, 500) if isinstance(reason, str) else 'no reason given'}")
+            raise (DeviceBusy if reply.data.get("busy") is True else DeviceError)(
+                f"{where} refused the connection: "
+                f"{one_line(reason, 500) if isinstance(reason, str) else 'no reason given'}")
         if reply.request_id != frame.request_id:
             self.close()
             raise DeviceError(f"{where} answered request {reply.request_id} while request "

@@ -37,6 +37,10 @@ class ConnectionClosed(DeviceError):
     """The peer closed the connection cleanly between frames."""
 
 
+class DeviceBusy(DeviceError):
+    """The device server turned the connection away: it serves as many clients as it takes."""
+
+
 class DeviceTimeout(DeviceError):
     """No reply (or no progress on a reply) within the limit scaled to the batch."""
 

@@ -41,6 +41,7 @@ from .protocol import (
 from .wire import TimedReader, is_loopback, send, tune
 
 Log = Callable[[str], None]
+TURN_AWAY = 256  # clients told "busy" at once (each for at most a second); more are just closed
 CHUNK_BYTES = 8 * 2**20  # input codes, counted as int64, handed to the device per call
 
 
@@ -89,7 +90,8 @@ class Budget:
 class Server:
     """Listens on ``host:port`` (loopback unless another address is given explicitly, with a
     warning; port 0 picks a free one) and serves ``device`` to up to ``max_clients`` clients
-    at once; one more is answered with an ERROR frame ("busy") and let go."""
+    at once; one more is answered with an ERROR frame (``"busy": true``; ``SocketDevice``
+    retries within its connect window) and let go."""
 
     def __init__(self, device, host: str = "127.0.0.1", port: int = 0, *,
                  model_hash: bytes | None = None, identity: str | None = None,
@@ -103,7 +105,7 @@ class Server:
         if not is_loopback(host):
             log(f"warning: listening on {host}, not loopback: anyone who can reach it can query "
                 "the model (the protocol has no authentication)")
-        self.sock = socket.create_server((host, port), backlog=max(16, max_clients))
+        self.sock = socket.create_server((host, port), backlog=max(128, max_clients))
         self.host, self.port = host, self.sock.getsockname()[1]
         self.requests = 0
         self.budget = Budget(2 * limit)
@@ -150,7 +152,7 @@ class Server:
             self.log(f"{peer}: turned away, {self.max_clients} clients are connected")
             with self.lock:
                 self.turning_away += 1
-                polite = self.turning_away <= self.max_clients  # else just closed: a flood gets no threads
+                polite = self.turning_away <= TURN_AWAY  # else just closed: a flood gets no more threads
             if polite:
                 threading.Thread(target=self.turn_away, args=(conn, peer), daemon=True).start()
             else:
@@ -163,7 +165,8 @@ class Server:
         the reply is not lost to a connection reset)."""
         try:
             if self.reply(conn, peer, json_frame(Kind.ERROR, 0, self.hash, {
-                    "error": f"the device server is busy ({self.max_clients} clients connected); retry later"})):
+                    "error": f"the device server is busy ({self.max_clients} clients connected); retry later",
+                    "busy": True})):
                 drain(conn, 1.0, 2**20)
         finally:
             self.turned(conn)
