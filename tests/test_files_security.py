@@ -239,7 +239,7 @@ H6_NETWORK = {
         f["network/layers/0"], "lut", f["network/layers/0/lut"][()] * 300), "sigmoid lookup codes"),
     "weight codes beyond the bits": ("relu", lambda f: set_dataset(
         f["network/layers/1"], "weight", f["network/layers/1/weight"][()] * 300), "beyond the 4-bit range"),
-    "in_max not what the layer before emits": ("relu", _attr("network/layers/1", "in_max", 1), "in_max"),
+    "negative in_max": ("relu", _attr("network/layers/1", "in_max", -1), "in_max must be an integer"),
     "text where a number belongs": ("relu", _attr("network/layers/0", "gain", "big"), "not a valid float"),
     "an unknown field": ("relu", _attr("network/layers/0", "shortcut", 1), "unexpected field 'shortcut'"),
 }

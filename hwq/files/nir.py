@@ -124,7 +124,9 @@ def read_network(path: str | Path) -> QuantizedNetwork:
     except Exception as exc:  # h5py, nir's own asserts and type checks
         raise FileFormatError(f"{path}: not a readable NIR file ({type(exc).__name__}: {exc})") from None
     try:
-        return from_nir(graph)
+        net = from_nir(graph)
+        net.validate()  # what quantize guarantees (hwq.quant.qnet), as for .hwq files
+        return net
     except FileFormatError as exc:
         raise FileFormatError(f"{path}: {exc.message}") from None
     except (HwqError, KeyError, TypeError, ValueError, IndexError) as exc:

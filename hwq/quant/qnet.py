@@ -246,8 +246,8 @@ class QuantizedNetwork:
     def validate(self) -> None:
         """Everything a file's network must satisfy before a target runs it: each part valid
         (``validate`` of the input format, layers, settings), at least one layer, widths that
-        chain, a known output rule (``sign`` over exactly one score), each layer's ``in_max``
-        what the layer before it emits, no int64 intermediate that can wrap
+        chain, weight codes within the settings' bits, a known output rule (``sign`` over
+        exactly one score), no int64 intermediate that can wrap
         (``bounds.check_layers``), and a float graph (where kept) of the same shapes.
         Raises ``InvalidModelError`` naming the layer."""
         from hwq.quant.bounds import check_layers
@@ -259,7 +259,6 @@ class QuantizedNetwork:
         if self.output not in OUTPUT_RULES:
             raise InvalidModelError(f"unknown output rule {short(self.output)}", hint="argmax or sign")
         top_code = 2**self.settings.bits - 1  # every scheme's codes for q bits lie within
-        emits = max(abs(self.input.qmin), self.input.qmax)
         for i, layer in enumerate(self.layers):
             try:
                 layer.validate()
@@ -271,15 +270,6 @@ class QuantizedNetwork:
             if max(-int(layer.weight.min()), int(layer.weight.max())) > top_code:
                 raise InvalidModelError(f"layer {i}: weight codes beyond the {self.settings.bits}-bit range "
                                         f"(|W| <= {top_code})")
-            if layer.in_max != emits:
-                raise InvalidModelError(f"layer {i}: in_max {layer.in_max} is not the largest input code "
-                                        f"{emits} the layer before it emits")
-            if layer.activation in ("relu", "sigmoid"):
-                emits = 2**layer.act_bits - 1
-            elif layer.activation == "identity":
-                emits = layer.acc_bound
-            else:
-                emits = 1
         if self.layers[-1].activation != "identity":
             raise InvalidModelError(f"the output layer must be identity, not {self.layers[-1].activation}")
         if self.output == "sign" and self.layers[-1].weight.shape[0] != 1:
