@@ -14,6 +14,7 @@ Typical use (a hardware-in-the-loop script can replace ``program`` by any object
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,10 +103,24 @@ class Evaluation:
     accuracy: float
 
 
-def evaluate(program, x: np.ndarray, y: np.ndarray) -> Evaluation:
-    """Run the integer model on ``x`` (real inputs, quantized as the device receives them)."""
+def takes_progress(method) -> bool:
+    """Whether a program's ``forward``/``measure_fidelity`` reports progress (a ``progress``
+    keyword called with each finished number of inputs): targets that run for minutes do."""
+    try:
+        return "progress" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def evaluate(program, x: np.ndarray, y: np.ndarray, progress=None) -> Evaluation:
+    """Run the integer model on ``x`` (real inputs, quantized as the device receives them);
+    ``progress(n)`` hears of finished inputs where the program reports them."""
     x, y = check_inputs(program, x, y)
-    scores = program.forward(quantize_input(program.net.input, x))
+    codes = quantize_input(program.net.input, x)
+    if progress is not None and takes_progress(program.forward):
+        scores = program.forward(codes, progress=progress)
+    else:
+        scores = program.forward(codes)
     pred = program.decide(scores)
     return Evaluation(pred, scores, float(np.mean(pred == y)) if len(y) else float("nan"))
 
@@ -113,7 +128,8 @@ def evaluate(program, x: np.ndarray, y: np.ndarray) -> Evaluation:
 FIDELITY_WARN = 0.99  # below this share of reference decisions an inexact program warns at compile time
 
 
-def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FIDELITY_WARN) -> str | None:
+def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FIDELITY_WARN,
+                   progress=None) -> str | None:
     """Measure an inexact program's fidelity on ``x_q`` (the share of inputs whose decision
     equals the integer reference's, i.e. the ``sim`` target's) into ``program.report["fidelity"]``;
     return a one-line warning (what differs, why, the setting that avoids it) when it falls
@@ -122,7 +138,10 @@ def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FID
     if not isinstance(getattr(program, "report", None), dict):
         return None
     if hasattr(program, "measure_fidelity"):  # a target's own measurement (it may differ by inputs)
-        program.measure_fidelity(x_q, source)
+        if progress is not None and takes_progress(program.measure_fidelity):
+            program.measure_fidelity(x_q, source, progress=progress)
+        else:
+            program.measure_fidelity(x_q, source)
     elif getattr(program, "exact", True):
         return None
     else:

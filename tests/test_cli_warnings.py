@@ -183,3 +183,23 @@ def test_reproduce_without_a_terminal_prints_a_line_per_cell(tmp_path, capsys, m
     monkeypatch.setattr(study.sys.stderr, "isatty", lambda: False, raising=False)
     code, _, err = run_cli("reproduce", "--data", "spiral", "--quick", "-o", tmp_path / "out", capsys=capsys)
     assert code == 130 and seen["verbose"] is True, err
+
+
+def test_truenorth_run_and_fidelity_report_progress():
+    """The TrueNorth emulator runs for minutes on a test set: evaluate and the compile's fidelity
+    hear of every finished chunk (the CLI draws them as progress bars)."""
+    from hwq import api
+    from hwq.quant.reference import quantize_input
+
+    make, bits, _, relu = truenorth_case(1)
+    program = get_target("truenorth").compile(make(bits, 2), relu=relu, fidelity_samples=0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (300, program.net.n_features))
+    y = rng.integers(0, 3, 300)
+    heard = []
+    ev = api.evaluate(program, x, y, progress=heard.append)
+    assert sum(heard) == 300 and len(heard) >= 2, heard
+    np.testing.assert_array_equal(ev.scores, program.forward(quantize_input(program.net.input, x)))
+    heard.clear()
+    api.check_fidelity(program, quantize_input(program.net.input, x), "test inputs", progress=heard.append)
+    assert sum(heard) == 300 and program.report["fidelity"]["inputs"] == 300

@@ -187,7 +187,11 @@ def measure_fidelity(program, spec: str | None, seed: int, x_cal: np.ndarray) ->
     else:
         x = x_cal[:FIDELITY_INPUTS]
         source = f"the first {len(x)} calibration samples"
-    return api.check_fidelity(program, quantize_input(program.net.input, x), source)
+    bar = progress(len(x), f"{program.target} fidelity")
+    try:
+        return api.check_fidelity(program, quantize_input(program.net.input, x), source, progress=bar.update)
+    finally:
+        bar.close()
 
 
 def quantization_text(rows: list[dict]) -> str:
@@ -214,7 +218,9 @@ def run(
         check_output(output, (".h5", ".hdf5"))
     program = program_for(model, target, option)
     ds = data(data_spec, limit)
-    ev = api.evaluate(program, ds.x_test, ds.y_test)
+    bar = progress(len(ds.y_test), f"{program.target} run")
+    ev = api.evaluate(program, ds.x_test, ds.y_test, progress=bar.update)
+    bar.close()
     if output is not None:
         results.write_run(output, ev.scores, ev.predictions, ds.y_test, {
             "command": command_line(), "model": str(model), "target": program.target,

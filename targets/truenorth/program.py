@@ -149,11 +149,15 @@ class TrueNorthProgram:
         return np.clip(x_q, self.net.input.qmin, self.net.input.qmax)
 
     # -- running -----------------------------------------------------------------------------
-    def forward(self, x_q) -> np.ndarray:
+    def forward(self, x_q, progress=None) -> np.ndarray:
+        """Scores (N, n_out); ``progress(n)`` is told each chunk of ``n`` inputs as it finishes
+        (the emulator runs for minutes on a test set)."""
         x_q = self.check(x_q)
         out = np.zeros((len(x_q), self.net.layers[-1].weight.shape[0]), np.int64)
         for s in range(0, len(x_q), CHUNK):
             out[s:s + CHUNK] = self.run_chunk(x_q[s:s + CHUNK], s)
+            if progress is not None:
+                progress(len(out[s:s + CHUNK]))
         return out
 
     def run_chunk(self, x_q: np.ndarray, offset: int) -> np.ndarray:
@@ -200,17 +204,17 @@ class TrueNorthProgram:
     def decide(self, scores) -> np.ndarray:
         return reference.decide(scores, self.net.output)
 
-    def fidelity(self, x_q) -> float:
+    def fidelity(self, x_q, progress=None) -> float:
         """Share of inputs whose decision equals the reference's (= the ``sim`` target's)."""
         x_q = self.check(x_q)
         if len(x_q) == 0:
             return 1.0
         ref = reference.decide(reference.forward(self.net, x_q), self.net.output)
-        return float(np.mean(self.decide(self.forward(x_q)) == ref))
+        return float(np.mean(self.decide(self.forward(x_q, progress)) == ref))
 
-    def measure_fidelity(self, x_q, source: str = "given inputs") -> float:
+    def measure_fidelity(self, x_q, source: str = "given inputs", progress=None) -> float:
         """``fidelity(x_q)``, recorded in ``report["fidelity"]``."""
-        value = self.fidelity(x_q)
+        value = self.fidelity(x_q, progress)
         self.report["fidelity"] = dict(value=value, inputs=int(len(x_q)), source=source,
                                        against="hwq.quant.reference (the sim target's decisions)")
         return value
