@@ -42,7 +42,27 @@ def built_seeds() -> dict[str, onnx.ModelProto]:
              helper.make_node("Div", ["c", "s"], ["n"], name="div"),
              helper.make_node("MatMul", ["n", "w"], ["scores"], name="mm")]
     seeds["built_normalized"] = make_model(nodes, inits, 64)
+    seeds["sklearn_pipeline"] = sklearn_pipeline()
     return seeds
+
+
+def sklearn_pipeline() -> onnx.ModelProto:
+    """StandardScaler + MLPClassifier through skl2onnx: Scaler, Softmax, ArgMax, ZipMap, labels."""
+    import warnings
+
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(16,), max_iter=20,
+                                                            random_state=0)).fit(x, y)
+    return to_onnx(clf, x[:1], target_opset=17)
 
 
 def seeds() -> dict[str, onnx.ModelProto]:
