@@ -511,7 +511,8 @@ def test_fuzzed_frames_get_an_error_or_a_correct_answer_and_the_server_stays_up(
     counts = fuzz_server(served, program, codes, 150, seed=1)
     print("server fuzz:", counts)
     assert counts["errors"] > 50 and counts["closed"] > 10  # the generator reaches both kinds of refusal
-    assert "Traceback" not in "".join(served.log)
+    log = "".join(served.log)
+    assert "Traceback" not in log and "after an unexpected" not in log  # every refusal was a foreseen one
 
 
 @pytest.mark.slow
@@ -519,7 +520,8 @@ def test_fuzzed_frames_long_run(served, model):
     _, program, codes = model
     counts = fuzz_server(served, program, codes, 2000, seed=2)
     print("server fuzz (slow):", counts)
-    assert "Traceback" not in "".join(served.log)
+    log = "".join(served.log)
+    assert "Traceback" not in log and "after an unexpected" not in log
 
 
 # -- the fuzzer, client side: a hostile device ------------------------------------------------------
@@ -739,9 +741,9 @@ def fuzz_client(program, codes, cases: int, seed: int) -> dict:
 
 def test_fuzzed_replies_give_one_line_errors(model):
     _, program, codes = model
-    counts = fuzz_client(program, codes, 60, seed=3)
+    counts = fuzz_client(program, codes, 30, seed=3)
     print("client fuzz:", counts)
-    assert counts["errors"] > 20
+    assert counts["errors"] > 10
 
 
 @pytest.mark.slow
