@@ -32,6 +32,10 @@ is its median wall over hwq's (> 1: the one-thread limit pays).
 on the same run: gradient components whose sign differs, and decisions that differ.
 Square: ``Square(queries=1000)`` on 200 inputs x 3 strengths, integer-model queries per
 second.
+APGD: ``APGD(steps=100)`` (APGD-CE, l-inf) on the same network and inputs at 5 strengths
+(0.002..0.01) against torchattacks' ``APGD`` (a port of the reference implementation) on the
+float model (``apgd_torch.py``, in the torch Python, which then needs torchattacks), in
+alternation; throughput in row-steps per second; the last line ``apgd_vs_torch``.
 
     python benchmarks/bench_attacks.py [--inputs 1000] [--repeats 5] [--torch-python PATH]
 """
@@ -55,7 +59,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from builders import torch_style_mlp  # noqa: E402
 
 import hwq  # noqa: E402
-from hwq.attack import PGD, Square, gradients  # noqa: E402
+from hwq.attack import APGD, PGD, Square, gradients  # noqa: E402
 from hwq.attack.gradients import SurrogateGradient, backprop  # noqa: E402
 from hwq.onnx.importer import graph_from_model  # noqa: E402
 from hwq.quant import reference  # noqa: E402
@@ -141,7 +145,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--torch-python", help="a Python with numpy and torch for the baseline")
+    ap.add_argument("--torch-python", help="a Python with numpy and torch (and torchattacks) for the baselines")
+    ap.add_argument("--no-apgd", action="store_true", help="skip APGD-CE against torchattacks")
     args = ap.parse_args()
     python = torch_python(args.torch_python)
     if python is None:
@@ -233,6 +238,45 @@ def main():
         print(f"pgd_vs_jax={throughput / (base_rows / median['jax']):.2f}")
     print(f"pgd_vs_torch_careful={throughput / (base_rows / median['careful']):.2f}")
     print(f"pgd_vs_torch={throughput / (base_rows / median['plain']):.2f}")
+    if not args.no_apgd:
+        apgd_vs_torch(program, x, y, floats, args.repeats, python)
+
+
+def apgd_vs_torch(program, x, y, floats, repeats, python):
+    """APGD-CE (100 steps, l-inf) on ``sim`` against torchattacks' APGD (the reference
+    implementation's port) on the float model in PyTorch, 5 strengths, alternating; throughput
+    in row-steps per second (hwq: the integer passes after the clean ones, a broken pair stops;
+    torchattacks: every attacked row every step). Last line ``apgd_vs_torch``."""
+    from apgd_torch_client import Worker
+
+    eps = np.array([0.002, 0.004, 0.006, 0.008, 0.01])
+    method = APGD(steps=100)
+    hwq.attack(program, x[:50], y[:50], eps, method=method, bounds=(0, 1), diagnostics=False)  # warm-up
+    walls = {"hwq": [], "torch": []}
+    with tempfile.TemporaryDirectory() as folder:
+        worker = Worker(python, dict(w1=floats[0], b1=floats[1], w2=floats[2], b2=floats[3], x=x, y=y, eps=eps,
+                                     steps=100, seed=0, norm="linf", side=28), folder)
+        for repeat in range(repeats):
+            for name in (("hwq", "torch") if repeat % 2 == 0 else ("torch", "hwq")):
+                if name == "hwq":
+                    counter = Counting(program)
+                    t = time.perf_counter()
+                    r = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
+                                   gradient=hwq.api.default_gradient(counter))
+                    walls["hwq"].append(time.perf_counter() - t)
+                    rows = counter.rows - 2 * len(x)  # the clean pass and the clean gradient's
+                else:
+                    out = worker.run("ce")
+                    walls["torch"].append(out["wall"])
+                    torch_rows, torch_acc = out["row_steps"], np.array(out["robust"]).mean(axis=1)
+        worker.close()
+    hwq_wall, torch_wall = float(np.median(walls["hwq"])), float(np.median(walls["torch"]))
+    print(f"apgd-ce hwq (sim, integer model): {hwq_wall:.2f} s (runs {listed(walls['hwq'])}), {rows} row-steps "
+          f"({rows / hwq_wall:,.0f} /s), accuracy per eps {listed(r.accuracy)}")
+    print(f"apgd-ce torchattacks (float model): {torch_wall:.2f} s (runs {listed(walls['torch'])}), {torch_rows} "
+          f"row-steps ({torch_rows / torch_wall:,.0f} /s), accuracy per eps {listed(torch_acc)}")
+    print(f"apgd_wall_vs_torch={torch_wall / hwq_wall:.2f}")
+    print(f"apgd_vs_torch={(rows / hwq_wall) / (torch_rows / torch_wall):.2f}")
 
 
 @contextlib.contextmanager
