@@ -242,6 +242,7 @@ def test_autoattack_suite_members_and_worst_case():
     assert [m.attack for m in r.members] == ["apgd-ce", "apgd-t", "apgd-dlr", "square"]
     np.testing.assert_array_equal(r.correct, np.logical_and.reduce([m.correct for m in r.members]))
     assert set(r.diagnostics["weaker_than_fgsm"]) == {"apgd-ce", "apgd-t", "apgd-dlr"}
+    assert set(r.diagnostics["remedies"]["by_attack"]) == {"apgd-ce"}  # DLR does not see a temperature
     with pytest.raises(UsageError, match="unknown attack"):
         make_suite("autoattack,nope")
 

@@ -114,7 +114,8 @@ def remedies(out, flags, members, attacks, result, program, gradient, batch_size
     (the largest included); ``remedies[attack][remedy]`` holds both accuracies, and a remedy
     that breaks more than ``REMEDY_SHARE`` of those inputs beyond the attack's own
     result at some strength is flagged ``remedy_changed:<remedy>`` (gradient masking that a
-    temperature removes). Needs a source with ``with_temperature`` (surrogate, float, transfer)."""
+    temperature removes). Needs a source with ``with_temperature`` (surrogate, float, transfer).
+    Attacks with a DLR loss are skipped: DLR is invariant to the scale of the scores."""
     if gradient is None or not callable(getattr(gradient, "with_temperature", None)):
         return
     n = min(SANITY_INPUTS, len(result.labels))
@@ -127,7 +128,7 @@ def remedies(out, flags, members, attacks, result, program, gradient, batch_size
     own = getattr(gradient, "temperature", None)
     report = {}
     for m, attack in zip(members, attacks):
-        if not attack.needs_gradient:
+        if not attack.needs_gradient or getattr(attack, "loss", "ce") == "dlr":  # DLR ignores the scale
             continue
         base = m.correct[picks, :n].mean(axis=1)
         entry = {}
