@@ -15,15 +15,27 @@ integer forward passes, in the chunks ``hwq.attack.attack`` uses.
 * ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass;
 * ``sim16 attack``: ``sim attack`` on the same network quantized with 16-bit input and
   activation codes (the paper's study formats): uint16 codes, both layers on two byte planes
-  through the int8 VNNI product where the CPU has it (float64 BLAS otherwise);
-  ``sim16 attack blas``: the same with ``vnni=False`` (float64 BLAS: the path before byte planes).
+  through the int8 VNNI product where the CPU has it (the AVX2 int16 product or float64 BLAS
+  otherwise); ``sim16 attack blas``: the same with ``vnni=False, avx2=False`` (float64 BLAS: the
+  path before byte planes);
+* ``sim attack no-vnni``, ``sim16 attack no-vnni``: ``sim attack`` and ``sim16 attack`` compiled
+  with ``vnni=False``: the products a CPU without AVX-512 VNNI plans (the AVX2 int16 product
+  where the CPU has AVX2, else float BLAS), measured in the same run. onnxruntime keeps the
+  kernels it picks for this CPU (it has no switch to turn VNNI off), so on a VNNI machine
+  this ratio is sim without VNNI against onnxruntime with it.
+
+The onnxruntime graph is hwq's own export: ``MatMulInteger`` (u8 x s8) where the weights lie in
+[-64, 64] (exact on every CPU; the 4-bit weights here), a double ``MatMul`` for int8 weights
+beyond that.
 
 Every repeat checks that sim and onnxruntime decide identically on all 1.01 M inputs; the
 first chunk's scores must be equal in sim, onnxruntime and the reference. Medians over
 ``--repeats``; peak memory is the process's maximum resident set. The last line is
 ``sim_vs_onnxruntime=<sim attack passes/s / ort attack passes/s>``: each engine makes its
 codes the way it is fed (both: uint8, as ``hwq.attack`` does) and runs; then
-``sim16_vs_sim8=<sim16 attack passes/s / sim attack passes/s>`` (same run, medians).
+``sim16_vs_sim8=<sim16 attack passes/s / sim attack passes/s>`` (same run, medians), then the
+same two ratios with VNNI forced off for sim: ``sim_vs_onnxruntime_no_vnni=`` and
+``sim16_vs_sim8_no_vnni=``.
 
     python benchmarks/bench_sim.py [--inputs 10000] [--epsilons 101] [--repeats 5] [--threads 2]
 """
@@ -182,7 +194,8 @@ def main(argv=None) -> None:
     graph = build_graph(rng)
     net, net16 = build_network(graph, x), build_network(graph, x, 16)
     program, program16 = hwq.compile(net, "sim"), hwq.compile(net16, "sim")
-    program16_blas = hwq.compile(net16, "sim", vnni=False)
+    program16_blas = hwq.compile(net16, "sim", vnni=False, avx2=False)
+    program_nv, program16_nv = hwq.compile(net, "sim", vnni=False), hwq.compile(net16, "sim", vnni=False)
     y = rng.integers(0, N_OUT, args.inputs)
     _, grad = SurrogateGradient(program).value_and_grad(x, y)
     eps = check_epsilons(np.linspace(0.0, 0.5, args.epsilons))
@@ -196,21 +209,27 @@ def main(argv=None) -> None:
           f"onnxruntime {ort.__version__} ({args.threads} threads, ORT_ENABLE_ALL)")
     print(f"network 784-100-10 relu, 4-bit weights, 8-bit activations; sim products "
           f"{program.report['products']}; {passes:,} passes in chunks of {work.step} inputs")
+    attack_dtype = code_dtype(net.input)  # the container hwq.attack makes (uint8 here)
     checked = check_first_chunk(work, program, session)  # also compiles every kernel
     print(f"scores identical in sim, onnxruntime and reference on {checked:,} passes")
     sl = next(work16.chunks())
     codes16 = work16.codes(sl, code_dtype(net16.input))
     if not np.array_equal(program16.forward(codes16), reference.forward(net16, codes16.astype(np.int64))):
         raise SystemExit("MISMATCH: sim and reference scores differ (16-bit codes)")
-    if not np.array_equal(program16_blas.forward(codes16), program16.forward(codes16)):
-        raise SystemExit("MISMATCH: sim 16-bit VNNI and BLAS scores differ")
+    for other in (program16_blas, program16_nv):
+        if not np.array_equal(other.forward(codes16), program16.forward(codes16)):
+            raise SystemExit(f"MISMATCH: sim 16-bit {program16.report} and {other.report} scores differ")
+    codes8 = work.codes(next(work.chunks()), attack_dtype)
+    if not np.array_equal(program_nv.forward(codes8), program.forward(codes8)):
+        raise SystemExit("MISMATCH: sim with and without VNNI scores differ")
     print(f"16-bit codes: sim products {program16.report['products']} (BLAS: "
           f"{program16_blas.report['products']}); scores identical in sim and reference on "
           f"{len(codes16):,} passes")
+    print(f"VNNI forced off: sim products {program_nv.report['products']}, 16-bit "
+          f"{program16_nv.report['products']}; scores identical to the default plan")
 
     names = ("sim attack", "sim forward", "sim attack f32", "ort attack", "ort forward", "hwq.attack",
-             "sim16 attack", "sim16 forward", "sim16 attack blas")
-    attack_dtype = code_dtype(net.input)  # the container hwq.attack makes (uint8 here)
+             "sim16 attack", "sim16 forward", "sim16 attack blas", "sim attack no-vnni", "sim16 attack no-vnni")
     times = {k: [] for k in names}
     busy0, own0, wall0 = *busy_cpu_seconds(), time.perf_counter()
     for _ in range(args.repeats):
@@ -228,6 +247,11 @@ def main(argv=None) -> None:
         times["sim16 attack"].append(total)
         times["sim16 forward"].append(fwd)
         times["sim16 attack blas"].append(run_sim(work16, program16_blas, code_dtype(net16.input))[0])
+        total, _, nv_dec = run_sim(work, program_nv, attack_dtype)
+        times["sim attack no-vnni"].append(total)
+        if not np.array_equal(nv_dec, ort_dec):
+            raise SystemExit("MISMATCH: sim without VNNI and onnxruntime decisions differ")
+        times["sim16 attack no-vnni"].append(run_sim(work16, program16_nv, code_dtype(net16.input))[0])
     busy1, own1, wall1 = *busy_cpu_seconds(), time.perf_counter()
     ref_rate = 1.0 / run_reference(work, min(args.reference_inputs, args.inputs))
     print(f"decisions identical in sim and onnxruntime on {passes:,} passes x {args.repeats} repeats")
@@ -250,6 +274,8 @@ def main(argv=None) -> None:
     print(f"sim16 attack / sim16 attack blas (byte planes vs float64 BLAS): "
           f"{rates['sim16 attack'] / rates['sim16 attack blas']:.2f}x")
     print(f"sim16_vs_sim8={rates['sim16 attack'] / rates['sim attack']:.2f}")
+    print(f"sim_vs_onnxruntime_no_vnni={rates['sim attack no-vnni'] / rates['ort attack']:.2f}")
+    print(f"sim16_vs_sim8_no_vnni={rates['sim16 attack no-vnni'] / rates['sim attack no-vnni']:.2f}")
 
 
 if __name__ == "__main__":

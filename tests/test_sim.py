@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hwq_targets.common import vnni
+from hwq_targets.common import avx2, vnni
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from test_reference import oracle_forward  # the formulas in Python integers
@@ -17,11 +17,14 @@ from hwq.quant import reference
 from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
 
 # The product families this host runs, each as sim's compile options: "blas" (float32/float64
-# BLAS and the int64 loop, every CPU), "vnni" (AVX-512 VNNI, where the CPU has it). A VNNI
-# machine tests both; a machine without VNNI runs the others with nothing skipped.
-PRODUCTS = {"blas": {"vnni": False}}
+# BLAS and the int64 loop, every CPU), "avx2" (the AVX2 int16 product, where the CPU has AVX2),
+# "vnni" (AVX-512 VNNI, where the CPU has it). A VNNI machine tests all three; a machine without
+# VNNI runs the others with nothing skipped.
+PRODUCTS = {"blas": {"vnni": False, "avx2": False}}
+if avx2.available():
+    PRODUCTS["avx2"] = {"vnni": False, "avx2": True}
 if vnni.available():
-    PRODUCTS["vnni"] = {"vnni": True}
+    PRODUCTS["vnni"] = {"vnni": True, "avx2": False}
 FAMILIES = list(PRODUCTS)
 LUT_HALF = 2048
 
@@ -88,6 +91,19 @@ def blas_path(weight, lo, hi) -> str:
     s = max(sum(abs(int(v)) for v in row) for row in np.asarray(weight).tolist())
     top = s * max(abs(lo), abs(hi))
     return "float32" if top < 2**24 else "float64" if top < 2**53 else "int64"
+
+
+def avx2_path(weight, lo, hi) -> str:
+    """``avx2`` where docs/integer-semantics.md section 8 proves ``vpmaddwd`` exact (weights in
+    int16, codes stored in int16 with ``peak * S < 2^31``), restated in Python integers; else
+    ``blas_path``."""
+    rows = np.asarray(weight).tolist()
+    offset = 0 if -(2**15) <= lo and hi < 2**15 else -(2**15) if 0 <= lo and hi < 2**16 else None
+    if offset is not None and all(-(2**15) <= v < 2**15 for row in rows for v in row):
+        peak = max(abs(lo + offset), abs(hi + offset))
+        if peak * max(sum(abs(v) for v in row) for row in rows) < 2**31:
+            return "avx2"
+    return blas_path(weight, lo, hi)
 
 
 def assert_sim_exact(net, x_q, products, dtype=None):
@@ -205,14 +221,14 @@ def test_integer_networks_match_reference_and_python_integers(case, products):
 
 
 REACH = [  # (weight magnitude, input format, the path of each family)
-    (127, FORMATS[0], {"vnni": "vnni", "blas": "float32"}),
-    (7, FORMATS[4], {"vnni": "vnni16", "blas": "float64"}),
-    (2**12, FORMATS[1], {"vnni": "vnni/w2", "blas": "float64"}),
-    (2**12, FORMATS[5], {"vnni": "vnni16/w2", "blas": "float64"}),
-    (2**20, FORMATS[0], {"vnni": "vnni/w3", "blas": "float64"}),
-    (2**12, FORMATS[2], {"vnni": "vnni/w2", "blas": "float32"}),
-    (2**20, FORMATS[5], {"vnni": "float64", "blas": "float64"}),
-    (2**36, FORMATS[5], {"vnni": "int64", "blas": "int64"})]
+    (127, FORMATS[0], {"vnni": "vnni", "avx2": "avx2", "blas": "float32"}),
+    (7, FORMATS[4], {"vnni": "vnni16", "avx2": "avx2", "blas": "float64"}),
+    (2**12, FORMATS[1], {"vnni": "vnni/w2", "avx2": "avx2", "blas": "float64"}),
+    (2**12, FORMATS[5], {"vnni": "vnni16/w2", "avx2": "float64", "blas": "float64"}),
+    (2**20, FORMATS[0], {"vnni": "vnni/w3", "avx2": "float64", "blas": "float64"}),
+    (2**12, FORMATS[2], {"vnni": "vnni/w2", "avx2": "avx2", "blas": "float32"}),
+    (2**20, FORMATS[5], {"vnni": "float64", "avx2": "float64", "blas": "float64"}),
+    (2**36, FORMATS[5], {"vnni": "int64", "avx2": "int64", "blas": "int64"})]
 
 
 @pytest.mark.parametrize("products", FAMILIES)
@@ -257,7 +273,8 @@ def test_vnni_signed_and_unsigned_inputs_at_int8_extremes(fmt, products):
     w[1] = 127
     net = network([dense(w, rng.integers(-(2**20), 2**20, 37))], fmt)
     program = assert_sim_exact(net, extreme_codes(rng, fmt, 200, 1030), products)
-    assert program.report["products"] == [{"vnni": "vnni", "blas": blas_path(w, fmt.qmin, fmt.qmax)}[products]]
+    want = {"vnni": "vnni", "avx2": "avx2", "blas": blas_path(w, fmt.qmin, fmt.qmax)}
+    assert program.report["products"] == [want[products]]
 
 
 @pytest.mark.parametrize("products", FAMILIES)
@@ -269,7 +286,7 @@ def test_vnni_hidden_layer_with_signed_lut(products):
                     mult=rng.integers(1, 2**10, 20), shift=rng.integers(0, 12, 20), lut=lut),
               dense(rng.integers(-127, 128, (4, 20)), rng.integers(-9, 9, 4))]
     program = assert_sim_exact(network(layers), extreme_codes(rng, InputFormat(8, False, 1.0), 300, 16), products)
-    want = {"vnni": ["vnni", "vnni"],
+    want = {"vnni": ["vnni", "vnni"], "avx2": ["avx2", "avx2"],
             "blas": [blas_path(layers[0].weight, 0, 255), blas_path(layers[1].weight, -128, 127)]}
     assert program.report["products"] == want[products]
 
@@ -292,6 +309,7 @@ def test_vnni16_byte_planes_at_16bit_extremes(fmt, dtype, products):
     x_q = extreme_codes(rng, fmt, 150, 300)
     program = assert_sim_exact(network(layers, fmt), x_q, products, dtype)
     want = {"vnni": ["vnni16", "vnni16"],
+            "avx2": [avx2_path(w, fmt.qmin, fmt.qmax), avx2_path(layers[1].weight, 0, 2**16 - 1)],
             "blas": [blas_path(w, fmt.qmin, fmt.qmax), blas_path(layers[1].weight, 0, 2**16 - 1)]}
     assert program.report["products"] == want[products]
 
@@ -313,7 +331,8 @@ def test_vnni_int32_bound_at_its_limit(codes16, products):
     bias = np.array([-(2**40), 3, 0])
     net = network([dense(w, bias)], fmt)
     program = assert_sim_exact(net, x_q, products)
-    assert program.report["products"] == [{"vnni": "vnni16" if codes16 else "vnni", "blas": "float64"}[products]]
+    want = {"vnni": "vnni16" if codes16 else "vnni", "avx2": "float64" if codes16 else "avx2", "blas": "float64"}
+    assert program.report["products"] == [want[products]]
     want = [[sum(int(a) * int(b) for a, b in zip(row, wr)) + int(bj) for wr, bj in zip(w.tolist(), bias.tolist())]
             for row in x_q.tolist()]
     assert program.forward(x_q).tolist() == want
@@ -414,6 +433,26 @@ def test_vnni_required_on_a_cpu_without_it(monkeypatch):
     net = network([dense([[1]], [0])])
     with pytest.raises(TargetError, match="VNNI"):
         hwq.compile(net, "sim", vnni=True)
+    assert hwq.compile(net, "sim").report["products"] == ["avx2" if avx2.available() else "float32"]
+
+
+def test_avx2_required_on_a_cpu_without_it(monkeypatch):
+    monkeypatch.setattr(vnni, "available", lambda: False)
+    monkeypatch.setattr(avx2, "available", lambda: False)
+    net = network([dense([[1]], [0])])
+    with pytest.raises(TargetError, match="AVX2"):
+        hwq.compile(net, "sim", avx2=True)
+    assert hwq.compile(net, "sim").report["products"] == ["float32"]
+
+
+def test_forcing_vnni_and_avx2_off_from_the_environment(monkeypatch):
+    """HWQ_VNNI=0 / HWQ_AVX2=0 plan as a CPU without them (how a VNNI machine tests the rest)."""
+    net = network([dense([[1, 2]], [0])])
+    monkeypatch.setenv("HWQ_VNNI", "0")
+    assert not vnni.available()
+    assert hwq.compile(net, "sim").report["products"] == ["avx2" if avx2.available() else "float32"]
+    monkeypatch.setenv("HWQ_AVX2", "off")
+    assert not avx2.available()
     assert hwq.compile(net, "sim").report["products"] == ["float32"]
 
 

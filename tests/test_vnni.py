@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 import pytest
-from hwq_targets.common import products, vnni
+from hwq_targets.common import avx2, products, vnni
 from hwq_targets.sim import CompiledLayer, SimProgram, kernels
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hwq.quant.qnet import QLayer
 
 HOST_VNNI = vnni.available()
+HOST_AVX2 = avx2.available()
 
 
 def int64_matmul(h, w, lo, hi, wpk=None):
@@ -32,9 +33,12 @@ def int64_matmul(h, w, lo, hi, wpk=None):
     return products.int_matmul(h, np.ascontiguousarray(np.asarray(w, np.int64).T))
 
 
-MATMULS = {"int64": int64_matmul}  # exact products h @ W.T (None: codes outside [lo, hi])
+# exact products h @ W.T (None: codes outside [lo, hi]) and how each packs its weights
+MATMULS = {"int64": (int64_matmul, vnni.pack_weights)}
+if HOST_AVX2:
+    MATMULS["avx2"] = (avx2.matmul, avx2.pack_weights)
 if HOST_VNNI:
-    MATMULS["vnni"] = vnni.matmul
+    MATMULS["vnni"] = (vnni.matmul, vnni.pack_weights)
 
 
 def random_case(rng, n, k, m, signed, wmax=127):
@@ -55,7 +59,7 @@ def test_matmul_equals_numpy(path, seed, n, k, m, signed):
     h, w, lo, hi = random_case(rng, n, k, m, signed)
     want = h @ w.T
     for dtype in (np.int64, np.float32, np.float64, np.int8 if signed else np.uint8):
-        got = MATMULS[path](h.astype(dtype), w, lo, hi)
+        got = MATMULS[path][0](h.astype(dtype), w, lo, hi)
         assert got.dtype == np.int64 and got.tolist() == want.tolist()
 
 
@@ -67,7 +71,8 @@ def test_matmul_threads_and_prepacked_weights(threads, path):
     old = nb.get_num_threads()
     nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
     try:
-        got = MATMULS[path](h.astype(np.uint8), w, lo, hi, wpk=vnni.pack_weights(w))
+        matmul, pack = MATMULS[path]
+        got = matmul(h.astype(np.uint8), w, lo, hi, wpk=pack(w))
     finally:
         nb.set_num_threads(old)
     assert got.tolist() == (h @ w.T).tolist()
@@ -78,8 +83,9 @@ def test_matmul_reports_codes_out_of_range(path):
     rng = np.random.default_rng(2)
     h, w, lo, hi = random_case(rng, 60, 9, 5, False)
     h[50, 4] = 256
-    assert MATMULS[path](h, w, lo, hi) is None
-    assert MATMULS[path](h[:50], w, lo, hi).tolist() == (h[:50] @ w.T).tolist()
+    matmul = MATMULS[path][0]
+    assert matmul(h, w, lo, hi) is None
+    assert matmul(h[:50], w, lo, hi).tolist() == (h[:50] @ w.T).tolist()
 
 
 def test_matmul_refuses_what_int8_cannot_hold():
@@ -92,7 +98,7 @@ def test_matmul_refuses_what_int8_cannot_hold():
         vnni.matmul(h, w, 0, 256)
 
 
-@pytest.mark.parametrize("path", ["float32", *(["vnni"] if HOST_VNNI else [])])
+@pytest.mark.parametrize("path", ["float32", *(["avx2"] if HOST_AVX2 else []), *(["vnni"] if HOST_VNNI else [])])
 def test_sim_layer_equals_matmul_plus_epilogue(path):
     """``kernels.vnni_layer`` (sim's fused path, now built on pack_rows/product/run_blocks) gives the
     product of ``matmul`` plus the bias, and the activation of ``kernels.finish_rows``; so does
@@ -110,6 +116,11 @@ def test_sim_layer_equals_matmul_plus_epilogue(path):
         bad = kernels.vnni_layer(h.astype(np.int8), lo, hi, offset, vnni.pack_weights(w), base, mult, half,
                                  shift, kernels.MODES["relu"], 255, lut, 1, acc, out)
         assert bad == 0
+    elif path == "avx2":
+        bad = kernels.avx2_layer(h.astype(np.int8), lo, hi, avx2.input_offset(lo, hi), avx2.pack_weights(w),
+                                 bias - avx2.input_offset(lo, hi) * w.sum(axis=1), mult, half, shift,
+                                 kernels.MODES["relu"], 255, lut, 1, acc, out)
+        assert bad == 0
     else:
         product = h.astype(np.int8).astype(np.float32) @ w.T.astype(np.float32)
         kernels.finish_layer(product, bias, mult, half, shift, kernels.MODES["relu"], 255, lut, 1, acc, out)
@@ -120,15 +131,15 @@ def test_sim_layer_equals_matmul_plus_epilogue(path):
 
 # ---------------------------------------------------------------- 16-bit codes: two byte planes
 
-FAMILIES = ["blas", *(["vnni"] if HOST_VNNI else [])]
+FAMILIES = ["blas", *(["avx2"] if HOST_AVX2 else []), *(["vnni"] if HOST_VNNI else [])]
 
 
 def planes_layer(h, w, bias, lo, hi, planes=2, family="vnni"):
     """sim's fused layer on byte planes and weight digits (identity activation; ``family``
-    "vnni"), or (``family`` "blas") sim's layer as a CPU without VNNI plans it: the int64
-    accumulator, or None when a code fell outside ``[lo, hi]``."""
-    if family == "blas":
-        return blas_layer(h, w, bias, lo, hi)[0]
+    "vnni"), or (``family`` "blas", "avx2") sim's layer as a CPU without VNNI plans it: the
+    int64 accumulator, or None when a code fell outside ``[lo, hi]``."""
+    if family != "vnni":
+        return blas_layer(h, w, bias, lo, hi, family == "avx2")[0]
     m = w.shape[0]
     offset = vnni.plane_offset(lo, hi) if planes == 2 else vnni.input_offset(lo, hi)
     acc = np.empty((len(h), m), np.int64)
@@ -141,11 +152,12 @@ def planes_layer(h, w, bias, lo, hi, planes=2, family="vnni"):
     return None if bad else acc
 
 
-def blas_layer(h, w, bias, lo, hi):
-    """``(acc or None, path)``: sim's layer 0 for codes in ``[lo, hi]`` planned without VNNI."""
+def blas_layer(h, w, bias, lo, hi, use_avx2=False):
+    """``(acc or None, path)``: sim's layer 0 for codes in ``[lo, hi]`` planned without VNNI
+    (with the AVX2 product where it fits if ``use_avx2``)."""
     layer = QLayer(np.asarray(w, np.int64), bias, np.ones(len(w)), 1.0, 1.0, "identity")
-    compiled = CompiledLayer.build(layer, lo, hi, False)
-    assert compiled.path in ("float32", "float64", "int64")
+    compiled = CompiledLayer.build(layer, lo, hi, False, use_avx2)
+    assert compiled.path in ("float32", "float64", "int64", *(["avx2"] if use_avx2 else []))
     accs = SimProgram._run_plan([compiled], h, True)
     return (None if accs is None else accs[0]), compiled.path
 
@@ -193,8 +205,8 @@ def test_byte_planes_at_the_int32_bound(family):
     h[2, ::2] = 65280  # hi plane 255, lo plane 0
     bias = np.array([7, -7])
     assert planes_layer(h, w, bias, 0, 65535, family=family).tolist() == python_product(h, w, bias)
-    if family == "blas":
-        assert blas_layer(h, w, bias, 0, 65535)[1] == "float64"
+    if family != "vnni":  # S * 32768 is far beyond 2^31: no single AVX2 product either
+        assert blas_layer(h, w, bias, 0, 65535, family == "avx2")[1] == "float64"
     over = w.copy()
     over[0, 0] = -129  # not int8
     assert not vnni.fits_planes(over, 0, 65535)

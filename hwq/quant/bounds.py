@@ -7,6 +7,10 @@
 * A u8 x s8 product that runs on whatever CPU onnxruntime finds must also survive AVX2's
   ``vpmaddubsw``, which adds two adjacent products into a *saturating* int16:
   ``2 * 255 * max|W| <= 2^15 - 1``, i.e. ``|W| <= 64`` (``U8S8_PAIR_WEIGHT``).
+* AVX2's ``vpmaddwd`` multiplies int16 by int16 and adds two adjacent products into an int32
+  lane (wrapping), ``vpaddd`` adds lanes (wrapping): exact when the weights fit int16, the
+  stored codes are at most ``peak <= 2^15`` in magnitude and ``peak * max_row sum|W| < 2^31``
+  (``pmaddwd_exact``).
 * Requantization shifts stay in ``0..62`` so that ``2^(S-1)`` and ``x >> S`` are defined in int64.
 * Every int64 intermediate stays below ``2^63`` (``INT64_LIMIT``): ``check_layers`` proves it
   for a whole network at compile time, or refuses the network naming the layer and the bound.
@@ -40,6 +44,21 @@ def u8s8_exact_on_every_cpu(weight: np.ndarray) -> bool:
         return True
     peak = max(abs(int(w.min())), abs(int(w.max())))
     return peak <= U8S8_PAIR_WEIGHT and 255 * row_sum_bound(w) < INT32_EXACT
+
+
+def pmaddwd_exact(weight: np.ndarray, peak: int) -> bool:
+    """True when ``h @ W.T`` summed in int32 lanes by ``vpmaddwd``/``vpaddd`` is exact for
+    codes stored in int16 with ``|h| <= peak``: the weights fit int16, ``peak <= 2^15`` and
+    ``peak * max_row sum|W| < 2^31``. Every partial sum (one pair ``x1 w1 + x2 w2``, or any sum
+    of pairs) adds products ``|x w| <= peak |w|`` over part of one row, so its magnitude is at
+    most ``peak * sum|W_row| < 2^31``: no lane ever wraps, in any order of summation. (The one
+    pair ``vpmaddwd`` itself wraps, ``(-2^15)(-2^15) * 2 = 2^31``, has ``peak * S >= 2^31``.)"""
+    w = np.asarray(weight)
+    if w.size == 0 or not 0 <= int(peak) <= 2**15:
+        return False
+    if int(w.min()) < -(2**15) or int(w.max()) > INT16_MAX:
+        return False
+    return int(peak) * row_sum_bound(w) < INT32_EXACT
 
 
 def row_sums(weight: np.ndarray) -> list[int]:

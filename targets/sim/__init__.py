@@ -11,6 +11,10 @@ activation's output range after that) and ``S = max_row sum|W_row|``:
   ``x + offset = 256 x_hi + x_lo`` through the same int8 product, combined in int64;
 * ``vnni/wD``, ``vnni16/wD``: weights beyond int8 as ``D`` signed byte digits
   (``W = sum_d 256^d D_d``), one product per digit and plane (at most 4), combined in int64;
+* ``avx2``: where no VNNI product applies (a CPU without AVX-512 VNNI, or ``vnni=False``) on a
+  CPU with AVX2 (``targets/common/avx2.py``): codes stored in int16 (``[0, 65535]`` as
+  ``code - 32768``), weights in int16, ``vpmaddwd`` pairs summed in int32, exact when
+  ``peak * S < 2^31`` for the largest stored code magnitude ``peak``; fused like ``vnni``;
 * ``float32`` BLAS when ``S * max(|lo|, |hi|) < 2^24``, ``float64`` BLAS below ``2^53`` (every
   partial sum is then an integer the float type represents exactly, in any summation order);
 * an int64 Numba loop otherwise.
@@ -34,7 +38,7 @@ from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
 from hwq.quant.reference import decide
 from hwq.target.protocol import Option, check_options, parse_bool_or_auto
 
-from ..common import products, vnni
+from ..common import avx2, products, vnni
 from ..common.plans import FallbackPlans, as_codes, owned, seen_range
 from ..common.products import DTYPES
 from . import kernels
@@ -63,21 +67,23 @@ def offset_of(planes: int, lo: int, hi: int) -> int:
     return vnni.plane_offset(lo, hi) if planes == 2 else vnni.input_offset(lo, hi)
 
 
-def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool) -> str:
+def product_path(layer: QLayer, lo: int, hi: int, use_vnni: bool, use_avx2: bool = False) -> str:
     found = vnni_path(layer, lo, hi) if use_vnni else None
     if found is not None:
         return found[0]
+    if use_avx2 and avx2.fits(layer.weight, lo, hi):
+        return "avx2"
     return products.product_path(row_sum_bound(layer.weight), max(abs(lo), abs(hi)))
 
 
 @dataclass
 class CompiledLayer:
     layer: QLayer
-    path: str  # "vnni", "vnni16" (/wD), "float32", "float64" or "int64"
+    path: str  # "vnni", "vnni16" (/wD), "avx2", "float32", "float64" or "int64"
     lo: int  # the input codes this path is proven for
     hi: int
-    weights: np.ndarray  # packed int8 (vnni), W.T in the product dtype (BLAS), W.T int64
-    base: np.ndarray  # bias, minus 128 * sum_i W[:, i] when vnni stores codes + 128
+    weights: np.ndarray  # packed int8 (vnni), packed int16 (avx2), W.T in the product dtype (BLAS), W.T int64
+    base: np.ndarray  # bias, minus offset * sum_i W[:, i] when vnni/avx2 store codes + offset
     mode: int
     act_max: int
     mult: np.ndarray
@@ -87,15 +93,18 @@ class CompiledLayer:
     planes: int = 0  # VNNI: 0 (8-bit codes, int8 weights), else byte planes of the codes
 
     @classmethod
-    def build(cls, layer: QLayer, lo: int, hi: int, use_vnni: bool) -> CompiledLayer:
+    def build(cls, layer: QLayer, lo: int, hi: int, use_vnni: bool, use_avx2: bool = False) -> CompiledLayer:
         m = layer.weight.shape[0]
-        path = product_path(layer, lo, hi, use_vnni)
+        path = product_path(layer, lo, hi, use_vnni, use_avx2)
         base, planes = layer.bias, 0
         if path.startswith("vnni"):
             _, planes, digits = vnni_path(layer, lo, hi)
             packed = [vnni.pack_weights(d) for d in digits]
             weights = packed[0] if planes == 0 else np.stack(packed)
             base = base - offset_of(planes, lo, hi) * layer.weight.sum(axis=1)
+        elif path == "avx2":
+            weights = avx2.pack_weights(layer.weight)
+            base = base - avx2.input_offset(lo, hi) * layer.weight.sum(axis=1)
         else:
             weights = np.ascontiguousarray(layer.weight.T, dtype=DTYPES[path])
         rq = layer.requant
@@ -116,6 +125,8 @@ class CompiledLayer:
             return np.uint16 if self.lo >= 0 else np.int16
         if self.path.startswith("vnni"):
             return np.uint8 if self.lo >= 0 else np.int8
+        if self.path == "avx2":
+            return avx2.container(self.lo, self.hi)
         return DTYPES[self.path]
 
     def run(self, h: np.ndarray, out_dtype, want_acc: bool, want_out: bool):
@@ -129,6 +140,9 @@ class CompiledLayer:
         if self.path.startswith("vnni"):
             offset = offset_of(self.planes, self.lo, self.hi)
             if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args, planes=self.planes):
+                return None
+        elif self.path == "avx2":
+            if kernels.avx2_layer(h, self.lo, self.hi, avx2.input_offset(self.lo, self.hi), self.weights, *args):
                 return None
         else:
             if self.path == "int64":
@@ -145,6 +159,7 @@ class SimProgram:
     target: str = NAME
     artifacts: dict[str, Any] = field(default_factory=dict)
     use_vnni: bool | None = None  # None: wherever the CPU has AVX-512 VNNI
+    use_avx2: bool | None = None  # None: wherever the CPU has AVX2 (for layers VNNI does not run)
     layers: list[CompiledLayer] = field(init=False)
     exact = True
 
@@ -152,9 +167,14 @@ class SimProgram:
         if self.use_vnni and not vnni.available():
             raise TargetError("sim: vnni=True needs a CPU with AVX-512 VNNI",
                               hint="compile with vnni=None (auto) or vnni=False")
+        if self.use_avx2 and not avx2.available():
+            raise TargetError("sim: avx2=True needs a CPU with AVX2",
+                              hint="compile with avx2=None (auto) or avx2=False")
         fmt = self.net.input
-        self.options = {} if self.use_vnni is None else {"vnni": self.use_vnni}
+        self.options = {name: value for name, value in (("vnni", self.use_vnni), ("avx2", self.use_avx2))
+                        if value is not None}
         self.use_vnni = vnni.available() if self.use_vnni is None else bool(self.use_vnni)
+        self.use_avx2 = avx2.available() if self.use_avx2 is None else bool(self.use_avx2)
         self.layers = self.plan(fmt.qmin, fmt.qmax)
         self._fallbacks = FallbackPlans(self.plan)
 
@@ -164,7 +184,7 @@ class SimProgram:
         layers = []
         for i, layer in enumerate(self.net.layers):
             check_layer(layer, i, lo, hi)
-            layers.append(CompiledLayer.build(layer, lo, hi, self.use_vnni))
+            layers.append(CompiledLayer.build(layer, lo, hi, self.use_vnni, self.use_avx2))
             lo, hi = output_range(layer, lo, hi)
         return layers
 
@@ -187,7 +207,7 @@ class SimProgram:
         for i, c in enumerate(layers):
             last = i + 1 == len(layers)
             out_dtype = np.int64 if last else layers[i + 1].in_dtype
-            if not c.path.startswith("vnni") and i == 0 and h.size:
+            if not (c.path.startswith("vnni") or c.path == "avx2") and i == 0 and h.size:
                 lo, hi = products.code_range(h)
                 if lo < c.lo or hi > c.hi:
                     return None
@@ -216,18 +236,22 @@ class SimProgram:
 
 
 class SimTarget:
-    """``compile(net, vnni=None)``: ``vnni`` None uses AVX-512 VNNI products where the CPU has
-    them, False never (float BLAS / int64 only), True requires them."""
+    """``compile(net, vnni=None, avx2=None)``: ``vnni`` None uses AVX-512 VNNI products where the
+    CPU has them, False never, True requires them; ``avx2`` likewise for the AVX2 int16 product
+    (layers no VNNI product runs). Both False: float BLAS / int64 only."""
 
     name = NAME
     options = (Option("vnni", "AVX-512 VNNI int8 products: auto (where the CPU has them) | true | false",
-                      None, parse_bool_or_auto, ("auto", "true", "false")),)
+                      None, parse_bool_or_auto, ("auto", "true", "false")),
+               Option("avx2", "AVX2 int16 products where VNNI does not run: auto | true | false",
+                      None, parse_bool_or_auto, ("auto", "true", "false")))
 
-    def compile(self, net: QuantizedNetwork, *, vnni: bool | None = None, **options: Any) -> SimProgram:
+    def compile(self, net: QuantizedNetwork, *, vnni: bool | None = None, avx2: bool | None = None,
+                **options: Any) -> SimProgram:
         check_options(NAME, self.options, options)
-        return SimProgram(net, use_vnni=vnni)
+        return SimProgram(net, use_vnni=vnni, use_avx2=avx2)
 
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], *, vnni: bool | None = None,
-             **options: Any) -> SimProgram:
+             avx2: bool | None = None, **options: Any) -> SimProgram:
         check_options(NAME, self.options, options)
-        return SimProgram(net, artifacts=dict(artifacts), use_vnni=vnni)
+        return SimProgram(net, artifacts=dict(artifacts), use_vnni=vnni, use_avx2=avx2)

@@ -1,13 +1,14 @@
 """Numba kernels of the sim target: the integer semantics of hwq/quant/reference.py, fused and
 parallel over the batch (``finish_layer`` after a BLAS or int64 product, ``vnni_layer`` on the
-shared exact int8 product of ``targets/common/vnni.py``)."""
+shared exact int8 product of ``targets/common/vnni.py``, ``avx2_layer`` on the exact int16
+product of ``targets/common/avx2.py``)."""
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
-from ..common import vnni
+from ..common import avx2, vnni
 
 MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3, "sign": 4}
 NO_BYTES = np.zeros((0, 2), np.uint8)
@@ -157,3 +158,31 @@ def vnni_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, l
         acc_out,
         out,
     )
+
+
+@nb.njit(cache=True, nogil=True)
+def avx2_blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out):
+    """``vnni_blocks`` on the AVX2 product: codes + ``offset`` packed into int16, the int32
+    block product ``avx2.product``, then the epilogue. Returns the out-of-range count."""
+    n = h.shape[0]
+    a = np.zeros((avx2.BLOCK, wpk.shape[0] * 2), np.int16)
+    c = np.empty((avx2.BLOCK, wpk.shape[1] // 2), np.int32)
+    count = 0
+    nblocks = (n + avx2.BLOCK - 1) // avx2.BLOCK
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * avx2.BLOCK
+        rows = min(avx2.BLOCK, n - i0)
+        count += avx2.pack_rows(h, i0, rows, lo, hi, offset, a)
+        avx2.product(a, wpk, c, rows)
+        finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
+
+
+def avx2_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out) -> int:
+    """``vnni_layer`` (8-bit codes, ``planes`` 0) on the AVX2 int16 product: ``wpk`` is
+    ``avx2.pack_weights(W)`` and ``base = bias - offset * sum_i W[:, i]``. Returns how many
+    codes fell outside ``[lo, hi]``."""
+    return vnni.run_blocks(avx2_blocks, h.shape[0], h, lo, hi, offset, wpk, base, mult, half, shift, mode,
+                           act_max, lut, lut_half, acc_out, out)

@@ -1,0 +1,223 @@
+"""Exact integer products on AVX2 (CPUs without AVX-512 VNNI): ``vpmaddwd`` (int16 x int16,
+two adjacent products summed into each int32 lane), emitted from Numba through an LLVM
+intrinsic, accumulated with ``vpaddd`` in int32.
+
+A layer qualifies (``fits``) when its weights fit int16, its input codes fit int16 after an
+offset (``[-32768, 32767]`` as they are, ``[0, 65535]`` stored as ``code - 32768``), and
+``peak * max_row sum|W| < 2^31`` with ``peak`` the largest stored code magnitude
+(``hwq.quant.bounds.pmaddwd_exact``). Every partial sum, a pair or any sum of pairs, is then a
+sum of products ``|x w| <= peak |w|`` over part of one row, so it is below ``2^31`` in
+magnitude and neither ``vpmaddwd`` nor ``vpaddd`` wraps. The offset is removed afterwards in
+int64 (``acc = sum((x + o) w) - o sum(w)``). 8-bit codes (``peak`` 255 or 128) get the same
+bound as AVX-512 VNNI; weights may be up to int16 in one product.
+
+Layout. Weights ``W`` (M, K) are packed once as ``wpk[g, 2c + t] = W[c, 2g + t]`` (int16; K
+padded to a multiple of 2, M to a multiple of 8, zeros in the padding): row ``g`` holds, for
+every output ``c``, the two weights of input pair ``g``, so one 32-byte load feeds 8 outputs.
+A block of ``BLOCK`` input rows is copied into int16 (``pack_rows``), then a register tile of
+``R`` rows x ``V`` vectors of 8 outputs broadcasts one pair of codes of a row and accumulates
+``acc[r][v] += pmaddwd(x[r, 2g:2g+2], W[8v:8v+8, 2g:2g+2])``.
+
+The threaded driver and block claiming are ``vnni.run_blocks`` and ``vnni.claim`` (they do not
+use VNNI instructions); sim's ``kernels.avx2_layer`` and the plain ``matmul`` here combine
+``pack_rows`` and ``product`` with their epilogues, as the VNNI kernels do.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba as nb
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic
+
+from hwq.quant.bounds import pmaddwd_exact
+
+from . import vnni
+
+BLOCK = vnni.BLOCK  # input rows per block (the shared driver's unit); a multiple of every ROWS entry
+MAX_VECTORS = 3  # 8-output vectors per register tile
+ROWS = (0, 8, 6, 4)  # rows per tile for V vectors: R*V + V + 1 <= 16 ymm registers
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_V8 = ir.VectorType(_I32, 8)
+_V16 = ir.VectorType(ir.IntType(16), 16)
+_BYTE_PTR = ir.IntType(8).as_pointer()
+
+FORCE_OFF = "HWQ_AVX2"  # HWQ_AVX2=0 (or off, false, no): plan as on a CPU without AVX2
+
+
+def available() -> bool:
+    """True when Numba compiles for this host, the host has AVX2, and the environment does not
+    turn it off (``HWQ_AVX2=0``)."""
+    if os.environ.get(FORCE_OFF, "").strip().lower() in ("0", "off", "false", "no"):
+        return False
+    if nb.config.DISABLE_JIT or nb.config.CPU_NAME not in (None, "host") or nb.config.CPU_FEATURES:
+        return False
+    return bool(llvm_binding.get_host_cpu_features().get("avx2"))
+
+
+def _const(v: int) -> ir.Constant:
+    return ir.Constant(_I64, v)
+
+
+def _make_tile(rows: int, vectors: int):
+    """``c[i0:i0+rows, 8 v0 : 8 (v0+vectors)] = a[i0:i0+rows] @ W.T`` over ``pairs`` pairs of
+    inputs (row strides in bytes: ``lda``, ``ldb``, ``ldc``)."""
+
+    @intrinsic
+    def tile(typingctx, a, b, c, i0, v0, pairs, lda, ldb, ldc):
+        i64 = types.int64
+        sig = types.void(a, b, c, i64, i64, i64, i64, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            a_arr, b_arr, c_arr, i0, v0, pairs, lda, ldb, ldc = args
+            ptrs = [builder.bitcast(context.make_array(t)(context, builder, v).data, _BYTE_PTR)
+                    for t, v in zip(signature.args[:3], (a_arr, b_arr, c_arr))]
+            a_ptr, b_ptr, c_ptr = ptrs
+            madd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V8, [_V16, _V16]), "llvm.x86.avx2.pmadd.wd")
+            col0 = builder.mul(v0, _const(32))
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(_V8, None))
+                     for _ in range(vectors)] for _ in range(rows)]
+            a_rows = [builder.gep(a_ptr, [builder.mul(builder.add(i0, _const(r)), lda)])
+                      for r in range(rows)]
+            with cgutils.for_range(builder, pairs) as loop:
+                g = loop.index
+                b_row = builder.add(builder.mul(g, ldb), col0)
+                w = [builder.load(builder.bitcast(
+                    builder.gep(b_ptr, [builder.add(b_row, _const(32 * v))]), _V16.as_pointer()),
+                    align=1) for v in range(vectors)]
+                for r in range(rows):
+                    x2 = builder.load(builder.bitcast(
+                        builder.gep(a_rows[r], [builder.mul(g, _const(4))]), _I32.as_pointer()),
+                        align=1)
+                    x = builder.insert_element(ir.Constant(_V8, None), x2, ir.Constant(_I32, 0))
+                    x = builder.shuffle_vector(x, ir.Constant(_V8, None), ir.Constant(_V8, [0] * 8))
+                    x = builder.bitcast(x, _V16)
+                    for v in range(vectors):
+                        acc = builder.add(builder.load(accs[r][v]), builder.call(madd, [x, w[v]]))
+                        builder.store(acc, accs[r][v])
+            for r in range(rows):
+                c_row = builder.mul(builder.add(i0, _const(r)), ldc)
+                for v in range(vectors):
+                    dst = builder.gep(c_ptr, [builder.add(c_row, builder.add(col0, _const(32 * v)))])
+                    builder.store(builder.load(accs[r][v]), builder.bitcast(dst, _V8.as_pointer()),
+                                  align=1)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile1, _tile2, _tile3 = (_make_tile(ROWS[v], v) for v in range(1, MAX_VECTORS + 1))
+
+
+@nb.njit(cache=True, nogil=True)
+def product(a, wpk, c, rows):
+    """``c[:rows] = a[:rows] @ W.T`` (int32) for an int16 block ``a`` of BLOCK rows."""
+    pairs = wpk.shape[0]
+    lda, ldb, ldc = a.shape[1] * 2, wpk.shape[1] * 2, c.shape[1] * 4
+    nvec = wpk.shape[1] // 16
+    v0 = 0
+    while v0 < nvec:
+        v = min(MAX_VECTORS, nvec - v0)
+        for i in range(0, rows, ROWS[v]):
+            if v == 3:
+                _tile3(a, wpk, c, i, v0, pairs, lda, ldb, ldc)
+            elif v == 2:
+                _tile2(a, wpk, c, i, v0, pairs, lda, ldb, ldc)
+            else:
+                _tile1(a, wpk, c, i, v0, pairs, lda, ldb, ldc)
+        v0 += v
+
+
+@nb.njit(cache=True, nogil=True)
+def pack_rows(h, i0, rows, lo, hi, offset, a):
+    """Rows ``i0 .. i0+rows`` of the codes ``h`` (any numeric dtype) into the int16 block ``a``
+    as ``code + offset``; returns how many codes fell outside ``[lo, hi]``."""
+    k = h.shape[1]
+    count = 0
+    for r in range(rows):
+        for p in range(k):
+            q = np.int64(h[i0 + r, p])  # truncates, as the reference reads codes
+            count += (q < lo) | (q > hi)
+            a[r, p] = np.int16(q + offset)
+    return count
+
+
+@nb.njit(cache=True, nogil=True)
+def _product_blocks(counter, h, lo, hi, offset, wpk, base, acc_out):
+    """Blocks of ``matmul``: ``acc_out = h @ W.T + base`` (int64), no epilogue."""
+    n, m = h.shape[0], acc_out.shape[1]
+    a = np.zeros((BLOCK, wpk.shape[0] * 2), np.int16)
+    c = np.empty((BLOCK, wpk.shape[1] // 2), np.int32)
+    count = 0
+    nblocks = (n + BLOCK - 1) // BLOCK
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * BLOCK
+        rows = min(BLOCK, n - i0)
+        count += pack_rows(h, i0, rows, lo, hi, offset, a)
+        product(a, wpk, c, rows)
+        for r in range(rows):
+            for j in range(m):
+                acc_out[i0 + r, j] = np.int64(c[r, j]) + base[j]
+
+
+def matmul(h: np.ndarray, weight: np.ndarray, lo: int, hi: int,
+           wpk: np.ndarray | None = None) -> np.ndarray | None:
+    """The plain exact product ``h @ weight.T`` (int64) for codes ``h`` (N, K; any numeric
+    dtype, integer-valued) that ``fits(weight, lo, hi)`` proves exact; ``wpk`` is
+    ``pack_weights(weight)`` if already made. None when a code falls outside ``[lo, hi]``."""
+    if not fits(weight, lo, hi):
+        raise ValueError("avx2.matmul: weights or code range outside the exact int16 bound")
+    offset = input_offset(lo, hi)
+    wpk = pack_weights(weight) if wpk is None else wpk
+    base = -offset * np.asarray(weight, np.int64).sum(axis=1)
+    out = np.empty((h.shape[0], weight.shape[0]), np.int64)
+    bad = vnni.run_blocks(_product_blocks, h.shape[0], np.ascontiguousarray(h), lo, hi, offset, wpk,
+                          base, out)
+    return None if bad else out
+
+
+def pack_weights(weight: np.ndarray) -> np.ndarray:
+    """``wpk[g, 2c + t] = W[c, 2g + t]`` (int16) with K padded to 2 and M to 8 (module doc)."""
+    m, k = weight.shape
+    mp, kp = -(-m // 8) * 8, -(-k // 2) * 2
+    padded = np.zeros((mp, kp), np.int16)
+    padded[:m, :k] = weight
+    return np.ascontiguousarray(padded.reshape(mp, kp // 2, 2).transpose(1, 0, 2).reshape(kp // 2, 2 * mp))
+
+
+def input_offset(lo: int, hi: int) -> int | None:
+    """What codes in ``[lo, hi]`` get added to be stored in int16: 0, -32768, or None."""
+    if -32768 <= lo and hi <= 32767:
+        return 0
+    if 0 <= lo and hi <= 65535:
+        return -32768
+    return None
+
+
+def fits(weight: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether ``vpmaddwd`` computes ``h @ W.T`` exactly for codes in ``[lo, hi]`` (module doc)."""
+    offset = input_offset(lo, hi)
+    if offset is None:
+        return False
+    return pmaddwd_exact(weight, max(abs(lo + offset), abs(hi + offset)))
+
+
+def container(lo: int, hi: int):
+    """The narrowest dtype holding codes in ``[lo, hi]`` (what a previous layer writes)."""
+    for dtype in (np.uint8, np.int8, np.int16, np.uint16):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return dtype
+    return np.int64
