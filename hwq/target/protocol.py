@@ -20,11 +20,22 @@ A backend registers one ``Target`` object in the ``hwq.targets`` entry-point gro
         def forward(self, x_q) -> int64 scores (N, n_out)
         def decide(self, scores) -> int64 classes (N,)
 
-    class Traceable(Program):               # optional: bit-exact models that can
-        def trace(self, x_q) -> list of real pre-activations z per layer
+Optional abilities are small ``runtime_checkable`` Protocols a program satisfies by having
+the method (``isinstance(program, Traceable)``); the core asks with ``isinstance``, never
+``getattr``, and the conformance suite (``tests/targets``) checks every one a program has::
+
+    Traceable.trace(x_q) -> list of real pre-activations z per layer   (bit-exact models)
+    Accumulating.accumulators(x_q) -> int64 accumulators per layer     (sim: fused gradients)
+    OwnSurrogate.surrogate_layers() -> (real weights, ReLU tops)       (loihi: rounded weights)
+    HasBitExactModel.bit_exact_model() -> a Traceable program          (a device's local model)
+    MeasuresFidelity.measure_fidelity(x_q, source) -> share            (truenorth)
 
 A device behind a socket is a Program without ``trace``; the surrogate gradient then comes
 from the bit-exact model of the same network (``hwq.attack.gradients.reference_for``).
+
+Codes outside the input format (docs/integer-semantics.md, section 1): a program computes
+them as the reference does, or refuses them with one ``DataError`` line naming the format
+(``refuse_outside_format``); it never clips or wraps them silently.
 """
 
 from __future__ import annotations
@@ -35,15 +46,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from hwq.errors import UsageError
+from hwq.errors import DataError, UsageError
 from hwq.quant import reference
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import InputFormat, QuantizedNetwork
 
 
 @runtime_checkable
 class Program(Protocol):
     net: QuantizedNetwork
     target: str
+    exact: bool  # decisions equal hwq.quant.reference's on every input in the format
+    options: dict[str, Any]  # what it was compiled with (JSON; saved in .hwq)
     artifacts: dict[str, Any]
     report: dict[str, Any]
 
@@ -61,6 +74,57 @@ class Traceable(Protocol):
     target: str
 
     def trace(self, x_q: np.ndarray) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class Accumulating(Protocol):
+    """A program that gives its int64 accumulators per layer in one integer pass: the last
+    layer's are ``forward``'s scores and ``acc * layer.acc_scale`` is ``trace`` (so attacks
+    judge and take the operating point from one pass, ``SurrogateGradient.fuses_with``)."""
+
+    def accumulators(self, x_q: np.ndarray) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class OwnSurrogate(Protocol):
+    """A program whose arithmetic uses other real weights than the network's ``W * s_w`` (loihi
+    rounds them): ``(real weights (n_out, n_in) per layer, ReLU top per layer or None)`` for
+    the surrogate gradient (``hwq.attack.gradients.surrogate_layers``)."""
+
+    def surrogate_layers(self) -> tuple[list[np.ndarray], list[float | None]]: ...
+
+
+@runtime_checkable
+class HasBitExactModel(Protocol):
+    """A program that cannot trace (a device) but has a local bit-exact model of the same
+    compiled network, a ``Traceable`` program the surrogate gradient follows."""
+
+    def bit_exact_model(self) -> Any: ...
+
+
+@runtime_checkable
+class MeasuresFidelity(Protocol):
+    """A program that measures its own fidelity: the share of ``x_q`` whose decision equals the
+    reference's, recorded in ``report["fidelity"]`` (``value``, ``inputs``, ``source``) and
+    returned. It may take a ``progress`` keyword (``hwq.api.takes_progress``)."""
+
+    def measure_fidelity(self, x_q: np.ndarray, source: str = ...) -> float: ...
+
+
+CAPABILITIES = (Traceable, Accumulating, OwnSurrogate, HasBitExactModel, MeasuresFidelity)
+
+
+def refuse_outside_format(target: str, fmt: InputFormat, x_q: np.ndarray) -> None:
+    """The rule for a target that cannot compute codes outside the input format exactly (its
+    hardware is sized for the format): refuse them in one line naming the format, never clip."""
+    if x_q.size == 0:
+        return
+    lo, hi = x_q.min(), x_q.max()
+    if not (lo >= fmt.qmin and hi <= fmt.qmax):  # NaN fails too
+        raise DataError(f"{target}: input codes must lie in [{fmt.qmin}, {fmt.qmax}], the input format "
+                        f"{fmt.name}; got codes from {lo} to {hi}",
+                        hint="quantize inputs with the network's input format (hwq.quant.reference."
+                             "quantize_input), or use the sim target, which computes codes outside the format exactly")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import numpy as np
 from hwq.errors import DataError
 from hwq.quant.qnet import QuantizedNetwork
 from hwq.quant.reference import decide
+from hwq.target.protocol import refuse_outside_format
 
 from .artifacts import to_artifacts
 from .emulator import Emulator
@@ -46,6 +47,7 @@ class LoihiProgram:
         x_q = np.asarray(x_q)
         if x_q.ndim != 2 or x_q.shape[1] != self.net.n_features:
             raise DataError(f"inputs must have shape (N, {self.net.n_features}), got {x_q.shape}")
+        refuse_outside_format(NAME, self.net.input, x_q)  # shifts, offsets and 24-bit state fit the format
         return x_q
 
     def forward(self, x_q) -> np.ndarray:

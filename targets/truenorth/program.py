@@ -9,6 +9,7 @@ import numpy as np
 from hwq.errors import DataError, LimitError, TargetError, UsageError
 from hwq.quant import reference
 from hwq.quant.qnet import QuantizedNetwork
+from hwq.target.protocol import refuse_outside_format
 
 from . import prng
 from .core import AXONS
@@ -145,8 +146,8 @@ class TrueNorthProgram:
             raise DataError(f"inputs must have shape (N, {self.net.n_features}), got {x_q.shape}")
         if not np.issubdtype(x_q.dtype, np.number) or np.any(x_q != np.round(x_q)):
             raise DataError("input codes must be integers")
-        x_q = x_q.astype(np.int64)
-        return np.clip(x_q, self.net.input.qmin, self.net.input.qmax)
+        refuse_outside_format(NAME, self.net.input, x_q)  # the rate code holds at most q spikes per column
+        return x_q.astype(np.int64)
 
     # -- running -----------------------------------------------------------------------------
     def forward(self, x_q, progress=None) -> np.ndarray:

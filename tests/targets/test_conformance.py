@@ -4,13 +4,15 @@ For each target found through the ``hwq.targets`` entry points: compile a set of
 integer networks (a target may refuse one with a precise ``HwqError``, but must map at least
 one), then check the program's contract: attributes and JSON-able report/options, forward and
 decide shapes and dtypes, the empty batch, a ``.hwq`` save/load round trip, the decisions
-against the numpy reference wherever the program claims ``exact``, the optional ``trace``,
-bad input and options validation. The checks are plain functions so that a deliberately
+against the numpy reference wherever the program claims ``exact``, every optional capability the
+program declares (``hwq.target.protocol.CAPABILITIES``: signature and behaviour), codes outside
+the input format (computed exactly or refused in one line), bad input and options validation. The checks are plain functions so that a deliberately
 wrong program can be shown to fail them (the last tests).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -20,7 +22,16 @@ from factories import make_layer, make_net, onnx_net
 from hwq.errors import DataError, HwqError, UsageError
 from hwq.files.program import load_program, save_program
 from hwq.quant import reference
-from hwq.target.protocol import Program, Traceable
+from hwq.target.protocol import (
+    CAPABILITIES,
+    Accumulating,
+    HasBitExactModel,
+    MeasuresFidelity,
+    OwnSurrogate,
+    Program,
+    ReferenceProgram,
+    Traceable,
+)
 from hwq.target.registry import available_targets, get_target, parse_options
 
 TARGETS = available_targets()
@@ -105,6 +116,122 @@ def check_trace(program, x_q) -> None:
         assert z.shape == (len(x_q), layer.weight.shape[0]) and np.all(np.isfinite(z))
 
 
+def outside_codes(net, n=96, seed=3):
+    """Codes in the format with rows beyond its edges: a column or two just beyond, random
+    columns up to three spans beyond either edge (where clipping changes decisions), and rows
+    far beyond (where a state sized for the format wraps)."""
+    fmt = net.input
+    rng = np.random.default_rng(seed)
+    x = input_codes(net, n, seed)
+    span = fmt.qmax - fmt.qmin + 1
+    x[2::8, 0], x[3::8, -1] = fmt.qmax + 1, fmt.qmin - 1
+    beyond = rng.random(x.shape) < 0.4
+    up = rng.integers(fmt.qmax + 1, fmt.qmax + 3 * span, x.shape)
+    down = rng.integers(fmt.qmin - 3 * span, fmt.qmin, x.shape)
+    rows = np.zeros(n, bool)
+    rows[4::2] = True
+    x = np.where(beyond & rows[:, None], np.where(rng.random(x.shape) < 0.5, up, down), x)
+    x[5::8] = rng.integers(fmt.qmin - 64 * span, fmt.qmax + 64 * span, x[5::8].shape)
+    return x
+
+
+def check_outside_format(program, x_q) -> str:
+    """The rule of docs/integer-semantics.md, section 1: codes outside the input format are
+    computed as the reference computes them, or refused in one ``DataError`` line naming the
+    format; never clipped or wrapped silently."""
+    fmt = program.net.input
+    try:
+        got = program.decide(program.forward(x_q))
+    except DataError as exc:
+        line = exc.line()
+        assert "\n" not in line and fmt.name in line, f"{program.target}: the refusal does not name the format: {line}"
+        return "refused"
+    assert program.exact, f"{program.target}: an inexact program computed codes outside the input format"
+    want = reference.decide(reference.forward(program.net, x_q), program.net.output)
+    diff = np.flatnonzero(got != want)
+    assert diff.size == 0, (f"{program.target}: {diff.size} decisions on codes outside the input format differ "
+                            f"from the reference, first rows {diff[:5]}")
+    return "computed"
+
+
+def protocol_methods(proto) -> list[str]:
+    return sorted(n for n in proto.__protocol_attrs__ if callable(getattr(proto, n, None)))
+
+
+def check_signature(program, proto) -> None:
+    """Every parameter of the capability's methods is accepted under its name and kind (with a
+    default where the Protocol has one); any extra parameter has a default."""
+    empty = inspect.Parameter.empty
+    for name in protocol_methods(proto):
+        want = list(inspect.signature(getattr(proto, name)).parameters.values())[1:]  # without self
+        got = inspect.signature(getattr(program, name)).parameters
+        where = f"{program.target}: {type(program).__name__}.{name}"
+        for p in want:
+            assert p.name in got, f"{where} lacks the parameter '{p.name}' of {proto.__name__}.{name}"
+            q = got[p.name]
+            assert q.kind == p.kind, f"{where}: '{p.name}' is {q.kind.description}, not {p.kind.description}"
+            assert p.default is empty or q.default is not empty, f"{where}: '{p.name}' needs a default"
+        for q in got.values():
+            if q.name not in {p.name for p in want} and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD):
+                assert q.default is not empty, f"{where}: the extra parameter '{q.name}' has no default"
+
+
+def check_accumulators(program, x_q) -> None:
+    accs = program.accumulators(x_q)
+    assert len(accs) == len(program.net.layers)
+    for acc, layer in zip(accs, program.net.layers):
+        assert acc.dtype == np.int64 and acc.shape == (len(x_q), layer.weight.shape[0])
+    assert np.array_equal(accs[-1], program.forward(x_q)), f"{program.target}: last accumulators are not the scores"
+    if isinstance(program, Traceable):
+        for acc, z, layer in zip(accs, program.trace(x_q), program.net.layers):
+            assert np.array_equal(acc * layer.acc_scale, z), f"{program.target}: acc * acc_scale is not trace"
+
+
+def check_surrogate_layers(program) -> None:
+    weights, tops = program.surrogate_layers()
+    assert len(weights) == len(tops) == len(program.net.layers)
+    for w, top, layer in zip(weights, tops, program.net.layers):
+        w = np.asarray(w)
+        assert w.shape == layer.weight.shape and np.all(np.isfinite(w))
+        assert top is None or (np.isfinite(top) and top > 0)
+
+
+def check_bit_exact_model(program, x_q) -> None:
+    model = program.bit_exact_model()
+    assert isinstance(model, Program) and isinstance(model, Traceable), \
+        f"{program.target}: bit_exact_model() is not a program that can trace"
+    assert model.net is program.net
+    check_trace(model, x_q)
+
+
+def check_fidelity(program, x_q) -> None:
+    value = program.measure_fidelity(x_q, "conformance")
+    want = reference.decide(reference.forward(program.net, x_q), program.net.output)
+    share = float(np.mean(program.decide(program.forward(x_q)) == want))
+    assert value == share, f"{program.target}: measured fidelity {value}, decisions agree on {share}"
+    assert program.report["fidelity"]["value"] == value
+    assert program.report["fidelity"]["inputs"] == len(x_q)
+    assert program.report["fidelity"]["source"] == "conformance"
+    assert not program.exact or value == 1.0
+
+
+def check_capabilities(program, x_q) -> list[str]:
+    """Each optional capability the program has (``hwq.target.protocol.CAPABILITIES``) with the
+    Protocol's signature and its behaviour; returns the names of those it has."""
+    behaviour = {Traceable: lambda: check_trace(program, x_q), Accumulating: lambda: check_accumulators(program, x_q),
+                 OwnSurrogate: lambda: check_surrogate_layers(program),
+                 HasBitExactModel: lambda: check_bit_exact_model(program, x_q),
+                 MeasuresFidelity: lambda: check_fidelity(program, x_q)}
+    assert set(behaviour) == set(CAPABILITIES), "a capability without its check"
+    has = []
+    for proto in CAPABILITIES:
+        if isinstance(program, proto):
+            check_signature(program, proto)
+            behaviour[proto]()
+            has.append(proto.__name__)
+    return has
+
+
 # ------------------------------------------------------------------ the suite
 
 
@@ -130,6 +257,18 @@ def test_traceable_programs_trace_every_layer(programs):
     for _, program in progs:
         if isinstance(program, Traceable):
             check_trace(program, input_codes(program.net, n=16))
+
+
+def test_declared_capabilities_keep_their_contract(programs):
+    target, progs = programs
+    for _, program in progs:
+        check_capabilities(program, input_codes(program.net, n=16, seed=4))
+
+
+def test_codes_outside_the_input_format_are_exact_or_refused(programs):
+    target, progs = programs
+    for _, program in progs:
+        check_outside_format(program, outside_codes(program.net))
 
 
 def test_hwq_file_round_trip(programs, tmp_path):
@@ -201,3 +340,62 @@ def test_the_shape_check_catches_a_wrong_dtype():
 
     with pytest.raises(AssertionError):
         check_shapes(Float(sim), input_codes(sim.net, n=4))
+
+
+class Clipping(WrongDecisions):
+    """A program that clips codes outside the input format to it and still claims ``exact``
+    (truenorth before the rule)."""
+
+    def forward(self, x_q):
+        return self.inner.forward(np.clip(x_q, self.net.input.qmin, self.net.input.qmax))
+
+    def decide(self, scores):
+        return self.inner.decide(scores)
+
+
+def test_the_outside_format_check_catches_silent_clipping():
+    sim = get_target("sim").compile(NETS["step-4bit"])
+    x_q = outside_codes(sim.net)
+    assert check_outside_format(sim, x_q) == "computed"
+    with pytest.raises(AssertionError, match="outside the input format differ"):
+        check_outside_format(Clipping(sim), x_q)
+
+
+class Local:
+    """A program that cannot trace but names a local model (a device's shape)."""
+
+    def __init__(self, model, net=None):
+        self.model, self.net, self.target, self.exact = model, net or model.net, "local", False
+        self.options, self.artifacts, self.report = {}, {}, {}
+
+    def forward(self, x_q):
+        return self.model.forward(x_q)
+
+    def decide(self, scores):
+        return self.model.decide(scores)
+
+    def bit_exact_model(self):
+        return self.model
+
+
+def test_the_capability_checks_catch_wrong_implementations():
+    net = NETS["step-4bit"]
+    x_q = input_codes(net, n=8)
+    assert check_capabilities(Local(ReferenceProgram(net)), x_q) == ["HasBitExactModel"]
+    with pytest.raises(AssertionError, match="cannot trace|not a program"):
+        check_capabilities(Local(get_target("sim").compile(net).layers, net), x_q)  # not a program
+
+    class NoCodes(Local):
+        def accumulators(self):  # the Protocol's x_q missing
+            return []
+
+    with pytest.raises(AssertionError, match="lacks the parameter 'x_q'"):
+        check_capabilities(NoCodes(ReferenceProgram(net)), x_q)
+
+    class Mismeasured(Local):
+        def measure_fidelity(self, x_q, source="given inputs"):
+            self.report["fidelity"] = dict(value=0.5, inputs=len(x_q), source=source)
+            return 0.5
+
+    with pytest.raises(AssertionError, match="measured fidelity"):
+        check_capabilities(Mismeasured(ReferenceProgram(net)), x_q)
