@@ -6,8 +6,9 @@ one), then check the program's contract: attributes and JSON-able report/options
 decide shapes and dtypes, the empty batch, a ``.hwq`` save/load round trip, the decisions
 against the numpy reference wherever the program claims ``exact``, every optional capability the
 program declares (``hwq.target.protocol.CAPABILITIES``: signature and behaviour), codes outside
-the input format (computed exactly or refused in one line), bad input and options validation. The checks are plain functions so that a deliberately
-wrong program can be shown to fail them (the last tests).
+the input format (computed exactly or refused in one line), bad input and options validation.
+The checks are plain functions so that a deliberately wrong program can be shown to fail them
+(the last tests).
 """
 
 from __future__ import annotations
