@@ -65,7 +65,12 @@ class Tally:
 def command(tally: Tally, capsys, case: str, args: list, outputs: tuple[Path, ...] = ()):
     """Run one command; an error must be one line with no traceback and no output left."""
     tally.runs += 1
-    code, out, err = run_cli(*args, capsys=capsys)
+    try:
+        code, out, err = run_cli(*args, capsys=capsys)
+    except Exception as exc:  # noqa: BLE001  (escaped the CLI: a traceback for the user)
+        capsys.readouterr()
+        tally.tracebacks.append(f"{case}: {args[0]}: {type(exc).__name__}: {str(exc)[:200]}")
+        return 1, ""
     if "Traceback" in err or (code not in (0, 1, 2, 130)):
         tally.tracebacks.append(f"{case}: {args[0]}: exit {code}: {err.strip()[-300:]}")
         return code, out
