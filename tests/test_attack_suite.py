@@ -254,6 +254,9 @@ def test_cli_single_pgd_warns_and_reports_weaker_than_fgsm(model_file, capsys):
     (["--attack", "square", "--queries", "-3"], "--queries must be a positive integer"),
     (["--attack", "pgd", "--restarts", "3", "--no-random-start"], "needs a random start"),
     (["--grad", "bits:abc"], "bits must be an integer"),
+    (["--attack", "apgd-t", "--target-classes", "-1"], "--target-classes must be a non-negative integer"),
+    (["--attacks", "autoattack,nope"], "unknown attack 'nope'"),
+    (["--attacks", "autoattack,apgd-ce"], "duplicate attacks"),
 ])
 def test_cli_bad_attack_arguments(model_file, args, message, capsys):
     code, _, err = hwq_cli("attack", model_file, "--data", "digits", "--limit", "5", *args, capsys=capsys)

@@ -139,7 +139,7 @@ class APGD(Attack):
         _positive_int("steps", self.steps)
         _positive_int("restarts", self.restarts)
         if isinstance(self.targets, bool) or not isinstance(self.targets, (int, np.integer)) or self.targets < 0:
-            raise UsageError(f"--targets must be a non-negative integer, got {self.targets!r}")
+            raise UsageError(f"--target-classes must be a non-negative integer, got {self.targets!r}")
         _positive("rho", self.rho)
 
     @property
