@@ -41,7 +41,7 @@ from hwq.quant import reference
 from hwq.quant.qnet import QuantizedNetwork, QuantSettings
 from hwq.quant.quantize import quantize as quantize_graph
 from hwq.quant.reference import quantize_input
-from hwq.target.protocol import ReferenceProgram, Traceable
+from hwq.target.protocol import MeasuresFidelity, ReferenceProgram, Traceable
 from hwq.target.registry import get_target, resolve_target
 
 __all__ = [
@@ -137,12 +137,12 @@ def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FID
     computes the reference: nothing to measure."""
     if not isinstance(getattr(program, "report", None), dict):
         return None
-    if hasattr(program, "measure_fidelity"):  # a target's own measurement (it may differ by inputs)
+    if isinstance(program, MeasuresFidelity):  # a target's own measurement (it may differ by inputs)
         if progress is not None and takes_progress(program.measure_fidelity):
             program.measure_fidelity(x_q, source, progress=progress)
         else:
             program.measure_fidelity(x_q, source)
-    elif getattr(program, "exact", True):
+    elif program.exact:
         return None
     else:
         ref = reference.decide(reference.forward(program.net, x_q), program.net.output)

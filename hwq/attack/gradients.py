@@ -28,7 +28,7 @@ from hwq.ir import activations
 from hwq.quant.qnet import QuantizedNetwork
 from hwq.quant.reference import quantize_input
 from hwq.ranges import check_gradient
-from hwq.target.protocol import ReferenceProgram, Traceable
+from hwq.target.protocol import Accumulating, HasBitExactModel, OwnSurrogate, ReferenceProgram, Traceable
 
 
 class GradientSource(Protocol):
@@ -170,9 +170,8 @@ def surrogate_layers(program) -> tuple[list, list]:
     """``(real weights, ReLU tops)`` per layer of what ``program`` computes: its own
     ``surrogate_layers()`` where it maps weights differently (loihi), else the network's
     ``W * weight_scale`` and the ``2^A - 1`` clip of each ReLU."""
-    own = getattr(program, "surrogate_layers", None)
-    if callable(own):
-        return own()
+    if isinstance(program, OwnSurrogate):
+        return program.surrogate_layers()
     layers = program.net.layers
     return [layer.real_weight for layer in layers], [relu_top(layer) for layer in layers]
 
@@ -223,7 +222,7 @@ class SurrogateGradient:
         """Whether ``judged_point`` gives ``program``'s own scores: ``program`` is the reference
         and exposes its int64 accumulators (``sim``), whose last layer is ``forward``'s scores
         and whose ``acc * acc_scale`` is ``trace``."""
-        return program is self.program and callable(getattr(program, "accumulators", None))
+        return program is self.program and isinstance(program, Accumulating)
 
     def judged_point(self, codes) -> tuple[np.ndarray, list[np.ndarray]]:
         """``(integer scores, z per layer)`` from one pass of the reference (``fuses_with``)."""
@@ -278,8 +277,7 @@ def reference_for(program):
     of the same integer network."""
     if isinstance(program, Traceable):
         return program
-    model = getattr(program, "bit_exact_model", None)
-    return model() if callable(model) else ReferenceProgram(program.net)
+    return program.bit_exact_model() if isinstance(program, HasBitExactModel) else ReferenceProgram(program.net)
 
 
 def default_gradient(program, temperature=None) -> SurrogateGradient:

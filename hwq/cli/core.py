@@ -224,7 +224,7 @@ def run(
     if output is not None:
         results.write_run(output, ev.scores, ev.predictions, ds.y_test, {
             "command": command_line(), "model": str(model), "target": program.target,
-            "options": getattr(program, "options", {}), "data": data_spec, "data_fingerprint": ds.fingerprint()})
+            "options": program.options, "data": data_spec, "data_fingerprint": ds.fingerprint()})
     if as_json:
         out = {"accuracy": ev.accuracy, "n_inputs": len(ds.y_test), "target": program.target,
                "output": str(output) if output else None}
@@ -317,7 +317,7 @@ def attack(
     if output is not None:
         results.write_attack(output, result, {
             "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
-            "seed": seed, "options": getattr(program, "options", {}),
+            "seed": seed, "options": program.options,
             "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
             "quantization": json.dumps(vars(program.net.settings)), "model": str(model), "input_format": fmt,
             **device_meta})
@@ -399,11 +399,12 @@ def core_exports() -> dict:
 def export_formats(target: str | None) -> dict:
     """Every format ``hwq export`` can write for a program of ``target``: the core's plus the
     target's own (``Target.exports``)."""
+    from hwq.target.protocol import Exporting
     from hwq.target.registry import get_target
 
     formats = core_exports()
-    if target is not None:
-        formats.update(getattr(get_target(target), "exports", {}))
+    if target is not None and isinstance(get_target(target), Exporting):
+        formats.update(get_target(target).exports)
     return formats
 
 
@@ -544,7 +545,7 @@ def target_option_help() -> dict:
     out = {}
     for name in available_targets():
         try:
-            out[name] = {o.name: o.help for o in getattr(get_target(name), "options", ())}
+            out[name] = {o.name: o.help for o in get_target(name).options}
         except TargetError as exc:
             out[name] = {"error": exc.line()}
     return out

@@ -42,7 +42,7 @@ def save_program(path: str | Path, program: Program, command: str = "") -> None:
     with h5io.atomic_h5(path) as f:
         f.attrs.update(format=FORMAT, version=VERSION, hwq_version=__version__,
                        target=program.target, created_by=command,
-                       options=json.dumps(getattr(program, "options", {}), sort_keys=True))
+                       options=json.dumps(program.options, sort_keys=True))
         h5io.write(f.create_group("network"), program.net)
         art = f.create_group("artifacts")
         for key, value in program.artifacts.items():

@@ -8,7 +8,7 @@ A backend registers one ``Target`` object in the ``hwq.targets`` entry-point gro
         options: tuple[Option, ...]        # what compile/load accept (CLI: --option k=v)
         def compile(self, net, **options) -> Program
         def load(self, net, artifacts, **options) -> Program   # from a .hwq file
-        exports: dict[str, Export]         # optional: file formats of its mapping
+        exports: dict[str, Export]         # optional (Exporting): file formats of its mapping
 
     class Program:                          # a network mapped onto the target
         net: QuantizedNetwork
@@ -164,6 +164,13 @@ class Target(Protocol):
     def compile(self, net: QuantizedNetwork, **options: Any) -> Program: ...
 
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], **options: Any) -> Program: ...
+
+
+@runtime_checkable
+class Exporting(Protocol):
+    """A target that writes its mapping in file formats of its own (``hwq export --format``)."""
+
+    exports: dict[str, Export]
 
 
 def check_options(target: str, declared: tuple[Option, ...], given: dict[str, Any],

@@ -69,7 +69,7 @@ def split_target_spec(spec: str) -> tuple[str, list[str]]:
 
 def parse_options(target: str, items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Text options ``name=value`` -> values, validated against the target's declared options."""
-    declared = {o.name: o for o in getattr(get_target(target), "options", ())}
+    declared = {o.name: o for o in get_target(target).options}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")

@@ -26,6 +26,8 @@ from hwq.quant import reference
 from hwq.target.protocol import (
     CAPABILITIES,
     Accumulating,
+    Export,
+    Exporting,
     HasBitExactModel,
     MeasuresFidelity,
     OwnSurrogate,
@@ -293,7 +295,7 @@ def test_wrong_input_shape_is_a_data_error(programs):
 def test_options_are_declared_and_validated(programs):
     target, progs = programs
     tgt = get_target(target)
-    for opt in getattr(tgt, "options", ()):
+    for opt in tgt.options:
         assert opt.name and opt.help
         if opt.choices:
             with pytest.raises(UsageError):
@@ -302,6 +304,22 @@ def test_options_are_declared_and_validated(programs):
         parse_options(target, ["no_such_option=1"])
     with pytest.raises(UsageError):
         tgt.compile(progs[0][1].net, no_such_option=1)
+
+
+def test_declared_exports_write_files(programs, tmp_path):
+    """A target with its own file formats (``Exporting``) writes each, atomically, under a
+    declared suffix."""
+    target, progs = programs
+    tgt = get_target(target)
+    if not isinstance(tgt, Exporting):
+        return
+    for key, export in tgt.exports.items():
+        assert isinstance(export, Export) and export.name == key and export.suffixes and callable(export.write)
+        path = tmp_path / f"model{export.suffixes[0]}"
+        export.write(progs[0][1], path)
+        assert path.is_file() and path.stat().st_size > 0
+        assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+        path.unlink()
 
 
 # ------------------------------------------------------------- the checks can fail
