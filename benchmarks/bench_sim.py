@@ -9,10 +9,10 @@ integer forward passes, in the chunks ``hwq.attack.attack`` uses.
 * ``sim forward``: the same, timing ``forward`` + ``decide`` alone;
 * ``sim attack f32``: ``perturb_quantize`` into float32 codes (four times the memory traffic)
   + ``forward`` + ``decide``;
-* ``ort forward``: the graph of ``hwq.onnx_export`` on the same codes fed as uint8 (its native
+* ``ort forward``: the graph of ``hwq.onnx.exporter`` on the same codes fed as uint8 (its native
   input), timing ``session.run`` alone; ``ort attack`` adds ``perturb_quantize`` into uint8;
 * ``hwq.attack``: the whole ``hwq.attack.attack`` call (gradient and clean pass included);
-* ``numpy reference``: ``hwq.reference`` on a subset, extrapolated per pass;
+* ``numpy reference``: ``hwq.quant.reference`` on a subset, extrapolated per pass;
 * ``sim16 attack``: ``sim attack`` on the same network quantized with 16-bit input and
   activation codes (the paper's study formats): uint16 codes, both layers on two byte planes
   through the int8 VNNI product where the CPU has it (the AVX2 int16 product or float64 BLAS
@@ -134,7 +134,7 @@ def run_attack(work: Workload, program, y):
 
 
 def run_reference(work: Workload, n_inputs: int):
-    """Seconds per pass of perturb + ``hwq.reference`` forward + decide on ``n_inputs``."""
+    """Seconds per pass of perturb + ``hwq.quant.reference`` forward + decide on ``n_inputs``."""
     t0 = time.perf_counter()
     for sl in work.chunks(n_inputs):
         codes = work.codes(sl, np.float32)

@@ -83,7 +83,7 @@ def quantize(
     act_bits: int = ACT_BITS,
     input_bits: int = INPUT_BITS,
 ) -> QuantizedNetwork:
-    """Quantize a float graph to ``bits``-bit weights (see ``hwq.schemes`` for the levels)."""
+    """Quantize a float graph to ``bits``-bit weights (see ``hwq.quant.schemes`` for the levels)."""
     settings = QuantSettings(bits, scheme, per_channel, act_bits, input_bits)
     return quantize_graph(graph, settings, calibration, bounds)
 

@@ -2,7 +2,7 @@
 
 Network (weights in ONNX Gemm ``transB=1`` layout, ``w1`` is (hidden, n_in))::
 
-    z = gain * (W1 x + b1)          h = f(z)  (f from hwq.activations: step, sigmoid, relu)
+    z = gain * (W1 x + b1)          h = f(z)  (f from hwq.ir.activations: step, sigmoid, relu)
     o = W2 h + b2                   2 classes: one logit, p = sigmoid(o), label 1 iff o > 0
                                     else:      softmax(o), label argmax(o)
 
@@ -55,7 +55,7 @@ class TrainConfig:
     hidden: int = 100
     activation: str = "relu"  # step | sigmoid | relu
     bits: int | None = None  # None: float training; 1..16: QAT on the q-bit unit grid
-    scheme: str = "uniform"  # weight-level scheme for QAT (hwq.schemes)
+    scheme: str = "uniform"  # weight-level scheme for QAT (hwq.quant.schemes)
     gain: float = 1.0  # hidden pre-activation gain (paper's spirals: 10)
     epochs: int = 100
     batch_size: int = 64

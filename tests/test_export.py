@@ -1,4 +1,4 @@
-"""hwq.onnx_export: onnxruntime on the exported graph == sim == reference, as integers, with
+"""hwq.onnx.exporter: onnxruntime on the exported graph == sim == reference, as integers, with
 graph optimizations off and on; every product and requantization route; atomic saving."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""hwq.reference against the formulas of docs/integer-semantics.md, computed by hand in Python
+"""hwq.quant.reference against the formulas of docs/integer-semantics.md, computed by hand in Python
 integers (exact, no numpy arithmetic): rounding, saturation, activations and decisions."""
 
 from __future__ import annotations

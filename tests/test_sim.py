@@ -1,4 +1,4 @@
-"""The sim target equals hwq.reference bit for bit: random networks through quantize() (every
+"""The sim target equals hwq.quant.reference bit for bit: random networks through quantize() (every
 activation, scheme, bit width), hand-built extremes, every product path and input dtype."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ of the true label, from:
   backpropagated at the target's own operating point (its pre-activations ``z`` from
   ``trace``): straight through the rounding and input quantization, the true derivative for
   ReLU (0 where the integer ReLU saturates at ``2^A - 1``) and sigmoid, the fast-sigmoid
-  surrogate for the step (``hwq.activations``). This is "white box against the hardware model".
+  surrogate for the step (``hwq.ir.activations``). This is "white box against the hardware model".
 * ``FloatGradient``: the original float model (a transfer attack).
 
 Backprop, for ``z_l = g_l (W_l h_{l-1} + b_l)``, ``h_l = f_l(z_l)``:

@@ -5,7 +5,7 @@ HDF5 layout (version 3; see docs/file-formats.md)::
     /                 attrs: format="hwq-compiled", version=3, hwq_version, target, created_by,
                              options (JSON: the target options it was compiled with),
                              sha256 (hwq.files.h5io.content_digest of everything else)
-    /network          QuantizedNetwork (generic dataclass encoding, hwq/h5io.py)
+    /network          QuantizedNetwork (generic dataclass encoding, hwq/files/h5io.py)
     /artifacts        target-specific arrays (datasets) and scalars (attributes)
     /report           attrs: target report as JSON
 

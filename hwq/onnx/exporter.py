@@ -1,6 +1,6 @@
 """The compiled integer network as an ONNX graph that onnxruntime runs bit-exactly.
 
-``export_onnx(net)`` writes the formulas of ``hwq/reference.py`` (``docs/integer-semantics.md``)
+``export_onnx(net)`` writes the formulas of ``hwq/quant/reference.py`` (``docs/integer-semantics.md``)
 with plain ONNX ops, no fused QDQ:
 
 * input ``x_q``: the integer input codes (N, n_features), in the smallest container
@@ -251,7 +251,7 @@ def build_graph(net: QuantizedNetwork) -> onnx.GraphProto:
     outputs = [helper.make_tensor_value_info("scores", TensorProto.INT64, ["N", n_out]),
                helper.make_tensor_value_info("decision", TensorProto.INT64, ["N"])]
     return helper.make_graph(b.nodes, "hwq_integer", inputs, outputs, b.inits,
-                             doc_string="hwq integer network: see hwq.onnx_export")
+                             doc_string="hwq integer network: see hwq.onnx.exporter")
 
 
 def metadata(net: QuantizedNetwork) -> dict[str, str]:
@@ -272,7 +272,7 @@ def metadata(net: QuantizedNetwork) -> dict[str, str]:
 
 def export_onnx(net: QuantizedNetwork) -> onnx.ModelProto:
     """``net`` as an ONNX model (opset 17, IR 8) whose outputs ``scores`` and ``decision``
-    equal ``hwq.reference.forward`` / ``decide`` bit for bit for codes in the input format."""
+    equal ``hwq.quant.reference.forward`` / ``decide`` bit for bit for codes in the input format."""
     model = helper.make_model(build_graph(net), producer_name="hwq", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION

@@ -3,7 +3,7 @@
 All integer fields are int64 and read-only. Real values follow from codes and scales:
 ``x = x_q / inv_scale`` at the input, ``w = W[i, j] * weight_scale[i]`` for weights, and
 ``z_i = gain * weight_scale[i] * in_scale * acc_i`` for a layer's pre-activation. The exact
-integer semantics are in ``hwq/reference.py`` and ``docs/integer-semantics.md``.
+integer semantics are in ``hwq/quant/reference.py`` and ``docs/integer-semantics.md``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every executor has one method, ``imap(fn, items)``, which yields ``fn(item)`` as tasks finish
 (any order), and is a context manager that releases its workers. Results travel back to the
 parent, which is the only writer of the sweep file. Per-task seeds and single-threaded BLAS
-make the results independent of the executor (hwq.sweep_cell).
+make the results independent of the executor (hwq.sweep.cell).
 """
 
 from __future__ import annotations

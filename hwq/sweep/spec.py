@@ -1,14 +1,14 @@
 """Sweeps: a grid of data x hidden activation x weight bits x seed x target, one cell each.
 
-Pipeline of one cell (``hwq.sweep_cell``): train with the paper's QAT recipe (or take a given
+Pipeline of one cell (``hwq.sweep.cell``): train with the paper's QAT recipe (or take a given
 ONNX model) -> ONNX in memory -> ``graph_from_model`` -> ``quantize`` (QAT weights kept
 exactly) -> ``compile(target)`` -> the attack (FGSM, PGD, Square or a worst-case suite) over
 the epsilon list, judged on the integer model.
 
 This module holds the pure part: the :class:`SweepSpec` (everything that determines the
 numbers), the plan (which cells, which per-cell seeds) and :func:`run_sweep`, which hands the
-tasks to an executor (``hwq.sweep_exec``) and gives every finished cell to the single writer
-(``hwq.sweep_store``). The file schema is in docs/sweeps.md.
+tasks to an executor (``hwq.sweep.executors``) and gives every finished cell to the single writer
+(``hwq.sweep.store``). The file schema is in docs/sweeps.md.
 
 Determinism: a cell's training seed is derived from its key (data, activation, bits, seed),
 never from execution order, and every cell runs single-threaded BLAS, so the numbers do not

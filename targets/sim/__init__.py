@@ -21,7 +21,7 @@ activation's output range after that) and ``S = max_row sum|W_row|``:
 
 Bias, requantization and activations run in one Numba kernel (``kernels.py``). Layer 0 checks
 the codes it receives: codes outside the input format fall back to a path proven for the codes
-actually seen, so the result stays exact. Outputs equal ``hwq.reference`` bit for bit
+actually seen, so the result stays exact. Outputs equal ``hwq.quant.reference`` bit for bit
 (tests/test_sim.py). Input codes must be integers (a float dtype must hold integer values).
 """
 
@@ -219,7 +219,7 @@ class SimProgram:
         return accs
 
     def accumulators(self, x_q: np.ndarray) -> list[np.ndarray]:
-        """The int64 accumulator of every layer (``hwq.reference.trace``)."""
+        """The int64 accumulator of every layer (``hwq.quant.reference.trace``)."""
         return self._run(x_q, want_accs=True)
 
     def forward(self, x_q: np.ndarray) -> np.ndarray:

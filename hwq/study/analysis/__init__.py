@@ -1,8 +1,8 @@
 """Analysis: the paper's geometric model, its Monte Carlo check, critical attack strengths.
 
-- :mod:`hwq.analysis.geometry`   regular-simplex formulas (Section 3), pure and vectorised
-- :mod:`hwq.analysis.montecarlo` uniform points in a simplex, KS goodness of fit
-- :mod:`hwq.analysis.critical`   critical attack strength from accuracy-vs-bits sweeps
+- :mod:`hwq.study.analysis.geometry`   regular-simplex formulas (Section 3), pure and vectorised
+- :mod:`hwq.study.analysis.montecarlo` uniform points in a simplex, KS goodness of fit
+- :mod:`hwq.study.analysis.critical`   critical attack strength from accuracy-vs-bits sweeps
 """
 
 from hwq.study.analysis.critical import (
