@@ -55,7 +55,8 @@ def test_cli_and_api_build_the_same_network(model, tmp_path, capsys):
     assert_same_network(cli, api)
     # the same calibration data on both sides: the digest the settings record agrees
     assert cli.settings.calibration.endswith(api.settings.calibration)
-    assert cli.settings.calibration.startswith("digits training split (--calib)")
+    n = len(data.x_train)  # one policy (hwq.api.calibration_rows): the first 5000 training rows
+    assert cli.settings.calibration.startswith(f"digits training split, first {n} of {n} rows (--calib)")
     assert f"{len(data.x_train)} samples" in api.settings.calibration
     assert "calibration: digits training split" in stdout
     x_q = quantize_input(api.input, data.x_test)
@@ -90,7 +91,7 @@ def test_default_is_visible(model, tmp_path, capsys):
 def test_help_names_the_default(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     code, stdout, _ = run(["compile", "--help"], capsys)
-    text = " ".join(stdout.split())
+    text = " ".join(w for w in stdout.split() if w != "│")  # rich's box borders cut wrapped lines
     assert "same specs as --data" in text and "uniform samples in [0, 1]" in text
 
 
@@ -103,7 +104,7 @@ def test_calib_takes_data_specs(tmp_path, capsys):
     for spec in ("spiral", tmp_path / "d.npz"):
         code, stdout, err = run(["compile", two, "--bits", "4", "--calib", spec, "-o", tmp_path / "t.hwq"], capsys)
         assert code == 0, err
-        assert f"calibration: {spec} training split (--calib)" in stdout
+        assert f"calibration: {spec} training split, first " in stdout and " rows (--calib)" in stdout
     data = hwq.load_dataset(str(tmp_path / "d.npz"))
     api = hwq.quantize(hwq.load_onnx(two), 4, calibration=data.x_train, bounds=data.bounds)
     assert_same_network(hwqfile.read_stored(tmp_path / "t.hwq").net, api)
