@@ -17,7 +17,7 @@ from test_attack_suite import model_file  # noqa: F401 (fixture)
 import hwq
 from hwq.attack import APGD, Square, Suite, make_attack, make_suite
 from hwq.attack import noise as streams
-from hwq.attack.apgd import ce_targeted, dlr, dlr_targeted
+from hwq.attack.apgd import ce_targeted, dlr, dlr_targeted, halving
 from hwq.attack.gradients import SurrogateGradient
 from hwq.errors import UsageError
 from hwq.quant import reference
@@ -192,6 +192,26 @@ def test_float32_signs_change_nothing_here():
     b = hwq.attack(program, x, y, eps, method=APGD(steps=25), bounds=(0, 1), diagnostics=False,
                    gradient=SurrogateGradient(program, sign_dtype=None))
     np.testing.assert_array_equal(a.correct, b.correct)
+
+
+def test_the_checkpoint_rule():
+    """The reference's step-size rule at a checkpoint after k = 4 steps: halve where the loss
+    rose in at most rho k = 3 of them, or where the row was not halved last time and its best
+    loss has not improved since."""
+    steps = np.zeros((10, 4))
+    rises = [0, 1, 2, 3, 4, 5]  # column 0: rises at every step; 1: never; 2, 3: every step
+    steps[rises, 0] = np.arange(6.0)
+    steps[rises, 2] = np.arange(6.0)
+    steps[rises, 3] = np.arange(6.0)
+    best = np.array([5.0, 0.0, 5.0, 5.0])
+    last = np.array([1.0, 0.0, 5.0, 5.0])  # column 2 and 3: no improvement since the last check
+    reduced = np.array([False, False, False, True])  # column 3 was halved last time
+    halve = halving(steps, 5, 4, 0.75, best, last, reduced)
+    np.testing.assert_array_equal(halve, [False, True, True, False])
+    # the wrap of the first checkpoint: loss_steps[-1] (0 until the last step) precedes step 0
+    first = np.zeros((10, 1))
+    first[:4, 0] = [1.0, 2.0, 3.0, 4.0]
+    assert not halving(first, 3, 4, 0.75, np.array([4.0]), np.array([1.0]), np.array([True]))[0]
 
 
 @pytest.mark.parametrize("make", [lambda y, t: ce_targeted(t), lambda y, t: dlr(y), lambda y, t: dlr_targeted(y, t)])

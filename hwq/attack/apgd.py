@@ -117,6 +117,13 @@ def oscillation(loss_steps: np.ndarray, i: int, k: int, rho: float) -> np.ndarra
     return t <= k * rho
 
 
+def halving(loss_steps, i, k, rho, loss_best, best_last_check, reduced_last_check) -> np.ndarray:
+    """Rows that halve their step at this checkpoint: the loss oscillated (``oscillation``), or
+    the row was not halved at the last checkpoint and its best loss has not improved since
+    (the reference's ``fl_reduce_no_impr``)."""
+    return oscillation(loss_steps, i, k, rho) | (~reduced_last_check & (best_last_check >= loss_best))
+
+
 def sorted_classes(scores: np.ndarray) -> np.ndarray:
     """Classes by decreasing score, ties by increasing index (the order ``decide`` breaks them)."""
     return np.argsort(-np.asarray(scores, np.float64), axis=1, kind="stable")
@@ -268,8 +275,7 @@ class APGD(Attack):
             x_best[a[better]], grad_best[a[better]], loss_best[a[better]] = z[better], g[better], value[better]
             counter += 1
             if counter == k:
-                halve = oscillation(loss_steps, i, k, self.rho)
-                halve |= ~reduced_last_check & (best_last_check >= loss_best)
+                halve = halving(loss_steps, i, k, self.rho, loss_best, best_last_check, reduced_last_check)
                 reduced_last_check, best_last_check = halve, loss_best.copy()
                 step[halve] /= 2.0
                 cur[halve], grad[halve] = x_best[halve], grad_best[halve]
