@@ -15,7 +15,11 @@ Both must give identical scores on the inputs they share (checked every repeat),
 emulator runs identical scores on all inputs. Medians over ``--repeats``. The last line is
 ``loihi_emulator_vs_lava=<ratio>``: the smallest, over both activations and both containers,
 of median emulator rate / median Lava rate. ``emulator paths`` shows each layer's product
-(``vnni``: the exact int8 product shared with the sim target, on CPUs with AVX-512 VNNI).
+(``vnni``: the exact int8 product shared with the sim target, on CPUs with AVX-512 VNNI;
+``avx2``: the exact int16 product, where no VNNI product runs). The emulator also runs with VNNI
+forced off (``use_vnni=False``: the products a CPU without AVX-512 VNNI plans, AVX2 where the CPU
+has it) on the uint8 codes in the same repeats; the line after is
+``loihi_emulator_vs_lava_no_vnni=<ratio>``, the smallest over both activations.
 
     python benchmarks/bench_loihi.py [--samples 50000] [--lava-samples 400] [--repeats 3]
 """
@@ -27,6 +31,7 @@ import platform
 import time
 
 import numpy as np
+from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.lavanet import run_lava
 
 import hwq
@@ -65,13 +70,20 @@ def measure(act: str, args, rng) -> dict:
     xq8 = xq.astype(np.uint8)
     program.forward(xq[:100])  # compile the Numba kernels
     program.forward(xq8[:100])
+    no_vnni = Emulator(program.mapping, use_vnni=False)
+    no_vnni.run(xq8[:100])
     run_lava([program.mapping], xq[:2])  # start the Lava device once, outside the timings
-    lava_rates, lava_totals, emu_rates, emu32_rates = [], [], [], []
+    lava_rates, lava_totals, emu_rates, emu32_rates, nv_rates = [], [], [], [], []
     for _ in range(args.repeats):
         t_small, _ = time_lava(program, xq, args.lava_small)
         t_large, lava_scores = time_lava(program, xq, args.lava_samples)
         t_emu, emu_scores = time_emulator(program, xq8)
         t_emu32, emu32_scores = time_emulator(program, xq)
+        t0 = time.perf_counter()
+        nv_scores = no_vnni.run(xq8)
+        nv_rates.append(args.samples / (time.perf_counter() - t0))
+        if not np.array_equal(nv_scores, emu_scores):
+            raise SystemExit(f"{act}: the emulator differs with VNNI forced off")
         if not np.array_equal(lava_scores, emu_scores[:args.lava_samples]):
             raise SystemExit(f"{act}: Lava and the emulator differ")
         if not np.array_equal(emu_scores, emu32_scores):
@@ -84,7 +96,8 @@ def measure(act: str, args, rng) -> dict:
     agree = np.mean(sim.decide(sim.forward(xq)) == program.decide(emu_scores))
     return {"act": act, "lava": float(np.median(lava_rates)), "emu": float(np.median(emu_rates)),
             "emu32": float(np.median(emu32_rates)), "lava_total": float(np.median(lava_totals)),
-            "paths": program.emulator.report,
+            "paths": program.emulator.report, "no_vnni": float(np.median(nv_rates)),
+            "no_vnni_paths": no_vnni.report,
             "shifts": [lm.shift for lm in program.mapping.layers], "sim_agree": float(agree)}
 
 
@@ -101,16 +114,20 @@ def main():
     print(f"{'hidden':8s} {'lava samples/s':>15s} {'(with start-up)':>16s} "
           f"{'emulator u8 /s':>15s} {'ratio':>7s} {'emulator f32 /s':>16s} {'ratio':>7s} "
           f"{'emulator paths':>18s} {'shifts':>8s} {'agrees with sim':>16s}")
-    ratios = []
+    ratios, nv_ratios = [], []
     for act in ("step", "relu"):
         r = measure(act, args, rng)
         ratio8, ratio32 = r["emu"] / r["lava"], r["emu32"] / r["lava"]
         ratios += [ratio8, ratio32]
+        nv_ratios.append(r["no_vnni"] / r["lava"])
         print(f"{act:8s} {r['lava']:15.1f} {r['lava_total']:16.1f} {r['emu']:15.0f} {ratio8:7.0f} "
               f"{r['emu32']:16.0f} {ratio32:7.0f} {','.join(r['paths']):>18s} "
               f"{str(r['shifts']):>8s} {r['sim_agree']:16.4f}")
+        print(f"{'':8s} VNNI forced off: emulator u8 {r['no_vnni']:.0f}/s, ratio {nv_ratios[-1]:.0f}, "
+              f"paths {','.join(r['no_vnni_paths'])}")
     print(f"identical scores on the {args.lava_samples} shared inputs: yes")
     print(f"loihi_emulator_vs_lava={min(ratios):.0f}")
+    print(f"loihi_emulator_vs_lava_no_vnni={min(nv_ratios):.0f}")
 
 
 if __name__ == "__main__":

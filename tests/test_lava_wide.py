@@ -15,7 +15,7 @@ from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.lavanet import run_lava
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from test_loihi import BLAS, FAMILIES, LOIHI, codes, equality_net, random_net
+from test_loihi import BLAS, FAMILIES, LOIHI, OPTIONS, codes, equality_net, random_net
 
 from hwq.errors import LimitError
 
@@ -92,11 +92,11 @@ def test_every_weight_width_on_784_inputs(width_sweep):
     groups = {len(lm.sets) for _, p, *_ in width_sweep for lm in p.mapping.layers}
     assert {1, 2} <= groups  # 9..16-bit codes as two synapse groups
     assert any(lm.weight_round > 0 for _, p, *_ in width_sweep for lm in p.mapping.layers)
-    for use_vnni in FAMILIES:  # every product family of this host (VNNI and not) equals Lava
-        emulators = [(name, Emulator(p.mapping, use_vnni=use_vnni), x, s) for name, p, x, s in width_sweep]
-        assert not [name for name, e, x, s in emulators if e.run(x).tolist() != s.tolist()], use_vnni
+    for family in FAMILIES:  # every product family of this host (VNNI, AVX2, BLAS) equals Lava
+        emulators = [(name, Emulator(p.mapping, **OPTIONS[family]), x, s) for name, p, x, s in width_sweep]
+        assert not [name for name, e, x, s in emulators if e.run(x).tolist() != s.tolist()], family
         paths = {e.report[0] for name, e, *_ in emulators if name.startswith("inputs16")}
-        assert paths == {"vnni16"} if use_vnni else paths <= set(BLAS)  # VNNI: two byte planes
+        assert paths <= set(BLAS) if family == "blas" else paths == {"vnni": {"vnni16"}, "avx2": {"avx2"}}[family]
     wrap = next(p for name, p, *_ in width_sweep if name == "wrap-784")
     x = width_sweep[0][2]
     assert (np.abs(wrap.emulator.inputs(x)[0]) > 2**17).any()  # the current really wraps

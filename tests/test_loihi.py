@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 from builders import random_mlp
-from hwq_targets.common import vnni
+from hwq_targets.common import avx2, vnni
 from hwq_targets.loihi import Limits, LoihiTarget
 from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.spec import run_spec
@@ -333,11 +333,15 @@ def test_compare_programs():
 
 
 # ---------------------------------------------------------------- VNNI product path
-# The emulator's product families on this host: False (float BLAS / int64, every CPU) and True
-# (AVX-512 VNNI, where the CPU has it). A VNNI machine tests both, others run False with nothing
-# skipped.
-VNNI_HOST = vnni.available()
-FAMILIES = [False, True] if VNNI_HOST else [False]
+# The emulator's product families on this host, as its options: "blas" (float BLAS / int64,
+# every CPU), "avx2" (the AVX2 int16 product, where the CPU has AVX2), "vnni" (AVX-512 VNNI,
+# where the CPU has it). A VNNI machine tests all three, others the rest with nothing skipped.
+OPTIONS = {"blas": {"use_vnni": False, "use_avx2": False}}
+if avx2.available():
+    OPTIONS["avx2"] = {"use_vnni": False, "use_avx2": True}
+if vnni.available():
+    OPTIONS["vnni"] = {"use_vnni": True, "use_avx2": False}
+FAMILIES = list(OPTIONS)
 BLAS = ("float32", "float64", "int64")
 
 
@@ -349,12 +353,12 @@ def two_digit_net(rng, n_in=40):
     return make_net([l1, l2])
 
 
-def assert_paths_agree(program, x, spec_rows=12, use_vnni=True):
-    """The emulator on ``use_vnni``'s products = the pre-VNNI emulator (BLAS / int64) = the
+def assert_paths_agree(program, x, spec_rows=12, family="vnni"):
+    """The emulator on ``family``'s products = the pre-VNNI emulator (BLAS / int64) = the
     step-by-step spec."""
-    fast = Emulator(program.mapping, use_vnni=use_vnni)
-    slow = Emulator(program.mapping, use_vnni=False)
-    assert not any(c.vnni for c in slow.layers)
+    fast = Emulator(program.mapping, **OPTIONS[family])
+    slow = Emulator(program.mapping, **OPTIONS["blas"])
+    assert not any(c.vnni or c.avx2 for c in slow.layers)
     want = slow.run(x)
     assert fast.run(x).tolist() == want.tolist()
     assert [a.tolist() for a in fast.inputs(x)] == [a.tolist() for a in slow.inputs(x)]
@@ -362,33 +366,33 @@ def assert_paths_agree(program, x, spec_rows=12, use_vnni=True):
     return fast
 
 
-@pytest.mark.parametrize("use_vnni", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @given(st.integers(0, 2**31), st.lists(st.sampled_from(["step", "relu", "identity"]),
                                        min_size=1, max_size=3),
        st.sampled_from([1, 7, 127, 255]), st.sampled_from(["mixed", "excitatory", "inhibitory"]),
        st.booleans(), st.sampled_from([0.0, 0.5, 3.0]), st.sampled_from([2, 47, 49, 200]))
 @settings(max_examples=40, deadline=None)
-def test_vnni_emulator_equals_blas_emulator_and_spec(use_vnni, seed, acts, top, sign, signed, bias_scale, n):
+def test_vnni_emulator_equals_blas_emulator_and_spec(family, seed, acts, top, sign, signed, bias_scale, n):
     """Random networks and batch sizes around the 48-row block, in every input container."""
     rng = np.random.default_rng(seed)
     net = random_net(rng, 37, [21] * len(acts), acts, top, sign, signed=signed,
                      bias_scale=bias_scale)
     program = LOIHI.compile(net)
     x = codes(rng, net, n)
-    fast = assert_paths_agree(program, x, use_vnni=use_vnni)
+    fast = assert_paths_agree(program, x, family=family)
     if top <= 127 and sign == "mixed":
-        assert fast.layers[0].vnni == use_vnni
+        assert fast.report[0] == family if family != "blas" else fast.report[0] in BLAS
     want = fast.run(x).tolist()
     for dtype in (np.float32, np.float64, np.int8 if signed else np.uint8, np.int16):
         assert fast.run(x.astype(dtype)).tolist() == want
 
 
-@pytest.mark.parametrize("use_vnni", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @given(st.integers(0, 2**31), st.sampled_from([["step"], ["relu"], ["relu", "step"]]),
        st.sampled_from([1, 7, 127]), st.sampled_from(["mixed", "excitatory", "inhibitory"]),
        st.booleans(), st.sampled_from([2, 49, 200]))
 @settings(max_examples=25, deadline=None)
-def test_vnni16_emulator_on_16bit_inputs(use_vnni, seed, acts, top, sign, signed, n):
+def test_vnni16_emulator_on_16bit_inputs(family, seed, acts, top, sign, signed, n):
     """16-bit inputs on two byte planes: equal to the BLAS emulator and the step-by-step spec,
     in the uint16/int16 containers (byte view) and others (checked packing)."""
     rng = np.random.default_rng(seed)
@@ -396,57 +400,58 @@ def test_vnni16_emulator_on_16bit_inputs(use_vnni, seed, acts, top, sign, signed
                      bias_scale=0.5)
     program = LOIHI.compile(net)
     x = codes(rng, net, n)
-    fast = assert_paths_agree(program, x, use_vnni=use_vnni)
-    assert fast.report[0] == "vnni16" if use_vnni else fast.report[0] in BLAS
+    fast = assert_paths_agree(program, x, family=family)
+    assert fast.report[0] == {"vnni": "vnni16", "avx2": "avx2"}[family] if family != "blas" else fast.report[0] in BLAS
     want = fast.run(x).tolist()
     for dtype in (np.int16 if signed else np.uint16, np.float64, np.int32):
         assert fast.run(x.astype(dtype)).tolist() == want
 
 
-@pytest.mark.parametrize("use_vnni", FAMILIES)
-def test_vnni_emulator_on_the_benchmark_shape(use_vnni):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vnni_emulator_on_the_benchmark_shape(family):
     """784-100-10, 4-bit, step and ReLU: every layer VNNI; ReLU activations beyond 8 bits on
     two byte planes. Without VNNI: float32 BLAS (every sum below 2^24)."""
     rng = np.random.default_rng(11)
-    shapes = {True: (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "vnni16"])),
-              False: (("step", ["float32", "float32"]), ("Relu", ["float32", "float32"]))}
-    for act, paths in shapes[use_vnni]:
+    shapes = {"vnni": (("step", ["vnni", "vnni"]), ("Relu", ["vnni", "vnni16"])),
+              "avx2": (("step", ["avx2", "avx2"]), ("Relu", ["avx2", "avx2"])),
+              "blas": (("step", ["float32", "float32"]), ("Relu", ["float32", "float32"]))}
+    for act, paths in shapes[family]:
         graph = graph_from_model(random_mlp(rng, 784, 100, 10, act=act))
         x = rng.uniform(0, 1, (500, 784))
         net = quantize(graph, QuantSettings(4, "narrow"), x, bounds=(0, 1))
         program = LOIHI.compile(net)
-        fast = assert_paths_agree(program, quantize_input(net.input, x), spec_rows=3, use_vnni=use_vnni)
+        fast = assert_paths_agree(program, quantize_input(net.input, x), spec_rows=3, family=family)
         assert fast.report == paths
 
 
-@pytest.mark.parametrize("use_vnni", FAMILIES)
-def test_vnni_emulator_two_groups(use_vnni):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vnni_emulator_two_groups(family):
     rng = np.random.default_rng(12)
     net = two_digit_net(rng)
     program = LOIHI.compile(net)
     assert len(program.mapping.layers[0].sets) == 2
-    fast = assert_paths_agree(program, codes(rng, net, 100), use_vnni=use_vnni)
-    assert fast.report == (["vnni", "vnni"] if use_vnni else ["float32", "float32"])
+    fast = assert_paths_agree(program, codes(rng, net, 100), family=family)
+    assert fast.report == {"vnni": ["vnni", "vnni"], "avx2": ["avx2", "avx2"], "blas": ["float32", "float32"]}[family]
 
 
-@pytest.mark.parametrize("use_vnni", FAMILIES)
-def test_vnni_emulator_falls_back_on_codes_outside_the_format(use_vnni):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vnni_emulator_falls_back_on_codes_outside_the_format(family):
     """Codes beyond 8 bits cannot be packed: the chunk reruns on the exact BLAS/int64 path
     (without VNNI: layer 0's range check sends it there)."""
     rng = np.random.default_rng(13)
     net = random_net(rng, 20, [9], ["relu"], 7)
     program = LOIHI.compile(net)
-    fast, slow = Emulator(program.mapping, use_vnni=use_vnni), Emulator(program.mapping, use_vnni=False)
-    assert fast.layers[0].vnni == use_vnni
+    fast, slow = Emulator(program.mapping, **OPTIONS[family]), Emulator(program.mapping, **OPTIONS["blas"])
+    assert fast.report[0] == {"vnni": "vnni", "avx2": "avx2", "blas": "float32"}[family]
     x = codes(rng, net, 100)
     x[5, 3], x[60, 0] = 300, -2
     assert fast.run(x).tolist() == slow.run(x).tolist() == run_spec(program.mapping, x).tolist()
     assert [a.tolist() for a in fast.inputs(x)] == [a.tolist() for a in slow.inputs(x)]
 
 
-@pytest.mark.parametrize("use_vnni", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("act", ["relu", "step"])
-def test_codes_outside_the_format_are_exact_against_spec_and_python_ints(use_vnni, act):
+def test_codes_outside_the_format_are_exact_against_spec_and_python_ints(family, act):
     """Issue 8 defect 2: a row of codes at 2^24 + 1 used to run layer 0 in float32 (planned
     from the format) and give 5767037440 for 5767037527; without VNNI layer 0 was not
     checked at all. Compared with the step-by-step spec and with layer 0's ``a`` in Python
@@ -454,8 +459,8 @@ def test_codes_outside_the_format_are_exact_against_spec_and_python_ints(use_vnn
     rng = np.random.default_rng(21)
     net = random_net(rng, 50, [9], [act], 7)
     program = LOIHI.compile(net)
-    emu = Emulator(program.mapping, use_vnni=use_vnni)
-    assert emu.report[0] == ("vnni" if use_vnni else "float32")
+    emu = Emulator(program.mapping, **OPTIONS[family])
+    assert emu.report[0] == {"vnni": "vnni", "avx2": "avx2", "blas": "float32"}[family]
     x = codes(rng, net, 40)
     x[3] = 2**24 + 1
     x[7, :5] = -(2**20) - 3
@@ -477,16 +482,20 @@ def test_emulator_without_vnni_host(monkeypatch):
     net = random_net(rng, 20, [9], ["step"], 7)
     program = LOIHI.compile(net)
     assert not program.emulator.use_vnni
-    assert program.emulator.report == ["float32", "float32"]
+    assert program.emulator.report == (["avx2", "avx2"] if avx2.available() else ["float32", "float32"])
     x = codes(rng, net, 60)
     assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()
     with pytest.raises(ValueError, match="VNNI"):
         Emulator(program.mapping, use_vnni=True)
+    monkeypatch.setattr(avx2, "available", lambda: False)
+    assert LOIHI.compile(net).emulator.report == ["float32", "float32"]
+    with pytest.raises(ValueError, match="AVX2"):
+        Emulator(program.mapping, use_avx2=True)
 
 
 def test_trunc_variant_never_uses_vnni():
     net = random_net(np.random.default_rng(5), 8, [6], ["relu"], 127)
-    assert not any(c.vnni for c in LOIHI.compile(net, variant="trunc").emulator.layers)
+    assert not any(c.vnni or c.avx2 for c in LOIHI.compile(net, variant="trunc").emulator.layers)
 
 
 def sign_split_net(rng, act="step"):

@@ -10,6 +10,10 @@ Each layer takes the fastest product that a bound proves exact:
   layer reads. 16-bit inputs (``[0, 65535]`` or ``[-32768, 32767]``) run as two byte planes
   through the same product (``vnni16``: ``y = P_lo + 256 P_hi``, each exact in int32 under the
   same bound). Layer-0 codes outside the input format make the chunk fall back (below).
+* ``avx2``: where no VNNI product runs (a CPU without AVX-512 VNNI, or ``use_vnni=False``) on a
+  CPU with AVX2, when every group's digits and the layer's inputs pass ``avx2.fits``
+  (``targets/common/avx2.py``: int16 codes and weights, ``vpmaddwd`` pairs summed in int32,
+  exact when ``peak * S < 2^31``): the same fused layer on that product (``kernels.avx2_blocks``).
 * otherwise each group's product ``h @ D.T`` runs in float32 BLAS when every partial sum is
   below 2^24, in float64 BLAS below 2^53 (both exact for integers), and in a Numba int64 loop
   otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
@@ -33,7 +37,7 @@ import numpy as np
 from hwq.errors import DataError
 from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 
-from ..common import products, vnni
+from ..common import avx2, products, vnni
 from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
 from . import kernels
 from .mapping import LayerMap, Mapping
@@ -83,8 +87,14 @@ def vnni_planes(lm: LayerMap, variant: int) -> int:
     return 2 if all(vnni.fits_planes(s.digits, lo, hi) for s in lm.sets) else 0
 
 
+def avx2_fits(lm: LayerMap, variant: int) -> bool:
+    """Whether the AVX2 int16 product runs every group of ``lm`` exactly (``avx2.fits``); never
+    for the ``trunc`` test variant (see ``vnni_planes``)."""
+    return variant != kernels.VARIANTS["trunc"] and all(avx2.fits(s.digits, *lm.in_range) for s in lm.sets)
+
+
 class CompiledLayer:
-    def __init__(self, lm: LayerMap, variant: int, use_vnni: bool = False):
+    def __init__(self, lm: LayerMap, variant: int, use_vnni: bool = False, use_avx2: bool = False):
         self.lm, self.variant = lm, variant
         self.dtype = product_dtype(lm)
         self.exps = [s.exp for s in lm.sets]
@@ -92,9 +102,15 @@ class CompiledLayer:
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)
         self.planes = vnni_planes(lm, variant) if use_vnni else 0
         self.vnni = self.planes > 0
-        if self.vnni:
-            self.offset = (vnni.input_offset if self.planes == 1 else vnni.plane_offset)(*lm.in_range)
-            self.wpk = np.ascontiguousarray(np.stack([vnni.pack_weights(s.digits) for s in lm.sets]))
+        self.avx2 = not self.vnni and use_avx2 and avx2_fits(lm, variant)
+        if self.vnni or self.avx2:
+            if self.avx2:
+                self.offset = avx2.input_offset(*lm.in_range)
+                pack = avx2.pack_weights
+            else:
+                self.offset = (vnni.input_offset if self.planes == 1 else vnni.plane_offset)(*lm.in_range)
+                pack = vnni.pack_weights
+            self.wpk = np.ascontiguousarray(np.stack([pack(s.digits) for s in lm.sets]))
             self.corr = np.ascontiguousarray(np.stack(
                 [-self.offset * np.asarray(s.digits, np.int64).sum(axis=1) for s in lm.sets]))
             self.exp_arr = np.asarray(self.exps, np.int64)
@@ -108,6 +124,8 @@ class CompiledLayer:
             return np.uint16 if self.lm.in_range[0] >= 0 else np.int16
         if self.vnni:
             return np.uint8 if self.lm.in_range[0] >= 0 else np.int8
+        if self.avx2:
+            return avx2.container(*self.lm.in_range)
         return self.dtype
 
     def product(self, h: np.ndarray, g: int) -> np.ndarray:
@@ -121,10 +139,10 @@ class CompiledLayer:
         return a
 
     def __call__(self, h, out_dtype, pres=None) -> np.ndarray | None:
-        """This layer's outputs in ``out_dtype``; None when (vnni path) an input falls outside
-        ``lm.in_range``."""
-        if self.vnni:
-            return self._vnni(h, out_dtype, pres)
+        """This layer's outputs in ``out_dtype``; None when (vnni, avx2 paths) an input falls
+        outside ``lm.in_range``."""
+        if self.vnni or self.avx2:
+            return self._blocks(h, out_dtype, pres)
         h = np.ascontiguousarray(h, dtype=self.dtype)
         out = np.empty((len(h), self.lm.n_out), dtype=out_dtype)
         if pres is not None:  # keep a for trace
@@ -138,7 +156,7 @@ class CompiledLayer:
         kernels.fused(y, e, rest, self.kind, self.bias, self.lm.theta, self.variant, out)
         return out
 
-    def _vnni(self, h, out_dtype, pres) -> np.ndarray | None:
+    def _blocks(self, h, out_dtype, pres) -> np.ndarray | None:
         if h.dtype.type not in NATIVE_INPUTS:
             h = h.astype(np.int64)
         h = np.ascontiguousarray(h)
@@ -146,10 +164,14 @@ class CompiledLayer:
         out = np.empty((n, m), dtype=out_dtype)
         a = np.empty((n, m), np.int64) if pres is not None else NONE
         lo, hi = self.lm.in_range
-        hb, flip = (vnni.byte_view(h, lo, hi) if self.planes == 2 else None) or (NO_BYTES, 0)
-        bad = vnni.run_blocks(kernels.vnni_blocks, n, h, hb, np.uint8(flip), self.planes, lo, hi,
-                              self.offset, self.wpk, self.corr, self.exp_arr, self.kind, self.bias,
-                              self.lm.theta, self.variant, a, out)
+        if self.avx2:
+            bad = vnni.run_blocks(kernels.avx2_blocks, n, h, lo, hi, self.offset, self.wpk, self.corr,
+                                  self.exp_arr, self.kind, self.bias, self.lm.theta, self.variant, a, out)
+        else:
+            hb, flip = (vnni.byte_view(h, lo, hi) if self.planes == 2 else None) or (NO_BYTES, 0)
+            bad = vnni.run_blocks(kernels.vnni_blocks, n, h, hb, np.uint8(flip), self.planes, lo, hi,
+                                  self.offset, self.wpk, self.corr, self.exp_arr, self.kind, self.bias,
+                                  self.lm.theta, self.variant, a, out)
         if bad:
             return None
         if pres is not None:
@@ -161,22 +183,27 @@ class Emulator:
     """``run(x_q)`` -> int64 scores; ``inputs(x_q)`` -> every layer's ``a`` (int64).
 
     ``use_vnni``: None uses the VNNI product wherever the CPU has it and a layer fits, False
-    never (float BLAS / int64 only: the pre-VNNI emulator), True requires a VNNI CPU."""
+    never, True requires a VNNI CPU; ``use_avx2`` likewise for the AVX2 int16 product (layers
+    no VNNI product runs). Both False: float BLAS / int64 only (the pre-VNNI emulator)."""
 
-    def __init__(self, mapping: Mapping, variant: str = "exact", use_vnni: bool | None = None):
+    def __init__(self, mapping: Mapping, variant: str = "exact", use_vnni: bool | None = None,
+                 use_avx2: bool | None = None):
         if variant not in kernels.VARIANTS:
             raise ValueError(f"unknown emulator variant {variant!r}")
         if use_vnni and not vnni.available():
             raise ValueError("use_vnni=True needs a CPU with AVX-512 VNNI (and Numba's JIT)")
+        if use_avx2 and not avx2.available():
+            raise ValueError("use_avx2=True needs a CPU with AVX2 (and Numba's JIT)")
         self.mapping = mapping
         self.variant = kernels.VARIANTS[variant]
         self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
-        self.layers = self._plan(self.mapping.layers, self.use_vnni)
+        self.use_avx2 = avx2.available() if use_avx2 is None else bool(use_avx2)
+        self.layers = self._plan(self.mapping.layers, self.use_vnni, self.use_avx2)
         self._fallbacks = FallbackPlans(
-            lambda lo, hi: self._plan(widen(self.mapping.layers, lo, hi), False))
+            lambda lo, hi: self._plan(widen(self.mapping.layers, lo, hi), False, False))
 
-    def _plan(self, layers, use_vnni: bool) -> list[CompiledLayer]:
-        return [CompiledLayer(lm, self.variant, use_vnni) for lm in layers]
+    def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
+        return [CompiledLayer(lm, self.variant, use_vnni, use_avx2) for lm in layers]
 
     def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
         """The plan for codes outside the input format: proven for the range that arrived."""
@@ -185,9 +212,9 @@ class Emulator:
 
     @property
     def report(self) -> list[str]:
-        """The product path of every layer: "vnni", "vnni16" (two byte planes), "float32",
-        "float64" or "int64"."""
-        return [("vnni16" if c.planes == 2 else "vnni") if c.vnni else c.dtype.__name__
+        """The product path of every layer: "vnni", "vnni16" (two byte planes), "avx2",
+        "float32", "float64" or "int64"."""
+        return [("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__
                 for c in self.layers]
 
     @staticmethod
@@ -202,8 +229,8 @@ class Emulator:
     def _chunk(self, x: np.ndarray, pres: list | None) -> np.ndarray:
         first = self.layers[0]
         out = None
-        if first.vnni or not x.size or self._inside(x, first.lm.in_range):
-            out = self._forward(self.layers, x, pres)  # None: vnni packing saw codes outside
+        if first.vnni or first.avx2 or not x.size or self._inside(x, first.lm.in_range):
+            out = self._forward(self.layers, x, pres)  # None: vnni/avx2 packing saw codes outside
         if out is None:  # codes outside the input format: a plan proven for what arrived
             if pres is not None:
                 pres.clear()

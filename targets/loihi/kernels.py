@@ -8,6 +8,8 @@ Lava comparison catches it: 1 = right shifts truncate toward zero instead of flo
 ``vnni_blocks`` runs a whole layer on AVX-512 VNNI where its groups and inputs fit 8 bits. It
 reuses the shared exact int8 product (``targets/common/vnni.py``: block packing, the
 ``vpdpbusd`` register tiles and the threaded driver) and adds the Loihi epilogue.
+``avx2_blocks`` does the same on the exact AVX2 int16 product (``targets/common/avx2.py``) where
+no VNNI product runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ..common import vnni
+from ..common import avx2, vnni
 
 VARIANTS = {"exact": 0, "trunc": 1, "ge": 2, "nowrap": 3}
 U_WRAP = 2**23
@@ -132,6 +134,51 @@ def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, k
                     if planes == 2:
                         p += np.int64(c_hi[r, j]) << 8
                     y = shifted(p + corr[g, j], e, variant)
+                    s[r, j] = y if first else s[r, j] + y
+        for r in range(rows):
+            if keep:
+                for j in range(m):
+                    a_out[i0 + r, j] = s[r, j]
+            if kind == 0:
+                for j in range(m):
+                    out[i0 + r, j] = fire(s[r, j], bias[j], theta, variant)
+            elif kind == 1:
+                for j in range(m):
+                    out[i0 + r, j] = max(s[r, j] + bias[j], 0)
+            else:
+                for j in range(m):
+                    out[i0 + r, j] = s[r, j] + bias[j]
+
+
+@nb.njit(cache=True, nogil=True)
+def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, variant, a_out, out):
+    """``vnni_blocks`` on the AVX2 int16 product: the codes ``h`` + ``offset`` packed into int16
+    once (``avx2.pack_rows``), per group ``g`` ``y = avx2.product(codes, wpk[g]) + corr[g]``
+    (the exact ``D_g @ h``), ``a += shift(y, exps[g])``, then ``a`` into ``a_out`` (0 rows:
+    skip) and the neuron into ``out``. Returns how many codes fell outside ``[lo, hi]``."""
+    n = h.shape[0]
+    groups, m = wpk.shape[0], bias.shape[0]
+    block = avx2.BLOCK
+    a = np.zeros((block, wpk.shape[1] * 2), np.int16)
+    c = np.empty((block, wpk.shape[2] // 2), np.int32)
+    s = np.empty((block, m), np.int64)
+    keep = a_out.shape[0] > 0
+    count = 0
+    nblocks = (n + block - 1) // block
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * block
+        rows = min(block, n - i0)
+        count += avx2.pack_rows(h, i0, rows, lo, hi, offset, a)
+        for g in range(groups):
+            avx2.product(a, wpk[g], c, rows)
+            e = exps[g]
+            first = g == 0
+            for r in range(rows):
+                for j in range(m):
+                    y = shifted(np.int64(c[r, j]) + corr[g, j], e, variant)
                     s[r, j] = y if first else s[r, j] + y
         for r in range(rows):
             if keep:
