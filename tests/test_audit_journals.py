@@ -288,7 +288,7 @@ def test_two_commands_on_one_output_the_second_is_refused(model_file, tmp_path):
     device, a second one with other settings on the same OUT is refused in one line, and the
     first finishes with its own numbers."""
     helper = [sys.executable, str(Path(__file__).resolve().parent / "test_devices.py"), str(model_file),
-              "--delay", "1.0"]
+              "--delay", "4.0"]  # slow enough that the second starts while the first runs, under load too
     proc = subprocess.Popen(helper, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     address = proc.stdout.readline().split()[1]
     out = tmp_path / "out.h5"
