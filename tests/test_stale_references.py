@@ -1,6 +1,7 @@
 """Every module the documentation names exists: ``hwq/...py`` paths and dotted ``hwq.x.y`` names
-in docs/ (and the READMEs) and in the strings and comments of the Python sources (docstrings,
-and strings the code writes, such as an exported ONNX file's ``doc_string``).
+in docs/ (and the READMEs) and in the comments and text strings of the Python sources (docstrings,
+and text the code writes, such as an exported ONNX file's ``doc_string``; a string without a
+space is a key, such as a metadata name, and is not read).
 
 A path must be a file of the repository; a dotted name must import as a module, or be an
 attribute of the longest prefix that does (``hwq.quant.reference.decide``). The only dotted
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("hwq", "targets", "tests", "benchmarks")
 PATH = re.compile(r"(?<![\w./-])hwq/[\w/]+\.py\b")
 DOTTED = re.compile(r"(?<![\w./-])hwq(?:\.[A-Za-z_]\w*)+")
+PROSE = re.compile(r"\s")  # a string with a space is text (a docstring, a doc_string); one without is a key
 
 # ONNX metadata keys (hwq/onnx/exporter.py, hwq/train.py, hwq compile) and entry-point groups
 NOT_MODULES = {
@@ -44,7 +46,7 @@ def doc_texts():
                 continue
             source = py.read_text()
             for node in ast.walk(ast.parse(source)):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and PROSE.search(node.value):
                     yield f"{where}:{node.lineno}", node.value
             for tok in tokenize.generate_tokens(io.StringIO(source).readline):
                 if tok.type == tokenize.COMMENT:
