@@ -93,17 +93,8 @@ def accumulator_bound(weight: np.ndarray, bias: np.ndarray, peak: int) -> int:
 
 
 def output_range(layer, lo: int, hi: int) -> tuple[int, int]:
-    """The codes ``layer`` (a ``QLayer``) passes on for inputs in ``[lo, hi]``."""
-    if layer.activation == "step":
-        return 0, 1
-    if layer.activation == "sign":
-        return -1, 1
-    if layer.activation == "relu":
-        return 0, max(0, 2**layer.act_bits - 1)
-    if layer.activation == "sigmoid":
-        return int(layer.lut.min()), int(layer.lut.max())
-    bound = accumulator_bound(layer.weight, layer.bias, max(abs(lo), abs(hi)))
-    return -bound, bound
+    """The codes ``layer`` (a ``QLayer``) passes on for inputs in ``[lo, hi]`` (``layer.out_range``)."""
+    return layer.out_range(lo, hi)
 
 
 def check_layer(layer, index: int, lo: int, hi: int) -> int:
@@ -120,7 +111,7 @@ def check_layer(layer, index: int, lo: int, hi: int) -> int:
             f"sum|W| * {peak} + |b|), beyond int64 (2^63 = 9.22e18)",
             hint="use fewer weight or input bits, smaller weights, or an activation that "
                  "requantizes between layers")
-    rq = layer.requant if layer.activation in ("relu", "sigmoid") else None
+    rq = layer.requant if layer.activation_kind.requantizes else None
     if rq is not None:
         m = np.broadcast_to(rq.multiplier, (len(bounds),)).tolist()
         s = np.broadcast_to(rq.shift, (len(bounds),)).tolist()
@@ -134,11 +125,11 @@ def check_layer(layer, index: int, lo: int, hi: int) -> int:
     return worst
 
 
-def check_layers(layers, lo: int, hi: int) -> list[int]:
-    """``check_layer`` for every layer in order, the first receiving codes in ``[lo, hi]``;
-    returns each layer's accumulator bound ``max_j B_j``."""
-    out = []
-    for i, layer in enumerate(layers):
-        out.append(check_layer(layer, i, lo, hi))
-        lo, hi = output_range(layer, lo, hi)
-    return out
+def check_layers(layers, lo: int, hi: int, in_shape: tuple[int, ...] | None = None) -> list[int]:
+    """``check_layer`` for every layer in order (``qnet.walk_layers``), the first receiving codes
+    in ``[lo, hi]``; returns each layer's accumulator bound ``max_j B_j``."""
+    from hwq.quant.qnet import walk_layers
+
+    if in_shape is None:
+        in_shape = layers[0].in_shape if layers else ()
+    return [check_layer(layer, i, a, b) for i, layer, _, (a, b) in walk_layers(layers, in_shape, lo, hi)]

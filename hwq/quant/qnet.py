@@ -112,12 +112,16 @@ class Requant:
 
 @dataclass(frozen=True, eq=False)
 class QLayer:
-    """One dense layer and its activation, in integers.
+    """The integer network's node: a linear product and its epilogue, in integers.
 
-    ``acc = W @ h + bias`` (exact, int64). Then by ``activation``:
-    ``identity``: the output scores are ``acc``; ``step``: ``[acc > 0]``;
-    ``relu``: ``clip(requant(acc), 0, 2^act_bits - 1)``;
+    The linear part: ``acc = W @ h + bias`` (exact, int64) with ``W`` the 2-D code matrix
+    (out channels x patch length), per-channel ``weight_scale`` and ``bias``. ``window`` is the
+    window geometry of a convolution (``W`` applied to every patch); None for a dense layer,
+    the only case so far. The epilogue, by the activation kind (``activation_kind``, a
+    ``hwq.ir.activations.Kind``): ``identity``: the codes are ``acc``; ``step``: ``[acc > 0]``;
+    ``sign``: ``+1 if acc >= 0 else -1``; ``relu``: ``clip(requant(acc), 0, 2^act_bits - 1)``;
     ``sigmoid``: ``lut[clip(requant(acc), -2^11, 2^11 - 1) + 2^11]``.
+    ``out_range(lo, hi)`` bounds the codes passed on for inputs in ``[lo, hi]``.
     """
 
     weight: np.ndarray
@@ -131,6 +135,7 @@ class QLayer:
     lut: np.ndarray | None = None
     out_scale: float = 1.0
     in_max: int = 1  # largest |input code| this layer can receive
+    window: None = None  # convolution window geometry (kernel, stride, padding, ...): not yet, always None
 
     def __post_init__(self):
         object.__setattr__(self, "weight", frozen_array(self.weight, np.int64))
@@ -159,9 +164,11 @@ class QLayer:
         if not isinstance(self.activation, str) or self.activation not in activations.KINDS:
             raise InvalidModelError(f"unknown activation {short(self.activation)}",
                                     hint="one of " + ", ".join(sorted(activations.KINDS)))
+        if self.window is not None:
+            raise InvalidModelError("convolution windows are not supported yet (a layer's window must be empty)")
         integer_in("in_max", self.in_max, 0, 2**63 - 1)
-        requantizes = activations.KINDS[self.activation].requantizes
-        if requantizes:
+        kind = self.activation_kind
+        if kind.requantizes:
             integer_in(f"{self.activation} activation bits", self.act_bits, 1, MAX_CODE_BITS)
             if self.requant is None:
                 raise InvalidModelError(f"a {self.activation} layer needs its requantization (multiplier, shift)")
@@ -170,7 +177,7 @@ class QLayer:
             integer_in(f"{self.activation} activation bits", self.act_bits, 0, MAX_CODE_BITS)
             if self.requant is not None:
                 raise InvalidModelError(f"a {self.activation} layer has no requantization")
-        if self.activation == "sigmoid":
+        if kind.uses_lut:
             top = 2**self.act_bits - 1
             if self.lut is None or self.lut.shape != (LUT_SIZE,):
                 raise InvalidModelError(f"the sigmoid lookup table must have {LUT_SIZE} entries, got "
@@ -179,6 +186,31 @@ class QLayer:
                 raise InvalidModelError(f"sigmoid lookup codes must lie in 0..{top} ({self.act_bits} bits)")
         elif self.lut is not None:
             raise InvalidModelError(f"a {self.activation} layer has no lookup table")
+
+    @property
+    def activation_kind(self) -> activations.Kind:
+        """The typed activation (``activation`` is its serialized name)."""
+        return activations.kind(self.activation)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The shape of one input sample (the patch length for a dense layer)."""
+        return (int(self.weight.shape[1]),)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one output sample (out channels for a dense layer)."""
+        return (int(self.weight.shape[0]),)
+
+    def out_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The codes this layer passes on for input codes in ``[lo, hi]``: the kind's
+        ``code_range`` (identity: ``[-B, B]``, ``B = max_j sum_i |W[j, i]| max(|lo|, |hi|) + |b_j|``,
+        in Python integers)."""
+        from hwq.quant.bounds import accumulator_bound
+
+        peak = max(abs(int(lo)), abs(int(hi)))
+        return self.activation_kind.code_range(self.act_bits, self.lut,
+                                               lambda: accumulator_bound(self.weight, self.bias, peak))
 
     @property
     def acc_scale(self) -> np.ndarray:
@@ -242,6 +274,13 @@ class QuantizedNetwork:
     settings: QuantSettings
     float_graph: ir.Graph
     report: tuple[TensorReport, ...] = field(default=())
+    input_shape: tuple[int, ...] | None = None  # one sample's shape; None (files before it): the first weight's
+
+    def __post_init__(self):
+        if self.input_shape is None and self.layers and isinstance(self.layers[0], QLayer):
+            object.__setattr__(self, "input_shape", self.layers[0].in_shape)
+        elif isinstance(self.input_shape, (tuple, list)):
+            object.__setattr__(self, "input_shape", tuple(self.input_shape))
 
     def validate(self) -> None:
         """Everything a file's network must satisfy before a target runs it: each part valid
@@ -256,6 +295,13 @@ class QuantizedNetwork:
         self.settings.validate()
         if not self.layers:
             raise InvalidModelError("the network has no layers")
+        shape = self.input_shape
+        if (not isinstance(shape, tuple) or not shape
+                or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape)):
+            raise InvalidModelError(f"the input shape must be positive integers, got {short(shape)}")
+        if int(np.prod(shape, dtype=object)) != int(np.prod(self.layers[0].in_shape)):
+            raise InvalidModelError(f"the input shape {shape} holds {int(np.prod(shape, dtype=object))} codes, "
+                                    f"layer 0 takes {int(np.prod(self.layers[0].in_shape))}")
         if self.output not in OUTPUT_RULES:
             raise InvalidModelError(f"unknown output rule {short(self.output)}", hint="argmax or sign")
         top_code = 2**self.settings.bits - 1  # every scheme's codes for q bits lie within
@@ -270,11 +316,11 @@ class QuantizedNetwork:
             if max(-int(layer.weight.min()), int(layer.weight.max())) > top_code:
                 raise InvalidModelError(f"layer {i}: weight codes beyond the {self.settings.bits}-bit range "
                                         f"(|W| <= {top_code})")
-        if self.layers[-1].activation != "identity":
+        if not self.layers[-1].activation_kind.passes_accumulator:
             raise InvalidModelError(f"the output layer must be identity, not {self.layers[-1].activation}")
         if self.output == "sign" and self.layers[-1].weight.shape[0] != 1:
             raise InvalidModelError("the sign output rule needs exactly one output score")
-        check_layers(self.layers, self.input.qmin, self.input.qmax)
+        check_layers(self.layers, self.input.qmin, self.input.qmax, self.input_shape)
         if self.float_graph is not None:
             shapes = [a.weight.shape for a, _ in self.float_graph.layers()]
             if shapes != [layer.weight.shape for layer in self.layers]:
@@ -284,8 +330,32 @@ class QuantizedNetwork:
 
     @property
     def n_features(self) -> int:
-        return self.layers[0].weight.shape[1]
+        """Codes per sample at the program boundary (``prod(input_shape)``; samples are (N, n_features))."""
+        return int(np.prod(self.input_shape))
+
+    def walk(self, lo: int | None = None, hi: int | None = None):
+        """``walk(self, lo, hi)``: every node with its input shape and input code range."""
+        return walk(self, lo, hi)
 
     @property
     def n_classes(self) -> int:
         return 2 if self.output == "sign" else self.layers[-1].weight.shape[0]
+
+
+def walk_layers(layers, in_shape: tuple[int, ...], lo: int, hi: int):
+    """Yield ``(index, node, input shape, (lo, hi))`` for every node of ``layers`` in order, the first
+    receiving codes in ``[lo, hi]`` of shape ``in_shape``, each next one the previous node's
+    ``out_shape`` and ``out_range``. The one rule for "node i receives codes in [lo, hi]"."""
+    lo, hi, in_shape = int(lo), int(hi), tuple(in_shape)
+    for i, layer in enumerate(layers):
+        if i:  # the previous node's range, computed only where a node receives it
+            prev = layers[i - 1]
+            (lo, hi), in_shape = prev.out_range(lo, hi), prev.out_shape
+        yield i, layer, in_shape, (lo, hi)
+
+
+def walk(net: QuantizedNetwork, lo: int | None = None, hi: int | None = None):
+    """``walk_layers`` over ``net``, from its input shape and its input format's code range
+    (``lo``/``hi`` given: that range instead, e.g. widened to codes outside the format)."""
+    return walk_layers(net.layers, net.input_shape, net.input.qmin if lo is None else lo,
+                       net.input.qmax if hi is None else hi)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwq.quant.bounds import check_layers
-from hwq.quant.qnet import SIGMOID_INDEX_BITS, InputFormat, QLayer, QuantizedNetwork, Requant
+from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, Requant, walk
 
 
 def quantize_input(fmt: InputFormat, x: np.ndarray) -> np.ndarray:
@@ -26,20 +26,12 @@ def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
 
 
 def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:
-    kind = layer.activation
-    if kind == "identity":
-        return acc
-    if kind == "step":
-        return (acc > 0).astype(np.int64)
-    if kind == "sign":
-        return np.where(acc >= 0, 1, -1).astype(np.int64)
-    z = requantize(acc, layer.requant)
-    if kind == "relu":
-        return np.clip(z, 0, 2**layer.act_bits - 1)
-    if kind == "sigmoid":
-        half = 2 ** (SIGMOID_INDEX_BITS - 1)
-        return layer.lut[np.clip(z, -half, half - 1) + half]
-    raise ValueError(f"unknown activation {kind!r}")
+    """The epilogue: the layer's activation kind applied to ``acc`` (identity: ``acc``; step:
+    ``[acc > 0]``; sign: ``+-1``), or to ``requantize(acc)`` where the kind requantizes (relu:
+    ``clip(z, 0, 2^A - 1)``; sigmoid: ``lut[clip(z, -2^11, 2^11 - 1) + 2^11]``)."""
+    kind = layer.activation_kind
+    z = requantize(acc, layer.requant) if kind.requantizes else acc
+    return kind.codes(z, layer.act_bits, layer.lut)
 
 
 def accumulate(layer: QLayer, h: np.ndarray) -> np.ndarray:
@@ -53,7 +45,7 @@ def check_int64(net: QuantizedNetwork, x_q: np.ndarray) -> None:
     lo, hi = net.input.qmin, net.input.qmax
     if x_q.size:
         lo, hi = min(lo, int(x_q.min())), max(hi, int(x_q.max()))
-    check_layers(net.layers, lo, hi)
+    check_layers(net.layers, lo, hi, net.input_shape)
 
 
 def trace(net: QuantizedNetwork, x_q: np.ndarray) -> list[np.ndarray]:
@@ -62,7 +54,7 @@ def trace(net: QuantizedNetwork, x_q: np.ndarray) -> list[np.ndarray]:
     h = np.asarray(x_q, dtype=np.int64)
     check_int64(net, h)
     accs = []
-    for layer in net.layers:
+    for _, layer, _, _ in walk(net):
         acc = accumulate(layer, h)
         accs.append(acc)
         h = activate(layer, acc)
