@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hwq.errors import InvalidModelError
 from hwq.files.atomic import atomic_write_bytes
+from hwq.ir import activations
 from hwq.quant.bounds import (
     F64_EXACT,
     MAX_SHIFT,
@@ -187,13 +188,13 @@ def clip(b: GraphBuilder, z: str, lo: int, hi: int, i: int) -> str:
 
 def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray, i: int) -> Codes:
     """The codes layer ``i`` passes on, in the container the next product wants."""
-    kind = layer.activation
-    if kind in ("identity", "step", "sign"):
+    kind = layer.activation_kind
+    if not kind.requantizes:
         acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
-        if kind == "step":
+        if kind is activations.STEP:
             gt = b.op("Greater", [acc, b.const(f"zero{i}", np.float64(0))], f"gt{i}")
             return Codes(b.cast(gt, "uint8", f"h{i + 1}"), "uint8", 0, 1)
-        if kind == "sign":  # +1 if acc >= 0 else -1: 2 [acc >= 0] - 1
+        if kind is activations.SIGN:  # +1 if acc >= 0 else -1: 2 [acc >= 0] - 1
             ge = b.cast(b.op("GreaterOrEqual", [acc, b.const(f"zero{i}", np.float64(0))], f"ge{i}"),
                         "int8", f"ge{i}_i8")
             two = b.op("Mul", [ge, b.const(f"two{i}", np.int8(2))], f"ge2_{i}")
@@ -201,12 +202,12 @@ def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray,
         peak = int(acc_bound.max(initial=0))
         return Codes(acc, "double", -peak, peak)
     z = requant_nodes(b, layer, prod, acc_bound, i)
-    if kind == "relu":
+    if kind is activations.RELU:
         top = max(0, 2**layer.act_bits - 1)
         y = clip(b, z, 0, top, i)
         out = smallest_container(0, top)
         return Codes(b.op("Cast", [y], f"h{i + 1}", to=CONTAINERS[out][0]), out, 0, top)
-    if kind == "sigmoid":
+    if kind is activations.SIGMOID:
         k = clip(b, z, -LUT_HALF, LUT_HALF - 1, i)
         idx = b.op("Cast", [k], f"k{i}", to=TensorProto.INT64)
         idx = b.op("Add", [idx, b.const(f"half{i}", np.int64(LUT_HALF))], f"idx{i}")
@@ -214,7 +215,7 @@ def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray,
         out = smallest_container(lo, hi)
         lut = b.const(f"lut{i}", layer.lut.astype(CONTAINERS[out][1]))
         return Codes(b.op("Gather", [lut, idx], f"h{i + 1}", axis=0), out, lo, hi)
-    raise InvalidModelError(f"layer {i}: unknown activation {kind!r}")
+    raise InvalidModelError(f"layer {i}: unknown activation {kind.name!r}")
 
 
 def decision(b: GraphBuilder, net: QuantizedNetwork, acc: str) -> str:
@@ -234,9 +235,10 @@ def build_graph(net: QuantizedNetwork) -> onnx.GraphProto:
     h = Codes("x_q", container, fmt.qmin, fmt.qmax)
     if container == "int32":
         h = Codes(b.cast("x_q", "double", "x_f64"), "double", fmt.qmin, fmt.qmax)
-    for i, layer in enumerate(net.layers):
-        check_layer(layer, i, -h.peak, h.peak)  # int64 cannot wrap (Python-integer bound)
-        acc_bound = np.array(channel_bounds(layer.weight, layer.bias, h.peak), dtype=object)
+    for i, layer, _, (lo, hi) in net.walk():  # [lo, hi]: the codes layer i receives (h's range)
+        peak = max(abs(lo), abs(hi))
+        check_layer(layer, i, -peak, peak)  # int64 cannot wrap (Python-integer bound)
+        acc_bound = np.array(channel_bounds(layer.weight, layer.bias, peak), dtype=object)
         if int(acc_bound.max(initial=0)) >= F64_EXACT:
             raise InvalidModelError(f"layer {i}: accumulators reach 2^53, no exact ONNX export")
         prod = product(b, layer, h, i)
