@@ -26,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numba
 import numpy as np
 
 from hwq.errors import DataError, UsageError
 from hwq.ir import activations
+from hwq.params import param
 from hwq.quant.schemes import Scheme, check_bits, get_scheme
 
 SMALL_DATA = 10_000  # training sets below this size get the small-data budget
@@ -52,43 +53,62 @@ MAX_PARAMETERS = 2**26  # weights and biases: five float32 copies of them are 1.
 
 @dataclass(frozen=True)
 class TrainConfig:
-    hidden: int = 100
-    activation: str = "relu"  # step | sigmoid | relu
-    bits: int | None = None  # None: float training; 1..16: QAT on the q-bit unit grid
-    scheme: str = "uniform"  # weight-level scheme for QAT (hwq.quant.schemes)
-    gain: float = 1.0  # hidden pre-activation gain (paper's spirals: 10)
-    epochs: int = 100
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    val_fraction: float = 0.1
-    patience: int = 10  # epochs without validation improvement before stopping
-    init: str = "grid"  # grid: U(-1, 1); default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    seed: int = 0
+    """The training parameters, declared once (``hwq.params``): ``hwq train``'s options, ``hwq
+    sweep``'s (the fields with ``sweep``; activation, bits and seed are the sweep's axes, scheme
+    its quantizer's) and the sweep spec's ``TrainSettings`` are generated from these fields."""
+
+    hidden: int = param(100, help="Hidden units.")
+    activation: str = param("relu", help="Hidden activation: step | sigmoid | relu.", sweep=False)
+    bits: int | None = param(None, help="QAT weight bits 1..16 (omit for float training).", sweep=False)
+    scheme: str = param("uniform", help="QAT weight levels: uniform | narrow | pow2.", sweep=False)
+    gain: float = param(1.0, help="Hidden pre-activation gain.", auto="10 for spirals, 1 otherwise")
+    epochs: int = param(100, help="Maximum epochs.", auto="500 below 10,000 training samples, else 50")
+    batch_size: int = param(64, help="Mini-batch size.")
+    learning_rate: float = param(1e-3, help="Adam learning rate.", flags=("--lr",))
+    val_fraction: float = param(0.1, help="Share of the training split held out for validation (early stopping).")
+    patience: int = param(10, help="Early-stopping patience in epochs.", auto="100 below 10,000 samples, else 10")
+    init: str = param("grid", help="Weight init: grid (U(-1, 1), spans the quantization grid) | default "
+                                   "(U(-1/sqrt(fan_in), 1/sqrt(fan_in))).")
+    seed: int = param(0, help="Random seed (data split, init, batches).", sweep=False)
 
     def __post_init__(self):
-        if self.activation not in activations.HIDDEN_ACTIVATIONS:
-            raise UsageError(
-                f"unknown hidden activation '{self.activation}'",
-                hint="use " + ", ".join(activations.HIDDEN_ACTIVATIONS),
-            )
-        if self.bits is not None:
-            check_bits(self.bits)
-        get_scheme(self.scheme)
-        if self.init not in INITS:
-            raise UsageError(f"unknown init '{self.init}'", hint="use grid or default")
-        for name in ("hidden", "epochs", "batch_size", "patience"):
-            if not isinstance(getattr(self, name), (int, np.integer)) or getattr(self, name) < 1:
-                raise UsageError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.hidden > MAX_HIDDEN:
-            raise UsageError(f"hidden must be at most {MAX_HIDDEN} units, got {self.hidden}")
-        if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not 0 < self.val_fraction < 1:
-            raise UsageError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        for name in ("gain", "learning_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
-                raise UsageError(f"{name} must be finite and positive, got {value!r}")
+        for f in fields(self):
+            check_train_param(f.name, getattr(self, f.name))
+
+
+def check_train_param(name: str, value):
+    """Refuse a bad value of the training parameter ``name`` in one line (``TrainConfig`` and
+    the sweep spec's ``TrainSettings`` both call this)."""
+    if name == "activation" and value not in activations.HIDDEN_ACTIVATIONS:
+        raise UsageError(f"unknown hidden activation '{value}'",
+                         hint="use " + ", ".join(activations.HIDDEN_ACTIVATIONS))
+    if name == "bits" and value is not None:
+        check_bits(value)
+    if name == "scheme":
+        get_scheme(value)
+    if name == "init" and value not in INITS:
+        raise UsageError(f"unknown init '{value}'", hint="use grid or default")
+    if name in ("hidden", "epochs", "batch_size", "patience"):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if name == "hidden" and value > MAX_HIDDEN:
+            raise UsageError(f"hidden must be at most {MAX_HIDDEN} units, got {value}")
+    if name == "seed" and (not isinstance(value, (int, np.integer)) or value < 0):
+        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
+    if name == "val_fraction" and not (isinstance(value, (int, float, np.integer, np.floating))
+                                       and 0 < value < 1):
+        raise UsageError(f"val_fraction must lie in (0, 1), got {value}")
+    if name in ("gain", "learning_rate"):
+        if isinstance(value, bool) or not (isinstance(value, (int, float, np.integer, np.floating))
+                                           and math.isfinite(value) and value > 0):
+            raise UsageError(f"{name} must be finite and positive, got {value!r}")
+
+
+def auto_training(data_name: str, n_train: int) -> dict:
+    """The computed defaults (the ``auto`` fields of :class:`TrainConfig`) for a data set:
+    epochs and patience by training-set size (:func:`training_budget`), gain 10 for spirals."""
+    epochs, patience = training_budget(n_train)
+    return {"epochs": epochs, "patience": patience, "gain": 10.0 if data_name.startswith("spiral") else 1.0}
 
 
 @dataclass(frozen=True, eq=False)

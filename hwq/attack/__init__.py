@@ -4,6 +4,7 @@ attack the CLI and sweeps accept, ``SUITES`` the named suites (``autoattack``)."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 from hwq.attack.apgd import APGD
@@ -13,20 +14,77 @@ from hwq.attack.pgd import PGD
 from hwq.attack.square import Square
 from hwq.attack.suite import Suite, diagnose
 from hwq.errors import UsageError
+from hwq.params import Parameter, declared
 
 ATTACKS = {"fgsm": FGSM, "pgd": PGD, "square": Square,
            "apgd-ce": partial(APGD, loss="ce"), "apgd-dlr": partial(APGD, loss="dlr"),
            "apgd-t": partial(APGD, loss="dlr", targets=9)}
 
-__all__ = ["APGD", "ATTACKS", "FGSM", "PGD", "SUITES", "Square", "Suite", "Attack", "AttackResult", "Judge",
-           "attack", "check_inputs", "diagnose", "make_attack", "make_suite"]
+__all__ = ["APGD", "ATTACKS", "ATTACK_PARAMETERS", "PARAMS", "FGSM", "PGD", "SUITES", "Square", "Suite", "Attack",
+           "AttackResult", "Judge", "attack", "check_inputs", "diagnose", "make_attack", "make_suite"]
 
-# CLI/sweep parameter names each attack takes (the rest are ignored for it)
-_APGD = ("norm", "steps", "restarts", "seed", "rho")
-PARAMS = {"fgsm": ("norm",),
-          "pgd": ("norm", "steps", "rel_stepsize", "abs_stepsize", "random_start", "restarts", "seed"),
-          "square": ("norm", "queries", "p_init", "seed"),
-          "apgd-ce": _APGD, "apgd-dlr": _APGD, "apgd-t": (*_APGD, "targets")}
+
+
+@dataclass(frozen=True)
+class AttackParameter:
+    """One attack parameter across attacks, generated from the attack dataclasses' declared
+    fields (``hwq.params``): ``defaults`` maps each attack that takes it to its default there.
+    The CLI options of ``hwq attack`` and ``hwq sweep`` and the sweep spec's ``AttackSettings``
+    are made from these."""
+
+    parameter: Parameter
+    defaults: dict
+
+    name = property(lambda self: self.parameter.name)
+    field = property(lambda self: self.parameter.field)
+    type = property(lambda self: self.parameter.type)
+    flags = property(lambda self: self.parameter.flags)
+
+    @property
+    def shared_default(self):
+        """The default when every attack that takes it has the same one (``norm``), else None."""
+        values = set(map(repr, self.defaults.values()))
+        return next(iter(self.defaults.values())) if len(values) == 1 and len(self.defaults) == len(ATTACKS) else None
+
+    @property
+    def help(self) -> str:
+        """The declared help, which attacks take it and their defaults (``hwq attack --help``)."""
+        d = self.parameter.declared
+        if self.shared_default is not None:
+            return d.help  # the option's own default
+        groups: dict[str, list[str]] = {}
+        for attack, value in self.defaults.items():
+            if value is not None or d.auto:
+                groups.setdefault(d.auto if value is None else str(value), []).append(attack)
+        default = ("" if not groups else f" (default {next(iter(groups))})" if len(groups) == 1 else
+                   " (default " + ", ".join(f"{' '.join(_short(names))} {v}" for v, names in groups.items()) + ")")
+        return f"{'/'.join(_short(self.defaults))}: {d.help}{default}"
+
+
+def _short(names) -> list[str]:
+    """``pgd, apgd-ce, apgd-dlr, apgd-t`` -> ``pgd, apgd-*``."""
+    apgd = [n for n in names if n.startswith("apgd")]
+    rest = [n for n in names if not n.startswith("apgd")]
+    return rest + (["apgd-*"] if len(apgd) > 1 and len(apgd) == sum(a.startswith("apgd") for a in ATTACKS)
+                   else apgd)
+
+
+def _attack_parameters() -> dict[str, AttackParameter]:
+    found: dict[str, tuple[Parameter, dict]] = {}
+    for attack_name, make in ATTACKS.items():
+        fixed = getattr(make, "keywords", {})  # a partial's keywords: defaults under this name
+        for p in declared(make):
+            if not p.declared.cli or (p.declared.attacks is not None and attack_name not in p.declared.attacks):
+                continue
+            entry = found.setdefault(p.name, (p, {}))
+            entry[1][attack_name] = fixed.get(p.field, p.default)
+    return {name: AttackParameter(p, defaults) for name, (p, defaults) in found.items()}
+
+
+ATTACK_PARAMETERS = _attack_parameters()
+# the parameter fields each attack takes (the rest are ignored for it)
+PARAMS = {name: tuple(p.field for p in ATTACK_PARAMETERS.values() if name in p.defaults) for name in ATTACKS}
+_FIELD = {p.name: p.field for p in ATTACK_PARAMETERS.values()}
 
 # named suites: members and the defaults they take there (parameters given still win).
 # AutoAttack's standard suite (Croce & Hein 2020): APGD-CE, APGD-T (9 targets), FAB-T, Square
@@ -62,7 +120,9 @@ def expand_names(text: str) -> tuple[tuple[str, dict], ...]:
 
 def make_suite(names, **params) -> Attack | Suite:
     """One attack (one name) or a worst-case suite; each attack takes from ``params`` the
-    parameters it knows (``PARAMS``), None values meaning its default."""
+    parameters it knows (``PARAMS``; by field or CLI name, ``targets`` or ``target_classes``), None
+    values meaning its default."""
+    params = {_FIELD.get(k, k): v for k, v in params.items()}
     pairs = expand_names(names) if isinstance(names, str) else expand_names(",".join(names))
     built = [make_attack(n, **{**defaults, **{k: v for k, v in params.items() if k in PARAMS[n] and v is not None}})
              for n, defaults in pairs]

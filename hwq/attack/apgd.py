@@ -48,6 +48,7 @@ from hwq.attack import noise
 from hwq.attack.base import Attack, ChunkOutcome
 from hwq.attack.pgd import PGD_CHUNK_ELEMENTS, _positive, _positive_int
 from hwq.errors import UsageError
+from hwq.params import declared_values, param
 from hwq.ranges import check_norm
 
 LOSSES = ("ce", "dlr")
@@ -131,13 +132,16 @@ def sorted_classes(scores: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class APGD(Attack):
-    norm: str = "linf"
-    loss: str = "ce"
-    targets: int = 0  # 0: untargeted; k: one run per each of the k most likely other classes
-    steps: int = 100
-    restarts: int = 1
-    rho: float = 0.75
-    seed: int = 0
+    norm: str = param("linf", help="Norm: linf (the paper's) | l2.")
+    loss: str = param("ce", help="Loss: ce | dlr.", cli=False)  # set by the attack's name
+    # 0: untargeted; k: one run per each of the k most likely other classes
+    targets: int = param(0, help="Target classes, the most likely after the label.", flags=("--target-classes",),
+                         name="target_classes", attacks=("apgd-t",))
+    steps: int = param(100, help="Gradient steps.")
+    restarts: int = param(1, help="Restarts.")
+    rho: float = param(0.75, help="Checkpoint rule: halve the step where the loss rose in at most this share "
+                                  "of the steps.")
+    seed: int = param(0, help="Seed of random starts and Square's windows.", flags=("--attack-seed",))
 
     def __post_init__(self):
         check_norm(self.norm)
@@ -154,8 +158,7 @@ class APGD(Attack):
         return "apgd-t" if self.targets else f"apgd-{self.loss}"
 
     def params(self):
-        return {"norm": self.norm, "loss": self.loss, "targets": int(self.targets), "steps": self.steps,
-                "restarts": self.restarts, "rho": self.rho, "seed": self.seed}
+        return {**declared_values(self), "targets": int(self.targets)}
 
     def chunk_size(self, n_eps, d, batch_size):
         return max(1, min(batch_size, PGD_CHUNK_ELEMENTS // max(1, n_eps * d)))

@@ -12,19 +12,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwq.attack.base import Attack, ChunkOutcome
+from hwq.params import declared_values, param
 from hwq.ranges import check_norm
 
 
 @dataclass(frozen=True)
 class FGSM(Attack):
-    norm: str = "linf"
+    norm: str = param("linf", help="Norm: linf (the paper's) | l2.")
     name = "fgsm"
 
     def __post_init__(self):
         check_norm(self.norm)
 
     def params(self):
-        return {"norm": self.norm}
+        return declared_values(self)
 
     def direction(self, grad: np.ndarray) -> np.ndarray:
         if self.norm == "linf":

@@ -37,6 +37,7 @@ import numpy as np
 from hwq.attack import noise
 from hwq.attack.base import Attack, ChunkOutcome
 from hwq.errors import UsageError
+from hwq.params import param
 from hwq.ranges import check_norm
 
 STEP_BUDGET = 2.5  # Madry et al.: the default step is 2.5 eps / steps, a path of 2.5 eps in all
@@ -92,13 +93,13 @@ def project(x0: np.ndarray, v: np.ndarray, eps: np.ndarray, norm: str, lo: float
 
 @dataclass(frozen=True)
 class PGD(Attack):
-    norm: str = "linf"
-    steps: int = 40
-    rel_stepsize: float | None = None
-    abs_stepsize: float | None = None
-    random_start: bool = True
-    restarts: int = 1
-    seed: int = 0
+    norm: str = param("linf", help="Norm: linf (the paper's) | l2.")
+    steps: int = param(40, help="Gradient steps.")
+    rel_stepsize: float | None = param(None, help="Step / eps.", auto="2.5 / steps")
+    abs_stepsize: float | None = param(None, help="Step, absolute (overrides --rel-stepsize).")
+    random_start: bool = param(True, help="Start at a uniform point of the eps-ball (else at the input).")
+    restarts: int = param(1, help="Random restarts.")
+    seed: int = param(0, help="Seed of random starts and Square's windows.", flags=("--attack-seed",))
     name = "pgd"
 
     def __post_init__(self):

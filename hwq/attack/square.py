@@ -38,6 +38,7 @@ from hwq.attack import noise
 from hwq.attack.base import Attack, ChunkOutcome
 from hwq.attack.pgd import _positive, _positive_int
 from hwq.errors import UsageError
+from hwq.params import declared_values, param
 from hwq.ranges import check_norm
 
 SQUARE_CHUNK_ELEMENTS = 2**22
@@ -94,10 +95,10 @@ def _norm(v: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Square(Attack):
-    norm: str = "linf"
-    queries: int = 1000
-    p_init: float = 0.3
-    seed: int = 0
+    norm: str = param("linf", help="Norm: linf (the paper's) | l2.")
+    queries: int = param(1000, help="Query budget per input and strength.")
+    p_init: float = param(0.3, help="Initial window share, in (0, 1].")
+    seed: int = param(0, help="Seed of random starts and Square's windows.", flags=("--attack-seed",))
     name = "square"
     needs_gradient = False
 
@@ -109,7 +110,7 @@ class Square(Attack):
             raise UsageError(f"--p-init must be in (0, 1], got {self.p_init}")
 
     def params(self):
-        return {"norm": self.norm, "queries": self.queries, "p_init": self.p_init, "seed": self.seed}
+        return declared_values(self)
 
     def chunk_size(self, n_eps, d, batch_size):
         return max(1, min(batch_size, SQUARE_CHUNK_ELEMENTS // max(1, n_eps * d)))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import shlex
 import sys
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +99,56 @@ def program_for(model: Path, target: str | None, option: list[str] | None):
 
 
 TARGET = typer.Option(None, help="Run on this target (default: the one the file was compiled for): " + TARGET_HELP)
+
+
+def declared_options(options: list[tuple[str, type, object, tuple[str, ...], str]], *, into: str,
+                     panel: str | None = None):
+    """A decorator adding one typer option per declared parameter (``(name, type, default,
+    flags, help)``, made by :func:`attack_options` or :func:`train_options` from the
+    dataclass fields) where the command has its parameter ``into``; the command receives the
+    values as one dict ``into`` (name -> value, None: not given). The options' Python names
+    are ``{into}__{name}`` (no clash with the command's own, e.g. ``hwq attack --seed``)."""
+    def decorate(command):
+        signature = inspect.signature(command, eval_str=True)
+        hints = typing.get_type_hints(command)
+        made = [inspect.Parameter(f"{into}__{name}", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind | None,
+                                  default=typer.Option(default, *flags, help=text, rich_help_panel=panel))
+                for name, kind, default, flags, text in options]
+        params = []
+        for p in signature.parameters.values():
+            params.extend(made if p.name == into else [p.replace(annotation=hints.get(p.name, p.annotation))])
+        names = [name for name, *_ in options]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {name: kwargs.pop(f"{into}__{name}") for name in names}
+            return command(**kwargs, **{into: values})
+
+        wrapper.__signature__ = signature.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__
+        return wrapper
+    return decorate
+
+
+def attack_options(panel: str | None = None):
+    """The options of every attack parameter (``hwq.attack.ATTACK_PARAMETERS``, generated from
+    the attack dataclasses), for ``hwq attack`` and ``hwq sweep``: into ``attack_params``."""
+    from hwq.attack import ATTACK_PARAMETERS
+
+    return declared_options([(p.name, p.type, p.shared_default, p.flags, p.help) for p in ATTACK_PARAMETERS.values()],
+                            into="attack_params", panel=panel)
+
+
+def train_options(*, sweep: bool, panel: str | None = None):
+    """The options of the training parameters (``hwq.train.TrainConfig``'s declared fields;
+    ``sweep``: only those a sweep sets, the rest being its axes): into ``train_params``.
+    Parameters with a computed default (``auto``) default to None."""
+    from hwq.params import declared
+    from hwq.train import TrainConfig
+
+    return declared_options(
+        [(p.name, p.type, None if p.declared.auto else p.default, p.flags,
+          p.declared.help + (f" (default: {p.declared.auto})" if p.declared.auto else ""))
+         for p in declared(TrainConfig) if p.declared.sweep or not sweep],
+        into="train_params", panel=panel)

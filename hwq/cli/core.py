@@ -18,6 +18,7 @@ from hwq.cli.common import (
     OPTION,
     TARGET,
     TARGET_HELP,
+    attack_options,
     check_output,
     command_line,
     data,
@@ -26,6 +27,7 @@ from hwq.cli.common import (
     progress,
     table,
     target_options,
+    train_options,
 )
 from hwq.errors import DataError, FileFormatError, UsageError
 from hwq.files import program as hwqfile
@@ -37,35 +39,24 @@ JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
 @app.command()
+@train_options(sweep=False)
 def train(
     data_spec: str = typer.Option("spiral", "--data", help=DATA_HELP),
-    activation: str = typer.Option("relu", help="Hidden activation: step | sigmoid | relu."),
-    bits: int = typer.Option(None, help="QAT weight bits 1..16 (omit for float training)."),
-    scheme: str = typer.Option("uniform", help="QAT weight levels: uniform | narrow | pow2."),
-    hidden: int = typer.Option(100, help="Hidden units."),
-    gain: float = typer.Option(None, help="Hidden pre-activation gain (default: 10 for spirals, 1 otherwise)."),
-    epochs: int = typer.Option(None, help="Maximum epochs (default: 500 below 10k training samples, else 50)."),
-    patience: int = typer.Option(None, help="Early-stopping patience (default: 100 below 10k samples, else 10)."),
-    batch_size: int = typer.Option(64, help="Mini-batch size."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    init: str = typer.Option("grid", help="Weight init: grid (spans the quantization grid) | default."),
-    seed: int = typer.Option(0, help="Random seed (data split, init, batches)."),
+    train_params: dict = None,  # TrainConfig's declared fields (hwq.cli.common.train_options)
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
     as_json: bool = JSON,
 ):
     """Train a one-hidden-layer MLP with the paper's QAT recipe and write it as ONNX."""
     from hwq.files.atomic import atomic_write_bytes
-    from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp, training_budget
+    from hwq.train import TrainConfig, auto_training, mlp_to_onnx, predict_float, train_mlp
 
     check_output(output, (".onnx",))
+    seed, activation, bits, scheme = (train_params[k] for k in ("seed", "activation", "bits", "scheme"))
     ds = data(data_spec, seed=seed)
-    gain = gain if gain is not None else (10.0 if ds.name.startswith("spiral") else 1.0)
-    auto_epochs, auto_patience = training_budget(len(ds.y_train))  # the same budget as sweeps
-    epochs = auto_epochs if epochs is None else epochs  # 0 is refused by TrainConfig, not read as "default"
-    patience = auto_patience if patience is None else patience
-    config = TrainConfig(hidden=hidden, activation=activation, bits=bits, scheme=scheme, gain=gain,
-                         epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=lr,
-                         init=init, seed=seed)
+    auto = auto_training(ds.name, len(ds.y_train))  # the same computed defaults as sweeps
+    # None is "not given" (the computed default); 0 is refused by TrainConfig, not read as "default"
+    config = TrainConfig(**{k: auto[k] if v is None and k in auto else v for k, v in train_params.items()})
+    epochs = config.epochs
     bar = progress(epochs, "epochs")
     mlp = train_mlp(ds.x_train, ds.y_train, ds.n_classes, config,
                     progress=lambda epoch, total, stats: bar.update(1))
@@ -239,33 +230,18 @@ ATTACK_PANEL = "Attack parameters"
 
 
 @app.command()
+@attack_options(ATTACK_PANEL)
 def attack(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
     data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
     grad: str = typer.Option("surrogate", help="Gradient source: surrogate (of the integer model) | float | "
                              "bits:Q | target:NAME | model:FILE.hwq (transfer attacks)."),
-    norm: str = typer.Option("linf", help="Norm: linf (the paper's) | l2."),
     attack_name: str = typer.Option("fgsm", "--attack", help="Attack: " + " | ".join(ATTACKS) + "."),
     attacks: str = typer.Option(None, "--attacks", help="A suite, e.g. fgsm,pgd,square, or autoattack "
                                 "(apgd-ce,apgd-t,apgd-dlr,square 5000): the per-input worst case is the robust "
                                 "accuracy (overrides --attack)."),
-    steps: int = typer.Option(None, help="PGD steps (default 40); APGD steps (default 100).",
-                              rich_help_panel=ATTACK_PANEL),
-    restarts: int = typer.Option(None, help="PGD/APGD random restarts (default 1).", rich_help_panel=ATTACK_PANEL),
-    rel_stepsize: float = typer.Option(None, help="PGD step / eps (default 2.5 / steps).",
-                                       rich_help_panel=ATTACK_PANEL),
-    abs_stepsize: float = typer.Option(None, help="PGD step, absolute.", rich_help_panel=ATTACK_PANEL),
-    random_start: bool = typer.Option(True, "--random-start/--no-random-start", help="PGD random start.",
-                                      rich_help_panel=ATTACK_PANEL),
-    queries: int = typer.Option(None, help="Square query budget per input and strength (default 1000).",
-                                rich_help_panel=ATTACK_PANEL),
-    p_init: float = typer.Option(None, help="Square initial window share (default 0.3).",
-                                 rich_help_panel=ATTACK_PANEL),
-    attack_seed: int = typer.Option(None, help="Seed of random starts and Square (default 0).",
-                                    rich_help_panel=ATTACK_PANEL),
-    target_classes: int = typer.Option(None, "--target-classes", help="APGD-T: target classes, the most likely "
-                                       "after the label (default 9).", rich_help_panel=ATTACK_PANEL),
+    attack_params: dict = None,  # the attack dataclasses' declared fields (hwq.cli.common.attack_options)
     temperature: str = typer.Option(None, help="Logit temperature of the gradient's loss: a number (e.g. 0.25) "
                                     "or auto (per input); a masking remedy.", rich_help_panel=ATTACK_PANEL),
     diagnostics: bool = typer.Option(True, "--diagnostics/--no-diagnostics",
@@ -291,9 +267,8 @@ def attack(
         check_output(output, (".h5", ".hdf5"))
     if plot is not None:
         check_output(plot, (".png",))
-    method = make_suite(attacks or attack_name, norm=norm, steps=steps, restarts=restarts,
-                        rel_stepsize=rel_stepsize, abs_stepsize=abs_stepsize, random_start=random_start,
-                        queries=queries, p_init=p_init, seed=attack_seed, targets=target_classes)
+    method = make_suite(attacks or attack_name, **attack_params)
+    norm = attack_params["norm"]
     program = program_for(model, target, option)
     ds = data(data_spec, limit, seed)
     members = getattr(method, "attacks", (method,))

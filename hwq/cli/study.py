@@ -10,7 +10,15 @@ import typer
 
 from hwq.api import ACT_BITS, INPUT_BITS, SCHEME
 from hwq.cli.app import app
-from hwq.cli.common import DATA_HELP, check_output, command_line, emit_json, progress
+from hwq.cli.common import (
+    DATA_HELP,
+    attack_options,
+    check_output,
+    command_line,
+    emit_json,
+    progress,
+    train_options,
+)
 from hwq.errors import UsageError
 
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
@@ -58,9 +66,11 @@ def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose, secu
         bar.close()
 
 
-def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, epochs, patience,
-               batch_size, lr, hidden, init, gain, scheme, act_bits, input_bits, per_channel,
-               grad, norm, limit, data_seed, attack="fgsm", attack_params=None, device=None):
+def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, train_params=None, scheme,
+               act_bits, input_bits, per_channel, grad, limit, data_seed, attack="fgsm", attack_params=None,
+               device=None):
+    """The sweep's spec from its options; ``train_params`` and ``attack_params``: the declared
+    parameters (``hwq.cli.common.train_options``/``attack_options``; None: the default)."""
     from hwq.ranges import parse_epsilons, parse_ints, parse_names, parse_seeds
     from hwq.sweep.run import model_ref
     from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings, split_targets
@@ -71,17 +81,18 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, ep
         data=parse_names(data_specs), activations=parse_names(activations),
         bits=parse_ints(bits, "--bits"), seeds=parse_seeds(seeds),
         targets=split_targets(targets, available_targets()), models=refs, data_seed=data_seed,
-        train=TrainSettings(hidden=hidden, epochs=epochs, patience=patience,
-                            batch_size=batch_size, learning_rate=lr, init=init, gain=gain),
+        train=TrainSettings(**{k: v for k, v in (train_params or {}).items() if v is not None}),
         quant=QuantOptions(scheme=scheme, act_bits=act_bits, input_bits=input_bits,
                            per_channel=per_channel),
-        attack=AttackSettings(epsilons=tuple(parse_epsilons(eps).tolist()), gradient=grad,
-                              norm=norm, limit=limit, name=attack, **(attack_params or {})),
+        attack=AttackSettings(epsilons=tuple(parse_epsilons(eps).tolist()), gradient=grad, limit=limit,
+                              name=attack, **{k: v for k, v in (attack_params or {}).items() if v is not None}),
         device=device,
     )
 
 
 @app.command()
+@train_options(sweep=True, panel="Training")
+@attack_options("Attack parameters")
 def sweep(
     data_specs: str = typer.Option("spiral", "--data", help="Comma-separated: " + DATA_HELP),
     activations: str = typer.Option("step,sigmoid,relu", help="Hidden activations, comma-separated."),
@@ -93,15 +104,7 @@ def sweep(
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
     model: list[Path] = typer.Option(
         None, "--model", help="Sweep this ONNX model instead of training (repeatable; its index is the seed)."),
-    epochs: int = typer.Option(
-        None, help="Maximum epochs (default: 500 below 10,000 training samples, else 50)."),
-    patience: int = typer.Option(
-        None, help="Early-stopping patience in epochs (default: 100 below 10,000 samples, else 10)."),
-    batch_size: int = typer.Option(64, help="Mini-batch size."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    hidden: int = typer.Option(100, help="Hidden units."),
-    init: str = typer.Option("grid", help="Weight init: grid | default."),
-    gain: float = typer.Option(None, help="Hidden pre-activation gain (default: 10 for spirals, 1 otherwise)."),
+    train_params: dict = None,  # TrainConfig's sweep fields (hwq.cli.common.train_options)
     scheme: str = typer.Option("uniform", help="Weight levels (QAT and quantizer): uniform | narrow | pow2 "
                                f"(`hwq compile` defaults to {SCHEME}; the report states the sweep's)."),
     act_bits: int = typer.Option(16, help="Bits of ReLU/sigmoid activations (16: weights-only study, the paper's; "
@@ -110,18 +113,10 @@ def sweep(
                                    f"{INPUT_BITS}; every accuracy in the report states them)."),
     per_channel: bool = typer.Option(False, help="One weight scale per hidden unit (given float models)."),
     grad: str = typer.Option("surrogate", help="Gradient source: surrogate | float | bits:Q | target:NAME."),
-    norm: str = typer.Option("linf", help="Attack norm: linf | l2."),
     attacks: str = typer.Option("fgsm", "--attacks", "--attack",
                                 help="Attack, or a suite a,b,c (fgsm, pgd, square, apgd-ce, apgd-dlr, apgd-t) "
                                 "or autoattack: per-input worst case."),
-    steps: int = typer.Option(None, help="PGD steps (default 40); APGD steps (default 100)."),
-    restarts: int = typer.Option(None, help="PGD/APGD restarts (default 1)."),
-    rel_stepsize: float = typer.Option(None, help="PGD step / eps (default 2.5 / steps)."),
-    no_random_start: bool = typer.Option(False, "--no-random-start", help="PGD from the clean input."),
-    queries: int = typer.Option(None, help="Square query budget per input and strength (default 1000)."),
-    p_init: float = typer.Option(None, help="Square initial window share (default 0.3)."),
-    attack_seed: int = typer.Option(None, help="Seed of random starts and Square (default 0)."),
-    target_classes: int = typer.Option(None, "--target-classes", help="APGD-T target classes (default 9)."),
+    attack_params: dict = None,  # the attack dataclasses' declared fields (hwq.cli.common.attack_options)
     temperature: str = typer.Option(None, help="Logit temperature of the gradient's loss: a number or auto."),
     no_diagnostics: bool = typer.Option(False, "--no-diagnostics", help="Skip the unbounded-strength check."),
     limit: int = typer.Option(None, help="Attack only the first N test inputs."),
@@ -144,15 +139,10 @@ def sweep(
     purpose (uniform levels, 16-bit activations and inputs: the paper's weights-only study);
     the report prints the sweep's next to its numbers."""
     check_output(output, (".h5", ".hdf5"))
-    spec = build_spec(data_specs, activations, bits, seeds, targets, eps, model, epochs=epochs,
-                      patience=patience, batch_size=batch_size, lr=lr, hidden=hidden, init=init,
-                      gain=gain, scheme=scheme, act_bits=act_bits, input_bits=input_bits,
-                      per_channel=per_channel, grad=grad, norm=norm, limit=limit,
-                      data_seed=data_seed, attack=attacks,
-                      attack_params={"steps": steps, "restarts": restarts, "rel_stepsize": rel_stepsize,
-                                     "random_start": False if no_random_start else None,
-                                     "queries": queries, "p_init": p_init, "seed": attack_seed,
-                                     "target_classes": target_classes, "temperature": temperature,
+    spec = build_spec(data_specs, activations, bits, seeds, targets, eps, model, train_params=train_params,
+                      scheme=scheme, act_bits=act_bits, input_bits=input_bits, per_channel=per_channel, grad=grad,
+                      limit=limit, data_seed=data_seed, attack=attacks,
+                      attack_params={**attack_params, "temperature": temperature,
                                      "diagnostics": False if no_diagnostics else None},
                       device=device)
     summary = run_spec(spec, output, workers=workers, scheduler=scheduler, overwrite=overwrite,

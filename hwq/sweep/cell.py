@@ -162,10 +162,8 @@ def _train(spec: SweepSpec, task: Task, ds):
     from hwq.train import TrainConfig, mlp_to_onnx, predict_float, train_mlp
 
     t = spec.train.resolved(ds.name, len(ds.y_train))
-    config = TrainConfig(hidden=t["hidden"], activation=task.activation, bits=task.bits,
-                         scheme=spec.quant.scheme, gain=t["gain"], epochs=t["epochs"],
-                         batch_size=t["batch_size"], learning_rate=t["learning_rate"],
-                         val_fraction=t["val_fraction"], patience=t["patience"], init=t["init"],
+    # the sweep's TrainSettings are TrainConfig's sweep fields; the cell's axes set the rest
+    config = TrainConfig(**t, activation=task.activation, bits=task.bits, scheme=spec.quant.scheme,
                          seed=task.train_seed)
     mlp = train_mlp(ds.x_train, ds.y_train, ds.n_classes, config)
     model = mlp_to_onnx(mlp, n_in=ds.n_features, n_classes=ds.n_classes,

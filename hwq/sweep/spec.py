@@ -21,18 +21,20 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from hwq.attack import ATTACK_PARAMETERS
 from hwq.attack.gradients import check_gradient_name, check_temperature
 from hwq.errors import HwqError, UsageError
 from hwq.ir.activations import HIDDEN_ACTIVATIONS
+from hwq.params import declared
 from hwq.quant.schemes import check_bits, get_scheme
 from hwq.ranges import check_epsilons, check_norm
 from hwq.sweep.device import check_device
-from hwq.train import training_budget
+from hwq.train import TrainConfig, auto_training, check_train_param
 
 FORMAT, VERSION = "hwq-sweep", 1
 
@@ -53,28 +55,30 @@ def _cell_failed(message: str, exit_code: int) -> CellFailed:
 # ----------------------------------------------------------------------------- the spec
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """The QAT recipe (hwq.train). ``epochs``/``patience`` None: by training-set size
-    (< 10,000 samples: 500 / 100, else 50 / 10); ``gain`` None: 10 for spirals, else 1."""
+def _train_resolved(self, data_name: str, n_train: int) -> dict:
+    """The settings one data set trains with (the computed defaults, ``hwq.train.auto_training``,
+    filled in where a setting is None)."""
+    auto = auto_training(data_name, n_train)
+    return {k: auto[k] if v is None and k in auto else v for k, v in asdict(self).items()}
 
-    hidden: int = 100
-    epochs: int | None = None
-    patience: int | None = None
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    init: str = "grid"
-    gain: float | None = None
-    val_fraction: float = 0.1
 
-    def resolved(self, data_name: str, n_train: int) -> dict:
-        """The settings one data set trains with (auto values filled in)."""
-        epochs, patience = training_budget(n_train)
-        out = asdict(self)
-        out["epochs"] = self.epochs or epochs
-        out["patience"] = self.patience or patience
-        out["gain"] = self.gain or (10.0 if data_name.startswith("spiral") else 1.0)
-        return out
+def _train_check(self):
+    for name, value in asdict(self).items():
+        if value is not None:  # None: the computed default
+            check_train_param(name, value)
+
+
+# The QAT recipe (hwq.train): TrainConfig's declared fields that a sweep sets (its axes are
+# activation, bits and seed; the scheme is QuantOptions'); those with a computed default
+# (epochs, patience, gain) are None here, "by data set", and resolved per data set.
+TrainSettings = make_dataclass(
+    "TrainSettings",
+    [(p.name, p.type | None if p.declared.auto else p.type, field(default=None if p.declared.auto else p.default))
+     for p in declared(TrainConfig) if p.declared.sweep],
+    namespace={"resolved": _train_resolved, "__post_init__": _train_check,
+               "__doc__": "The QAT recipe of every cell: hwq.train.TrainConfig's sweep fields (generated); "
+                          "None: the computed default (epochs/patience by training-set size, gain by data)."},
+    frozen=True, module=__name__)
 
 
 @dataclass(frozen=True)
@@ -88,43 +92,47 @@ class QuantOptions:
     per_channel: bool = False
 
 
-@dataclass(frozen=True)
-class AttackSettings:
-    """The attack of every cell: ``name`` is one attack of ``hwq.attack.ATTACKS`` or a
-    comma-separated suite (``fgsm,pgd,square``: the cell's ``accuracy`` is then the per-input
-    worst case, each attack's under ``attacks/<name>/``). Parameters left None take the
-    attack's default and are left out of the spec's JSON (so older sweep files resume)."""
-
-    epsilons: tuple[float, ...] = tuple(np.round(np.arange(101) * 0.005, 12).tolist())
-    gradient: str = "surrogate"
-    norm: str = "linf"
-    limit: int | None = None  # first N test inputs only
-    name: str = "fgsm"  # hwq.attack.ATTACKS, or a suite a,b,c
-    steps: int | None = None
-    restarts: int | None = None
-    rel_stepsize: float | None = None
-    random_start: bool | None = None
-    queries: int | None = None
-    p_init: float | None = None
-    seed: int | None = None
-    diagnostics: bool | None = None  # None: run the unbounded-strength check
-    target_classes: int | None = None  # APGD-T's targets (default 9)
-    temperature: float | str | None = None  # the gradient source's logit temperature (a number or "auto")
-
-    def params(self) -> dict:
-        return {k: getattr(self, k) for k in OPTIONAL_ATTACK_FIELDS if getattr(self, k) is not None}
-
-    def method(self):
-        from hwq.attack import make_suite
-
-        params = {k: v for k, v in self.params().items() if k not in ("diagnostics", "temperature")}
-        if "target_classes" in params:
-            params["targets"] = params.pop("target_classes")
-        return make_suite(self.name, norm=self.norm, **params)
+def _attack_params(self) -> dict:
+    """The optional parameters that are set (what the spec's JSON records)."""
+    return {k: getattr(self, k) for k in OPTIONAL_ATTACK_FIELDS if getattr(self, k) is not None}
 
 
-OPTIONAL_ATTACK_FIELDS = ("steps", "restarts", "rel_stepsize", "random_start", "queries", "p_init",
-                          "seed", "diagnostics", "target_classes", "temperature")
+def _attack_method(self):
+    from hwq.attack import make_suite
+
+    params = {k: v for k, v in self.params().items() if k not in ("diagnostics", "temperature")}
+    return make_suite(self.name, norm=self.norm, **params)
+
+
+def _attack_check(self):
+    for p in ATTACK_PARAMETERS.values():
+        p.parameter.check(getattr(self, p.name))
+
+
+# The attack of every cell: ``name`` is one attack of ``hwq.attack.ATTACKS`` or a comma-separated
+# suite (``fgsm,pgd,square``: the cell's ``accuracy`` is then the per-input worst case, each
+# attack's under ``attacks/<name>/``). The attack parameters are generated from the attack
+# dataclasses' declared fields (hwq.attack.ATTACK_PARAMETERS): ``norm`` (every attack's, same
+# default) always recorded, the others None (the attack's default) and left out of the spec's
+# JSON when unset (so older sweep files resume).
+_OPTIONAL = [p for p in ATTACK_PARAMETERS.values() if p.shared_default is None]
+AttackSettings = make_dataclass(
+    "AttackSettings",
+    [("epsilons", tuple[float, ...], field(default=tuple(np.round(np.arange(101) * 0.005, 12).tolist()))),
+     ("gradient", str, field(default="surrogate")),
+     *[(p.name, p.type, field(default=p.shared_default)) for p in ATTACK_PARAMETERS.values()
+       if p.shared_default is not None],
+     ("limit", int | None, field(default=None)),  # first N test inputs only
+     ("name", str, field(default="fgsm")),  # hwq.attack.ATTACKS, or a suite a,b,c
+     *[(p.name, p.type | None, field(default=None)) for p in _OPTIONAL],
+     ("diagnostics", bool | None, field(default=None)),  # None: run the unbounded-strength check
+     ("temperature", float | str | None, field(default=None))],  # the gradient's logit temperature
+    namespace={"params": _attack_params, "method": _attack_method, "__post_init__": _attack_check,
+               "__doc__": "The attack of every cell (hwq.sweep.spec): epsilons, gradient source, name (an attack "
+                          "or a suite a,b,c) and the attack parameters generated from the attack dataclasses."},
+    frozen=True, module=__name__)
+
+OPTIONAL_ATTACK_FIELDS = (*(p.name for p in _OPTIONAL), "diagnostics", "temperature")
 
 
 @dataclass(frozen=True)
