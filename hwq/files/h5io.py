@@ -9,8 +9,9 @@ Reading is one safe path for every HDF5 file hwq reads: ``open_h5`` opens a regu
 walks its whole tree first (``check_tree``), refusing soft and external links, datasets with
 external storage or virtual sources, groups reached twice (link cycles) and datasets that
 declare far more data than they store; ``read`` checks every field against its dataclass's
-declared types, then the class's own ``validate()``; ``content_digest`` is the sha256 that
-``.hwq`` files carry and that their reader verifies.
+declared types, then the class's own ``validate()``; ``sealed_h5``/``check_seal`` put the
+sha256 of a file's bytes in its HDF5 user block and verify it before anything parses the file
+(``.hwq`` files).
 """
 
 from __future__ import annotations
@@ -277,42 +278,60 @@ def check_dataset(d: h5py.Dataset, where: str) -> None:
             raise FileFormatError(f"{where} declares {d.nbytes} bytes of data but stores {stored}")
 
 
-def content_digest(f: h5py.Group, skip: tuple[str, ...] = ()) -> str:
-    """sha256 over every group, dataset (dtype, shape, bytes) and attribute (sorted names),
-    leaving out the root attributes ``skip`` (the digest itself)."""
+SEAL_SIZE = 512  # HDF5 user block: bytes the HDF5 library skips
+SEAL_MAGIC = b"hwq-sha256 "
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@contextmanager
+def sealed_h5(path: str | Path) -> Iterator[h5py.File]:
+    """``atomic_h5`` for a file whose bytes are sealed: written with a 512-byte user block that
+    receives the sha256 of every byte after it (``seal``) before the rename."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", userblock_size=SEAL_SIZE) as f:
+            yield f
+        seal(tmp)
+
+
+def _bytes_digest(fh) -> str:
+    fh.seek(SEAL_SIZE)
     h = hashlib.sha256()
-
-    def attrs(obj, skip=()):
-        for k in sorted(obj.attrs):
-            if k not in skip:
-                h.update(b"@" + k.encode() + b"=" + attr_bytes(obj.attrs[k]))
-
-    stack = [f]
-    attrs(f, skip)
-    while stack:
-        group = stack.pop()
-        for name in sorted(group):
-            item = group[name]
-            h.update(b"/" + item.name.encode() + (b"/" if isinstance(item, h5py.Group) else b""))
-            attrs(item)
-            if isinstance(item, h5py.Group):
-                stack.append(item)
-            else:
-                value = np.asarray(item[()])
-                h.update(f"{value.dtype.str}{value.shape}".encode())
-                h.update(np.ascontiguousarray(value).tobytes() if value.dtype.kind != "O" else repr(value).encode())
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 
-def attr_bytes(value) -> bytes:
-    if isinstance(value, str):
-        return b"s" + value.encode("utf-8", "surrogatepass")
-    if isinstance(value, bytes):
-        return b"b" + value
-    a = np.asarray(value)
-    if a.dtype.kind == "O":
-        return b"o" + repr(a.tolist()).encode("utf-8", "surrogatepass")
-    return f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()
+def seal(path: str | Path) -> None:
+    """Write ``hwq-sha256 <hex>`` (the sha256 of the bytes after the user block) into the
+    user block of an HDF5 file made with ``userblock_size=SEAL_SIZE``."""
+    with open(path, "r+b") as fh:
+        line = SEAL_MAGIC + _bytes_digest(fh).encode() + b"\n"
+        fh.seek(0)
+        fh.write(line.ljust(SEAL_SIZE, b"\0"))
+
+
+def check_seal(path: str | Path) -> bool:
+    """Verify a sealed file's bytes before any HDF5 parsing (a damaged HDF5 file can make the
+    library loop or crash). False when the file has no user block (an HDF5 signature at byte
+    0: written before seals, or not by hwq); ``FileFormatError`` when the seal is unreadable or
+    the bytes differ from what was written."""
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise FileFormatError(f"{path}: not a regular file")
+        with open(path, "rb") as fh:
+            head = fh.read(SEAL_SIZE)
+            if head.startswith(HDF5_SIGNATURE):
+                return False
+            if len(head) < SEAL_SIZE or not head.startswith(SEAL_MAGIC):
+                raise FileFormatError(f"{path}: damaged file, or not one hwq wrote (no readable content digest)")
+            stored = head[len(SEAL_MAGIC):len(SEAL_MAGIC) + 64]
+            if _bytes_digest(fh).encode() != stored:
+                raise FileFormatError(f"{path}: damaged file: its bytes do not match the sha256 digest it was "
+                                      "written with", hint="recompile the model or restore the file")
+    except OSError as exc:
+        raise FileFormatError(f"{path}: {exc.strerror or exc}") from None
+    return True
 
 
 def open_checked(path: str | Path, kind: str, versions: tuple[int, ...]) -> h5py.File:

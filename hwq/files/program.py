@@ -2,17 +2,17 @@
 
 HDF5 layout (version 3; see docs/file-formats.md)::
 
+    (user block)      512 bytes: "hwq-sha256 <hex>\\n", the sha256 of every byte after it
     /                 attrs: format="hwq-compiled", version=3, hwq_version, target, created_by,
-                             options (JSON: the target options it was compiled with),
-                             sha256 (hwq.files.h5io.content_digest of everything else)
+                             options (JSON: the target options it was compiled with)
     /network          QuantizedNetwork (generic dataclass encoding, hwq/files/h5io.py)
     /artifacts        target-specific arrays (datasets) and scalars (attributes)
     /report           attrs: target report as JSON
 
-Reading trusts nothing: the file is opened by ``h5io.open_h5`` (no links or storage outside
-it), the digest must match (a damaged file is refused), every network field is checked against
-its type and ``QuantizedNetwork.validate``, and the target checks its own artifacts on ``load``.
-Versions 1 and 2 carried no digest and are refused, naming the version.
+Reading trusts nothing: the digest must match before HDF5 parses a byte (a damaged file is
+refused), the file is opened by ``h5io.open_h5`` (no links or storage outside it), every
+network field is checked against its type and ``QuantizedNetwork.validate``, and the target
+checks its own artifacts on ``load``. Files without a digest (versions 1 and 2) are refused.
 """
 
 from __future__ import annotations
@@ -33,13 +33,11 @@ from hwq.version import __version__
 
 FORMAT, VERSION = "hwq-compiled", 3
 READABLE = (3,)
-UNDIGESTED = (1, 2)  # older versions: no content digest, refused by name
-DIGEST = "sha256"
 PARTS = ("artifacts", "network", "report")
 
 
 def save_program(path: str | Path, program: Program, command: str = "") -> None:
-    with h5io.atomic_h5(path) as f:
+    with h5io.sealed_h5(path) as f:
         f.attrs.update(format=FORMAT, version=VERSION, hwq_version=__version__,
                        target=program.target, created_by=command,
                        options=json.dumps(program.options, sort_keys=True))
@@ -51,7 +49,6 @@ def save_program(path: str | Path, program: Program, command: str = "") -> None:
             else:
                 art.attrs[key] = value
         f.create_group("report").attrs["json"] = json.dumps(program.report, default=str)
-        f.attrs[DIGEST] = h5io.content_digest(f, skip=(DIGEST,))
 
 
 @dataclass(frozen=True)
@@ -94,21 +91,17 @@ def read_stored(path: str | Path) -> StoredProgram:
     ``FileFormatError`` line naming the file (``load_program`` then lets the target check its
     artifacts)."""
     not_compiled(path)
-    with h5io.open_checked(path, FORMAT, UNDIGESTED + READABLE) as f:
+    if not Path(path).exists():
+        raise FileFormatError(f"{path}: no such file")
+    if not h5io.check_seal(path):
+        raise FileFormatError(f"{path}: no content digest, so damage to it cannot be detected ({FORMAT} files "
+                              f"before version {VERSION} carried none)",
+                              hint=f"recompile the model; this hwq reads version {VERSION}")
+    with h5io.open_checked(path, FORMAT, READABLE) as f:
         return h5io.guarded(path, lambda: _read(path, f))
 
 
 def _read(path, f) -> StoredProgram:
-    version = int(f.attrs["version"])
-    if version in UNDIGESTED:
-        raise FileFormatError(f"{path}: {FORMAT} version {version} has no content digest, so damage to it "
-                              "cannot be detected", hint=f"recompile the model; this hwq reads version {VERSION}")
-    digest = h5io.plain(f.attrs.get(DIGEST))
-    if not isinstance(digest, str):
-        raise FileFormatError(f"{path}: the file has no content digest ({DIGEST} attribute)")
-    if h5io.content_digest(f, skip=(DIGEST,)) != digest:
-        raise FileFormatError(f"{path}: damaged file: its contents do not match the {DIGEST} digest "
-                              "it was written with", hint="recompile the model or restore the file")
     if sorted(f) != sorted(PARTS) or not all(isinstance(f[k], h5io.h5py.Group) for k in PARTS):
         raise FileFormatError(f"{path}: a compiled model holds the groups {', '.join(PARTS)}, found {sorted(f)}")
     attrs = {k: h5io.plain(f.attrs.get(k, "")) for k in ("target", "created_by", "hwq_version")}
