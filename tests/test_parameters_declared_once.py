@@ -188,3 +188,19 @@ def test_a_sweep_spec_with_a_bad_training_value_is_refused_when_read():
         SweepSpec.from_json(text.replace('"epochs": 5', '"epochs": 0'))
     with pytest.raises(UsageError, match="--steps must be an integer"):
         SweepSpec.from_json(text.replace('"attack": {', '"attack": {"steps": "many", '))
+
+
+LEGACY = {  # every spelling these commands had before their options were generated (users' scripts)
+    "attack": "--norm --steps --restarts --rel-stepsize --abs-stepsize --random-start --no-random-start --queries "
+              "--p-init --attack-seed --target-classes --temperature --diagnostics --no-diagnostics",
+    "sweep": "--epochs --patience --batch-size --lr --hidden --init --gain --scheme --norm --attacks --attack --steps "
+             "--restarts --rel-stepsize --no-random-start --queries --p-init --attack-seed --target-classes "
+             "--temperature --no-diagnostics",
+    "train": "--data --activation --bits --scheme --hidden --gain --epochs --patience --batch-size --lr --init --seed "
+             "--output -o --json",
+}
+
+
+@pytest.mark.parametrize("command", sorted(LEGACY))
+def test_every_old_spelling_still_works(command):
+    assert set(LEGACY[command].split()) <= option_names(command)
