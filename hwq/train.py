@@ -433,7 +433,7 @@ def _onnx_hidden_nodes(activation: str, gain: float) -> tuple[list, list]:
         consts.append(numpy_helper.from_array(np.array(gain, np.float32), "gain"))
         nodes.append(helper.make_node("Mul", ["pre", "gain"], ["z"], name="gain"))
         z = "z"
-    if activation == "step":
+    if activations.kind(activation) is activations.STEP:
         consts.append(numpy_helper.from_array(np.array(0, np.float32), "zero"))
         nodes += [
             helper.make_node("Greater", [z, "zero"], ["spike"], name="step"),

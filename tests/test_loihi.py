@@ -5,13 +5,16 @@ The Lava comparisons are in test_loihi_lava.py; the network builders here serve 
 
 from __future__ import annotations
 
+import functools
 import json
+import types
 
+import numba as nb
 import numpy as np
 import pytest
 from builders import random_mlp
 from hwq_targets.common import avx2, vnni
-from hwq_targets.loihi import Limits, LoihiTarget
+from hwq_targets.loihi import Limits, LoihiTarget, kernels
 from hwq_targets.loihi.emulator import Emulator
 from hwq_targets.loihi.spec import run_spec
 from hwq_targets.loihi.synapses import lava_effective, shift, split_digits, synapse_sets
@@ -34,6 +37,55 @@ LOIHI = LoihiTarget()
 
 
 from factories import big_bias_net, codes, make_layer, make_net, onnx_net, random_net, weights  # noqa: F401,E402
+
+
+# ---------------------------------------------------------------- deliberately wrong kernels
+@nb.njit(inline="always")
+def truncating_shift(v, k):
+    return -((-v) >> k) if v < 0 else v >> k
+
+
+@nb.njit(inline="always")
+def no_wrap(u):
+    return u
+
+
+@nb.njit(inline="always")
+def fires_at_threshold(v, theta):
+    return v >= theta
+
+
+# one arithmetic rule of kernels.py swapped: shifts toward zero, firing on v >= theta, no 24-bit wrap
+WRONG_RULES = {"trunc": {"floor_shift": truncating_shift}, "ge": {"crosses": fires_at_threshold},
+               "nowrap": {"wrap_current": no_wrap}}
+KERNEL_CHAIN = ("shifted", "add_shifted", "fire", "fused", "vnni_blocks", "avx2_blocks")  # callees first
+
+
+def rejit(dispatcher, swap: dict):
+    """``dispatcher``'s own Python source compiled again with the globals in ``swap`` replaced."""
+    f = dispatcher.py_func
+    new = types.FunctionType(f.__code__, {**f.__globals__, **swap}, f.__name__, f.__defaults__, f.__closure__)
+    return nb.njit(**{k: v for k, v in dispatcher.targetoptions.items() if k not in ("cache", "nopython")})(new)
+
+
+@functools.cache
+def wrong_kernels(rule: str) -> dict:
+    """The emulator's kernels (``KERNEL_CHAIN``) rebuilt on one wrong rule (``WRONG_RULES``)."""
+    swap = dict(WRONG_RULES[rule])
+    for name in KERNEL_CHAIN:
+        swap[name] = rejit(getattr(kernels, name), swap)
+    return {name: swap[name] for name in KERNEL_CHAIN}
+
+
+def run_wrong(mapping, rule: str, x) -> np.ndarray:
+    """Scores of an emulator whose kernels break ``rule``, injected from outside the production
+    code. ``trunc`` runs on the BLAS path only: its sums may leave the input ranges that the 8-
+    and 16-bit containers of the VNNI/AVX2 paths are sized by."""
+    options = {"use_vnni": False, "use_avx2": False} if rule == "trunc" else {}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, kernel in wrong_kernels(rule).items():
+            patch.setattr(kernels, name, kernel)
+        return Emulator(mapping, **options).run(x)
 
 
 # ---------------------------------------------------------------- synapse groups
@@ -114,17 +166,17 @@ def wrap_net():
     return make_net([l1, l2])
 
 
-@pytest.mark.parametrize("variant, net, shifts", [
+@pytest.mark.parametrize("rule, net, shifts", [
     ("ge", equality_net(), None),
     ("nowrap", wrap_net(), [0, 0]),
     ("trunc", random_net(np.random.default_rng(5), 8, [6], ["relu"], 127), None),
 ])
-def test_spec_catches_wrong_emulators(variant, net, shifts):
+def test_spec_catches_wrong_emulators(rule, net, shifts):
     x = codes(np.random.default_rng(0), net, 64)
     right = LOIHI.compile(net, shifts=shifts)
-    wrong = LOIHI.compile(net, shifts=shifts, variant=variant)
     assert right.forward(x).tolist() == run_spec(right.mapping, x).tolist()
-    assert wrong.forward(x).tolist() != run_spec(right.mapping, x).tolist()
+    assert run_wrong(right.mapping, rule, x).tolist() != run_spec(right.mapping, x).tolist()
+    assert right.forward(x).tolist() == run_spec(right.mapping, x).tolist()  # the injection left nothing behind
 
 
 # ---------------------------------------------------------------- mapping and semantics
@@ -493,11 +545,6 @@ def test_emulator_without_vnni_host(monkeypatch):
         Emulator(program.mapping, use_avx2=True)
 
 
-def test_trunc_variant_never_uses_vnni():
-    net = random_net(np.random.default_rng(5), 8, [6], ["relu"], 127)
-    assert not any(c.vnni or c.avx2 for c in LOIHI.compile(net, variant="trunc").emulator.layers)
-
-
 def sign_split_net(rng, act="step"):
     """4-bit mixed weights on 16-bit inputs: the 24-bit state needs a sum shift of 8, one below
     what a mixed-sign group's weight_exp can reach."""
@@ -533,3 +580,19 @@ def test_limits_refuse_weight_widths_the_mapping_cannot_split():
     with pytest.raises(UsageError, match="weight_bits=7 is not supported"):
         Limits(weight_bits=7)
     assert Limits().weight_bits == 8
+
+
+def test_limits_refuse_an_act_shift_lava_does_not_have():
+    """Lava's LIF shifts its input by 6 (``act_shift``, ``vth_shift``) whatever a table says; the
+    mapping, the emulator's kernels and the spec all read that one definition. Another
+    ``act_shift`` is refused in one line instead of a mapping whose thresholds and offsets are
+    placed for 7 while the emulator, the spec and Lava compute with 6."""
+    with pytest.raises(UsageError, match="act_shift=7 is not supported") as info:
+        Limits(act_shift=7)
+    assert "\n" not in str(info.value)
+    net = equality_net()
+    x = codes(np.random.default_rng(0), net, 64)
+    program = LOIHI.compile(net, limits=Limits(act_shift=6))
+    lm = program.mapping.layers[0]
+    assert lm.theta == lm.vth << Limits().act_shift
+    assert program.forward(x).tolist() == run_spec(program.mapping, x).tolist()

@@ -16,10 +16,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hwq_targets.loihi import Limits, LoihiProgram
+from hwq_targets.loihi import Limits
 from hwq_targets.loihi.lava_device import device_for, lava_python
 from hwq_targets.loihi.lavanet import run_lava
-from test_loihi import LOIHI, big_bias_net, codes, equality_net, onnx_net, random_net, sign_split_net, wrap_net
+from test_loihi import (
+    LOIHI,
+    big_bias_net,
+    codes,
+    equality_net,
+    onnx_net,
+    random_net,
+    run_wrong,
+    sign_split_net,
+    wrap_net,
+)
 
 from hwq.errors import TargetError
 from hwq.quant.reference import quantize_input
@@ -142,8 +152,7 @@ def test_sweep_covers_the_hard_cases(sweep):
 @pytest.mark.parametrize("variant", ["trunc", "ge", "nowrap"])
 def test_lava_catches_wrong_emulator(sweep, variant):
     differ = [name for name, p, x, s in sweep
-              if LoihiProgram(p.net, p.mapping, p.limits, variant=variant).forward(x).tolist()
-              != s.tolist()]
+              if run_wrong(p.mapping, variant, x).tolist() != s.tolist()]
     assert differ, f"variant {variant} was not caught"
 
 

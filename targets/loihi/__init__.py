@@ -40,19 +40,19 @@ class LoihiTarget:
                "emulator", str, BACKENDS),
         Option("shifts", "per-layer right shifts, e.g. 3,auto (default: automatic)", None, parse_shifts),
     )
-    API_ONLY = ("limits", "variant")  # Python objects / test switches, not CLI text
+    API_ONLY = ("limits",)  # Python objects, not CLI text
     exports = {"netx": Export("netx", (".net", ".h5"), write_netx,
                               "lava-dl netx HDF5 (lava.lib.dl.netx.hdf5.Network; step networks at shift 0)")}
 
     def compile(self, net: QuantizedNetwork, backend: str = "emulator", *, shifts=None,
-                limits: Limits | None = None, variant: str = "exact", **unknown: Any
+                limits: Limits | None = None, **unknown: Any
                 ) -> LoihiProgram:
         """Map ``net`` onto Loihi. ``shifts`` forces per-layer right shifts (None entries:
-        automatic); ``limits`` overrides the hardware figures; ``variant`` is for tests only."""
+        automatic); ``limits`` overrides the hardware figures."""
         check_options(NAME, self.options, unknown, self.API_ONLY)
         limits = limits or LOIHI
         mapping = map_network(net, limits, shifts)
-        return LoihiProgram(net, mapping, limits, check_backend(backend), variant)
+        return LoihiProgram(net, mapping, limits, check_backend(backend))
 
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], backend: str | None = None,
              **options: Any) -> LoihiProgram:

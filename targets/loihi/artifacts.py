@@ -23,7 +23,7 @@ from hwq.quant.bounds import MAX_SHIFT
 from hwq.quant.qnet import QuantizedNetwork, short
 
 from .limits import LOIHI, Limits
-from .mapping import KINDS, LayerMap, Mapping, int32_ok, next_input
+from .mapping import NEURON_MODELS, LayerMap, Mapping, int32_ok, next_input
 from .synapses import SynapseSet, lava_effective, round_weights, sign_mode
 
 MODES = ("mixed", "excitatory", "inhibitory")
@@ -98,7 +98,7 @@ def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
         sets.append(SynapseSet(_array(art, q + "digits", shape), _int(art, q + "exp"),
                                _text(art, q + "mode", MODES), _int(art, q + "scale")))
     n = (shape[0],)
-    return LayerMap(_text(art, p + "kind", tuple(sorted(set(KINDS.values())))), tuple(sets),
+    return LayerMap(_text(art, p + "kind", tuple(sorted(set(NEURON_MODELS.values())))), tuple(sets),
                     _array(art, p + "bias_mant", n), _array(art, p + "bias_exp", n), _int(art, p + "vth"),
                     _array(art, p + "unit", n, "f"), _int(art, p + "in_bits"),
                     (_int(art, p + "in_lo"), _int(art, p + "in_hi")), _int(art, p + "shift"),
@@ -174,7 +174,7 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
             return FileFormatError(f"loihi artifacts, layer {i}: {what}",
                                    hint="recompile the model with --target loihi")
 
-        if lm.kind != KINDS.get(layer.activation):
+        if lm.kind != NEURON_MODELS.get(layer.activation):
             raise bad(f"neuron kind {short(lm.kind)} does not run a {layer.activation} layer")
         if not 0 <= lm.shift <= MAX_SHIFT or not 0 <= lm.weight_round <= MAX_WEIGHT_ROUND:
             raise bad(f"shift {lm.shift} or weight rounding {lm.weight_round} out of range")

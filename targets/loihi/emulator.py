@@ -40,9 +40,9 @@ from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 from ..common import avx2, products, vnni
 from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
 from . import kernels
+from .limits import ACT_SHIFT
 from .mapping import LayerMap, Mapping
 
-KINDS = {"lif": 0, "relu": 1, "identity": 2}
 NONE = np.empty((0, 0), np.int64)
 NO_BYTES = np.zeros((0, 2), np.uint8)
 CHUNK_ROWS = 32768
@@ -61,7 +61,7 @@ def widen(layers: tuple[LayerMap, ...], lo: int, hi: int) -> list[LayerMap]:
     for i, lm in enumerate(layers):
         peak = max(abs(lo), abs(hi))
         top = sum(row_sum_bound(s.digits) * peak * 2 ** max(s.exp, 0) for s in lm.sets)
-        if top + max(abs(int(v)) for v in lm.bias.tolist()) >= INT64_LIMIT // 64:
+        if top + max(abs(int(v)) for v in lm.bias.tolist()) >= INT64_LIMIT >> ACT_SHIFT:
             raise DataError(f"loihi: layer {i} cannot sum codes up to {peak} exactly in int64",
                             hint="give codes inside the input format")
         lm = dataclasses.replace(lm, in_range=(lo, hi))
@@ -74,35 +74,30 @@ def widen(layers: tuple[LayerMap, ...], lo: int, hi: int) -> list[LayerMap]:
     return out
 
 
-def vnni_planes(lm: LayerMap, variant: int) -> int:
+def vnni_planes(lm: LayerMap) -> int:
     """How many byte planes ``vpdpbusd`` needs for ``lm`` exactly: 1 (8-bit inputs,
-    ``vnni.fits`` for every group), 2 (16-bit inputs, ``vnni.fits_planes``), or 0 (no VNNI).
-    Never for the ``trunc`` test variant, whose sums may leave the ranges the containers are
-    sized by."""
+    ``vnni.fits`` for every group), 2 (16-bit inputs, ``vnni.fits_planes``), or 0 (no VNNI)."""
     lo, hi = lm.in_range
-    if variant == kernels.VARIANTS["trunc"]:
-        return 0
     if all(vnni.fits(s.digits, lo, hi) for s in lm.sets):
         return 1
     return 2 if all(vnni.fits_planes(s.digits, lo, hi) for s in lm.sets) else 0
 
 
-def avx2_fits(lm: LayerMap, variant: int) -> bool:
-    """Whether the AVX2 int16 product runs every group of ``lm`` exactly (``avx2.fits``); never
-    for the ``trunc`` test variant (see ``vnni_planes``)."""
-    return variant != kernels.VARIANTS["trunc"] and all(avx2.fits(s.digits, *lm.in_range) for s in lm.sets)
+def avx2_fits(lm: LayerMap) -> bool:
+    """Whether the AVX2 int16 product runs every group of ``lm`` exactly (``avx2.fits``)."""
+    return all(avx2.fits(s.digits, *lm.in_range) for s in lm.sets)
 
 
 class CompiledLayer:
-    def __init__(self, lm: LayerMap, variant: int, use_vnni: bool = False, use_avx2: bool = False):
-        self.lm, self.variant = lm, variant
+    def __init__(self, lm: LayerMap, use_vnni: bool = False, use_avx2: bool = False):
+        self.lm = lm
         self.dtype = product_dtype(lm)
         self.exps = [s.exp for s in lm.sets]
-        self.kind = KINDS[lm.kind]
+        self.kind = kernels.NEURON_CODES[lm.kind]
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)
-        self.planes = vnni_planes(lm, variant) if use_vnni else 0
+        self.planes = vnni_planes(lm) if use_vnni else 0
         self.vnni = self.planes > 0
-        self.avx2 = not self.vnni and use_avx2 and avx2_fits(lm, variant)
+        self.avx2 = not self.vnni and use_avx2 and avx2_fits(lm)
         if self.vnni or self.avx2:
             if self.avx2:
                 self.offset = avx2.input_offset(*lm.in_range)
@@ -135,7 +130,7 @@ class CompiledLayer:
         """``a = sum_s shift(h @ D_s.T, E_s)`` (int64) over the first ``groups`` groups."""
         a = np.zeros((len(h), self.lm.n_out), np.int64)
         for g in range(len(self.w_t) if groups is None else groups):
-            kernels.add_shifted(self.product(h, g), self.exps[g], self.variant, a)
+            kernels.add_shifted(self.product(h, g), self.exps[g], a)
         return a
 
     def __call__(self, h, out_dtype, pres=None) -> np.ndarray | None:
@@ -153,7 +148,7 @@ class CompiledLayer:
             last = len(self.w_t) - 1
             y, e = self.product(h, last), self.exps[last]
             rest = self.inputs(h, last) if last else NONE
-        kernels.fused(y, e, rest, self.kind, self.bias, self.lm.theta, self.variant, out)
+        kernels.fused(y, e, rest, self.kind, self.bias, self.lm.theta, out)
         return out
 
     def _blocks(self, h, out_dtype, pres) -> np.ndarray | None:
@@ -166,12 +161,12 @@ class CompiledLayer:
         lo, hi = self.lm.in_range
         if self.avx2:
             bad = vnni.run_blocks(kernels.avx2_blocks, n, h, lo, hi, self.offset, self.wpk, self.corr,
-                                  self.exp_arr, self.kind, self.bias, self.lm.theta, self.variant, a, out)
+                                  self.exp_arr, self.kind, self.bias, self.lm.theta, a, out)
         else:
             hb, flip = (vnni.byte_view(h, lo, hi) if self.planes == 2 else None) or (NO_BYTES, 0)
             bad = vnni.run_blocks(kernels.vnni_blocks, n, h, hb, np.uint8(flip), self.planes, lo, hi,
                                   self.offset, self.wpk, self.corr, self.exp_arr, self.kind, self.bias,
-                                  self.lm.theta, self.variant, a, out)
+                                  self.lm.theta, a, out)
         if bad:
             return None
         if pres is not None:
@@ -186,16 +181,12 @@ class Emulator:
     never, True requires a VNNI CPU; ``use_avx2`` likewise for the AVX2 int16 product (layers
     no VNNI product runs). Both False: float BLAS / int64 only (the pre-VNNI emulator)."""
 
-    def __init__(self, mapping: Mapping, variant: str = "exact", use_vnni: bool | None = None,
-                 use_avx2: bool | None = None):
-        if variant not in kernels.VARIANTS:
-            raise ValueError(f"unknown emulator variant {variant!r}")
+    def __init__(self, mapping: Mapping, use_vnni: bool | None = None, use_avx2: bool | None = None):
         if use_vnni and not vnni.available():
             raise ValueError("use_vnni=True needs a CPU with AVX-512 VNNI (and Numba's JIT)")
         if use_avx2 and not avx2.available():
             raise ValueError("use_avx2=True needs a CPU with AVX2 (and Numba's JIT)")
         self.mapping = mapping
-        self.variant = kernels.VARIANTS[variant]
         self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
         self.use_avx2 = avx2.available() if use_avx2 is None else bool(use_avx2)
         self.layers = self._plan(self.mapping.layers, self.use_vnni, self.use_avx2)
@@ -203,7 +194,7 @@ class Emulator:
             lambda lo, hi: self._plan(widen(self.mapping.layers, lo, hi), False, False))
 
     def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
-        return [CompiledLayer(lm, self.variant, use_vnni, use_avx2) for lm in layers]
+        return [CompiledLayer(lm, use_vnni, use_avx2) for lm in layers]
 
     def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
         """The plan for codes outside the input format: proven for the range that arrived."""

@@ -1,9 +1,10 @@
 """Numba kernels of the Loihi emulator: the per-sample closed form of what the Lava process
 graph computes (see ``spec.py`` for the step-by-step version and docs/loihi.md).
 
-``variant`` selects a deliberately wrong arithmetic that only the tests use, to show that the
-Lava comparison catches it: 1 = right shifts truncate toward zero instead of flooring,
-2 = the LIF fires on ``v >= theta``, 3 = the LIF current does not wrap at 24 bits.
+The arithmetic rules live in three small inlined functions (``floor_shift``, ``wrap_current``,
+``crosses``) that every kernel reaches through ``shifted`` and ``fire``; the tests build
+deliberately wrong kernels by re-compiling these with one rule swapped (tests/test_loihi.py,
+``wrong_kernels``) and show that the spec and Lava catch each.
 
 ``vnni_blocks`` runs a whole layer on AVX-512 VNNI where its groups and inputs fit 8 bits. It
 reuses the shared exact int8 product (``targets/common/vnni.py``: block packing, the
@@ -18,14 +19,35 @@ import numba as nb
 import numpy as np
 
 from ..common import avx2, vnni
+from .limits import ACT_SHIFT, STATE_MAX, STATE_WRAP
 
-VARIANTS = {"exact": 0, "trunc": 1, "ge": 2, "nowrap": 3}
-U_WRAP = 2**23
-V_MAX = 2**23 - 1
+NEURON_CODES = {"lif": 0, "relu": 1, "identity": 2}  # Loihi neuron model -> the ``kind`` argument of the kernels
+
+
+@nb.njit(cache=True, inline="always")
+def floor_shift(v, k):
+    """``floor(v / 2^k)`` for ``k > 0``: Loihi's right shift."""
+    return v >> k
+
+
+@nb.njit(cache=True, inline="always")
+def wrap_current(u):
+    """The LIF current ``u`` wrapped into ``(-2^23, 2^23]`` (24-bit state)."""
+    if u > STATE_WRAP:
+        return u - 2 * STATE_WRAP
+    if u <= -STATE_WRAP:
+        return u + 2 * STATE_WRAP
+    return u
+
+
+@nb.njit(cache=True, inline="always")
+def crosses(v, theta):
+    """Whether the LIF voltage ``v`` fires at threshold ``theta``."""
+    return v > theta
 
 
 @nb.njit(cache=True)
-def add_shifted(y, e, variant, a):
+def add_shifted(y, e, a):
     """``a += shift(y, e)`` elementwise: ``y * 2^e``, or ``floor(y / 2^-e)`` for ``e < 0``.
     Serial loops with the exponent fixed per call vectorize well; they are memory-bound,
     so threads buy nothing next to the BLAS products."""
@@ -35,53 +57,41 @@ def add_shifted(y, e, variant, a):
         for i in range(n_rows):
             for j in range(n):
                 a[i, j] += np.int64(y[i, j]) * m
-    elif variant == 1:
-        k = -e
-        for i in range(n_rows):
-            for j in range(n):
-                v = np.int64(y[i, j])
-                a[i, j] += -((-v) >> k) if v < 0 else v >> k
     else:
         k = -e
         for i in range(n_rows):
             for j in range(n):
-                a[i, j] += np.int64(y[i, j]) >> k
+                a[i, j] += floor_shift(np.int64(y[i, j]), k)
 
 
 @nb.njit(cache=True, inline="always")
-def shifted(v, e, variant):
+def shifted(v, e):
+    """``v * 2^e``, or ``floor(v / 2^-e)`` for ``e < 0``."""
     if e >= 0:
         return v << e
-    if variant == 1 and v < 0:
-        return -((-v) >> -e)
-    return v >> -e
+    return floor_shift(v, -e)
 
 
 @nb.njit(cache=True, inline="always")
-def fire(a, b, theta, variant):
-    u = a << 6
-    if variant != 3:
-        if u > U_WRAP:
-            u -= 2 * U_WRAP
-        elif u <= -U_WRAP:
-            u += 2 * U_WRAP
-    v = min(max(u + b, -V_MAX), V_MAX)
-    return 1 if (v >= theta if variant == 2 else v > theta) else 0
+def fire(a, b, theta):
+    """The LIFReset neuron: ``v = sat(wrap(a * 2^6) + b)``, a spike iff ``v > theta``."""
+    v = min(max(wrap_current(a << ACT_SHIFT) + b, -STATE_MAX), STATE_MAX)
+    return 1 if crosses(v, theta) else 0
 
 
 @nb.njit(cache=True)
-def fused(y, e, rest, kind, bias, theta, variant, out):
+def fused(y, e, rest, kind, bias, theta, out):
     """One layer's outputs straight from its last group's product ``y``: ``a = shift(y, e)``
     plus ``rest`` (the other groups' sum, or an empty array), then the neuron."""
     n_rows, n = y.shape
     more = rest.shape[0] > 0
     for i in range(n_rows):
         for j in range(n):
-            a = shifted(np.int64(y[i, j]), e, variant)
+            a = shifted(np.int64(y[i, j]), e)
             if more:
                 a += rest[i, j]
             if kind == 0:
-                out[i, j] = fire(a, bias[j], theta, variant)
+                out[i, j] = fire(a, bias[j], theta)
             elif kind == 1:
                 out[i, j] = max(a + bias[j], 0)
             else:
@@ -89,8 +99,7 @@ def fused(y, e, rest, kind, bias, theta, variant, out):
 
 
 @nb.njit(cache=True, nogil=True)
-def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, kind, bias, theta, variant,
-                a_out, out):
+def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, kind, bias, theta, a_out, out):
     """The blocks of one layer that this thread claims (``vnni.run_blocks``): pack the codes
     ``h`` (+ ``offset``) into u8 once (``planes`` 1), or as two byte planes (``planes`` 2:
     16-bit codes, ``vnni.split_planes`` from the byte view ``hb`` when it has rows, else
@@ -133,7 +142,7 @@ def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, k
                     p = np.int64(c[r, j])
                     if planes == 2:
                         p += np.int64(c_hi[r, j]) << 8
-                    y = shifted(p + corr[g, j], e, variant)
+                    y = shifted(p + corr[g, j], e)
                     s[r, j] = y if first else s[r, j] + y
         for r in range(rows):
             if keep:
@@ -141,7 +150,7 @@ def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, k
                     a_out[i0 + r, j] = s[r, j]
             if kind == 0:
                 for j in range(m):
-                    out[i0 + r, j] = fire(s[r, j], bias[j], theta, variant)
+                    out[i0 + r, j] = fire(s[r, j], bias[j], theta)
             elif kind == 1:
                 for j in range(m):
                     out[i0 + r, j] = max(s[r, j] + bias[j], 0)
@@ -151,7 +160,7 @@ def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, k
 
 
 @nb.njit(cache=True, nogil=True)
-def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, variant, a_out, out):
+def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, a_out, out):
     """``vnni_blocks`` on the AVX2 int16 product: the codes ``h`` + ``offset`` packed into int16
     once (``avx2.pack_rows``), per group ``g`` ``y = avx2.product(codes, wpk[g]) + corr[g]``
     (the exact ``D_g @ h``), ``a += shift(y, exps[g])``, then ``a`` into ``a_out`` (0 rows:
@@ -178,7 +187,7 @@ def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, 
             first = g == 0
             for r in range(rows):
                 for j in range(m):
-                    y = shifted(np.int64(c[r, j]) + corr[g, j], e, variant)
+                    y = shifted(np.int64(c[r, j]) + corr[g, j], e)
                     s[r, j] = y if first else s[r, j] + y
         for r in range(rows):
             if keep:
@@ -186,7 +195,7 @@ def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, 
                     a_out[i0 + r, j] = s[r, j]
             if kind == 0:
                 for j in range(m):
-                    out[i0 + r, j] = fire(s[r, j], bias[j], theta, variant)
+                    out[i0 + r, j] = fire(s[r, j], bias[j], theta)
             elif kind == 1:
                 for j in range(m):
                     out[i0 + r, j] = max(s[r, j] + bias[j], 0)

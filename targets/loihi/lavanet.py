@@ -23,6 +23,7 @@ import numpy as np
 
 from hwq.errors import TargetError
 
+from .limits import LOIHI
 from .mapping import LayerMap, Mapping
 
 RUNTIME = "lava.magma.runtime.message_infrastructure.multiprocessing"
@@ -88,7 +89,7 @@ def sigma_delta_layer(L, lm: LayerMap, groups, hidden: bool):
     neuron = L["SigmaDelta"](shape=n, vth=0, bias=lm.bias_mant, spike_exp=int(lm.bias_exp[0]),
                              act_mode=mode)
     relay = L["GradedVec"](shape=n, vth=0)
-    cancel = L["Dense"](weights=-np.eye(lm.n_out, dtype=np.int32), num_message_bits=24,
+    cancel = L["Dense"](weights=-np.eye(lm.n_out, dtype=np.int32), num_message_bits=LOIHI.message_bits,
                         sign_mode=L["SignMode"].INHIBITORY)
     for d in groups:
         d.a_out.connect([neuron.a_in, relay.a_in])

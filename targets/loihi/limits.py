@@ -13,13 +13,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# Loihi's registers as Lava's bit-accurate models hard-code them (one definition each; the
+# mapping, the emulator's kernels, the step-by-step spec and the netx export all read these).
+STATE_BITS = 24  # LIF u, v and SigmaDelta sigma, act
+STATE_WRAP = 2 ** (STATE_BITS - 1)  # the LIF current u wraps into (-2^23, 2^23]
+STATE_MAX = 2 ** (STATE_BITS - 1) - 1  # the LIF voltage v saturates at +-(2^23 - 1)
+ACT_SHIFT = 6  # LIF: synaptic input enters u as a * 2^6; the threshold is vth * 2^6 (Lava's act_shift, vth_shift)
+
 
 @dataclass(frozen=True)
 class Limits:
     weight_bits: int = 8  # mixed sign: even values in [-256, 254]; one sign: |w| <= 255
     weight_exp: tuple[int, int] = (-8, 7)  # per synapse group (Dense process)
-    state_bits: int = 24  # LIF u, v and SigmaDelta sigma, act on the chip
-    act_shift: int = 6  # LIF: synaptic input enters u as a * 2^6; threshold is vth * 2^6
+    state_bits: int = STATE_BITS  # the state budget the mapping keeps sums inside (at most STATE_BITS)
+    act_shift: int = ACT_SHIFT  # fixed: Lava's LIF hard-codes it (refused otherwise)
     lif_bias_mant_bits: int = 13  # signed
     lif_bias_exp: tuple[int, int] = (0, 7)
     lif_vth_bits: int = 17  # unsigned
@@ -31,20 +38,23 @@ class Limits:
     cores_per_chip: int = 128
 
     def __post_init__(self):
-        if self.weight_bits != 8:  # the digit split (synapses.py) and Lava's Dense are 8-bit
-            from hwq.errors import UsageError
+        from hwq.errors import UsageError
 
+        if self.act_shift != ACT_SHIFT:  # Lava's LIF shifts by 6 whatever the table says
+            raise UsageError(f"loihi limits: act_shift={self.act_shift} is not supported",
+                             hint=f"Loihi's LIF (and Lava's bit-accurate model) shifts its input by {ACT_SHIFT}")
+        if self.weight_bits != 8:  # the digit split (synapses.py) and Lava's Dense are 8-bit
             raise UsageError(f"loihi limits: weight_bits={self.weight_bits} is not supported",
                              hint="Loihi's synapses are 8-bit (the mapping splits wider codes into 8-bit digit groups)")
 
     @property
     def state_max(self) -> int:
-        """Largest magnitude a 24-bit state holds without wrapping or saturating."""
+        """Largest magnitude a ``state_bits`` state holds without wrapping or saturating."""
         return 2 ** (self.state_bits - 1) - 1
 
     @property
     def lif_input_max(self) -> int:
-        """Largest |a| whose ``a * 2^6`` fits the LIF current u without wrapping."""
+        """Largest |a| whose ``a * 2^act_shift`` fits the LIF current u without wrapping."""
         return 2 ** (self.state_bits - 1 - self.act_shift) - 1
 
     def looser_than(self, hardware: Limits) -> list[str]:
@@ -74,5 +84,5 @@ class Limits:
 LOIHI = Limits()
 
 # Lava's CPU models compute in int32 without checks: the mapping keeps every value below these.
-INT32_SAFE_LIF = 2**24  # |a|: a << 6 and u + b stay exact
+INT32_SAFE_LIF = 2 ** (30 - ACT_SHIFT)  # |a| = 2^24: a << 6 and u + b stay exact
 INT32_SAFE_SD = 2**30  # |a|, |a + B| and the Dense sums: a_t - a_(t-1) stays exact

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwq.errors import LimitError, TargetError
+from hwq.ir import activations
 from hwq.quant.qnet import QLayer, QuantizedNetwork
 
-from .limits import INT32_SAFE_LIF, INT32_SAFE_SD, Limits
+from .limits import ACT_SHIFT, INT32_SAFE_LIF, INT32_SAFE_SD, Limits
 from .synapses import SynapseSet, round_weights, shift, synapse_sets
 
-KINDS = {"step": "lif", "relu": "relu", "identity": "identity"}
-MAX_SHIFT = 40
+NEURON_MODELS = {"step": "lif", "relu": "relu", "identity": "identity"}  # hwq activation -> Loihi neuron model
+MAX_SUM_SHIFT = 40  # the largest right shift r the mapping tries for one layer's sums
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,7 +61,7 @@ class LayerMap:
 
     @property
     def theta(self) -> int:
-        return self.vth << 6
+        return self.vth << ACT_SHIFT
 
     def effective_codes(self) -> np.ndarray:
         """The weight codes Loihi multiplies by, in units of the network's codes:
@@ -103,14 +104,14 @@ def round_half_up(x) -> np.ndarray:
 
 
 def kind_of(layer: QLayer, index: int) -> str:
-    if layer.activation == "sigmoid":
+    if layer.activation_kind is activations.SIGMOID:
         raise TargetError(
             f"layer {index} uses a sigmoid activation, and Loihi has no sigmoid neuron model",
             hint="retrain with step or ReLU activations, or use the 'sim' target",
         )
-    if layer.activation not in KINDS:
+    if layer.activation not in NEURON_MODELS:
         raise TargetError(f"layer {index}: activation '{layer.activation}' cannot be mapped")
-    return KINDS[layer.activation]
+    return NEURON_MODELS[layer.activation]
 
 
 def fit_sets(w: np.ndarray, r: int, limits: Limits) -> tuple[list[SynapseSet], int] | None:
@@ -189,8 +190,8 @@ class LayerPlan:
         top = int(np.maximum(np.abs(a_lo), np.abs(a_hi)).max(initial=0))
         if top <= self.limits.lif_input_max:  # no wrap: decisions depend on c only in range
             on, off = c >= 1 - a_lo, c <= -a_hi
-            lo = np.where(on, 1 - a_lo, np.where(off, -BIG, c))
-            hi = np.where(off, -a_hi, np.where(on, BIG, c))
+            lo = np.where(on, 1 - a_lo, np.where(off, -OPEN_END, c))
+            hi = np.where(off, -a_hi, np.where(on, OPEN_END, c))
         mant, exp, vth, err, clipped = lif_offsets(c, lo, hi, self.limits)
         self.inexact = bool((err > 0).any())
         if clipped.any():
@@ -229,21 +230,21 @@ class LayerPlan:
         return mant, np.full(len(b), e, np.int64), 0
 
 
-BIG = 2**62  # an open end of a tolerance interval
+OPEN_END = 2**62  # an open end of a tolerance interval
 
 
 def lif_encodings(limits: Limits) -> list[tuple[int, int, int, int]]:
     """``(step, t_min, t_max, bias_exp)`` per usable bias exponent, finest step first: the
     offsets ``t = b / 2^6`` (units of ``a``) that ``b = bias_mant * 2^bias_exp`` realises."""
-    a6 = limits.act_shift
+    act_shift = limits.act_shift
     mmax = 2 ** (limits.lif_bias_mant_bits - 1)
     best: dict[int, tuple[int, int, int, int]] = {}
     for e in range(limits.lif_bias_exp[0], limits.lif_bias_exp[1] + 1):
-        if e >= a6:
-            step = 2 ** (e - a6)
+        if e >= act_shift:
+            step = 2 ** (e - act_shift)
             enc = (step, -mmax * step, (mmax - 1) * step, e)
         else:
-            enc = (1, -(mmax >> (a6 - e)), (mmax - 1) >> (a6 - e), e)
+            enc = (1, -(mmax >> (act_shift - e)), (mmax - 1) >> (act_shift - e), e)
         if enc[0] not in best or enc[2] - enc[1] > best[enc[0]][2] - best[enc[0]][1]:
             best[enc[0]] = enc
     return [best[k] for k in sorted(best)]
@@ -274,11 +275,11 @@ def lif_offsets(c, lo, hi, limits: Limits):
         vth = int(min(max(0, int((u0 - np.minimum(hi, c)).max(initial=0))), vmax))
     tl, th = lo + vth, hi + vth
     goal = np.clip(np.clip(c + vth, f0, f1), tl, th)
-    best_err = np.full(len(c), BIG, np.int64)
-    best_d = np.full(len(c), BIG, np.int64)
+    best_err = np.full(len(c), OPEN_END, np.int64)
+    best_d = np.full(len(c), OPEN_END, np.int64)
     mant = np.zeros(len(c), np.int64)
     exp = np.zeros(len(c), np.int64)
-    a6 = limits.act_shift
+    act_shift = limits.act_shift
     for step, t_min, t_max, e in encs:
         for m in (np.floor_divide(goal, step), -np.floor_divide(-goal, step)):
             m = np.clip(m, t_min // step, t_max // step)
@@ -286,10 +287,10 @@ def lif_offsets(c, lo, hi, limits: Limits):
             err = np.maximum(np.maximum(tl - t, t - th), 0)
             d = np.abs(t - goal)
             better = (err < best_err) | ((err == best_err) & (d < best_d))
-            raw = m if e >= a6 else m << (a6 - e)
+            raw = m if e >= act_shift else m << (act_shift - e)
             mant, exp = np.where(better, raw, mant), np.where(better, e, exp)
             best_err, best_d = np.where(better, err, best_err), np.where(better, d, best_d)
-    realised = -np.floor(vth - (mant << exp) / 64.0).astype(np.int64)
+    realised = -np.floor(vth - (mant << exp) / 2.0**act_shift).astype(np.int64)
     err = np.maximum(np.maximum(lo - realised, realised - hi), 0)
     clipped = (err > 0) & ((th < u0) | (tl > u1))
     return mant.astype(np.int64), exp.astype(np.int64), int(vth), err, clipped
@@ -308,7 +309,7 @@ def plan_layer(plan: LayerPlan, forced: int | None, start: int | None = None) ->
         return lm
     r0 = plan.requested_shift() if start is None else start
     first = None
-    for r in range(r0, MAX_SHIFT):
+    for r in range(r0, MAX_SUM_SHIFT):
         lm = plan.build(r)
         if lm is None or not plan.fits(lm):
             continue
@@ -318,7 +319,7 @@ def plan_layer(plan: LayerPlan, forced: int | None, start: int | None = None) ->
             break
     else:
         if first is None:
-            raise LimitError(f"layer {plan.index}: no shift up to {MAX_SHIFT} fits Loihi's limits")
+            raise LimitError(f"layer {plan.index}: no shift up to {MAX_SUM_SHIFT} fits Loihi's limits")
         lm, plan.notes = first
     r_state = first[0].shift
     if r_state > r0 and start is None:

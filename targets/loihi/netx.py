@@ -39,12 +39,13 @@ import numpy as np
 from hwq.errors import TargetError
 from hwq.files.h5io import atomic_h5
 
+from .limits import ACT_SHIFT, LOIHI, STATE_MAX
 from .mapping import LayerMap, Mapping
 
 FORMAT, VERSION = "hwq-netx", 1
-BIAS_MANT = 2**12  # Lava LIF bias_mant: 13 bits signed
-OUTPUT_VTH = 2**17 - 1  # the largest vThMant: v = 64 (a + B) stays below vth * 2^6 < 2^23
-STATE = 2**23 - 1
+BIAS_MANT = 2 ** (LOIHI.lif_bias_mant_bits - 1)  # Lava LIF bias_mant: 13 bits signed
+BIAS_EXP = 6  # netx writes every CUBA bias at bias_exp 6
+OUTPUT_VTH = 2**LOIHI.lif_vth_bits - 1  # the largest vThMant: v = 64 (a + B) stays below vth * 2^6 < 2^23
 
 
 def write_netx(program, path: str | Path) -> None:
@@ -86,18 +87,19 @@ def netx_layers(mapping: Mapping) -> list[dict]:
         weight = effective_weight(lm, i)
         if lm.kind == "lif":
             bias, vth = lm.bias, lm.vth
-            if np.any(bias % 64):
-                raise TargetError(f"layer {i}: LIF bias is not a multiple of 2^6 (netx fixes bias_exp = 6)")
-            bias = bias // 64
+            if np.any(bias % 2**BIAS_EXP):
+                raise TargetError(f"layer {i}: LIF bias is not a multiple of 2^{BIAS_EXP} "
+                                  f"(netx fixes bias_exp = {BIAS_EXP})")
+            bias = bias >> BIAS_EXP
         else:  # output: v = 64 (a + B), read as v // 64
             bias, vth = lm.bias, OUTPUT_VTH
             lo, hi = lm.input_bounds()
             peak = int(np.max(np.abs(np.concatenate([lo, hi, lo + bias, hi + bias]))))
-            if 64 * peak > STATE:
+            if peak << ACT_SHIFT > STATE_MAX:
                 raise TargetError(f"layer {i}: output sums up to {peak} exceed the LIF's 24-bit state "
                                   "(v = 64 (a + B))")
         if np.any((bias < -BIAS_MANT) | (bias >= BIAS_MANT)):
-            raise TargetError(f"layer {i}: bias beyond netx's 13-bit bias_mant at bias_exp = 6")
+            raise TargetError(f"layer {i}: bias beyond netx's 13-bit bias_mant at bias_exp = {BIAS_EXP}")
         out.append({"weight": weight, "bias": np.asarray(bias, np.int64), "iDecay": 4096, "vDecay": 0,
                     "vThMant": int(vth), "refDelay": 1})
     return out

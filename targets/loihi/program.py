@@ -11,7 +11,7 @@ from hwq.target.protocol import refuse_outside_format
 
 from .artifacts import to_artifacts
 from .emulator import Emulator
-from .limits import Limits
+from .limits import ACT_SHIFT, Limits
 from .mapping import LayerMap, Mapping
 from .report import build_report
 
@@ -22,7 +22,7 @@ BACKENDS = ("emulator", "lava")
 def offset(lm: LayerMap) -> np.ndarray:
     """What the neuron adds to ``a`` before its decision, in units of ``a``."""
     if lm.kind == "lif":
-        return (lm.bias - lm.theta) / 64.0
+        return (lm.bias - lm.theta) / 2.0**ACT_SHIFT
     return lm.bias.astype(np.float64)
 
 
@@ -33,9 +33,9 @@ class LoihiProgram:
     target = NAME
 
     def __init__(self, net: QuantizedNetwork, mapping: Mapping, limits: Limits,
-                 backend: str = "emulator", variant: str = "exact"):
+                 backend: str = "emulator"):
         self.net, self.mapping, self.limits, self.backend = net, mapping, limits, backend
-        self.emulator = Emulator(mapping, variant)
+        self.emulator = Emulator(mapping)
         self.report = build_report(net, mapping, limits, backend)
         self.artifacts = to_artifacts(mapping, limits, backend)
         self.options = {"backend": backend}

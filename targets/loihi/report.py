@@ -8,20 +8,22 @@ import math
 from hwq.errors import LimitError
 from hwq.quant.qnet import QuantizedNetwork
 
-from .limits import Limits
+from .limits import LOIHI, STATE_BITS, Limits
 from .mapping import LayerMap, Mapping
 
-WEIGHT_BITS = 8
-STATE_BITS = {"lif": 2 * 24 + 13 + 3, "sigma_delta": 4 * 24 + 16, "relay": 24, "sigma": 24}
+WEIGHT_BITS = LOIHI.weight_bits
+# per neuron: LIF u, v, bias mantissa and a 3-bit bias exponent; SigmaDelta's four states and bias
+NEURON_STATE_BITS = {"lif": 2 * STATE_BITS + LOIHI.lif_bias_mant_bits + 3,
+                     "sigma_delta": 4 * STATE_BITS + LOIHI.sd_bias_bits, "relay": STATE_BITS, "sigma": STATE_BITS}
 
 
 def neurons(lm: LayerMap, hidden: bool) -> dict:
     """Neurons of the layer: main ones, and the relay / Sigma helpers of a SigmaDelta layer."""
     n = lm.n_out
     if lm.kind == "lif":
-        return {"main": n, "helpers": 0, "state_bits": n * STATE_BITS["lif"]}
+        return {"main": n, "helpers": 0, "state_bits": n * NEURON_STATE_BITS["lif"]}
     helpers = n + (n if hidden else 0)
-    bits = n * (STATE_BITS["sigma_delta"] + STATE_BITS["relay"] + hidden * STATE_BITS["sigma"])
+    bits = n * (NEURON_STATE_BITS["sigma_delta"] + NEURON_STATE_BITS["relay"] + hidden * NEURON_STATE_BITS["sigma"])
     return {"main": n, "helpers": helpers, "state_bits": bits}
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .limits import ACT_SHIFT, STATE_MAX, STATE_WRAP
 from .mapping import LayerMap, Mapping
 from .synapses import lava_effective, shift
-
-U_WRAP, V_MAX = 2**23, 2**23 - 1
 
 
 class DenseSpec:
@@ -39,9 +38,9 @@ class LifResetSpec:
         self.b, self.theta = lm.bias, lm.theta
 
     def step(self, a) -> np.ndarray:
-        u = a << 6
-        u = np.where(u > U_WRAP, u - 2 * U_WRAP, np.where(u <= -U_WRAP, u + 2 * U_WRAP, u))
-        v = np.clip(u + self.b, -V_MAX, V_MAX)
+        u = a << ACT_SHIFT
+        u = np.where(u > STATE_WRAP, u - 2 * STATE_WRAP, np.where(u <= -STATE_WRAP, u + 2 * STATE_WRAP, u))
+        v = np.clip(u + self.b, -STATE_MAX, STATE_MAX)
         return (v > self.theta).astype(np.int64)
 
 
