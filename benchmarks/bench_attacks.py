@@ -31,7 +31,17 @@ is its median wall over hwq's (> 1: the one-thread limit pays).
 ``precision``: the float32 sign-only surrogate (hwq's default for l-inf steps) against float64
 on the same run: gradient components whose sign differs, and decisions that differ.
 Square: ``Square(queries=1000)`` on 200 inputs x 3 strengths, integer-model queries per
-second.
+second, medians of the repeats on both paths below.
+
+Both paths in the same run (issue 16): ``hwq`` is sim as this CPU plans it (VNNI where the CPU
+has AVX-512 VNNI); ``hwq no-vnni`` is sim compiled with ``vnni=False`` (what ``HWQ_VNNI=0`` or a
+CPU without VNNI plans: the AVX2 int16 product, ``targets/common/avx2.py``), in the same
+rotation. Both must decide every (input, eps) identically (checked). The lines
+``pgd_vs_torch_no_vnni`` and ``square_no_vnni_vs_vnni`` (no-vnni queries/s over the other
+path's) report it; ``phases`` splits each path's hwq wall (medians) into the integer passes
+(``accumulators``/``forward``), the gradient products (``grad_at``) and the rest (step kernel,
+projection, indexing, judging). On a VNNI machine only sim's products change: the gradient
+products, the step kernel and the baselines still use the CPU's AVX-512.
 APGD: ``APGD(steps=100)`` (APGD-CE, l-inf) on the same network and inputs at 5 strengths
 (0.002..0.01) against torchattacks' ``APGD`` (a port of the reference implementation) on the
 float model (``apgd_torch.py``, in the torch Python, which then needs torchattacks), in
@@ -158,11 +168,13 @@ def main():
     x = rng.uniform(0, 1, (args.inputs, 784))
     net = hwq.quantize(graph, 4, calibration=x, bounds=(0, 1), scheme="uniform", act_bits=16, input_bits=16)
     program = hwq.compile(net, "sim")
+    no_vnni = hwq.compile(net, "sim", vnni=False)  # the products a CPU without VNNI plans
     y = reference.predict(net, x)
     eps = np.linspace(0, 0.1, 11)
     steps, rel = 40, 0.01 / 0.3
     method = PGD(steps=steps, random_start=False)
-    hwq.attack(program, x[:50], y[:50], eps, method=method, bounds=(0, 1), diagnostics=False)  # JIT warm-up
+    for p in (program, no_vnni):  # JIT warm-up
+        hwq.attack(p, x[:50], y[:50], eps, method=method, bounds=(0, 1), diagnostics=False)
     layers = [graph.layers()[0][0], graph.layers()[1][0]]
     floats = (layers[0].weight, layers[0].bias, layers[1].weight, layers[1].bias)
     with tempfile.TemporaryDirectory() as folder:
@@ -171,15 +183,20 @@ def main():
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
               f"{args.inputs} inputs x {len(eps)} eps, {steps} steps; {args.repeats} repeats, order turning; "
               f"torch {worker.info['torch']} ({worker.info['threads']} threads, {python})")
-        accuracy, counted = {}, {}
+        print(f"sim products: {program.report['products']} (this CPU's plan), no-vnni "
+              f"{no_vnni.report['products']}")
+        accuracy, counted, phases = {}, {}, {"hwq": [], "hwq no-vnni": []}
 
-        def run_hwq():
-            counter = Counting(program)
+        def run_hwq(name="hwq", compiled=program):
+            counter = Counting(compiled)
+            gradient = TimedGradient(counter)
             t = time.perf_counter()
-            counted["result"] = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
-                                           gradient=hwq.api.default_gradient(counter))
+            counted[name] = hwq.attack(counter, x, y, eps, method=method, bounds=(0, 1), diagnostics=False,
+                                       gradient=gradient)
+            wall = time.perf_counter() - t
             counted["counter"] = counter
-            return time.perf_counter() - t
+            phases[name].append((counter.seconds, gradient.seconds, wall - counter.seconds - gradient.seconds))
+            return wall
 
         def run_variant(variant):
             with variant():
@@ -196,7 +213,8 @@ def main():
             accuracy["jax"] = 1 - broken.mean(axis=1)
             return wall
 
-        runners = {"hwq": run_hwq, **{name: (lambda v=v: run_variant(v)) for name, v in VARIANTS.items()},
+        runners = {"hwq": run_hwq, "hwq no-vnni": lambda: run_hwq("hwq no-vnni", no_vnni),
+                   **{name: (lambda v=v: run_variant(v)) for name, v in VARIANTS.items()},
                    "plain": lambda: run_torch("plain"), "careful": lambda: run_torch("careful")}
         if jax_run is not None:
             runners["jax"] = run_jax
@@ -205,7 +223,9 @@ def main():
         for repeat in range(args.repeats):  # the order turns by one each repeat: every runner
             for name in order[repeat % len(order):] + order[:repeat % len(order)]:  # follows each other
                 walls[name].append(runners[name]())
-        r, counter = counted["result"], counted["counter"]
+        r, counter = counted["hwq"], counted["counter"]
+        if not np.array_equal(r.predictions, counted["hwq no-vnni"].predictions):
+            sys.exit("bench_attacks: sim with and without VNNI decided differently")
         rowsteps = counter.rows - args.inputs  # integer passes after the clean one = steps judged
         worker.close()
     median = {k: float(np.median(v)) for k, v in walls.items() if v}
@@ -219,16 +239,17 @@ def main():
             print(f"{name} (float model): {median[key]:.2f} s (runs {listed(walls[key])}), {base_rows} row-steps "
                   f"({base_rows / median[key]:,.0f} /s), accuracy at eps 0.01, 0.1: "
                   f"{accuracy[key][1]:.3f}, {accuracy[key][-1]:.3f}")
+    print(f"hwq pgd no-vnni (sim, integer model): {median['hwq no-vnni']:.2f} s (runs "
+          f"{listed(walls['hwq no-vnni'])}), {rowsteps} row-steps ({rowsteps / median['hwq no-vnni']:,.0f} /s), "
+          f"the same decisions")
+    for name, split in phases.items():
+        passes, grads, rest = np.median(np.array(split), axis=0)
+        print(f"phases, {name} (medians): integer passes {passes:.3f} s, gradient products {grads:.3f} s, "
+              f"rest (step, projection, indexing) {rest:.3f} s")
     for name in VARIANTS:
         print(f"hwq pgd, {name}: {median[name]:.2f} s (runs {listed(walls[name])})")
     precision(program, x, y, eps, method, r)
-    sq_x, sq_y = x[:200], y[:200]
-    counter = Counting(program)
-    t = time.perf_counter()
-    hwq.attack(counter, sq_x, sq_y, [0.02, 0.05, 0.1], method=Square(queries=1000), bounds=(0, 1),
-               diagnostics=False)
-    wall = time.perf_counter() - t
-    print(f"square: {counter.rows} queries in {wall:.2f} s: {counter.rows / wall:,.0f} queries/s")
+    square = square_both(program, no_vnni, x[:200], y[:200], args.repeats)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     for name in VARIANTS:  # > 1: the choice pays
         print(f"{name.lower().replace(' ', '_')}_slowdown={median[name] / median['hwq']:.2f}")
@@ -237,6 +258,8 @@ def main():
     if "jax" in median:
         print(f"pgd_vs_jax={throughput / (base_rows / median['jax']):.2f}")
     print(f"pgd_vs_torch_careful={throughput / (base_rows / median['careful']):.2f}")
+    print(f"square_no_vnni_vs_vnni={square:.2f}")
+    print(f"pgd_vs_torch_no_vnni={rowsteps / median['hwq no-vnni'] / (base_rows / median['plain']):.2f}")
     print(f"pgd_vs_torch={throughput / (base_rows / median['plain']):.2f}")
     if not args.no_apgd:
         apgd_vs_torch(program, x, y, floats, args.repeats, python)
@@ -277,6 +300,28 @@ def apgd_vs_torch(program, x, y, floats, repeats, python):
           f"row-steps ({torch_rows / torch_wall:,.0f} /s), accuracy per eps {listed(torch_acc)}")
     print(f"apgd_wall_vs_torch={torch_wall / hwq_wall:.2f}")
     print(f"apgd_vs_torch={(rows / hwq_wall) / (torch_rows / torch_wall):.2f}")
+
+
+def square_both(program, no_vnni, x, y, repeats) -> float:
+    """Square (1000 queries, 3 strengths) on both sim paths, alternating, ``repeats`` times each;
+    prints queries/s (medians) and returns no-vnni's rate over the CPU's own path's."""
+    hwq.attack(no_vnni, x[:20], y[:20], [0.05], method=Square(queries=20), bounds=(0, 1), diagnostics=False)
+    rates, outcomes = {"sim": [], "no-vnni": []}, {}
+    for repeat in range(repeats):
+        pairs = [("sim", program), ("no-vnni", no_vnni)]
+        for name, compiled in pairs if repeat % 2 == 0 else pairs[::-1]:
+            counter = Counting(compiled)
+            t = time.perf_counter()
+            outcomes[name] = hwq.attack(counter, x, y, [0.02, 0.05, 0.1], method=Square(queries=1000),
+                                        bounds=(0, 1), diagnostics=False).predictions
+            rates[name].append(counter.rows / (time.perf_counter() - t))
+    if not np.array_equal(outcomes["sim"], outcomes["no-vnni"]):
+        sys.exit("bench_attacks: Square decided differently with and without VNNI")
+    rate = {k: float(np.median(v)) for k, v in rates.items()}
+    for name in rates:
+        print(f"square {name}: {counter.rows} queries per run, {rate[name]:,.0f} queries/s (median; runs "
+              f"{', '.join(f'{v:,.0f}' for v in rates[name])})")
+    return rate["no-vnni"] / rate["sim"]
 
 
 @contextlib.contextmanager
@@ -340,22 +385,43 @@ class SignCheck(SurrogateGradient):
         return loss, g
 
 
+class TimedGradient(SurrogateGradient):
+    """The default surrogate (``default_gradient``), timing its products (``grad_at``)."""
+
+    def __init__(self, program):
+        super().__init__(gradients.reference_for(program))
+        self.seconds = 0.0
+
+    def grad_at(self, zs, y, sign_only=False, loss=None):
+        t = time.perf_counter()
+        out = super().grad_at(zs, y, sign_only, loss)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
 class Counting:
     """The program, counting the points it is asked to judge (``forward`` and the fused
-    ``accumulators`` pass) and the extra trace rows (``trace``)."""
+    ``accumulators`` pass) and the extra trace rows (``trace``), and timing those passes."""
 
     def __init__(self, program):
         self.inner, self.net, self.target = program, program.net, program.target
         self.rows = self.traces = 0
+        self.seconds = 0.0
         self.artifacts, self.report = {}, {}
 
     def forward(self, x_q):
         self.rows += len(x_q)
-        return self.inner.forward(x_q)
+        t = time.perf_counter()
+        out = self.inner.forward(x_q)
+        self.seconds += time.perf_counter() - t
+        return out
 
     def accumulators(self, x_q):
         self.rows += len(x_q)
-        return self.inner.accumulators(x_q)
+        t = time.perf_counter()
+        out = self.inner.accumulators(x_q)
+        self.seconds += time.perf_counter() - t
+        return out
 
     def trace(self, x_q):
         self.traces += len(x_q)
