@@ -161,7 +161,7 @@ def pow2_rows(a: np.ndarray) -> np.ndarray:
 
 def relu_top(layer) -> float | None:
     """The real pre-activation where an integer ReLU reaches its largest code ``2^A - 1``."""
-    if layer.activation != "relu" or not layer.act_bits:
+    if layer.activation_kind is not activations.RELU or not layer.act_bits:
         return None
     return (2**layer.act_bits - 1) * layer.out_scale
 

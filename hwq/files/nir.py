@@ -31,6 +31,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import FileFormatError, HwqError, UsageError
 from hwq.files.atomic import atomic_path
+from hwq.ir import activations
 from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings, Requant
 from hwq.version import __version__
 
@@ -51,7 +52,7 @@ def to_nir(net: QuantizedNetwork):
     """The NIR graph of ``net`` (nodes, edges, metadata)."""
     import nir
 
-    nodes = {"input": nir.Input(input_type={"input": np.array([net.n_features])})}
+    nodes = {"input": nir.Input(input_type={"input": np.array(net.input_shape)})}
     last = "input"
 
     def add(name, node):
@@ -66,15 +67,16 @@ def to_nir(net: QuantizedNetwork):
         bias = layer.acc_scale * layer.bias
         add(f"layer{i}", nir.Affine(weight=weight, bias=bias, metadata={"hwq": layer_metadata(layer)}))
         n = layer.weight.shape[0]
-        if layer.activation in ("step", "sign"):
+        kind = layer.activation_kind
+        if kind.binary:
             add(f"layer{i}.threshold", nir.Threshold(threshold=np.zeros(n)))
-        if layer.activation == "sign":
+        if kind is activations.SIGN:
             s = next_in_scale(net, i)
             add(f"layer{i}.sign", nir.Affine(weight=2 * s * np.eye(n), bias=np.full(n, -s)))
-        elif layer.activation == "relu":
+        elif kind is activations.RELU:
             add(f"layer{i}.relu", nir.IF(r=np.ones(n), v_threshold=np.full(n, layer.out_scale),
                                           v_reset=np.zeros(n)))
-        elif layer.activation == "sigmoid":
+        elif kind is activations.SIGMOID:
             raise UsageError(f"layer {i}: NIR has no sigmoid primitive, so this network cannot be exported to NIR",
                              hint="export --format onnx, or train with step/relu/sign")
     add("output", nir.Output(output_type={"output": np.array([net.layers[-1].weight.shape[0]])}))
@@ -153,7 +155,7 @@ def from_nir(graph) -> QuantizedNetwork:
     nodes = []
     for layer in layers:
         nodes.append(ir.Affine(layer.real_weight, layer.bias * layer.in_scale * layer.weight_scale, layer.gain))
-        if layer.activation != "identity":
+        if not layer.activation_kind.passes_accumulator:
             nodes.append(ir.Activation(layer.activation))
     float_graph = ir.Graph((fmt_features(layers),), tuple(nodes),
                            ir.Output("sigmoid" if output == "sign" else "identity"))
@@ -187,9 +189,9 @@ def check_layer(node, layer: QLayer, i: int) -> None:
     if layer.weight.ndim != 2 or layer.bias.shape != (n_out,) or layer.weight_scale.shape != (n_out,):
         raise FileFormatError(f"layer {i}: weight {layer.weight.shape}, bias {layer.bias.shape} and "
                               f"weight_scale {layer.weight_scale.shape} do not fit")
-    if layer.activation not in ("identity", "step", "sign", "relu", "sigmoid"):
+    if layer.activation not in activations.KINDS:
         raise FileFormatError(f"layer {i}: unknown activation {layer.activation!r}")
-    if layer.activation in ("relu", "sigmoid") and layer.requant is None:
+    if layer.activation_kind.requantizes and layer.requant is None:
         raise FileFormatError(f"layer {i}: a {layer.activation} layer without its requantization")
     if layer.requant is not None and layer.requant.multiplier.shape != (n_out,):
         raise FileFormatError(f"layer {i}: requantization has {layer.requant.multiplier.shape} entries for {n_out}")

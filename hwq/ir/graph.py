@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwq.errors import InvalidModelError
+from hwq.ir import activations
 
 MAX_MAGNITUDE = 1e18  # |weight|, |bias|, gain of a float layer: beyond it scales overflow int64 requantization
 
@@ -104,6 +105,13 @@ class Quantizer:
         return f"{kind}{' narrow' if self.narrow else ''} x {self.scale:.4g}"
 
 
+def passes_accumulator(name: str) -> bool:
+    """Whether the activation named ``name`` passes its layer's accumulator on (identity);
+    False for an unknown name."""
+    kind = activations.KINDS.get(name)
+    return kind is not None and kind.passes_accumulator
+
+
 @dataclass(frozen=True)
 class Activation:
     """An elementwise hidden activation: ``relu``, ``sigmoid``, ``step`` (``[x > 0]``), ``sign``
@@ -156,14 +164,14 @@ class Graph:
             if isinstance(node, Affine):
                 pairs.append((node, "identity"))
             elif isinstance(node, Activation):
-                if not pairs or pairs[-1][1] != "identity":
+                if not pairs or not passes_accumulator(pairs[-1][1]):
                     raise InvalidModelError(
                         f"activation '{node.kind}' must follow a dense layer"
                     )
                 pairs[-1] = (pairs[-1][0], node.kind)
         if not pairs:
             raise InvalidModelError("the model has no dense (Gemm/MatMul) layer")
-        if pairs[-1][1] != "identity":
+        if not passes_accumulator(pairs[-1][1]):
             raise InvalidModelError(
                 f"the last dense layer is followed by '{pairs[-1][1]}'",
                 hint="hwq expects raw scores, Softmax or a single Sigmoid at the output",

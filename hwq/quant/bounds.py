@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwq.errors import InvalidModelError
+from hwq.quant.walk import walk_layers
 
 F32_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 F64_EXACT = 2**53
@@ -128,8 +129,6 @@ def check_layer(layer, index: int, lo: int, hi: int) -> int:
 def check_layers(layers, lo: int, hi: int, in_shape: tuple[int, ...] | None = None) -> list[int]:
     """``check_layer`` for every layer in order (``qnet.walk_layers``), the first receiving codes
     in ``[lo, hi]``; returns each layer's accumulator bound ``max_j B_j``."""
-    from hwq.quant.qnet import walk_layers
-
     if in_shape is None:
         in_shape = layers[0].in_shape if layers else ()
     return [check_layer(layer, i, a, b) for i, layer, _, (a, b) in walk_layers(layers, in_shape, lo, hi)]

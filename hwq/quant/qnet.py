@@ -16,6 +16,7 @@ from hwq import ir
 from hwq.errors import InvalidModelError
 from hwq.ir import activations, frozen_array
 from hwq.quant.bounds import MAX_SHIFT
+from hwq.quant.walk import walk, walk_layers  # noqa: F401 (re-exported: qnet.walk)
 
 SIGMOID_INDEX_BITS = 12  # sigmoid LUT index: z in [-8, 8) with step 2^-8
 LUT_SIZE = 2**SIGMOID_INDEX_BITS
@@ -341,21 +342,3 @@ class QuantizedNetwork:
     def n_classes(self) -> int:
         return 2 if self.output == "sign" else self.layers[-1].weight.shape[0]
 
-
-def walk_layers(layers, in_shape: tuple[int, ...], lo: int, hi: int):
-    """Yield ``(index, node, input shape, (lo, hi))`` for every node of ``layers`` in order, the first
-    receiving codes in ``[lo, hi]`` of shape ``in_shape``, each next one the previous node's
-    ``out_shape`` and ``out_range``. The one rule for "node i receives codes in [lo, hi]"."""
-    lo, hi, in_shape = int(lo), int(hi), tuple(in_shape)
-    for i, layer in enumerate(layers):
-        if i:  # the previous node's range, computed only where a node receives it
-            prev = layers[i - 1]
-            (lo, hi), in_shape = prev.out_range(lo, hi), prev.out_shape
-        yield i, layer, in_shape, (lo, hi)
-
-
-def walk(net: QuantizedNetwork, lo: int | None = None, hi: int | None = None):
-    """``walk_layers`` over ``net``, from its input shape and its input format's code range
-    (``lo``/``hi`` given: that range instead, e.g. widened to codes outside the format)."""
-    return walk_layers(net.layers, net.input_shape, net.input.qmin if lo is None else lo,
-                       net.input.qmax if hi is None else hi)

@@ -127,7 +127,8 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     quantizer from the file (QAT), if any."""
     # the output layer, and a hidden layer without activation (its accumulator feeds the next
     # layer directly), need one scale for the whole row vector
-    codes, w_scale, on_grid = weight_codes(affine, settings, last or act == "identity")
+    kind = activations.kind(act)
+    codes, w_scale, on_grid = weight_codes(affine, settings, last or kind.passes_accumulator)
     acc_unit = in_fmt_scale * w_scale
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         bias_codes = np.rint(affine.bias / acc_unit)
@@ -146,19 +147,19 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, in_max=in_max)
     z = affine.gain * (x_float @ (codes * w_scale[:, None]).T + bias * acc_unit)
     h = activations.forward(act, z)
-    if act == "step":
+    if kind is activations.STEP:
         return layer, reports, h, 1.0, 1
-    if act == "sign":  # +-1 codes; a bipolar quantizer's scale is the real value of +1
+    if kind is activations.SIGN:  # +-1 codes; a bipolar quantizer's scale is the real value of +1
         out = 1.0 if quant is None else quant.scale
         reports.append(TensorReport(f"{name}.sign", "+-1" + (f" x {out:.4g}" if out != 1 else ""), 0.0, 0,
                                     quant is not None))
         return layer, reports, h * out, out, 1
-    if act == "identity":  # the accumulator itself is the next layer's input
+    if kind.passes_accumulator:  # the accumulator itself is the next layer's input
         return layer, reports, h, float(layer.acc_scale[0]), layer.acc_bound
     act_bits, file_scale = act_format(act, quant, settings)
     levels = 2**act_bits - 1
     src = " (file)" if quant is not None else ""
-    if act == "relu":
+    if kind is activations.RELU:
         peak = float(np.max(h)) if h.size else 1.0
         out_scale = file_scale or (peak if peak > 0 else 1.0) / levels
         mbits = MULTIPLIER_BITS if quant is None else FILE_MULTIPLIER_BITS

@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 
 from hwq.errors import DataError, LimitError, TargetError, UsageError
+from hwq.ir import activations
 from hwq.quant import reference
 from hwq.quant.qnet import QuantizedNetwork
 from hwq.target.protocol import refuse_outside_format
@@ -60,7 +61,7 @@ class TrueNorthProgram:
         bias0 = None
         if enc == "binary":
             self.thr = int(opts["threshold"] or (self.q + 1) // 2)
-            if net.layers[0].activation != "step" or len(net.layers) < 2:
+            if net.layers[0].activation_kind is not activations.STEP or len(net.layers) < 2:
                 raise LimitError("encoding=binary needs a step first layer (its spike stands for the code "
                                  f"{self.q}: [W x + b > 0] becomes [W s + ceil(b / {self.q}) > 0])")
             bias0 = -((-np.asarray(net.layers[0].bias, np.int64)) // self.q)
