@@ -44,12 +44,11 @@ from hwq.quant.bounds import (
     row_sum_bound,
     u8s8_exact_on_every_cpu,
 )
-from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
+from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork
 from hwq.version import __version__
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.23 refuses onnx 1.23's default IR version 14
-LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 CONTAINERS = {  # ONNX type, numpy dtype, code range
     "uint8": (TensorProto.UINT8, np.uint8, 0, 255),
     "int8": (TensorProto.INT8, np.int8, -128, 127),
@@ -208,9 +207,9 @@ def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray,
         out = smallest_container(0, top)
         return Codes(b.op("Cast", [y], f"h{i + 1}", to=CONTAINERS[out][0]), out, 0, top)
     if kind is activations.SIGMOID:
-        k = clip(b, z, -LUT_HALF, LUT_HALF - 1, i)
+        k = clip(b, z, -SIGMOID_LUT_HALF, SIGMOID_LUT_HALF - 1, i)
         idx = b.op("Cast", [k], f"k{i}", to=TensorProto.INT64)
-        idx = b.op("Add", [idx, b.const(f"half{i}", np.int64(LUT_HALF))], f"idx{i}")
+        idx = b.op("Add", [idx, b.const(f"half{i}", np.int64(SIGMOID_LUT_HALF))], f"idx{i}")
         lo, hi = int(layer.lut.min()), int(layer.lut.max())
         out = smallest_container(lo, hi)
         lut = b.const(f"lut{i}", layer.lut.astype(CONTAINERS[out][1]))

@@ -20,6 +20,8 @@ from hwq.quant.walk import walk, walk_layers  # noqa: F401 (re-exported: qnet.wa
 
 SIGMOID_INDEX_BITS = 12  # sigmoid LUT index: z in [-8, 8) with step 2^-8
 LUT_SIZE = 2**SIGMOID_INDEX_BITS
+SIGMOID_LUT_HALF = LUT_SIZE // 2  # the LUT index of z = 0: index = clip(v, -H, H - 1) + H
+SIGMOID_STEP = 2.0**-8  # z per LUT index (the requantization's target scale)
 MAX_CODE_BITS = 16  # activation codes (quantize: 1..16 bits)
 MAX_INPUT_BITS = 32
 OUTPUT_RULES = ("argmax", "sign")

@@ -20,6 +20,8 @@ from hwq.ir import activations
 from hwq.quant.bounds import MAX_SHIFT, check_layers
 from hwq.quant.qnet import (
     SIGMOID_INDEX_BITS,
+    SIGMOID_LUT_HALF,
+    SIGMOID_STEP,
     InputFormat,
     QLayer,
     QuantizedNetwork,
@@ -170,13 +172,13 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
                                     int(np.sum(q > levels)), quant is not None))
         lut = None
     else:  # sigmoid: index z in [-8, 8) with step 2^-8, then a lookup table
-        half = 2 ** (SIGMOID_INDEX_BITS - 1)
-        rq = requant_for(layer.acc_scale / 2.0**-8, layer.acc_bound)
-        grid_z = (np.arange(2 * half) - half) * 2.0**-8
+        half = SIGMOID_LUT_HALF
+        rq = requant_for(layer.acc_scale / SIGMOID_STEP, layer.acc_bound)
+        grid_z = (np.arange(2 * half) - half) * SIGMOID_STEP
         out_scale = file_scale or 1.0 / levels
         lut = np.clip(np.rint(activations.sigmoid(grid_z) / out_scale), 0, levels).astype(np.int64)
         lut_format = f"LUT 2^{SIGMOID_INDEX_BITS} -> u{act_bits} x {out_scale:.4g}{src}"
-        index = np.clip(np.floor(z / 2.0**-8 + 0.5), -half, half - 1).astype(np.int64) + half
+        index = np.clip(np.floor(z / SIGMOID_STEP + 0.5), -half, half - 1).astype(np.int64) + half
         err = float(np.max(np.abs(lut[index] * out_scale - h), initial=0))  # measured on calibration
         reports.append(TensorReport(f"{name}.sigmoid", lut_format, err, 0, quant is not None))
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, act_bits, rq, lut, out_scale, in_max)

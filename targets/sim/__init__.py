@@ -34,7 +34,7 @@ import numpy as np
 
 from hwq.errors import InvalidModelError, TargetError
 from hwq.quant.bounds import MAX_SHIFT, check_layer, output_range, row_sum_bound
-from hwq.quant.qnet import SIGMOID_INDEX_BITS, QLayer, QuantizedNetwork
+from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork
 from hwq.quant.reference import decide
 from hwq.target.protocol import Option, check_options, parse_bool_or_auto
 
@@ -44,7 +44,6 @@ from ..common.products import DTYPES
 from . import kernels
 
 NAME = "sim"
-LUT_HALF = 2 ** (SIGMOID_INDEX_BITS - 1)
 EMPTY = np.zeros((0, 0), np.int64)
 
 
@@ -136,7 +135,7 @@ class CompiledLayer:
         acc = np.empty((n, m), np.int64) if want_acc else EMPTY
         out = np.empty((n, m), out_dtype) if want_out else EMPTY.astype(out_dtype)
         args = (self.base, self.mult, self.half, self.shift, self.mode, self.act_max, self.lut,
-                LUT_HALF, acc, out)
+                SIGMOID_LUT_HALF, acc, out)
         if self.path.startswith("vnni"):
             offset = offset_of(self.planes, self.lo, self.hi)
             if kernels.vnni_layer(h, self.lo, self.hi, offset, self.weights, *args, planes=self.planes):

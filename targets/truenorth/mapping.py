@@ -39,13 +39,13 @@ binary threshold (program.py). Each frame runs from the initial state.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hwq.errors import InvalidModelError, LimitError
-from hwq.ir import activations
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import QLayer, QuantizedNetwork
 
 from .core import AXONS, NEURONS, THRESHOLD_BITS, Core, Model, Neurons
 from .digits import DigitTable, table_for
@@ -131,6 +131,23 @@ class LayerPlan:
     bias_axons: list = field(default_factory=list)  # eedn: (draft, axons), one spike per frame
     out_max: int = 1  # largest spike count of one output unit per frame (relu: A)
     relu: dict = field(default_factory=dict)  # relu: per-unit m, a, h and the deviation
+
+
+@dataclass(frozen=True)
+class Builder:
+    """The cores under construction, shared by every layer's builder: core ids handed out in
+    order, the drafts, the output neurons ``(core id, neuron, unit, sign)`` and the ReLU policy."""
+
+    relu: str
+    ids: Iterator[int] = field(default_factory=lambda: iter(range(10**6)))
+    drafts: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+
+    def core(self, layer: int) -> Draft:
+        """A new empty core serving ``layer``."""
+        d = Draft(next(self.ids), layer)
+        self.drafts.append(d)
+        return d
 
 
 @dataclass
@@ -266,6 +283,22 @@ class LayerIn:
     single: bool
 
 
+@dataclass(frozen=True)
+class LayerJob:
+    """One layer to build: the network layer, its integer weights and bias (layer 0's as the
+    encoding sees them), its scheme, what it receives, its digit table and, per unit, the
+    ``(draft, axon)`` ports its outputs must reach (built last layer first)."""
+
+    index: int
+    layer: QLayer
+    w: np.ndarray
+    b: np.ndarray
+    kind: str
+    inp: LayerIn
+    table: DigitTable
+    dests: list
+
+
 def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, step: str, relu: str):
     """The scheme of every layer, in order, and what it receives."""
     kinds, ins = [], []
@@ -276,19 +309,19 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
         last = li == len(layers) - 1
         ins.append(inp)
         if last:
-            if not layer.activation_kind.passes_accumulator:
+            if layer.activation != "identity":
                 raise LimitError(f"the output layer has activation '{layer.activation}'; truenorth maps "
                                  "identity output layers (scores are spike counts)",
                                  hint="export the model without its final activation (argmax of the logits "
                                       "decides the same class)")
             kinds.append("count-output")
-        elif layer.activation_kind is activations.STEP:
+        elif layer.activation == "step":
             table = table_for(w)
             n_bias = int(eedn_bias(b)[0].max(initial=0))
             fits = w.shape[1] * table.k + n_bias <= AXONS
             kinds.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
             inp = LayerIn(1, True)
-        elif layer.activation_kind is activations.RELU:
+        elif layer.activation == "relu":
             if relu == "refuse":
                 raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it",
                                  hint="drop --option relu=refuse (relu=exact, the default) or use relu=rate")
@@ -330,32 +363,31 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
     if layer0_bias is not None:
         biases[0] = np.asarray(layer0_bias, np.int64)
     kinds, ins = plan_kinds(net, weights, biases, in_max, step, relu)
-    ids = iter(range(10**6))
-    drafts: list[Draft] = []
+    builder = Builder(relu)
     plans: list[LayerPlan] = []
     dests = None  # per unit of the layer being built: list of (draft, axon) it must reach
-    outputs, duplicated = [], 0
+    duplicated = 0
     for li in range(len(layers) - 1, -1, -1):
-        layer, w, b, kind, inp = layers[li], weights[li], biases[li], kinds[li], ins[li]
-        table = table_for(w)
-        if kind == "eedn-step":
-            plan = LayerPlan(li, kind, 1, 0, table)
-            in_ports = build_eedn(plan, w, b, table, dests, ids, drafts)
+        job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), dests)
+        if job.kind == "eedn-step":
+            plan = LayerPlan(li, job.kind, 1, 0, job.table)
+            in_ports = build_eedn(plan, job, builder)
             duplicated += sum(max(len(d) - 1, 0) for d in dests)
         else:
-            plan, in_ports, dup = build_count(li, layer, w, b, kind, inp, table, dests, ids, drafts, outputs, relu)
+            plan, in_ports, dup = build_count(job, builder)
             duplicated += dup
         plans.append(plan)
         dests = in_ports
     plans.reverse()
     gates, ticks = schedule(plans, in_max)
-    model = Model(tuple(d.freeze() for d in sorted(drafts, key=lambda d: d.id)))
+    model = Model(tuple(d.freeze() for d in sorted(builder.drafts, key=lambda d: d.id)))
     inputs = [[(d.id, a) for d, a in ports] for ports in dests]
-    return Mapping(model, plans, inputs, outputs, gates, in_max, ticks, duplicated)
+    return Mapping(model, plans, inputs, builder.outputs, gates, in_max, ticks, duplicated)
 
 
-def build_eedn(plan: LayerPlan, w, b, table: DigitTable, dests, ids, drafts) -> list:
+def build_eedn(plan: LayerPlan, job: LayerJob, builder: Builder) -> list:
     """One-tick step layer (spec 7a): units packed so that their copies fit 256 neurons."""
+    w, b, table, dests = job.w, job.b, job.table, job.dests
     m, n = w.shape
     c, wb, lam = eedn_bias(b)
     n_bias = int(c.max(initial=0))
@@ -375,8 +407,7 @@ def build_eedn(plan: LayerPlan, w, b, table: DigitTable, dests, ids, drafts) -> 
     for block in blocks:
         if not any(dests[u] for u in block):
             continue
-        d = Draft(next(ids), plan.index)
-        drafts.append(d)
+        d = builder.core(plan.index)
         plan.cores.append(d.id)
         used_inputs = [i for i in range(n) if np.any(w[block, i] != 0)]
         ports = {i: d.axons(table.types) for i in used_inputs}
@@ -395,25 +426,24 @@ def build_eedn(plan: LayerPlan, w, b, table: DigitTable, dests, ids, drafts) -> 
     return in_ports
 
 
-def build_count(li, layer, w, b, kind, inp: LayerIn, table, dests, ids, drafts, outputs, relu):
+def build_count(job: LayerJob, builder: Builder):
     """A count-domain layer (emitters, and accumulators for hidden layers)."""
+    li, w, b, table = job.index, job.w, job.b, job.table
     m, n = w.shape
-    last = kind == "count-output"
-    cmax = inp.cmax
-    groups, n_gate, bound = plan_groups(w, table, cmax, b if last else None, li)
+    last = job.kind == "count-output"
+    groups, n_gate, bound = plan_groups(w, table, job.inp.cmax, b if last else None, li)
     blocks = [np.arange(m)[s:s + NEURONS // 2] for s in range(0, m, NEURONS // 2)]
-    plan = LayerPlan(li, kind, len(groups), len(blocks), table, n_gate, bound)
+    plan = LayerPlan(li, job.kind, len(groups), len(blocks), table, n_gate, bound)
     h_axon, dup = {}, 0
     if not last:
-        h_axon = place_accumulators(plan, layer, w, b, cmax, groups, dests, ids, drafts, relu)
-        dup = sum(max(len(d) - 1, 0) for d in dests)
+        h_axon = place_accumulators(plan, job, groups, builder)
+        dup = sum(max(len(d) - 1, 0) for d in job.dests)
     k_e = GATE_W * n_gate
     in_ports = [[] for _ in range(n)]
     pad = [0] * (3 - len(table.values))
     for gi, grp in enumerate(groups):
         for block in blocks:
-            d = Draft(next(ids), li)
-            drafts.append(d)
+            d = builder.core(li)
             plan.cores.append(d.id)
             ports = {i: d.axons(table.types) for i in grp}
             for i in grp:
@@ -435,17 +465,18 @@ def build_count(li, layer, w, b, kind, inp: LayerIn, table, dests, ids, drafts, 
                         d.w[ports[i], j] = table.digits(int(w[u, i]))
                     d.w[gate, j] = True
                     if last:
-                        outputs.append((d.id, j, int(u), sign))
+                        builder.outputs.append((d.id, j, int(u), sign))
     return plan, in_ports, dup
 
 
-def place_accumulators(plan: LayerPlan, layer, w, b, cmax, groups, dests, ids, drafts, relu) -> dict:
+def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder) -> dict:
     """H cores for a hidden layer; returns (unit, group, sign) -> (draft, axon)."""
+    layer, w, b, cmax = job.layer, job.w, job.b, job.inp.cmax
     m = w.shape[0]
     pos = np.maximum(w, 0).sum(axis=1) * cmax
     neg = np.maximum(-w, 0).sum(axis=1) * cmax
     if plan.kind == "count-relu":
-        rp = relu_params(layer, b - neg, b + pos, relu == "rate", plan.index)
+        rp = relu_params(layer, b - neg, b + pos, builder.relu == "rate", plan.index)
         mm, aa, hh = rp["m"], rp["a"], rp["h"]
         A = 2**layer.act_bits - 1
         plan.exact = bool(rp["exact"].all())
@@ -474,10 +505,9 @@ def place_accumulators(plan: LayerPlan, layer, w, b, cmax, groups, dests, ids, d
     per_unit = 2 * len(groups)
     where, d, gate = {}, None, None
     for u in range(m):
-        copies = dests[u]
+        copies = job.dests[u]
         if d is None or d.axon + per_unit > AXONS or d.neuron + len(copies) > NEURONS:
-            d = Draft(next(ids), plan.index)
-            drafts.append(d)
+            d = builder.core(plan.index)
             plan.h_cores.append(d.id)
             gate = d.axons([2] * n_gh)
             plan.h_gate_axons.append((d, gate))

@@ -13,7 +13,7 @@ from hwq.quant.qnet import QuantizedNetwork
 from hwq.target.protocol import refuse_outside_format
 
 from . import prng
-from .core import AXONS
+from .core import AXONS, CHIP_CORES
 from .emulator import Drive, Emulator, EmulatorConfig
 from .mapping import Mapping, map_network
 from .modelfile import dumps_model
@@ -21,7 +21,6 @@ from .validate import validate
 
 NAME = "truenorth"
 CHUNK = 256
-CHIP_CORES = 4096
 INPUT_DRAW = 3  # prng purpose of the stochastic input code
 ENCODINGS = ("rate", "binary", "stochastic")
 DECODINGS = ("count", "vote")
