@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwq.errors import InvalidModelError, LimitError
+from hwq.ir import activations
 from hwq.quant.qnet import QLayer, QuantizedNetwork
 
 from .core import AXONS, NEURONS, THRESHOLD_BITS, Core, Model, Neurons
@@ -309,19 +310,19 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
         last = li == len(layers) - 1
         ins.append(inp)
         if last:
-            if layer.activation != "identity":
+            if not layer.activation_kind.passes_accumulator:
                 raise LimitError(f"the output layer has activation '{layer.activation}'; truenorth maps "
                                  "identity output layers (scores are spike counts)",
                                  hint="export the model without its final activation (argmax of the logits "
                                       "decides the same class)")
             kinds.append("count-output")
-        elif layer.activation == "step":
+        elif layer.activation_kind is activations.STEP:
             table = table_for(w)
             n_bias = int(eedn_bias(b)[0].max(initial=0))
             fits = w.shape[1] * table.k + n_bias <= AXONS
             kinds.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
             inp = LayerIn(1, True)
-        elif layer.activation == "relu":
+        elif layer.activation_kind is activations.RELU:
             if relu == "refuse":
                 raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it",
                                  hint="drop --option relu=refuse (relu=exact, the default) or use relu=rate")
