@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The masking study of issue 22 under AutoAttack (docs/reproduction.md, "Under AutoAttack (issue 22)").
 #
-# Four sweeps of weight-quantized MLPs (uniform levels, QAT, 16-bit activations and inputs, `sim`):
-#   digits and Fashion-MNIST, ReLU and step, bits 1,2,4,8,
+# Sweeps of weight-quantized MLPs (uniform levels, QAT, 16-bit activations and inputs, `sim`):
+#   digits (step, sigmoid, ReLU; bits 1..10) and Fashion-MNIST (bits 1,2,4,8; ReLU and step, sigmoid),
 #   (a) --attacks fgsm,pgd,autoattack          : FGSM vs PGD vs AutoAttack's worst case per bit width
 #   (b) --attacks fgsm,pgd,apgd-ce --temperature auto : the gradient attacks with the logit-temperature remedy
 # then one report per sweep and the figure docs/figures/autoattack_accuracy_vs_bits.png.
@@ -31,26 +31,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hwq.study.report import attack_arrays, blocks, read_sweep  # noqa: E402
+from hwq.study.report import attack_arrays, blocks, merge_sweeps  # noqa: E402
 
 out_dir, png = Path(sys.argv[1]), Path(sys.argv[2])
 STYLE = {"fgsm": ("FGSM", "C0", "-"), "pgd": ("PGD 40", "C1", "-"), "apgd-ce": ("APGD-CE", "C2", "-"),
-         "apgd-t": ("APGD-T", "C3", "-"), "apgd-dlr": ("APGD-DLR", "C4", "-"), "square": ("Square", "C5", "-"),
+         "apgd-t": ("APGD-T", "C3", "-"), "apgd-dlr": ("APGD-DLR", "C4", "-"), "square": ("Square 5000", "C5", "-"),
          "worst": ("AutoAttack worst case", "k", "-"),
          "fgsm T": ("FGSM T=auto", "C0", "--"), "pgd T": ("PGD T=auto", "C1", "--"),
          "apgd-ce T": ("APGD-CE T=auto", "C2", "--")}
-rows = []  # (data, activation, eps list, bits, {line: mean over seeds (B, K)}, n seeds)
-for data in ("digits", "fashion-mnist"):
-    short = "digits" if data == "digits" else "fm"
-    aa, tt = out_dir / f"{short}_aa.h5", out_dir / f"{short}_T.h5"
-    if not aa.exists():
+GROUPS = [  # (data, AutoAttack sweeps, T=auto sweeps): files of one grid that differ in their seeds are merged
+    ("digits", ["digits10_aa.h5"], ["digits10_T.h5"]),
+    ("digits", ["digits_aa.h5"], ["digits_T.h5"]),  # --quick
+    ("fashion-mnist", ["fm_aa.h5", "fm_s1_aa.h5"], ["fm_T.h5", "fm_s1_T.h5"]),
+    ("fashion-mnist", ["fm_sigmoid_aa.h5"], ["fm_sigmoid_T.h5"]),
+]
+rows = []  # (data, activation, eps, bits, {line: mean over seeds (B, K)}, seeds, clean (B,))
+done = set()
+for data, aa_files, t_files in GROUPS:
+    aa = [out_dir / f for f in aa_files if (out_dir / f).exists()]
+    tt = [out_dir / f for f in t_files if (out_dir / f).exists()]
+    if not aa or data in done and data == "digits":
         continue
-    sw = read_sweep(aa)
+    done.add(data)
+    sw = merge_sweeps(aa)
     b = blocks(sw)[0]
     arrs = {k: b.mean(v) for k, v in attack_arrays(sw, b).items()}
     arrs["worst"] = b.mean()
-    if tt.exists():
-        swt = read_sweep(tt)
+    if tt:
+        swt = merge_sweeps(tt)
         bt = blocks(swt)[0]
         assert list(bt.activations) == list(b.activations) and list(bt.bits) == list(b.bits)
         for k, v in attack_arrays(swt, bt).items():
@@ -109,24 +117,31 @@ if [ "$QUICK" = "--quick" ]; then
   exit 0
 fi
 
-# Reductions fixed before the runs (2 cores shared with other jobs, ~30 min): ReLU and step only,
-# bits 1,2,4,8; digits 2 seeds, all 360 test digits, eps 0/0.05/0.1; Fashion-MNIST 1 seed, the
-# first 1,000 test images,
-# eps 0/0.025/0.05/0.1, training capped at 15 epochs (patience 5). No diagnostics (the
-# unbounded check and the remedy reruns); AutoAttack's members at their defaults.
-DIG=(--data digits --activations relu,step --bits 1,2,4,8 --seeds 2 --eps 0,0.05,0.1 --workers 1 --no-diagnostics)
-FM=(--data fashion-mnist --activations relu,step --bits 1,2,4,8 --seeds 1 --eps 0,0.025,0.05,0.1
-    --limit 1000 --epochs 15 --patience 5 --workers 1 --no-diagnostics)
+# Reductions fixed before the runs (2 cores shared with other jobs, ~40 min): digits: 2 seeds,
+# all 360 test digits, eps 0/0.05/0.1; Fashion-MNIST: bits 1,2,4,8, the first 1,000 test
+# images, eps 0/0.025/0.05/0.1, training capped at 15 epochs (patience 5), 2 seeds (0, 1) for
+# ReLU and step, 1 seed (0) for sigmoid. No diagnostics (the unbounded check and the remedy
+# reruns); AutoAttack's members at their defaults (APGD 100 steps, 1 restart, Square 5000).
+DIG=(--data digits --activations step,sigmoid,relu --bits 1:10 --seeds 2 --eps 0,0.05,0.1 --workers 1 --no-diagnostics)
+FM=(--data fashion-mnist --bits 1,2,4,8 --eps 0,0.025,0.05,0.1 --limit 1000 --epochs 15 --patience 5
+    --workers 1 --no-diagnostics)
 AA=(--attacks fgsm,pgd,autoattack)
 TEMP=(--attacks fgsm,pgd,apgd-ce --temperature auto)
 
-{ "$HWQ" sweep "${DIG[@]}" "${AA[@]}" -o "$OUT/digits_aa.h5"
-  "$HWQ" sweep "${DIG[@]}" "${TEMP[@]}" -o "$OUT/digits_T.h5"; } &
-"$HWQ" sweep "${FM[@]}" "${TEMP[@]}" -o "$OUT/fm_T.h5" &
-"$HWQ" sweep "${FM[@]}" "${AA[@]}" -o "$OUT/fm_aa.h5"
+{ "$HWQ" sweep "${DIG[@]}" "${AA[@]}" -o "$OUT/digits10_aa.h5"
+  "$HWQ" sweep "${DIG[@]}" "${TEMP[@]}" -o "$OUT/digits10_T.h5"; } &
+{ "$HWQ" sweep "${FM[@]}" --activations relu,step --seeds 1:1 "${AA[@]}" -o "$OUT/fm_s1_aa.h5"
+  "$HWQ" sweep "${FM[@]}" --activations relu,step --seeds 1:1 "${TEMP[@]}" -o "$OUT/fm_s1_T.h5"
+  "$HWQ" sweep "${FM[@]}" --activations sigmoid --seeds 1 "${TEMP[@]}" -o "$OUT/fm_sigmoid_T.h5"; } &
+{ "$HWQ" sweep "${FM[@]}" --activations sigmoid --seeds 1 "${AA[@]}" -o "$OUT/fm_sigmoid_aa.h5"
+  "$HWQ" sweep "${FM[@]}" --activations relu,step --seeds 1 "${TEMP[@]}" -o "$OUT/fm_T.h5"; } &
+"$HWQ" sweep "${FM[@]}" --activations relu,step --seeds 1 "${AA[@]}" -o "$OUT/fm_aa.h5"
 wait
 
-for s in digits_aa digits_T fm_aa fm_T; do
-  "$HWQ" report "$OUT/$s.h5" --no-fig2 -o "$OUT/rep_$s"
-done
+"$HWQ" report "$OUT/digits10_aa.h5" --no-fig2 -o "$OUT/rep_digits_aa"
+"$HWQ" report "$OUT/digits10_T.h5" --no-fig2 -o "$OUT/rep_digits_T"
+"$HWQ" report "$OUT/fm_aa.h5" "$OUT/fm_s1_aa.h5" --no-fig2 -o "$OUT/rep_fm_aa"
+"$HWQ" report "$OUT/fm_T.h5" "$OUT/fm_s1_T.h5" --no-fig2 -o "$OUT/rep_fm_T"
+"$HWQ" report "$OUT/fm_sigmoid_aa.h5" --no-fig2 -o "$OUT/rep_fm_sigmoid_aa"
+"$HWQ" report "$OUT/fm_sigmoid_T.h5" --no-fig2 -o "$OUT/rep_fm_sigmoid_T"
 figure "$OUT" "$OUT/autoattack_accuracy_vs_bits.png" > "$OUT/table.md"
