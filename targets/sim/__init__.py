@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from hwq.errors import InvalidModelError, TargetError
-from hwq.quant.bounds import MAX_SHIFT, check_layer, output_range, row_sum_bound
-from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork
+from hwq.ir import activations
+from hwq.quant.bounds import MAX_SHIFT, check_layer, row_sum_bound
+from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork, walk
 from hwq.quant.reference import decide
 from hwq.target.protocol import Option, check_options, parse_bool_or_auto
 
@@ -112,7 +113,7 @@ class CompiledLayer:
             raise InvalidModelError(f"requantization shifts must be in 0..{MAX_SHIFT}, got {shift.max()}")
         half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
         lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
-        act_max = 2**layer.act_bits - 1 if layer.activation == "relu" else 0
+        act_max = 2**layer.act_bits - 1 if layer.activation_kind is activations.RELU else 0
         return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(base),
                    kernels.MODES[layer.activation], act_max, owned(rq.multiplier if rq else 0, shape=(m,)),
                    owned(half), shift, owned(lut), planes)
@@ -181,10 +182,9 @@ class SimProgram:
         """Each layer's product for inputs in ``[lo, hi]``, after proving that no int64
         intermediate can wrap (``hwq.quant.bounds.check_layer``; refused otherwise)."""
         layers = []
-        for i, layer in enumerate(self.net.layers):
-            check_layer(layer, i, lo, hi)
-            layers.append(CompiledLayer.build(layer, lo, hi, self.use_vnni, self.use_avx2))
-            lo, hi = output_range(layer, lo, hi)
+        for i, layer, _, (a, b) in walk(self.net, lo, hi):
+            check_layer(layer, i, a, b)
+            layers.append(CompiledLayer.build(layer, a, b, self.use_vnni, self.use_avx2))
         return layers
 
     @property
