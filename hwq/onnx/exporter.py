@@ -38,9 +38,10 @@ from hwq.files.atomic import atomic_write_bytes
 from hwq.ir import activations
 from hwq.quant.bounds import (
     F64_EXACT,
-    MAX_SHIFT,
     channel_bounds,
     check_layer,
+    check_shift_range,
+    rounding_half,
     row_sum_bound,
     u8s8_exact_on_every_cpu,
 )
@@ -136,9 +137,8 @@ def requant_terms(layer: QLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m = layer.weight.shape[0]
     mult = np.broadcast_to(layer.requant.multiplier, (m,)).astype(object)
     shift = np.broadcast_to(layer.requant.shift, (m,)).astype(np.int64)
-    if np.any((shift < 0) | (shift > MAX_SHIFT)):
-        raise InvalidModelError(f"requantization shifts must be in 0..{MAX_SHIFT}, got {shift.max()}")
-    half = np.array([2 ** (int(s) - 1) if s > 0 else 0 for s in shift], dtype=object)
+    check_shift_range(shift)
+    half = rounding_half(shift).astype(object)
     return mult, shift, half
 
 

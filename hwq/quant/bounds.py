@@ -34,6 +34,21 @@ INT16_MAX = 2**15 - 1
 U8S8_PAIR_WEIGHT = INT16_MAX // (2 * 255)  # 64: |w| bound for u8 x s8 pairs in saturating int16
 
 
+def rounding_half(shift) -> np.ndarray:
+    """``2^(S-1)`` elementwise, 0 where ``S == 0`` (int64): what ``(acc * M + half) >> S`` adds to
+    round half up (docs/integer-semantics.md section 4)."""
+    s = np.asarray(shift, np.int64)
+    return np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), np.int64(0))
+
+
+def check_shift_range(shift) -> None:
+    """Refuse requantization shifts outside ``0..MAX_SHIFT`` (``InvalidModelError``, one line)."""
+    s = np.asarray(shift)
+    if np.any((s < 0) | (s > MAX_SHIFT)):
+        bad = s[(s < 0) | (s > MAX_SHIFT)]
+        raise InvalidModelError(f"requantization shifts must be in 0..{MAX_SHIFT}, got {int(bad.flat[0])}")
+
+
 def u8s8_exact_on_every_cpu(weight: np.ndarray) -> bool:
     """True when ``h @ W.T`` for codes ``h`` in ``[0, 255]`` (or int8 codes stored as ``h + 128``)
     is exact in onnxruntime's ``MatMulInteger`` on every CPU it runs on: int8 weights whose

@@ -15,7 +15,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import InvalidModelError
 from hwq.ir import activations, frozen_array
-from hwq.quant.bounds import MAX_SHIFT
+from hwq.quant.bounds import MAX_SHIFT, check_shift_range
 from hwq.quant.walk import walk, walk_layers  # noqa: F401 (re-exported: qnet.walk)
 
 SIGMOID_INDEX_BITS = 12  # sigmoid LUT index: z in [-8, 8) with step 2^-8
@@ -101,7 +101,8 @@ class Requant:
     def __post_init__(self):
         object.__setattr__(self, "multiplier", frozen_array(self.multiplier, np.int64))
         object.__setattr__(self, "shift", frozen_array(self.shift, np.int64))
-        if np.any(self.multiplier < 0) or np.any((self.shift < 0) | (self.shift > MAX_SHIFT)):
+        check_shift_range(self.shift)
+        if np.any(self.multiplier < 0):
             raise InvalidModelError(f"requantization needs multipliers >= 0 and shifts in 0..{MAX_SHIFT}")
 
     def validate(self, n_out: int | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hwq.quant.bounds import check_layers
+from hwq.quant.bounds import check_layers, rounding_half
 from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, Requant, walk
 
 
@@ -20,9 +20,7 @@ def quantize_input(fmt: InputFormat, x: np.ndarray) -> np.ndarray:
 
 def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
     """``floor((acc * M + 2^(S-1)) / 2^S)`` per output channel; ``acc * M`` when ``S == 0``."""
-    m, s = rq.multiplier, rq.shift
-    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
-    return np.right_shift(acc * m + half, s)
+    return np.right_shift(acc * rq.multiplier + rounding_half(rq.shift), rq.shift)
 
 
 def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:

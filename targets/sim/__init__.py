@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from hwq.errors import InvalidModelError, TargetError
+from hwq.errors import TargetError
 from hwq.ir import activations
-from hwq.quant.bounds import MAX_SHIFT, check_layer, row_sum_bound
+from hwq.quant.bounds import check_layer, check_shift_range, rounding_half, row_sum_bound
 from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork, walk
 from hwq.quant.reference import decide
 from hwq.target.protocol import Option, check_options, parse_bool_or_auto
@@ -109,9 +109,8 @@ class CompiledLayer:
             weights = np.ascontiguousarray(layer.weight.T, dtype=DTYPES[path])
         rq = layer.requant
         shift = owned(rq.shift if rq else 0, shape=(m,))
-        if np.any((shift < 0) | (shift > MAX_SHIFT)):
-            raise InvalidModelError(f"requantization shifts must be in 0..{MAX_SHIFT}, got {shift.max()}")
-        half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
+        check_shift_range(shift)
+        half = rounding_half(shift)
         lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
         act_max = 2**layer.act_bits - 1 if layer.activation_kind is activations.RELU else 0
         return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(base),

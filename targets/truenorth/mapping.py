@@ -46,6 +46,7 @@ import numpy as np
 
 from hwq.errors import InvalidModelError, LimitError
 from hwq.ir import activations
+from hwq.quant.bounds import rounding_half
 from hwq.quant.qnet import QLayer, QuantizedNetwork
 
 from .core import AXONS, NEURONS, THRESHOLD_BITS, Core, Model, Neurons
@@ -220,9 +221,9 @@ def relu_params(layer, lo: np.ndarray, hi: np.ndarray, approximate: bool, li: in
            "exact": np.ones(units, bool), "max_dev": 0, "mismatch_share": 0.0}
     r = np.arange(1, A + 1)
     mismatched, total = 0, 0
+    half = rounding_half(shift)
     for u in range(units):
-        M, S = int(mult[u]), int(shift[u])
-        hh = (1 << (S - 1)) if S > 0 else 0
+        M, S, hh = int(mult[u]), int(shift[u]), int(half[u])
         lo_u, hi_u = int(lo[u]), int(hi[u])
         # m bounded by the potential's range and by the gate and clear axons (GATE_AXONS each)
         m_cap = max(1, min(M_MAX, (BIG_BETA - 4 * GATE_W) // max(hi_u - lo_u + 1, 1),
