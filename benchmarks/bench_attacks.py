@@ -172,7 +172,7 @@ def main():
     y = reference.predict(net, x)
     eps = np.linspace(0, 0.1, 11)
     steps, rel = 40, 0.01 / 0.3
-    method = PGD(steps=steps, random_start=False)
+    method = PGD(steps=steps, rel_stepsize=rel, random_start=False)  # the baselines' step
     for p in (program, no_vnni):  # JIT warm-up
         hwq.attack(p, x[:50], y[:50], eps, method=method, bounds=(0, 1), diagnostics=False)
     layers = [graph.layers()[0][0], graph.layers()[1][0]]
