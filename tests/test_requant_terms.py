@@ -37,3 +37,20 @@ def test_requantize_rounds_half_up_like_python_integers():
             for row in acc]
     assert requantize(acc, Requant(mult, shift)).tolist() == want
     check_shift_range(shift)
+
+
+def test_code_range_of_every_width_matches_python_integers():
+    from hwq.ir import Quantizer
+    from hwq.ir.codes import code_range
+    from hwq.quant.qnet import InputFormat
+
+    for bits in range(2, 33):
+        assert code_range(bits, False) == (0, 2**bits - 1)
+        assert code_range(bits, True) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        assert code_range(bits, True, narrow=True) == (-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1)
+        assert code_range(bits, False, narrow=True) == (0, 2**bits - 2)
+        fmt = InputFormat(bits, True, 1.0)
+        assert (fmt.qmin, fmt.qmax) == code_range(bits, True)
+        q = Quantizer(bits, True, 0.5, narrow=True)
+        assert (q.lo, q.hi) == code_range(bits, True, narrow=True)
+    assert (Quantizer(1, True, 1.0).lo, Quantizer(1, True, 1.0).hi) == (-1, 1)  # bipolar: its own rule

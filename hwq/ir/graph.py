@@ -14,6 +14,7 @@ import numpy as np
 
 from hwq.errors import InvalidModelError
 from hwq.ir import activations
+from hwq.ir.codes import code_range
 
 MAX_MAGNITUDE = 1e18  # |weight|, |bias|, gain of a float layer: beyond it scales overflow int64 requantization
 
@@ -91,13 +92,13 @@ class Quantizer:
     def lo(self) -> int:
         if self.bits == 1 and self.signed:
             return -1
-        return -(2 ** (self.bits - 1)) + int(self.narrow) if self.signed else 0
+        return code_range(self.bits, self.signed, self.narrow)[0]
 
     @property
     def hi(self) -> int:
         if self.bits == 1 and self.signed:
             return 1
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1 - int(self.narrow)
+        return code_range(self.bits, self.signed, self.narrow)[1]
 
     @property
     def name(self) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 
 from hwq import ir
 from hwq.errors import InvalidModelError
+from hwq.ir.codes import code_range
 
 ROUNDING = {
     "ROUND": np.rint, "HALF_EVEN": np.rint, "CEIL": np.ceil, "FLOOR": np.floor,
@@ -82,8 +83,7 @@ def Quant(x, scale, zeropt, bitwidth, signed=1, narrow=0, rounding_mode="ROUND",
     bits = int(width[0])
     if np.any(np.asarray(zeropt) != 0):
         raise InvalidModelError("QONNX Quant with a non-zero zero point is not supported")
-    lo = (-(2 ** (bits - 1)) + int(narrow)) if signed else 0
-    hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1 - int(narrow)
+    lo, hi = code_range(bits, signed, narrow)
     mode = rounding_mode.decode() if isinstance(rounding_mode, bytes) else rounding_mode
     if str(mode).upper() not in ROUNDING:
         raise InvalidModelError(f"QONNX Quant: rounding mode '{mode}' is not one of {', '.join(ROUNDING)}")

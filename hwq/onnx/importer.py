@@ -22,6 +22,7 @@ import onnx
 
 from hwq import ir
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
+from hwq.ir.codes import code_range
 from hwq.onnx import outputs
 from hwq.onnx.folding import Folder, tensor_array
 from hwq.onnx.grids import QUANT_OPS
@@ -446,7 +447,7 @@ def DequantizeLinear(st: Importer, node, axis=1, block_size=0, output_dtype=0):
                                 f"QuantizeLinear's {q['scale']:g}")
     lo, hi = q["lo"], q["hi"]
     bits = int(np.ceil(np.log2(hi + 1))) + (1 if q["signed"] else 0)
-    quant = ir.Quantizer(bits, q["signed"], scale, narrow=q["signed"] and lo == -(2 ** (bits - 1)) + 1,
+    quant = ir.Quantizer(bits, q["signed"], scale, narrow=q["signed"] and lo == code_range(bits, True, narrow=True)[0],
                          rounding="ROUND", source=f"QCDQ '{q['name']}'")
     if quant.lo != lo or quant.hi != hi:
         raise InvalidModelError(f"QuantizeLinear '{q['name']}': range [{lo}, {hi}] is not a "

@@ -15,6 +15,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import InvalidModelError
 from hwq.ir import activations, frozen_array
+from hwq.ir.codes import code_range
 from hwq.quant.bounds import MAX_SHIFT, check_shift_range
 from hwq.quant.walk import walk, walk_layers  # noqa: F401 (re-exported: qnet.walk)
 
@@ -63,11 +64,11 @@ class InputFormat:
 
     @property
     def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.signed else 0
+        return code_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        return code_range(self.bits, self.signed)[1]
 
     @property
     def scale(self) -> float:
