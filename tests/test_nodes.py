@@ -50,6 +50,7 @@ def test_each_kinds_codes_and_range_follow_the_formulas(name):
                         "sigmoid": (int(lut.min()), int(lut.max()))}[name]
     assert kind.binary == (name in ("step", "sign")) and kind.graded != kind.binary
     assert kind.requantizes == (name in ("relu", "sigmoid"))
+    assert kind.takes_quantizer == (name in ("relu", "sigmoid", "sign"))  # the importer's QAT quantizers
 
 
 def quantized(act: str, hidden: int = 12, out: int = 10):

@@ -32,6 +32,7 @@ from hwq.cli.common import (
 from hwq.errors import DataError, FileFormatError, UsageError
 from hwq.files import program as hwqfile
 from hwq.files import results
+from hwq.ir import activations as kinds
 from hwq.onnx.importer import load_onnx, model_metadata
 from hwq.ranges import parse_epsilons
 
@@ -492,7 +493,8 @@ def grid_info(graph) -> dict:
     weights = [None if a.grid is None else {"bits": a.grid.bits, "scheme": a.grid.scheme, "source": a.grid.source,
                                             "per_channel": len(a.grid.weight_scale) > 1} for a, _ in pairs]
     activations = [quant(q) for q in acts]
-    hidden = [i for i, (_, act) in enumerate(pairs) if act in ("relu", "sigmoid", "sign")]
+    hidden = [i for i, (_, act) in enumerate(pairs)
+              if act in kinds.KINDS and kinds.KINDS[act].takes_quantizer]
     found = [w for w in weights if w]
     parts = [f"weight grids on {len(found)}/{len(weights)} layers"
              + (f" (q={'/'.join(str(w['bits']) for w in weights if w)})" if found else ""),

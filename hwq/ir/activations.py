@@ -66,6 +66,12 @@ class Kind:
         """The codes come from a lookup table indexed by the requantized value (sigmoid)."""
         return False
 
+    @property
+    def takes_quantizer(self) -> bool:
+        """A QAT file can give this kind's output a quantizer (relu, sigmoid; sign's bipolar
+        scale): the hidden layers whose activation grid a file may carry."""
+        return self.requantizes
+
     def forward(self, z: np.ndarray) -> np.ndarray:
         return z
 
@@ -156,6 +162,10 @@ class Sign(Kind):
 
     def derivative(self, z):
         return 2.0 / (1.0 + np.abs(z)) ** 2
+
+    @property
+    def takes_quantizer(self) -> bool:
+        return True
 
     def codes(self, v, act_bits, lut):
         return np.where(v >= 0, 1, -1).astype(np.int64)
