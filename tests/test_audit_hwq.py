@@ -197,7 +197,8 @@ def dataset_values(a: np.ndarray) -> dict:
     if a.ndim and a.shape[0] > 1:
         out["one row short"] = a[:-1]
     if a.dtype.kind in "iu":
-        out.update({"float codes": a + 0.5, "x300": a * 300, "negated": -a, "2^62": a * 0 + 2**62})
+        wide = a.astype(np.int64)
+        out.update({"float codes": a + 0.5, "x300": wide * 300, "negated": -wide, "2^62": wide * 0 + 2**62})
     elif a.dtype.kind == "f":
         out.update({"NaN": a * np.nan, "negated": -a, "zero": a * 0})
     elif a.dtype.kind == "b":
