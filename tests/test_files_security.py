@@ -267,6 +267,8 @@ H6_LOIHI = {
     "an input range that does not chain": (_attr("artifacts", "l1.in_hi", 7), "input range"),
     "bias mantissa beyond its bits": (lambda f: set_dataset(
         f["artifacts"], "l1.bias_mant", np.full(10, 2**20, np.int64)), "bias mantissas"),
+    "biases that are not the network's": (lambda f: set_dataset(
+        f["artifacts"], "l1.bias_mant", -f["artifacts/l1.bias_mant"][()]), "not the ones the network's biases"),
 }
 
 

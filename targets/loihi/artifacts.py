@@ -23,7 +23,7 @@ from hwq.quant.bounds import MAX_SHIFT
 from hwq.quant.qnet import QuantizedNetwork, short
 
 from .limits import LOIHI, Limits
-from .mapping import NEURON_MODELS, LayerMap, Mapping, int32_ok, next_input
+from .mapping import NEURON_MODELS, LayerMap, LayerPlan, Mapping, int32_ok, next_input
 from .synapses import SynapseSet, lava_effective, round_weights, sign_mode
 
 MODES = ("mixed", "excitatory", "inhibitory")
@@ -169,6 +169,7 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
     expected_in = ((fmt.qmin, fmt.qmax), fmt.bits)
     quiet = SimpleNamespace(limits=limits, note=lambda *a, **k: None)
     e_lo, e_hi = limits.weight_exp
+    in_unit, last = fmt.scale, len(net.layers) - 1
     for i, (lm, layer) in enumerate(zip(mapping.layers, net.layers)):
         def bad(what: str, i=i) -> FileFormatError:
             return FileFormatError(f"loihi artifacts, layer {i}: {what}",
@@ -208,5 +209,10 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
                       f"sends: {expected_in[0]} ({expected_in[1]} bits)")
         if not int32_ok(lm):
             raise bad("its sums can overflow Lava's int32 arithmetic")
-        unit, in_range, bits = next_input(lm, quiet)
+        plan = LayerPlan(layer, i, i == last, in_unit, lm.in_range, lm.in_bits, limits)
+        offsets = plan.lif_bias if lm.kind == "lif" else plan.sd_bias
+        mant, exp, vth = offsets(lm.shift, lm.input_bounds())
+        if not (np.array_equal(mant, lm.bias_mant) and np.array_equal(exp, lm.bias_exp) and vth == lm.vth):
+            raise bad("the biases and threshold are not the ones the network's biases map to")
+        in_unit, in_range, bits = next_input(lm, quiet)
         expected_in = (in_range, bits)
