@@ -35,7 +35,7 @@ from hwq.study.report import attack_arrays, blocks, merge_sweeps  # noqa: E402
 
 out_dir, png = Path(sys.argv[1]), Path(sys.argv[2])
 STYLE = {"fgsm": ("FGSM", "C0", "-"), "pgd": ("PGD 40", "C1", "-"), "apgd-ce": ("APGD-CE", "C2", "-"),
-         "apgd-t": ("APGD-T", "C3", "-"), "apgd-dlr": ("APGD-DLR", "C4", "-"), "square": ("Square 5000", "C5", "-"),
+         "apgd-t": ("APGD-T", "C3", "-"), "apgd-dlr": ("APGD-DLR", "C4", "-"), "square": ("Square", "C5", "-"),
          "worst": ("AutoAttack worst case", "k", "-"),
          "fgsm T": ("FGSM T=auto", "C0", "--"), "pgd T": ("PGD T=auto", "C1", "--"),
          "apgd-ce T": ("APGD-CE T=auto", "C2", "--")}
