@@ -426,6 +426,8 @@ def check_sweep(sw: SweepFile) -> SweepFile:
     cells are cells of the plan, the counts and ``complete`` agree with them, each accuracy is
     a share (or NaN where the target refused the cell), one per strength."""
     path, attrs, spec = sw.path, sw.attrs, sw.spec
+    tasks = {key: (t.label, t.activation, t.bits, t.seed, target)
+             for t in plan(spec) for key, target in zip(t.keys(), t.targets)}
     planned = all_keys(plan(spec))
     eps = np.asarray(sw.epsilons)
     if eps.shape != spec.epsilons.shape or not np.allclose(eps, spec.epsilons, rtol=0, atol=1e-12):
@@ -461,7 +463,69 @@ def check_sweep(sw: SweepFile) -> SweepFile:
             raise _bad(path, f"cell {c.key} has a clean accuracy of {c.attrs.get('clean_accuracy')!r}")
         if not isinstance(c.attrs.get("stalled"), (bool, np.bool_)):
             raise _bad(path, f"cell {c.key} does not say whether its training stalled")
+        _check_cell(path, c, tasks[c.key])
+    for label, info in sw.data.items():
+        _check_data(path, label, info)
+    wall = attrs.get("wall_s", 0.0)
+    if not _number(wall) or not 0 <= float(wall) < float("inf"):
+        raise _bad(path, f"its wall time is {wall!r} (seconds expected)")
     return sw
+
+
+def _number(value) -> bool:
+    """A real number (not a bool, text or array)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and int(value) > 0
+
+
+def _check_cell(path: Path, c: CellRecord, task: tuple) -> None:
+    """The attributes ``hwq report`` and ``hwq info`` read from a cell: its coordinates are
+    the ones its key names, the shares are shares, the flags are flags, the times are times."""
+    a = c.attrs
+    for name, want in zip(("data", "activation", "bits", "seed", "target"), task):
+        got = a.get(name)
+        if isinstance(want, int):
+            same = isinstance(got, (int, np.integer)) and not isinstance(got, bool) and int(got) == want
+        else:
+            same = isinstance(got, str) and got == want
+        if not same:
+            raise _bad(path, f"cell {c.key} has {name} {got!r}, but its key names {want!r}")
+    if not _share(a.get("chance")) or not _number(a.get("chance")) or a["chance"] != a["chance"]:
+        raise _bad(path, f"cell {c.key} has a chance accuracy of {a.get('chance')!r}")
+    if not isinstance(a.get("at_chance"), (bool, np.bool_)):
+        raise _bad(path, f"cell {c.key} does not say whether its test accuracy is at chance")
+    for name in ("fidelity", "float_test_accuracy", "val_accuracy", "train_accuracy"):
+        if name in a and not (_number(a[name]) and _share(a[name])):
+            raise _bad(path, f"cell {c.key} has a {name} of {a[name]!r} (a share in [0, 1] was expected)")
+    if "refused" in a and not isinstance(a["refused"], str):
+        raise _bad(path, f"cell {c.key} has a refusal of {a['refused']!r} (a reason was expected)")
+    flags = a.get("diag_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) for f in flags):
+        raise _bad(path, f"cell {c.key} has attack diagnostics {flags!r} (a list of names was expected)")
+    for name, value in c.timing.items():
+        if name.endswith("_s") and not (_number(value) and 0 <= float(value) < float("inf")):
+            raise _bad(path, f"cell {c.key} has a {name} time of {value!r} (seconds expected)")
+
+
+TRAINING_FIELDS = ("epochs", "patience", "batch_size", "learning_rate", "gain", "init", "hidden")
+
+
+def _check_data(path: Path, label: str, info: dict) -> None:
+    """The data group attributes the report prints: sizes, chance and training settings."""
+    if not isinstance(info.get("spec"), str):
+        raise _bad(path, f"data set {label} has no spec")
+    for name in ("n_train", "n_test", "n_features"):
+        if not _count(info.get(name)):
+            raise _bad(path, f"data set {label} has {name} {info.get(name)!r} (a positive count was expected)")
+    chance = info.get("chance")
+    if not (_number(chance) and chance == chance and _share(chance)):
+        raise _bad(path, f"data set {label} has a chance accuracy of {chance!r}")
+    training = info.get("training")
+    if not isinstance(training, dict) or any(k not in training for k in TRAINING_FIELDS):
+        raise _bad(path, f"data set {label} has training settings {training!r} (the sweep's were expected)")
 
 
 def read_sweep(path: str | Path) -> SweepFile:
