@@ -126,6 +126,56 @@ def test_a_sweep_file_whose_fields_disagree_is_refused(reference, tmp_path, edit
     assert "Traceback" not in proc.stderr and not (tmp_path / "rep" / "report.md").exists()
 
 
+
+def first_cell(f):
+    return f["cells"][sorted(f["cells"])[0]]
+
+
+def set_attr(where, name, value):
+    def edit(f):
+        obj = where(f)
+        if value is None:
+            del obj.attrs[name]
+        else:
+            obj.attrs[name] = value
+    return edit
+
+
+ROOT, CELL, TIMING, DATA = (lambda f: f), first_cell, (lambda f: first_cell(f)["timing"]), (lambda f: f["data/spiral"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (set_attr(ROOT, "wall_s", "argmin"), "wall time is 'argmin'"),  # markdown._settings_md
+    (set_attr(CELL, "activation", None), "activation None"),  # run.describe, arrange.blocks
+    (set_attr(CELL, "activation", "step"), "activation 'step'"),  # arrange.diagnostic_counts
+    (set_attr(CELL, "bits", 1.5), "bits 1.5"),  # arrange.blocks
+    (set_attr(CELL, "seed", -3), "seed -3"),
+    (set_attr(CELL, "target", None), "target None"),
+    (set_attr(CELL, "chance", "argmin"), "chance accuracy of 'argmin'"),  # markdown._stalled_md
+    (set_attr(CELL, "at_chance", None), "at chance"),  # markdown._stalled_md
+    (set_attr(CELL, "fidelity", "argmin"), "fidelity of 'argmin'"),  # arrange.blocks
+    (set_attr(CELL, "val_accuracy", np.arange(3)), "val_accuracy of"),  # markdown._stalled_md
+    (set_attr(CELL, "diag_flags", 1.5), "attack diagnostics 1.5"),  # arrange.diagnostic_counts
+    (set_attr(TIMING, "train_s", "argmin"), "train_s time of 'argmin'"),  # markdown._timing_md
+    (set_attr(DATA, "training", 7), "training settings 7"),  # markdown._settings_md
+    (set_attr(DATA, "n_features", np.nan), "n_features nan"),  # figures
+    (set_attr(DATA, "chance", None), "chance accuracy of None"),  # markdown._settings_md
+])
+def test_crafted_cell_and_setting_fields_are_refused_where_the_file_is_read(reference, tmp_path, capsys,
+                                                                            edit, message):
+    """Issue 17 M14. Before: these fields reached ``hwq report`` / ``hwq info`` and gave tracebacks
+    (KeyError, IndexError, ValueError, TypeError in the study and describe code)."""
+    from cli_runner import run_cli
+
+    path = edited(reference, tmp_path, edit)
+    with pytest.raises(FileFormatError, match=message):
+        read_sweep(path)
+    for args in (["info", path], ["report", path, "-o", tmp_path / "rep", "--no-fig2"]):
+        code, _, err = run_cli(*args, capsys=capsys)
+        assert code == 1 and err.strip().splitlines() == [err.strip()] and err.startswith("hwq: error: "), err
+    assert not (tmp_path / "rep" / "report.md").exists()
+
+
 HOLD = r'''
 import fcntl, json, os, sys, time, h5py
 from pathlib import Path
