@@ -386,14 +386,8 @@ def audit_data_file(capsys, path: Path, kind: str, tally: Tally, *, crafted_ever
         judge_data_file(tally, f"{kind} damaged {case}", work, kind, base)
 
 
-SWEEP_OPEN = pytest.mark.xfail(strict=True, reason=(
-    "issue 17 M14, open: crafted sweep fields still give tracebacks in hwq report / hwq info "
-    "(hwq/study/markdown.py _settings_md and _stalled_md, hwq/study/arrange.py blocks and "
-    "diagnostic_counts, hwq/sweep/run.py describe): 21 of 394 reads at d5151aa"))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["attack", "run", pytest.param("sweep", marks=SWEEP_OPEN)])
+@pytest.mark.parametrize("kind", ["attack", "run", "sweep"])
 def test_results_and_sweep_mutations(stored_results, capsys, kind):
     tally = Tally()
     audit_data_file(capsys, stored_results[kind], kind, tally, crafted_every=sample(4, 12), flips=sample(30, 6),
