@@ -77,3 +77,68 @@ def onnx_net(rng, act, bits, scheme="narrow", n_in=12, hidden=6, out=3, per_chan
     graph = graph_from_model(random_mlp(rng, n_in, hidden, out, act=act))
     x = rng.uniform(0, 1, (64, n_in))
     return quantize(graph, QuantSettings(bits, scheme, per_channel), x, bounds=(0, 1)), x
+
+
+def conv_layer(rng, in_shape, out_channels, kernel, act, *, stride=(1, 1), pads=(0, 0, 0, 0),
+               dilation=(1, 1), groups=1, top=7, in_scale=1.0, in_max=255, act_bits=8):
+    """A random integer convolution over ``in_shape`` (C, H, W) with codes in [-top, top]."""
+    from hwq.ir.window import Window
+    from hwq.quant.qnet import Requant
+
+    win = Window(tuple(in_shape), tuple(kernel), tuple(stride), tuple(pads), tuple(dilation), groups)
+    w = rng.integers(-top, top + 1, (out_channels, win.patch_len))
+    typical = max(1.0, top * in_max * np.sqrt(win.patch_len) / 4)
+    bias = rng.integers(-int(typical), int(typical) + 1, out_channels)
+    ws = rng.uniform(0.005, 0.02, out_channels)
+    requant, bits = None, 0
+    out_scale = 1.0
+    if act == "relu":
+        bits = act_bits
+        shift = int(np.ceil(np.log2(typical))) - bits + 12
+        requant = Requant(rng.integers(2**11, 2**12, out_channels), np.full(out_channels, max(shift, 0)))
+        out_scale = float(ws.mean() * in_scale * 2.0**max(shift, 0) / 2**11.5)
+    return QLayer(w, bias, ws, in_scale, 1.0, act, bits, requant, None, out_scale, in_max, win)
+
+
+def pool_node(in_shape, op, kernel, *, stride=None, pads=(0, 0, 0, 0), in_scale=1.0, truncate=False):
+    """A pooling node; ``avg`` with the round-half-up requantization of ``1 / (kh kw)``."""
+    from hwq.ir.window import Window
+    from hwq.quant.qnet import QPool, Requant
+
+    stride = tuple(kernel) if stride is None else tuple(stride)
+    win = Window(tuple(in_shape), tuple(kernel), stride, tuple(pads), (1, 1), in_shape[0])
+    rq = None
+    if op == "avg":
+        k = win.size
+        shift = 16 + int(np.ceil(np.log2(k)))
+        m = 1 if k & (k - 1) == 0 else round(2**shift / k)
+        shift = int(np.log2(k)) if m == 1 else shift
+        rq = Requant(np.full(in_shape[0], m), np.full(in_shape[0], shift))
+    return QPool(op, win, rq, truncate, in_scale, in_scale)
+
+
+def random_cnn(rng, in_shape=(1, 8, 8), act="relu", pool="max", channels=(4, 6), out=3, top=7,
+               input_bits=8, signed=False, pads=1, stride=1, groups=1, output="argmax"):
+    """A small random integer CNN: conv(3x3, pads, stride) -> act -> pool 2x2 -> conv -> act ->
+    dense -> scores. ``pool`` None: no pooling."""
+    in_scale = 1.0 / 2 ** (input_bits - 1)
+    in_max = 2**input_bits
+    nodes, shape = [], tuple(in_shape)
+    for i, c in enumerate(channels):
+        g = groups if i and shape[0] % groups == 0 and c % groups == 0 else 1
+        layer = conv_layer(rng, shape, c, (3, 3), act, stride=(stride, stride), pads=(pads,) * 4,
+                           groups=g, top=top, in_scale=in_scale, in_max=in_max)
+        nodes.append(layer)
+        shape = layer.out_shape
+        in_scale = layer.out_scale if act == "relu" else 1.0
+        in_max = 255 if act == "relu" else 1
+        if pool and i == 0 and min(shape[1:]) >= 2:
+            p = pool_node(shape, pool, (2, 2), in_scale=in_scale)
+            nodes.append(p)
+            shape = p.out_shape
+            in_scale = p.out_scale
+    n_in = int(np.prod(shape))
+    nodes.append(make_layer(rng.integers(-top, top + 1, (out, n_in)), rng.integers(-50, 51, out), "identity",
+                            in_scale))
+    fmt = InputFormat(input_bits, signed, 2.0 ** (input_bits - 1))
+    return QuantizedNetwork(fmt, tuple(nodes), output, QuantSettings(bits=8), None, input_shape=tuple(in_shape))

@@ -133,5 +133,5 @@ def test_a_dense_layer_has_no_window():
     layer = quantized("Relu").layers[0]
     assert layer.window is None and layer.in_shape == (20,) and layer.out_shape == (12,)
     fields = {f: getattr(layer, f) for f in layer.__dataclass_fields__}
-    with pytest.raises(InvalidModelError, match="windows are not supported yet"):
+    with pytest.raises(InvalidModelError, match="must be a Window"):
         QLayer(**{**fields, "window": (3, 3)}).validate()

@@ -86,7 +86,7 @@ def network(layers, fmt=InputFormat(8, False, 255.0), output="argmax") -> Quanti
 
 
 def blas_path(weight, lo, hi) -> str:
-    """The BLAS/int64 path the bounds of docs/integer-semantics.md section 8 give a layer,
+    """The BLAS/int64 path the bounds of docs/integer-semantics.md section 9 give a layer,
     restated in Python integers: float32 when ``S * peak < 2^24``, float64 below ``2^53``."""
     s = max(sum(abs(int(v)) for v in row) for row in np.asarray(weight).tolist())
     top = s * max(abs(lo), abs(hi))
@@ -94,7 +94,7 @@ def blas_path(weight, lo, hi) -> str:
 
 
 def avx2_path(weight, lo, hi) -> str:
-    """``avx2`` where docs/integer-semantics.md section 8 proves ``vpmaddwd`` exact (weights in
+    """``avx2`` where docs/integer-semantics.md section 9 proves ``vpmaddwd`` exact (weights in
     int16, codes stored in int16 with ``peak * S < 2^31``), restated in Python integers; else
     ``blas_path``."""
     rows = np.asarray(weight).tolist()

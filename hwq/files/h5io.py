@@ -37,7 +37,8 @@ from hwq.quant.qnet import short
 TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (ir.Grid, ir.Affine, ir.Activation, ir.Output, ir.Flatten, ir.Graph, ir.Quantizer,
-                qnet.InputFormat, qnet.Requant, qnet.QLayer, qnet.TensorReport,
+                ir.Window, ir.Conv2d, ir.AvgPool2d, ir.SumPool2d, ir.MaxPool2d,
+                qnet.InputFormat, qnet.Requant, qnet.QLayer, qnet.QPool, qnet.TensorReport,
                 qnet.QuantSettings, qnet.QuantizedNetwork)
 }
 SEQUENCE = "sequence"

@@ -69,6 +69,11 @@ class Affine:
         return self.weight.shape[1]
 
     @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """The integer layer's weight matrix shape (out channels x patch length)."""
+        return tuple(self.weight.shape)
+
+    @property
     def n_out(self) -> int:
         return self.weight.shape[0]
 

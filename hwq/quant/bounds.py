@@ -113,6 +113,22 @@ def output_range(layer, lo: int, hi: int) -> tuple[int, int]:
     return layer.out_range(lo, hi)
 
 
+def check_pool(node, index: int, lo: int, hi: int) -> int:
+    """Prove a pooling node (``QPool``) exact in int64: the window sums ``kh kw * peak`` and, for
+    average pooling, ``sum * M + 2^(S-1)`` stay below ``2^63``. Returns the largest |sum|."""
+    a, b = node.sum_range(lo, hi)
+    worst = max(abs(a), abs(b))
+    top = worst
+    if node.requant is not None:
+        top = max(worst * int(m) + (2 ** (int(s) - 1) if s > 0 else 0)
+                  for m, s in zip(node.requant.multiplier.tolist(), node.requant.shift.tolist()))
+    if max(worst, top) >= INT64_LIMIT:
+        raise InvalidModelError(f"layer {index}: the pooling sum can reach {max(worst, top)} (= "
+                                f"{float(max(worst, top)):.3g}), beyond int64 (2^63 = 9.22e18)",
+                                hint="use fewer activation bits before the pooling")
+    return worst
+
+
 def check_layer(layer, index: int, lo: int, hi: int) -> int:
     """Prove that ``layer`` (a ``QLayer``) computes in int64 without wrapping for inputs in
     ``[lo, hi]``: ``B_j < 2^63`` on every channel and, where it requantizes,
@@ -146,4 +162,5 @@ def check_layers(layers, lo: int, hi: int, in_shape: tuple[int, ...] | None = No
     in ``[lo, hi]``; returns each layer's accumulator bound ``max_j B_j``."""
     if in_shape is None:
         in_shape = layers[0].in_shape if layers else ()
-    return [check_layer(layer, i, a, b) for i, layer, _, (a, b) in walk_layers(layers, in_shape, lo, hi)]
+    return [(check_layer if hasattr(layer, "weight") else check_pool)(layer, i, a, b)
+            for i, layer, _, (a, b) in walk_layers(layers, in_shape, lo, hi)]

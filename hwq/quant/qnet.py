@@ -16,6 +16,7 @@ from hwq import ir
 from hwq.errors import InvalidModelError
 from hwq.ir import activations, frozen_array
 from hwq.ir.codes import code_range
+from hwq.ir.window import Window
 from hwq.quant.bounds import MAX_SHIFT, check_shift_range
 from hwq.quant.walk import walk, walk_layers  # noqa: F401 (re-exported: qnet.walk)
 
@@ -121,8 +122,9 @@ class QLayer:
 
     The linear part: ``acc = W @ h + bias`` (exact, int64) with ``W`` the 2-D code matrix
     (out channels x patch length), per-channel ``weight_scale`` and ``bias``. ``window`` is the
-    window geometry of a convolution (``W`` applied to every patch); None for a dense layer,
-    the only case so far. The epilogue, by the activation kind (``activation_kind``, a
+    window geometry of a convolution (``hwq.ir.window.Window``: ``W`` applied to every patch,
+    padding reads code 0, the code of real zero in every hwq format; outputs ``(C_out, Ho, Wo)``
+    in C-order); None for a dense layer. The epilogue, by the activation kind (``activation_kind``, a
     ``hwq.ir.activations.Kind``): ``identity``: the codes are ``acc``; ``step``: ``[acc > 0]``;
     ``sign``: ``+1 if acc >= 0 else -1``; ``relu``: ``clip(requant(acc), 0, 2^act_bits - 1)``;
     ``sigmoid``: ``lut[clip(requant(acc), -2^11, 2^11 - 1) + 2^11]``.
@@ -140,7 +142,7 @@ class QLayer:
     lut: np.ndarray | None = None
     out_scale: float = 1.0
     in_max: int = 1  # largest |input code| this layer can receive
-    window: None = None  # convolution window geometry (kernel, stride, padding, ...): not yet, always None
+    window: Window | None = None  # convolution window geometry; None: a dense layer
 
     def __post_init__(self):
         object.__setattr__(self, "weight", frozen_array(self.weight, np.int64))
@@ -170,7 +172,15 @@ class QLayer:
             raise InvalidModelError(f"unknown activation {short(self.activation)}",
                                     hint="one of " + ", ".join(sorted(activations.KINDS)))
         if self.window is not None:
-            raise InvalidModelError("convolution windows are not supported yet (a layer's window must be empty)")
+            if not isinstance(self.window, Window):
+                raise InvalidModelError(f"a layer's window must be a Window, got {short(self.window)}")
+            self.window.validate()
+            if w.shape[1] != self.window.patch_len:
+                raise InvalidModelError(f"a convolution over {self.window.describe()} windows of "
+                                        f"{self.window.group_channels} channels reads patches of "
+                                        f"{self.window.patch_len}, the weight matrix has {w.shape[1]} columns")
+            if n_out % self.window.groups:
+                raise InvalidModelError(f"{n_out} output channels do not divide into {self.window.groups} groups")
         integer_in("in_max", self.in_max, 0, 2**63 - 1)
         kind = self.activation_kind
         if kind.requantizes:
@@ -199,13 +209,24 @@ class QLayer:
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        """The shape of one input sample (the patch length for a dense layer)."""
+        """The shape of one input sample (the patch length for a dense layer, (C, H, W) for a
+        convolution)."""
+        if self.window is not None:
+            return tuple(int(v) for v in self.window.in_shape)
         return (int(self.weight.shape[1]),)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """The shape of one output sample (out channels for a dense layer)."""
+        """The shape of one output sample (out channels for a dense layer, (C_out, Ho, Wo) for a
+        convolution)."""
+        if self.window is not None:
+            return (int(self.weight.shape[0]), *self.window.out_hw)
         return (int(self.weight.shape[0]),)
+
+    @property
+    def n_out(self) -> int:
+        """Codes per output sample (``prod(out_shape)``)."""
+        return int(np.prod(self.out_shape))
 
     def out_range(self, lo: int, hi: int) -> tuple[int, int]:
         """The codes this layer passes on for input codes in ``[lo, hi]``: the kind's
@@ -223,6 +244,13 @@ class QLayer:
         return self.gain * self.weight_scale * self.in_scale
 
     @property
+    def unit_scale(self) -> np.ndarray:
+        """Real value of one accumulator unit at every output (``acc_scale`` repeated over a
+        convolution's positions, C-order): ``trace`` entries times this are real pre-activations."""
+        positions = 1 if self.window is None else self.window.positions
+        return np.repeat(self.acc_scale, positions)
+
+    @property
     def real_weight(self) -> np.ndarray:
         return self.weight * self.weight_scale[:, None]
 
@@ -233,6 +261,91 @@ class QLayer:
         from hwq.quant.bounds import accumulator_bound
 
         return accumulator_bound(self.weight, self.bias, self.in_max)
+
+
+POOL_OPS = ("max", "avg")
+
+
+@dataclass(frozen=True, eq=False)
+class QPool:
+    """A pooling node on codes, channel by channel (``window.groups`` equals the channels; the
+    window's kernel, stride and pads; no dilation). ``max``: the largest code in the window,
+    padding ignored (exact: every epilogue is monotone, so pooling codes equals pooling real
+    values). ``avg``: the window's sum ``s`` (padding adds code 0; the divisor is the whole
+    window), then ``floor((s M + 2^(S-1)) / 2^S)`` (round half up, as every requantization), or
+    ``floor(s M / 2^S)`` where ``truncate`` (QONNX ``Trunc`` after a sum pool); ``M / 2^S`` is
+    about ``1 / (kh kw)`` (exactly where the window holds a power of two).
+    ``out_scale`` is the real value of one output code."""
+
+    op: str
+    window: Window
+    requant: Requant | None = None
+    truncate: bool = False
+    in_scale: float = 1.0
+    out_scale: float = 1.0
+    in_max: int = 1  # largest |input code| this node can receive
+
+    def validate(self) -> None:
+        if self.op not in POOL_OPS:
+            raise InvalidModelError(f"unknown pooling {short(self.op)}", hint="max or avg")
+        if not isinstance(self.window, Window):
+            raise InvalidModelError(f"a pooling's window must be a Window, got {short(self.window)}")
+        self.window.validate()
+        if self.window.groups != self.window.channels or self.window.dilation != (1, 1):
+            raise InvalidModelError("a pooling window reads one channel at a time (groups = channels) "
+                                    "without dilation")
+        positive("in_scale", self.in_scale)
+        positive("out_scale", self.out_scale)
+        integer_in("in_max", self.in_max, 0, 2**63 - 1)
+        if not isinstance(self.truncate, (bool, np.bool_)):
+            raise InvalidModelError(f"a pooling's 'truncate' must be a boolean, got {short(self.truncate)}")
+        if self.op == "avg":
+            if self.requant is None:
+                raise InvalidModelError("an average pooling needs its requantization (multiplier, shift)")
+            self.requant.validate(self.window.channels)
+        elif self.requant is not None or self.truncate:
+            raise InvalidModelError("a max pooling has no requantization")
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.window.in_shape)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.window.channels, *self.window.out_hw)
+
+    @property
+    def n_out(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    @property
+    def unit_scale(self) -> np.ndarray:
+        """Real value of one output code at every output (``out_scale``)."""
+        return np.full(self.n_out, float(self.out_scale))
+
+    def sum_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The window sums for codes in ``[lo, hi]`` (padding adds 0), in Python integers."""
+        k = self.window.size
+        if self.window.padded:
+            return k * min(int(lo), 0), k * max(int(hi), 0)
+        return k * int(lo), k * int(hi)
+
+    def rescale(self, s: int, channel: int = 0) -> int:
+        """The average pooling's epilogue on one sum of ``channel``, in Python integers (monotone in ``s``)."""
+        m, sh = int(self.requant.multiplier[channel]), int(self.requant.shift[channel])
+        half = 0 if self.truncate or sh == 0 else 2 ** (sh - 1)
+        return (s * m + half) >> sh
+
+    def out_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """``max``: ``[lo, hi]`` (padding never wins); ``avg``: the epilogue of the extreme sums,
+        over every channel."""
+        if self.op == "max":
+            return int(lo), int(hi)
+        a, b = self.sum_range(lo, hi)
+        pairs = {(int(m), int(sh)) for m, sh in zip(self.requant.multiplier, self.requant.shift)}
+        outs = [((v * m + (0 if self.truncate or sh == 0 else 2 ** (sh - 1))) >> sh)
+                for m, sh in pairs for v in (a, b)]
+        return min(outs), max(outs)
 
 
 @dataclass(frozen=True)
@@ -274,7 +387,7 @@ class QuantSettings:
 @dataclass(frozen=True)
 class QuantizedNetwork:
     input: InputFormat
-    layers: tuple[QLayer, ...]
+    layers: tuple[QLayer | QPool, ...]  # the nodes in order (a QPool never first or last)
     output: str  # "argmax" (lowest index wins ties) or "sign" (class 1 iff score > 0)
     settings: QuantSettings
     float_graph: ir.Graph
@@ -282,7 +395,7 @@ class QuantizedNetwork:
     input_shape: tuple[int, ...] | None = None  # one sample's shape; None (files before it): the first weight's
 
     def __post_init__(self):
-        if self.input_shape is None and self.layers and isinstance(self.layers[0], QLayer):
+        if self.input_shape is None and self.layers and isinstance(self.layers[0], (QLayer, QPool)):
             object.__setattr__(self, "input_shape", self.layers[0].in_shape)
         elif isinstance(self.input_shape, (tuple, list)):
             object.__setattr__(self, "input_shape", tuple(self.input_shape))
@@ -310,25 +423,38 @@ class QuantizedNetwork:
         if self.output not in OUTPUT_RULES:
             raise InvalidModelError(f"unknown output rule {short(self.output)}", hint="argmax or sign")
         top_code = 2**self.settings.bits - 1  # every scheme's codes for q bits lie within
+        prev_shape = tuple(int(d) for d in shape)
         for i, layer in enumerate(self.layers):
+            if not isinstance(layer, (QLayer, QPool)):
+                raise InvalidModelError(f"layer {i} is a {type(layer).__name__}, not an integer node")
             try:
                 layer.validate()
             except InvalidModelError as exc:
                 raise InvalidModelError(f"layer {i}: {exc.message}", hint=exc.hint) from None
-            if i and layer.weight.shape[1] != self.layers[i - 1].weight.shape[0]:
-                raise InvalidModelError(f"layer {i} takes {layer.weight.shape[1]} inputs, layer {i - 1} "
-                                        f"has {self.layers[i - 1].weight.shape[0]} outputs")
+            windowed = isinstance(layer, QPool) or layer.window is not None
+            if windowed and layer.in_shape != prev_shape and (i or len(prev_shape) != 1):
+                raise InvalidModelError(f"layer {i} reads maps of shape {layer.in_shape}, "
+                                        f"{'layer ' + str(i - 1) if i else 'the input'} gives {prev_shape}")
+            if int(np.prod(layer.in_shape)) != int(np.prod(prev_shape)):
+                raise InvalidModelError(f"layer {i} takes {int(np.prod(layer.in_shape))} inputs, "
+                                        f"{'layer ' + str(i - 1) if i else 'the input'} has "
+                                        f"{int(np.prod(prev_shape))} outputs")
+            prev_shape = layer.out_shape
+            if isinstance(layer, QPool):
+                if i == 0 or i == len(self.layers) - 1:
+                    raise InvalidModelError(f"layer {i}: a pooling can be neither the first nor the last node")
+                continue
             if max(-int(layer.weight.min()), int(layer.weight.max())) > top_code:
                 raise InvalidModelError(f"layer {i}: weight codes beyond the {self.settings.bits}-bit range "
                                         f"(|W| <= {top_code})")
         if not self.layers[-1].activation_kind.passes_accumulator:
             raise InvalidModelError(f"the output layer must be identity, not {self.layers[-1].activation}")
-        if self.output == "sign" and self.layers[-1].weight.shape[0] != 1:
+        if self.output == "sign" and self.layers[-1].n_out != 1:
             raise InvalidModelError("the sign output rule needs exactly one output score")
         check_layers(self.layers, self.input.qmin, self.input.qmax, self.input_shape)
         if self.float_graph is not None:
-            shapes = [a.weight.shape for a, _ in self.float_graph.layers()]
-            if shapes != [layer.weight.shape for layer in self.layers]:
+            shapes = [tuple(a.matrix_shape) for a, _ in self.float_graph.layers()]
+            if shapes != [layer.weight.shape for layer in self.layers if isinstance(layer, QLayer)]:
                 raise InvalidModelError(f"the float graph's layers {shapes} do not match the integer layers")
         for t in self.report:
             t.validate()
@@ -344,5 +470,15 @@ class QuantizedNetwork:
 
     @property
     def n_classes(self) -> int:
-        return 2 if self.output == "sign" else self.layers[-1].weight.shape[0]
+        return 2 if self.output == "sign" else self.layers[-1].n_out
+
+    @property
+    def dense(self) -> bool:
+        """Only dense layers (no convolution window, no pooling): what every target ran before CNNs."""
+        return all(isinstance(n, QLayer) and n.window is None for n in self.layers)
+
+    @property
+    def linear_layers(self) -> tuple[QLayer, ...]:
+        """The nodes with a weight matrix (dense and convolution layers), in order."""
+        return tuple(n for n in self.layers if isinstance(n, QLayer))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwq.quant.bounds import check_layers, rounding_half
-from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, Requant, walk
+from hwq.quant.qnet import InputFormat, QLayer, QPool, QuantizedNetwork, Requant, walk
 
 
 def quantize_input(fmt: InputFormat, x: np.ndarray) -> np.ndarray:
@@ -19,8 +19,12 @@ def quantize_input(fmt: InputFormat, x: np.ndarray) -> np.ndarray:
 
 
 def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
-    """``floor((acc * M + 2^(S-1)) / 2^S)`` per output channel; ``acc * M`` when ``S == 0``."""
-    return np.right_shift(acc * rq.multiplier + rounding_half(rq.shift), rq.shift)
+    """``floor((acc * M + 2^(S-1)) / 2^S)`` per output channel; ``acc * M`` when ``S == 0``.
+    ``acc`` is (N, C) or, for a convolution, (N, C * positions) in C-order (channel-major)."""
+    n, c = acc.shape[0], rq.multiplier.shape[0]
+    a = acc.reshape(n, c, -1)
+    m, s = rq.multiplier[None, :, None], rq.shift[None, :, None]
+    return np.right_shift(a * m + rounding_half(s), s).reshape(acc.shape)
 
 
 def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:
@@ -32,9 +36,41 @@ def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:
     return kind.codes(z, layer.act_bits, layer.lut)
 
 
+def patches(window, h: np.ndarray, pad_code: int = 0) -> np.ndarray:
+    """Every patch of the C-order maps ``h`` (N, C*H*W): ``(N, groups, Ho Wo, cg kh kw)``, padding
+    read as ``pad_code`` (``window.gather_index``)."""
+    idx = window.gather_index
+    padded = np.concatenate([h, np.full((h.shape[0], 1), pad_code, dtype=h.dtype)], axis=1)
+    return padded[:, np.where(idx < 0, h.shape[1], idx)]
+
+
 def accumulate(layer: QLayer, h: np.ndarray) -> np.ndarray:
-    """``acc = h @ W.T + bias``, exact in int64."""
-    return h @ layer.weight.T + layer.bias
+    """``acc = h @ W.T + bias`` for a dense layer; for a convolution the same product over every
+    patch (padding reads code 0, real zero), ``acc[n, o, p] = sum_k W[o, k] patch[n, g(o), p, k] +
+    bias[o]`` flattened C-order to (N, C_out Ho Wo). Exact in int64."""
+    if layer.window is None:
+        return h @ layer.weight.T + layer.bias
+    win, n = layer.window, h.shape[0]
+    per_group = layer.weight.shape[0] // win.groups
+    p = patches(win, h)  # (N, g, P, K)
+    w = layer.weight.reshape(win.groups, per_group, -1)  # (g, O/g, K)
+    acc = np.einsum("ngpk,gok->ngop", p, w).reshape(n, layer.weight.shape[0], win.positions)
+    return (acc + layer.bias[None, :, None]).reshape(n, -1)
+
+
+def pool(node: QPool, h: np.ndarray) -> np.ndarray:
+    """A pooling node on codes (N, C*H*W) -> (N, C*Ho*Wo): ``max`` over the window ignoring
+    padding; ``avg``: the window sum (padding adds 0) then ``floor((s M + 2^(S-1)) / 2^S)``
+    (``floor(s M / 2^S)`` where ``truncate``), per channel."""
+    win, n = node.window, h.shape[0]
+    if node.op == "max":
+        p = patches(win, h, pad_code=np.iinfo(np.int64).min)  # (N, C, P, k): padding never wins
+        return p.max(axis=3).reshape(n, -1)
+    s = patches(win, h).sum(axis=3)  # (N, C, P)
+    rq = node.requant
+    half = np.zeros_like(rq.shift) if node.truncate else rounding_half(rq.shift)
+    out = np.right_shift(s * rq.multiplier[None, :, None] + half[None, :, None], rq.shift[None, :, None])
+    return out.reshape(n, -1)
 
 
 def check_int64(net: QuantizedNetwork, x_q: np.ndarray) -> None:
@@ -47,12 +83,17 @@ def check_int64(net: QuantizedNetwork, x_q: np.ndarray) -> None:
 
 
 def trace(net: QuantizedNetwork, x_q: np.ndarray) -> list[np.ndarray]:
-    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features); refuses a
-    network whose accumulators could wrap in int64 (``check_int64``)."""
+    """The accumulator of every layer for integer inputs ``x_q`` (N, n_features) (a pooling
+    node's entry: its output codes); refuses a network whose accumulators could wrap in int64
+    (``check_int64``)."""
     h = np.asarray(x_q, dtype=np.int64)
     check_int64(net, h)
     accs = []
     for _, layer, _, _ in walk(net):
+        if isinstance(layer, QPool):
+            h = pool(layer, h)
+            accs.append(h)
+            continue
         acc = accumulate(layer, h)
         accs.append(acc)
         h = activate(layer, acc)

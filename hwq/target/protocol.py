@@ -46,9 +46,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from hwq.errors import DataError, UsageError
+from hwq.errors import DataError, LimitError, UsageError
 from hwq.quant import reference
-from hwq.quant.qnet import InputFormat, QuantizedNetwork
+from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork
 
 
 @runtime_checkable
@@ -173,6 +173,17 @@ class Exporting(Protocol):
     exports: dict[str, Export]
 
 
+def require_dense(net: QuantizedNetwork, target: str) -> None:
+    """Refuse, in one line naming the first such node, a network with convolutions or pooling on
+    a target that maps dense layers only."""
+    for i, node in enumerate(net.layers):
+        if getattr(node, "window", None) is not None:
+            what = "a convolution" if isinstance(node, QLayer) else "a pooling"
+            raise LimitError(f"the {target} target maps dense networks only; layer {i} is {what} "
+                                        f"({node.window.describe()})",
+                                        hint="run convolutional networks on --target sim")
+
+
 def check_options(target: str, declared: tuple[Option, ...], given: dict[str, Any],
                   api_only: tuple[str, ...] = ()) -> None:
     """Refuse option names ``target`` does not declare (``api_only`` names are Python-only)."""
@@ -200,7 +211,7 @@ class ReferenceProgram:
 
     def trace(self, x_q: np.ndarray) -> list[np.ndarray]:
         accs = reference.trace(self.net, x_q)
-        return [acc * layer.acc_scale for acc, layer in zip(accs, self.net.layers)]
+        return [acc * layer.unit_scale for acc, layer in zip(accs, self.net.layers)]
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return reference.decide(scores, self.net.output)

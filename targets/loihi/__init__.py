@@ -11,7 +11,7 @@ from typing import Any
 
 from hwq.errors import FileFormatError, UsageError
 from hwq.quant.qnet import QuantizedNetwork
-from hwq.target.protocol import Export, Option, check_options
+from hwq.target.protocol import Export, Option, check_options, require_dense
 
 from .artifacts import from_artifacts
 from .limits import LOIHI, Limits
@@ -50,6 +50,7 @@ class LoihiTarget:
         """Map ``net`` onto Loihi. ``shifts`` forces per-layer right shifts (None entries:
         automatic); ``limits`` overrides the hardware figures."""
         check_options(NAME, self.options, unknown, self.API_ONLY)
+        require_dense(net, NAME)
         limits = limits or LOIHI
         mapping = map_network(net, limits, shifts)
         return LoihiProgram(net, mapping, limits, check_backend(backend))

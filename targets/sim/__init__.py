@@ -37,7 +37,7 @@ from hwq.ir import activations
 from hwq.quant.bounds import check_layer, check_shift_range, rounding_half, row_sum_bound
 from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork, walk
 from hwq.quant.reference import decide
-from hwq.target.protocol import Option, check_options, parse_bool_or_auto
+from hwq.target.protocol import Option, check_options, parse_bool_or_auto, require_dense
 
 from ..common import avx2, products, vnni
 from ..common.plans import FallbackPlans, as_codes, owned, seen_range
@@ -247,6 +247,7 @@ class SimTarget:
     def compile(self, net: QuantizedNetwork, *, vnni: bool | None = None, avx2: bool | None = None,
                 **options: Any) -> SimProgram:
         check_options(NAME, self.options, options)
+        require_dense(net, NAME)
         return SimProgram(net, use_vnni=vnni, use_avx2=avx2)
 
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], *, vnni: bool | None = None,

@@ -22,7 +22,7 @@ __all__ = ["Core", "Drive", "Emulator", "EmulatorConfig", "Model", "Neurons", "S
 
 from typing import Any  # noqa: E402
 
-from hwq.target.protocol import Export, Option, check_options  # noqa: E402
+from hwq.target.protocol import Export, Option, check_options, require_dense  # noqa: E402
 
 from .program import CHOICES, ENCODINGS, NAME, TrueNorthProgram, check_artifacts, export_model  # noqa: E402
 from .validate import problems, validate  # noqa: E402
@@ -60,6 +60,7 @@ class TrueNorthTarget:
 
     def compile(self, net, **options: Any) -> TrueNorthProgram:
         check_options(NAME, self.options, options)
+        require_dense(net, NAME)
         return TrueNorthProgram(net, options)
 
     def load(self, net, artifacts: dict[str, Any], **options: Any) -> TrueNorthProgram:
