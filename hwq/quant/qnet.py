@@ -390,7 +390,7 @@ class QuantizedNetwork:
     layers: tuple[QLayer | QPool, ...]  # the nodes in order (a QPool never first or last)
     output: str  # "argmax" (lowest index wins ties) or "sign" (class 1 iff score > 0)
     settings: QuantSettings
-    float_graph: ir.Graph
+    float_graph: ir.Graph | None = None  # the float model it came from (None: built in integers)
     report: tuple[TensorReport, ...] = field(default=())
     input_shape: tuple[int, ...] | None = None  # one sample's shape; None (files before it): the first weight's
 

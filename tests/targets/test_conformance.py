@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 import pytest
-from factories import make_layer, make_net, onnx_net
+from factories import make_layer, make_net, onnx_net, random_cnn
 
 from hwq.errors import DataError, HwqError, UsageError
 from hwq.files.program import load_program, save_program
@@ -51,10 +51,14 @@ def networks():
         "sigmoid-8bit": onnx_net(rng, "Sigmoid", 8)[0],
         "step-binary-out": onnx_net(rng, "step", 2, out=1)[0],
         "relu-wide-784": onnx_net(rng, "Relu", 2, n_in=784, hidden=16, out=10)[0],
+        "cnn-relu-maxpool": random_cnn(rng, (1, 8, 8), "relu", "max", channels=(4, 6)),
+        "cnn-step-avgpool-strided": random_cnn(rng, (2, 9, 9), "step", "avg", channels=(4, 4), stride=2, groups=2),
+        "cnn-step-maxpool": random_cnn(rng, (1, 8, 8), "step", "max", channels=(3, 4), pads=0),
     }
 
 
 NETS = networks()
+CNNS = [name for name in NETS if name.startswith("cnn-")]
 
 
 def input_codes(net, n=64, seed=0):
@@ -116,7 +120,7 @@ def check_trace(program, x_q) -> None:
     zs = program.trace(x_q)
     assert len(zs) == len(program.net.layers)
     for z, layer in zip(zs, program.net.layers):
-        assert z.shape == (len(x_q), layer.weight.shape[0]) and np.all(np.isfinite(z))
+        assert z.shape == (len(x_q), layer.n_out) and np.all(np.isfinite(z))
 
 
 def outside_codes(net, n=96, seed=3):
@@ -283,6 +287,21 @@ def test_hwq_file_round_trip(programs, tmp_path):
         assert loaded.target == target and loaded.options == program.options
         x_q = input_codes(program.net, n=32, seed=2)
         assert np.array_equal(loaded.forward(x_q), program.forward(x_q))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_cnn_maps_exactly_or_is_refused_in_one_line(target):
+    """Every target runs the small CNNs bit for bit with the reference, or refuses each in one
+    line that names the node it cannot map (issues 19-21: until a target maps CNNs)."""
+    for name in CNNS:
+        net = NETS[name]
+        try:
+            program = get_target(target).compile(net)
+        except HwqError as exc:
+            line = exc.line()
+            assert "\n" not in line and "layer" in line, f"{target} refused {name} without naming the layer: {line}"
+            continue
+        check_exact(program, input_codes(net, n=48, seed=5))
 
 
 def test_wrong_input_shape_is_a_data_error(programs):
