@@ -160,3 +160,69 @@ def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FID
     return (f"{program.target} computes a different network: its decisions equal the integer reference's (sim) on "
             f"{fid['value']:.1%} of {fid['inputs']} inputs ({fid['source']}), below {threshold:.0%}. Why: {why}. "
             f"To avoid it: {fix}")
+
+
+# -- exports: the integer network's own formats (any target) and each target's ---------------------
+
+def core_exports() -> dict:
+    """File formats of the integer network itself, whatever its target: name -> ``Export``
+    (``write(program, path)`` reads only ``program.net``)."""
+    from hwq.files import nir
+    from hwq.onnx.exporter import save_onnx
+    from hwq.target.protocol import Export
+
+    return {"onnx": Export("onnx", (".onnx",), lambda program, path: save_onnx(program.net, path),
+                           "the integer network as an integer-exact ONNX graph (onnxruntime runs it)"),
+            "nir": Export("nir", (".nir",), lambda program, path: nir.write_network(program.net, path),
+                          nir.EXPORT_HELP)}
+
+
+def export_formats(target: str | None = None) -> dict:
+    """Every format a program of ``target`` can be exported in: the core's plus the target's own
+    (``Target.exports``)."""
+    from hwq.target.protocol import Exporting
+
+    formats = core_exports()
+    if target is not None and isinstance(get_target(target), Exporting):
+        formats.update(get_target(target).exports)
+    return formats
+
+
+def export_format(target: str | None, path, fmt: str | None = None) -> str:
+    """The format ``export`` writes: ``fmt`` where given (refused in one line if ``target``'s
+    programs have no such format), else the one ``path``'s suffix names."""
+    from pathlib import Path
+
+    from hwq.errors import UsageError
+
+    formats = export_formats(target)
+    if fmt is None:
+        suffix = Path(path).suffix
+        fmt = next((name for name, e in formats.items() if suffix in e.suffixes), None)
+        if fmt is None:
+            raise UsageError(f"cannot tell the format from '{suffix}'", hint="use --format " + " | ".join(formats))
+    if fmt not in formats:
+        raise UsageError(f"unknown export format '{fmt}' for a {target or 'network'} program",
+                         hint="formats: " + ", ".join(formats))
+    return fmt
+
+
+def export(source, path, fmt: str | None = None) -> str:
+    """Write ``source`` (a compiled program, a ``.hwq`` path, or a ``QuantizedNetwork``) to
+    ``path`` as ``fmt`` (default: from the suffix); returns the format written. The core formats
+    (onnx, nir) need only the integer network: a ``.hwq`` file is not re-mapped for them."""
+    from pathlib import Path
+
+    if isinstance(source, (str, Path)):
+        from hwq.files.program import read_stored
+
+        stored = read_stored(source)
+        fmt = export_format(stored.target, path, fmt)
+        program = ReferenceProgram(stored.net) if fmt in core_exports() else load_program(source)
+    elif isinstance(source, QuantizedNetwork):
+        fmt, program = export_format(None, path, fmt), ReferenceProgram(source)
+    else:
+        program = source
+        fmt = export_format(program.target if program.target != "reference" else None, path, fmt)
+    export_formats(None if fmt in core_exports() else program.target)[fmt].write(program, path)
+    return fmt

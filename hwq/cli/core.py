@@ -360,30 +360,6 @@ def flag_text(flag: str, diag: dict) -> str:
     return flag
 
 
-def core_exports() -> dict:
-    """File formats of the integer network itself (any target): name -> Export."""
-    from hwq.files import nir
-    from hwq.onnx.exporter import save_onnx
-    from hwq.target.protocol import Export
-
-    return {"onnx": Export("onnx", (".onnx",), lambda program, path: save_onnx(program.net, path),
-                           "the integer network as an integer-exact ONNX graph (onnxruntime runs it)"),
-            "nir": Export("nir", (".nir",), lambda program, path: nir.write_network(program.net, path),
-                          nir.EXPORT_HELP)}
-
-
-def export_formats(target: str | None) -> dict:
-    """Every format ``hwq export`` can write for a program of ``target``: the core's plus the
-    target's own (``Target.exports``)."""
-    from hwq.target.protocol import Exporting
-    from hwq.target.registry import get_target
-
-    formats = core_exports()
-    if target is not None and isinstance(get_target(target), Exporting):
-        formats.update(get_target(target).exports)
-    return formats
-
-
 def writable_exports(path: Path, target: str) -> tuple[list[str], dict]:
     """The formats ``hwq export`` writes for this file, and the target's formats it refuses
     (name -> why): each target format is written once into a scratch folder, so the list
@@ -392,8 +368,8 @@ def writable_exports(path: Path, target: str) -> tuple[list[str], dict]:
 
     from hwq.errors import HwqError
 
-    formats, refused = export_formats(target), {}
-    own = [name for name in formats if name not in core_exports()]
+    formats, refused = api.export_formats(target), {}
+    own = [name for name in formats if name not in api.core_exports()]
     if own:
         program = hwqfile.load_program(path)
         with tempfile.TemporaryDirectory(prefix="hwq-info-") as scratch:
@@ -417,28 +393,12 @@ def export(
 ):
     """Export the compiled network: the integer network (onnx) or the target's mapping."""
     stored = hwqfile.read_stored(model)
-    formats = export_formats(stored.target)
-    if fmt is None:
-        fmt = next((name for name, e in formats.items() if output.suffix in e.suffixes), None)
-        if fmt is None:
-            raise UsageError(f"cannot tell the format from '{output.suffix}'",
-                             hint="use --format " + " | ".join(formats))
-    if fmt not in formats:
-        raise UsageError(f"unknown export format '{fmt}' for a {stored.target} program",
-                         hint="formats: " + ", ".join(formats))
-    check_output(output, formats[fmt].suffixes)
-    program = hwqfile.load_program(model) if fmt not in core_exports() else _NetOnly(stored.net)
-    formats[fmt].write(program, output)
+    fmt = api.export_format(stored.target, output, fmt)
+    check_output(output, api.export_formats(stored.target)[fmt].suffixes)
+    api.export(model, output, fmt)
     if as_json:
         return emit_json({"output": str(output), "format": fmt})
     typer.echo(f"exported {model} ({fmt}) -> {output}")
-
-
-class _NetOnly:
-    """The integer network alone, for formats that need no target mapping."""
-
-    def __init__(self, net):
-        self.net = net
 
 
 @app.command()
