@@ -16,6 +16,17 @@ with plain ONNX ops, no fused QDQ:
 * bias, requantization, activation in ``double`` (``requant_nodes`` proves exactness), or in
   int64 with ``Mod``/``Div`` when ``|acc * M|`` may reach ``2^53``; step is ``Greater`` +
   ``Cast``, relu ``Clip``, sigmoid ``Clip`` + ``Gather`` in the LUT.
+* convolutions (``QLayer.window``): the patches are a ``Gather`` of the flat input with a
+  constant index (``Window.gather_index``; padding reads an appended column of code 0, added by
+  ``Pad``), ``(N, P, g K)``, times the block-diagonal ``(g K, C_out)`` weight through the same
+  product as a dense layer (the same bounds: a patch holds input codes and zeros); the epilogue
+  is the dense one, per channel, broadcast over the positions. Maps stay position-major inside
+  the graph (``Codes.order``); the next gather index and the next dense weight's columns are
+  permuted to match, and a convolution that ends the network is put back in C-order.
+* pooling (``QPool``): max is a ``Gather`` (padding entries repeat an element of the same
+  window, so they never change the maximum) and ``ReduceMax``; average is a ``Gather`` with the
+  zero column, ``ReduceSum`` in double (``k * peak < 2^53``, checked) and the requantization
+  (bias 0; no half where ``truncate``).
 * outputs: ``scores`` (int64, the last layer's accumulator) and ``decision`` (int64 class:
   ``ArgMax`` with the lowest index on ties, or ``scores[:, 0] > 0`` for one output); the rule
   is also spelled out in the metadata (``hwq.decision``).
@@ -40,12 +51,13 @@ from hwq.quant.bounds import (
     F64_EXACT,
     channel_bounds,
     check_layer,
+    check_pool,
     check_shift_range,
     rounding_half,
     row_sum_bound,
     u8s8_exact_on_every_cpu,
 )
-from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork
+from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QPool, QuantizedNetwork
 from hwq.version import __version__
 
 OPSET = 17
@@ -60,12 +72,15 @@ CONTAINERS = {  # ONNX type, numpy dtype, code range
 
 @dataclass
 class Codes:
-    """A tensor of integer codes in the graph: its name, container and value range."""
+    """A tensor of integer codes in the graph: its name, container and value range. ``order``:
+    the C-order index (``(c H + y) W + x``) each column of the flat ``(N, n)`` tensor holds
+    (None: C-order itself); a convolution or pooling leaves its maps position-major."""
 
     name: str
     container: str
     lo: int
     hi: int
+    order: np.ndarray | None = None
 
     @property
     def peak(self) -> int:
@@ -110,9 +125,9 @@ def input_container(net: QuantizedNetwork) -> str:
     return "int32"
 
 
-def product(b: GraphBuilder, layer: QLayer, h: Codes, i: int) -> str:
-    """``h @ W.T`` as an integer-valued double tensor (exact: see the module docstring)."""
-    w = layer.weight
+def product(b: GraphBuilder, w: np.ndarray, h: Codes, i: int) -> str:
+    """``h @ w.T`` as an integer-valued double tensor (exact: see the module docstring); ``h``
+    may carry leading axes (a convolution's ``(N, P, g K)`` patches)."""
     row_sum = row_sum_bound(w)
     if h.container in ("uint8", "int8") and u8s8_exact_on_every_cpu(w):
         acc = b.op("MatMulInteger", [h.name, b.const(f"w{i}", w.T.astype(np.int8))], f"prod{i}")
@@ -125,10 +140,9 @@ def product(b: GraphBuilder, layer: QLayer, h: Codes, i: int) -> str:
     return b.op("MatMul", [x, b.const(f"w{i}", w.T.astype(np.float64))], f"prod{i}")
 
 
-def requant_route(layer: QLayer, acc_bound: np.ndarray) -> str:
+def requant_route(mult: np.ndarray, half: np.ndarray, acc_bound: np.ndarray) -> str:
     """``double`` when ``|acc| * M + 2^(S-1) < 2^53`` on every channel, else ``int64``."""
-    mult, shift, half = requant_terms(layer)
-    bound = np.abs(acc_bound.astype(object) * mult) + half
+    bound = np.abs(np.asarray(acc_bound, dtype=object) * mult) + half
     return "double" if max(bound, default=0) < F64_EXACT else "int64"
 
 
@@ -165,12 +179,20 @@ def requant_nodes(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarr
     Returns a double tensor of integer values.
     """
     mult, shift, half = requant_terms(layer)
-    if requant_route(layer, acc_bound) == "double":
+    return rescale_nodes(b, prod, layer.bias, mult, shift, half, acc_bound, i)
+
+
+def rescale_nodes(b: GraphBuilder, prod: str, bias: np.ndarray, mult: np.ndarray, shift: np.ndarray,
+                  half: np.ndarray, acc_bound: np.ndarray, i: int) -> str:
+    """``floor(((prod + bias) * M + half) / 2^S)`` per channel (the last axis of ``prod``), by the
+    double or the int64 route of ``requant_nodes`` (``half`` is ``2^(S-1)``, or 0 for a
+    truncating average pooling: the proofs do not depend on its value, only on its bound)."""
+    if requant_route(mult, half, acc_bound) == "double":
         scale = np.ldexp(mult.astype(np.float64), -shift)
-        offset = np.ldexp((layer.bias.astype(object) * mult + half).astype(np.float64), -shift)
+        offset = np.ldexp((bias.astype(object) * mult + half).astype(np.float64), -shift)
         scaled = b.op("Mul", [prod, b.const(f"m{i}", scale)], f"scaled{i}")
         return b.op("Floor", [b.op("Add", [scaled, b.const(f"c{i}", offset)], f"u{i}")], f"z{i}")
-    acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
+    acc = b.op("Add", [prod, b.const(f"b{i}", bias.astype(np.float64))], f"acc{i}")
     acc = b.op("Cast", [acc], f"acc{i}_i64", to=TensorProto.INT64)
     t = b.op("Mul", [acc, b.const(f"m{i}", mult.astype(np.int64))], f"am{i}")
     t = b.op("Add", [t, b.const(f"half{i}", half.astype(np.int64))], f"t{i}")
@@ -227,6 +249,112 @@ def decision(b: GraphBuilder, net: QuantizedNetwork, acc: str) -> str:
                 select_last_index=0)
 
 
+def column_of(h: Codes, n: int) -> np.ndarray:
+    """For every C-order index of a map of ``n`` codes, the column of ``h`` that holds it."""
+    if h.order is None:
+        return np.arange(n, dtype=np.int64)
+    col = np.empty(n, dtype=np.int64)
+    col[h.order] = np.arange(n, dtype=np.int64)
+    return col
+
+
+def position_major(channels: int, positions: int) -> np.ndarray:
+    """``Codes.order`` of a ``(N, P, C)`` map flattened: column ``p C + c`` holds ``c P + p``."""
+    return (np.arange(channels)[None, :] * positions + np.arange(positions)[:, None]).reshape(-1)
+
+
+def window_index(win, h: Codes, padding: str) -> np.ndarray:
+    """The ``Gather`` index ``(P, g, K)`` into the columns of ``h`` for every patch element
+    (``Window.gather_index``, permuted to ``h.order``). ``padding="zero"``: padding reads column
+    ``n_in``, the code 0 that ``Pad`` appends; ``"repeat"``: padding repeats the window's first
+    element inside the image (every window touches the image, ``Window.validate``)."""
+    idx = win.gather_index  # (g, P, K), -1: padding
+    if padding == "repeat":
+        first = np.take_along_axis(idx, np.argmax(idx >= 0, axis=2)[..., None], axis=2)
+        cols = column_of(h, win.n_in)[np.where(idx < 0, first, idx)]
+    else:
+        cols = np.where(idx < 0, win.n_in, column_of(h, win.n_in)[np.maximum(idx, 0)])
+    return np.ascontiguousarray(cols.transpose(1, 0, 2)).astype(np.int64)
+
+
+def gather_patches(b: GraphBuilder, win, h: Codes, padding: str, i: int) -> str:
+    """``(N, P, g, K)``: every patch element of ``h`` (``window_index``)."""
+    x = h.name
+    if padding == "zero" and win.padded:  # the column of code 0 that padding reads
+        x = b.op("Pad", [x, b.const(f"pads{i}", np.array([0, 0, 0, 1], dtype=np.int64))], f"padded{i}")
+    return b.op("Gather", [x, b.const(f"idx{i}", window_index(win, h, padding))], f"patches{i}", axis=1)
+
+
+def flatten(b: GraphBuilder, name: str, i: int) -> str:
+    """``(N, ...)`` -> ``(N, n)``, row-major."""
+    return b.op("Reshape", [name, b.const(f"flat{i}", np.array([0, -1], dtype=np.int64))], f"flat{i}")
+
+
+def block_diagonal(layer: QLayer) -> np.ndarray:
+    """The ``(C_out, g K)`` matrix that multiplies a grouped convolution's ``g K`` patch elements:
+    output channel ``o`` of group ``o // (C_out / g)`` sees its group's ``K`` and zeros elsewhere
+    (row sums and largest weight unchanged, so the product bounds are the dense layer's)."""
+    w, g = layer.weight, layer.window.groups
+    if g == 1:
+        return w
+    per = w.shape[0] // g
+    out = np.zeros((w.shape[0], g * w.shape[1]), dtype=w.dtype)
+    for o in range(w.shape[0]):
+        gi = o // per
+        out[o, gi * w.shape[1]:(gi + 1) * w.shape[1]] = w[o]
+    return out
+
+
+def layer_product(b: GraphBuilder, layer: QLayer, h: Codes, i: int) -> str:
+    """A dense layer's ``h @ W.T`` (columns of ``W`` permuted to ``h.order``), or a convolution's
+    product over its gathered patches ``(N, P, C_out)``: both integer-valued doubles."""
+    if layer.window is None:
+        w = layer.weight if h.order is None else layer.weight[:, h.order]
+        return product(b, w, h, i)
+    win = layer.window
+    patches = gather_patches(b, win, h, "zero", i)  # (N, P, g, K)
+    patches = b.op("Reshape", [patches, b.const(f"pk{i}", np.array([0, win.positions, -1], dtype=np.int64))],
+                   f"patch_rows{i}")
+    return product(b, block_diagonal(layer), Codes(patches, h.container, h.lo, h.hi), i)
+
+
+def pool_nodes(b: GraphBuilder, node: QPool, h: Codes, lo: int, hi: int, i: int) -> Codes:
+    """A pooling node on ``h``: ``(N, P C)`` position-major codes (module docstring)."""
+    win = node.window
+    c, positions = win.channels, win.positions
+    order = position_major(c, positions)
+    if node.op == "max":  # a repeated element never changes a maximum: padding is ignored
+        top = b.op("ReduceMax", [gather_patches(b, win, h, "repeat", i)], f"max{i}", axes=[-1], keepdims=0)
+        return Codes(flatten(b, top, i), h.container, h.lo, h.hi, order)
+    a, z = node.sum_range(lo, hi)
+    worst = max(abs(a), abs(z))
+    if worst >= F64_EXACT:
+        raise InvalidModelError(f"layer {i}: pooling sums reach 2^53, no exact ONNX export",
+                                hint="use fewer activation bits before the pooling")
+    patches = gather_patches(b, win, h, "zero", i)
+    if h.container != "double":
+        patches = b.cast(patches, "double", f"patches{i}_f64")
+    s = b.op("ReduceSum", [patches, b.const(f"axis{i}", np.array([-1], dtype=np.int64))], f"sum{i}", keepdims=0)
+    mult = node.requant.multiplier.astype(object)
+    shift = node.requant.shift.astype(np.int64)
+    check_shift_range(shift)
+    half = np.zeros(c, dtype=object) if node.truncate else rounding_half(shift).astype(object)
+    y = rescale_nodes(b, s, np.zeros(c, dtype=np.int64), mult, shift, half, np.full(c, worst, dtype=object), i)
+    out_lo, out_hi = node.out_range(lo, hi)
+    out = smallest_container(out_lo, out_hi)
+    if out != "double":
+        y = b.cast(y, out, f"avg{i}")
+    return Codes(flatten(b, y, i), out, out_lo, out_hi, order)
+
+
+def to_c_order(b: GraphBuilder, acc: str, layer: QLayer, i: int) -> str:
+    """The last layer's accumulators as ``(N, n_out)`` in C-order (a convolution's ``(N, P, C)``
+    transposed to ``(N, C, P)``)."""
+    if layer.window is None:
+        return acc
+    return flatten(b, b.op("Transpose", [acc], f"acc{i}_cp", perm=[0, 2, 1]), i)
+
+
 def build_graph(net: QuantizedNetwork) -> onnx.GraphProto:
     b = GraphBuilder()
     fmt = net.input
@@ -236,23 +364,39 @@ def build_graph(net: QuantizedNetwork) -> onnx.GraphProto:
         h = Codes(b.cast("x_q", "double", "x_f64"), "double", fmt.qmin, fmt.qmax)
     for i, layer, _, (lo, hi) in net.walk():  # [lo, hi]: the codes layer i receives (h's range)
         peak = max(abs(lo), abs(hi))
+        if isinstance(layer, QPool):
+            check_pool(layer, i, lo, hi)
+            h = pool_nodes(b, layer, h, lo, hi, i)
+            continue
         check_layer(layer, i, -peak, peak)  # int64 cannot wrap (Python-integer bound)
         acc_bound = np.array(channel_bounds(layer.weight, layer.bias, peak), dtype=object)
         if int(acc_bound.max(initial=0)) >= F64_EXACT:
             raise InvalidModelError(f"layer {i}: accumulators reach 2^53, no exact ONNX export")
-        prod = product(b, layer, h, i)
+        prod = layer_product(b, layer, h, i)
         if i + 1 == len(net.layers):
             acc = b.op("Add", [prod, b.const(f"b{i}", layer.bias.astype(np.float64))], f"acc{i}")
+            acc = to_c_order(b, acc, layer, i)
             b.op("Cast", [acc], "scores", out="scores", to=TensorProto.INT64)
             decision(b, net, acc)
             break
         h = activation(b, layer, prod, acc_bound, i)
-    n_out = net.layers[-1].weight.shape[0]
+        if layer.window is not None:
+            h = Codes(flatten(b, h.name, i), h.container, h.lo, h.hi,
+                      position_major(layer.weight.shape[0], layer.window.positions))
+    n_out = net.layers[-1].n_out
     inputs = [helper.make_tensor_value_info("x_q", CONTAINERS[container][0], ["N", net.n_features])]
     outputs = [helper.make_tensor_value_info("scores", TensorProto.INT64, ["N", n_out]),
                helper.make_tensor_value_info("decision", TensorProto.INT64, ["N"])]
     return helper.make_graph(b.nodes, "hwq_integer", inputs, outputs, b.inits,
                              doc_string="hwq integer network: see hwq.onnx.exporter")
+
+
+def describe_node(node) -> str:
+    if isinstance(node, QPool):
+        return f"{node.op}pool {node.window.describe()} {node.window.n_in}->{node.n_out}"
+    if node.window is not None:
+        return f"{node.activation} conv {node.window.describe()} {node.window.n_in}->{node.n_out}"
+    return f"{node.activation} {node.weight.shape[1]}->{node.weight.shape[0]}"
 
 
 def metadata(net: QuantizedNetwork) -> dict[str, str]:
@@ -265,8 +409,7 @@ def metadata(net: QuantizedNetwork) -> dict[str, str]:
         "hwq.input": (f"x_q = clip(floor(x * {fmt.inv_scale!r} + 1/2), {fmt.qmin}, {fmt.qmax})"
                       f" ({fmt.name}); bounds {fmt.bounds}"),
         "hwq.input_dtype": input_container(net),
-        "hwq.layers": "; ".join(f"{layer.activation} {layer.weight.shape[1]}->{layer.weight.shape[0]}"
-                                for layer in net.layers),
+        "hwq.layers": "; ".join(describe_node(layer) for layer in net.layers),
         "hwq.semantics": "docs/integer-semantics.md (integers exact; scores are int64 accumulators)",
     }
 
