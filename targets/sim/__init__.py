@@ -34,18 +34,20 @@ import numpy as np
 
 from hwq.errors import TargetError
 from hwq.ir import activations
-from hwq.quant.bounds import check_layer, check_shift_range, rounding_half, row_sum_bound
-from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QuantizedNetwork, walk
+from hwq.quant.bounds import check_layer, check_pool, check_shift_range, rounding_half, row_sum_bound
+from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QPool, QuantizedNetwork, walk
 from hwq.quant.reference import decide
-from hwq.target.protocol import Option, check_options, parse_bool_or_auto, require_dense
+from hwq.target.protocol import Option, check_options, parse_bool_or_auto
 
 from ..common import avx2, products, vnni
 from ..common.plans import FallbackPlans, as_codes, owned, seen_range
 from ..common.products import DTYPES
 from . import kernels
+from .conv import CompiledConv, CompiledPool
 
 NAME = "sim"
 EMPTY = np.zeros((0, 0), np.int64)
+CHUNK_BYTES = 128 * 2**20  # a convolutional network runs the batch in chunks of about this much working memory
 
 
 def vnni_path(layer: QLayer, lo: int, hi: int) -> tuple[str, int, list[np.ndarray]] | None:
@@ -128,6 +130,14 @@ class CompiledLayer:
             return avx2.container(self.lo, self.hi)
         return DTYPES[self.path]
 
+    @property
+    def checks_codes(self) -> bool:
+        """Whether ``run`` itself counts codes outside ``[lo, hi]`` (the packing products do)."""
+        return self.path.startswith("vnni") or self.path == "avx2"
+
+    def patch_bytes(self) -> int:
+        return 0
+
     def run(self, h: np.ndarray, out_dtype, want_acc: bool, want_out: bool):
         """``(acc, codes)``: the int64 accumulator and the activated codes (``out_dtype``), each
         None unless asked for. Returns None when codes fall outside ``[lo, hi]``."""
@@ -159,7 +169,7 @@ class SimProgram:
     artifacts: dict[str, Any] = field(default_factory=dict)
     use_vnni: bool | None = None  # None: wherever the CPU has AVX-512 VNNI
     use_avx2: bool | None = None  # None: wherever the CPU has AVX2 (for layers VNNI does not run)
-    layers: list[CompiledLayer] = field(init=False)
+    layers: list[CompiledLayer | CompiledConv | CompiledPool] = field(init=False)
     exact = True
 
     def __post_init__(self):
@@ -176,15 +186,32 @@ class SimProgram:
         self.use_avx2 = avx2.available() if self.use_avx2 is None else bool(self.use_avx2)
         self.layers = self.plan(fmt.qmin, fmt.qmax)
         self._fallbacks = FallbackPlans(self.plan)
+        self.chunk = None if self.net.dense else self.chunk_size(self.layers)
 
-    def plan(self, lo: int, hi: int) -> list[CompiledLayer]:
-        """Each layer's product for inputs in ``[lo, hi]``, after proving that no int64
-        intermediate can wrap (``hwq.quant.bounds.check_layer``; refused otherwise)."""
+    def plan(self, lo: int, hi: int) -> list[CompiledLayer | CompiledConv | CompiledPool]:
+        """Each node's product (or pooling) for inputs in ``[lo, hi]``, after proving that no int64
+        intermediate can wrap (``hwq.quant.bounds.check_layer``/``check_pool``; refused otherwise)."""
         layers = []
         for i, layer, _, (a, b) in walk(self.net, lo, hi):
+            if isinstance(layer, QPool):
+                check_pool(layer, i, a, b)
+                layers.append(CompiledPool(layer, a, b))
+                continue
             check_layer(layer, i, a, b)
-            layers.append(CompiledLayer.build(layer, a, b, self.use_vnni, self.use_avx2))
+            build = CompiledLayer.build if layer.window is None else CompiledConv.build
+            layers.append(build(layer, a, b, self.use_vnni, self.use_avx2))
         return layers
+
+    def chunk_size(self, layers) -> int:
+        """Samples per chunk for a convolutional network: the largest node's inputs, outputs,
+        accumulators and BLAS patch matrix (8 bytes a value) within ``CHUNK_BYTES``."""
+        shape_in = int(np.prod(self.net.input_shape))
+        per_sample = 1
+        for c in layers:
+            n_out = c.layer.n_out
+            per_sample = max(per_sample, 8 * (shape_in + 3 * n_out) + 2 * c.patch_bytes())
+            shape_in = n_out
+        return max(1, CHUNK_BYTES // per_sample)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -192,20 +219,39 @@ class SimProgram:
 
     def _run(self, x_q: np.ndarray, want_accs: bool) -> list[np.ndarray]:
         x_q = as_codes(x_q, self.net.n_features, NAME)
-        result = self._run_plan(self.layers, x_q, want_accs)
+        result = self._run_chunks(self.layers, x_q, want_accs)
         if result is None:  # codes outside the input format: a plan proven for what we got
             x_q = x_q.astype(np.int64)  # the reference's reading of the codes
             fmt = self.net.input
-            result = self._run_plan(self._fallbacks.for_range(*seen_range(x_q, fmt.qmin, fmt.qmax)), x_q, want_accs)
+            plan = self._fallbacks.for_range(*seen_range(x_q, fmt.qmin, fmt.qmax))
+            result = self._run_chunks(plan, x_q, want_accs)
         return result
 
+    def _run_chunks(self, layers, x_q: np.ndarray, want_accs: bool):
+        """``_run_plan`` over the batch, in chunks of ``self.chunk`` samples for a convolutional
+        network (bounded memory: the feature maps and patch matrices of one chunk at a time)."""
+        n = x_q.shape[0]
+        if self.chunk is None or n <= self.chunk:
+            return self._run_plan(layers, x_q, want_accs)
+        outs = None
+        for i0 in range(0, n, self.chunk):
+            part = self._run_plan(layers, x_q[i0:i0 + self.chunk], want_accs)
+            if part is None:
+                return None
+            if outs is None:
+                outs = [None if a is None else np.empty((n, *a.shape[1:]), a.dtype) for a in part]
+            for whole, a in zip(outs, part):
+                if a is not None:
+                    whole[i0:i0 + a.shape[0]] = a
+        return outs
+
     @staticmethod
-    def _run_plan(layers: list[CompiledLayer], h: np.ndarray, want_accs: bool):
+    def _run_plan(layers: list[CompiledLayer | CompiledConv | CompiledPool], h: np.ndarray, want_accs: bool):
         accs = []
         for i, c in enumerate(layers):
             last = i + 1 == len(layers)
             out_dtype = np.int64 if last else layers[i + 1].in_dtype
-            if not (c.path.startswith("vnni") or c.path == "avx2") and i == 0 and h.size:
+            if not c.checks_codes and i == 0 and h.size:
                 lo, hi = products.code_range(h)
                 if lo < c.lo or hi > c.hi:
                     return None
@@ -226,8 +272,9 @@ class SimProgram:
         return self._run(x_q, want_accs=False)[-1]
 
     def trace(self, x_q: np.ndarray) -> list[np.ndarray]:
-        """Real pre-activations ``z = acc * acc_scale`` of every layer."""
-        return [acc * c.layer.acc_scale for acc, c in zip(self.accumulators(x_q), self.layers)]
+        """Real values of every node: pre-activations ``z = acc * unit_scale`` (``acc_scale`` per
+        output channel, repeated over a convolution's positions); a pooling's output codes times its scale."""
+        return [acc * c.layer.unit_scale for acc, c in zip(self.accumulators(x_q), self.layers)]
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         return decide(scores, self.net.output)
@@ -247,7 +294,6 @@ class SimTarget:
     def compile(self, net: QuantizedNetwork, *, vnni: bool | None = None, avx2: bool | None = None,
                 **options: Any) -> SimProgram:
         check_options(NAME, self.options, options)
-        require_dense(net, NAME)
         return SimProgram(net, use_vnni=vnni, use_avx2=avx2)
 
     def load(self, net: QuantizedNetwork, artifacts: dict[str, Any], *, vnni: bool | None = None,
