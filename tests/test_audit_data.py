@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from builders import random_mlp, save
 from cli_runner import run_cli
+from measure import peak_bytes
 
 from hwq.cli import main
 from hwq.data import load_dataset
@@ -35,16 +35,6 @@ MEMORY_BOUND = 16_000_000  # bytes traced while loading one mutated file of a fe
 # ------------------------------------------------------------------ M12: argument bombs
 
 
-def _peak(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
-
 @pytest.mark.parametrize("text", ["0:1e9:1", "0:1e-300:1e-310", "0:1e38:1e-300", "0:1:5e-324"])
 def test_eps_ranges_are_counted_before_they_are_made(text):
     """``0:1e9:1`` made a 1e9-element arange (15.8 GB) before the 100,000 limit applied;
@@ -54,7 +44,7 @@ def test_eps_ranges_are_counted_before_they_are_made(text):
         with pytest.raises(UsageError, match=f"at most {MAX_EPSILONS}"):
             parse_epsilons(text)
 
-    assert _peak(parse) < 1_000_000
+    assert peak_bytes(parse) < 1_000_000
 
 
 @pytest.mark.parametrize("text, message", [
@@ -86,7 +76,7 @@ def test_integer_lists_are_counted_before_they_are_made(parse, text):
         with pytest.raises(UsageError, match="at most 10000"):
             parse(text)
 
-    assert _peak(go) < 1_000_000
+    assert peak_bytes(go) < 1_000_000
 
 
 @pytest.mark.parametrize("args", [["--seeds", "100000000000"], ["--bits", "1:100000000000"],
@@ -137,7 +127,7 @@ def test_train_refuses_a_network_too_large_to_allocate():
         with pytest.raises(UsageError, match=f"at most {MAX_PARAMETERS}"):
             train_mlp(x, y, 2, TrainConfig(hidden=65_536, epochs=1))
 
-    assert _peak(go) < 50_000_000
+    assert peak_bytes(go) < 50_000_000
 
 
 def test_train_refuses_labels_that_would_make_a_billion_classes(small, tmp_path, capsys):
@@ -356,7 +346,7 @@ def _load_case(spec: str, intact: str, name: str, may_differ: bool, outcome: Out
             result["error"] = exc
 
     try:
-        peak = _peak(load)
+        peak = peak_bytes(load)
     except Exception as exc:  # noqa: BLE001  (what the suite is looking for)
         outcome.problems.append(f"{name}: traceback {type(exc).__name__}: {exc}")
         return False
@@ -505,7 +495,7 @@ def test_real_size_bombs_are_refused_before_inflating(small, tmp_path, capsys):
     for spec in (tmp_path / "bomb.npz", f"mnist:{tmp_path / 'm'}"):
         for command in ("run", "train"):
             args, result = COMMANDS[command](small, spec, tmp_path), {}
-            peak = _peak(lambda args=args, result=result: result.update(out=run_cli(*args, capsys=capsys)))
+            peak = peak_bytes(lambda args=args, result=result: result.update(out=run_cli(*args, capsys=capsys)))
             code, _, err = result["out"]
             assert code == 2 and "a data set may hold" in err and err.count("\n") == 1, err
             assert peak < MEMORY_BOUND

@@ -80,16 +80,21 @@ def command(tally: Tally, capsys, case: str, args: list, outputs: tuple[Path, ..
         capsys.readouterr()
         tally.tracebacks.append(f"{case}: {args[0]}: {type(exc).__name__}: {str(exc)[:200]}")
         return 1, ""
-    if "Traceback" in err or (code not in (0, 1, 2, 130)):
-        tally.tracebacks.append(f"{case}: {args[0]}: exit {code}: {err.strip()[-300:]}")
-        return code, out
-    if code != 0:
+    judge_exit(tally, case, args[0], code, err, outputs, codes=(0, 1, 2, 130))
+    return code, out
+
+
+def judge_exit(tally: Tally, case: str, name, code: int, err: str, outputs, codes=(0, 1, 2)) -> None:
+    """A traceback or an unexpected exit code is a traceback; a refusal must be exactly one
+    ``hwq: error:`` line and leave none of ``outputs`` behind."""
+    if "Traceback" in err or code not in codes:
+        tally.tracebacks.append(f"{case}: {name}: exit {code}: {err.strip()[-300:]}")
+    elif code != 0:
         tally.refused += 1
         lines = err.strip().splitlines()
         left = [p for p in outputs if p.exists() and (p.is_file() or any(p.iterdir()))]
         if len(lines) != 1 or not lines[0].startswith("hwq: error:") or left:
-            tally.bad_errors.append(f"{case}: {args[0]}: {err.strip()[:300]!r} left {left}")
-    return code, out
+            tally.bad_errors.append(f"{case}: {name}: {err.strip()[:300]!r} left {left}")
 
 
 # ------------------------------------------------------------------ the files
@@ -344,14 +349,7 @@ def command_process(tally: Tally, case: str, args: list, outputs: tuple[Path, ..
         tally.hangs.append(f"{case}: {args[0]}: no answer in {timeout} s")
         return None, ""
     code, out, err = proc.returncode, proc.stdout, proc.stderr
-    if "Traceback" in err or code not in (0, 1, 2):
-        tally.tracebacks.append(f"{case}: {args[0]}: exit {code}: {err.strip()[-300:]}")
-    elif code != 0:
-        tally.refused += 1
-        lines = err.strip().splitlines()
-        left = [p for p in outputs if p.exists() and (p.is_file() or any(p.iterdir()))]
-        if len(lines) != 1 or not lines[0].startswith("hwq: error:") or left:
-            tally.bad_errors.append(f"{case}: {args[0]}: {err.strip()[:300]!r} left {left}")
+    judge_exit(tally, case, args[0], code, err, outputs)
     return code, out
 
 

@@ -211,22 +211,28 @@ def test_an_idle_connection_does_not_block_other_clients(served, model):
 
 def test_many_clients_at_once_are_all_served(served, model):
     _, program, codes = model
-    expected = program.forward(codes)
-    results, errors = [], []
+    assert concurrent_clients(served, program, codes, 24, timeout=20, connect_timeout=20) == [True] * 24
+
+
+def concurrent_clients(server, program, codes, count: int, timeout: float, connect_timeout: float) -> list:
+    """``count`` clients at once, each inferring ``codes``: True where a client got the program's
+    scores, else its error line."""
+    expected, outcomes = program.forward(codes), []
 
     def client():
         try:
-            with SocketDevice(served.address, model_hash=model_hash(program), timeout=20, connect_timeout=20) as dev:
-                results.append(np.array_equal(dev.infer(codes), expected))
+            with SocketDevice(server.address, model_hash=model_hash(program), timeout=timeout,
+                              connect_timeout=connect_timeout) as dev:
+                outcomes.append(np.array_equal(dev.infer(codes), expected))
         except HwqError as exc:
-            errors.append(exc.line())
+            outcomes.append(exc.line())
 
-    threads = [threading.Thread(target=client) for _ in range(24)]
+    threads = [threading.Thread(target=client) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    assert errors == [] and results == [True] * 24
+        t.join(2 * (timeout + connect_timeout))
+    return outcomes
 
 
 def script_server(path, *args) -> Served:
@@ -262,22 +268,7 @@ def test_clients_beyond_the_limit_are_told_the_server_is_busy(model):
             s.close()
         time.sleep(0.2)
         still_correct(server, program, codes)
-        expected, outcomes = program.forward(codes), []
-
-        def client():
-            try:
-                with SocketDevice(server.address, model_hash=model_hash(program), timeout=30,
-                                  connect_timeout=60) as dev:
-                    outcomes.append(np.array_equal(dev.infer(codes), expected))
-            except HwqError as exc:
-                outcomes.append(exc.line())
-
-        threads = [threading.Thread(target=client) for _ in range(60)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert outcomes == [True] * 60
+        assert concurrent_clients(server, program, codes, 60, timeout=30, connect_timeout=60) == [True] * 60
     finally:
         server.stop()
 

@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+from measure import peak_bytes
 
 from hwq.data import (
     FASHION_MNIST_DIR,
@@ -353,18 +354,6 @@ def _deflated_zeros_npz(path, n_zero_rows, width):
     return str(path)
 
 
-def _peak_bytes(fn) -> int:
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
-
 def test_npz_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
     """64 MB of deflated zeros (a 64 KB file) with the limit lowered to 1M values: refused from
     the headers, without inflating (before the fix np.load inflated all of it, then the
@@ -377,7 +366,7 @@ def test_npz_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
         with pytest.raises(DataError, match="more than the 1000000 a data set may hold"):
             load_dataset(path)
 
-    assert _peak_bytes(load) < 4_000_000
+    assert peak_bytes(load) < 4_000_000
 
 
 def _gzip_idx(path, dims, payload_bytes):
@@ -396,7 +385,7 @@ def test_gzip_idx_bomb_is_refused_from_its_dims(tmp_path, monkeypatch):
         with pytest.raises(DataError, match="declare 67108864 values, more than the 1000000"):
             read_idx(tmp_path / "a.gz")
 
-    assert _peak_bytes(load) < 4_000_000
+    assert peak_bytes(load) < 4_000_000
 
 
 def test_gzip_idx_is_inflated_no_further_than_its_dims(tmp_path):
@@ -408,7 +397,7 @@ def test_gzip_idx_is_inflated_no_further_than_its_dims(tmp_path):
         with pytest.raises(DataError, match="has trailing bytes"):
             read_idx(tmp_path / "a.gz")
 
-    assert _peak_bytes(load) < 8_000_000
+    assert peak_bytes(load) < 8_000_000
 
 
 @pytest.mark.parametrize("dims", [(2**32 - 1,) * 3, (2**32 - 1,) * 8, (2**16, 2**16, 2**16, 2**16)])

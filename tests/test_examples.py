@@ -14,6 +14,9 @@ CASES = {
     "hardware_in_the_loop.py": ["--limit", "100"],
     "import_sklearn.py": [],
     "device_server.py": ["--self-test"],
+    # trains with PyTorch + Brevitas, which stay out of the test environment: here only its
+    # command line; the files such training exports are read in tests/test_import_cnn.py
+    "brevitas_cnn.py": ["--help"],
 }
 
 

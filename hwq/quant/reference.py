@@ -22,7 +22,7 @@ def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
     """``floor((acc * M + 2^(S-1)) / 2^S)`` per output channel; ``acc * M`` when ``S == 0``.
     ``acc`` is (N, C) or, for a convolution, (N, C * positions) in C-order (channel-major)."""
     n, c = acc.shape[0], rq.multiplier.shape[0]
-    a = acc.reshape(n, c, -1)
+    a = acc.reshape(n, c, acc.shape[1] // c)  # explicit: an empty batch has no -1 to infer
     m, s = rq.multiplier[None, :, None], rq.shift[None, :, None]
     return np.right_shift(a * m + rounding_half(s), s).reshape(acc.shape)
 
@@ -55,7 +55,7 @@ def accumulate(layer: QLayer, h: np.ndarray) -> np.ndarray:
     p = patches(win, h)  # (N, g, P, K)
     w = layer.weight.reshape(win.groups, per_group, -1)  # (g, O/g, K)
     acc = np.einsum("ngpk,gok->ngop", p, w).reshape(n, layer.weight.shape[0], win.positions)
-    return (acc + layer.bias[None, :, None]).reshape(n, -1)
+    return (acc + layer.bias[None, :, None]).reshape(n, layer.n_out)
 
 
 def pool(node: QPool, h: np.ndarray) -> np.ndarray:
@@ -65,12 +65,12 @@ def pool(node: QPool, h: np.ndarray) -> np.ndarray:
     win, n = node.window, h.shape[0]
     if node.op == "max":
         p = patches(win, h, pad_code=np.iinfo(np.int64).min)  # (N, C, P, k): padding never wins
-        return p.max(axis=3).reshape(n, -1)
+        return p.max(axis=3).reshape(n, node.n_out)
     s = patches(win, h).sum(axis=3)  # (N, C, P)
     rq = node.requant
     half = np.zeros_like(rq.shift) if node.truncate else rounding_half(rq.shift)
     out = np.right_shift(s * rq.multiplier[None, :, None] + half[None, :, None], rq.shift[None, :, None])
-    return out.reshape(n, -1)
+    return out.reshape(n, node.n_out)
 
 
 def check_int64(net: QuantizedNetwork, x_q: np.ndarray) -> None:

@@ -187,17 +187,20 @@ def check_accumulators(program, x_q) -> None:
     accs = program.accumulators(x_q)
     assert len(accs) == len(program.net.layers)
     for acc, layer in zip(accs, program.net.layers):
-        assert acc.dtype == np.int64 and acc.shape == (len(x_q), layer.weight.shape[0])
+        assert acc.dtype == np.int64 and acc.shape == (len(x_q), layer.n_out)
     assert np.array_equal(accs[-1], program.forward(x_q)), f"{program.target}: last accumulators are not the scores"
     if isinstance(program, Traceable):
         for acc, z, layer in zip(accs, program.trace(x_q), program.net.layers):
-            assert np.array_equal(acc * layer.acc_scale, z), f"{program.target}: acc * acc_scale is not trace"
+            assert np.array_equal(acc * layer.unit_scale, z), f"{program.target}: acc * acc_scale is not trace"
 
 
 def check_surrogate_layers(program) -> None:
     weights, tops = program.surrogate_layers()
     assert len(weights) == len(tops) == len(program.net.layers)
     for w, top, layer in zip(weights, tops, program.net.layers):
+        if not hasattr(layer, "weight"):  # a pooling: no weights (the gradient routes through it)
+            assert w is None, f"{program.target}: a pooling node's surrogate weight must be None"
+            continue
         w = np.asarray(w)
         assert w.shape == layer.weight.shape and np.all(np.isfinite(w))
         assert top is None or (np.isfinite(top) and top > 0)
