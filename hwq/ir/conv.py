@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwq.errors import InvalidModelError
-from hwq.ir.graph import MAX_MAGNITUDE, Grid, frozen_array
+from hwq.ir.values import MAX_MAGNITUDE, Grid, frozen_array
 from hwq.ir.window import Window
 
 

@@ -2,8 +2,9 @@
 
 Node names follow NIR (``Affine``, ``Threshold``, ``Flatten``) so an NIR bridge is mechanical.
 A :class:`Graph` is a value: a sample shape and a tuple of nodes applied in order. Every node
-maps a batch ``x`` of shape ``(N, features...)`` to the next. Conv2d would be one more node
-kind with its own parameters; nothing in the chain assumes flat tensors except ``Affine``.
+maps a batch ``x`` of shape ``(N, features...)`` to the next; ``hwq.ir.conv`` adds ``Conv2d`` and
+the poolings over ``(C, H, W)`` maps. ``Graph.stages()`` reads the chain as stages (a linear node
+with its activation, or a pooling), the form quantization walks.
 """
 
 from __future__ import annotations
@@ -15,26 +16,8 @@ import numpy as np
 from hwq.errors import InvalidModelError
 from hwq.ir import activations
 from hwq.ir.codes import code_range
-
-MAX_MAGNITUDE = 1e18  # |weight|, |bias|, gain of a float layer: beyond it scales overflow int64 requantization
-
-
-def frozen_array(a, dtype=np.float64) -> np.ndarray:
-    """A read-only copy: IR values cannot be mutated after construction."""
-    out = np.array(a, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Weights that already sit on a quantization grid: ``weight == codes * scale`` exactly."""
-
-    scheme: str
-    bits: int
-    weight_scale: tuple[float, ...]  # one value per tensor, or one per output row
-    source: str = ""  # where the grid was read: "DequantizeLinear", "Quant", "metadata", ...
-
+from hwq.ir.conv import AvgPool2d, Conv2d, MaxPool2d, SumPool2d
+from hwq.ir.values import MAX_MAGNITUDE, Grid, frozen_array  # noqa: F401 (re-exported)
 
 @dataclass(frozen=True, eq=False)
 class Affine:
@@ -141,7 +124,37 @@ class Flatten:
     """Collapse all sample dimensions into one (a no-op on flat data)."""
 
 
-Node = Affine | Activation | Flatten
+Node = Affine | Activation | Flatten | Conv2d | AvgPool2d | SumPool2d | MaxPool2d
+
+
+def shape_text(shape) -> str:
+    """``1x28x28 inputs (784 features)`` for maps, ``64 features`` for flat samples."""
+    shape = tuple(int(d) for d in shape)
+    n = int(np.prod(shape, dtype=object))
+    if len(shape) <= 1:
+        return f"{n} features"
+    return f"{'x'.join(str(d) for d in shape)} inputs ({n} features)"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the chain: a linear node (``Affine`` or ``Conv2d``) with the activation that
+    follows it (``identity`` where none does) and that activation's quantizer from the file, or a
+    pooling (``AvgPool2d``, ``SumPool2d``, ``MaxPool2d``). ``in_shape``/``out_shape``: one sample."""
+
+    node: object
+    activation: str = "identity"
+    quant: Quantizer | None = None
+    in_shape: tuple[int, ...] = ()
+    out_shape: tuple[int, ...] = ()
+
+    @property
+    def linear(self) -> bool:
+        return hasattr(self.node, "weight")
+
+
+def _describe(node, index: int) -> str:
+    return f"node {index} ({type(node).__name__})"
 
 
 @dataclass(frozen=True)
@@ -156,54 +169,112 @@ class Graph:
 
     @property
     def affines(self) -> list[Affine]:
+        """The dense layers (``linears`` also holds the convolutions)."""
         return [n for n in self.nodes if isinstance(n, Affine)]
+
+    @property
+    def linears(self) -> list:
+        """The nodes with a weight matrix, in order: dense layers and convolutions."""
+        return [n for n in self.nodes if isinstance(n, (Affine, Conv2d))]
 
     @property
     def n_features(self) -> int:
         return int(np.prod(self.sample_shape))
 
-    def layers(self) -> list[tuple[Affine, str]]:
-        """The network as (affine, following activation) pairs; the last pair's activation
-        is ``identity`` (the output rule lives in ``output``)."""
-        pairs: list[tuple[Affine, str]] = []
+    @property
+    def convolutional(self) -> bool:
+        """Whether the chain holds a convolution or a pooling (its samples are maps)."""
+        return any(isinstance(n, (Conv2d, AvgPool2d, SumPool2d, MaxPool2d)) for n in self.nodes)
+
+    def input_mismatch(self, n_features: int, what: str = "the data") -> str:
+        """One line for data whose rows do not fit the model: ``the model takes 1x28x28 inputs (784
+        features), the data has 64``."""
+        return f"the model takes {shape_text(self.input_shape)}, {what} has {int(n_features)}"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape as the first node reads it: the first convolution's or pooling's maps
+        ``(C, H, W)``, else ``sample_shape``."""
         for node in self.nodes:
+            if hasattr(node, "window"):
+                return tuple(int(d) for d in node.window.in_shape)
             if isinstance(node, Affine):
-                pairs.append((node, "identity"))
+                break
+        return tuple(int(d) for d in self.sample_shape)
+
+    def stages(self) -> list[Stage]:
+        """The network as a chain of stages: each linear node (``Affine``, ``Conv2d``) with its
+        following activation, and each pooling. ``Flatten`` is C-order (a no-op on the codes); a
+        dense layer reads any maps flattened, a convolution or pooling a flat vector of its size as
+        C-order maps. An activation after a max pooling moves before it (exact: every activation
+        is monotone non-decreasing, so ``f(max z) = max f(z)``). The last stage is a linear node
+        without activation (the output rule lives in ``output``). Raises ``InvalidModelError`` in
+        one line naming the node."""
+        stages: list[Stage] = []
+        shape = tuple(int(d) for d in self.sample_shape)
+        for k, node in enumerate(self.nodes):
+            if isinstance(node, Flatten):
+                shape = (int(np.prod(shape)),)
+            elif isinstance(node, Affine):
+                if int(np.prod(shape)) != node.n_in:
+                    previous = [s for s in stages if isinstance(s.node, Affine)]
+                    if stages and previous and stages[-1] is previous[-1]:
+                        raise InvalidModelError(f"layer widths do not chain: {previous[-1].node.n_out} -> {node.n_in}")
+                    if not stages:
+                        raise InvalidModelError(f"first layer expects {node.n_in} inputs, samples have "
+                                                f"{self.n_features}")
+                    raise InvalidModelError(f"{_describe(node, k)} expects {node.n_in} inputs, it receives "
+                                            f"{shape_text(shape)}")
+                stages.append(Stage(node, "identity", None, shape, (node.n_out,)))
+                shape = (node.n_out,)
+            elif isinstance(node, (Conv2d, AvgPool2d, SumPool2d, MaxPool2d)):
+                want = tuple(int(d) for d in node.window.in_shape)
+                if shape != want and not (len(shape) == 1 and shape[0] == int(np.prod(want))):
+                    raise InvalidModelError(f"{_describe(node, k)} reads maps of shape {want}, it receives "
+                                            + ("the samples" if not stages else "maps") + f" of shape {shape}")
+                if not isinstance(node, Conv2d) and not stages:
+                    raise InvalidModelError(f"{_describe(node, k)}: a pooling cannot be the model's first node")
+                stages.append(Stage(node, "identity", None, want, tuple(node.out_shape)))
+                shape = tuple(node.out_shape)
             elif isinstance(node, Activation):
-                if not pairs or not passes_accumulator(pairs[-1][1]):
-                    raise InvalidModelError(
-                        f"activation '{node.kind}' must follow a dense layer"
-                    )
-                pairs[-1] = (pairs[-1][0], node.kind)
-        if not pairs:
-            raise InvalidModelError("the model has no dense (Gemm/MatMul) layer")
-        if not passes_accumulator(pairs[-1][1]):
+                at = len(stages) - 1
+                while at > 0 and isinstance(stages[at].node, MaxPool2d):
+                    at -= 1  # an activation after max pooling commutes with it
+                if at < 0 or not stages[at].linear or not passes_accumulator(stages[at].activation):
+                    after = stages[-1].node if stages else None
+                    if isinstance(after, (AvgPool2d, SumPool2d)):
+                        raise InvalidModelError(f"activation '{node.kind}' ({_describe(node, k)}) follows an average "
+                                                "pooling; hwq applies activations at dense and convolution layers",
+                                                hint="put the activation before the pooling")
+                    raise InvalidModelError(f"activation '{node.kind}' must follow a dense or convolution layer")
+                stages[at] = Stage(stages[at].node, node.kind, node.quant, stages[at].in_shape, stages[at].out_shape)
+        linear = [s for s in stages if s.linear]
+        if not linear:
+            raise InvalidModelError("the model has no dense (Gemm/MatMul) or convolution (Conv) layer")
+        if not stages[-1].linear:
+            raise InvalidModelError(f"the model ends with a pooling ({type(stages[-1].node).__name__}); hwq reads "
+                                    "the raw scores of a dense or convolution layer at the output")
+        if not passes_accumulator(stages[-1].activation):
             raise InvalidModelError(
-                f"the last dense layer is followed by '{pairs[-1][1]}'",
+                f"the last {'dense' if isinstance(stages[-1].node, Affine) else 'convolution'} layer is followed "
+                f"by '{stages[-1].activation}'",
                 hint="hwq expects raw scores, Softmax or a single Sigmoid at the output",
             )
-        for (a, _), (b, _) in zip(pairs, pairs[1:]):
-            if a.n_out != b.n_in:
-                raise InvalidModelError(f"layer widths do not chain: {a.n_out} -> {b.n_in}")
-        if pairs[0][0].n_in != self.n_features:
-            raise InvalidModelError(
-                f"first layer expects {pairs[0][0].n_in} inputs, samples have {self.n_features}"
-            )
-        return pairs
+        return stages
+
+    def layers(self) -> list[tuple[Affine, str]]:
+        """The linear nodes (``Affine``, ``Conv2d``) as (node, following activation) pairs, as
+        ``stages()`` without the poolings; the last pair's activation is ``identity`` (the output
+        rule lives in ``output``)."""
+        return [(s.node, s.activation) for s in self.stages() if s.linear]
 
     def activation_quants(self) -> list[Quantizer | None]:
-        """The file's output quantizer of each (affine, activation) pair of ``layers()``."""
-        quants: list[Quantizer | None] = []
-        for node in self.nodes:
-            if isinstance(node, Affine):
-                quants.append(None)
-            elif isinstance(node, Activation) and quants:
-                quants[-1] = node.quant
-        return quants
+        """The file's output quantizer of each (linear node, activation) pair of ``layers()``."""
+        return [s.quant for s in self.stages() if s.linear]
 
     @property
     def n_outputs(self) -> int:
-        return self.affines[-1].n_out
+        return self.linears[-1].n_out
 
     @property
     def n_classes(self) -> int:

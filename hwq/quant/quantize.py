@@ -11,24 +11,28 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from hwq import ir
 from hwq.errors import InvalidModelError, UsageError
 from hwq.ir import activations
-from hwq.quant.bounds import MAX_SHIFT, check_layers
+from hwq.ir.conv import MaxPool2d, SumPool2d
+from hwq.quant.bounds import MAX_SHIFT, check_layers, check_pool
 from hwq.quant.qnet import (
     SIGMOID_INDEX_BITS,
     SIGMOID_LUT_HALF,
     SIGMOID_STEP,
     InputFormat,
     QLayer,
+    QPool,
     QuantizedNetwork,
     QuantSettings,
     Requant,
     TensorReport,
 )
+from hwq.quant.reference import patches, pool, quantize_input
 from hwq.quant.schemes import check_bits, get_scheme
 
 MULTIPLIER_BITS = 16
@@ -72,22 +76,24 @@ def requant_for(ratio: np.ndarray, acc_bound: int, bits: int = MULTIPLIER_BITS) 
     return Requant(mult, shift)
 
 
-def weight_codes(affine: ir.Affine, settings: QuantSettings, last: bool):
-    """Codes and per-row scales for one weight matrix, and whether they were already on grid."""
+def weight_codes(w: np.ndarray, grid, settings: QuantSettings, one_scale: bool, per_row: bool):
+    """Codes and per-row scales for one weight matrix ``w`` (out channels x patch length), and
+    whether they were already on grid: the file's ``grid`` where ``w`` sits on it, else the
+    scheme's unit grid, else post-training scales (per row where ``per_row``). ``one_scale``: the
+    layer needs one scale for all rows (the output layer's argmax, an accumulator passed on)."""
     scheme = get_scheme(settings.scheme)
-    w = affine.weight
     rows = w.shape[0]
-    if affine.grid is not None and len(affine.grid.weight_scale) in (1, rows):
-        scale = np.broadcast_to(np.array(affine.grid.weight_scale), (rows,)).astype(float)
+    if grid is not None and len(grid.weight_scale) in (1, rows):
+        scale = np.broadcast_to(np.array(grid.weight_scale), (rows,)).astype(float)
         codes = np.rint(w / scale[:, None])
         exact = np.allclose(codes * scale[:, None], w, rtol=0, atol=ON_GRID_TOLERANCE * scale.max())
-        if exact and affine.grid.bits <= settings.bits and (not last or len(set(scale)) == 1):
+        if exact and grid.bits <= settings.bits and (not one_scale or len(set(scale)) == 1):
             return codes.astype(np.int64), scale, True
     unit = scheme.unit_scale(settings.bits)
     codes = scheme.to_codes(w / unit, settings.bits)
     if np.allclose(codes * unit, w, rtol=0, atol=ON_GRID_TOLERANCE * unit):
         return codes, np.full(rows, unit), True
-    per_row = settings.per_channel and not last  # argmax needs one scale at the output
+    per_row = per_row and not one_scale  # argmax needs one scale at the output
     scale = scheme.ptq_scale(w, settings.bits, axis=0 if per_row else None)
     scale = np.broadcast_to(scale, (rows,)).astype(float)
     return scheme.to_codes(w / scale[:, None], settings.bits), scale, False
@@ -130,7 +136,8 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     # the output layer, and a hidden layer without activation (its accumulator feeds the next
     # layer directly), need one scale for the whole row vector
     kind = activations.kind(act)
-    codes, w_scale, on_grid = weight_codes(affine, settings, last or kind.passes_accumulator)
+    codes, w_scale, on_grid = weight_codes(affine.weight, affine.grid, settings, last or kind.passes_accumulator,
+                                           settings.per_channel)
     acc_unit = in_fmt_scale * w_scale
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         bias_codes = np.rint(affine.bias / acc_unit)
@@ -185,9 +192,227 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     return layer, reports, np.clip(np.rint(h / out_scale), 0, levels) * out_scale, out_scale, levels
 
 
+CHUNK_VALUES = 2**22  # float64 patch values per calibration chunk of a convolution (32 MB)
+
+
+@dataclass
+class Samples:
+    """The calibration samples at a stage's input as the integer network carries them: ``codes``
+    (N, features; real value ``codes * scale``), or the real ``values`` where a layer passes its
+    accumulator on. ``lo, hi``: the code range the walk gives this stage; ``in_max``: the largest
+    |code| the stage is told it receives (``QLayer.in_max``)."""
+
+    scale: float
+    lo: int
+    hi: int
+    in_max: int
+    codes: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.codes if self.values is None else self.values)
+
+    def real(self, rows=slice(None)) -> np.ndarray:
+        if self.values is not None:
+            return self.values[rows]
+        return self.codes[rows].astype(np.float64) * self.scale
+
+
+def compact(codes: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``codes`` in the narrowest integer type holding ``[lo, hi]`` (calibration maps stay small)."""
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return codes.astype(dtype)
+    return codes.astype(np.int64)
+
+
+def chunks(n: int, per_sample: int):
+    """Row slices of the calibration samples, about ``CHUNK_VALUES`` values each."""
+    step = max(1, CHUNK_VALUES // max(1, per_sample))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def conv_float(window, weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Real pre-activations (N, C_out, Ho Wo) of a convolution with real weight matrix
+    ``weight`` (C_out, patch length) and real ``bias`` over real C-order maps ``x`` (N, C H W);
+    padding reads 0."""
+    p = patches(window, x)  # (N, g, P, K)
+    g = window.groups
+    w = weight.reshape(g, -1, weight.shape[1])  # (g, O/g, K)
+    z = np.matmul(p, np.swapaxes(w, 1, 2)[None])  # (N, g, P, O/g)
+    z = np.swapaxes(z, 2, 3).reshape(len(x), weight.shape[0], window.positions)
+    return z + bias[None, :, None]
+
+
+def quantize_conv(conv, act, samples: Samples, settings, last, index, quant=None):
+    """Quantize one convolution and its activation; returns (QLayer, reports, the next stage's
+    Samples). Per-channel weight scales (as Brevitas), except where the layer needs one scale
+    (the output, an accumulator passed on). The channel scale ``gain`` (a folded BatchNorm) goes
+    into ``weight_scale``, not into the codes, so QAT codes stay on their grid; a negative gain
+    flips that channel's codes. Where one scale is needed and the |gain| differ, the gains are
+    folded into the weights instead (re-quantized; the report says so)."""
+    kind = activations.kind(act)
+    one = last or kind.passes_accumulator
+    name = f"layer{index}"
+    gain = np.asarray(conv.gain, dtype=np.float64)
+    w, grid = conv.matrix, conv.grid
+    folded = one and len(set(np.abs(gain).tolist())) > 1
+    if folded:  # one scale for all channels: the channel scales go into the weights
+        w, grid, gain_in_scale = w * gain[:, None], None, np.ones_like(gain)
+    else:
+        gain_in_scale = gain
+    codes, s, on_grid = weight_codes(w, grid, settings, one, True)
+    flip = np.where(gain_in_scale < 0, -1, 1).astype(np.int64)
+    w_scale = np.abs(gain_in_scale) * s
+    real_w = codes * flip[:, None] * w_scale[:, None]  # = gain * W on the grid
+    real_b = gain * conv.bias
+    acc_unit = samples.scale * w_scale
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        bias_codes = np.rint(real_b / acc_unit)
+    if not np.all(np.abs(bias_codes) < 2.0**62):
+        raise InvalidModelError(f"layer {index}: a bias does not fit the 64-bit accumulator",
+                                hint="the weight or input scale is too small for this bias")
+    bias = bias_codes.astype(np.int64)
+    fmt = weight_format(conv, codes, on_grid, settings) + (" per-channel" if len(set(w_scale)) > 1 else "")
+    if folded:
+        fmt += " (channel scales folded into the weights: one scale for the layer)"
+    elif np.any(gain != 1):
+        flipped = int(np.sum(gain < 0))
+        fmt += " x channel scale" + (f", {flipped} channel{'s' if flipped > 1 else ''} flipped" if flipped else "")
+    w_err = float(np.max(np.abs(codes * s[:, None] - w), initial=0))
+    b_err = float(np.max(np.abs(bias * acc_unit - real_b), initial=0))
+    reports = [TensorReport(f"{name}.weight", fmt, w_err, clipped_count(w, s, settings), on_grid),
+               TensorReport(f"{name}.bias", f"int64 x {acc_unit.min():.3g}", b_err, 0, b_err < 1e-9)]
+    layer = QLayer(codes * flip[:, None], bias, w_scale, samples.scale, 1.0, act, in_max=samples.in_max,
+                   window=conv.window)
+    n = len(samples)
+    parts = chunks(n, conv.window.groups * conv.window.positions * conv.window.patch_len)
+
+    def outputs():
+        for rows in parts:
+            z = conv_float(conv.window, real_w, bias * acc_unit, samples.real(rows))
+            yield rows, z, activations.forward(act, z)
+
+    def codes_of(values, lo, hi):
+        return compact(values.reshape(len(values), -1), lo, hi)
+
+    if kind.binary:
+        out = 1.0 if quant is None or kind is activations.STEP else quant.scale
+        got = [codes_of(np.rint(h), -1, 1) for _, _, h in outputs()]
+        if kind is activations.SIGN:
+            reports.append(TensorReport(f"{name}.sign", "+-1" + (f" x {out:.4g}" if out != 1 else ""), 0.0, 0,
+                                        quant is not None))
+        lo, hi = layer.out_range(samples.lo, samples.hi)
+        return layer, reports, Samples(out, lo, hi, 1, codes=np.concatenate(got))
+    if kind.passes_accumulator:  # the accumulator itself is the next stage's input
+        lo, hi = layer.out_range(samples.lo, samples.hi)
+        values = np.concatenate([h.reshape(len(h), -1) for _, _, h in outputs()])
+        return layer, reports, Samples(float(layer.acc_scale[0]), lo, hi, max(-lo, hi), values=values)
+    act_bits, file_scale = act_format(act, quant, settings)
+    levels = 2**act_bits - 1
+    src = " (file)" if quant is not None else ""
+    mbits = MULTIPLIER_BITS if quant is None else FILE_MULTIPLIER_BITS
+    lut = None
+    if kind is activations.RELU:
+        if file_scale:
+            out_scale = file_scale
+        else:  # calibrated on the feature maps, one scale per tensor
+            peak = max((float(np.max(h)) for _, _, h in outputs() if h.size), default=1.0)
+            out_scale = (peak if peak > 0 else 1.0) / levels
+        rq = requant_for(layer.acc_scale / out_scale, layer.acc_bound, mbits)
+    else:  # sigmoid: as a dense layer (quantize_layer)
+        half = SIGMOID_LUT_HALF
+        rq = requant_for(layer.acc_scale / SIGMOID_STEP, layer.acc_bound)
+        out_scale = file_scale or 1.0 / levels
+        grid_z = (np.arange(2 * half) - half) * SIGMOID_STEP
+        lut = np.clip(np.rint(activations.sigmoid(grid_z) / out_scale), 0, levels).astype(np.int64)
+    err, clipped, got = 0.0, 0, []
+    for _, z, h in outputs():
+        q = np.rint(h / out_scale)
+        if lut is None:
+            err = max(err, float(np.max(np.abs(np.clip(q, 0, levels) * out_scale - h), initial=0)))
+        else:
+            idx = np.clip(np.floor(z / SIGMOID_STEP + 0.5), -half, half - 1).astype(np.int64) + half
+            err = max(err, float(np.max(np.abs(lut[idx] * out_scale - h), initial=0)))
+        clipped += int(np.sum(q > levels))
+        got.append(codes_of(np.clip(q, 0, levels), 0, levels))
+    if lut is None:
+        reports.append(TensorReport(f"{name}.relu", f"u{act_bits} x {out_scale:.3g}{src}", err, clipped,
+                                    quant is not None))
+    else:
+        reports.append(TensorReport(f"{name}.sigmoid", f"LUT 2^{SIGMOID_INDEX_BITS} -> u{act_bits} x "
+                                    f"{out_scale:.4g}{src}", err, 0, quant is not None))
+    layer = QLayer(layer.weight, bias, w_scale, samples.scale, 1.0, act, act_bits, rq, lut, out_scale,
+                   samples.in_max, conv.window)
+    lo, hi = layer.out_range(samples.lo, samples.hi)
+    return layer, reports, Samples(out_scale, lo, hi, max(-lo, hi), codes=np.concatenate(got))
+
+
+def avg_requant(k: int) -> tuple[int, int]:
+    """``(M, S)`` with ``M / 2^S`` about ``1 / k`` for a window of ``k`` elements: ``M = 1,
+    S = log2 k`` (exact) for a power of two, else ``S = 16 + ceil(log2 k)``, ``M = round(2^S / k)``."""
+    if k & (k - 1) == 0:
+        return 1, k.bit_length() - 1
+    shift = 16 + math.ceil(math.log2(k))
+    return int(round(2**shift / k)), shift
+
+
+def quantize_pool(node, samples: Samples, index: int):
+    """A pooling on codes: ``MaxPool2d`` -> ``QPool("max")`` (exact); ``AvgPool2d`` -> ``QPool("avg")``
+    with ``M / 2^S`` about ``1 / (kh kw)`` (``avg_requant``) and ``out_scale = in_scale 2^S / (M kh kw)``
+    (real values kept); ``SumPool2d(shift)`` -> ``QPool("avg", truncate=True)`` with ``M = 1, S = shift``:
+    ``floor(sum / 2^shift)`` truncates (QONNX ``Trunc``), codes at the input's scale. Returns
+    (QPool, reports, the next stage's Samples)."""
+    win, k = node.window, node.window.size
+    channels = win.channels
+    name = f"layer{index}"
+    if isinstance(node, MaxPool2d):
+        qp = QPool("max", win, in_scale=samples.scale, out_scale=samples.scale, in_max=samples.in_max)
+    elif isinstance(node, SumPool2d):
+        rq = Requant(np.ones(channels, np.int64), np.full(channels, node.shift, np.int64))
+        qp = QPool("avg", win, rq, True, samples.scale, samples.scale, samples.in_max)
+    else:
+        m, sh = avg_requant(k)
+        rq = Requant(np.full(channels, m, np.int64), np.full(channels, sh, np.int64))
+        qp = QPool("avg", win, rq, False, samples.scale, samples.scale * 2.0**sh / (m * k), samples.in_max)
+    check_pool(qp, index, samples.lo, samples.hi)  # the window sums fit int64, or refused
+    lo, hi = qp.out_range(samples.lo, samples.hi)
+    a, b = qp.sum_range(samples.lo, samples.hi)
+    err, got, values = 0.0, [], []
+    for rows in chunks(len(samples), channels * win.positions * k):
+        x = samples.real(rows)
+        p = patches(win, x, pad_code=-np.inf if qp.op == "max" else 0.0)  # (n, C, P, k), real values
+        if qp.op == "max":
+            want = p.max(axis=3)
+        else:  # the float node: the window's mean, or its sum over 2^shift
+            want = p.sum(axis=3) / (2.0**node.shift if qp.truncate else k)
+        if samples.codes is not None:
+            out = pool(qp, samples.codes[rows].astype(np.int64))
+            got.append(compact(out, lo, hi))
+            err = max(err, float(np.max(np.abs(out * qp.out_scale - want.reshape(len(x), -1)), initial=0)))
+        else:  # real accumulators: pooled as real values
+            values.append(want.reshape(len(x), -1))
+    if qp.op == "max":
+        fmt = f"max {win.describe()} on codes [{samples.lo}, {samples.hi}] (exact)"
+    elif qp.truncate:
+        fmt = (f"sum {win.describe()}: {k} codes, sum in [{a}, {b}] >> {node.shift} (truncates, QONNX Trunc) "
+               f"-> [{lo}, {hi}] x {qp.out_scale:.3g}")
+    else:
+        m, sh = int(qp.requant.multiplier[0]), int(qp.requant.shift[0])
+        fmt = (f"avg {win.describe()}: sum of {k} in [{a}, {b}] x {m} / 2^{sh} -> [{lo}, {hi}] "
+               f"x {qp.out_scale:.3g}")
+    reports = [TensorReport(f"{name}.{'max' if qp.op == 'max' else 'sum' if qp.truncate else 'avg'}pool", fmt,
+                            err, 0, bool(qp.truncate))]
+    nxt = Samples(qp.out_scale, lo, hi, max(-lo, hi), codes=np.concatenate(got) if got else None,
+                  values=np.concatenate(values) if values else None)
+    return qp, reports, nxt
+
+
 def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, bounds=None) -> QuantizedNetwork:
     """Quantize ``graph`` with ``settings``; ``x_calib`` (N, features) calibrates the input and
-    activation formats; ``bounds`` is the data's valid range ((0, 1) for images)."""
+    activation formats (a convolutional network reads each row as C-order maps of its input
+    shape); ``bounds`` is the data's valid range ((0, 1) for images)."""
     check_bits(settings.bits)
     get_scheme(settings.scheme)
     if not 1 <= settings.act_bits <= 16 or not 2 <= settings.input_bits <= 16:
@@ -195,27 +420,38 @@ def quantize(graph: ir.Graph, settings: QuantSettings, x_calib: np.ndarray, boun
     x_calib = np.asarray(x_calib, dtype=np.float64).reshape(len(x_calib), -1)
     if not settings.calibration:
         settings = dataclasses.replace(settings, calibration=describe_calibration(x_calib))
-    pairs = graph.layers()
-    if x_calib.shape[1] != pairs[0][0].n_in:
-        raise UsageError(f"calibration data has {x_calib.shape[1]} features, the model expects {pairs[0][0].n_in}")
+    stages = graph.stages()
+    if x_calib.shape[1] != graph.n_features:
+        if not graph.convolutional:
+            raise UsageError(f"calibration data has {x_calib.shape[1]} features, the model expects "
+                             f"{graph.n_features}")
+        raise UsageError(graph.input_mismatch(x_calib.shape[1], "the calibration data"))
     fmt = file_input_format(graph.input_quant, bounds) or input_format(x_calib, bounds, settings.input_bits)
-    from hwq.quant.reference import quantize_input
-
-    x = quantize_input(fmt, x_calib) * fmt.scale
-    scale, in_max = fmt.scale, max(abs(fmt.qmin), fmt.qmax)
+    in_max = max(abs(fmt.qmin), fmt.qmax)
+    codes = compact(quantize_input(fmt, x_calib), fmt.qmin, fmt.qmax)
+    samples = Samples(fmt.scale, fmt.qmin, fmt.qmax, in_max, codes=codes)
     in_src = " (file)" if graph.input_quant is not None else ""
     layers, reports = [], [TensorReport("input", fmt.name + in_src, 0.5 * fmt.scale, 0, bool(in_src))]
-    quants = graph.activation_quants()
-    for i, (affine, act) in enumerate(pairs):
-        last = i == len(pairs) - 1
-        layer, rep, x, scale, in_max = quantize_layer(affine, act, scale, in_max, x, settings, last, i,
-                                                      quants[i])
+    for i, stage in enumerate(stages):
+        last = i == len(stages) - 1
+        if isinstance(stage.node, ir.Affine):
+            layer, rep, x, scale, in_max = quantize_layer(stage.node, stage.activation, samples.scale,
+                                                          samples.in_max, samples.real(), settings, last, i,
+                                                          stage.quant)
+            lo, hi = layer.out_range(samples.lo, samples.hi)
+            samples = Samples(scale, lo, hi, in_max, values=x)
+        elif isinstance(stage.node, ir.Conv2d):
+            layer, rep, samples = quantize_conv(stage.node, stage.activation, samples, settings, last, i,
+                                                stage.quant)
+        else:
+            layer, rep, samples = quantize_pool(stage.node, samples, i)
         layers.append(layer)
         reports.extend(rep)
     output = "sign" if graph.output.kind == "sigmoid" else "argmax"
-    check_layers(layers, fmt.qmin, fmt.qmax)  # no int64 intermediate wraps, or refused
+    in_shape = graph.input_shape if graph.convolutional else None
+    check_layers(layers, fmt.qmin, fmt.qmax, in_shape)  # no int64 intermediate wraps, or refused
     return QuantizedNetwork(fmt, tuple(layers), output, true_bits(settings, graph, reports), graph,
-                            tuple(reports))
+                            tuple(reports), input_shape=in_shape)
 
 
 def describe_calibration(x_calib: np.ndarray) -> str:
@@ -229,7 +465,7 @@ def true_bits(settings: QuantSettings, graph: ir.Graph, reports) -> QuantSetting
     """A ``--bits`` above the file's QAT grids keeps their codes: record the bits they use
     (ternary codes stay q=2, not the requested q=4)."""
     weights = [r for r in reports if r.tensor.endswith(".weight")]
-    grids = [a.grid for a in graph.affines]
+    grids = [a.grid for a in graph.linears]
     if weights and all(r.on_grid for r in weights) and all(g is not None for g in grids):
         return dataclasses.replace(settings, bits=min(settings.bits, max(g.bits for g in grids)))
     return settings
