@@ -25,9 +25,10 @@ import numpy as np
 from hwq import ir
 from hwq.errors import UsageError
 from hwq.ir import activations
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import QLayer, QuantizedNetwork
 from hwq.quant.reference import quantize_input
 from hwq.ranges import check_gradient
+from hwq.attack.transpose import integer_node_op, node_activation, node_gain, product
 from hwq.target.protocol import Accumulating, HasBitExactModel, OwnSurrogate, ReferenceProgram, Traceable
 
 
@@ -105,7 +106,10 @@ def check_temperature(value):
 
 def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None, loss=None,
              temperature=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(loss, dL/dx)`` through layers ``weights[l]`` (n_out, n_in) at pre-activations ``zs``;
+    """``(loss, dL/dx)`` through nodes ``weights[l]`` at pre-activations ``zs``: a dense
+    matrix (n_out, n_in), or a node's backward operator (``hwq.attack.transpose``: a
+    convolution's transposed product, a pool's spread or routing, which reads the operating
+    point ``zs[l - 1]`` of the node below);
     ``tops[l]``: where layer ``l``'s ReLU saturates (real value; None: it does not), so
     the derivative is 0 above it.
 
@@ -141,7 +145,7 @@ def _products(weights, gains, acts, zs, y, single, tops, sign_dtype, loss_fn=Non
     for layer in range(len(weights) - 1, -1, -1):
         if sign_dtype is not None:
             delta = pow2_rows(delta).astype(sign_dtype)
-        grad_h = gains[layer] * (delta @ weights[layer])
+        grad_h = gains[layer] * product(weights[layer], delta, zs[layer - 1] if layer else None)
         if layer == 0:
             return loss, grad_h
         z = zs[layer - 1]
@@ -160,20 +164,30 @@ def pow2_rows(a: np.ndarray) -> np.ndarray:
 
 
 def relu_top(layer) -> float | None:
-    """The real pre-activation where an integer ReLU reaches its largest code ``2^A - 1``."""
-    if layer.activation_kind is not activations.RELU or not layer.act_bits:
+    """The real pre-activation where an integer ReLU reaches its largest code ``2^A - 1``
+    (None for a pool or another kind)."""
+    if not isinstance(layer, QLayer) or layer.activation_kind is not activations.RELU or not layer.act_bits:
         return None
     return (2**layer.act_bits - 1) * layer.out_scale
 
 
 def surrogate_layers(program) -> tuple[list, list]:
-    """``(real weights, ReLU tops)`` per layer of what ``program`` computes: its own
-    ``surrogate_layers()`` where it maps weights differently (loihi), else the network's
-    ``W * weight_scale`` and the ``2^A - 1`` clip of each ReLU."""
-    if isinstance(program, OwnSurrogate):
-        return program.surrogate_layers()
+    """``(backward operators, ReLU tops)`` per node of what ``program`` computes: its own
+    ``surrogate_layers()`` (real weights) where it maps weights differently (loihi), else the
+    network's ``W * weight_scale``; a convolution's weight as its transposed product, pools as
+    their spread or routing (``hwq.attack.transpose.integer_node_op``); the ``2^A - 1`` clip of
+    each ReLU."""
     layers = program.net.layers
-    return [layer.real_weight for layer in layers], [relu_top(layer) for layer in layers]
+    if isinstance(program, OwnSurrogate):
+        weights, tops = program.surrogate_layers()
+    else:
+        weights, tops = [None] * len(layers), [relu_top(layer) for layer in layers]
+    return [integer_node_op(layers, i, w) for i, w in enumerate(weights)], list(tops)
+
+
+def narrow(op, dtype):
+    """A backward operator with its weights in ``dtype`` (the sign-only products)."""
+    return np.asarray(op, dtype) if isinstance(op, np.ndarray) else op.astype(dtype)
 
 
 class SurrogateGradient:
@@ -198,10 +212,10 @@ class SurrogateGradient:
         net: QuantizedNetwork = reference.net
         self.weights, self.tops = surrogate_layers(reference)
         self.sign_dtype = sign_dtype
-        self.narrow = None if sign_dtype is None else [np.asarray(w, sign_dtype) for w in self.weights]
-        self.gains = [layer.gain for layer in net.layers]
-        self.acts = [layer.activation for layer in net.layers]
-        self.scales = [layer.acc_scale for layer in net.layers]
+        self.narrow = None if sign_dtype is None else [narrow(w, sign_dtype) for w in self.weights]
+        self.gains = [node_gain(layer) for layer in net.layers]
+        self.acts = [node_activation(layer) for layer in net.layers]
+        self.scales = [layer.unit_scale for layer in net.layers]
         self.single = net.output == "sign"
         self.temperature = check_temperature(temperature)
         if self.temperature is not None:
@@ -240,33 +254,35 @@ class SurrogateGradient:
 
 
 class FloatGradient:
-    """Gradient of the original float model (transfer attack)."""
+    """Gradient of the original float model (transfer attack), dense or convolutional
+    (``hwq.attack.float_backward``)."""
 
     name = "float"
 
     def __init__(self, graph: ir.Graph, temperature=None):
+        from hwq.attack.float_backward import float_chain
+
+        if graph is None:
+            raise UsageError("this network keeps no float model (built in integers), so --grad float has "
+                             "nothing to differentiate", hint="use --grad surrogate")
         self.graph, self.temperature = graph, check_temperature(temperature)
         if self.temperature is not None:
             self.name = f"float T={self.temperature}"
-        pairs = graph.layers()
-        self.affines = [a for a, _ in pairs]
-        self.acts = [act for _, act in pairs]
+        self.chain = float_chain(graph)
+        self.acts = [node.act for node in self.chain]
         self.single = graph.output.kind == "sigmoid"
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
-        h, zs = np.asarray(x, dtype=np.float64), []
-        for affine, act in zip(self.affines, self.acts):
-            z = affine.gain * (h @ affine.weight.T + affine.bias)
-            zs.append(z)
-            h = activations.forward(act, z)
-        return zs
+        from hwq.attack.float_backward import float_trace
+
+        return float_trace(self.chain, x)
 
     def with_temperature(self, temperature) -> FloatGradient:
         return FloatGradient(self.graph, temperature)
 
     def value_and_grad(self, x, y, loss=None):
-        weights = [a.weight for a in self.affines]
-        gains = [a.gain for a in self.affines]
+        weights = [node.back for node in self.chain]
+        gains = [node.back_gain for node in self.chain]
         return backprop(weights, gains, self.acts, self.forward(x), y, self.single, loss=loss,
                         temperature=self.temperature)
 

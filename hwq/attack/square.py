@@ -8,18 +8,26 @@ margin drops. A pair (input, epsilon) stops at its first wrong decision or when 
 (``queries``, the clean query and the start included) is spent. Queries are counted per pair
 (``result.queries``).
 
-The input is viewed as an ``h x w`` image (``h = w = sqrt(d)`` when ``d`` is a square, e.g.
-8x8 digits or 28x28 images; else a ``1 x d`` row, the windows then being segments).
+The input is viewed as ``C x H x W`` maps: the network's input shape (``net.input_shape``,
+``image_dims``) where it states one (a CNN's ``(C, H, W)``); a flat input of ``d`` features as
+one channel of ``h = w = sqrt(d)`` when ``d`` is a square (8x8 digits, 28x28 images), else a
+``1 x d`` row, the windows then being segments. Windows are squares over height and width,
+the same position in every channel, with a sign (linf) or a pseudo-Gaussian's sign (l2) per
+channel, as in the paper's reference implementation (``square_attack_linf``/``_l2``, images
+``(n, c, h, w)``); with one channel this is what hwq always did (same numbers).
 Following the reference implementation (one window position per iteration for the whole
 batch, the ``p`` schedule halving at 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10,000
 iterations, rescaled to the budget):
 
-* ``linf``: start at vertical stripes ``x + eps * (+-1 per column)``; each iteration sets one
-  window of side ``round(sqrt(p d))`` to ``x + eps * (+-1)`` (sign per input; flipped once if
-  that would change nothing).
-* ``l2``: start at a grid of pseudo-Gaussian blocks scaled to norm ``eps``; each iteration
-  moves the perturbation's mass from a second window into a pseudo-Gaussian update of the
-  first (windows of odd side >= 3), keeping ``|delta|_2 = eps`` before clipping.
+* ``linf``: start at vertical stripes ``x + eps * (+-1 per channel and column)``; each
+  iteration sets one window of side ``round(sqrt(p H W))`` (at most ``min(H, W) - 1``) to
+  ``x + eps * (+-1 per channel)`` (every channel's sign flipped where that would change nothing
+  in the window; the reference resamples).
+* ``l2``: start at a grid of pseudo-Gaussian blocks (side ``min(H, W) // 5``, a sign per block
+  and channel) scaled to norm ``eps``; each iteration moves, per channel, the perturbation's
+  mass from a second window into a pseudo-Gaussian update of the first (windows of odd side
+  >= 3), the ball's remaining mass shared equally by the channels, keeping ``|delta|_2 = eps``
+  before clipping.
 
 Randomness: the window positions (one per iteration for the whole batch, as in the
 reference) come from ``default_rng(seed)`` alone and are the same for every chunk and strength;
@@ -56,8 +64,23 @@ def p_schedule(p_init: float, it: int, n_iters: int) -> float:
 
 
 def image_shape(d: int) -> tuple[int, int]:
+    """The ``h x w`` view of a flat input of ``d`` features (the network states no image shape):
+    a square where ``d`` is one, else a ``1 x d`` row."""
     s = int(round(np.sqrt(d)))
     return (s, s) if s * s == d and s > 1 else (1, d)
+
+
+def image_dims(shape) -> tuple[int, int, int]:
+    """``(channels, height, width)`` that Square's windows move over, from the network's input
+    shape: ``(C, H, W)`` as given (a map one pixel high or wide as a ``C x 1 x HW`` row of
+    segments), ``(H, W)`` as one channel, a flat ``(d,)`` as ``image_shape(d)`` with one channel."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3:
+        return (1, *image_shape(int(np.prod(shape))))
+    c, h, w = shape
+    return (c, h, w) if h > 1 and w > 1 else (c, 1, h * w)
 
 
 def _pseudo_gaussian_rect(h: int, w: int) -> np.ndarray:
@@ -90,7 +113,13 @@ def meta_pseudo_gaussian(rng: np.random.Generator, h: int, w: int) -> np.ndarray
 
 
 def _norm(v: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(v**2, axis=(1, 2), keepdims=True))
+    """Per row, the l2 norm over channels, height and width: (rows, 1, 1, 1)."""
+    return np.sqrt(np.sum(v**2, axis=(1, 2, 3), keepdims=True))
+
+
+def _channel_norm(v: np.ndarray) -> np.ndarray:
+    """Per row and channel, the l2 norm over height and width: (rows, c, 1, 1)."""
+    return np.sqrt(np.sum(v**2, axis=(2, 3), keepdims=True))
 
 
 @dataclass(frozen=True)
@@ -116,20 +145,24 @@ class Square(Attack):
         return max(1, min(batch_size, SQUARE_CHUNK_ELEMENTS // max(1, n_eps * d)))
 
     def _window(self, it: int, n_iters: int, h: int, w: int) -> tuple[int, int]:
+        """The window's (height, width) at iteration ``it``: a square of side about
+        ``sqrt(p h w)`` (``p`` the share of one channel's pixels it covers) that fits the image;
+        on a ``1 x w`` row a segment of about ``p w``."""
         p = p_schedule(self.p_init, it, n_iters)
         if h == 1:
             return 1, int(min(max(round(p * w), 1), w))
+        side = min(h, w)
         s = int(round(np.sqrt(p * h * w)))
         if self.norm == "linf":
-            return (s2 := min(max(s, 1), h - 1)), s2
+            return (s2 := min(max(s, 1), side - 1)), s2
         s = max(s, 3)
         s += 1 - s % 2
-        s = min(s, h if h % 2 else h - 1)
+        s = min(s, side if side % 2 else side - 1)
         return s, s
 
     def run_chunk(self, judge, x, y, eps, gradient) -> ChunkOutcome:
         k_eps, (n, d) = len(eps), x.shape
-        h, w = image_shape(d)
+        c, h, w = image_dims(judge.program.net.input_shape or (d,))
         rng = np.random.default_rng(self.seed)  # window positions: the same for every chunk and eps
         index = judge.offset + np.tile(np.arange(n), k_eps)  # row -> the input's index in the data set
 
@@ -140,7 +173,7 @@ class Square(Attack):
         clean_codes = judge.codes(x)
         clean_pred, _ = judge.judge(clean_codes, y)
         rows = k_eps * n
-        x0 = np.tile(x, (k_eps, 1)).reshape(rows, h, w)
+        x0 = np.tile(x, (k_eps, 1)).reshape(rows, c, h, w)
         labels = np.tile(y, k_eps)
         e = np.repeat(np.asarray(eps, np.float64), n)
         pred = np.tile(clean_pred, k_eps)
@@ -148,11 +181,11 @@ class Square(Attack):
         used = np.zeros(rows, np.int64)
         lo, hi = judge.lo, judge.hi
         idx = np.flatnonzero((pred == labels) & (e > 0)) if self.queries > 1 else np.zeros(0, np.int64)
-        xs, es = x0[idx], e[idx, None, None]
-        if self.norm == "linf":
-            cur = np.clip(xs + es * row_signs(idx, 0, w)[:, None, :], lo, hi)
+        xs, es = x0[idx], e[idx, None, None, None]
+        if self.norm == "linf":  # vertical stripes, a sign per channel and column
+            cur = np.clip(xs + es * row_signs(idx, 0, c * w).reshape(-1, c, 1, w), lo, hi)
         else:
-            cur = np.clip(xs + self._l2_init(rng, idx, row_signs, h, w) * es, lo, hi)
+            cur = np.clip(xs + self._l2_init(rng, idx, row_signs, c, h, w) * es, lo, hi)
 
         def query(sub, points):
             codes = judge.codes(points.reshape(len(sub), d))
@@ -169,10 +202,10 @@ class Square(Attack):
                 idx, cur, best_margin, xs = idx[alive], cur[alive], best_margin[alive], xs[alive]
             if idx.size == 0:
                 break
-            es = e[idx, None, None]
+            es = e[idx, None, None, None]
             sh, sw = self._window(it, n_iters, h, w)
             r0, c0 = rng.integers(0, h - sh + 1), rng.integers(0, w - sw + 1)
-            sign = row_signs(idx, ITERATION_TAG + it)[:, :, None]
+            sign = row_signs(idx, ITERATION_TAG + it, c)[:, :, None, None]  # one per channel
             if self.norm == "linf":
                 new = self._linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi)
             else:
@@ -187,11 +220,14 @@ class Square(Attack):
 
     @staticmethod
     def _linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi):
-        win = (slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
+        """Rows (rows, c, h, w): the window set to ``x + eps * sign`` (a sign per channel); where
+        that would change nothing in any channel, every channel's sign flipped (the reference
+        resamples until something changes)."""
+        win = (slice(None), slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
         sign = sign.copy()
         proposal = np.clip(xs[win] + es * sign, lo, hi)
-        same = np.all(np.abs(proposal - cur[win]) < 1e-7, axis=(1, 2))
-        if same.any():  # the reference resamples: with one channel that is the other sign
+        same = np.all(np.abs(proposal - cur[win]) < 1e-7, axis=(1, 2, 3))
+        if same.any():
             sign[same] *= -1
             proposal = np.clip(xs[win] + es * sign, lo, hi)
         new = cur.copy()
@@ -199,40 +235,47 @@ class Square(Attack):
         return new
 
     @staticmethod
-    def _l2_init(rng, idx, row_signs, h, w):
-        delta = np.zeros((len(idx), h, w))
+    def _l2_init(rng, idx, row_signs, c, h, w):
+        """A grid of pseudo-Gaussian blocks of side ``min(h, w) // 5``, a sign per block and channel,
+        scaled to unit norm per row."""
+        delta = np.zeros((len(idx), c, h, w))
         block = 1  # the stream tag of each block's signs
         if h == 1:
             s = max(w // 5, 1)
-            for c in range(0, w - s + 1, s):
-                delta[:, :, c:c + s] += meta_pseudo_gaussian(rng, 1, s) * row_signs(idx, block)[:, :, None]
+            for col in range(0, w - s + 1, s):
+                delta[..., col:col + s] += meta_pseudo_gaussian(rng, 1, s) * row_signs(idx, block, c)[:, :, None, None]
                 block += 1
         else:
-            s = max(h // 5, 1)
-            start = (h - s * 5) // 2 if h >= 5 else 0
-            for r in range(start, h - s + 1, s):
-                for c in range(start, w - s + 1, s):
-                    delta[:, r:r + s, c:c + s] += (meta_pseudo_gaussian(rng, s, s)
-                                                   * row_signs(idx, block)[:, :, None])
+            s = max(min(h, w) // 5, 1)
+            r_start, c_start = max((h - s * 5) // 2, 0), max((w - s * 5) // 2, 0)
+            for r in range(r_start, h - s + 1, s):
+                for col in range(c_start, w - s + 1, s):
+                    delta[:, :, r:r + s, col:col + s] += (meta_pseudo_gaussian(rng, s, s)
+                                                          * row_signs(idx, block, c)[:, :, None, None])
                     block += 1
         return delta / np.maximum(_norm(delta), 1e-12)
 
     @staticmethod
     def _l2_step(rng, sign, xs, cur, es, r0, c0, sh, sw, lo, hi):
+        """The reference's l2 iteration with channels: per channel, window 1 gets a pseudo-Gaussian
+        update (its sign per channel) plus its old content, sized to hold window 2's mass and an
+        equal share (``/ c``) of what the ball has left; window 2 is emptied; the whole
+        perturbation is rescaled to norm ``eps``."""
+        c = xs.shape[1]
         delta = cur - xs
-        r2, c2 = rng.integers(0, xs.shape[1] - sh + 1), rng.integers(0, xs.shape[2] - sw + 1)
-        w1 = (slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
-        w2 = (slice(None), slice(r2, r2 + sh), slice(c2, c2 + sw))
-        mask = np.zeros(xs.shape[1:])
-        mask[w1[1:]] = 1
-        mask[w2[1:]] = 1
-        norm_window = _norm(delta[w1])
+        r2, c2 = rng.integers(0, xs.shape[2] - sh + 1), rng.integers(0, xs.shape[3] - sw + 1)
+        w1 = (slice(None), slice(None), slice(r0, r0 + sh), slice(c0, c0 + sw))
+        w2 = (slice(None), slice(None), slice(r2, r2 + sh), slice(c2, c2 + sw))
+        mask = np.zeros(xs.shape[2:])
+        mask[w1[2:]] = 1
+        mask[w2[2:]] = 1
+        norm_window = _channel_norm(delta[w1])
         norm_image = _norm(delta)
-        norm_windows = _norm(delta * mask)
-        update = meta_pseudo_gaussian(rng, sh, sw)[None] * sign
+        norm_windows = _channel_norm(delta * mask)
+        update = meta_pseudo_gaussian(rng, sh, sw)[None, None] * sign
         update = update + delta[w1] / (1e-10 + norm_window)
-        update = update / np.maximum(_norm(update), 1e-12) * np.sqrt(
-            np.maximum(es**2 - norm_image**2, 0) + norm_windows**2)
+        update = update / np.maximum(_channel_norm(update), 1e-12) * np.sqrt(
+            np.maximum(es**2 - norm_image**2, 0) / c + norm_windows**2)
         delta = delta.copy()
         delta[w2] = 0.0
         delta[w1] = update
