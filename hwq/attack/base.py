@@ -36,6 +36,7 @@ from hwq.ranges import check_epsilons
 
 BIG = 1e30  # "unbounded" data range: the input format's saturation does the clipping
 CHUNK_ELEMENTS = 2**24  # perturbed codes per evaluation chunk (64 MB of float32)
+TRACE_ELEMENTS = 2**23  # a CNN's per-layer values per chunk (64 MB of float64 for each copy a gradient keeps)
 KEEP_POINTS = 2**25  # keep the judged points of iterative attacks up to K x N x d codes
 
 
@@ -209,6 +210,8 @@ class Attack:
         direction = codes = queries = nonfinite = None
         keep = len(eps) * n * d <= KEEP_POINTS
         step = self.chunk_size(len(eps), d, batch_size)
+        if not program.net.dense:  # a CNN's feature maps outgrow its input: bound what a gradient keeps
+            step = min(step, max(1, TRACE_ELEMENTS // sum(node.n_out for node in program.net.layers)))
         for start in range(0, n, step):
             sl = slice(start, min(n, start + step))
             judge.offset = start
