@@ -247,6 +247,11 @@ class Attack:
 def check_inputs(program, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if x.shape[1] != program.net.n_features:
+        if program.net.input_shape:  # a CNN: name the maps it reads
+            from hwq.ir.graph import shape_text
+
+            raise DataError(f"the model takes {shape_text(program.net.input_shape)}, the data has {x.shape[1]} "
+                            "features per sample")
         raise DataError(f"data has {x.shape[1]} features per sample, the model expects {program.net.n_features}")
     y = np.asarray(y, dtype=np.int64)
     if y.shape != (len(x),) or (y.size and (y.min() < 0 or y.max() >= program.net.n_classes)):

@@ -191,6 +191,19 @@ def quantization_text(rows: list[dict]) -> str:
                   for r in rows], ["tensor", "format", "max error", "clipped", "QAT grid"])
 
 
+def layer_text(rows: list[dict]) -> str:
+    def shape(v):
+        return "x".join(str(d) for d in v)
+
+    body = [[r["layer"], r["kind"], shape(r["in_shape"]), shape(r["out_shape"]),
+             r["activation"] + (f" u{r['act_bits']}" if r["act_bits"] else ""),
+             "" if r["weight_codes"] is None else "{}..{}".format(*r["weight_codes"]), f"{r['params']:,}",
+             f"{r['macs']:,}"] for r in rows]
+    total = ["", "total", "", "", "", "", f"{sum(r['params'] for r in rows):,}", f"{sum(r['macs'] for r in rows):,}"]
+    return table(body + [total], ["layer", "node", "in", "out", "activation", "weight codes", "params",
+                                  "MACs/sample"])
+
+
 LIMIT = typer.Option(None, help="Use only the first N test inputs.")
 
 
@@ -436,6 +449,7 @@ def info(
         return emit_json(out)
     if out.get("kind") == "compiled model":
         typer.echo(quantization_text(out.pop("quantization")))
+        typer.echo(layer_text(out.pop("layers")))
     if out.get("kind") == "onnx model":
         typer.echo(grid_text(out.pop("grids")))
     for key, value in out.items():

@@ -168,6 +168,29 @@ def quantization_table(net: QuantizedNetwork) -> list[dict]:
              "clipped": r.clipped, "on_grid": r.on_grid} for r in net.report]
 
 
+def layer_rows(net: QuantizedNetwork) -> list[dict]:
+    """One row per node of the integer network (``hwq info``): what it is, its input and output
+    shapes, activation, weight codes, parameters (weights and biases) and multiply-accumulates
+    per sample (a convolution: its weights times its window positions)."""
+    rows = []
+    for i, node in enumerate(net.layers):
+        row = {"layer": i, "in_shape": list(node.in_shape), "out_shape": list(node.out_shape)}
+        if hasattr(node, "weight"):
+            win = node.window
+            positions = 1 if win is None else win.positions
+            row.update(kind="dense" if win is None else f"conv {win.describe()}",
+                       activation=node.activation, act_bits=node.act_bits,
+                       weight_codes=[int(node.weight.min()), int(node.weight.max())],
+                       shape=list(node.weight.shape), params=int(node.weight.size + node.bias.size),
+                       macs=int(node.weight.size) * positions)
+        else:
+            win = node.window.describe().replace(f" groups {node.window.groups}", "")  # one window per channel
+            row.update(kind=f"{node.op}pool {win}" + (" (truncating)" if node.truncate else ""),
+                       activation="", act_bits=None, weight_codes=None, shape=None, params=0, macs=0)
+        rows.append(row)
+    return rows
+
+
 def file_info(path: str | Path) -> dict:
     stored = read_stored(path)
     net = stored.net
@@ -175,11 +198,8 @@ def file_info(path: str | Path) -> dict:
         "kind": "compiled model", "target": stored.target, "hwq_version": stored.hwq_version or __version__,
         "options": stored.options, "created_by": stored.created_by, "input": net.input.name,
         "output": net.output,
-        "layers": [
-            {"shape": list(layer.weight.shape), "activation": layer.activation,
-             "act_bits": layer.act_bits, "weight_codes": [int(layer.weight.min()), int(layer.weight.max())]}
-            for layer in net.layers
-        ],
+        "input_shape": list(net.input_shape) if net.input_shape else [net.n_features],
+        "layers": layer_rows(net),
         "settings": vars(net.settings) if hasattr(net.settings, "__dict__") else str(net.settings),
         "quantization": quantization_table(net),
         "target_report": stored.report,
