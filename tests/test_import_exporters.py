@@ -158,9 +158,12 @@ def test_float_exporters_match_onnxruntime(name, digits):
     assert graph.layers()[0][1] == expect
 
 
-def test_convolution_is_refused_in_one_line():
-    with pytest.raises(UnsupportedOpError, match="convolution is not supported yet$"):
-        load_onnx(DATA / "torch_conv_classic.onnx")
+def test_the_first_convolution_file_imports_as_a_cnn():
+    """torch_conv_classic.onnx (Conv -> Relu -> Flatten -> Gemm), once refused, now reads as a CNN
+    on 1x8x8 maps; tests/test_import_cnn.py checks the CNN files against onnxruntime."""
+    graph = load_onnx(DATA / "torch_conv_classic.onnx")
+    assert graph.convolutional and graph.input_shape == (1, 8, 8)
+    assert [type(n).__name__ for n in graph.nodes][:2] == ["Conv2d", "Activation"]
 
 
 @pytest.mark.parametrize("kind", ["qcdq", "qonnx"])

@@ -198,7 +198,7 @@ class Graph:
         for node in self.nodes:
             if hasattr(node, "window"):
                 return tuple(int(d) for d in node.window.in_shape)
-            if isinstance(node, Affine):
+            if isinstance(node, (Affine, Flatten)):  # a leading Flatten: rows in the declared layout (NHWC)
                 break
         return tuple(int(d) for d in self.sample_shape)
 

@@ -7,6 +7,8 @@ function receives the importer state and the node and appends IR nodes; its keyw
 are the ONNX attributes it reads (any other attribute is refused). Constant Sub/Div/Mul/Add
 before the first dense layer (input normalization) fold into it. Classifier post-processing
 is dropped with a note only where it keeps the decision (``outputs.PostProcessing``).
+Convolutions, poolings, BatchNormalization, Pad and layout ops live in ``conv_ops`` (the stream's
+``(C, H, W)`` is tracked in ``sample_dims``).
 """
 
 from __future__ import annotations
@@ -23,27 +25,34 @@ import onnx
 from hwq import ir
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
 from hwq.ir.codes import code_range
-from hwq.onnx import outputs
+from hwq.onnx import conv_ops, outputs
 from hwq.onnx.folding import Folder, tensor_array
 from hwq.onnx.grids import QUANT_OPS
 
 QONNX_DOMAINS = {"qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas"}
-CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool",
-            "GlobalAveragePool", "GlobalMaxPool", "LpPool"}
+REFUSED_CONV = {"ConvTranspose": "transposed convolution is not supported",
+                "ConvInteger": "integer convolution ops are not supported (hwq reads QCDQ: a float Conv "
+                               "between DequantizeLinear weights and activation quantizers)",
+                "QLinearConv": "integer convolution ops are not supported (hwq reads QCDQ: a float Conv "
+                               "between DequantizeLinear weights and activation quantizers)",
+                "LpPool": "Lp pooling is not supported", "GlobalLpPool": "Lp pooling is not supported",
+                "MaxUnpool": "unpooling is not supported", "MaxRoiPool": "RoI pooling is not supported",
+                "DeformConv": "deformable convolution is not supported"}
 RECURRENT_OPS = {"LSTM", "GRU", "RNN", "Scan", "Loop"}
 INT_RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 255),
               onnx.TensorProto.INT16: (-(2**15), 2**15 - 1), onnx.TensorProto.UINT16: (0, 2**16 - 1),
               onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
-SUPPORTED_SUMMARY = ("MLPs: Gemm/MatMul chains with Add/Sub/Mul/Div constants, Relu, Sigmoid, "
-                     "step and sign patterns, Softmax; QDQ/QCDQ and QONNX quantizers; "
-                     "full list: hwq info --ops")
+SUPPORTED_SUMMARY = ("MLPs and CNNs: Gemm/MatMul/Conv chains with MaxPool/AveragePool/global pooling, "
+                     "BatchNormalization, Add/Sub/Mul/Div constants, Relu, Sigmoid, step and sign patterns, "
+                     "Softmax; QDQ/QCDQ and QONNX quantizers; full list: hwq info --ops")
 POST_PROCESSING = {"ArgMax", "ArgMin", "TopK", "ZipMap", "ArrayFeatureExtractor", "LabelEncoder"}
 PASS_THROUGH = {"Identity", "Dropout"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+CARRY_OK = {"Flatten", "Reshape", "Gemm", "MatMul", "Conv"}  # may follow a truncating average pooling
 OLDEST_OPSET = 7  # older files carry attributes (broadcast, consumed_inputs, Reshape's shape) hwq does not read
 MIN_INPUTS = {"Gemm": 2, "MatMul": 2, "Add": 2, "Sub": 2, "Mul": 2, "Div": 2, "Greater": 2, "Where": 3,
               "Reshape": 2, "QuantizeLinear": 2, "DequantizeLinear": 2, "Quant": 4, "IntQuant": 4,
-              "BipolarQuant": 2}
+              "BipolarQuant": 2, "Conv": 2, "BatchNormalization": 5, "Pad": 2, "Trunc": 5}
 
 
 @dataclass
@@ -67,6 +76,12 @@ class Importer:
     scores: str = ""  # the tensor where the network ends
     logits: str = ""  # the scores before a Softmax/LogSoftmax output (declarable too)
     folder: Folder = field(default_factory=Folder)
+    pad_pending: tuple[int, int, int, int] | None = None  # a zero Pad waiting for its Conv
+    perm: np.ndarray | None = None  # NHWC-ordered maps waiting for a dense layer (conv_ops.Transpose)
+    carry: float = 1.0  # a positive input factor waiting for the next linear layer (truncating pools)
+    input_shape: tuple[int, ...] | None = None  # the input's dims as the first node reads them
+    shapes: dict = field(default_factory=dict)  # sample dims of each tensor the stream passed (for Shape)
+    nhwc: bool = False  # the input is channel-last: the next Conv reads (H, W, C) rows (conv_ops.nhwc_conv)
 
     def const(self, node: onnx.NodeProto, name: str) -> np.ndarray:
         if name not in self.consts:
@@ -95,8 +110,8 @@ class Importer:
         if self.pending is None and self.nodes and isinstance(self.nodes[-1], ir.Affine):
             return self.nodes[-1]
         raise InvalidModelError(
-            f"node '{node.name}' ({node.op_type}) must directly follow a Gemm/MatMul",
-            hint="constant Add/Mul are folded into the preceding dense layer",
+            f"node '{node.name}' ({node.op_type}) must directly follow a Gemm/MatMul or Conv",
+            hint="constant Add/Mul are folded into the preceding dense or convolution layer",
         )
 
     def replace_last(self, **changes) -> None:
@@ -184,7 +199,10 @@ def add_affine(st: Importer, node, w: np.ndarray, bias: np.ndarray, grid: ir.Gri
     ``W (a x + c) + b = (W a) x + (W c + b)``."""
     if st.prelude is not None:
         w, bias, grid = fold_prelude(st, node, np.asarray(w, np.float64), np.asarray(bias, np.float64), grid)
+    w = conv_ops.permute_columns(st, node, np.asarray(w, np.float64))
+    w, grid = conv_ops.take_carry(st, w, grid)
     st.nodes.append(ir.Affine(w, bias, grid=grid))
+    st.sample_dims = (w.shape[0],)
 
 
 def fold_prelude(st: Importer, node, w, bias, grid):
@@ -247,7 +265,7 @@ def prelude(st: Importer, node, c: np.ndarray, op: str) -> None:
 
 
 def before_first_layer(st: Importer) -> bool:
-    return not any(isinstance(n, ir.Affine) for n in st.nodes)
+    return not any(isinstance(n, conv_ops.LINEAR) for n in st.nodes)
 
 
 def Add(st: Importer, node):
@@ -257,6 +275,8 @@ def Add(st: Importer, node):
     if st.pending == "sign" and np.all(c == 1):
         st.pending = "sign+1"
         return
+    if conv_ops.after_conv(st):
+        return conv_ops.conv_constant(st, node, c, "Add")
     affine = st.open_affine(node)
     st.replace_last(bias=affine.bias + row_vector(node, c, affine.n_out, "constant") / affine.gain)
 
@@ -266,6 +286,8 @@ def Sub(st: Importer, node):
         return prelude(st, node, st.other(node), "Sub" if node.input[0] == st.stream else "Sub-from")
     if node.input[0] != st.stream:
         raise InvalidModelError(f"Sub '{node.name}': only stream - constant is supported")
+    if conv_ops.after_conv(st):
+        return conv_ops.conv_constant(st, node, st.other(node), "Sub")
     affine = st.open_affine(node)
     c = row_vector(node, st.other(node), affine.n_out, "constant")
     st.replace_last(bias=affine.bias - c / affine.gain)
@@ -274,6 +296,8 @@ def Sub(st: Importer, node):
 def Mul(st: Importer, node):
     if before_first_layer(st):
         return prelude(st, node, st.other(node), "Mul")
+    if conv_ops.after_conv(st):
+        return conv_ops.conv_constant(st, node, st.other(node), "Mul")
     _scale(st, node, st.other(node), halving=0.5, invert=False,
            refusal="only a positive scalar gain after a dense layer is supported")
 
@@ -283,6 +307,8 @@ def Div(st: Importer, node):
         raise InvalidModelError(f"Div '{node.name}': only stream / constant is supported")
     if before_first_layer(st):
         return prelude(st, node, st.other(node), "Div")
+    if conv_ops.after_conv(st):
+        return conv_ops.conv_constant(st, node, st.other(node), "Div")
     _scale(st, node, st.other(node), halving=2, invert=True, refusal="only a positive scalar divisor is supported")
 
 
@@ -381,6 +407,12 @@ def flatten(st: Importer) -> None:
 
 def Reshape(st: Importer, node, allowzero=0):
     shape = st.const(node, node.input[1]).reshape(-1)
+    if len(shape) > 2:
+        return conv_ops.reshape_maps(st, node, shape, allowzero)
+    if (len(shape) == 2 and shape[1] > 0 and st.sample_dims is not None
+            and int(shape[1]) != int(np.prod(st.sample_dims))):
+        raise InvalidModelError(f"Reshape '{node.name}' to {shape.tolist()} does not fit samples of shape "
+                                f"{tuple(st.sample_dims)}")
     if len(shape) != 2 or (shape[0] not in (-1, 0) and shape[1] != -1 and shape[0] <= 0):
         raise InvalidModelError(
             f"Reshape '{node.name}' to {shape.tolist()}: only flattening to (N, features) is supported"
@@ -497,7 +529,9 @@ def attach_quant(st: Importer, node, quant: ir.Quantizer) -> None:
     if st.pending is not None:
         raise InvalidModelError(f"{node.op_type} '{node.name}' inside a step pattern is not supported")
     last = st.nodes[-1] if st.nodes else None
-    if not any(isinstance(n, ir.Affine) for n in st.nodes):
+    if isinstance(last, ir.AvgPool2d):
+        return conv_ops.quant_after_avgpool(st, node, quant)
+    if not any(isinstance(n, conv_ops.LINEAR) for n in st.nodes):
         if st.prelude is not None:
             raise InvalidModelError(
                 f"{node.op_type} '{node.name}': an input normalization before the file's input quantizer "
@@ -515,14 +549,15 @@ def attach_quant(st: Importer, node, quant: ir.Quantizer) -> None:
             raise InvalidModelError(f"{node.op_type} '{node.name}': a {quant.name} quantizer after "
                                     f"{last.kind} is not supported")
         st.nodes[-1] = ir.Activation(last.kind, quant)
-    elif isinstance(last, ir.Affine) and quant.bits == 1:
+    elif isinstance(last, conv_ops.LINEAR) and quant.bits == 1:
         st.nodes.append(ir.Activation("sign", quant))
-    elif isinstance(last, ir.Affine) and not quant.signed and not quant.narrow:
+    elif isinstance(last, conv_ops.LINEAR) and not quant.signed and not quant.narrow:
         st.notes.append(f"'{node.name}': an unsigned quantizer right after a dense layer read as "
                         "a quantized ReLU")
         st.nodes.append(ir.Activation("relu", quant))
     else:
-        where = f"after {last.kind}" if isinstance(last, ir.Activation) else "after a dense layer"
+        where = (f"after {last.kind}" if isinstance(last, ir.Activation) else "after a dense layer"
+                 if isinstance(last, ir.Affine) else f"after a {type(last).__name__}")
         raise InvalidModelError(
             f"{node.op_type} '{node.name}': a {quant.name} quantizer {where} is not supported",
             hint="hidden activations: relu or sigmoid (optionally quantized), step, sign (bipolar)")
@@ -533,16 +568,25 @@ OPS: dict[str, OpFunction] = {
     f.__name__: f
     for f in (Gemm, MatMul, Add, Sub, Mul, Div, Relu, Sigmoid, Softmax, LogSoftmax, Sign,
               Greater, Cast, Where, Flatten, Reshape, QuantizeLinear, Clip, DequantizeLinear)
-}
-QONNX_OPS: dict[str, OpFunction] = {"Quant": Quant, "IntQuant": IntQuant, "BipolarQuant": BipolarQuant}
+} | conv_ops.OPS
+QONNX_OPS: dict[str, OpFunction] = {"Quant": Quant, "IntQuant": IntQuant, "BipolarQuant": BipolarQuant,
+                                    "Trunc": conv_ops.Trunc}
 ML_OPS: dict[str, OpFunction] = {"Scaler": Scaler}
-SUPPORTED = sorted({*OPS, *QONNX_OPS, *ML_OPS, *PASS_THROUGH, *POST_PROCESSING})
+SUPPORTED = sorted({*OPS, *QONNX_OPS, *ML_OPS, *PASS_THROUGH, *POST_PROCESSING, "Shape"})
 
 
 def op_table() -> list[tuple[str, str]]:
     """Every op hwq reads, with its role: what ``hwq info --ops`` prints."""
     roles = {**{op: "layer, activation or constant folding" for op in OPS},
+             **{op: "convolution or pooling (2-D maps)" for op in conv_ops.OPS},
+             "BatchNormalization": "folded into the preceding Conv or dense layer",
+             "Pad": "zero padding (folded into the next Conv)",
+             "Transpose": "NHWC <-> NCHW layout (exact where nothing moves, or before a flatten)",
              **{op: "quantizer (QONNX)" for op in QONNX_OPS},
+             "Trunc": "truncating average pooling (QONNX, after AveragePool)",
+             "ReduceMean": "global average pooling (over axes 2, 3)",
+             "ReduceMax": "global max pooling (over axes 2, 3)",
+             "Shape": "the sample's shape (feeding a flatten's Reshape)",
              "Scaler": "input normalization (ai.onnx.ml, folded into the first layer)",
              **{op: "quantizer (QDQ/QCDQ)" for op in ("QuantizeLinear", "Clip", "DequantizeLinear")},
              **{op: "pass-through" for op in PASS_THROUGH},
@@ -553,15 +597,12 @@ def op_table() -> list[tuple[str, str]]:
 def unsupported(node: onnx.NodeProto, opset: int) -> UnsupportedOpError:
     """One short line: the op, the node, what hwq reads in a few words."""
     name = node.name or "?"
-    if node.op_type in CONV_OPS:
-        return UnsupportedOpError(node.op_type, name, opset, "convolution is not supported yet",
-                                  what=f"node '{name}' ({node.op_type}): convolution is not supported yet")
+    if node.op_type in REFUSED_CONV:
+        why = REFUSED_CONV[node.op_type]
+        return UnsupportedOpError(node.op_type, name, opset, why, what=f"node '{name}' ({node.op_type}): {why}")
     if node.op_type in RECURRENT_OPS:
         return UnsupportedOpError(node.op_type, name, opset, "recurrent networks are not supported",
                                   what=f"node '{name}' ({node.op_type}): recurrent networks are not supported")
-    if node.op_type == "Trunc" and node.domain in QONNX_DOMAINS:
-        return UnsupportedOpError(node.op_type, name, opset, "accumulator truncation (QuantAvgPool) "
-                                  "is not supported")
     domain = f" from domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
     return UnsupportedOpError(node.op_type + domain, name, opset, SUPPORTED_SUMMARY)
 
@@ -746,6 +787,8 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
         st.post.node(node, attrs(node))
         st.notes.append(f"dropped classifier post-processing '{node.name}' ({node.op_type})")
         return
+    if node.op_type == "Shape" and node.domain in ("", "ai.onnx") and node.input[0] in st.shapes:
+        return conv_ops.shape_of_stream(st, node, **read_attrs(node, conv_ops.shape_of_stream, skip=2))
     if st.stream not in node.input:
         if all(n in st.consts or not n for n in node.input):
             return fold_constant(st, node)
@@ -756,6 +799,15 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
     if node.op_type in PASS_THROUGH:
         st.stream = node.output[0]
         return
+    if st.pad_pending is not None and node.op_type not in ("Conv", "AveragePool"):
+        raise InvalidModelError(f"node '{node.name}' ({node.op_type}) follows a Pad; hwq folds zero padding "
+                                "into the next Conv or AveragePool only")
+    if st.perm is not None and node.op_type not in ("Flatten", "Reshape", "Gemm", "MatMul", "Transpose"):
+        raise InvalidModelError(f"node '{node.name}' ({node.op_type}) reads channel-last (NHWC) maps after a "
+                                "Transpose; hwq reads them only flattened into a dense layer")
+    if st.carry != 1.0 and node.op_type not in CARRY_OK:
+        raise InvalidModelError(f"node '{node.name}' ({node.op_type}) follows a truncating average pooling; "
+                                "hwq reads it only before Flatten/Reshape and a Conv or dense layer")
     if node.domain in QONNX_DOMAINS and node.op_type in QONNX_OPS:
         op = QONNX_OPS[node.op_type]
     elif ml_prelude:
@@ -767,6 +819,7 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
     check_inputs(node)
     op(st, node, **read_attrs(node, op, skip=2))
     st.stream = node.output[0]
+    st.shapes[st.stream] = st.sample_dims
 
 
 def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
@@ -782,6 +835,7 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
     inputs = [i for i in g.input if i.name not in initialized]
     st.rank, st.sample_dims = data_input(inputs)
     st.stream = inputs[0].name
+    st.shapes[st.stream] = st.sample_dims
     for node in nodes:
         import_node(st, node)
     if st.pending == "sign":
@@ -792,7 +846,9 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
     if st.qpending is not None:
         raise InvalidModelError(f"QuantizeLinear '{st.qpending['name']}' has no DequantizeLinear")
     if st.prelude is not None:
-        raise InvalidModelError("the input normalization is not followed by a dense layer")
+        raise InvalidModelError("the input normalization is not followed by a dense or convolution layer")
+    if st.pad_pending is not None or st.perm is not None or st.carry != 1.0 or st.nhwc:
+        raise InvalidModelError("the graph ends with a Pad, a Transpose or a truncating pooling that no layer reads")
     outputs.check_declared(g, st.scores or st.stream, st.post, st.logits)
     output = st.output
     if output is None and st.nodes and st.nodes[-1] == ir.Activation("sigmoid"):
@@ -800,7 +856,7 @@ def graph_from_model(model: onnx.ModelProto) -> ir.Graph:
         output = ir.Output("sigmoid")
     nodes = tuple(st.nodes)
     affines = [n for n in nodes if isinstance(n, ir.Affine)]
-    shape = sample_shape(model, inputs) or ((affines[0].n_in,) if affines else ())
+    shape = st.input_shape or sample_shape(model, inputs) or ((affines[0].n_in,) if affines else ())
     graph = ir.Graph(shape, nodes, output or ir.Output("identity"), tuple(st.notes), st.input_quant)
     graph.layers()  # validates the chain
     if graph.output.kind == "sigmoid" and graph.n_outputs != 1:
