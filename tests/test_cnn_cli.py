@@ -63,3 +63,29 @@ def test_data_that_does_not_fit_the_input_shape_is_one_line(tmp_path, capsys):
     code, out, err = run_cli("run", path, "--data", "digits", "--limit", "10", capsys=capsys)
     assert code != 0 and err.count("\n") == 1 and "Traceback" not in err
     assert "144" in err and "64" in err, err
+
+
+def test_a_device_serves_a_cnn_and_states_its_input_shape(cnn_model):
+    """``hwq serve``'s server carries a CNN program: IDENTITY states the input shape (C, H, W), and
+    the scores over the wire equal the program's; a device stating a shape that does not multiply to
+    its n_features is refused in one line."""
+    import threading
+
+    from hwq.devices import DeviceError, LocalDevice, Server, SocketDevice, model_hash
+    from hwq.devices.client import read_identity
+    from hwq.files.program import load_program
+
+    path, net = cnn_model
+    program = load_program(path)
+    server = Server(LocalDevice.from_program(program), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    codes = np.random.default_rng(2).integers(0, 256, (30, net.n_features))
+    with SocketDevice(server.address, model_hash=model_hash(program)) as dev:
+        assert dev.info["input_shape"] == [1, 8, 8] and dev.info["n_features"] == 64 and dev.info["n_outputs"] == 10
+        np.testing.assert_array_equal(dev.infer(codes), program.forward(codes))
+    good = {"identity": "x", "protocol": 1, "n_features": 64, "input_shape": [1, 8, 8]}
+    assert read_identity(good, "dev")["input_shape"] == [1, 8, 8]
+    for bad in ([1, 8, 9], [0, 8, 8], "1x8x8", [1, 1, 8, 8]):
+        with pytest.raises(DeviceError, match="input_shape") as err:
+            read_identity({**good, "input_shape": bad}, "dev")
+        assert "\n" not in str(err.value)

@@ -63,8 +63,9 @@ class LocalDevice(Device):
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, identity: str = "local",
                  model_hash: bytes | None = None, n_features: int | None = None,
                  n_outputs: int | None = None, input_bits: int | None = None,
-                 input_range: tuple[int, int] | None = None):
+                 input_range: tuple[int, int] | None = None, input_shape: tuple[int, ...] | None = None):
         self.fn, self.identity, self.model_hash = fn, identity, model_hash
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)  # a CNN's (C, H, W)
         self.n_features, self.n_outputs, self.input_bits = n_features, n_outputs, input_bits
         self.input_range = input_range  # (lowest, highest) input code; the server refuses others
 
@@ -73,8 +74,9 @@ class LocalDevice(Device):
         net = program.net
         return cls(program.forward, identity=identity or f"hwq {program.target}",
                    model_hash=model_hash(program), n_features=net.n_features,
-                   n_outputs=net.layers[-1].weight.shape[0], input_bits=net.input.bits,
-                   input_range=(int(net.input.qmin), int(net.input.qmax)))
+                   n_outputs=net.layers[-1].n_out, input_bits=net.input.bits,
+                   input_range=(int(net.input.qmin), int(net.input.qmax)),
+                   input_shape=tuple(net.input_shape) if net.input_shape else None)
 
     def infer(self, codes: np.ndarray) -> np.ndarray:
         return as_scores(self.fn(codes), len(codes))

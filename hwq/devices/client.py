@@ -83,6 +83,14 @@ def read_identity(info: dict, where: str) -> dict:
                               f"(expected an integer, {span}, or null)",
                               hint="the device does not speak hwq's protocol correctly")
         out[name] = value
+    shape = info.get("input_shape")  # a CNN's sample shape (C, H, W), C-order rows of n_features
+    if shape is not None and (not isinstance(shape, list) or not 1 <= len(shape) <= 3
+                              or any(whole(d, 1) is None for d in shape)
+                              or (out["n_features"] is not None and int(np.prod(shape)) != out["n_features"])):
+        raise DeviceError(f"{where} sent an invalid identity: input_shape is {one_line(repr(shape), 40)} "
+                          "(expected 1 to 3 positive integers whose product is n_features, or null)",
+                          hint="the device does not speak hwq's protocol correctly")
+    out["input_shape"] = shape
     return out
 
 

@@ -50,15 +50,25 @@ def _feed_scalar(h, value) -> None:
         h.update(f"t{len(str(value))}:{value}".encode())
 
 
+def window_fields(win) -> list[int]:
+    return [*win.in_shape, *win.kernel, *win.stride, *win.pads, *win.dilation, win.groups]
+
+
 def network_fields(net) -> dict:
     fmt = net.input
     layers = []
     for layer in net.layers:
         rq = layer.requant
-        layers.append({"weight": layer.weight, "bias": layer.bias, "activation": layer.activation,
-                       "act_bits": int(layer.act_bits),
-                       "requant": None if rq is None else [rq.multiplier, rq.shift],
-                       "lut": layer.lut})
+        rq = None if rq is None else [rq.multiplier, rq.shift]
+        if not hasattr(layer, "weight"):  # a pooling
+            layers.append({"pool": layer.op, "window": window_fields(layer.window), "requant": rq,
+                           "truncate": bool(layer.truncate)})
+            continue
+        fields = {"weight": layer.weight, "bias": layer.bias, "activation": layer.activation,
+                  "act_bits": int(layer.act_bits), "requant": rq, "lut": layer.lut}
+        if layer.window is not None:  # a convolution (a dense layer's fields stay as they were)
+            fields["window"] = window_fields(layer.window)
+        layers.append(fields)
     return {"input": [int(fmt.bits), bool(fmt.signed), float(fmt.inv_scale)], "layers": layers,
             "output": net.output}
 

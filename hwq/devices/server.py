@@ -269,7 +269,8 @@ class Server:
         d = self.device
         return {"identity": d.identity, "model_hash": self.hash.hex(), "protocol": VERSION,
                 "limit": self.limit, "max_rows": self.max_rows, "n_features": getattr(d, "n_features", None),
-                "n_outputs": getattr(d, "n_outputs", None), "input_bits": getattr(d, "input_bits", None)}
+                "n_outputs": getattr(d, "n_outputs", None), "input_bits": getattr(d, "input_bits", None),
+                "input_shape": (list(d.input_shape) if getattr(d, "input_shape", None) else None)}
 
     def respond(self, frame: Frame) -> Frame:
         rid = frame.request_id
