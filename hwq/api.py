@@ -82,9 +82,10 @@ def quantize(
     per_channel: bool = False,
     act_bits: int = ACT_BITS,
     input_bits: int = INPUT_BITS,
+    conv_per_channel: bool = True,
 ) -> QuantizedNetwork:
     """Quantize a float graph to ``bits``-bit weights (see ``hwq.quant.schemes`` for the levels)."""
-    settings = QuantSettings(bits, scheme, per_channel, act_bits, input_bits)
+    settings = QuantSettings(bits, scheme, per_channel, act_bits, input_bits, conv_per_channel=conv_per_channel)
     return quantize_graph(graph, settings, calibration, bounds)
 
 

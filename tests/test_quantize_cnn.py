@@ -360,3 +360,20 @@ def test_api_end_to_end_on_the_reference():
     result = hwq.evaluate(ReferenceProgram(net), x, y)
     assert result.scores.shape == (300, 4) and result.accuracy > 0.9
     assert isinstance(net.layers[0], QLayer) and isinstance(net.layers[1], QPool)
+
+
+def test_conv_per_tensor_gives_one_scale_per_layer():
+    """``conv_per_channel=False``: every convolution gets one weight scale (unequal BatchNorm gains
+    folded into the weights), and the integer network still decides as the float one mostly does;
+    the default keeps one scale per channel."""
+    graph = lenet("relu", gain=np.array([1.5, -0.7, 1.0, -2.0, 0.9, 1.1]))
+    x = images(400)
+    per_tensor = hwq.quantize(graph, 8, calibration=x, bounds=(0.0, 1.0), conv_per_channel=False)
+    default = hwq.quantize(graph, 8, calibration=x, bounds=(0.0, 1.0))
+    for i in (0, 2):
+        assert len(set(per_tensor.layers[i].weight_scale.tolist())) == 1
+        assert len(set(default.layers[i].weight_scale.tolist())) > 1
+    assert "folded into the weights" in per_tensor.report[1].format
+    assert not per_tensor.settings.conv_per_channel and default.settings.conv_per_channel
+    agree = np.mean(reference.predict(per_tensor, x) == float_forward(graph, x).argmax(axis=1))
+    assert agree > 0.9, agree

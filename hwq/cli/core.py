@@ -117,6 +117,9 @@ def compile_(
         None, help=f"Weight levels: narrow | pow2 | uniform (default: {api.SCHEME}, or the model's QAT scheme; "
                    "`hwq sweep` defaults to uniform)."),
     per_channel: bool = typer.Option(False, help="One weight scale per output channel (hidden layers)."),
+    conv_per_channel: bool = typer.Option(True, "--conv-per-channel/--conv-per-tensor",
+                                          help="Convolutions: one weight scale per output channel (default, as "
+                                               "Brevitas) or one per layer (Loihi needs it for ReLU layers)."),
     act_bits: int = typer.Option(api.ACT_BITS, help="Bits of ReLU/sigmoid activations (16 ~ the paper's "
                                  "weights-only study, `hwq sweep`'s default)."),
     input_bits: int = typer.Option(api.INPUT_BITS, help="Bits of the device's input codes (`hwq sweep` defaults "
@@ -137,7 +140,8 @@ def compile_(
     scheme = scheme or meta.get("hwq.scheme", api.SCHEME)
     x_cal, bounds, cal_name = calibration(calib, meta, graph.n_features, seed)
     net = api.quantize(graph, bits, calibration=x_cal, bounds=bounds, scheme=scheme,
-                       per_channel=per_channel, act_bits=act_bits, input_bits=input_bits)
+                       per_channel=per_channel, act_bits=act_bits, input_bits=input_bits,
+                       conv_per_channel=conv_per_channel)
     cal_name = f"{cal_name}: {net.settings.calibration}"
     net = dataclasses.replace(net, settings=dataclasses.replace(net.settings, calibration=cal_name))
     program = api.compile(net, target, **options)
@@ -441,6 +445,7 @@ def info(
         graph = load_onnx(path)
         out = {"kind": "onnx model", "sample_shape": list(graph.sample_shape),
                "layers": [[a.n_in, a.n_out, act] for a, act in graph.layers()],
+               "stages": [stage_row(st) for st in graph.stages()],
                "output": graph.output.kind, "grids": grid_info(graph), "notes": list(graph.notes),
                "metadata": model_metadata(path)}
     else:
@@ -452,8 +457,24 @@ def info(
         typer.echo(layer_text(out.pop("layers")))
     if out.get("kind") == "onnx model":
         typer.echo(grid_text(out.pop("grids")))
+        stages = out.pop("stages")
+        typer.echo(table([[i, r["node"], "x".join(map(str, r["in_shape"])), "x".join(map(str, r["out_shape"])),
+                           r["activation"]] for i, r in enumerate(stages)], ["stage", "node", "in", "out", "activation"]))
     for key, value in out.items():
         typer.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
+
+
+def stage_row(stage) -> dict:
+    """One stage of a float graph (``hwq info`` on an ONNX file): the node with its window, shapes."""
+    node = stage.node
+    win = getattr(node, "window", None)
+    name = {"Affine": "dense", "Conv2d": "conv", "MaxPool2d": "maxpool", "AvgPool2d": "avgpool",
+            "SumPool2d": "sumpool"}.get(type(node).__name__, type(node).__name__)
+    if win is not None:
+        text = win.describe()
+        name += " " + (text if name == "conv" else text.replace(f" groups {win.groups}", ""))
+    return {"node": name, "in_shape": list(stage.in_shape), "out_shape": list(stage.out_shape),
+            "activation": "" if not stage.linear else stage.activation}
 
 
 def grid_info(graph) -> dict:

@@ -372,6 +372,7 @@ class QuantSettings:
     act_bits: int = 8
     input_bits: int = 8
     calibration: str = ""  # what calibrated the input/activation formats (set by quantize)
+    conv_per_channel: bool = True  # convolutions: one weight scale per output channel (Brevitas' default)
 
     def validate(self) -> None:
         """The ranges ``quantize`` accepts (bits 1..16, a known scheme)."""

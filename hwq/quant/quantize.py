@@ -248,12 +248,13 @@ def conv_float(window, weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> n
 def quantize_conv(conv, act, samples: Samples, settings, last, index, quant=None):
     """Quantize one convolution and its activation; returns (QLayer, reports, the next stage's
     Samples). Per-channel weight scales (as Brevitas), except where the layer needs one scale
-    (the output, an accumulator passed on). The channel scale ``gain`` (a folded BatchNorm) goes
+    (the output, an accumulator passed on) or ``settings.conv_per_channel`` is off (and
+    ``per_channel`` too: one scale per layer, as Loihi's ReLU layers need). The channel scale ``gain`` (a folded BatchNorm) goes
     into ``weight_scale``, not into the codes, so QAT codes stay on their grid; a negative gain
     flips that channel's codes. Where one scale is needed and the |gain| differ, the gains are
     folded into the weights instead (re-quantized; the report says so)."""
     kind = activations.kind(act)
-    one = last or kind.passes_accumulator
+    one = last or kind.passes_accumulator or not (settings.per_channel or settings.conv_per_channel)
     name = f"layer{index}"
     gain = np.asarray(conv.gain, dtype=np.float64)
     w, grid = conv.matrix, conv.grid
