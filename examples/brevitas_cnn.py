@@ -56,6 +56,15 @@ def load(folder: Path):
     return x_tr[:, None], y_tr, x_te[:, None], y_te
 
 
+def float_lenet():
+    """The same LeNet in plain PyTorch (no quantizers): hwq quantizes it post-training."""
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
 def lenet(bits: int):
     import brevitas.nn as qnn
     import torch.nn as nn
@@ -112,7 +121,10 @@ def export(model, bits: int, path: Path) -> None:
     import torch
 
     example = torch.zeros(1, 1, 28, 28)
-    if bits == 1:  # QCDQ holds 2..8 bits; 1-bit weights go out as QONNX BipolarQuant
+    if bits == 0:  # the float model: PyTorch's classic exporter
+        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"], output_names=["scores"],
+                          dynamic_axes={"x": {0: "N"}}, opset_version=13)
+    elif bits == 1:  # QCDQ holds 2..8 bits; 1-bit weights go out as QONNX BipolarQuant
         from brevitas.export import export_qonnx
         export_qonnx(model, example, export_path=str(path), dynamo=False)
     else:
@@ -128,7 +140,8 @@ def export(model, bits: int, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    ap.add_argument("--bits", default="1,2,4,8", help="weight bit widths, comma separated")
+    ap.add_argument("--bits", default="1,2,4,8", help="weight bit widths, comma separated; 'float' trains the "
+                                                       "same LeNet without quantizers (for post-training quantization)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-rows", type=int, default=60000, help="use the first N training images")
@@ -140,15 +153,15 @@ def main() -> None:
     x_tr, y_tr, x_te, y_te = load(args.data)
     data = (x_tr[:args.train_rows], y_tr[:args.train_rows], x_te, y_te)
     args.out.mkdir(parents=True, exist_ok=True)
-    for bits in [int(b) for b in args.bits.split(",")]:
+    for bits in [0 if b == "float" else int(b) for b in args.bits.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
             torch.manual_seed(seed)
-            model = lenet(bits)
-            print(f"lenet, {bits}-bit weights, seed {seed}", flush=True)
+            model = lenet(bits) if bits else float_lenet()
+            print(f"lenet, {f'{bits}-bit' if bits else 'float'} weights, seed {seed}", flush=True)
             acc = train(model, data, args.epochs, seed)
-            path = args.out / f"lenet-w{bits}-s{seed}.onnx"
+            path = args.out / (f"lenet-w{bits}-s{seed}.onnx" if bits else f"lenet-float-s{seed}.onnx")
             export(model, bits, path)
-            path.with_suffix(".json").write_text(json.dumps({"bits": bits, "seed": seed, "epochs": args.epochs,
+            path.with_suffix(".json").write_text(json.dumps({"bits": bits or "float", "seed": seed, "epochs": args.epochs,
                                                              "test_accuracy_torch": acc}) + "\n")
             print(f"  test accuracy {acc:.4f} -> {path}", flush=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ def test_use_block_runs(tmp_path):
     commands = use_commands()
     assert commands and all(c[0] == "hwq" for c in commands)
     background = []
+    # the README's cnn.onnx: the shipped Brevitas QAT CNN on 8x8 inputs (it says so)
+    shutil.copy(README.parent / "tests" / "data" / "exporters" / "brevitas_cnn_qcdq.onnx", tmp_path / "cnn.onnx")
     try:
         for argv in commands:
             if argv[-1] == "&":  # a server: start it, wait until it listens, stop it at the end
@@ -50,3 +53,4 @@ def test_use_block_runs(tmp_path):
             proc.wait(timeout=30)
     assert (tmp_path / "figures" / "report.md").exists()
     assert (tmp_path / "dev.h5").exists() and (tmp_path / "tn.json").exists()
+    assert (tmp_path / "cnn-int.onnx").exists()
