@@ -443,3 +443,25 @@ def test_op_table_lists_the_convolution_ops():
                "Pad", "Trunc"):
         assert op in table
     assert "ConvTranspose" not in table
+
+
+@pytest.mark.parametrize("w_shape, attrs, message", [
+    ((2, 4, 9, 9), {}, "kernel spanning 9 does not fit the input height 8"),
+    ((2, 4, 3, 3), {"pads": [-1, 0, 0, 0]}, "negative pads"),
+    ((3, 2, 3, 3), {"group": 3}, "with group 3 does not fit 4 input channels"),
+    ((2, 3, 3, 3), {}, "does not fit 4 input channels"),
+])
+def test_bad_geometry_is_one_line_naming_the_node(w_shape, attrs, message):
+    """A kernel larger than its input, negative pads, channels that do not divide by the groups or
+    do not match: one line, naming the node."""
+    w = RNG.normal(size=w_shape).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv0", **attrs)
+    flat = helper.make_node("Flatten", ["y"], ["f"], name="flat")
+    g = helper.make_graph([conv, flat], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                          [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", "K"])],
+                          [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    with pytest.raises(InvalidModelError, match=message) as err:
+        graph_from_model(m)
+    assert "\n" not in str(err.value) and "Conv 'conv0'" in str(err.value)

@@ -817,7 +817,13 @@ def import_node(st: Importer, node: onnx.NodeProto) -> None:
     else:
         raise unsupported(node, st.opset)
     check_inputs(node)
-    op(st, node, **read_attrs(node, op, skip=2))
+    try:
+        op(st, node, **read_attrs(node, op, skip=2))
+    except InvalidModelError as exc:  # every refusal names the node (a Window's own checks do not)
+        name = node.name or "?"
+        if f"'{name}'" in exc.message:
+            raise
+        raise type(exc)(f"{node.op_type} '{name}': {exc.message}", hint=exc.hint) from None
     st.stream = node.output[0]
     st.shapes[st.stream] = st.sample_dims
 
