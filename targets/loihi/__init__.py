@@ -1,4 +1,4 @@
-"""``loihi``: quantized MLPs on Intel Loihi's integer arithmetic.
+"""``loihi``: quantized MLPs and CNNs on Intel Loihi's integer arithmetic.
 
 Two ways to run one mapping: ``backend="emulator"`` (default; batched Numba + exact BLAS) and
 ``backend="lava"`` (Lava's CPU fixed-point process models; ground truth, and the path to
@@ -7,13 +7,14 @@ Loihi hardware). Mapping and semantics: docs/loihi.md.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hwq.errors import FileFormatError, UsageError
 from hwq.quant.qnet import QuantizedNetwork
-from hwq.target.protocol import Export, Option, check_options, require_dense
+from hwq.target.protocol import Export, Option, check_options
 
-from .artifacts import from_artifacts
+from .artifacts import digit_shape, from_artifacts
 from .limits import LOIHI, Limits
 from .mapping import map_network
 from .netx import write_netx
@@ -28,6 +29,16 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def parse_chips(text) -> int:
+    try:
+        chips = int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"chips must be a whole number, got {text!r}") from None
+    if chips < 1:
+        raise UsageError(f"chips must be at least 1, got {chips}")
+    return chips
+
+
 def parse_shifts(text: str) -> tuple[int | None, ...]:
     """``"3,auto,5"`` -> ``(3, None, 5)``."""
     return tuple(None if p.strip() in ("auto", "") else int(p) for p in text.split(","))
@@ -39,19 +50,23 @@ class LoihiTarget:
         Option("backend", "emulator (batched, default) | lava (Lava's fixed-point processes)",
                "emulator", str, BACKENDS),
         Option("shifts", "per-layer right shifts, e.g. 3,auto (default: automatic)", None, parse_shifts),
+        Option("chips", "how many Loihi chips the network may use (default 1; compile refuses more)", None,
+               parse_chips),
     )
     API_ONLY = ("limits",)  # Python objects, not CLI text
     exports = {"netx": Export("netx", (".net", ".h5"), write_netx,
                               "lava-dl netx HDF5 (lava.lib.dl.netx.hdf5.Network; step networks at shift 0)")}
 
     def compile(self, net: QuantizedNetwork, backend: str = "emulator", *, shifts=None,
-                limits: Limits | None = None, **unknown: Any
+                limits: Limits | None = None, chips: int | None = None, **unknown: Any
                 ) -> LoihiProgram:
-        """Map ``net`` onto Loihi. ``shifts`` forces per-layer right shifts (None entries:
-        automatic); ``limits`` overrides the hardware figures."""
+        """Map ``net`` (dense layers, convolutions, poolings: docs/loihi.md section 9) onto
+        Loihi. ``shifts`` forces per-layer right shifts (None entries: automatic); ``limits``
+        overrides the hardware figures; ``chips`` the chips it may use (``limits.chips``)."""
         check_options(NAME, self.options, unknown, self.API_ONLY)
-        require_dense(net, NAME)
         limits = limits or LOIHI
+        if chips is not None:
+            limits = dataclasses.replace(limits, chips=parse_chips(chips))
         mapping = map_network(net, limits, shifts)
         return LoihiProgram(net, mapping, limits, check_backend(backend))
 
@@ -64,7 +79,7 @@ class LoihiTarget:
             raise UsageError("shifts change the mapping; recompile the model with --option shifts=...")
         mapping, limits, saved = from_artifacts(artifacts, net)
         shapes = [lm.sets[0].digits.shape for lm in mapping.layers]
-        if shapes != [layer.weight.shape for layer in net.layers]:
+        if shapes != [digit_shape(node) for node in net.layers]:
             raise FileFormatError("the loihi artifacts do not match the stored network",
                                   hint="recompile the model with --target loihi")
         return LoihiProgram(net, mapping, limits, check_backend(backend or saved))

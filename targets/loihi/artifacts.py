@@ -18,12 +18,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from hwq.errors import FileFormatError
+from hwq.errors import FileFormatError, LimitError
 from hwq.quant.bounds import MAX_SHIFT
-from hwq.quant.qnet import QuantizedNetwork, short
+from hwq.quant.qnet import QPool, QuantizedNetwork, short
 
-from .limits import LOIHI, Limits
-from .mapping import NEURON_MODELS, LayerMap, LayerPlan, Mapping, int32_ok, next_input
+from .conv import WINDOW_FIELDS, window_array, window_from
+from .limits import ADDED, LOIHI, Limits
+from .mapping import NEURON_MODELS, LayerMap, LayerPlan, Mapping, int32_ok, next_input, pool_map
 from .synapses import SynapseSet, lava_effective, round_weights, sign_mode
 
 MODES = ("mixed", "excitatory", "inhibitory")
@@ -38,7 +39,7 @@ def _layer(i: int, lm: LayerMap) -> dict:
            p + "vth": int(lm.vth), p + "unit": lm.unit, p + "in_bits": int(lm.in_bits),
            p + "in_lo": int(lm.in_range[0]), p + "in_hi": int(lm.in_range[1]),
            p + "shift": int(lm.shift), p + "weight_round": int(lm.weight_round),
-           p + "groups": len(lm.sets)}
+           p + "groups": len(lm.sets), p + "window": window_array(lm.window)}
     for g, s in enumerate(lm.sets):
         q = f"{p}g{g}."
         out.update({q + "digits": s.digits.astype(np.int16), q + "exp": int(s.exp),
@@ -54,6 +55,13 @@ def to_artifacts(mapping: Mapping, limits: Limits, backend: str) -> dict:
     for i, lm in enumerate(mapping.layers):
         art.update(_layer(i, lm))
     return art
+
+
+def digit_shape(node) -> tuple[int, int]:
+    """The compact digit matrix of a node: a layer's weight; a pooling's ones kernel (C, kh kw)."""
+    if isinstance(node, QPool):
+        return (node.window.channels, node.window.size)
+    return tuple(node.weight.shape)
 
 
 def _int(art: dict, key: str) -> int:
@@ -87,6 +95,17 @@ def _array(art: dict, key: str, shape: tuple[int, ...], kind: str = "iu") -> np.
     return value.astype(np.int64 if kind == "iu" else np.float64)
 
 
+def _read_window(art: dict, key: str):
+    value = art.get(key, np.zeros(0, np.int64))  # files before convolutions: dense layers
+    if (not isinstance(value, np.ndarray) or value.dtype.kind not in "iu" or value.ndim != 1
+            or value.size not in (0, WINDOW_FIELDS)):
+        raise FileFormatError(f"loihi artifact {key!r} must be {WINDOW_FIELDS} integers or none")
+    win = window_from(value)
+    if win is not None:
+        win.validate()
+    return win
+
+
 def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
     p = f"l{i}."
     sets = []
@@ -98,11 +117,14 @@ def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
         sets.append(SynapseSet(_array(art, q + "digits", shape), _int(art, q + "exp"),
                                _text(art, q + "mode", MODES), _int(art, q + "scale")))
     n = (shape[0],)
+    win = _read_window(art, p + "window")
+    if win is not None and (win.patch_len != shape[1] or shape[0] % win.groups):
+        raise FileFormatError(f"loihi layer {i}: window {win.describe()} does not read patches of {shape[1]}")
     return LayerMap(_text(art, p + "kind", tuple(sorted(set(NEURON_MODELS.values())))), tuple(sets),
                     _array(art, p + "bias_mant", n), _array(art, p + "bias_exp", n), _int(art, p + "vth"),
                     _array(art, p + "unit", n, "f"), _int(art, p + "in_bits"),
                     (_int(art, p + "in_lo"), _int(art, p + "in_hi")), _int(art, p + "shift"),
-                    _int(art, p + "weight_round"))
+                    _int(art, p + "weight_round"), win)
 
 
 def _read_limits(text) -> Limits:
@@ -110,6 +132,8 @@ def _read_limits(text) -> Limits:
         raise FileFormatError("loihi artifact 'limits_json' must be text")
     raw = json.loads(text)
     fields = LOIHI.as_dict()
+    if isinstance(raw, dict):  # tables stored before the axon and chip figures: Loihi's defaults
+        raw = {**{k: fields[k] for k in ADDED if k not in raw}, **raw}
     if not isinstance(raw, dict) or set(raw) != set(fields):
         raise FileFormatError("loihi limits: the stored table does not have Loihi's fields")
     for key, value in raw.items():
@@ -141,7 +165,7 @@ def from_artifacts(art: dict, net: QuantizedNetwork | None = None) -> tuple[Mapp
             raise FileFormatError(f"the loihi artifacts map {n_layers} layers, the network has {len(net.layers)}")
         if not 1 <= n_layers <= 1024:
             raise FileFormatError(f"loihi artifacts with {n_layers} layers")
-        shapes = ([layer.weight.shape for layer in net.layers] if net is not None
+        shapes = ([digit_shape(node) for node in net.layers] if net is not None
                   else [tuple(np.shape(art[f"l{i}.g0.digits"])) for i in range(n_layers)])
         layers = tuple(_read_layer(art, i, shapes[i]) for i in range(n_layers))
         limits = _read_limits(art["limits_json"])
@@ -162,6 +186,16 @@ def from_artifacts(art: dict, net: QuantizedNetwork | None = None) -> tuple[Mapp
     return mapping, limits, backend
 
 
+def same_layer(a: LayerMap, b: LayerMap) -> bool:
+    """Whether two layer maps hold the same parameters."""
+    scalars = ("kind", "vth", "in_bits", "in_range", "shift", "weight_round", "window")
+    return (all(getattr(a, k) == getattr(b, k) for k in scalars) and len(a.sets) == len(b.sets)
+            and np.array_equal(a.bias_mant, b.bias_mant) and np.array_equal(a.bias_exp, b.bias_exp)
+            and np.allclose(a.unit, b.unit, rtol=1e-12, atol=0)
+            and all(np.array_equal(x.digits, y.digits) and (x.exp, x.mode, x.scale) == (y.exp, y.mode, y.scale)
+                    for x, y in zip(a.sets, b.sets)))
+
+
 def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> None:
     """Refuse (``FileFormatError``, naming the layer) a mapping that compile could not have
     produced for ``net`` under ``limits``: see the module docstring."""
@@ -175,6 +209,18 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
             return FileFormatError(f"loihi artifacts, layer {i}: {what}",
                                    hint="recompile the model with --target loihi")
 
+        if isinstance(layer, QPool):
+            try:
+                plan, want = pool_map(net, i, mapping.layers[i - 1] if i else None, (in_unit, *expected_in), limits)
+            except LimitError as exc:
+                raise bad(exc.message) from None
+            if not same_layer(lm, want):
+                raise bad("the pooling's synapses and neurons are not the ones its window maps to")
+            in_unit, in_range, bits = next_input(lm, plan)
+            expected_in = (in_range, bits)
+            continue
+        if lm.window != layer.window:
+            raise bad("the synapse window is not the layer's convolution window")
         if lm.kind != NEURON_MODELS.get(layer.activation):
             raise bad(f"neuron kind {short(lm.kind)} does not run a {layer.activation} layer")
         if not 0 <= lm.shift <= MAX_SHIFT or not 0 <= lm.weight_round <= MAX_WEIGHT_ROUND:

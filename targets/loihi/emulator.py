@@ -40,6 +40,7 @@ from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 from ..common import avx2, products, vnni
 from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
 from . import kernels
+from .conv import dense_view
 from .limits import ACT_SHIFT
 from .mapping import LayerMap, Mapping
 
@@ -187,18 +188,19 @@ class Emulator:
         if use_avx2 and not avx2.available():
             raise ValueError("use_avx2=True needs a CPU with AVX2 (and Numba's JIT)")
         self.mapping = mapping
+        self.dense = tuple(dense_view(lm) for lm in mapping.layers)  # convolutions unrolled (conv.py)
         self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
         self.use_avx2 = avx2.available() if use_avx2 is None else bool(use_avx2)
-        self.layers = self._plan(self.mapping.layers, self.use_vnni, self.use_avx2)
+        self.layers = self._plan(self.dense, self.use_vnni, self.use_avx2)
         self._fallbacks = FallbackPlans(
-            lambda lo, hi: self._plan(widen(self.mapping.layers, lo, hi), False, False))
+            lambda lo, hi: self._plan(widen(self.dense, lo, hi), False, False))
 
     def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
         return [CompiledLayer(lm, use_vnni, use_avx2) for lm in layers]
 
     def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
         """The plan for codes outside the input format: proven for the range that arrived."""
-        lo, hi = self.mapping.layers[0].in_range
+        lo, hi = self.dense[0].in_range
         return self._fallbacks.for_range(*seen_range(x, lo, hi))
 
     @property

@@ -90,7 +90,7 @@ class LavaDevice(SocketDevice):
         self.sock = None  # stop() closes it, also when the child fails before we connect
         self.python = python = lava_python()
         art = bundle(mappings)
-        self.outputs = [m.layers[-1].sets[0].digits.shape[0] for m in mappings]
+        self.outputs = [m.layers[-1].n_out for m in mappings]
         fd, self.bundle_path = tempfile.mkstemp(prefix="hwq-lava-", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in art.items()})

@@ -23,6 +23,7 @@ import numpy as np
 
 from hwq.errors import TargetError
 
+from .conv import dense_view
 from .limits import LOIHI
 from .mapping import LayerMap, Mapping
 
@@ -48,6 +49,7 @@ def lava():
         from lava.proc.lif.process import LIFReset
         from lava.proc.monitor.process import Monitor
         from lava.proc.sdn.process import ActivationMode, Sigma, SigmaDelta
+        from lava.proc.sparse.process import Sparse
         from lava.utils.weightutils import SignMode
     except ImportError as exc:
         raise TargetError(f"the lava backend needs lava-nc in this Python: {exc}",
@@ -55,7 +57,7 @@ def lava():
                           ) from None
     return dict(RunSteps=RunSteps, Loihi2SimCfg=Loihi2SimCfg, Dense=Dense, LIFReset=LIFReset,
                 SigmaDelta=SigmaDelta, Sigma=Sigma, Mode=ActivationMode, RingBuffer=RingBuffer,
-                Monitor=Monitor, SignMode=SignMode, GradedVec=GradedVec)
+                Monitor=Monitor, SignMode=SignMode, GradedVec=GradedVec, Sparse=Sparse)
 
 
 def run_config():
@@ -63,12 +65,19 @@ def run_config():
     return lava()["Loihi2SimCfg"](select_tag="fixed_pt")
 
 
-def dense_groups(L, lm: LayerMap, source) -> list:
+def dense_groups(L, lm: LayerMap, source, sparse: bool = False) -> list:
+    """One connection process per synapse group: ``Dense``, or ``Sparse`` (a convolution's or
+    pooling's unrolled matrix, conv.py) holding only the window's synapses."""
     groups = []
     for s in lm.sets:
-        d = L["Dense"](weights=s.lava_weights.astype(np.int32), weight_exp=s.lava_weight_exp,
-                       num_weight_bits=8, sign_mode=L["SignMode"][s.mode.upper()],
-                       num_message_bits=lm.in_bits)
+        weights = s.lava_weights.astype(np.int32)
+        if sparse:
+            from scipy.sparse import csr_matrix
+
+            weights = csr_matrix(weights)
+        d = L["Sparse" if sparse else "Dense"](weights=weights, weight_exp=s.lava_weight_exp,
+                                               num_weight_bits=8, sign_mode=L["SignMode"][s.mode.upper()],
+                                               num_message_bits=lm.in_bits)
         source.connect(d.s_in)
         groups.append(d)
     return groups
@@ -106,7 +115,9 @@ def build(L, mapping: Mapping, source):
     """The processes of one mapped network fed by ``source``; returns its output SigmaDelta."""
     out, neuron = source, None
     for i, lm in enumerate(mapping.layers):
-        groups = dense_groups(L, lm, out)
+        sparse = lm.window is not None
+        lm = dense_view(lm)
+        groups = dense_groups(L, lm, out, sparse)
         if lm.kind == "lif":
             neuron, out = lif_layer(L, lm, groups)
         else:

@@ -3,9 +3,11 @@
 Register widths follow Lava 0.10.0's bit-accurate CPU models (their declared precisions and
 docstrings: ``PyLifResetModelBitAcc``, ``PySigmaDeltaModelFixed``, ``PyDenseModelBitAcc``),
 which follow Loihi's neuro-core; the same LIF numbers appear in nengo-loihi's discretizer
-(bias mantissa 4095, bias exponent 7, threshold mantissa 131071). Core sizes are the nominal
-Loihi 2 figures (128 neuro-cores per chip, up to 8192 neurons per core; 128 KiB of synaptic
-memory per core is a conservative budget). Lava's CPU models enforce none of these; compile
+(bias mantissa 4095, bias exponent 7, threshold mantissa 131071). Core sizes are Loihi 1's as
+nengo-loihi states them (``nengo_loihi/hardware/nxsdk_objects.py`` / ``block.py``: 1024
+compartments, 4096 input and 4096 output axons, 1 Mbit of synapse memory per core; 128
+neuro-cores per chip); Loihi 2 allows more per core, so these are conservative there. ``chips``
+is how many chips a network may use. Lava's CPU models enforce none of these; compile
 does. Pass ``limits=Limits(...)`` to ``LoihiTarget.compile`` to map for other figures.
 """
 
@@ -33,9 +35,12 @@ class Limits:
     sd_bias_bits: int = 16  # SigmaDelta bias mantissa, signed
     sd_bias_exp: tuple[int, int] = (0, 7)  # realised with spike_exp
     message_bits: int = 24  # graded spike payload
-    neurons_per_core: int = 8192
-    synapse_bits_per_core: int = 128 * 1024 * 8
+    neurons_per_core: int = 1024  # compartments (Loihi 1; Loihi 2: up to 8192)
+    synapse_bits_per_core: int = 128 * 1024 * 8  # 1 Mbit of synaptic memory
+    input_axons_per_core: int = 4096
+    output_axons_per_core: int = 4096
     cores_per_chip: int = 128
+    chips: int = 1  # the chips the network may use (compile refuses more)
 
     def __post_init__(self):
         from hwq.errors import UsageError
@@ -72,7 +77,7 @@ class Limits:
                 out.append(f"{key}={getattr(self, key)}")
         if self.act_shift != hardware.act_shift:
             out.append(f"act_shift={self.act_shift}")
-        for key in ("neurons_per_core", "synapse_bits_per_core", "cores_per_chip"):
+        for key in CAPACITIES:
             if getattr(self, key) < 1:
                 out.append(f"{key}={getattr(self, key)}")
         return out
@@ -82,6 +87,9 @@ class Limits:
 
 
 LOIHI = Limits()
+CAPACITIES = ("neurons_per_core", "synapse_bits_per_core", "input_axons_per_core", "output_axons_per_core",
+              "cores_per_chip", "chips")
+ADDED = {"input_axons_per_core", "output_axons_per_core", "chips"}  # fields files from before CNNs lack
 
 # Lava's CPU models compute in int32 without checks: the mapping keeps every value below these.
 INT32_SAFE_LIF = 2 ** (30 - ACT_SHIFT)  # |a| = 2^24: a << 6 and u + b stay exact

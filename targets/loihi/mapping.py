@@ -26,7 +26,8 @@ import numpy as np
 
 from hwq.errors import LimitError, TargetError
 from hwq.ir import activations
-from hwq.quant.qnet import QLayer, QuantizedNetwork
+from hwq.ir.window import Window
+from hwq.quant.qnet import QLayer, QPool, QuantizedNetwork
 
 from .limits import ACT_SHIFT, INT32_SAFE_LIF, INT32_SAFE_SD, Limits
 from .synapses import SynapseSet, round_weights, shift, synapse_sets
@@ -49,10 +50,38 @@ class LayerMap:
     in_range: tuple[int, int]  # smallest and largest input value
     shift: int  # r
     weight_round: int  # k: weights rounded to multiples of 2^k before splitting
+    window: Window | None = None  # a convolution's or pooling's geometry (conv.py); None: dense
+
+    @property
+    def channels(self) -> int:
+        """Rows of the digit matrices: output channels (a dense layer: its neurons). The
+        per-neuron arrays (``bias_mant``, ``bias_exp``, ``unit``) hold one entry per channel."""
+        return self.sets[0].digits.shape[0]
+
+    @property
+    def positions(self) -> int:
+        return 1 if self.window is None else self.window.positions
 
     @property
     def n_out(self) -> int:
-        return self.sets[0].digits.shape[0]
+        """Neurons (compartments): channels times window positions."""
+        return self.channels * self.positions
+
+    @property
+    def n_in(self) -> int:
+        return self.sets[0].digits.shape[1] if self.window is None else self.window.n_in
+
+    def expand(self, v: np.ndarray) -> np.ndarray:
+        """A per-channel array repeated over the positions (C-order neurons)."""
+        return np.asarray(v) if self.window is None else np.repeat(np.asarray(v), self.positions)
+
+    @property
+    def bound_range(self) -> tuple[int, int]:
+        """The input range the per-channel bounds assume: padding reads 0."""
+        lo, hi = self.in_range
+        if self.window is not None and self.window.padded:
+            return min(lo, 0), max(hi, 0)
+        return lo, hi
 
     @property
     def bias(self) -> np.ndarray:
@@ -70,8 +99,9 @@ class LayerMap:
         return sum(np.asarray(s.digits, np.int64) << (s.exp + self.shift) for s in self.sets)
 
     def input_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per neuron, the smallest and largest ``a`` any input in ``in_range`` can give."""
-        return sum_bounds(self.sets, self.in_range)
+        """Per neuron (per channel of a convolution), the smallest and largest ``a`` any input
+        in ``in_range`` can give (padding reads 0)."""
+        return sum_bounds(self.sets, self.bound_range)
 
 
 def sum_bounds(sets, in_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +167,7 @@ class LayerPlan:
         self.unit0 = np.abs(layer.gain * layer.weight_scale * in_unit)
         # the sim bias in units of this layer's unshifted sum W @ h
         self.bias0 = layer.bias * (layer.in_scale / in_unit)
+        self.out_unit = 1.0  # the real value of a spike of a LIF layer (a pooling: its out_scale)
         self.notes: list[dict] = []
 
     def note(self, what: str, **fields):
@@ -150,7 +181,7 @@ class LayerPlan:
                 f"layer {self.index}: per-channel weight scales on a hidden {self.layer.activation} "
                 "layer need a per-neuron requantization, and Loihi has one weight exponent per "
                 "synapse group",
-                hint="quantize with per_channel=False, or use the 'sim' target",
+                hint="compile with --conv-per-tensor (hwq.quantize(..., conv_per_channel=False)), or use the 'sim' target",
             )
         if self.kind != "relu":
             return 0
@@ -162,11 +193,12 @@ class LayerPlan:
         if fitted is None:
             return None
         sets, k = fitted
-        bounds = sum_bounds(sets, self.in_range)
+        win, (lo, hi) = self.layer.window, self.in_range
+        bounds = sum_bounds(sets, (min(lo, 0), max(hi, 0)) if win is not None and win.padded else (lo, hi))
         mant, exp, vth = (self.lif_bias(r, bounds) if self.kind == "lif"
                           else self.sd_bias(r, bounds))
         return LayerMap(self.kind, tuple(sets), mant, exp, vth, self.unit0 * 2.0**r,
-                        self.in_bits, self.in_range, r, k)
+                        self.in_bits, self.in_range, r, k, self.layer.window)
 
     def fits(self, lm: LayerMap) -> bool:
         if not int32_ok(lm):
@@ -335,7 +367,7 @@ def int32_ok(lm: LayerMap) -> bool:
     """Lava's CPU models compute in int32: each group's sum before its shift (Dense), ``a`` and
     ``a + B`` must stay exact (stricter for the LIF, which computes ``a << 6``)."""
     a_lo, a_hi = lm.input_bounds()
-    lo, hi = lm.in_range
+    lo, hi = lm.bound_range
     dense = max(int(np.maximum(np.abs(s.lava_weights * lo), np.abs(s.lava_weights * hi))
                     .sum(axis=1).max(initial=0)) for s in lm.sets)
     top = int(np.maximum(np.abs(a_lo), np.abs(a_hi)).max(initial=0))
@@ -371,7 +403,7 @@ def sign_split(lm: LayerMap) -> bool:
 def next_input(lm: LayerMap, plan: LayerPlan) -> tuple[float, tuple[int, int], int]:
     """What the next layer receives: (real unit, value range, payload bits)."""
     if lm.kind == "lif":
-        return 1.0, (0, 1), 0
+        return getattr(plan, "out_unit", 1.0), (0, 1), 0
     a_lo, a_hi = lm.input_bounds()
     lo, hi = int((a_lo + lm.bias).min()), int((a_hi + lm.bias).max())
     if lm.kind == "relu":
@@ -411,9 +443,80 @@ def hidden_relu(make_plan, i: int) -> tuple[LayerPlan, LayerMap]:
     return best[1], best[2]
 
 
+def ones_layer(pool: QPool, bias: np.ndarray, in_unit: float) -> QLayer:
+    """A pooling as a step layer: a ones kernel over its window (one channel per group)."""
+    c, k = pool.window.channels, pool.window.size
+    return QLayer(np.ones((c, k), np.int64), np.asarray(bias, np.int64), np.ones(c), in_unit, 1.0, "step",
+                  window=pool.window)
+
+
+def pool_map(net: QuantizedNetwork, i: int, prev: LayerMap | None, given,
+             limits: Limits) -> tuple[LayerPlan, LayerMap]:
+    """A pooling node as a Loihi layer (one ``Sparse`` ones kernel per window), exactly:
+
+    * max pooling of spikes: an OR, a LIF that fires iff any input spiked (``a > 0``);
+    * average pooling of spikes whose epilogue gives codes 0/1 only: a LIF that fires iff the
+      window's spike count reaches the first count the epilogue rounds to 1;
+    * a truncating average (``floor(s M / 2^S)``, QONNX Trunc), one ``M`` and ``S`` for all
+      channels: digits ``M``, ``weight_exp = -S`` into a SigmaDelta (UNIT, bias 0);
+
+    anything else is refused in one line (``LimitError``) with the reason. ``prev`` is the
+    layer before (None: the pooling reads the network's input codes, which are graded)."""
+    pool: QPool = net.layers[i]
+    in_unit, in_range, in_bits = given
+    last = len(net.layers) - 1
+    spikes = prev is not None and prev.kind == "lif"
+    before = net.layers[i - 1] if i else None
+    what = (before.activation + " activations" if isinstance(before, QLayer)
+            else "input codes" if before is None else "pooled activations")
+    win = pool.window
+    if pool.op == "max":
+        if not spikes:
+            raise LimitError(f"layer {i}: max pooling of graded {what} has no Loihi equivalent "
+                             "(synapses add; only a maximum of spikes, an OR, maps)",
+                             hint="use a step activation before the pooling, a truncating average pooling "
+                                  "(QONNX Trunc), or the 'sim' target")
+        plan = LayerPlan(ones_layer(pool, np.zeros(win.channels), in_unit), i, False, in_unit, in_range,
+                         in_bits, limits)
+        plan.out_unit = float(pool.out_scale)
+        return plan, plan_layer(plan, 0)
+    m, sh = pool.requant.multiplier.astype(np.int64), pool.requant.shift.astype(np.int64)
+    if spikes:
+        outs = np.array([[pool.rescale(v, c) for v in range(win.size + 1)] for c in range(win.channels)])
+        if np.isin(outs, (0, 1)).all():
+            first = np.where(outs.any(axis=1), outs.argmax(axis=1), win.size + 1)  # smallest count giving 1
+            plan = LayerPlan(ones_layer(pool, 1 - first, in_unit), i, False, in_unit, in_range, in_bits, limits)
+            plan.out_unit = float(pool.out_scale)
+            return plan, plan_layer(plan, 0)
+    if not pool.truncate:
+        raise LimitError(f"layer {i}: average pooling rounds half up (floor((s M + 2^(S-1)) / 2^S)) to codes "
+                         f"beyond 0/1, and Loihi floors a synapse sum before a neuron can add the half",
+                         hint="pool spikes (a step activation before the pooling), use a truncating sum pooling "
+                              "(QONNX Trunc), or the 'sim' target")
+    if len(set(m.tolist())) > 1 or len(set(sh.tolist())) > 1 or int(m[0]) < 0:
+        raise LimitError(f"layer {i}: a truncating average pooling with per-channel multipliers or shifts "
+                         "needs a per-neuron weight exponent (one per synapse group on Loihi)",
+                         hint="one multiplier and shift for every channel, or the 'sim' target")
+    digits = np.full((win.channels, win.size), int(m[0]), np.int64)
+    sets = synapse_sets(digits, int(sh[0]), 0, limits)
+    plan = LayerPlan(ones_layer(pool, np.zeros(win.channels), in_unit), i, i == last, in_unit, in_range,
+                     in_bits, limits)
+    plan.kind = "identity"
+    if isinstance(sets, str) or len(sets) != 1 or sets[0].exp != -int(sh[0]):
+        raise LimitError(f"layer {i}: the average pooling's multiplier {int(m[0])} / 2^{int(sh[0])} does not fit "
+                         f"one 8-bit synapse group with weight_exp in {limits.weight_exp[0]}..{limits.weight_exp[1]}",
+                         hint="a smaller window or shift, or the 'sim' target")
+    c = win.channels
+    lm = LayerMap("identity", tuple(sets), np.zeros(c, np.int64), np.zeros(c, np.int64), 0,
+                  np.full(c, float(pool.out_scale)), in_bits, in_range, int(sh[0]), 0, win)
+    if not plan.fits(lm):
+        raise LimitError(f"layer {i}: the average pooling's sums exceed Loihi's 24-bit state or Lava's int32 sums")
+    return plan, lm
+
+
 def map_network(net: QuantizedNetwork, limits: Limits, shifts=None) -> Mapping:
-    """Loihi parameters for every layer of ``net``; ``shifts`` forces per-layer shifts
-    (None entries: automatic)."""
+    """Loihi parameters for every node of ``net`` (layers and poolings, one ``LayerMap`` each);
+    ``shifts`` forces per-layer shifts (None entries: automatic; a pooling takes none)."""
     fmt = net.input
     shifts = list(shifts) if shifts is not None else [None] * len(net.layers)
     if len(shifts) != len(net.layers):
@@ -425,16 +528,22 @@ def map_network(net: QuantizedNetwork, limits: Limits, shifts=None) -> Mapping:
         return LayerPlan(net.layers[i], i, i == last, *(given or inputs), limits)
 
     layers, notes = [], []
-    for i in range(len(net.layers)):
-        plan = make_plan(i, None)
-        if shifts[i] is None and plan.kind == "relu" and i < last:
-            plan, lm = hidden_relu(make_plan, i)
+    for i, node in enumerate(net.layers):
+        if isinstance(node, QPool):
+            if shifts[i] is not None:
+                raise TargetError(f"layer {i} is a pooling; its shift is not a choice (give 'auto')")
+            plan, lm = pool_map(net, i, layers[-1] if layers else None, inputs, limits)
         else:
-            lm = plan_layer(plan, shifts[i])
+            plan = make_plan(i, None)
+            if shifts[i] is None and plan.kind == "relu" and i < last and isinstance(net.layers[i + 1], QLayer):
+                plan, lm = hidden_relu(make_plan, i)
+            else:
+                lm = plan_layer(plan, shifts[i])
         if not int32_ok(lm):
             raise LimitError(f"layer {i}: shift {lm.shift} lets sums overflow Lava's int32 "
                              "arithmetic", hint="use a larger shift (or the automatic one)")
-        describe(plan, lm)
+        if not isinstance(node, QPool):
+            describe(plan, lm)
         if shifts[i] is not None and not plan.fits(lm):
             plan.note("forced shift lets the state wrap or exceed 24 bits", shift=lm.shift)
         inputs = next_input(lm, plan)

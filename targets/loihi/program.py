@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwq.errors import DataError
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import QLayer, QuantizedNetwork
 from hwq.quant.reference import decide
 from hwq.target.protocol import refuse_outside_format
 
@@ -22,8 +22,8 @@ BACKENDS = ("emulator", "lava")
 def offset(lm: LayerMap) -> np.ndarray:
     """What the neuron adds to ``a`` before its decision, in units of ``a``."""
     if lm.kind == "lif":
-        return (lm.bias - lm.theta) / 2.0**ACT_SHIFT
-    return lm.bias.astype(np.float64)
+        return lm.expand(lm.bias - lm.theta) / 2.0**ACT_SHIFT
+    return lm.expand(lm.bias).astype(np.float64)
 
 
 class LoihiProgram:
@@ -35,8 +35,8 @@ class LoihiProgram:
     def __init__(self, net: QuantizedNetwork, mapping: Mapping, limits: Limits,
                  backend: str = "emulator"):
         self.net, self.mapping, self.limits, self.backend = net, mapping, limits, backend
+        self.report = build_report(net, mapping, limits, backend)  # refuses what does not fit the chips
         self.emulator = Emulator(mapping)
-        self.report = build_report(net, mapping, limits, backend)
         self.artifacts = to_artifacts(mapping, limits, backend)
         self.options = {"backend": backend}
         # Decisions equal the integer reference only where the mapping changed nothing
@@ -63,13 +63,13 @@ class LoihiProgram:
         """Real pre-activations per layer: ``z = unit * (a + offset)``, the Loihi operating point
         (``z > 0`` exactly where a step neuron fires or a ReLU passes)."""
         inputs = self.emulator.inputs(self._check(x_q))
-        return [lm.unit * (a + offset(lm)) for a, lm in zip(inputs, self.mapping.layers)]
+        return [lm.expand(lm.unit) * (a + offset(lm)) for a, lm in zip(inputs, self.mapping.layers)]
 
     def surrogate_layers(self) -> tuple[list[np.ndarray], list[None]]:
         """What the surrogate gradient backpropagates (``hwq.attack.gradients``): the real
         weights Loihi computes with (rounded where the mapping rounds them) and no ReLU
         saturation (a Loihi ReLU has no upper clip, docs/loihi.md section 5)."""
-        weights = [lm.effective_codes() * layer.weight_scale[:, None]
+        weights = [lm.effective_codes() * layer.weight_scale[:, None] if isinstance(layer, QLayer) else None
                    for lm, layer in zip(self.mapping.layers, self.net.layers)]
         return weights, [None] * len(weights)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conv import dense_view
 from .limits import ACT_SHIFT, STATE_MAX, STATE_WRAP
 from .mapping import LayerMap, Mapping
 from .synapses import lava_effective, shift
@@ -96,7 +97,7 @@ def run_spec(mapping: Mapping, x_q: np.ndarray) -> np.ndarray:
     """Scores (S, n_out) of S samples presented back to back from a RingBuffer."""
     x = np.asarray(x_q, dtype=np.int64)
     n_layers = len(mapping.layers)
-    layers = [LayerSpec(lm, i + 1 < n_layers) for i, lm in enumerate(mapping.layers)]
+    layers = [LayerSpec(dense_view(lm), i + 1 < n_layers) for i, lm in enumerate(mapping.layers)]
     rows = []
     for t in range(len(x) + n_layers):
         msg = x[t % len(x)]  # the RingBuffer wraps around
