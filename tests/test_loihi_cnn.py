@@ -450,3 +450,15 @@ def test_every_compiled_cnn_refusal_is_an_hwq_error():
             hwq.compile(step_cnn(name), "loihi", limits=Limits(neurons_per_core=8, cores_per_chip=2))
         except HwqError as exc:
             assert "\n" not in exc.line()
+
+
+def test_netx_export_of_a_cnn_is_refused_in_one_line(tmp_path):
+    """netx gets dense layers only: a CNN (whose digit matrices are per-channel patches, not dense
+    rows) is refused in one line and no file is left, never written as if it were dense."""
+    from hwq_targets.loihi.netx import write_netx
+
+    program = hwq.compile(step_cnn("maxpool"), "loihi")
+    path = tmp_path / "cnn.net"
+    with pytest.raises(UsageError, match="layer 0 is a convolution") as err:
+        write_netx(program, path)
+    assert "\n" not in str(err.value) and not path.exists()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.errors import TargetError
+from hwq.errors import TargetError, UsageError
 from hwq.files.h5io import atomic_h5
 
 from .limits import ACT_SHIFT, LOIHI, STATE_MAX
@@ -49,7 +49,16 @@ OUTPUT_VTH = 2**LOIHI.lif_vth_bits - 1  # the largest vThMant: v = 64 (a + B) st
 
 
 def write_netx(program, path: str | Path) -> None:
-    """Write ``program`` (a loihi program) in netx's HDF5 layout (atomically)."""
+    """Write ``program`` (a loihi program) in netx's HDF5 layout (atomically). Convolutions and
+    poolings are refused in one line: netx's ``conv`` layers (kernel flip, WHC order) are not
+    written yet, and netx has no pooling layer."""
+    conv = next((i for i, lm in enumerate(program.mapping.layers) if lm.window is not None), None)
+    if conv is not None:
+        node = program.net.layers[conv]
+        what = "a convolution" if hasattr(node, "weight") else f"a {node.op} pooling"
+        raise UsageError(f"netx export: layer {conv} is {what}; hwq writes netx dense layers only "
+                         "(netx conv layers are not written yet, and netx has no pooling)",
+                         hint="export the integer network as onnx or nir, or use the dense layers of an MLP")
     layers = netx_layers(program.mapping)
     with atomic_h5(path) as f:
         group = f.create_group("layer")
