@@ -21,6 +21,12 @@ forced off (``use_vnni=False``: the products a CPU without AVX-512 VNNI plans, A
 has it) on the uint8 codes in the same repeats; the line after is
 ``loihi_emulator_vs_lava_no_vnni=<ratio>``, the smallest over both activations.
 
+The CNN workload (issue 20): a step LeNet on 1x28x28 (conv 6 5x5 pad 2 -> step -> max 2x2 -> conv 16
+5x5 -> step -> max 2x2 -> dense 120 -> step -> dense 10; 4-bit weights), on Lava (``Sparse``
+connections, ``--cnn-lava-samples`` inputs, marginal rate as above) and on the emulator
+(convolutions over gathered patches, ``--cnn-samples`` inputs); identical scores checked every
+repeat; its line is ``loihi_cnn_emulator_vs_lava=``, printed before the two MLP lines.
+
     python benchmarks/bench_loihi.py [--samples 50000] [--lava-samples 400] [--repeats 3]
 """
 
@@ -48,6 +54,47 @@ def build_network(rng: np.random.Generator, x: np.ndarray, act: str):
     graph = ir.Graph((N_IN,), nodes, ir.Output("softmax"))
     return hwq.quantize(graph, 4, calibration=x[:1000], bounds=(0.0, 1.0), act_bits=8,
                         input_bits=8)
+
+
+def build_cnn(rng: np.random.Generator, x: np.ndarray):
+    from hwq.ir.window import Window
+
+    def conv(shape, out, k, pad):
+        w = rng.normal(0, np.sqrt(2 / (shape[0] * k * k)), (out, shape[0], k, k))
+        return ir.Conv2d(w, rng.normal(0, 0.1, out), Window(shape, (k, k), (1, 1), (pad,) * 4, (1, 1), 1))
+
+    def pool(shape):
+        return ir.MaxPool2d(Window(shape, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), shape[0]))
+
+    c1 = conv((1, 28, 28), 6, 5, 2)
+    p1 = pool(c1.out_shape)
+    c2 = conv(p1.out_shape, 16, 5, 0)
+    p2 = pool(c2.out_shape)
+    d1 = ir.Affine(rng.normal(0, 1 / np.sqrt(p2.n_out), (120, p2.n_out)), rng.normal(0, 0.1, 120))
+    d2 = ir.Affine(rng.normal(0, 1 / np.sqrt(120), (N_OUT, 120)), rng.normal(0, 0.1, N_OUT))
+    nodes = (c1, ir.Activation("step"), p1, c2, ir.Activation("step"), p2, ir.Flatten(), d1, ir.Activation("step"), d2)
+    graph = ir.Graph((1, 28, 28), nodes, ir.Output("softmax"))
+    return hwq.quantize(graph, 4, calibration=x[:500], bounds=(0.0, 1.0), act_bits=8, input_bits=8)
+
+
+def measure_cnn(args, rng) -> dict:
+    x = rng.uniform(0, 1, (args.cnn_samples, 784))
+    net = build_cnn(rng, x)
+    program = hwq.compile(net, target="loihi")
+    xq8 = quantize_input(net.input, x).astype(np.uint8)
+    program.forward(xq8[:50])
+    run_lava([program.mapping], xq8[:2])
+    lava_rates, emu_rates = [], []
+    for _ in range(args.repeats):
+        t_small, _ = time_lava(program, xq8, args.cnn_lava_small)
+        t_large, lava_scores = time_lava(program, xq8, args.cnn_lava_samples)
+        t_emu, emu_scores = time_emulator(program, xq8)
+        if not np.array_equal(lava_scores, emu_scores[:args.cnn_lava_samples]):
+            raise SystemExit("CNN: Lava and the emulator differ")
+        lava_rates.append((args.cnn_lava_samples - args.cnn_lava_small) / max(t_large - t_small, 1e-9))
+        emu_rates.append(args.cnn_samples / t_emu)
+    return {"lava": float(np.median(lava_rates)), "emu": float(np.median(emu_rates)),
+            "paths": program.emulator.report}
 
 
 def time_lava(program, xq, n: int) -> tuple[float, np.ndarray]:
@@ -107,6 +154,10 @@ def main():
     parser.add_argument("--lava-samples", type=int, default=400)
     parser.add_argument("--lava-small", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cnn-samples", type=int, default=5000)
+    parser.add_argument("--cnn-lava-samples", type=int, default=40)
+    parser.add_argument("--cnn-lava-small", type=int, default=10)
+    parser.add_argument("--no-cnn", action="store_true", help="skip the CNN workload")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
@@ -126,6 +177,11 @@ def main():
         print(f"{'':8s} VNNI forced off: emulator u8 {r['no_vnni']:.0f}/s, ratio {nv_ratios[-1]:.0f}, "
               f"paths {','.join(r['no_vnni_paths'])}")
     print(f"identical scores on the {args.lava_samples} shared inputs: yes")
+    if not args.no_cnn:
+        c = measure_cnn(args, rng)
+        print(f"step LeNet 1x28x28: lava {c['lava']:.1f} samples/s, emulator {c['emu']:.0f} samples/s "
+              f"(paths {','.join(c['paths'])}); identical scores on {args.cnn_lava_samples} shared inputs")
+        print(f"loihi_cnn_emulator_vs_lava={c['emu'] / c['lava']:.0f}")
     print(f"loihi_emulator_vs_lava={min(ratios):.0f}")
     print(f"loihi_emulator_vs_lava_no_vnni={min(nv_ratios):.0f}")
 

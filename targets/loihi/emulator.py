@@ -37,10 +37,9 @@ import numpy as np
 from hwq.errors import DataError
 from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 
-from ..common import avx2, products, vnni
+from ..common import avx2, patches, products, vnni
 from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
 from . import kernels
-from .conv import dense_view
 from .limits import ACT_SHIFT
 from .mapping import LayerMap, Mapping
 
@@ -175,6 +174,75 @@ class CompiledLayer:
         return out
 
 
+class CompiledConv(CompiledLayer):
+    """A convolution, or a pooling mapped as a ones kernel (``lm.window``): each synapse group's
+    product runs over the gathered patches (``targets/common/patches.gather_rows``: row ``n P + p``
+    holds the patch of position ``p``, padding code 0), ``(N P, K) @ D_g.T`` per window group in the
+    exact BLAS or int64 product ``product_dtype`` proves, reordered to Loihi's neurons ``o P + p``;
+    the neuron epilogue is the dense layer's. The unrolled (C_out P, C H W) matrix is never built,
+    so memory grows with the patches of one chunk, not with the square of the maps."""
+
+    def __init__(self, lm: LayerMap):
+        super().__init__(lm, False, False)  # BLAS or int64: the patch matrix feeds every group's product
+        self.window = lm.window
+        self.idx = patches.gather_index(lm.window)
+        self.bias = np.ascontiguousarray(lm.expand(lm.bias), dtype=np.int64)
+        per = lm.channels // lm.window.groups
+        self.w_t = [[np.ascontiguousarray(s.digits[g * per:(g + 1) * per].T, dtype=self.dtype)
+                     for g in range(lm.window.groups)] for s in lm.sets]
+
+    def gather(self, h: np.ndarray) -> list[np.ndarray]:
+        """The patch matrix of every window group, (N P, K) in the product's dtype."""
+        win, n = self.window, len(h)
+        h = np.ascontiguousarray(h if h.dtype.type in NATIVE_INPUTS else h.astype(np.int64))
+        lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        out = []
+        for g in range(win.groups):
+            rows = np.empty((n * win.positions, win.patch_len), self.dtype)
+            patches.gather_rows(h, self.idx[g], lo, hi, 0, rows)
+            out.append(rows)
+        return out
+
+    def conv_product(self, rows: list[np.ndarray], s: int) -> np.ndarray:
+        """Synapse group ``s`` over the patches: (N, C_out P) int64, neuron ``o P + p``."""
+        win = self.window
+        n = len(rows[0]) // win.positions
+        parts = [products.int_matmul(r, w) if self.dtype is np.int64 else r @ w for r, w in zip(rows, self.w_t[s])]
+        y = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]  # (N P, C_out)
+        c = self.lm.channels
+        y = y.reshape(n, win.positions, c).transpose(0, 2, 1).reshape(n, c * win.positions)
+        return np.ascontiguousarray(y)  # exact integers in the product's dtype (add_shifted reads them)
+
+    def __call__(self, h, out_dtype, pres=None) -> np.ndarray:
+        rows = self.gather(h)
+        out = np.empty((len(h), self.lm.n_out), dtype=out_dtype)
+        last = len(self.w_t) - 1
+        if pres is None:  # fuse the last group's shift into the neuron kernel (as the dense layers)
+            rest = NONE
+            if last:
+                rest = np.zeros((len(h), self.lm.n_out), np.int64)
+                for s in range(last):
+                    kernels.add_shifted(self.conv_product(rows, s), self.exps[s], rest)
+            kernels.fused(self.conv_product(rows, last), self.exps[last], rest, self.kind, self.bias, self.lm.theta,
+                          out)
+            return out
+        a = np.zeros((len(h), self.lm.n_out), np.int64)
+        for s in range(last + 1):
+            kernels.add_shifted(self.conv_product(rows, s), self.exps[s], a)
+        pres.append(a)
+        kernels.fused(a, 0, NONE, self.kind, self.bias, self.lm.theta, out)
+        return out
+
+    @property
+    def in_dtype(self):
+        """The narrowest container of this layer's inputs (spikes and 8-bit codes: one byte)."""
+        lo, hi = self.lm.in_range
+        for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+            if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+                return dtype
+        return np.int64
+
+
 class Emulator:
     """``run(x_q)`` -> int64 scores; ``inputs(x_q)`` -> every layer's ``a`` (int64).
 
@@ -188,7 +256,7 @@ class Emulator:
         if use_avx2 and not avx2.available():
             raise ValueError("use_avx2=True needs a CPU with AVX2 (and Numba's JIT)")
         self.mapping = mapping
-        self.dense = tuple(dense_view(lm) for lm in mapping.layers)  # convolutions unrolled (conv.py)
+        self.dense = tuple(mapping.layers)  # convolutions stay compact: CompiledConv gathers patches
         self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
         self.use_avx2 = avx2.available() if use_avx2 is None else bool(use_avx2)
         self.layers = self._plan(self.dense, self.use_vnni, self.use_avx2)
@@ -196,7 +264,7 @@ class Emulator:
             lambda lo, hi: self._plan(widen(self.dense, lo, hi), False, False))
 
     def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
-        return [CompiledLayer(lm, use_vnni, use_avx2) for lm in layers]
+        return [CompiledLayer(lm, use_vnni, use_avx2) if lm.window is None else CompiledConv(lm) for lm in layers]
 
     def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
         """The plan for codes outside the input format: proven for the range that arrived."""
@@ -207,8 +275,8 @@ class Emulator:
     def report(self) -> list[str]:
         """The product path of every layer: "vnni", "vnni16" (two byte planes), "avx2",
         "float32", "float64" or "int64"."""
-        return [("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__
-                for c in self.layers]
+        return [("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else
+                c.dtype.__name__ + (" patches" if isinstance(c, CompiledConv) else "") for c in self.layers]
 
     @staticmethod
     def _forward(layers: list[CompiledLayer], x: np.ndarray, pres: list | None):
