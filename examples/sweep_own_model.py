@@ -3,9 +3,12 @@ version, and write the figures and report.
 
     python examples/sweep_own_model.py [OUT_DIR] [--quick]
 
-Here "your model" is a float MLP trained on the 8x8 digits with hwq.train and saved as ONNX;
-replace MODELS by your own files (one hidden layer: step, sigmoid or ReLU; several files act
-as several seeds). The same study on the command line:
+Here "your models" are two float MLPs trained on the 8x8 digits with hwq.train and saved as
+ONNX; replace them by your own files: MLPs or CNNs of any depth (PyTorch, Brevitas, Keras
+exports). Each file is a coordinate of the sweep's cells, named from its file stem; a float
+file is quantized post-training at each bit width, a QAT file (every weight on its grids,
+e.g. a Brevitas export) keeps its grids' bits. The same study on the command line
+(docs/sweeps.md, "Given models"):
 
     hwq sweep --data digits --model a.onnx --model b.onnx --bits 1:8 --scheme narrow -o s.h5
     hwq report s.h5 -o figures/
@@ -19,7 +22,7 @@ from pathlib import Path
 import hwq
 from hwq.study.report import write_report
 from hwq.sweep.executors import make_executor
-from hwq.sweep.run import model_ref, run_sweep
+from hwq.sweep.run import model_refs, run_sweep
 from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec
 from hwq.train import TrainConfig, mlp_to_onnx, train_mlp
 
@@ -48,7 +51,7 @@ def main() -> None:
     spec = SweepSpec(
         data=("digits",),
         bits=(1, 2, 4) if args.quick else tuple(range(1, 9)),
-        models=tuple(model_ref(p) for p in models),  # post-training quantization per width
+        models=model_refs(models),  # float files: post-training quantization at each width
         quant=QuantOptions(scheme="narrow"),  # PTQ onto the zero-including grid
         attack=AttackSettings(epsilons=(0.0, 0.01, 0.05, 0.1, 0.2), limit=100 if args.quick
                               else None),
@@ -57,9 +60,11 @@ def main() -> None:
         summary = run_sweep(spec, args.out / "sweep.h5", executor, command="examples/sweep_own_model.py")
     out = write_report(args.out / "sweep.h5", args.out, fig2=False)
     print(f"{summary['cells']} cells -> {args.out / 'sweep.h5'}; report: {out['report']}")
-    for act, by_def in out["critical"]["digits"]["sim"].items():
+    for model, by_def in out["critical"]["digits"]["sim"].items():
         c = by_def["min-variance"]
-        print(f"critical strength ({act}, min-variance):", c and c["eps_linf"])
+        print(f"critical strength ({model}, min-variance):", c and c["eps_linf"])
+    for row in out["models"]:
+        print(f"{row['model']} q{row['bits']}: clean {row['clean']}, under attack {row['accuracy']}")
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_model_that_does_not_fit_the_data(tmp_path, capsys):
     out = tmp_path / "s.h5"
     line = check_bad(capsys, ["sweep", "--data", "digits", "--model", model, "-o", out], out,
                      Path(f"{out}.cells"))
-    assert "expects 2 input features" in line
+    assert "takes inputs of shape 2" in line and "samples of shape 8x8" in line
     line = check_bad(capsys, ["sweep", "--model", tmp_path / "none.onnx", "-o", out], out)
 
 

@@ -162,9 +162,12 @@ def test_cells_from_given_onnx_models(tmp_path):
     sweep(spec, tmp_path / "models.h5")
     sw = read_sweep(tmp_path / "models.h5")
     keys = [c.key for c in sw.cells]
-    assert keys == ["spiral__relu__q02__s0__sim", "spiral__relu__q08__s0__sim",
-                    "spiral__sigmoid__q02__s1__sim", "spiral__sigmoid__q08__s1__sim"]
+    # the model (named from its file stem) is the cell's coordinate; the seed is the attack's
+    assert keys == ["spiral__m0__q02__s0__sim__fgsm", "spiral__m0__q08__s0__sim__fgsm",
+                    "spiral__m1__q02__s0__sim__fgsm", "spiral__m1__q08__s0__sim__fgsm"]
     assert all(c.attrs["source"].endswith(".onnx") for c in sw.cells)
+    assert [c.attrs["hidden_activations"] for c in sw.cells] == [["relu"]] * 2 + [["sigmoid"]] * 2
+    assert all(c.attrs["quantization"] == "ptq" for c in sw.cells)
 
 
 # --------------------------------------------------------------------------- real processes

@@ -71,15 +71,15 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, tr
                device=None):
     """The sweep's spec from its options; ``train_params`` and ``attack_params``: the declared
     parameters (``hwq.cli.common.train_options``/``attack_options``; None: the default)."""
-    from hwq.ranges import parse_epsilons, parse_ints, parse_names, parse_seeds
-    from hwq.sweep.run import model_ref
+    from hwq.ranges import parse_epsilons, parse_names, parse_seeds
+    from hwq.sweep.run import model_refs
     from hwq.sweep.spec import AttackSettings, QuantOptions, SweepSpec, TrainSettings, split_targets
     from hwq.target.registry import available_targets
 
-    refs = tuple(model_ref(m) for m in models or ())
+    refs = model_refs(models or ())
     return SweepSpec(
         data=parse_names(data_specs), activations=parse_names(activations),
-        bits=parse_ints(bits, "--bits"), seeds=parse_seeds(seeds),
+        bits=sweep_bits(bits, refs), seeds=None if seeds is None and refs else parse_seeds(seeds or "5"),
         targets=split_targets(targets, available_targets()), models=refs, data_seed=data_seed,
         train=TrainSettings(**{k: v for k, v in (train_params or {}).items() if v is not None}),
         quant=QuantOptions(scheme=scheme, act_bits=act_bits, input_bits=input_bits,
@@ -90,20 +90,50 @@ def build_spec(data_specs, activations, bits, seeds, targets, eps, models, *, tr
     )
 
 
+def sweep_bits(text: str | None, refs) -> tuple[int, ...]:
+    """``--bits``: 1:10 by default; with given models the bits of post-training quantization of
+    the float files (QAT files keep their grids, so with only QAT files there is nothing to set)."""
+    from hwq.ranges import parse_ints
+
+    if not refs or any(r.grid_bits is None for r in refs):
+        return parse_ints(text or "1:10", "--bits")
+    if text is not None:
+        kept = ", ".join(f"{Path(r.path).name} {r.grid_bits}" for r in refs)
+        raise UsageError(f"--bits {text}: every model keeps the bits of its QAT grids ({kept}); --bits sets the "
+                         "post-training quantization of float models only", hint="leave --bits out")
+    return tuple(sorted({r.grid_bits for r in refs}))
+
+
+def model_paths(model: list[Path] | None, models: str | None) -> list[Path]:
+    """``--model A --model B`` and ``--models A,B``, in the order given."""
+    from hwq.ranges import parse_names
+
+    return [*(model or ()), *(Path(p) for p in parse_names(models or ""))]
+
+
+MODEL = typer.Option(
+    None, "--model", help="Sweep this ONNX model instead of training (repeatable): a QAT file keeps the bits of "
+                          "its grids, a float file is quantized post-training at each --bits; the model is a cell "
+                          "coordinate (docs/sweeps.md).")
+MODELS = typer.Option(None, "--models", help="ONNX models, comma-separated (the same as --model A --model B).")
+
+
 @app.command()
 @train_options(sweep=True, panel="Training")
 @attack_options("Attack parameters")
 def sweep(
     data_specs: str = typer.Option("spiral", "--data", help="Comma-separated: " + DATA_HELP),
     activations: str = typer.Option("step,sigmoid,relu", help="Hidden activations, comma-separated."),
-    bits: str = typer.Option("1:10", help="Weight bits: START:STOP (inclusive) or a,b,c (1..16)."),
-    seeds: str = typer.Option("5", help="Number of seeds (5 -> 0..4), or explicit seeds a,b,c / A:B."),
+    bits: str = typer.Option(None, help="Weight bits: START:STOP (inclusive) or a,b,c (1..16); default 1:10. With "
+                             "--model: the post-training bits of float models (QAT files keep their grids)."),
+    seeds: str = typer.Option(None, help="Number of seeds (5 -> 0..4), or explicit seeds a,b,c / A:B; default 5. With "
+                              "--model: the attack's seeds (default 0; attacks without a seed take one)."),
     targets: str = typer.Option(
         "sim", help="Targets, comma-separated, with options as NAME:K=V,... (truenorth:relu=rate; "
                     "see `hwq info --targets`). A target that cannot map a cell's network refuses it."),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
-    model: list[Path] = typer.Option(
-        None, "--model", help="Sweep this ONNX model instead of training (repeatable; its index is the seed)."),
+    model: list[Path] = MODEL,
+    models: str = MODELS,
     train_params: dict = None,  # TrainConfig's sweep fields (hwq.cli.common.train_options)
     scheme: str = typer.Option("uniform", help="Weight levels (QAT and quantizer): uniform | narrow | pow2 "
                                f"(`hwq compile` defaults to {SCHEME}; the report states the sweep's)."),
@@ -139,7 +169,8 @@ def sweep(
     purpose (uniform levels, 16-bit activations and inputs: the paper's weights-only study);
     the report prints the sweep's next to its numbers."""
     check_output(output, (".h5", ".hdf5"))
-    spec = build_spec(data_specs, activations, bits, seeds, targets, eps, model, train_params=train_params,
+    spec = build_spec(data_specs, activations, bits, seeds, targets, eps, model_paths(model, models),
+                      train_params=train_params,
                       scheme=scheme, act_bits=act_bits, input_bits=input_bits, per_channel=per_channel, grad=grad,
                       limit=limit, data_seed=data_seed, attack=attacks,
                       attack_params={**attack_params, "temperature": temperature,

@@ -2,6 +2,11 @@
 (data set, target) (:class:`Block`), and the numbers the report states (:func:`critical_table`,
 :func:`key_numbers`, :func:`diagnostic_counts`). Pure: reads the sweep, writes nothing.
 
+Sweeps of given models (``hwq sweep --model``): the rows are the models instead of the hidden
+activations (``Block.axis == "model"``), the bits every bit width a model's cells use (a QAT
+file's row has its grids' bits only, NaN elsewhere) and the seeds the attack's;
+:func:`model_rows` compares the models.
+
 Stalled cells (training stalled, or clean test accuracy within 5 points of chance) are never
 averaged: means and spreads are over the other seeds. Refused cells (the target could not map
 the network: attribute ``refused`` with the reason, NaN accuracies) are never averaged either.
@@ -45,6 +50,7 @@ class Block:
     keys: np.ndarray  # (A, B, S) object: cell keys ("" where missing)
     refused: np.ndarray  # (A, B, S) bool: the target refused the network (no accuracies)
     fidelity: np.ndarray  # (A, B, S) float: clean decisions equal to the reference's (NaN: unknown)
+    axis: str = "activation"  # what the rows (``activations``) are: hidden activations, or given models ("model")
 
     @property
     def ran(self) -> np.ndarray:
@@ -97,9 +103,9 @@ def float_accuracy(sw: SweepFile, block: Block) -> np.ndarray:
     out = np.full(block.clean.shape, np.nan)
     for c in sw.cells:
         a = c.attrs
-        if a["data"] != block.data or a["target"] != block.target or a["activation"] not in block.activations:
+        if a["data"] != block.data or a["target"] != block.target or a.get(block.axis) not in block.activations:
             continue
-        i = (block.activations.index(a["activation"]), bit_index(block, a["bits"]),
+        i = (block.activations.index(a[block.axis]), bit_index(block, a["bits"]),
              int(np.flatnonzero(block.seeds == a["seed"])[0]))
         out[i] = a.get("float_test_accuracy", np.nan)
     return out
@@ -108,10 +114,10 @@ def float_accuracy(sw: SweepFile, block: Block) -> np.ndarray:
 def blocks(sw: SweepFile) -> list[Block]:
     """One :class:`Block` per (data set, target), in the order of the spec."""
     spec = sw.spec
-    acts = tuple(dict.fromkeys(spec.activations if not spec.models
-                               else [m.activation for m in spec.models]))
-    seeds = np.array(spec.seeds if not spec.models else range(len(spec.models)))
-    bits = np.array(spec.bits)
+    axis = "model" if spec.models else "activation"
+    acts = tuple(m.name for m in spec.models) if spec.models else tuple(dict.fromkeys(spec.activations))
+    seeds = np.array(spec.seeds)
+    bits = np.array(spec.all_bits if spec.models else spec.bits)
     out = []
     for label in (data_label(d) for d in spec.data):
         for target in spec.targets:
@@ -122,16 +128,16 @@ def blocks(sw: SweepFile) -> list[Block]:
             refused, fidelity = np.zeros(shape, bool), np.full(shape, np.nan)
             for c in sw.cells:
                 a = c.attrs
-                if a["data"] != label or a["target"] != target or a["activation"] not in acts:
+                if a["data"] != label or a["target"] != target or a.get(axis) not in acts:
                     continue
-                i = (acts.index(a["activation"]), int(np.flatnonzero(bits == a["bits"])[0]),
+                i = (acts.index(a[axis]), int(np.flatnonzero(bits == a["bits"])[0]),
                      int(np.flatnonzero(seeds == a["seed"])[0]))
                 acc[i], clean[i], present[i] = c.accuracy, a["clean_accuracy"], True
                 stalled[i], keys[i] = a["stalled"], c.key
                 refused[i] = bool(a.get("refused"))
                 fidelity[i] = a.get("fidelity", np.nan)
             out.append(Block(label, target, sw.data[label], acts, bits, seeds, sw.epsilons,
-                             acc, clean, present, stalled, keys, refused, fidelity))
+                             acc, clean, present, stalled, keys, refused, fidelity, axis))
     return out
 
 
@@ -203,8 +209,9 @@ def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
         float_acc.setdefault(b.data, {})[b.target] = {
             act: {str(q): rounded(mean_float[a, i]) for i, q in enumerate(b.bits)}
             for a, act in enumerate(b.activations)}
+    models = {"models": model_rows(sw, blks)} if sw.spec.models else {}
     return {
-        "input_format": input_format(sw), "calibration": calibration_policy(),
+        "input_format": input_format(sw), "calibration": calibration_policy(), **models,
         "critical": critical, "clean_accuracy": clean, "clean_accuracy_all_seeds": clean_all,
         "float_accuracy": float_acc,
         "fidelity": fidelity, "diagnostics": diagnostics,
@@ -213,6 +220,44 @@ def key_numbers(sw: SweepFile, blks: list[Block] | None = None) -> dict:
         "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", len(sw.cells))),
         "complete": bool(sw.attrs.get("complete", False)),
     }
+
+
+def model_rows(sw: SweepFile, blks: list[Block]) -> list[dict]:
+    """The models compared (sweeps of given models): one row per (data, target, model, bits)
+    that has a cell, in the blocks' order: the model's ``quantization`` (``qat``: the file's
+    grids; ``ptq``), ``clean`` and ``accuracy`` at the report's strengths (``eps``; mean over
+    usable seeds, None where every seed stalled or was refused), ``clean_all`` (every seed
+    that ran, stalled ones included), the seeds ``usable``/``stalled``/``refused``, the mean
+    ``fidelity`` and the model's ``critical`` strength (min-variance, l∞) over its bit widths
+    (None with fewer than two)."""
+    spec = {m.name: m for m in sw.spec.models}
+    out = []
+    for b in blks:
+        picks = table_eps(b.eps)
+        mean, clean = b.mean(), b.mean(b.clean)
+        all_clean = nan_reduce(np.nanmean, np.where(b.ran, b.clean, np.nan), 2)
+        fid = nan_reduce(np.nanmean, np.where(b.ran, b.fidelity, np.nan), 2)
+        crit = critical_table(b)
+        for a, name in enumerate(b.activations):
+            c = crit[name]["min-variance"]
+            for i, q in enumerate(b.bits):
+                if not b.present[a, i].any():
+                    continue
+                out.append({
+                    "data": b.data, "target": b.target, "model": name,
+                    "quantization": spec[name].quantization if name in spec else None, "bits": int(q),
+                    "clean": rounded(clean[a, i]), "clean_all": rounded(all_clean[a, i]),
+                    "eps": [float(b.eps[k]) for k in picks],
+                    "accuracy": [rounded(mean[a, i, k]) for k in picks],
+                    "usable": int(b.usable[a, i].sum()), "stalled": int((b.ran & b.stalled)[a, i].sum()),
+                    "refused": int(b.refused[a, i].sum()), "fidelity": rounded(fid[a, i]),
+                    "critical": None if c is None else rounded(c.eps_linf)})
+    return out
+
+
+def table_eps(eps: np.ndarray) -> list[int]:
+    """The indices of the report's table strengths (``TABLE_EPS``) in ``eps``."""
+    return sorted({int(np.argmin(np.abs(eps - e))) for e in TABLE_EPS if e <= eps.max()})
 
 
 def by_data(blks: list[Block]) -> dict[str, list[Block]]:
@@ -273,7 +318,9 @@ def diagnostic_counts(sw: SweepFile, block: Block) -> dict[str, dict[str, dict[i
     for c in sw.cells:
         if c.attrs["data"] != block.data or c.attrs["target"] != block.target:
             continue
-        at = (block.activations.index(c.attrs["activation"]), bit_index(block, c.attrs["bits"]))
+        if c.attrs.get(block.axis) not in block.activations:
+            continue
+        at = (block.activations.index(c.attrs[block.axis]), bit_index(block, c.attrs["bits"]))
         for flag in c.attrs.get("diag_flags", []) or []:
             found.setdefault(str(flag), {}).setdefault(at, 0)
             found[str(flag)][at] += 1

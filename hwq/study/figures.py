@@ -103,6 +103,25 @@ def target_figures(blks: list[Block], folder: Path) -> list[Path]:
     return paths
 
 
+def model_figures(blks: list[Block], folder: Path) -> list[Path]:
+    """Models compared (sweeps of given models): per data set and target, accuracy vs strength,
+    one line per model and bit width that has a usable seed (``models_<data>_<target>_accuracy_vs_eps``)."""
+    from hwq.study.plots import plot_accuracy_vs_eps
+
+    paths = []
+    for b in blks:
+        mean = b.mean()
+        curves = [(f"{name} q{int(q)}", mean[a, i]) for a, name in enumerate(b.activations)
+                  for i, q in enumerate(b.bits) if np.isfinite(mean[a, i]).all()]
+        if not curves:
+            continue
+        path = folder / f"models_{b.data}_{target_token(b.target)}_accuracy_vs_eps.png"
+        plot_accuracy_vs_eps(b.eps, np.stack([c for _, c in curves]), [n for n, _ in curves], path,
+                             title=f"{b.data} on {b.target}: models compared")
+        paths.append(path)
+    return paths
+
+
 def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool) -> list[Path]:
     from hwq.study.plots import plot_attacks_vs_bits
 
@@ -146,6 +165,10 @@ CAPTIONS = (  # (file name start, caption): what is plotted and how to read it
     ("attacks_", "Accuracy vs weight bits per attack of the suite and their per-input worst case (the "
                  "robust accuracy) at fixed strengths, one panel per activation (mean over usable seeds). "
                  "A gradient attack far above the gradient-free one signals gradient masking."),
+    ("models_", "The given models compared: accuracy vs attack strength ε, one line per model and bit width "
+                "(a QAT file at its grids' bits, a float file at each post-training bit width; mean over the usable "
+                "attack seeds). Models and bit widths whose every seed stalled (clean accuracy within 5 points of "
+                "chance) or was refused have no line; the table 'Models compared' lists them."),
     ("targets_", "The same quantized networks on each target: accuracy vs attack strength, one panel per bit "
                  "width, one line per target (mean ± std over usable seeds). A target's line below sim's "
                  "at ε = 0 is its clean fidelity loss; 'refused' panels mean the target could not map the "

@@ -19,6 +19,7 @@ from hwq.study.arrange import (
     diagnostic_counts,
     float_accuracy,
     input_format,
+    model_rows,
     nan_reduce,
     pick_eps,
 )
@@ -55,10 +56,11 @@ def _settings_md(sw: SweepFile) -> list[str]:
              f"- hwq {sw.attrs.get('hwq_version')}, created {sw.attrs.get('created')}, "
              f"executor {sw.attrs.get('executor') or '?'}, wall time {sw.attrs.get('wall_s', 0):.0f} s",
              *report_lines(sw.attrs),
-             f"- grid: activations {', '.join(spec.activations) if not spec.models else 'from models'}; "
-             f"bits {', '.join(map(str, spec.bits))}; "
-             + (f"seeds {', '.join(map(str, spec.seeds))}" if not spec.models else
-                f"models {', '.join(m.path for m in spec.models)}")
+             (f"- grid: activations {', '.join(spec.activations)}; bits {', '.join(map(str, spec.bits))}; "
+              f"seeds {', '.join(map(str, spec.seeds))}" if not spec.models else
+              f"- grid: models {', '.join(m.name for m in spec.models)}; bits {', '.join(map(str, spec.all_bits))} "
+              f"(QAT files at their grids' bits, float files post-training at {', '.join(map(str, spec.bits))}); "
+              f"attack seeds {', '.join(map(str, spec.seeds))}")
              + f"; targets {', '.join(spec.targets)}",
              f"- quantizer: scheme `{q.scheme}` ({levels}; see docs/quantization.md), "
              f"weights{' per channel' if q.per_channel else ' per tensor'}; activations "
@@ -75,6 +77,8 @@ def _settings_md(sw: SweepFile) -> list[str]:
              "accuracy; per-cell seeds derived from the cell key):", ""]
     if sw.sources:  # merged sweeps: the files and their digests instead of one command
         lines[2:3] = _sources_md(sw)
+    if spec.models:
+        return lines[:-2] + _given_models_md(sw)
     rows = []
     for label, info in sw.data.items():
         t = info["training"]
@@ -84,6 +88,47 @@ def _settings_md(sw: SweepFile) -> list[str]:
                      info["fingerprint"][:12]])
     lines += _md_table(["data", "spec", "train", "test", "features", "chance", "max epochs",
                         "patience", "batch", "lr", "gain", "init", "hidden", "sha256"], rows)
+    return lines + [""]
+
+
+def _given_models_md(sw: SweepFile) -> list[str]:
+    """Sweeps of given models: the models (not trained here) and the data they were judged on."""
+    lines = ["- models (given ONNX files, not trained; each is a coordinate of its cells, named from its file "
+             "stem; `qat`: every weight on the file's grids, kept; `ptq`: quantized post-training at each bit "
+             "width):", ""]
+    lines += _md_table(["model", "file", "quantization", "bits", "input", "classes", "hidden activations", "sha256"],
+                       [[m.name, f"`{m.path}`", m.quantization, ",".join(map(str, sw.spec.model_bits(m))),
+                         "x".join(map(str, m.input_shape)), m.n_classes, ", ".join(m.activations) or "–",
+                         m.sha256[:12]] for m in sw.spec.models])
+    lines += ["", "- data:", ""]
+    lines += _md_table(["data", "spec", "train", "test", "features", "chance", "sha256"],
+                       [[label, info["spec"], info["n_train"], info["n_test"], info["n_features"],
+                         _fmt(info["chance"]), info["fingerprint"][:12]] for label, info in sw.data.items()])
+    return lines + [""]
+
+
+def _models_md(sw: SweepFile, blks: list[Block], figures: list[Path], folder: Path) -> list[str]:
+    """Sweeps of given models: the models compared, per data set and target."""
+    rows = model_rows(sw, blks)
+    if not rows:
+        return []
+    eps = rows[0]["eps"]
+    lines = ["## Models compared", "",
+             "Per model and bit width: clean accuracy and accuracy under attack (mean over usable attack seeds; "
+             "–: every seed stalled or was refused, the clean accuracy of the seeds that ran is in brackets), "
+             "fidelity to the integer reference, and the model's critical strength (min-variance, l∞) over "
+             f"its bit widths (– with fewer than two). Inputs: {input_format(sw)}.", ""]
+    table = []
+    for r in rows:
+        clean = _fmt(r["clean"]) if r["clean"] is not None else f"– ({_fmt(r['clean_all'])})"
+        notes = ", ".join(f"{r[k]} {k}" for k in ("stalled", "refused") if r[k])
+        table.append([r["data"], r["target"], r["model"], r["quantization"], r["bits"], clean,
+                      *(_fmt(x) for x in r["accuracy"]), _fmt(r["fidelity"]),
+                      "–" if r["critical"] is None else f"{r['critical']:.4g}", notes or "–"])
+    lines += _md_table(["data", "target", "model", "quant", "bits", "clean", *(f"ε={e:g}" for e in eps),
+                        "fidelity", "critical l∞", "left out"], table)
+    names = [p for p in figures if p.name.startswith("models_")]
+    lines += [""] + [f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in names]
     return lines + [""]
 
 
@@ -115,7 +160,7 @@ def _critical_md(blks: list[Block]) -> list[str]:
                 c = e[d]
                 cells += ["–", "–"] if c is None else [f"{c.eps_linf:.4g}", f"{c.eps_l2:.4g}"]
             rows.append([b.data, b.target, act, *cells, ",".join(map(str, e["bits_used"]))])
-    lines += _md_table(["data", "target", "activation", "min-var l∞", "min-var l2",
+    lines += _md_table(["data", "target", blks[0].axis if blks else "activation", "min-var l∞", "min-var l2",
                         "crossing l∞", "crossing l2", "bits used"], rows)
     return lines + [""]
 
@@ -170,7 +215,7 @@ def _stalled_md(sw: SweepFile, blks: list[Block]) -> list[str]:
                  for i in range(b.bits.size))]
               for b in blks for a, act in enumerate(b.activations) if b.stalled[a].any()]
     lines += [f"{len(cells)} stalled cells; stalled / run per bit width:", ""]
-    lines += _md_table(["data", "target", "activation", *(f"q={q}" for q in blks[0].bits)],
+    lines += _md_table(["data", "target", blks[0].axis, *(f"q={q}" for q in blks[0].bits)],
                        counts)
     rows = [[c.key, _fmt(c.attrs["clean_accuracy"]), _fmt(c.attrs["chance"]),
              _fmt(c.attrs.get("val_accuracy")), c.attrs.get("best_epoch", "–"),
@@ -205,7 +250,7 @@ def _targets_md(blks: list[Block], figures: list[Path], folder: Path) -> list[st
                         row.append("refused" if b.refused[a, i].any() else "–")
                 rows.append(row)
         lines += [f"### Fidelity: {data}", ""]
-        lines += _md_table(["activation", "bits", *(b.target for b in group)], rows) + [""]
+        lines += _md_table([group[0].axis, "bits", *(b.target for b in group)], rows) + [""]
     names = [p for p in figures if p.name.startswith("targets_")]
     lines += [f"![{p.stem}]({p.relative_to(folder).as_posix()})" for p in names]
     return lines + [""]
@@ -246,7 +291,7 @@ def _attacks_md(sw: SweepFile, blks: list[Block]) -> list[str]:
         lines += [f"## Attacks compared: {b.data} / {b.target} (mean over usable seeds)", "",
                   "Accuracy per attack and the per-input worst case (robust accuracy) at fixed "
                   f"strengths, on {input_format(sw)}.", ""]
-        header = ["activation", "q"] + [f"{name} {b.eps[k]:g}" for name in [*members, "worst"] for k in picks]
+        header = [b.axis, "q"] + [f"{name} {b.eps[k]:g}" for name in [*members, "worst"] for k in picks]
         rows = []
         worst = b.mean()
         means = {n: b.mean(v) for n, v in members.items()}
@@ -279,10 +324,13 @@ def markdown(sw: SweepFile, blks: list[Block], figures: list[Path], fig2: list[d
              + ("" if sw.attrs.get("complete") else " (sweep not complete)")
              + f"; {sum(c.attrs['stalled'] for c in sw.cells)} stalled"
              + f"; {sum(bool(c.attrs.get('refused')) for c in sw.cells)} refused.", ""]
-    lines += _settings_md(sw) + _critical_md(blks)
+    lines += _settings_md(sw)
+    if sw.spec.models:
+        lines += _models_md(sw, blks, figures, folder)
+    lines += _critical_md(blks)
     lines += ["## Clean accuracy and accuracy under attack", ""]
     for b in blks:
-        lines += _clean_md(b, float_accuracy(sw, b)) + _eps_md(b, input_format(sw))
+        lines += _clean_md(b, None if sw.spec.models else float_accuracy(sw, b)) + _eps_md(b, input_format(sw))
     lines += _attacks_md(sw, blks)
     lines += _targets_md(blks, figures, folder)
     lines += _stalled_md(sw, blks) + _refused_md(sw)

@@ -13,6 +13,8 @@ could not map the network: attribute ``refused`` with the reason, NaN accuracies
 averaged either and are listed with their reasons. With several targets, the report compares
 them: accuracy vs strength per target (one panel per bit width) and the fidelity (share of
 test inputs whose clean decision equals the integer reference's, i.e. the ``sim`` target's).
+Sweeps of given models (``hwq sweep --model``) get the paper's figures per model (the models
+are the rows where trained sweeps have activations) and a table and figure comparing models.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hwq.study.figures import (  # noqa: F401
     attack_figures,
     block_figures,
     figure_fig2,
+    model_figures,
     target_figures,
 )
 from hwq.study.markdown import _clean_md, _refused_md, _targets_md, markdown  # noqa: F401
@@ -66,6 +69,8 @@ def write_report(sweep_path: str | Path | Sequence[str | Path], folder: str | Pa
             figures += attack_figures(sw, b, folder, multi)
     if multi:
         figures += target_figures(blks, folder)
+    if sw.spec.models:
+        figures += model_figures(blks, folder)
     report = folder / "report.md"
     from hwq.files.atomic import atomic_write_bytes
 

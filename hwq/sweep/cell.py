@@ -9,19 +9,21 @@ the numbers depend on the number of workers.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from hwq import api
 from hwq.attack.gradients import gradient_source
-from hwq.errors import HwqError, InvalidModelError, TargetError
+from hwq.errors import DataError, HwqError, InvalidModelError, TargetError
 from hwq.onnx.importer import graph_from_model, read_model
 from hwq.quant import reference
-from hwq.sweep.spec import CellFailed, SweepSpec, Task, cell_key, data_label
+from hwq.sweep.spec import CellFailed, ModelRef, SweepSpec, Task, data_label
 from hwq.train import STALL_MARGIN
 
 REFUSALS = (TargetError, InvalidModelError)  # LimitError is a TargetError: the cell is refused
@@ -107,7 +109,7 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
     if task.model is None:
         model, train_attrs, arrays = _train(spec, task, ds)
     else:
-        model, train_attrs, arrays = _given_model(task)
+        model, train_attrs, arrays = _given_model(task.model)
     clock.lap("train_s")
     graph = graph_from_model(model)
     clock.lap("import_s")
@@ -117,9 +119,18 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
                        input_bits=q.input_bits)
     clock.lap("quantize_s")
     on_grid = all(r.on_grid for r in net.report if r.tensor.endswith(".weight"))
-    base = {"data": task.label, "activation": task.activation, "bits": task.bits,
-            "seed": task.seed, "data_fingerprint": fingerprint, "weights_on_grid": on_grid,
-            "chance": chance(ds.y_test, ds.n_classes), **train_attrs}
+    if task.model is None:
+        base = {"data": task.label, "activation": task.activation, "bits": task.bits,
+                "seed": task.seed, "data_fingerprint": fingerprint, "weights_on_grid": on_grid,
+                "chance": chance(ds.y_test, ds.n_classes), **train_attrs}
+        attack = spec.attack
+    else:  # the model axis: coordinates (data, model, bits, seed, target, attack) and the model's record
+        attack = spec.cell_attack(task.seed)
+        base = {**{k: v for k, v in task.coordinates("").items() if k != "target"}, **task.model.cell_attrs(),
+                "data_fingerprint": fingerprint, "weights_on_grid": on_grid, "chance": chance(ds.y_test, ds.n_classes),
+                **train_attrs}
+        if attack.seed is not None:
+            base["attack_seed"] = int(attack.seed)
     codes = reference.quantize_input(net.input, ds.x_test.reshape(len(ds.x_test), -1))
     ref_decisions = reference.decide(reference.forward(net, codes), net.output)
     out = []
@@ -132,7 +143,7 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
             cell_clock.lap("compile_s")
         else:
             cell_clock.lap("compile_s")
-            attrs, acc = _attack(spec, program, ds)
+            attrs, acc = _attack(spec, program, ds, attack)
             attrs["fidelity"] = float(np.mean(program.decide(program.forward(codes)) == ref_decisions))
             cell_clock.lap("attack_s")
         attrs = {**base, "target": target, **attrs}
@@ -144,7 +155,7 @@ def _run(spec: SweepSpec, task: Task) -> list[CellResult]:
         timing["total_s"] = sum(timing.values())
         timing["cpu_s"] = (clock if first else cell_clock).cpu_s()
         timing["worker"] = f"{socket.gethostname()}:{os.getpid()}"
-        key = cell_key(task.label, task.activation, task.bits, task.seed, target)
+        key = task.keys()[task.targets.index(target)]
         out.append(CellResult(key, attrs, {**arrays, **acc}, timing))
     return out
 
@@ -177,15 +188,20 @@ def _train(spec: SweepSpec, task: Task, ds):
     return model, attrs, arrays
 
 
-def _given_model(task: Task):
-    return read_model(task.model), {"source": task.model, "train_stalled": False}, {}
+def _given_model(model: ModelRef):
+    """The model file, checked against the hash the sweep recorded when it was planned."""
+    data = Path(model.path).read_bytes() if Path(model.path).is_file() else b""
+    if hashlib.sha256(data).hexdigest() != model.sha256:
+        raise DataError(f"{model.path} is not the model the sweep was started with (sha256 {model.sha256[:12]})",
+                        hint="every worker must see the same model files; pass --overwrite to start again")
+    return read_model(model.path), {"source": model.path, "train_stalled": False}, {}
 
 
-def _attack(spec: SweepSpec, program, ds):
-    """The cell's attack: ``accuracy``/``correct`` (counts) of the attack, or of the per-input
-    worst case of a suite with each attack's under ``attacks/<name>/``; the diagnostics as
-    attributes (``diag_*``; docs/sweeps.md)."""
-    a = spec.attack
+def _attack(spec: SweepSpec, program, ds, a=None):
+    """The cell's attack (``a``: its settings, the spec's by default): ``accuracy``/``correct``
+    (counts) of the attack, or of the per-input worst case of a suite with each attack's under
+    ``attacks/<name>/``; the diagnostics as attributes (``diag_*``; docs/sweeps.md)."""
+    a = spec.attack if a is None else a
     method = a.method()
     needs = any(m.needs_gradient for m in getattr(method, "attacks", (method,)))
     gradient = (gradient_source(a.gradient, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,

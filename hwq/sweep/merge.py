@@ -139,8 +139,8 @@ def merge_sweeps(paths: Sequence[str | Path]) -> SweepFile:
     command, created, executor, wall_s). One file is read as it is (``read_sweep``).
 
     Refused with a one-line :class:`UsageError`: files that differ in anything else (the
-    first differing field and both values), a seed in two files, a file given twice, sweeps
-    of given models (their seeds are the models' indices).
+    first differing field and both values), a seed in two files, a file given twice. Sweeps
+    of given models merge over their attack seeds (the models must be the same files).
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -158,9 +158,6 @@ def merge_sweeps(paths: Sequence[str | Path]) -> SweepFile:
     first, base = paths[0], sweeps[0]
     owner: dict[int, Path] = {}
     for path, sw in zip(paths, sweeps):
-        if sw.spec.models:
-            raise UsageError(f"{path} is a sweep of given models (--model): its seeds are the "
-                             "models' indices, so there are no seeds to merge")
         diff = first_difference(base, sw)
         if diff is not None:
             name, old, new = diff

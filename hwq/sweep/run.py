@@ -7,14 +7,16 @@ import contextlib
 import hashlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from hwq.errors import DataError, HwqError, UsageError
-from hwq.ir.activations import HIDDEN_ACTIVATIONS
+import numpy as np
+
+from hwq.errors import DataError, HwqError, InvalidModelError
+from hwq.ir.graph import Activation
 from hwq.onnx.importer import graph_from_model, read_model
-from hwq.sweep.cell import data_info, run_task
-from hwq.sweep.spec import VERSION, ModelRef, SweepSpec, all_keys, data_label, plan
+from hwq.sweep.cell import data_info, dataset, run_task
+from hwq.sweep.spec import VERSION, ModelRef, SweepSpec, all_keys, data_label, model_name, plan
 from hwq.sweep.store import SweepStore, content_digest, read_sweep
 from hwq.target.registry import resolve_target
 
@@ -26,17 +28,44 @@ class Interrupted(HwqError):
 
 
 
-def model_ref(path: str | Path) -> ModelRef:
-    """Read a given ONNX model once: its hash and its hidden activation."""
+def model_ref(path: str | Path, taken: Iterable[str] = ()) -> ModelRef:
+    """Read a given ONNX model once: its hash, name (``taken``: the names of models before it),
+    input shape, classes, hidden activations (any number of layers) and QAT grid bits."""
     path = Path(path)
     model = read_model(path)
     graph = graph_from_model(model)
-    acts = [act for _, act in graph.layers()[:-1]]
-    if len(acts) != 1 or acts[0] not in HIDDEN_ACTIVATIONS:
-        raise UsageError(f"{path}: a sweep model needs one hidden layer with step, sigmoid or "
-                         f"relu, found {acts or 'none'}")
+    graph.stages()  # a network hwq cannot run is refused here, in one line, before any file exists
+    weights = [node for node in graph.nodes if hasattr(node, "weight")]
+    if not weights:
+        raise InvalidModelError(f"{path}: the model has no layer with weights")
+    grids = [getattr(node, "grid", None) for node in weights]
+    grid_bits = max(g.bits for g in grids) if all(g is not None for g in grids) else None
+    acts = tuple(node.kind for node in graph.nodes if isinstance(node, Activation))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return ModelRef(str(path.resolve()), digest, acts[0], graph.n_features)
+    return ModelRef(str(path.resolve()), digest, model_name(path, taken), tuple(graph.sample_shape),
+                    int(graph.n_classes), acts, grid_bits)
+
+
+def model_refs(paths: Iterable[str | Path]) -> tuple[ModelRef, ...]:
+    """:func:`model_ref` of each file, named apart."""
+    refs: list[ModelRef] = []
+    for p in paths:
+        refs.append(model_ref(p, [r.name for r in refs]))
+    return tuple(refs)
+
+
+def check_model_fits(model: ModelRef, label: str, ds) -> None:
+    """A model whose input does not take the data's samples, or whose classes are not the data's,
+    is refused in one line before any file is written."""
+    shape, data_shape = tuple(model.input_shape), tuple(ds.sample_shape)
+    images = [tuple(d for d in s if d != 1) for s in (shape, data_shape)]  # (1, 8, 8) and (8, 8) agree
+    fits = int(np.prod(shape)) == ds.n_features and (min(map(len, images)) < 2 or images[0] == images[1])
+    if not fits:
+        raise DataError(f"{model.path} takes inputs of shape {'x'.join(map(str, shape))}, data set {label} has "
+                        f"samples of shape {'x'.join(map(str, data_shape))}",
+                        hint="give data the model was made for")
+    if model.n_classes != ds.n_classes:
+        raise DataError(f"{model.path} has {model.n_classes} classes, data set {label} has {ds.n_classes}")
 
 
 # ------------------------------------------------------------------------- running
@@ -60,11 +89,10 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
     tasks = plan(spec)
     keys = all_keys(tasks)
     data = {data_label(d): data_info(d, spec) for d in spec.data}
-    for m in spec.models:
-        for label, info in data.items():
-            if info["n_features"] != m.n_features:
-                raise DataError(f"{m.path} expects {m.n_features} input features, data set "
-                                f"{label} has {info['n_features']}")
+    for d in spec.data if spec.models else ():
+        ds, _ = dataset(d, spec.data_seed, spec.attack.limit)
+        for m in spec.models:
+            check_model_fits(m, data_label(d), ds)
     store = SweepStore(Path(path))
     executor_name = f"{executor.name} x{executor.workers}"
     machines = getattr(executor, "machines", None)
@@ -126,8 +154,11 @@ def describe(path: str | Path) -> dict:
     return {
         "kind": "sweep", "version": VERSION, "hwq_version": sw.attrs.get("hwq_version"),
         "command": sw.attrs.get("command"), "data": list(spec.data),
-        "activations": sorted({c.attrs["activation"] for c in sw.cells}) or list(spec.activations),
-        "bits": list(spec.bits), "seeds": list(spec.seeds), "targets": list(spec.targets),
+        "activations": (sorted({a for m in spec.models for a in m.activations}) if spec.models else
+                        sorted({c.attrs["activation"] for c in sw.cells}) or list(spec.activations)),
+        **({"models": [m.describe() for m in spec.models]} if spec.models else {}),
+        "bits": list(spec.all_bits if spec.models else spec.bits), "seeds": list(spec.seeds),
+        "targets": list(spec.targets),
         "epsilons": [float(sw.epsilons.min()), float(sw.epsilons.max()), int(sw.epsilons.size)],
         "cells": len(sw.cells), "planned": int(sw.attrs.get("n_planned", 0)),
         "complete": bool(sw.attrs.get("complete", False)),

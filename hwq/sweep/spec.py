@@ -1,9 +1,15 @@
-"""Sweeps: a grid of data x hidden activation x weight bits x seed x target, one cell each.
+"""Sweeps: a grid of data x hidden activation x weight bits x seed x target, one cell each; or,
+with given ONNX models, a grid of data x model x weight bits x (attack) seed x target x attack.
 
 Pipeline of one cell (``hwq.sweep.cell``): train with the paper's QAT recipe (or take a given
 ONNX model) -> ONNX in memory -> ``graph_from_model`` -> ``quantize`` (QAT weights kept
 exactly) -> ``compile(target)`` -> the attack (FGSM, PGD, Square or a worst-case suite) over
 the epsilon list, judged on the integer model.
+
+Given models (the model axis, :class:`ModelRef`): a file whose weights all sit on QAT grids
+keeps them (its cells' bits are its grids' bits), a float file is quantized post-training at
+every one of the spec's ``bits``; the seed axis is then the attack's seed (attacks without one
+take a single seed).
 
 This module holds the pure part: the :class:`SweepSpec` (everything that determines the
 numbers), the plan (which cells, which per-cell seeds) and :func:`run_sweep`, which hands the
@@ -28,7 +34,7 @@ import numpy as np
 
 from hwq.attack import ATTACK_PARAMETERS
 from hwq.attack.gradients import check_gradient_name, check_temperature
-from hwq.errors import HwqError, UsageError
+from hwq.errors import FileFormatError, HwqError, UsageError
 from hwq.ir.activations import HIDDEN_ACTIVATIONS
 from hwq.params import declared
 from hwq.quant.schemes import check_bits, get_scheme
@@ -137,13 +143,61 @@ OPTIONAL_ATTACK_FIELDS = (*(p.name for p in _OPTIONAL), "diagnostics", "temperat
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A given ONNX model (instead of training): its path, content hash, hidden activation
-    and number of input features."""
+    """A given ONNX model (the model axis): its file, content hash, name in cell keys, input
+    shape and number of classes, the hidden activation kinds in graph order (any depth), and
+    ``grid_bits``: the bits its QAT weight grids use (every weight node on a grid: the cells
+    keep them; the widest where they differ, as ``hwq.quantize`` records them), or None for a
+    float model (quantized post-training at each of the sweep's bits)."""
 
     path: str
     sha256: str
-    activation: str
-    n_features: int
+    name: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    activations: tuple[str, ...] = ()
+    grid_bits: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        object.__setattr__(self, "activations", tuple(self.activations))
+        if not MODEL_NAME.fullmatch(self.name):
+            raise UsageError(f"sweep model name '{self.name}' is not a cell key part",
+                             hint="letters, digits and _ . - + (no '__')")
+
+    @property
+    def quantization(self) -> str:
+        """``qat`` (the file's grids are kept) or ``ptq`` (quantized post-training)."""
+        return "ptq" if self.grid_bits is None else "qat"
+
+    def describe(self) -> dict:
+        """What a sweep file records of the model (root ``models``, each cell's attributes)."""
+        return {"name": self.name, "path": self.path, "sha256": self.sha256, "input_shape": list(self.input_shape),
+                "n_classes": self.n_classes, "activations": list(self.activations), "grid_bits": self.grid_bits,
+                "quantization": self.quantization}
+
+    def cell_attrs(self) -> dict:
+        """What each of the model's cells records of it: ``model_path``, ``model_sha256``,
+        ``input_shape``, ``hidden_activations``, ``quantization`` (``qat``: the file's grids
+        kept; ``ptq``) and ``grid_bits`` (QAT only)."""
+        out = {"model_path": self.path, "model_sha256": self.sha256, "input_shape": list(self.input_shape),
+               "hidden_activations": list(self.activations), "quantization": self.quantization}
+        if self.grid_bits is not None:
+            out["grid_bits"] = self.grid_bits
+        return out
+
+
+MODEL_NAME = re.compile(r"(?!.*__)[A-Za-z0-9_.+-]+")
+
+
+def model_name(path: str | Path, taken: Iterable[str] = ()) -> str:
+    """A model's name in cell keys: its file stem made key-safe (``-2``, ``-3``... where two
+    files share a stem)."""
+    base = re.sub(r"_{2,}", "_", re.sub(r"[^A-Za-z0-9_.+-]", "_", Path(path).stem)).strip("_.") or "model"
+    name, n, taken = base, 1, set(taken)
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -153,7 +207,7 @@ class SweepSpec:
     data: tuple[str, ...]
     activations: tuple[str, ...] = HIDDEN_ACTIVATIONS
     bits: tuple[int, ...] = tuple(range(1, 11))
-    seeds: tuple[int, ...] = tuple(range(5))
+    seeds: tuple[int, ...] | None = None  # None: 0..4 (trained cells), 0 (given models: the attack's seed)
     targets: tuple[str, ...] = ("sim",)
     models: tuple[ModelRef, ...] = ()
     data_seed: int = 0
@@ -163,6 +217,8 @@ class SweepSpec:
     device: str | None = None  # judge every cell on a device (hwq/sweep/device.py)
 
     def __post_init__(self):
+        if self.seeds is None:
+            object.__setattr__(self, "seeds", (0,) if self.models else tuple(range(5)))
         for name in ("data", "activations", "bits", "seeds", "targets"):
             values = tuple(getattr(self, name))
             if not values:
@@ -196,6 +252,46 @@ class SweepSpec:
         labels = [data_label(d) for d in self.data]
         if len(set(labels)) != len(labels):
             raise UsageError(f"two data sets share a name: {labels}")
+        self._check_models()
+
+    def _check_models(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        if not self.models:
+            return
+        for key, what in (("name", "name"), ("sha256", "contents")):
+            seen: dict[str, str] = {}
+            for m in self.models:
+                if getattr(m, key) in seen:
+                    raise UsageError(f"models {seen[getattr(m, key)]} and {m.path} have the same {what}",
+                                     hint="give each model once (and files with different names)")
+                seen[getattr(m, key)] = m.path
+        if len(self.seeds) > 1 and not attack_takes_seed(self.attack):
+            raise UsageError(f"--seeds {','.join(map(str, self.seeds))}: in a sweep of given models the seed is "
+                             f"the attack's, and {self.attack.name} has none (every seed would repeat the "
+                             "same cells)", hint="give one seed, or an attack with random starts or windows")
+
+    def model_bits(self, model: ModelRef) -> tuple[int, ...]:
+        """The bits a model's cells use: its QAT grids' bits, or every one of ``bits`` (PTQ)."""
+        return self.bits if model.grid_bits is None else (model.grid_bits,)
+
+    @property
+    def all_bits(self) -> tuple[int, ...]:
+        """Every bit width a cell of the sweep uses, ascending."""
+        if not self.models:
+            return tuple(sorted(self.bits))
+        return tuple(sorted({b for m in self.models for b in self.model_bits(m)}))
+
+    @property
+    def attack_token(self) -> str:
+        """The attack's part of a model cell's key: ``fgsm``, ``fgsm+pgd+square``."""
+        return re.sub(r"[^A-Za-z0-9_.+-]", "", self.attack.name.replace(",", "+"))
+
+    def cell_attack(self, seed: int):
+        """The attack settings of a model cell with attack seed ``seed`` (the spec's
+        ``--attack-seed``, default 0, plus the cell's seed)."""
+        if not attack_takes_seed(self.attack):
+            return self.attack
+        return replace(self.attack, seed=(self.attack.seed or 0) + int(seed))
 
     @property
     def epsilons(self) -> np.ndarray:
@@ -214,12 +310,28 @@ class SweepSpec:
     def from_json(cls, text: str) -> SweepSpec:
         d = json.loads(text)
         lists = {k: tuple(d[k]) for k in ("data", "activations", "bits", "seeds", "targets")}
-        return cls(**lists, models=tuple(ModelRef(**m) for m in d["models"]),
+        return cls(**lists, models=tuple(_model_from_json(m) for m in d["models"]),
                    data_seed=d["data_seed"], train=TrainSettings(**d["train"]),
                    quant=QuantOptions(**d["quant"]),
                    attack=AttackSettings(**{**d["attack"],
                                             "epsilons": tuple(d["attack"]["epsilons"])}),
                    device=d.get("device"))
+
+
+def _model_from_json(m: dict) -> ModelRef:
+    if not isinstance(m, dict) or "name" not in m:  # hwq before the model axis: one hidden layer, index = seed
+        raise FileFormatError("the sweep's models were recorded by an older hwq (before the model axis)",
+                              hint="run the sweep again (with --overwrite) to rebuild it")
+    try:
+        return ModelRef(**m)
+    except TypeError as exc:
+        raise FileFormatError(f"a model of the sweep is not one hwq records ({exc})") from None
+
+
+def attack_takes_seed(attack) -> bool:
+    """Whether the attack (or a member of the suite) draws random numbers from a seed."""
+    method = attack.method()
+    return any(getattr(m, "seed", None) is not None for m in getattr(method, "attacks", (method,)))
 
 
 def data_label(spec: str) -> str:
@@ -269,14 +381,17 @@ def target_token(target: str) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One trained (or given) network, attacked on each of ``targets``: one cell per target."""
+    """One trained (or given) network, attacked on each of ``targets``: one cell per target.
+    With a given ``model`` the seed is the attack's and ``attack`` (the spec's attack token)
+    is part of the keys."""
 
     data: str
     activation: str
     bits: int
     seed: int
     targets: tuple[str, ...]
-    model: str | None = None  # path of a given ONNX model (model sweeps)
+    model: ModelRef | None = None  # a given ONNX model (the model axis)
+    attack: str = ""
 
     @property
     def label(self) -> str:
@@ -287,14 +402,31 @@ class Task:
         return derive_seed(self.label, self.activation, self.bits, self.seed)
 
     def keys(self) -> list[str]:
+        if self.model is not None:
+            return [model_cell_key(self.label, self.model.name, self.bits, self.seed, t, self.attack)
+                    for t in self.targets]
         return [cell_key(self.label, self.activation, self.bits, self.seed, t)
                 for t in self.targets]
+
+    def coordinates(self, target: str) -> dict:
+        """The cell's coordinates as its attributes name them (what its key encodes)."""
+        if self.model is not None:
+            return {"data": self.label, "model": self.model.name, "bits": self.bits, "seed": self.seed,
+                    "target": target, "attack_name": self.attack}
+        return {"data": self.label, "activation": self.activation, "bits": self.bits, "seed": self.seed,
+                "target": target}
 
 
 def cell_key(label: str, activation: str, bits: int, seed: int, target: str) -> str:
     """The cell's name: its HDF5 group and its journal file (``spiral__relu__q04__s0__sim``,
     ``digits__relu__q02__s0__truenorth@relu=rate``)."""
     return f"{label}__{activation}__q{bits:02d}__s{seed}__{target_token(target)}"
+
+
+def model_cell_key(label: str, model: str, bits: int, seed: int, target: str, attack: str) -> str:
+    """A given model's cell: ``digits__lenet_w4__q04__s0__sim__fgsm`` (data, model, bits,
+    attack seed, target, attack)."""
+    return f"{label}__{model}__q{bits:02d}__s{seed}__{target_token(target)}__{attack}"
 
 
 def derive_seed(*parts) -> int:
@@ -306,12 +438,13 @@ def derive_seed(*parts) -> int:
 def plan(spec: SweepSpec) -> list[Task]:
     """Every task of the grid, in a fixed order (data, activation, bits, seed).
 
-    Model sweeps: one task per (data, model, bits); the model's index plays the seed and its
-    hidden activation (read from the graph) the activation.
+    Model sweeps: one task per (data, model, bits, seed), in that order; a QAT model's bits are
+    its grids', a float model's each of the spec's bits; the seed is the attack's.
     """
     if spec.models:
-        return [Task(d, m.activation, b, i, spec.targets, m.path)
-                for d in spec.data for i, m in enumerate(spec.models) for b in spec.bits]
+        token = spec.attack_token
+        return [Task(d, "", b, s, spec.targets, m, token)
+                for d in spec.data for m in spec.models for b in spec.model_bits(m) for s in spec.seeds]
     return [Task(d, a, b, s, spec.targets)
             for d in spec.data for a in spec.activations for b in spec.bits for s in spec.seeds]
 

@@ -93,6 +93,7 @@ def _root_attrs(header: dict, spec: SweepSpec, n_done: int) -> dict:
         "complete": n_done == len(header["keys"]),
         "wall_s": float(header.get("wall_s", 0.0)), "executor": header.get("executor", ""),
         "machine": header.get("machines", []),
+        **({"models": [m.describe() for m in spec.models]} if spec.models else {}),
     }
 
 
@@ -426,8 +427,7 @@ def check_sweep(sw: SweepFile) -> SweepFile:
     cells are cells of the plan, the counts and ``complete`` agree with them, each accuracy is
     a share (or NaN where the target refused the cell), one per strength."""
     path, attrs, spec = sw.path, sw.attrs, sw.spec
-    tasks = {key: (t.label, t.activation, t.bits, t.seed, target)
-             for t in plan(spec) for key, target in zip(t.keys(), t.targets)}
+    tasks = {key: t for t in plan(spec) for key in t.keys()}
     planned = all_keys(plan(spec))
     eps = np.asarray(sw.epsilons)
     if eps.shape != spec.epsilons.shape or not np.allclose(eps, spec.epsilons, rtol=0, atol=1e-12):
@@ -463,7 +463,12 @@ def check_sweep(sw: SweepFile) -> SweepFile:
             raise _bad(path, f"cell {c.key} has a clean accuracy of {c.attrs.get('clean_accuracy')!r}")
         if not isinstance(c.attrs.get("stalled"), (bool, np.bool_)):
             raise _bad(path, f"cell {c.key} does not say whether its training stalled")
-        _check_cell(path, c, tasks[c.key])
+        task = tasks[c.key]
+        _check_cell(path, c, task.coordinates(task.targets[task.keys().index(c.key)]))
+        if task.model is not None:
+            _check_model_cell(path, c, task.model)
+    if spec.models and attrs.get("models") != [m.describe() for m in spec.models]:
+        raise _bad(path, "its models attribute is not the spec's models")
     for label, info in sw.data.items():
         _check_data(path, label, info)
     wall = attrs.get("wall_s", 0.0)
@@ -481,11 +486,11 @@ def _count(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and int(value) > 0
 
 
-def _check_cell(path: Path, c: CellRecord, task: tuple) -> None:
+def _check_cell(path: Path, c: CellRecord, coordinates: dict) -> None:
     """The attributes ``hwq report`` and ``hwq info`` read from a cell: its coordinates are
     the ones its key names, the shares are shares, the flags are flags, the times are times."""
     a = c.attrs
-    for name, want in zip(("data", "activation", "bits", "seed", "target"), task):
+    for name, want in coordinates.items():
         got = a.get(name)
         if isinstance(want, int):
             same = isinstance(got, (int, np.integer)) and not isinstance(got, bool) and int(got) == want
@@ -508,6 +513,21 @@ def _check_cell(path: Path, c: CellRecord, task: tuple) -> None:
     for name, value in c.timing.items():
         if name.endswith("_s") and not (_number(value) and 0 <= float(value) < float("inf")):
             raise _bad(path, f"cell {c.key} has a {name} time of {value!r} (seconds expected)")
+
+
+def _check_model_cell(path: Path, c: CellRecord, model) -> None:
+    """A model cell records the model its key names: path, sha256, input shape, quantization
+    (and the grid's bits for a QAT file, which are then the cell's bits)."""
+    want = model.cell_attrs()
+    for name in ("model_path", "model_sha256", "input_shape", "hidden_activations", "quantization", "grid_bits"):
+        got = c.attrs.get(name)
+        if isinstance(got, np.ndarray):
+            got = got.tolist()
+        if got != want.get(name) or (name == "grid_bits" and isinstance(got, bool)):
+            raise _bad(path, f"cell {c.key} has {name} {got!r}, but its model {model.name} has {want.get(name)!r}")
+    if model.grid_bits is not None and c.attrs["bits"] != model.grid_bits:
+        raise _bad(path, f"cell {c.key} has bits {c.attrs['bits']!r}, but model {model.name}'s grids have "
+                   f"{model.grid_bits}")
 
 
 TRAINING_FIELDS = ("epochs", "patience", "batch_size", "learning_rate", "gain", "init", "hidden")
