@@ -4,6 +4,7 @@ the setting that avoids it."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -64,16 +65,23 @@ def truenorth_case(seed: int):
         bits, input_bits, relu
 
 
-@pytest.mark.parametrize("seed, what", [(1, "sums exceed the threshold range"), (16, "more than 256 axons")])
+@pytest.mark.parametrize("seed, what", [(1, "sums exceed the threshold range"),
+                                        (16, "accumulator needs 305 axons")])
 def test_truenorth_refusals_name_the_settings_that_fit(seed, what):
     tn = get_target("truenorth")
     make, bits, input_bits, relu = truenorth_case(seed)
     with pytest.raises(LimitError) as info:
         tn.compile(make(bits, input_bits), relu=relu, fidelity_samples=0)
     line = info.value.line()
-    assert what in line and line.startswith("layer 0:")
+    assert what in line and line.startswith("layer 0:") and "\n" not in line
+    assert ("262143" if seed == 1 else "a core has 256") in line, line  # the limit, beside what was needed
     assert "--input-bits" in line and "--bits" in line, line
-    # each setting the refusal names makes this network fit
+    # each setting the refusal names makes this network fit: the input bits it names (the largest
+    # that fits: one more is refused), and fewer weight bits
+    fits = int(re.search(r"--input-bits (\d+) fits", line).group(1))
+    tn.compile(make(bits, fits), relu=relu, fidelity_samples=0)
+    with pytest.raises(LimitError):
+        tn.compile(make(bits, fits + 1), relu=relu, fidelity_samples=0)
     tn.compile(make(bits, 2), relu=relu, fidelity_samples=0)
     tn.compile(make(2, input_bits), relu=relu, fidelity_samples=0)
 

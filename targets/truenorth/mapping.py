@@ -31,6 +31,20 @@ Per layer one of four schemes, chosen at compile time (``plan_kinds``):
   ``H_u`` is duplicated once per axon copy the next layer needs (fan-out 1).
   Output layer: the emitters go off-chip; the score ``sum_g count(E+) - count(E-) = acc``.
 
+  Wide fan-in (e.g. 784 inputs, ``plan_groups``): where one gate tick would need more than
+  the core's axons, the gate is *ramped*: ``RAMP_AXONS`` axons spiking on ``r`` consecutive
+  ticks (``K = 255 * RAMP_AXONS * r``; an emitter fires at most once per tick, so its count is
+  still ``max(P, 0)``, finished by tick ``gate + r - 1 + drain``). ``K + max|P| + 255 <=
+  2^18 - 1`` bounds one group's partial sum (refused beyond, naming the input bits that fit).
+  A step layer whose sums outgrow one gated accumulator (``K_H - b + neg > 2^18 - 1``) uses
+  *ordered* accumulators (``step_accumulator``): the ``E-`` emitters are gated first and
+  drain into ``H_u`` (weight -1, ``kappa 1``: floor at ``-beta``), then the ``E+`` (+1) and
+  ``c`` bias spikes (``b = c w_b + r``, ``w_b <= 255``): ``alpha = beta = 2^18 - 1``,
+  ``V0 = alpha - 1 + r``, reset ``R = -beta``. ``H_u`` fires iff ``acc = pos - neg + b >= 1``,
+  at most once, exactly when the rise ``pos + c w_b <= alpha + beta - 1`` (``ACC_REACH``):
+  a drain that hits the floor then leaves ``acc <= -1`` (no spike either way). It fires on a
+  tick that depends on the sum, so its successor is a count-domain layer.
+
 Inputs: a column per input (signed codes: a ``+`` and a ``-`` column, ``x = x+ - x-``, weights
 ``W`` and ``-W``), sent as a rate code (``x`` spikes on ticks 1..x), a stochastic code or a
 binary threshold (program.py). Each frame runs from the initial state.
@@ -38,6 +52,7 @@ binary threshold (program.py). Each frame runs from the initial state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,9 +62,10 @@ import numpy as np
 from hwq.errors import InvalidModelError, LimitError
 from hwq.ir import activations
 from hwq.quant.bounds import rounding_half
-from hwq.quant.qnet import QLayer, QuantizedNetwork
+from hwq.quant.qnet import QLayer, QuantizedNetwork, Requant
+from hwq.quant.quantize import requant_for
 
-from .core import AXONS, NEURONS, THRESHOLD_BITS, Core, Model, Neurons
+from .core import AXONS, NEURONS, THRESHOLD_BITS, WEIGHT_MAX, Core, Model, Neurons
 from .digits import DigitTable, table_for
 
 GATE_TYPE, GATE_W = 3, 255  # emitter gates; in H cores: type 2 gate (+255), type 3 clear (-255)
@@ -58,6 +74,15 @@ BIG_BETA = 2**THRESHOLD_BITS - 1
 OFFCHIP = -32
 M_MAX = 255
 GATE_AXONS = 48  # at most this many gate (and clear) axons per ReLU accumulator core
+RAMP_AXONS = 8  # emitter gates that outgrow one tick: this many axons per gate, spiking on several ticks
+ACC_ALPHA = BIG_BETA  # ordered accumulators: threshold at the top of the 18-bit range ...
+ACC_RESET = -BIG_BETA  # ... reset far below it after the spike (R = -(2^18 - 1), VR 18) ...
+ACC_REACH = ACC_ALPHA + BIG_BETA - 1  # ... so they take a rise (E+ spikes and bias) of up to 2^19 - 3
+
+
+class SizeError(LimitError):
+    """A layer outgrew a core's axons or a neuron's range at the spike counts it receives;
+    ``map_network`` names the count setting (input or activation bits) that fits instead."""
 
 
 def smaller_counts(li: int | None) -> str:
@@ -133,6 +158,12 @@ class LayerPlan:
     bias_axons: list = field(default_factory=list)  # eedn: (draft, axons), one spike per frame
     out_max: int = 1  # largest spike count of one output unit per frame (relu: A)
     relu: dict = field(default_factory=dict)  # relu: per-unit m, a, h and the deviation
+    ordered: bool = False  # step: ordered accumulators (E- first into a floor, then E+)
+    drains: tuple = (0, 0)  # largest positive and negative partial sum of one group
+    gate_neg_axons: list = field(default_factory=list)  # ordered: (draft, axons) of the E- gates
+    h_bias_axons: list = field(default_factory=list)  # ordered: (draft, axons), h_bias_count spikes
+    h_bias_count: int = 0
+    ramp: int = 1  # ticks on which the emitter gates spike
 
 
 @dataclass(frozen=True)
@@ -183,28 +214,58 @@ def emitter_bound(w: np.ndarray, cmax: int, bias: np.ndarray | None) -> tuple[in
     return int(pos.max(initial=0)), int(neg.max(initial=0))
 
 
-def plan_groups(w: np.ndarray, table: DigitTable, cmax: int, bias, li: int):
+def plan_groups(w: np.ndarray, table: DigitTable, cmax: int, bias, li: int, gate_sets: int = 1) -> Groups:
     """Input groups and gate axons per group core: as few groups as the axons allow, more
-    where a group's partial sums would leave the emitters' threshold range."""
-    capacity = max(1, (AXONS - 1) // table.k)
-    while True:
-        n_gate = 1
-        for _ in range(8):
-            groups = group_sizes(w.shape[1], max(1, min(capacity, (AXONS - n_gate) // table.k)))
-            bounds = [emitter_bound(w[:, grp], cmax, bias if k == 0 else None) for k, grp in enumerate(groups)]
-            bound = max(max(b) for b in bounds)
-            need = max(1, math.ceil(bound / GATE_W))
-            if need <= n_gate:
+    where a group's partial sums would leave the emitters' threshold range. ``gate_sets``:
+    separate gates for ``E-`` and ``E+`` (2, ordered accumulators) or one shared (1). With one
+    set, a one-tick gate where it fits (``K = 255 n_gate``), else a ramp; with two, a ramp:
+    ``RAMP_AXONS`` axons spiking on ``ramp`` ticks (``K = 255 RAMP_AXONS ramp``)."""
+    if gate_sets == 1:
+        capacity = max(1, (AXONS - 1) // table.k)
+        while True:
+            n_gate = 1
+            for _ in range(8):
+                groups = group_sizes(w.shape[1], max(1, min(capacity, (AXONS - n_gate) // table.k)))
+                drains = group_drains(w, groups, cmax, bias)
+                need = max(1, math.ceil(max(drains) / GATE_W))
+                if need <= n_gate:
+                    break
+                n_gate = need
+            room = (AXONS - n_gate) // table.k >= 1
+            if need <= n_gate and room and GATE_W * n_gate + max(drains) + GATE_W <= BIG_BETA:
+                return Groups(groups, n_gate, 1, drains)
+            if capacity == 1:
                 break
-            n_gate = need
-        fits = need <= n_gate and (AXONS - n_gate) // table.k >= 1 and GATE_W * n_gate + bound + GATE_W <= BIG_BETA
-        if fits:
-            return groups, n_gate, bound
+            capacity = max(1, capacity // 2)
+    capacity = max(1, (AXONS - gate_sets * RAMP_AXONS) // table.k)
+    while True:
+        groups = group_sizes(w.shape[1], capacity)
+        drains = group_drains(w, groups, cmax, bias)
+        ramp = max(1, math.ceil(max(drains) / (GATE_W * RAMP_AXONS)))
+        if GATE_W * RAMP_AXONS * ramp + max(drains) + GATE_W <= BIG_BETA:
+            return Groups(groups, RAMP_AXONS, ramp, drains)
         if capacity == 1:
-            raise LimitError(f"layer {li}: one input's partial sum ({bound}) exceeds what an emitter can hold "
-                             f"(threshold range 0..{BIG_BETA})",
-                             hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
+            raise SizeError(f"layer {li}: one input's partial sum ({max(drains)}) exceeds what an emitter can hold "
+                            f"(gate and sum within the threshold range 0..{BIG_BETA})",
+                            hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
         capacity = max(1, capacity // 2)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """A layer's input groups (one core each per unit block), ``n_gate`` gate axons per set
+    spiking on ``ramp`` consecutive ticks (``K = 255 n_gate ramp``), and the largest positive and
+    negative partial sum of any group (``drains``: the emitters' spike counts)."""
+
+    groups: list
+    n_gate: int
+    ramp: int
+    drains: tuple
+
+
+def group_drains(w: np.ndarray, groups, cmax: int, bias) -> tuple[int, int]:
+    bounds = [emitter_bound(w[:, grp], cmax, bias if k == 0 else None) for k, grp in enumerate(groups)]
+    return max(b[0] for b in bounds), max(b[1] for b in bounds)
 
 
 def relu_params(layer, lo: np.ndarray, hi: np.ndarray, approximate: bool, li: int = 0) -> dict:
@@ -322,7 +383,12 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
             n_bias = int(eedn_bias(b)[0].max(initial=0))
             fits = w.shape[1] * table.k + n_bias <= AXONS
             kinds.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
-            inp = LayerIn(1, True)
+            # an ordered accumulator fires on a tick that depends on the sum: no one-tick successor
+            try:
+                gated = kinds[-1] == "eedn-step" or step_accumulator(w, b, table, inp.cmax, li).style == "gated"
+            except SizeError:
+                gated = False  # refused by map_network's sizing, with the setting that fits
+            inp = LayerIn(1, gated)
         elif layer.activation_kind is activations.RELU:
             if relu == "refuse":
                 raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it",
@@ -352,11 +418,130 @@ def eedn_bias(b: np.ndarray):
     return c, wb, lam
 
 
+@dataclass(frozen=True)
+class StepAccumulator:
+    """How a count-domain step layer sums its groups. ``gated``: one gate of ``n_gh`` axons
+    after the drain reveals ``acc`` in one tick (fires on a fixed tick). ``ordered``: the
+    ``E-`` emitters drain first into a floor at ``-beta`` (kappa 1), then the ``E+`` and
+    ``bias_count`` bias spikes rise towards ``alpha = 2^18 - 1`` (fires on a tick that
+    depends on the sum; no gate, range ``2^19 - 3`` for the rise)."""
+
+    style: str
+    grp: Groups
+    n_gh: int = 0
+    bias_count: int = 0
+
+
+def ordered_bias(b: np.ndarray, c: int):
+    """Positive biases as ``c`` spikes of weight ``w_b <= 255`` plus ``r in (-c, 0]`` (in V0):
+    ``b = c w_b + r``; non-positive biases ``w_b = 0, r = b``."""
+    b = np.asarray(b, np.int64)
+    wb = np.where(b > 0, -(-b // max(c, 1)), 0)
+    return wb, b - c * wb
+
+
+def step_accumulator(w: np.ndarray, b: np.ndarray, table: DigitTable, cmax: int, li: int) -> StepAccumulator:
+    """The gated accumulator where its gate and range fit, else the ordered one; ``SizeError``
+    where neither does."""
+    pos = np.maximum(w, 0).sum(axis=1) * cmax
+    neg = np.maximum(-w, 0).sum(axis=1) * cmax
+    n_gh = max(1, math.ceil(int(np.max(b + pos, initial=1)) / GATE_W))
+    if n_gh < AXONS and not np.any(GATE_W * n_gh - b + neg > BIG_BETA):
+        grp = plan_groups(w, table, cmax, None, li)
+        if 2 * len(grp.groups) + n_gh <= AXONS:
+            return StepAccumulator("gated", grp, n_gh=n_gh)
+    grp = plan_groups(w, table, cmax, None, li, gate_sets=2)
+    groups = grp.groups
+    c = max(0, math.ceil(int(np.max(b, initial=0)) / WEIGHT_MAX))
+    wb, _ = ordered_bias(b, c)
+    rise = int(np.max(pos + c * wb, initial=0))
+    if rise > ACC_REACH:
+        raise SizeError(f"layer {li}: a unit's positive sum reaches {rise}, beyond the {ACC_REACH} an accumulator "
+                        f"can take (alpha + beta - 1 with 18-bit alpha and beta)",
+                        hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
+    per_unit = 2 * len(groups) + (1 if c else 0)
+    if per_unit > AXONS:
+        raise SizeError(f"layer {li}: a unit's accumulator needs {per_unit} axons ({len(groups)} input groups, "
+                        f"an E+ and an E- axon each{', and a bias axon' if c else ''}); a core has {AXONS}",
+                        hint=f"{smaller_counts(li)}, or fewer weight bits (--bits; fewer axons per input)")
+    return StepAccumulator("ordered", grp, bias_count=c)
+
+
+def count_bits(li: int, cmax: int, signed: bool) -> tuple[str, list]:
+    """The option that sets layer ``li``'s input counts and, for each smaller value of it, the
+    count it gives: input codes (signed: ``2^(bits-1)`` per column) or activation codes."""
+    if li == 0:
+        top = lambda bits: 2 ** (bits - 1) if signed else 2**bits - 1  # noqa: E731
+        name, least = "--input-bits", 2  # quantize takes 2..16 input bits
+    else:
+        top = lambda bits: 2**bits - 1  # noqa: E731
+        name, least = "--act-bits", 1
+    return name, [(bits, top(bits)) for bits in range(16, least - 1, -1) if top(bits) < cmax]
+
+
+def at_counts(job: LayerJob, cmax: int, bits: int) -> tuple[QLayer, np.ndarray]:
+    """Layer ``job.index`` as ``quantize`` would make it were its inputs counts ``0..cmax``
+    instead of ``0..c0`` (an estimate: scales go as ``1 / counts``): the bias codes
+    ``round(b cmax / c0)`` (the accumulator's scale grows by ``c0 / cmax``); a ReLU's ratio
+    ``M / 2^S`` times ``c0 / cmax`` at layer 0 (``--input-bits`` changes only the input scale),
+    its own ``act_bits = bits`` later (``--act-bits`` also sets this layer's output scale, and
+    the ratio stays)."""
+    c0 = job.inp.cmax
+    b = (job.b * cmax * 2 + c0) // (2 * c0)
+    layer = job.layer
+    if job.kind == "count-relu" and layer.requant is not None:
+        if job.index == 0:
+            rq = layer.requant
+            real = rq.multiplier / 2.0**rq.shift * c0 / cmax
+            mult = np.zeros_like(rq.multiplier)
+            shift = np.zeros_like(rq.shift)
+            on = real > 0
+            if on.any():
+                est = requant_for(real[on], 1)
+                mult[on], shift[on] = est.multiplier, est.shift
+            layer = dataclasses.replace(layer, requant=Requant(mult, shift))
+        else:
+            layer = dataclasses.replace(layer, act_bits=bits)
+    return layer, b
+
+
+def fitting_counts(job: LayerJob, relu: str, signed: bool) -> str:
+    """The hint of a ``SizeError``: the largest smaller count setting under which the layer's
+    groups and accumulators fit, tried on the layer as quantize would rescale it
+    (``at_counts``)."""
+    li = job.index
+    name, tries = count_bits(li, job.inp.cmax, signed)
+    for bits, cmax in tries:
+        layer, b = at_counts(job, cmax, bits)
+        try:
+            size_layer(job.kind, layer, job.w, b, job.table, cmax, li, relu)
+        except LimitError:
+            continue
+        where = f"layer {li} receives up to {cmax} spikes per {'input' if li == 0 else 'unit'}"
+        return f"{name} {bits} fits ({where}), or fewer weight bits (--bits)"
+    counts = f"no smaller {name} fits" if tries or li == 0 else f"layer {li} receives single spikes"
+    return f"{counts}; fewer weight bits (--bits), or fewer inputs per unit"
+
+
+def size_layer(kind: str, layer: QLayer, w, b, table: DigitTable, cmax: int, li: int, relu: str):
+    """Everything a count-domain layer's cores need that depends on its counts (``SizeError``
+    where it does not fit): the output layer's groups, a step accumulator, a ReLU accumulator."""
+    if kind == "count-output":
+        return plan_groups(w, table, cmax, b, li)
+    if kind == "count-step":
+        return step_accumulator(w, b, table, cmax, li)
+    if kind == "count-relu":
+        grp = plan_groups(w, table, cmax, None, li)
+        return grp, relu_accumulator(layer, w, b, cmax, len(grp.groups), relu, li)
+    return None
+
+
 def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = False, step: str = "auto",
                 relu: str = "exact", layer0_bias=None) -> Mapping:
     """Cores for ``net``. Layer 0 receives counts ``0..in_max`` per input column
     (``signed_split``: columns ``x+`` then ``x-``, weights ``[W, -W]``); ``layer0_bias``
-    replaces layer 0's bias (binary encoding)."""
+    replaces layer 0's bias (binary encoding). A layer that does not fit at its counts is
+    refused naming the count setting that fits (``fitting_counts``)."""
     layers = net.layers
     weights = [np.asarray(layer.weight, np.int64) for layer in layers]
     biases = [np.asarray(layer.bias, np.int64) for layer in layers]
@@ -365,6 +550,13 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
     if layer0_bias is not None:
         biases[0] = np.asarray(layer0_bias, np.int64)
     kinds, ins = plan_kinds(net, weights, biases, in_max, step, relu)
+    sizes = {}
+    for li in range(len(layers)):
+        job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), None)
+        try:
+            sizes[li] = size_layer(job.kind, job.layer, job.w, job.b, job.table, job.inp.cmax, li, relu)
+        except SizeError as err:
+            raise LimitError(err.message, hint=fitting_counts(job, relu, signed_split)) from None
     builder = Builder(relu)
     plans: list[LayerPlan] = []
     dests = None  # per unit of the layer being built: list of (draft, axon) it must reach
@@ -376,7 +568,7 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
             in_ports = build_eedn(plan, job, builder)
             duplicated += sum(max(len(d) - 1, 0) for d in dests)
         else:
-            plan, in_ports, dup = build_count(job, builder)
+            plan, in_ports, dup = build_count(job, builder, sizes[li])
             duplicated += dup
         plans.append(plan)
         dests = in_ports
@@ -428,19 +620,30 @@ def build_eedn(plan: LayerPlan, job: LayerJob, builder: Builder) -> list:
     return in_ports
 
 
-def build_count(job: LayerJob, builder: Builder):
-    """A count-domain layer (emitters, and accumulators for hidden layers)."""
+def build_count(job: LayerJob, builder: Builder, size):
+    """A count-domain layer (emitters, and accumulators for hidden layers); ``size``: what
+    ``size_layer`` planned for it."""
     li, w, b, table = job.index, job.w, job.b, job.table
     m, n = w.shape
     last = job.kind == "count-output"
-    groups, n_gate, bound = plan_groups(w, table, job.inp.cmax, b if last else None, li)
+    acc = None
+    if job.kind == "count-step":
+        acc = size
+        grp = acc.grp
+    elif job.kind == "count-relu":
+        grp, acc = size
+    else:
+        grp = size
+    groups, n_gate = grp.groups, grp.n_gate
+    ordered = getattr(acc, "style", "") == "ordered"
     blocks = [np.arange(m)[s:s + NEURONS // 2] for s in range(0, m, NEURONS // 2)]
-    plan = LayerPlan(li, job.kind, len(groups), len(blocks), table, n_gate, bound)
+    plan = LayerPlan(li, job.kind, len(groups), len(blocks), table, n_gate, max(grp.drains), ordered=ordered,
+                     drains=grp.drains, ramp=grp.ramp)
     h_axon, dup = {}, 0
     if not last:
-        h_axon = place_accumulators(plan, job, groups, builder)
+        h_axon = place_accumulators(plan, job, groups, builder, acc)
         dup = sum(max(len(d) - 1, 0) for d in job.dests)
-    k_e = GATE_W * n_gate
+    k_e = GATE_W * n_gate * grp.ramp
     in_ports = [[] for _ in range(n)]
     pad = [0] * (3 - len(table.values))
     for gi, grp in enumerate(groups):
@@ -452,6 +655,10 @@ def build_count(job: LayerJob, builder: Builder):
                 in_ports[i].extend((d, int(a)) for a in ports[i])
             gate = d.axons([GATE_TYPE] * n_gate)
             plan.gate_axons.append((d, gate))
+            gate_neg = gate
+            if ordered:  # E- drain first, on their own gate
+                gate_neg = d.axons([GATE_TYPE] * n_gate)
+                plan.gate_neg_axons.append((d, gate_neg))
             for u in block:
                 for sign in (1, -1):
                     v0 = -k_e + (sign * int(b[u]) if last and gi == 0 else 0)
@@ -465,45 +672,75 @@ def build_count(job: LayerJob, builder: Builder):
                                      dest_delay=1, **dest)
                     for i in grp:
                         d.w[ports[i], j] = table.digits(int(w[u, i]))
-                    d.w[gate, j] = True
+                    d.w[gate if sign > 0 else gate_neg, j] = True
                     if last:
                         builder.outputs.append((d.id, j, int(u), sign))
     return plan, in_ports, dup
 
 
-def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder) -> dict:
-    """H cores for a hidden layer; returns (unit, group, sign) -> (draft, axon)."""
-    layer, w, b, cmax = job.layer, job.w, job.b, job.inp.cmax
-    m = w.shape[0]
+@dataclass(frozen=True)
+class ReluAccumulator:
+    """A ReLU layer's accumulators: per unit ``m, a, h`` (``relu_params``), the gate of
+    ``n_gh`` axons (``K_H = 255 n_gh``) and ``n_clear`` clear axons."""
+
+    rp: dict
+    n_gh: int
+    n_clear: int
+
+
+def relu_accumulator(layer: QLayer, w, b, cmax: int, n_groups: int, relu: str, li: int) -> ReluAccumulator:
+    """Size a ReLU layer's gated accumulators: ``SizeError`` where the potential, the clear
+    pulse or one unit's axons (2 per group, gate, clear) leave their range."""
     pos = np.maximum(w, 0).sum(axis=1) * cmax
     neg = np.maximum(-w, 0).sum(axis=1) * cmax
+    rp = relu_params(layer, b - neg, b + pos, relu == "rate", li)
+    mm, aa, hh = rp["m"], rp["a"], rp["h"]
+    A = 2**layer.act_bits - 1
+    # V0 = -K_H + m b + h; before the gate V <= V0 + m pos < a; after it V = m acc + h
+    need = int(np.max(mm * (b + pos) + hh - aa + 1, initial=1))
+    n_gh = max(1, math.ceil(need / GATE_W))
+    k_h = GATE_W * n_gh
+    if np.any(k_h - mm * b - hh + mm * neg > BIG_BETA):
+        span = int(np.max(k_h - mm * b - hh + mm * neg))
+        raise SizeError(f"layer {li}: sums exceed the threshold range of the accumulators (a ReLU unit spans "
+                        f"{span} > {BIG_BETA})", hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
+    x_max = mm * (b + pos) + hh
+    x_min = mm * (b - neg) + hh
+    over = x_max - A * aa - aa + 1
+    n_clear = max(0, math.ceil(int(over.max(initial=0)) / GATE_W))
+    if n_clear and np.any(np.minimum(x_min, 0) - GATE_W * n_clear < -BIG_BETA):
+        raise SizeError(f"layer {li}: the clear pulse would leave the accumulators' range",
+                        hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
+    if 2 * n_groups + n_gh + n_clear > AXONS:
+        raise SizeError(f"layer {li}: a ReLU unit's accumulator needs {2 * n_groups + n_gh + n_clear} axons "
+                        f"({n_groups} input groups, an E+ and an E- axon each, {n_gh} gate and {n_clear} clear "
+                        f"axons); a core has {AXONS}", hint=f"{smaller_counts(li)}, or fewer weight bits (--bits)")
+    return ReluAccumulator(rp, n_gh, n_clear)
+
+
+def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder, acc) -> dict:
+    """H cores for a hidden layer; returns (unit, group, sign) -> (draft, axon)."""
+    layer, w, b = job.layer, job.w, job.b
+    m = w.shape[0]
+    n_bias = wb = None
     if plan.kind == "count-relu":
-        rp = relu_params(layer, b - neg, b + pos, builder.relu == "rate", plan.index)
+        rp = acc.rp
         mm, aa, hh = rp["m"], rp["a"], rp["h"]
         A = 2**layer.act_bits - 1
         plan.exact = bool(rp["exact"].all())
         plan.relu = dict(exact_units=int(rp["exact"].sum()), units=m, max_deviation=rp["max_dev"],
                          mismatch_share_of_acc_range=rp["mismatch_share"], act_max=A, m=mm, a=aa, h=hh)
         plan.out_max = A
-    else:
+        n_gh, n_clear = acc.n_gh, acc.n_clear
+    elif acc.style == "gated":
         mm, aa, hh = np.ones(m, np.int64), np.ones(m, np.int64), np.zeros(m, np.int64)
-        A = 1
-    # V0 = -K_H + m b + h; before the gate V <= V0 + m pos < a; after it V = m acc + h
-    need = int(np.max(mm * (b + pos) + hh - aa + 1, initial=1))
-    n_gh = max(1, math.ceil(need / GATE_W))
+        n_gh, n_clear = acc.n_gh, 0
+    else:  # ordered: E- (-1) into a floor at -beta, then E+ (+1) and bias spikes (+w_b) up to alpha
+        n_gh, n_clear = 0, 0
+        plan.h_bias_count = acc.bias_count
+        n_bias = 1 if acc.bias_count else 0
+        wb, r = ordered_bias(b, acc.bias_count)
     k_h = GATE_W * n_gh
-    if np.any(k_h - mm * b - hh + mm * neg > BIG_BETA):
-        raise LimitError(f"layer {plan.index}: sums exceed the threshold range of the accumulators",
-                         hint=f"{smaller_counts(plan.index)}, or fewer weight bits (--bits)")
-    x_max = mm * (b + pos) + hh
-    x_min = mm * (b - neg) + hh
-    n_clear = 0
-    if plan.kind == "count-relu":
-        over = x_max - A * aa - aa + 1
-        n_clear = max(0, math.ceil(int(over.max(initial=0)) / GATE_W))
-        if n_clear and np.any(np.minimum(x_min, 0) - GATE_W * n_clear < -BIG_BETA):
-            raise LimitError(f"layer {plan.index}: the clear pulse would leave the accumulators' range",
-                             hint=f"{smaller_counts(plan.index)}, or fewer weight bits (--bits)")
     per_unit = 2 * len(groups)
     where, d, gate = {}, None, None
     for u in range(m):
@@ -516,20 +753,29 @@ def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder)
             clear = d.axons([3] * n_clear)
             if n_clear:
                 plan.clear_axons.append((d, clear))
+            if n_bias:
+                bias = d.axons([2])
+                plan.h_bias_axons.append((d, bias))
         ax = {}
         for gi in range(len(groups)):
             for sign, t in ((1, 0), (-1, 1)):
                 ax[(gi, sign)] = int(d.axons([t])[0])
                 where[(u, gi, sign)] = (d, ax[(gi, sign)])
-        relu_unit = plan.kind == "count-relu"
         for dd, da in copies:
-            j = d.add_neuron(weight=[int(mm[u]), -int(mm[u]), GATE_W, -GATE_W], alpha=int(aa[u]), beta=BIG_BETA,
-                             gamma=1 if relu_unit else 0, kappa=False,
-                             v0=int(mm[u] * b[u] + hh[u]) - k_h, dest_core=dd.id, dest_axon=da, dest_delay=1)
+            if wb is not None:
+                j = d.add_neuron(weight=[1, -1, int(wb[u]), 0], alpha=ACC_ALPHA, beta=BIG_BETA, gamma=0, kappa=True,
+                                 reset=ACC_RESET, v0=max(ACC_ALPHA - 1 + int(r[u]), -BIG_BETA), dest_core=dd.id,
+                                 dest_axon=da, dest_delay=1)
+                if n_bias and wb[u]:
+                    d.w[bias, j] = True
+            else:
+                j = d.add_neuron(weight=[int(mm[u]), -int(mm[u]), GATE_W, -GATE_W], alpha=int(aa[u]),
+                                 beta=BIG_BETA, gamma=1 if plan.kind == "count-relu" else 0, kappa=False,
+                                 v0=int(mm[u] * b[u] + hh[u]) - k_h, dest_core=dd.id, dest_axon=da, dest_delay=1)
+                d.w[gate, j] = True
+                if n_clear:
+                    d.w[clear, j] = True
             d.w[list(ax.values()), j] = True
-            d.w[gate, j] = True
-            if n_clear:
-                d.w[clear, j] = True
     plan.h_gate = n_gh
     return where
 
@@ -538,7 +784,9 @@ def schedule(plans: list[LayerPlan], in_max: int):
     """Arrival ticks of the host's gates and bias spikes. Inputs arrive on ticks 1..in_max;
     an eedn layer computes on the tick its inputs arrive (bias spike on that tick); a count
     layer's emitter gate comes with its last input, the accumulator gate with the last
-    emitter spike, a ReLU's clear ``A`` ticks later."""
+    emitter spike, a ReLU's clear ``A`` ticks later. An ordered step layer gates its ``E-``
+    with the last input and its ``E+`` once they have drained; its bias spikes arrive one
+    per tick from then, and its accumulators fire by the end of the ``E+`` drain."""
     gates = []
     last_in = max(in_max, 1)
     for plan in plans:
@@ -547,9 +795,17 @@ def schedule(plans: list[LayerPlan], in_max: int):
             gates += [(t, d.id, int(a)) for d, axons in plan.bias_axons for a in axons]
             last_in = t + 1
             continue
-        g_e = last_in
-        gates += [(g_e, d.id, int(a)) for d, axons in plan.gate_axons for a in axons]
-        g_h = g_e + plan.drain
+        g_e, ramp = last_in, range(plan.ramp)
+        if plan.ordered:
+            g_pos = g_e + plan.ramp - 1 + plan.drains[1]
+            gates += [(g_e + t, d.id, int(a)) for d, axons in plan.gate_neg_axons for a in axons for t in ramp]
+            gates += [(g_pos + t, d.id, int(a)) for d, axons in plan.gate_axons for a in axons for t in ramp]
+            gates += [(g_pos + k, d.id, int(a)) for d, axons in plan.h_bias_axons for a in axons
+                      for k in range(1, plan.h_bias_count + 1)]
+            last_in = g_pos + max(plan.ramp - 1 + plan.drains[0], plan.h_bias_count) + 1
+            continue
+        gates += [(g_e + t, d.id, int(a)) for d, axons in plan.gate_axons for a in axons for t in ramp]
+        g_h = g_e + plan.ramp - 1 + plan.drain
         if plan.kind == "count-output":
             return gates, g_h + 1
         gates += [(g_h, d.id, int(a)) for d, axons in plan.h_gate_axons for a in axons]

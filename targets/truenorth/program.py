@@ -231,8 +231,10 @@ class TrueNorthProgram:
             row = dict(layer=p.index, kind=p.kind, exact=p.exact, groups=p.groups, unit_blocks=p.blocks,
                        digit_table=list(p.table.values), digit_copies=list(p.table.copies),
                        axons_per_input=p.table.k, cores=len(p.cores), accumulator_cores=len(p.h_cores),
-                       gate_axons=p.n_gate, drain_ticks=p.drain,
+                       gate_axons=p.n_gate, gate_ticks=p.ramp, drain_ticks=p.drain,
                        bias_axons=int(sum(len(a) for _, a in p.bias_axons)))
+            if p.kind == "count-step":
+                row["accumulators"] = "ordered" if p.ordered else "gated"
             if p.kind == "count-relu":
                 row["relu"] = {k: v for k, v in p.relu.items() if k in (
                     "exact_units", "units", "max_deviation", "mismatch_share_of_acc_range", "act_max")}
