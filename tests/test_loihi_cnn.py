@@ -462,3 +462,19 @@ def test_netx_export_of_a_cnn_is_refused_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="layer 0 is a convolution") as err:
         write_netx(program, path)
     assert "\n" not in str(err.value) and not path.exists()
+
+
+def test_hwq_info_shows_the_resource_table(tmp_path, capsys):
+    """``hwq info`` on a loihi CNN prints the per-layer resources (neurons, synapses, axons,
+    cores) with the totals and the chips, the same numbers as the program's report."""
+    from cli_runner import run_cli
+
+    program = hwq.compile(step_cnn("maxpool"), "loihi")
+    path = tmp_path / "cnn.hwq"
+    save_program(path, program)
+    code, out, err = run_cli("info", path, capsys=capsys)
+    assert code == 0, err
+    assert "neurons" in out and "synapses" in out and "cores" in out and "chips: 1 of 1 allowed" in out
+    total = program.report["resources"]
+    line = next(row for row in out.splitlines() if row.startswith("total"))  # the resource table's
+    assert f"{total['synapses']:,}" in line and f"{total['neurons']:,}" in line

@@ -208,6 +208,25 @@ def layer_text(rows: list[dict]) -> str:
                                   "MACs/sample"])
 
 
+RESOURCE_COLUMNS = ("neurons", "compartments", "synapses", "fan_in", "input_axons", "output_axons", "cores")
+
+
+def resource_text(report: dict) -> str:
+    """The chip resources a target's report states per layer (loihi: neurons, synapses, axons,
+    cores) as a table with the totals; empty where the report has none."""
+    layers = [r for r in report.get("layers", ()) if isinstance(r, dict) and "cores" in r]
+    if not layers:
+        return ""
+    cols = [c for c in RESOURCE_COLUMNS if all(c in r for r in layers)]
+    body = [[r.get("index", i), *(f"{r[c]:,}" if isinstance(r[c], int) else r[c] for c in cols)]
+            for i, r in enumerate(layers)]
+    total = report.get("resources", {})
+    if total:
+        body.append(["total", *(f"{total[c]:,}" if isinstance(total.get(c), int) else "" for c in cols)])
+    chips = f"\nchips: {total['chips']} of {total.get('chips_allowed', '?')} allowed" if "chips" in total else ""
+    return table(body, ["layer", *cols]) + chips
+
+
 LIMIT = typer.Option(None, help="Use only the first N test inputs.")
 
 
@@ -455,6 +474,9 @@ def info(
     if out.get("kind") == "compiled model":
         typer.echo(quantization_text(out.pop("quantization")))
         typer.echo(layer_text(out.pop("layers")))
+        resources = resource_text(out.get("target_report") or {})
+        if resources:
+            typer.echo(resources)
     if out.get("kind") == "onnx model":
         typer.echo(grid_text(out.pop("grids")))
         stages = out.pop("stages")
