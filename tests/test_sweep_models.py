@@ -150,6 +150,32 @@ def test_report_per_model_and_models_compared(qat_sweep, ptq_sweep, tmp_path):
     out = write_report(ptq_path, tmp_path / "ptq", fig2=False)
     assert [(r["bits"], r["quantization"]) for r in out["models"]] == [(2, "ptq"), (4, "ptq")]
     assert "fig3_digits_accuracy_vs_bits.png" in {Path(p).name for p in out["figures"]}
+    assert "models_digits_sim_accuracy_vs_bits.png" in {Path(p).name for p in out["figures"]}
+
+
+def test_models_vs_bits_figure_averages_qat_files_per_width(qat_sweep, monkeypatch, tmp_path):
+    """The accuracy-vs-bits figure of given models: the QAT files of each width averaged into one
+    line whose points are the cells' own accuracies (here one file per width)."""
+    from hwq.study import plots
+    from hwq.study.arrange import pick_eps
+    from hwq.study.figures import model_bits_figures
+    from hwq.study.report import blocks
+
+    _, path, _ = qat_sweep
+    sw = read_sweep(path)
+    seen = []
+    monkeypatch.setattr(plots, "plot_models_vs_bits", lambda bits, curves, labels, eps, out, title="":
+                        seen.append((list(bits), np.asarray(curves), labels, out)))
+    sim = [b for b in blocks(sw) if b.target == "sim"]
+    model_bits_figures(sw, sim, tmp_path)
+    assert len(seen) == 1
+    bits, curves, labels, out = seen[0]
+    assert labels == ["QAT files (2; mean per width)"] and out.name == "models_digits_sim_accuracy_vs_bits.png"
+    picks = pick_eps(sim[0].eps)
+    for model, q in ((W2, 2), (W4, 4)):
+        cell = next(c for c in sw.cells if (c.attrs["model"], c.attrs["target"]) == (model, "sim"))
+        if not cell.attrs["stalled"]:
+            np.testing.assert_allclose(curves[0, bits.index(q)], np.asarray(cell.accuracy)[picks])
 
 
 @pytest.mark.slow

@@ -122,6 +122,40 @@ def model_figures(blks: list[Block], folder: Path) -> list[Path]:
     return paths
 
 
+def model_bits_figures(sw: SweepFile, blks: list[Block], folder: Path) -> list[Path]:
+    """Given models against weight bits (``models_<data>_<target>_accuracy_vs_bits``): the QAT
+    files of each width averaged into one line (each file is one model at its grids' bits), and
+    one line per float model quantized post-training at every width; a panel per strength of
+    ``pick_eps`` (mean over usable attack seeds). Drawn where some line has two widths."""
+    from hwq.study.plots import plot_models_vs_bits
+
+    kinds = {m.name: m.quantization for m in sw.spec.models}
+    paths = []
+    for b in blks:
+        picks = pick_eps(b.eps)
+        mean = b.mean()[..., picks]  # (models, bits, picks)
+        labels, curves = [], []
+        qat = [a for a, name in enumerate(b.activations) if kinds.get(name) == "qat"]
+        if qat:
+            with np.errstate(invalid="ignore"):
+                stack = mean[qat]
+                counts = np.isfinite(stack).sum(axis=0)
+                curve = np.where(counts > 0, np.nansum(stack, axis=0) / np.maximum(counts, 1), np.nan)
+            labels.append(f"QAT files ({len(qat)}; mean per width)")
+            curves.append(curve)
+        for a, name in enumerate(b.activations):
+            if kinds.get(name) == "ptq":
+                labels.append(f"{name} (PTQ)")
+                curves.append(mean[a])
+        if not curves or max(int(np.isfinite(c[:, 0]).sum()) for c in curves) < 2:
+            continue
+        path = folder / f"models_{b.data}_{target_token(b.target)}_accuracy_vs_bits.png"
+        plot_models_vs_bits(b.bits, np.stack(curves), labels, b.eps[picks], path,
+                            title=f"{b.data} on {b.target}: accuracy vs weight bits")
+        paths.append(path)
+    return paths
+
+
 def attack_figures(sw: SweepFile, block: Block, folder: Path, multi_target: bool) -> list[Path]:
     from hwq.study.plots import plot_attacks_vs_bits
 
@@ -165,7 +199,9 @@ CAPTIONS = (  # (file name start, caption): what is plotted and how to read it
     ("attacks_", "Accuracy vs weight bits per attack of the suite and their per-input worst case (the "
                  "robust accuracy) at fixed strengths, one panel per activation (mean over usable seeds). "
                  "A gradient attack far above the gradient-free one signals gradient masking."),
-    ("models_", "The given models compared: accuracy vs attack strength ε, one line per model and bit width "
+    ("models_", "The given models compared: accuracy vs weight bits (files named _accuracy_vs_bits: the QAT "
+                "files of each width averaged into one line, each float model quantized post-training its "
+                "own line, one panel per strength) or vs attack strength ε (_accuracy_vs_eps), one line per model and bit width "
                 "(a QAT file at its grids' bits, a float file at each post-training bit width; mean over the usable "
                 "attack seeds). Models and bit widths whose every seed stalled (clean accuracy within 5 points of "
                 "chance) or was refused have no line; the table 'Models compared' lists them."),

@@ -190,6 +190,25 @@ def plot_accuracy_vs_eps(eps, acc, labels, path, title="") -> Figure:
     return save_png(fig, path)
 
 
+def plot_models_vs_bits(bits, curves, labels, eps_picks, path, title="") -> Figure:
+    """Accuracy vs weight bits for given models: ``curves`` (n_curves, n_bits, n_picks), NaN
+    where a curve has no cell at a width; one panel per strength in ``eps_picks``, one line (with
+    markers, so single widths show) per curve."""
+    curves = np.asarray(curves, float)
+    _check_shape("curves", curves, (len(labels), len(bits), len(eps_picks)))
+    fig, axes = _figure(len(eps_picks), height=4.0)
+    for k, (ax, e) in enumerate(zip(axes, eps_picks, strict=True)):
+        for c, label in enumerate(labels):
+            keep = np.isfinite(curves[c, :, k])
+            ax.plot(np.asarray(bits)[keep], curves[c, keep, k], "o-", label=label)
+        ax.set(title=f"ε = {e:g}", xlabel="weight bits q", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.set_xticks(list(bits))
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return save_png(fig, path)
+
+
 def plot_attacks_vs_bits(bits, acc, attacks, activations, eps_picks, path, title="") -> Figure:
     """Accuracy vs bits per attack (the suite's members and its worst case) at fixed
     strengths: ``acc`` (n_attacks, n_activations, n_bits, n_picks), one panel per activation,

@@ -34,6 +34,7 @@ from hwq.study.figures import (  # noqa: F401
     attack_figures,
     block_figures,
     figure_fig2,
+    model_bits_figures,
     model_figures,
     target_figures,
 )
@@ -71,6 +72,7 @@ def write_report(sweep_path: str | Path | Sequence[str | Path], folder: str | Pa
         figures += target_figures(blks, folder)
     if sw.spec.models:
         figures += model_figures(blks, folder)
+        figures += model_bits_figures(sw, blks, folder)
     report = folder / "report.md"
     from hwq.files.atomic import atomic_write_bytes
 
