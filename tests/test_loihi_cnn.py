@@ -478,3 +478,27 @@ def test_hwq_info_shows_the_resource_table(tmp_path, capsys):
     total = program.report["resources"]
     line = next(row for row in out.splitlines() if row.startswith("total"))  # the resource table's
     assert f"{total['synapses']:,}" in line and f"{total['neurons']:,}" in line
+
+
+@pytest.mark.parametrize("vnni", [None, False])
+def test_patch_product_is_exact_and_falls_back_beyond_the_format(vnni):
+    """A first convolution runs as the dense product of its channels over the gathered patch
+    matrix (VNNI where the CPU has it); codes beyond the input format (here 300 and -7 for an
+    8-bit unsigned format) make the chunk fall back to a plan proven for them, still exact; the
+    trace (``a`` of every neuron, Loihi's order o P + p) equals the unrolled matrix's."""
+    from hwq_targets.loihi.conv import dense_view
+    from hwq_targets.loihi.emulator import CompiledLayer, Emulator, PatchDense
+
+    net = step_cnn("maxpool")
+    program = hwq.compile(net, "loihi")
+    emulator = Emulator(program.mapping, use_vnni=vnni)
+    assert isinstance(emulator.layers[0], PatchDense) and "patches" in emulator.report[0]
+    x = extreme_codes(net, 60)
+    np.testing.assert_array_equal(emulator.run(x), reference.forward(net, x))
+    wide = x.copy()
+    wide[5, 7], wide[9, 0] = 300, -7
+    np.testing.assert_array_equal(emulator.run(wide), reference.forward(net, wide))
+    traced = emulator.inputs(x[:4])
+    assert [t.shape for t in traced] == [(4, lm.n_out) for lm in program.mapping.layers]
+    unrolled = CompiledLayer(dense_view(program.mapping.layers[0]))  # the (C_out P, C H W) matrix
+    np.testing.assert_array_equal(traced[0], unrolled.inputs(np.ascontiguousarray(x[:4], np.float64)))

@@ -243,6 +243,51 @@ class CompiledConv(CompiledLayer):
         return np.int64
 
 
+class PatchDense:
+    """A convolution with one window group as the dense layer of its output channels over the
+    patch matrix: the patches of every position gathered (``targets/common/patches.gather_rows``,
+    padding code 0) into rows ``n P + p`` of the container the dense layer reads, then the dense
+    layer's own product and neuron (VNNI, AVX2 or BLAS, fused: ``CompiledLayer``) with one neuron
+    per output channel, whose outputs are reordered to Loihi's neurons ``o P + p``. Exact: each
+    neuron's ``a`` is its channel's digits over its patch, and the neuron is elementwise."""
+
+    def __init__(self, lm: LayerMap, use_vnni: bool, use_avx2: bool):
+        self.lm, self.window = lm, lm.window
+        lo, hi = lm.in_range
+        if lm.window.padded:  # padding reads code 0
+            lo, hi = min(lo, 0), max(hi, 0)
+        self.inner = CompiledLayer(dataclasses.replace(lm, window=None, in_range=(lo, hi)), use_vnni, use_avx2)
+        self.idx = patches.gather_index(lm.window)
+        self.vnni, self.avx2, self.planes, self.dtype = (self.inner.vnni, self.inner.avx2, self.inner.planes,
+                                                        self.inner.dtype)
+
+    @property
+    def in_dtype(self):
+        return self.inner.in_dtype
+
+    def reorder(self, y: np.ndarray, n: int) -> np.ndarray:
+        """(N P, C) rows of positions -> (N, C P), neuron ``o P + p``."""
+        c, positions = self.lm.channels, self.window.positions
+        return np.ascontiguousarray(y.reshape(n, positions, c).transpose(0, 2, 1).reshape(n, c * positions))
+
+    def __call__(self, h, out_dtype, pres=None) -> np.ndarray | None:
+        """The layer's outputs in ``out_dtype``; None when an input falls outside the range the
+        plan was proven for (the emulator then falls back, as for a dense layer)."""
+        win, n = self.window, len(h)
+        h = np.ascontiguousarray(h if h.dtype.type in NATIVE_INPUTS else h.astype(np.int64))
+        rows = np.empty((n * win.positions, win.patch_len), self.inner.in_dtype)
+        lo, hi = self.inner.lm.in_range
+        if patches.gather_rows(h, self.idx[0], lo, hi, 0, rows):
+            return None
+        inner_pres = [] if pres is not None else None
+        out = self.inner(rows, out_dtype, inner_pres)
+        if out is None:
+            return None
+        if pres is not None:
+            pres.append(self.reorder(inner_pres[0], n))
+        return self.reorder(out, n)
+
+
 class Emulator:
     """``run(x_q)`` -> int64 scores; ``inputs(x_q)`` -> every layer's ``a`` (int64).
 
@@ -264,7 +309,8 @@ class Emulator:
             lambda lo, hi: self._plan(widen(self.dense, lo, hi), False, False))
 
     def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
-        return [CompiledLayer(lm, use_vnni, use_avx2) if lm.window is None else CompiledConv(lm) for lm in layers]
+        return [CompiledLayer(lm, use_vnni, use_avx2) if lm.window is None else
+                PatchDense(lm, use_vnni, use_avx2) if lm.window.groups == 1 else CompiledConv(lm) for lm in layers]
 
     def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
         """The plan for codes outside the input format: proven for the range that arrived."""
@@ -275,8 +321,8 @@ class Emulator:
     def report(self) -> list[str]:
         """The product path of every layer: "vnni", "vnni16" (two byte planes), "avx2",
         "float32", "float64" or "int64"."""
-        return [("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else
-                c.dtype.__name__ + (" patches" if isinstance(c, CompiledConv) else "") for c in self.layers]
+        return [(("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__)
+                + (" patches" if isinstance(c, (CompiledConv, PatchDense)) else "") for c in self.layers]
 
     @staticmethod
     def _forward(layers: list[CompiledLayer], x: np.ndarray, pres: list | None):
