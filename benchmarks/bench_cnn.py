@@ -62,8 +62,9 @@ def dense(rng, n_in, n_out):
     return ir.Affine(rng.normal(0, np.sqrt(2 / n_in), (n_out, n_in)), rng.normal(0, 0.05, n_out))
 
 
-def chain(rng, in_shape, convs, fcs, n_out=10) -> ir.Graph:
-    """``convs``: (channels, kernel, pad) or "pool"; then dense layers ``fcs``, then ``n_out``."""
+def chain(rng, in_shape, convs, fcs, n_out=10, act="relu") -> ir.Graph:
+    """``convs``: (channels, kernel, pad) or "pool"; then dense layers ``fcs``, then ``n_out``;
+    every hidden layer followed by ``act``."""
     nodes, shape = [], tuple(in_shape)
     for c in convs:
         if c == "pool":
@@ -71,19 +72,19 @@ def chain(rng, in_shape, convs, fcs, n_out=10) -> ir.Graph:
             nodes.append(node)
         else:
             node = conv(rng, shape, *c)
-            nodes += [node, ir.Activation("relu")]
+            nodes += [node, ir.Activation(act)]
         shape = tuple(node.out_shape)
     nodes.append(ir.Flatten())
     n = int(np.prod(shape))
     for width in fcs:
-        nodes += [dense(rng, n, width), ir.Activation("relu")]
+        nodes += [dense(rng, n, width), ir.Activation(act)]
         n = width
     nodes.append(dense(rng, n, n_out))
     return ir.Graph(tuple(in_shape), tuple(nodes), ir.Output("softmax"))
 
 
-def lenet5(rng) -> ir.Graph:
-    return chain(rng, (1, 28, 28), [(6, 5, 2), "pool", (16, 5, 0), "pool"], [120, 84])
+def lenet5(rng, act="relu", fcs=(120, 84)) -> ir.Graph:
+    return chain(rng, (1, 28, 28), [(6, 5, 2), "pool", (16, 5, 0), "pool"], list(fcs), act=act)
 
 
 def vgg_cifar(rng) -> ir.Graph:

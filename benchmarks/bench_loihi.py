@@ -57,23 +57,10 @@ def build_network(rng: np.random.Generator, x: np.ndarray, act: str):
 
 
 def build_cnn(rng: np.random.Generator, x: np.ndarray):
-    from hwq.ir.window import Window
+    """The step LeNet of ``bench_cnn.py`` (one dense hidden layer of 120), 4-bit weights."""
+    from bench_cnn import lenet5
 
-    def conv(shape, out, k, pad):
-        w = rng.normal(0, np.sqrt(2 / (shape[0] * k * k)), (out, shape[0], k, k))
-        return ir.Conv2d(w, rng.normal(0, 0.1, out), Window(shape, (k, k), (1, 1), (pad,) * 4, (1, 1), 1))
-
-    def pool(shape):
-        return ir.MaxPool2d(Window(shape, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), shape[0]))
-
-    c1 = conv((1, 28, 28), 6, 5, 2)
-    p1 = pool(c1.out_shape)
-    c2 = conv(p1.out_shape, 16, 5, 0)
-    p2 = pool(c2.out_shape)
-    d1 = ir.Affine(rng.normal(0, 1 / np.sqrt(p2.n_out), (120, p2.n_out)), rng.normal(0, 0.1, 120))
-    d2 = ir.Affine(rng.normal(0, 1 / np.sqrt(120), (N_OUT, 120)), rng.normal(0, 0.1, N_OUT))
-    nodes = (c1, ir.Activation("step"), p1, c2, ir.Activation("step"), p2, ir.Flatten(), d1, ir.Activation("step"), d2)
-    graph = ir.Graph((1, 28, 28), nodes, ir.Output("softmax"))
+    graph = lenet5(rng, act="step", fcs=(120,))
     return hwq.quantize(graph, 4, calibration=x[:500], bounds=(0.0, 1.0), act_bits=8, input_bits=8)
 
 

@@ -493,8 +493,7 @@ def stage_row(stage) -> dict:
     name = {"Affine": "dense", "Conv2d": "conv", "MaxPool2d": "maxpool", "AvgPool2d": "avgpool",
             "SumPool2d": "sumpool"}.get(type(node).__name__, type(node).__name__)
     if win is not None:
-        text = win.describe()
-        name += " " + (text if name == "conv" else text.replace(f" groups {win.groups}", ""))
+        name += " " + win.describe(groups=name == "conv")
     return {"node": name, "in_shape": list(stage.in_shape), "out_shape": list(stage.out_shape),
             "activation": "" if not stage.linear else stage.activation}
 

@@ -184,7 +184,7 @@ def layer_rows(net: QuantizedNetwork) -> list[dict]:
                        shape=list(node.weight.shape), params=int(node.weight.size + node.bias.size),
                        macs=int(node.weight.size) * positions)
         else:
-            win = node.window.describe().replace(f" groups {node.window.groups}", "")  # one window per channel
+            win = node.window.describe(groups=False)
             row.update(kind=f"{node.op}pool {win}" + (" (truncating)" if node.truncate else ""),
                        activation="", act_bits=None, weight_codes=None, shape=None, params=0, macs=0)
         rows.append(row)

@@ -141,7 +141,9 @@ class Window:
         idx.setflags(write=False)
         return idx
 
-    def describe(self) -> str:
+    def describe(self, groups: bool = True) -> str:
+        """``3x3 stride 2,2 pads 1,1,1,1 groups 2``; ``groups=False`` leaves the groups out (a
+        pooling's window: one group per channel goes without saying)."""
         parts = [f"{self.kernel[0]}x{self.kernel[1]}"]
         if self.stride != (1, 1):
             parts.append(f"stride {self.stride[0]},{self.stride[1]}")
@@ -149,6 +151,6 @@ class Window:
             parts.append("pads " + ",".join(str(p) for p in self.pads))
         if self.dilation != (1, 1):
             parts.append(f"dilation {self.dilation[0]},{self.dilation[1]}")
-        if self.groups != 1:
+        if groups and self.groups != 1:
             parts.append(f"groups {self.groups}")
         return " ".join(parts)
