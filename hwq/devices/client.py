@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from hwq.errors import DataError
+from hwq.ir.codes import container
 
 from .base import Device, as_scores
 from .errors import (
@@ -47,10 +48,9 @@ def narrow(codes: np.ndarray) -> np.ndarray:
     if codes.dtype in WIRE_DTYPES[:4]:
         return codes
     lo, hi = (int(codes.min()), int(codes.max())) if codes.size else (0, 0)
-    for dt in WIRE_DTYPES:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
-            return codes.astype(dt)
+    dtype = container(lo, hi, WIRE_DTYPES, wide=None)
+    if dtype is not None:
+        return codes.astype(dtype)
     raise DataError("device inputs do not fit in 64-bit codes")
 
 

@@ -18,8 +18,8 @@ A block of ``BLOCK`` input rows is copied into int16 (``pack_rows``), then a reg
 ``R`` rows x ``V`` vectors of 8 outputs broadcasts one pair of codes of a row and accumulates
 ``acc[r][v] += pmaddwd(x[r, 2g:2g+2], W[8v:8v+8, 2g:2g+2])``.
 
-The threaded driver and block claiming are ``vnni.run_blocks`` and ``vnni.claim`` (they do not
-use VNNI instructions); sim's ``kernels.avx2_layer`` and the plain ``matmul`` here combine
+The threaded driver and block claiming are ``blocks.run_blocks`` and ``blocks.claim``, shared
+with the VNNI kernels; sim's ``kernels.avx2_layer`` and the plain ``matmul`` here combine
 ``pack_rows`` and ``product`` with their epilogues, as the VNNI kernels do.
 """
 
@@ -36,11 +36,12 @@ from numba.core.extending import intrinsic
 
 from hwq.quant.bounds import pmaddwd_exact
 
-from . import vnni
+from hwq.ir.codes import container as _container
 
-BLOCK = vnni.BLOCK  # input rows per block (the shared driver's unit); a multiple of every ROWS entry
+from .blocks import BLOCK, claim, run_blocks
+
 MAX_VECTORS = 3  # 8-output vectors per register tile
-ROWS = (0, 8, 6, 4)  # rows per tile for V vectors: R*V + V + 1 <= 16 ymm registers
+ROWS = (0, 8, 6, 4)  # BLOCK is a multiple of each; rows per tile for V vectors: R*V + V + 1 <= 16 ymm registers
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -160,7 +161,7 @@ def _product_blocks(counter, h, lo, hi, offset, wpk, base, acc_out):
     count = 0
     nblocks = (n + BLOCK - 1) // BLOCK
     while True:
-        blk = vnni.claim(counter)
+        blk = claim(counter)
         if blk >= nblocks:
             return count
         i0 = blk * BLOCK
@@ -183,7 +184,7 @@ def matmul(h: np.ndarray, weight: np.ndarray, lo: int, hi: int,
     wpk = pack_weights(weight) if wpk is None else wpk
     base = -offset * np.asarray(weight, np.int64).sum(axis=1)
     out = np.empty((h.shape[0], weight.shape[0]), np.int64)
-    bad = vnni.run_blocks(_product_blocks, h.shape[0], np.ascontiguousarray(h), lo, hi, offset, wpk,
+    bad = run_blocks(_product_blocks, h.shape[0], np.ascontiguousarray(h), lo, hi, offset, wpk,
                           base, out)
     return None if bad else out
 
@@ -215,9 +216,9 @@ def fits(weight: np.ndarray, lo: int, hi: int) -> bool:
 
 
 def container(lo: int, hi: int):
-    """The narrowest dtype holding codes in ``[lo, hi]`` (what a previous layer writes)."""
-    for dtype in (np.uint8, np.int8, np.int16, np.uint16):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return dtype
-    return np.int64
+    """The narrowest dtype holding codes in ``[lo, hi]`` that ``pack_rows`` reads (int16 before
+    uint16: ``vpmaddwd`` lanes are signed), else int64."""
+    return _container(lo, hi, AVX2_CONTAINERS)
+
+
+AVX2_CONTAINERS = ("uint8", "int8", "int16", "uint16")

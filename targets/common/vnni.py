@@ -1,31 +1,26 @@
 """Exact 8-bit products on AVX-512 VNNI: ``vpdpbusd`` (u8 x s8, four products summed into
 each int32 lane), emitted from Numba through an LLVM intrinsic.
 
-A layer qualifies when its input codes fit 8 bits (``[0, 255]``, or ``[-128, 127]`` stored as
-``code + 128``), its weights fit int8, and ``255 * max_row sum|W| < 2^31``. Then every partial
-sum fits int32 and is exact; the ``+128`` offset is removed afterwards in int64
-(``acc = sum((x + 128) * w) - 128 * sum(w)``).
+Where the product is exact and how weights are packed (``wpk[g, 4c + t] = W[c, 4g + t]``) is
+pure numpy planning in ``vnni_layout.py`` (re-exported here: ``fits``, ``pack_weights``,
+``digit_plan``, ...); the threaded driver that hands out blocks of rows is ``blocks.py``
+(re-exported: ``BLOCK``, ``claim``, ``run_blocks``). This module is the code generation.
 
-Layout. Weights ``W`` (M, K) are packed once as ``wpk[g, 4c + t] = W[c, 4g + t]`` (K padded
-to a multiple of 4, M to a multiple of 16, zeros in the padding): row ``g`` holds, for every
-output ``c``, the four weights of input group ``g``, so one 64-byte load feeds 16 outputs.
-The kernel copies 48 input rows into a u8 block, then a register tile of ``R`` rows x ``V``
-vectors of 16 outputs broadcasts four input bytes of a row and accumulates
+The kernel copies ``BLOCK`` input rows into a u8 block, then a register tile of ``R`` rows x
+``V`` vectors of 16 outputs broadcasts four input bytes of a row and accumulates
 ``acc[r][v] += dot4(x[r, 4g:4g+4], W[16v:16v+16, 4g:4g+4])``. Bias, requantization and the
 activation follow in the same pass (sim's ``kernels.vnni_layer``).
 
 Reuse. The pieces are public so that other backends build their own fused layers on the same
-exact product: ``run_blocks`` (the threaded driver), ``claim`` (a block index),
-``pack_rows`` (codes into the u8 block, counting codes out of range) and ``product`` (the
-int32 block product); a block worker combines them with its own epilogue. ``matmul`` is the
-plain exact product ``h @ W.T`` (int64). The loihi emulator
-(``hwq_targets.loihi.kernels.vnni_blocks``) uses it for its 8-bit groups, as sim does.
+exact product: ``pack_rows`` (codes into the u8 block, counting codes out of range) and
+``product`` (the int32 block product); a block worker combines them with its own epilogue and
+runs under ``run_blocks``. ``matmul`` is the plain exact product ``h @ W.T`` (int64). The loihi
+emulator (``hwq_targets.loihi.kernels.vnni_blocks``) uses it for its 8-bit groups, as sim does.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba as nb
 import numpy as np
@@ -34,11 +29,13 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from hwq.quant.bounds import INT32_EXACT
+from .blocks import BLOCK, claim, run_blocks  # noqa: F401  (re-exported for block workers)
+from .vnni_layout import (  # noqa: F401  (re-exported: the planning callers ask vnni for)
+    MAX_DIGITS, MAX_PRODUCTS, byte_view, digit_plan, fits, fits_planes, input_offset, int8_exact,
+    pack_weights, plane_offset, weight_digits)
 
-BLOCK = 48  # input rows per block; a multiple of every ROWS entry
 MAX_VECTORS = 7  # 16-output vectors per register tile
-ROWS = (0, 8, 8, 6, 4, 4, 3, 3)  # rows per tile for V vectors: R*V + V + 1 <= 32 zmm registers
+ROWS = (0, 8, 8, 6, 4, 4, 3, 3)  # BLOCK is a multiple of each; rows per tile for V vectors: R*V + V + 1 <= 32 zmm registers
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -120,22 +117,6 @@ _tile1, _tile2, _tile3, _tile4, _tile5, _tile6, _tile7 = (
     _make_tile(ROWS[v], v) for v in range(1, MAX_VECTORS + 1))
 
 
-@intrinsic
-def _claim(typingctx, counter):
-    """``counter[0] += 1`` atomically; returns the old value (a block index to work on)."""
-    sig = types.int64(counter)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.bitcast(context.make_array(signature.args[0])(context, builder, args[0]).data,
-                              _I64.as_pointer())
-        return builder.atomic_rmw("add", ptr, _const(1), "monotonic")
-
-    return sig, codegen
-
-
-claim = _claim  # public name for other modules' block workers
-
-
 @nb.njit(cache=True, nogil=True)
 def product(a, wpk, c, rows):
     """``c[:rows] = a[:rows] @ W.T`` (int32) for a packed block ``a`` of BLOCK rows."""
@@ -186,7 +167,7 @@ def _product_blocks(counter, h, lo, hi, offset, wpk, base, acc_out):
     count = 0
     nblocks = (n + BLOCK - 1) // BLOCK
     while True:
-        blk = _claim(counter)
+        blk = claim(counter)
         if blk >= nblocks:
             return count
         i0 = blk * BLOCK
@@ -196,25 +177,6 @@ def _product_blocks(counter, h, lo, hi, offset, wpk, base, acc_out):
         for r in range(rows):
             for j in range(m):
                 acc_out[i0 + r, j] = np.int64(c[r, j]) + base[j]
-
-
-def run_blocks(worker, n: int, *args) -> int:
-    """Run the Numba block worker ``worker(counter, *args)`` over ``n`` rows on
-    ``numba.get_num_threads()`` threads (the caller's among them), which claim blocks of
-    BLOCK rows from one atomic counter (``claim``), so a thread that the OS schedules late
-    simply takes fewer blocks. Returns the sum of the workers' results (out-of-range counts).
-
-    This is the driver of every VNNI kernel: sim's fused layer (``kernels.vnni_layer``), the
-    plain product (``matmul``) and the loihi emulator's (``hwq_targets.loihi.kernels.vnni_blocks``). A
-    worker packs its rows with ``pack_rows``, multiplies with ``product`` and applies its own
-    epilogue to the int32 block."""
-    counter = np.zeros(1, np.int64)
-    helpers = min(nb.get_num_threads(), -(-n // BLOCK)) - 1
-    if helpers <= 0:
-        return int(worker(counter, *args))
-    futures = [_pool().submit(worker, counter, *args) for _ in range(helpers)]
-    bad = worker(counter, *args)
-    return int(bad + sum(f.result() for f in futures))
 
 
 def matmul(h: np.ndarray, weight: np.ndarray, lo: int, hi: int,
@@ -233,50 +195,6 @@ def matmul(h: np.ndarray, weight: np.ndarray, lo: int, hi: int,
     return None if bad else out
 
 
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The helper threads (made again after a fork or a change of ``numba.set_num_threads``)."""
-    global _POOL
-    key = (os.getpid(), nb.get_num_threads())
-    if _POOL is None or _POOL[:2] != key:
-        if _POOL is not None and _POOL[0] == key[0]:
-            _POOL[2].shutdown(wait=False)
-        _POOL = (*key, ThreadPoolExecutor(max(1, key[1] - 1), thread_name_prefix="hwq-sim"))
-    return _POOL[2]
-
-
-def pack_weights(weight: np.ndarray) -> np.ndarray:
-    """``wpk[g, 4c + t] = W[c, 4g + t]`` with K padded to 4 and M to 16 (see module doc)."""
-    m, k = weight.shape
-    mp, kp = -(-m // 16) * 16, -(-k // 4) * 4
-    padded = np.zeros((mp, kp), np.int8)
-    padded[:m, :k] = weight
-    return np.ascontiguousarray(padded.reshape(mp, kp // 4, 4).transpose(1, 0, 2).reshape(kp // 4, 4 * mp))
-
-
-def input_offset(lo: int, hi: int) -> int | None:
-    """How codes in ``[lo, hi]`` are stored in u8: +0, +128, or None when they do not fit."""
-    if 0 <= lo and hi <= 255:
-        return 0
-    if -128 <= lo and hi <= 127:
-        return 128
-    return None
-
-
-def fits(weight: np.ndarray, lo: int, hi: int) -> bool:
-    """Whether ``vpdpbusd`` computes this layer exactly (see module doc for the bound)."""
-    return input_offset(lo, hi) is not None and int8_exact(weight)
-
-
-def int8_exact(weight: np.ndarray) -> bool:
-    """int8 weights whose u8 x s8 row sums stay exact in int32: ``255 * S < 2^31``."""
-    if weight.size == 0 or weight.min() < -128 or weight.max() > 127:
-        return False
-    return 255 * int(np.abs(weight).sum(axis=1).max()) < INT32_EXACT
-
-
 # ---------------------------------------------------------------- 16-bit codes: two byte planes
 #
 # A code ``x`` in 16 bits is stored as ``u = x + offset`` in ``[0, 65535]`` and split into
@@ -284,20 +202,6 @@ def int8_exact(weight: np.ndarray) -> bool:
 # ``sum_i x_i W_i = 256 sum_i u_hi,i W_i + sum_i u_lo,i W_i - offset sum_i W_i``: two u8 x s8
 # products, each exact in int32 under the same bound as 8-bit codes (``255 * S < 2^31``),
 # combined in int64. Twice the work of an 8-bit layer, none of the float BLAS conversions.
-
-
-def plane_offset(lo: int, hi: int) -> int | None:
-    """How codes in ``[lo, hi]`` are stored in u16: +0, +32768, or None when they do not fit."""
-    if 0 <= lo and hi <= 65535:
-        return 0
-    if -32768 <= lo and hi <= 32767:
-        return 32768
-    return None
-
-
-def fits_planes(weight: np.ndarray, lo: int, hi: int) -> bool:
-    """Whether two ``vpdpbusd`` byte planes compute this layer exactly (see above)."""
-    return plane_offset(lo, hi) is not None and int8_exact(weight)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -331,53 +235,3 @@ def split_planes(hb, i0, rows, flip, a_lo, a_hi):
             hi[p] = row[2 * p + 1] ^ flip
 
 
-def byte_view(h: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, int] | None:
-    """``(h as uint8 bytes, flip)`` when ``split_planes`` applies to codes ``h`` planned for
-    ``[lo, hi]``: a C-contiguous little-endian uint16 array for ``[0, 65535]``, or int16 for
-    ``[-32768, 32767]``; else None."""
-    if not h.flags.c_contiguous or h.dtype.byteorder == ">" or h.ndim != 2:
-        return None
-    if h.dtype == np.uint16 and (lo, hi) == (0, 65535):
-        return h.view(np.uint8), 0
-    if h.dtype == np.int16 and (lo, hi) == (-32768, 32767):
-        return h.view(np.uint8), 0x80
-    return None
-
-
-# ---------------------------------------------------------------- wide weights: signed byte digits
-#
-# Weights beyond int8 are written in balanced base 256, ``W = sum_d 256^d D_d`` with every
-# digit ``D_d`` in ``[-128, 127]``; each digit is one more ``vpdpbusd`` product (per byte plane
-# of the codes), exact in int32 when ``255 * max_row sum|D_d| < 2^31``, combined in int64.
-
-MAX_DIGITS = 3  # |W| < 2^23
-MAX_PRODUCTS = 4  # planes x digits: beyond this float64 BLAS is about as fast
-
-
-def weight_digits(weight: np.ndarray) -> list[np.ndarray] | None:
-    """``[D_0, D_1, ...]`` with ``W = sum_d 256^d D_d`` and each ``D_d`` in ``[-128, 127]``;
-    None beyond ``MAX_DIGITS`` digits."""
-    rest = np.asarray(weight, np.int64)
-    digits = []
-    for _ in range(MAX_DIGITS):
-        low = (rest + 128) % 256 - 128
-        digits.append(low)
-        rest = (rest - low) // 256
-        if not rest.any():
-            return digits
-    return None
-
-
-def digit_plan(weight: np.ndarray, lo: int, hi: int) -> tuple[int, list[np.ndarray]] | None:
-    """``(planes, digits)`` for a layer on codes in ``[lo, hi]``: 1 plane for 8-bit codes, 2
-    for 16-bit; the weights' byte digits; None when no such VNNI product is exact or it would
-    take more than ``MAX_PRODUCTS`` products."""
-    if weight.size == 0:
-        return None
-    planes = 1 if input_offset(lo, hi) is not None else 2 if plane_offset(lo, hi) is not None else 0
-    digits = weight_digits(weight) if planes else None
-    if digits is None or planes * len(digits) > MAX_PRODUCTS:
-        return None
-    if any(255 * int(np.abs(d).sum(axis=1).max()) >= INT32_EXACT for d in digits):
-        return None
-    return planes, digits
