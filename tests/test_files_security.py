@@ -253,22 +253,31 @@ def test_h6_network_fields_are_checked(models, tmp_path, capsys, case):
 
 
 def _loihi_digits_times_300(f):
-    d = f["artifacts/l1.g0.digits"][()]
-    set_dataset(f["artifacts"], "l1.g0.digits", d * 300)
+    d = f["artifacts/maps/1/sets/0/digits"][()]
+    set_dataset(f["artifacts/maps/1/sets/0"], "digits", d * 300)
 
 
-H6_LOIHI = {
+def _in_hi(value):
+    def edit(f):
+        f["artifacts/maps/1"].attrs["in_range"] = np.array([f["artifacts/maps/1"].attrs["in_range"][0], value])
+    return edit
+
+
+H6_LOIHI = {  # the typed layer records of version 2 (artifacts/maps/<layer>/sets/<group>)
     "digits x300": (_loihi_digits_times_300, "loihi artifacts"),
-    "weight exponent 40": (_attr("artifacts", "l0.g0.exp", 40), "loihi artifacts, layer 0"),
+    "weight exponent 40": (_attr("artifacts/maps/0/sets/0", "exp", 40), "loihi artifacts, layer 0"),
     "limits wider than Loihi's": (_attr("artifacts", "limits_json", json.dumps(
         {**LOIHI.as_dict(), "weight_exp": [-8, 40]})),
         "wider than Loihi's registers: weight_exp=-8..40"),
-    "a float where an integer belongs": (_attr("artifacts", "l0.shift", 5.5), "must be an integer"),
-    "an input range that does not chain": (_attr("artifacts", "l1.in_hi", 7), "input range"),
+    "a float where an integer belongs": (_attr("artifacts/maps/0", "shift", 5.5), "not a valid int"),
+    "an input range that does not chain": (_in_hi(7), "input range"),
     "bias mantissa beyond its bits": (lambda f: set_dataset(
-        f["artifacts"], "l1.bias_mant", np.full(10, 2**20, np.int64)), "bias mantissas"),
+        f["artifacts/maps/1"], "bias_mant", np.full(10, 2**20, np.int64)), "bias mantissas"),
     "biases that are not the network's": (lambda f: set_dataset(
-        f["artifacts"], "l1.bias_mant", -f["artifacts/l1.bias_mant"][()]), "not the ones the network's biases"),
+        f["artifacts/maps/1"], "bias_mant", -f["artifacts/maps/1/bias_mant"][()]), "not the ones the network's biases"),
+    "a record of another type": (_attr("artifacts/maps/1", "type", "SynapseSet"), "unexpected field"),
+    "a neuron model Loihi lacks": (_attr("artifacts/maps/1", "kind", "izhikevich"), "must be one of"),
+    "a missing synapse group": (lambda f: f["artifacts/maps/0/sets"].__delitem__("0"), "0 synapse groups"),
 }
 
 
@@ -315,7 +324,7 @@ def test_h7_files_without_a_digest_are_refused(models, tmp_path, capsys):
 H13 = {
     "unknown target": (_attr("/", "target", "nope"), "nope"),
     "options a JSON list": (_attr("/", "options", "[1, 2]"), "options must be a JSON object"),
-    "a group among the artifacts": (lambda f: f["artifacts"].create_group("sub"), "artifact 'sub' is a group"),
+    "a group among the artifacts": (lambda f: f["artifacts"].create_group("sub"), "unknown object type None in /artifacts/sub"),
     "a layer that is a dataset": (lambda f: (f["network/layers"].__delitem__("1"),
                                              f["network/layers"].create_dataset("1", data=[1])), "should be a group"),
     "a missing layer": (lambda f: f["network/layers"].__delitem__("0"), "members must be named 0..0"),

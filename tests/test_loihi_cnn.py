@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from factories import codes, conv_layer, make_layer, pool_node, random_cnn
 from hwq_targets.loihi import Limits, LoihiTarget
+from hwq_targets.loihi.artifacts import to_artifacts
 from hwq_targets.loihi.conv import unroll
 from hwq_targets.loihi.program import LoihiProgram, offset
 
@@ -354,21 +355,40 @@ def test_cnn_artifacts_round_trip(tmp_path):
     assert loaded.report == program.report
 
 
+def _with_window(art: dict, layer: int, **change) -> dict:
+    """The artifacts with layer ``layer``'s stored window geometry changed."""
+    maps = list(art["maps"])
+    maps[layer] = dataclasses.replace(maps[layer], window=dataclasses.replace(maps[layer].window, **change))
+    return {**art, "maps": tuple(maps)}
+
+
 def test_cnn_artifacts_with_a_foreign_window_are_refused():
     program = hwq.compile(step_cnn("maxpool"), "loihi")
-    art = dict(program.artifacts)
-    art["l0.window"] = np.array(art["l0.window"])
-    art["l0.window"][7] = 1  # top pad 0 -> 1: another convolution
+    pads = program.artifacts["maps"][0].window.pads
+    art = _with_window(program.artifacts, 0, pads=(1,) + tuple(pads[1:]))  # top pad 0 -> 1: another convolution
     with pytest.raises(FileFormatError, match="layer 0") as info:
         LOIHI.load(program.net, art)
     assert "\n" not in info.value.line()
+    art = _with_window(program.artifacts, 1, stride=(1, 1))  # the pooling's stride 2 -> 1
+    with pytest.raises(FileFormatError, match="layer 1"):
+        LOIHI.load(program.net, art)
+
+
+def test_cnn_flat_artifacts_of_version_1_still_load_and_are_checked():
+    """Files written before the typed records (flat keys, the Lava wire's form) load to the
+    same program; their window arrays are checked as before."""
+    program = hwq.compile(step_cnn("maxpool"), "loihi")
+    flat = to_artifacts(program.mapping, program.limits, "emulator", flat=True)
+    assert flat["loihi_version"] == 1 and "maps" not in flat and "l0.g0.digits" in flat
+    x = extreme_codes(program.net, 50)
+    assert LOIHI.load(program.net, flat).forward(x).tolist() == program.forward(x).tolist()
+    art = dict(flat)
+    art["l0.window"] = np.array(art["l0.window"])
+    art["l0.window"][7] = 1  # top pad 0 -> 1
+    with pytest.raises(FileFormatError, match="layer 0"):
+        LOIHI.load(program.net, art)
     art["l0.window"] = np.arange(5)
     with pytest.raises(FileFormatError, match="14 integers"):
-        LOIHI.load(program.net, art)
-    art = dict(program.artifacts)
-    art["l1.window"] = np.array(art["l1.window"])
-    art["l1.window"][5] = 1  # the pooling's stride 2 -> 1
-    with pytest.raises(FileFormatError, match="layer 1"):
         LOIHI.load(program.net, art)
 
 
@@ -452,14 +472,17 @@ def test_every_compiled_cnn_refusal_is_an_hwq_error():
             assert "\n" not in exc.line()
 
 
-def test_netx_export_of_a_cnn_is_refused_in_one_line(tmp_path):
-    """netx gets dense layers only: a CNN (whose digit matrices are per-channel patches, not dense
-    rows) is refused in one line and no file is left, never written as if it were dense."""
+@pytest.mark.parametrize("name, why", [("asymmetric-pads-strides", "is asymmetric"),
+                                       ("sumpool", "truncating average pooling maps to a SigmaDelta relay")])
+def test_netx_export_of_a_cnn_is_refused_in_one_line(tmp_path, name, why):
+    """netx writes step CNNs (tests/test_export_netx.py); what its conv layers cannot hold exactly
+    (asymmetric padding, a pooling relayed through a SigmaDelta with a weight exponent) is
+    refused in one line and no file is left, never written approximately."""
     from hwq_targets.loihi.netx import write_netx
 
-    program = hwq.compile(step_cnn("maxpool"), "loihi")
+    program = hwq.compile(step_cnn(name), "loihi")
     path = tmp_path / "cnn.net"
-    with pytest.raises(UsageError, match="layer 0 is a convolution") as err:
+    with pytest.raises(TargetError, match=why) as err:
         write_netx(program, path)
     assert "\n" not in str(err.value) and not path.exists()
 

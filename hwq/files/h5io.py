@@ -44,6 +44,18 @@ TYPES: dict[str, type] = {
 SEQUENCE = "sequence"
 
 
+def register(*classes: type) -> None:
+    """Let ``read`` build these frozen dataclasses too: a target's typed artifacts (its mapping
+    records), registered by the target's module. A name already taken by another class is a
+    programming error, refused at import."""
+    for cls in classes:
+        if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
+            raise TypeError(f"h5io.register: {cls.__name__} is not a frozen dataclass")
+        if TYPES.get(cls.__name__, cls) is not cls:
+            raise TypeError(f"h5io.register: the type name {cls.__name__} is taken by {TYPES[cls.__name__]}")
+        TYPES[cls.__name__] = cls
+
+
 def write(group: h5py.Group, obj) -> None:
     group.attrs["type"] = type(obj).__name__
     for f in dataclasses.fields(obj):

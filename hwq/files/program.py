@@ -6,7 +6,9 @@ HDF5 layout (version 3; see docs/file-formats.md)::
     /                 attrs: format="hwq-compiled", version=3, hwq_version, target, created_by,
                              options (JSON: the target options it was compiled with)
     /network          QuantizedNetwork (generic dataclass encoding, hwq/files/h5io.py)
-    /artifacts        target-specific arrays (datasets) and scalars (attributes)
+    /artifacts        target-specific arrays (datasets), scalars (attributes) and typed
+                      records (groups: frozen dataclasses the target registered with
+                      h5io.register, e.g. loihi's per-layer maps)
     /report           attrs: target report as JSON
 
 Reading trusts nothing: the digest must match before HDF5 parses a byte (a damaged file is
@@ -17,6 +19,7 @@ checks its own artifacts on ``load``. Files without a digest (versions 1 and 2) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -46,9 +49,18 @@ def save_program(path: str | Path, program: Program, command: str = "") -> None:
         for key, value in program.artifacts.items():
             if isinstance(value, np.ndarray):
                 art.create_dataset(key, data=value)
+            elif typed(value):  # a target's records: a group per dataclass (h5io)
+                h5io.write_value(art, key, value)
             else:
                 art.attrs[key] = value
         f.create_group("report").attrs["json"] = json.dumps(program.report, default=str)
+
+
+def typed(value) -> bool:
+    """A typed artifact: a frozen dataclass, or a tuple of them, that the target registered
+    with ``h5io.register`` (the other artifacts are arrays and scalars)."""
+    items = value if isinstance(value, tuple) and value else (value,)
+    return all(dataclasses.is_dataclass(v) and not isinstance(v, type) for v in items)
 
 
 @dataclass(frozen=True)
@@ -115,9 +127,13 @@ def _read(path, f) -> StoredProgram:
         raise FileFormatError(f"{path}: /network holds a {type(net).__name__}, not a QuantizedNetwork")
     art = {}
     for key, item in f["artifacts"].items():
-        if not isinstance(item, h5io.h5py.Dataset):
-            raise FileFormatError(f"{path}: artifact {short(key)} is a group; artifacts are arrays and scalars")
-        art[key] = item[()]
+        if isinstance(item, h5io.h5py.Group):
+            get_target(attrs["target"])  # imports the backend, which registers its record types
+            art[key] = h5io.read(item)
+        elif isinstance(item, h5io.h5py.Dataset):
+            art[key] = item[()]
+        else:
+            raise FileFormatError(f"{path}: artifact {short(key)} is neither an array nor a record")
     for key, value in f["artifacts"].attrs.items():
         value = h5io.plain(value)
         if not isinstance(value, (int, float, str, bool)):

@@ -55,7 +55,8 @@ class LoihiTarget:
     )
     API_ONLY = ("limits",)  # Python objects, not CLI text
     exports = {"netx": Export("netx", (".net", ".h5"), write_netx,
-                              "lava-dl netx HDF5 (lava.lib.dl.netx.hdf5.Network; step networks at shift 0)")}
+                              "lava-dl netx HDF5 (lava.lib.dl.netx.hdf5.Network; step MLPs and CNNs at shift 0, "
+                              "symmetric pads, pools as ones-kernel convolutions)")}
 
     def compile(self, net: QuantizedNetwork, backend: str = "emulator", *, shifts=None,
                 limits: Limits | None = None, chips: int | None = None, **unknown: Any

@@ -1,5 +1,12 @@
-"""A mapping as flat ``.hwq`` artifacts (arrays and scalars) and back, so that
-``LoihiTarget().load(net, artifacts)`` runs exactly the parameters that compile chose.
+"""A mapping as ``.hwq`` artifacts and back, so that ``LoihiTarget().load(net, artifacts)`` runs
+exactly the parameters that compile chose.
+
+Version 2 (written since hwq 0.9's CNN wave) stores the layer maps as typed records: the frozen
+``LayerMap`` and ``SynapseSet`` dataclasses themselves, registered with the generic HDF5
+encoding (``h5io.register``), so a ``.hwq`` file holds ``/artifacts/maps/0/sets/1/digits``
+instead of hand-encoded keys; the limits, the adjustments, the forced shifts and the backend
+stay scalars. Version 1 (flat keys ``l{i}.g{g}.digits``, ...) is still read, and is what the
+Lava device's wire carries (``flat=True``: arrays and scalars only).
 
 Reading trusts nothing (``from_artifacts``): every scalar must be an integer or text of the
 right kind and every array an integer (``unit``: a finite positive float) array of the layer's
@@ -14,11 +21,14 @@ exact in Lava's int32 arithmetic."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 
 from hwq.errors import FileFormatError, LimitError
+from hwq.files import h5io
+from hwq.ir.window import Window
 from hwq.quant.bounds import MAX_SHIFT
 from hwq.quant.qnet import QPool, QuantizedNetwork, short
 
@@ -28,9 +38,13 @@ from .mapping import NEURON_MODELS, LayerMap, LayerPlan, Mapping, int32_ok, next
 from .synapses import SynapseSet, lava_effective, round_weights, sign_mode
 
 MODES = ("mixed", "excitatory", "inhibitory")
+KINDS = tuple(sorted(set(NEURON_MODELS.values())))
 MAX_WEIGHT_ROUND = 32  # mapping.fit_sets tries k = 0..32
 
-VERSION = 1
+VERSION = 2  # 2: layer maps as typed records; 1: flat keys (still read; the Lava wire's form)
+FLAT_VERSION = 1
+
+h5io.register(LayerMap, SynapseSet, Window)
 
 
 def _layer(i: int, lm: LayerMap) -> dict:
@@ -47,13 +61,23 @@ def _layer(i: int, lm: LayerMap) -> dict:
     return out
 
 
-def to_artifacts(mapping: Mapping, limits: Limits, backend: str) -> dict:
-    art = {"loihi_version": VERSION, "backend": backend, "layers": len(mapping.layers),
-           "limits_json": json.dumps(limits.as_dict()),
+def _compact(lm: LayerMap) -> LayerMap:
+    """The record as stored: digits (8-bit synapse digits) in int16, the rest as mapped."""
+    return replace(lm, sets=tuple(replace(s, digits=s.digits.astype(np.int16)) for s in lm.sets))
+
+
+def to_artifacts(mapping: Mapping, limits: Limits, backend: str, flat: bool = False) -> dict:
+    """The artifacts of a mapping: typed layer records (version 2), or ``flat`` arrays and
+    scalars only (version 1, for the Lava device's wire)."""
+    art = {"loihi_version": FLAT_VERSION if flat else VERSION, "backend": backend,
+           "layers": len(mapping.layers), "limits_json": json.dumps(limits.as_dict()),
            "adjustments_json": json.dumps(list(mapping.adjustments)),
            "forced": np.array(mapping.forced, dtype=bool)}
-    for i, lm in enumerate(mapping.layers):
-        art.update(_layer(i, lm))
+    if flat:
+        for i, lm in enumerate(mapping.layers):
+            art.update(_layer(i, lm))
+    else:
+        art["maps"] = tuple(_compact(lm) for lm in mapping.layers)
     return art
 
 
@@ -107,6 +131,7 @@ def _read_window(art: dict, key: str):
 
 
 def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
+    """Layer ``i`` from the flat keys of version 1."""
     p = f"l{i}."
     sets = []
     groups = _int(art, p + "groups")
@@ -117,14 +142,41 @@ def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
         sets.append(SynapseSet(_array(art, q + "digits", shape), _int(art, q + "exp"),
                                _text(art, q + "mode", MODES), _int(art, q + "scale")))
     n = (shape[0],)
-    win = _read_window(art, p + "window")
-    if win is not None and (win.patch_len != shape[1] or shape[0] % win.groups):
-        raise FileFormatError(f"loihi layer {i}: window {win.describe()} does not read patches of {shape[1]}")
-    return LayerMap(_text(art, p + "kind", tuple(sorted(set(NEURON_MODELS.values())))), tuple(sets),
+    return LayerMap(_text(art, p + "kind", KINDS), tuple(sets),
                     _array(art, p + "bias_mant", n), _array(art, p + "bias_exp", n), _int(art, p + "vth"),
                     _array(art, p + "unit", n, "f"), _int(art, p + "in_bits"),
                     (_int(art, p + "in_lo"), _int(art, p + "in_hi")), _int(art, p + "shift"),
-                    _int(art, p + "weight_round"), win)
+                    _int(art, p + "weight_round"), _read_window(art, p + "window"))
+
+
+def _check_record(lm, i: int, shape: tuple[int, int]) -> LayerMap:
+    """Layer ``i`` from its typed record (version 2; field types were checked by ``h5io.read``):
+    the same checks as the flat keys get, and the arrays in the dtypes the emulator computes in."""
+    if not isinstance(lm, LayerMap):
+        raise FileFormatError(f"loihi layer {i}: a {type(lm).__name__} record, not a LayerMap")
+    if not 1 <= len(lm.sets) <= 8:
+        raise FileFormatError(f"loihi layer {i}: {len(lm.sets)} synapse groups (1..8 expected)")
+    p = f"maps/{i}."
+    sets = []
+    for g, s in enumerate(lm.sets):
+        q = f"{p}sets/{g}."
+        fields = {q + "digits": s.digits, q + "exp": s.exp, q + "mode": s.mode, q + "scale": s.scale}
+        sets.append(SynapseSet(_array(fields, q + "digits", shape), _int(fields, q + "exp"),
+                               _text(fields, q + "mode", MODES), _int(fields, q + "scale")))
+    n = (shape[0],)
+    fields = {p + "kind": lm.kind, p + "bias_mant": lm.bias_mant, p + "bias_exp": lm.bias_exp,
+              p + "unit": lm.unit}
+    if lm.window is not None:
+        lm.window.validate()
+    return LayerMap(_text(fields, p + "kind", KINDS), tuple(sets), _array(fields, p + "bias_mant", n),
+                    _array(fields, p + "bias_exp", n), lm.vth, _array(fields, p + "unit", n, "f"), lm.in_bits,
+                    lm.in_range, lm.shift, lm.weight_round, lm.window)
+
+
+def _check_window(lm: LayerMap, i: int, shape: tuple[int, int]) -> None:
+    win = lm.window
+    if win is not None and (win.patch_len != shape[1] or shape[0] % win.groups):
+        raise FileFormatError(f"loihi layer {i}: window {win.describe()} does not read patches of {shape[1]}")
 
 
 def _read_limits(text) -> Limits:
@@ -156,7 +208,8 @@ def from_artifacts(art: dict, net: QuantizedNetwork | None = None) -> tuple[Mapp
     where given); ``FileFormatError`` naming the first problem."""
     from .program import BACKENDS
 
-    if not isinstance(art.get("loihi_version", -1), (int, np.integer)) or int(art.get("loihi_version", -1)) != VERSION:
+    version = art.get("loihi_version", -1)
+    if not isinstance(version, (int, np.integer)) or int(version) not in (FLAT_VERSION, VERSION):
         raise FileFormatError("the file's loihi artifacts are missing or of another version",
                               hint="recompile the model with --target loihi")
     try:
@@ -165,9 +218,21 @@ def from_artifacts(art: dict, net: QuantizedNetwork | None = None) -> tuple[Mapp
             raise FileFormatError(f"the loihi artifacts map {n_layers} layers, the network has {len(net.layers)}")
         if not 1 <= n_layers <= 1024:
             raise FileFormatError(f"loihi artifacts with {n_layers} layers")
-        shapes = ([digit_shape(node) for node in net.layers] if net is not None
-                  else [tuple(np.shape(art[f"l{i}.g0.digits"])) for i in range(n_layers)])
-        layers = tuple(_read_layer(art, i, shapes[i]) for i in range(n_layers))
+        if int(version) == FLAT_VERSION:
+            stored = None
+            shapes = ([digit_shape(node) for node in net.layers] if net is not None
+                      else [tuple(np.shape(art[f"l{i}.g0.digits"])) for i in range(n_layers)])
+        else:
+            stored = art["maps"]
+            if not isinstance(stored, tuple) or len(stored) != n_layers:
+                raise FileFormatError(f"loihi artifact 'maps' must hold {n_layers} layer records")
+            shapes = ([digit_shape(node) for node in net.layers] if net is not None
+                      else [tuple(np.shape(lm.sets[0].digits)) if isinstance(lm, LayerMap) and lm.sets
+                            else (0, 0) for lm in stored])
+        layers = tuple(_read_layer(art, i, shapes[i]) if stored is None else _check_record(stored[i], i, shapes[i])
+                       for i in range(n_layers))
+        for i, lm in enumerate(layers):
+            _check_window(lm, i, shapes[i])
         limits = _read_limits(art["limits_json"])
         adjustments = json.loads(art["adjustments_json"]) if isinstance(art["adjustments_json"], str) else None
         if not isinstance(adjustments, list) or not all(isinstance(a, dict) for a in adjustments):

@@ -53,7 +53,7 @@ def bundle(mappings: list[Mapping]) -> dict:
     """The mappings as flat arrays and scalars (keys ``m<i>.<artifact>``)."""
     art = {"count": len(mappings)}
     for i, m in enumerate(mappings):
-        art.update({f"m{i}.{k}": v for k, v in to_artifacts(m, LOIHI, "lava").items()})
+        art.update({f"m{i}.{k}": v for k, v in to_artifacts(m, LOIHI, "lava", flat=True).items()})
     return art
 
 
