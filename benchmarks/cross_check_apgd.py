@@ -34,6 +34,7 @@ from hwq.attack.gradients import FloatGradient  # noqa: E402
 from hwq.quant import reference  # noqa: E402
 
 BAR = 0.01
+EPSILONS = (0.0, 0.002, 0.004, 0.008, 0.016)
 
 
 def problem_set(inputs: int, seed: int = 0):
@@ -49,6 +50,50 @@ def problem_set(inputs: int, seed: int = 0):
     return graph, program, x, y, floats
 
 
+def cross_check(python: str, inputs: int = 500, steps: int = 100, seed: int = 0, eps=EPSILONS, log=print,
+                own: bool = True) -> dict:
+    """Both implementations on the same problem (``problem_set``) with matched random starts:
+    per attack (``apgd-ce``, ``apgd-t``) ``hwq`` and ``torchattacks`` robust/broken (K, N) per
+    strength (``eps``), ``own``: torchattacks with its own random starts' robust accuracy (K,;
+    ``own`` False: not run).
+    ``log``: a line printer (None: quiet). ``tests/test_apgd_cross_check.py`` runs this."""
+    log = log or (lambda line: None)
+    graph, program, x, y, floats = problem_set(inputs)
+    eps = np.asarray(eps, np.float64)
+    log(f"integer model vs float decisions on clean inputs: "
+        f"{int((reference.predict(program.net, x) != y).sum())} of {len(y)} differ")
+    gradient = FloatGradient(graph)
+    out = {"eps": eps, "n": len(y)}
+    with tempfile.TemporaryDirectory() as folder:
+        worker = Worker(python, dict(**floats, x=x, y=y, eps=eps, steps=steps, seed=seed, norm="linf",
+                                     side=28), folder)
+        try:
+            log(f"torch {worker.info['torch']}, torchattacks {worker.info['torchattacks']}; {inputs} inputs, "
+                f"{steps} steps, l-inf, seed {seed}, matched random starts")
+            for name, which in (("apgd-ce", "ce"), ("apgd-t", "t")):
+                ours = hwq.attack(program, x, y, eps, method=make_attack(name, steps=steps, seed=seed),
+                                  gradient=gradient, bounds=(0, 1), diagnostics=False)
+                theirs = np.array(worker.run(f"{which} matched")["robust"], bool)
+                out[name] = {"hwq": ours.correct, "torchattacks": theirs, "own": None}
+                differ = (ours.correct != theirs).sum(axis=1)
+                for k, e in enumerate(eps):
+                    log(f"{name} eps {e:g}: hwq {ours.accuracy[k]:.3f}, torchattacks {theirs[k].mean():.3f}, "
+                        f"inputs differing {differ[k]} of {len(y)}")
+                if own:  # torchattacks' own randomness
+                    out[name]["own"] = np.array(worker.run(f"{which}")["robust"], bool).mean(axis=1)
+                    log(f"{name} with torchattacks' own random starts: "
+                        + ", ".join(f"{v:.3f}" for v in out[name]["own"]))
+        finally:
+            worker.close()
+    return out
+
+
+def max_disagreement(check: dict) -> float:
+    """The largest share of inputs on which the two differ (robust vs broken), over attacks and strengths."""
+    return max(float((check[name]["hwq"] != check[name]["torchattacks"]).sum(axis=1).max()) / check["n"]
+               for name in ("apgd-ce", "apgd-t"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=500)
@@ -59,30 +104,7 @@ def main():
     python = torch_python(args.torch_python)
     if python is None:
         sys.exit("cross_check_apgd: no Python with torch; see benchmarks/README.md (.venv-torch)")
-    graph, program, x, y, floats = problem_set(args.inputs)
-    eps = np.array([0.0, 0.002, 0.004, 0.008, 0.016])
-    print(f"integer model vs float decisions on clean inputs: "
-          f"{int((reference.predict(program.net, x) != y).sum())} of {len(y)} differ")
-    gradient = FloatGradient(graph)
-    worst = 0.0
-    with tempfile.TemporaryDirectory() as folder:
-        worker = Worker(python, dict(**floats, x=x, y=y, eps=eps, steps=args.steps, seed=args.seed, norm="linf",
-                                     side=28), folder)
-        print(f"torch {worker.info['torch']}, torchattacks {worker.info['torchattacks']}; {args.inputs} inputs, "
-              f"{args.steps} steps, l-inf, seed {args.seed}, matched random starts")
-        for name, which in (("apgd-ce", "ce"), ("apgd-t", "t")):
-            ours = hwq.attack(program, x, y, eps, method=make_attack(name, steps=args.steps, seed=args.seed),
-                              gradient=gradient, bounds=(0, 1), diagnostics=False)
-            theirs = np.array(worker.run(f"{which} matched")["robust"], bool)
-            differ = (ours.correct != theirs).sum(axis=1)
-            worst = max(worst, float(differ.max()) / len(y))
-            for k, e in enumerate(eps):
-                print(f"{name} eps {e:g}: hwq {ours.accuracy[k]:.3f}, torchattacks {theirs[k].mean():.3f}, "
-                      f"inputs differing {differ[k]} of {len(y)}")
-            own = np.array(worker.run(f"{which}")["robust"], bool)  # torchattacks' own randomness
-            print(f"{name} with torchattacks' own random starts: " +
-                  ", ".join(f"{v:.3f}" for v in own.mean(axis=1)))
-        worker.close()
+    worst = max_disagreement(cross_check(python, args.inputs, args.steps, args.seed))
     print(f"apgd_max_disagreement={worst:.4f}")
     sys.exit(0 if worst <= BAR else 1)
 

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from hwq.errors import DataError, UsageError
-from hwq.ir import activations
+from hwq.ir import activations, float_ops
 from hwq.params import param
 from hwq.quant.schemes import Scheme, check_bits, get_scheme
 
@@ -147,8 +147,7 @@ class TrainedMLP:
 
 
 def _hidden_pre(x: np.ndarray, w1, b1, gain: float) -> np.ndarray:
-    z = x @ w1.T + b1
-    return z * np.float32(gain) if gain != 1 else z
+    return float_ops.dense(x, w1, b1, np.float32(gain) if gain != 1 else None)
 
 
 def _decide(logits: np.ndarray) -> np.ndarray:
@@ -168,9 +167,9 @@ def _as_inputs(x: np.ndarray, n_in: int) -> np.ndarray:
 def _affine64(x: np.ndarray, w: np.ndarray, b: np.ndarray, config: TrainConfig) -> np.ndarray:
     """``x W^T + b`` in float64; on a grid as ``scale * (x codes^T + bias codes)``."""
     if config.bits is None:
-        return x @ w.T + b
+        return float_ops.dense(x, w, b)
     s = get_scheme(config.scheme).unit_scale(config.bits)
-    return (x @ np.rint(w / s).T + np.rint(b / s)) * s
+    return float_ops.dense(x, np.rint(w / s), np.rint(b / s), s)
 
 
 def _forward64(p: dict[str, np.ndarray], config: TrainConfig, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
@@ -306,7 +305,7 @@ def _backprop(xb, yb, q, g, activation, gain):
     """Forward with the quantized params ``q``; write straight-through gradients into ``g``."""
     z = _hidden_pre(xb, q["w1"], q["b1"], gain)
     h = activations.forward(activation, z)
-    loss, do = _loss_grad_logits(h @ q["w2"].T + q["b2"], yb)
+    loss, do = _loss_grad_logits(float_ops.dense(h, q["w2"], q["b2"]), yb)
     np.dot(do.T, h, out=g["w2"])
     g["b2"][:] = do.sum(axis=0)
     dz = (do @ q["w2"]) * activations.derivative(activation, z)

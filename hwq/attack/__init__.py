@@ -12,7 +12,7 @@ from hwq.attack.base import Attack, AttackResult, Judge, check_inputs
 from hwq.attack.fgsm import FGSM
 from hwq.attack.pgd import PGD
 from hwq.attack.square import Square
-from hwq.attack.suite import Suite, diagnose
+from hwq.attack.suite import REMEDY_KINDS, Suite, diagnose
 from hwq.errors import UsageError
 from hwq.params import Parameter, declared
 
@@ -130,11 +130,13 @@ def make_suite(names, **params) -> Attack | Suite:
 
 
 def attack(program, x, y, epsilons, *, method: Attack | Suite | None = None, gradient=None, bounds=None,
-           batch_size: int = 2048, progress=None, diagnostics: bool = True) -> AttackResult:
+           batch_size: int = 2048, progress=None, diagnostics: bool = True,
+           remedy_kinds=REMEDY_KINDS) -> AttackResult:
     """Attack ``program`` (a compiled target program) on inputs ``x`` with labels ``y``
     (FGSM l-inf unless ``method`` says otherwise; a :class:`Suite` gives the per-input worst
     case). ``diagnostics``: also run the checks of ``hwq.attack.suite`` (one extra run of
-    each gradient attack at the input range on at most 256 inputs)."""
+    each gradient attack at the input range on at most 256 inputs, and its reruns with the
+    masking remedies of ``remedy_kinds``: logit temperatures, straight-through shapes)."""
     from dataclasses import replace
 
     from hwq.attack.gradients import default_gradient
@@ -144,5 +146,6 @@ def attack(program, x, y, epsilons, *, method: Attack | Suite | None = None, gra
         gradient = default_gradient(program)
     result = method.run(program, x, y, epsilons, gradient, bounds=bounds, batch_size=batch_size,
                         progress=progress)
-    diag = diagnose(result, method, program, gradient, sanity=diagnostics, batch_size=batch_size)
+    diag = diagnose(result, method, program, gradient, sanity=diagnostics, batch_size=batch_size,
+                    remedy_kinds=remedy_kinds)
     return replace(result, diagnostics=diag)

@@ -18,17 +18,20 @@ Backprop, for ``z_l = g_l (W_l h_{l-1} + b_l)``, ``h_l = f_l(z_l)``:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from hwq import ir
+from hwq.attack.ste import check_ste, shaped
+from hwq.attack.transpose import integer_node_op, node_activation, node_gain, product
 from hwq.errors import UsageError
 from hwq.ir import activations
+from hwq.params import declared, param
 from hwq.quant.qnet import QLayer, QuantizedNetwork
 from hwq.quant.reference import quantize_input
 from hwq.ranges import check_gradient
-from hwq.attack.transpose import integer_node_op, node_activation, node_gain, product
 from hwq.target.protocol import Accumulating, HasBitExactModel, OwnSurrogate, ReferenceProgram, Traceable
 
 
@@ -102,6 +105,11 @@ def check_temperature(value):
     if not np.isfinite(t) or t <= 0:
         raise UsageError(f"--temperature must be a positive number or 'auto', got {value!r}")
     return t
+
+
+def remedy_tag(temperature=None, ste=None) -> str:
+    """What a source's name adds for its remedies: `` T=0.25``, `` ste=box:1`` (nothing for the defaults)."""
+    return ("" if temperature is None else f" T={temperature}") + ("" if ste is None else f" ste={ste}")
 
 
 def backprop(weights, gains, acts, zs, y, single, tops=None, sign_dtype=None, loss=None,
@@ -204,7 +212,7 @@ class SurrogateGradient:
 
     name = "surrogate"
 
-    def __init__(self, reference, sign_dtype=np.float32, temperature=None):
+    def __init__(self, reference, sign_dtype=np.float32, temperature=None, ste=None):
         if not isinstance(reference, Traceable):
             raise UsageError(f"the {reference.target} program cannot trace its pre-activations",
                              hint="build the surrogate from its bit-exact model (default_gradient)")
@@ -214,19 +222,23 @@ class SurrogateGradient:
         self.sign_dtype = sign_dtype
         self.narrow = None if sign_dtype is None else [narrow(w, sign_dtype) for w in self.weights]
         self.gains = [node_gain(layer) for layer in net.layers]
-        self.acts = [node_activation(layer) for layer in net.layers]
+        self.ste = check_ste(ste)  # the straight-through shape of binary kinds (hwq.attack.ste)
+        self.acts = shaped([node_activation(layer) for layer in net.layers], self.ste)
         self.scales = [layer.unit_scale for layer in net.layers]
         self.single = net.output == "sign"
         self.temperature = check_temperature(temperature)
-        if self.temperature is not None:
-            self.name = f"surrogate T={self.temperature}"
+        self.name = "surrogate" + remedy_tag(self.temperature, self.ste)
 
     def value_and_grad(self, x, y, loss=None):
         return self.grad_at(self.point(quantize_input(self.program.net.input, x)), y, loss=loss)
 
     def with_temperature(self, temperature) -> SurrogateGradient:
         """The same source with another logit temperature (a masking remedy)."""
-        return SurrogateGradient(self.program, self.sign_dtype, temperature)
+        return SurrogateGradient(self.program, self.sign_dtype, temperature, self.ste)
+
+    def with_ste(self, ste) -> SurrogateGradient:
+        """The same source with another straight-through shape (a masking remedy)."""
+        return SurrogateGradient(self.program, self.sign_dtype, self.temperature, ste)
 
     def point(self, codes) -> list[np.ndarray]:
         """The reference's pre-activations ``z`` per layer for device codes."""
@@ -255,21 +267,21 @@ class SurrogateGradient:
 
 class FloatGradient:
     """Gradient of the original float model (transfer attack), dense or convolutional
-    (``hwq.attack.float_backward``)."""
+    (``hwq.attack.float_backward``): the forward computes with the float evaluator's formulas
+    (``hwq.ir.float_ops``) and records the pre-activations the backward reads."""
 
     name = "float"
 
-    def __init__(self, graph: ir.Graph, temperature=None):
+    def __init__(self, graph: ir.Graph, temperature=None, ste=None):
         from hwq.attack.float_backward import float_chain
 
         if graph is None:
             raise UsageError("this network keeps no float model (built in integers), so --grad float has "
                              "nothing to differentiate", hint="use --grad surrogate")
-        self.graph, self.temperature = graph, check_temperature(temperature)
-        if self.temperature is not None:
-            self.name = f"float T={self.temperature}"
+        self.graph, self.temperature, self.ste = graph, check_temperature(temperature), check_ste(ste)
+        self.name = "float" + remedy_tag(self.temperature, self.ste)
         self.chain = float_chain(graph)
-        self.acts = [node.act for node in self.chain]
+        self.acts = shaped([node.act for node in self.chain], self.ste)
         self.single = graph.output.kind == "sigmoid"
 
     def forward(self, x: np.ndarray) -> list[np.ndarray]:
@@ -278,7 +290,10 @@ class FloatGradient:
         return float_trace(self.chain, x)
 
     def with_temperature(self, temperature) -> FloatGradient:
-        return FloatGradient(self.graph, temperature)
+        return FloatGradient(self.graph, temperature, self.ste)
+
+    def with_ste(self, ste) -> FloatGradient:
+        return FloatGradient(self.graph, self.temperature, ste)
 
     def value_and_grad(self, x, y, loss=None):
         weights = [node.back for node in self.chain]
@@ -296,8 +311,8 @@ def reference_for(program):
     return program.bit_exact_model() if isinstance(program, HasBitExactModel) else ReferenceProgram(program.net)
 
 
-def default_gradient(program, temperature=None) -> SurrogateGradient:
-    return SurrogateGradient(reference_for(program), temperature=temperature)
+def default_gradient(program, temperature=None, ste=None) -> SurrogateGradient:
+    return SurrogateGradient(reference_for(program), temperature=temperature, ste=ste)
 
 
 TRANSFER_FORMS = ("surrogate", "float", "bits:Q", "target:NAME", "model:FILE.hwq")
@@ -329,37 +344,41 @@ def check_gradient_name(name: str) -> str:
 
 
 class Named:
-    """A gradient source under another name (what the results record)."""
+    """A gradient source under another name (what the results record): ``base`` and the
+    source's remedies (``remedy_tag``)."""
 
-    def __init__(self, source, name: str):
-        self.source, self.name = source, name
+    def __init__(self, source, base: str):
+        self.source, self.base = source, base
+        self.name = base + remedy_tag(source.temperature, source.ste)
 
     def with_temperature(self, temperature) -> Named:
-        base = self.name.split(" T=")[0]
-        other = self.source.with_temperature(temperature)
-        return Named(other, base if temperature is None else f"{base} T={temperature}")
+        return Named(self.source.with_temperature(temperature), self.base)
+
+    def with_ste(self, ste) -> Named:
+        return Named(self.source.with_ste(ste), self.base)
 
     def value_and_grad(self, x, y, **kw):
         return self.source.value_and_grad(x, y, **kw)
 
     def __getattr__(self, attr):  # point, grad_at, fuses_with, ... where the source has them
-        if attr == "source":
+        if attr in ("source", "base"):
             raise AttributeError(attr)
         return getattr(self.source, attr)
 
 
-def gradient_source(name: str, program, *, calibration=None, bounds=None, temperature=None) -> GradientSource:
+def gradient_source(name: str, program, *, calibration=None, bounds=None, temperature=None,
+                    ste=None) -> GradientSource:
     """A gradient source by name for attacks on ``program`` (``check_gradient_name``).
     ``bits:Q`` re-quantizes the float model with the program's settings at Q bits, calibrated
     on ``calibration`` (the CLI and sweeps pass the training inputs). ``temperature``: the
-    logit temperature of its loss (``backprop``; a number or ``"auto"``)."""
+    logit temperature of its loss (``backprop``; a number or ``"auto"``); ``ste``: the
+    straight-through shape of binary activations (``hwq.attack.ste``; None: the default)."""
     kind, _, arg = check_gradient_name(name).partition(":")
-    temperature = check_temperature(temperature)
-    tag = "" if temperature is None else f" T={temperature}"
+    temperature, ste = check_temperature(temperature), check_ste(ste)
     if kind == "surrogate":
-        return default_gradient(program, temperature)
+        return default_gradient(program, temperature, ste)
     if kind == "float":
-        return FloatGradient(program.net.float_graph, temperature)
+        return FloatGradient(program.net.float_graph, temperature, ste)
     if kind == "bits":
         from dataclasses import replace
 
@@ -369,16 +388,40 @@ def gradient_source(name: str, program, *, calibration=None, bounds=None, temper
             raise UsageError("gradient source bits:Q needs calibration data")
         settings = replace(program.net.settings, bits=int(arg))
         net = quantize(program.net.float_graph, settings, calibration, bounds)
-        return Named(default_gradient(ReferenceProgram(net), temperature), name + tag)
+        return Named(default_gradient(ReferenceProgram(net), temperature, ste), name)
     if kind == "target":
         from hwq.target.registry import get_target, resolve_target
 
         target, options = resolve_target(arg)
-        return Named(default_gradient(get_target(target).compile(program.net, **options), temperature), name + tag)
+        return Named(default_gradient(get_target(target).compile(program.net, **options), temperature, ste), name)
     from hwq.files.program import load_program
 
     other = load_program(arg)
     if other.net.n_features != program.net.n_features:
         raise UsageError(f"{arg} expects {other.net.n_features} inputs, the attacked model "
                          f"{program.net.n_features}")
-    return Named(default_gradient(other, temperature), name + tag)
+    return Named(default_gradient(other, temperature, ste), name)
+
+
+@dataclass(frozen=True)
+class GradientOptions:
+    """The gradient source's options (its masking remedies), declared once (``hwq.params``):
+    the options of ``hwq attack`` and ``hwq sweep`` (``hwq.cli.common.gradient_options``) and
+    the sweep spec's ``AttackSettings`` fields are made from these fields, and ``check_option``
+    checks a value of each."""
+
+    temperature: str | float | None = param(
+        None, help="Logit temperature of the gradient's loss: a number (e.g. 0.25) or auto (per input); "
+                   "a masking remedy.")
+    ste: str | None = param(
+        None, help="Straight-through shape of step/sign activations in the gradient: fast-sigmoid[:S] "
+                   "(default), identity, box:W (hardtanh), sigmoid:S; a masking remedy (docs/attacks.md).")
+
+
+GRADIENT_OPTIONS = declared(GradientOptions)
+_OPTION_CHECKS = {"temperature": check_temperature, "ste": check_ste}
+
+
+def check_option(name: str, value):
+    """A gradient option's value in its canonical form (None: the default), else a ``UsageError``."""
+    return _OPTION_CHECKS[name](value)

@@ -17,9 +17,10 @@ sweep cells, the report):
 * ``gradient_free_beats_gradient``: the share of inputs, at the worst epsilon, that the
   gradient-free attack broke and every gradient attack missed; flagged above
   ``GRADIENT_FREE_SHARE``;
-* ``remedies``: each gradient attack rerun with logit temperatures (``REMEDIES``) on the
+* ``remedies``: each gradient attack rerun with logit temperatures (``REMEDIES``) and, where
+  the network has step/sign activations, straight-through shapes (``STE_REMEDIES``) on the
   first ``SANITY_INPUTS`` inputs at up to ``REMEDY_STRENGTHS`` strengths: which remedy broke
-  more inputs (flag ``remedy_changed:T=<value>``);
+  more inputs (flag ``remedy_changed:T=<value>`` or ``remedy_changed:ste=<shape>``);
 * ``weaker_than_fgsm``: per iterative gradient attack (PGD, APGD), the epsilons where its
   accuracy is above FGSM's (same norm, same gradient): FGSM's of the suite, else an FGSM run
   beside it on the same inputs when ``sanity`` (so a single ``--attack pgd`` run says so too);
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from hwq.attack.base import Attack, AttackResult
+from hwq.attack.ste import has_binary
 from hwq.errors import UsageError
 
 SANITY_INPUTS = 256
@@ -41,6 +43,14 @@ GRADIENT_FREE_SHARE = 0.01
 # logit temperatures tried as masking remedies: Galloway et al.'s 0.25 (sharpens small logits),
 # 4 (softens a saturated softmax), and "auto" (per input, gradients.logit_temperature)
 REMEDIES = (0.25, 4.0, "auto")
+# straight-through shapes tried where a binary activation (step, sign) is differentiated
+# (hwq.attack.ste): the plain STE (every unit passes the gradient), the hardtanh STE (only
+# units within 1 of their threshold), a sigmoid of slope 4 (narrower than the default
+# fast sigmoid's tails)
+STE_REMEDIES = ("identity", "box:1", "sigmoid:4")
+# the kinds of remedy ``diagnose`` tries by default; sweeps try the temperatures only, so a
+# sweep's cells keep the flags they always had (hwq reproduce's content digest)
+REMEDY_KINDS = ("temperature", "ste")
 REMEDY_STRENGTHS = 3
 # a remedy "changed the result" when it breaks this share of the inputs beyond the attack's own
 # result at some strength: on healthy networks another loss scale moves a few inputs either way
@@ -69,10 +79,64 @@ class Suite:
 
     def run(self, program, x, y, epsilons, gradient=None, *, bounds=None, batch_size=2048,
             progress=None) -> AttackResult:
-        members = tuple(a.run(program, x, y, epsilons, gradient if a.needs_gradient else None,
-                              bounds=bounds, batch_size=batch_size, progress=progress)
-                        for a in self.attacks)
-        return combine(members, self.params())
+        """Every member on the same inputs; ``progress(n)`` hears of finished inputs, and a
+        ``progress`` with ``member_done`` (``ProgressLines``) of each finished member."""
+        members = []
+        for i, a in enumerate(self.attacks):
+            members.append(a.run(program, x, y, epsilons, gradient if a.needs_gradient else None,
+                                 bounds=bounds, batch_size=batch_size, progress=progress))
+            report_member(progress, i, len(self.attacks), members[-1])
+        return combine(tuple(members), self.params())
+
+
+def report_member(progress, index: int, count: int, result: AttackResult) -> None:
+    """Tell ``progress`` that member ``index`` of ``count`` finished, where it listens
+    (``member_done``, also through its bound ``update``; a terminal bar's ``update`` does not)."""
+    done = getattr(getattr(progress, "__self__", progress), "member_done", None)
+    if done is not None:
+        done(index, count, result)
+
+
+class ProgressLines:
+    """The progress of an attack run as lines on ``stream`` (stderr where no terminal shows the
+    bar: a log, CI, nohup), as ``hwq reproduce`` writes a line per finished cell. Called with
+    the number of inputs finished (``Attack.run``'s ``progress``), it writes a line at every
+    ``every`` share of ``total`` (``attack: 250/1000 inputs (25 %), 3.1 s``); ``member_done``
+    (a suite's member, or the single attack) writes one line per strength with its accuracy
+    (``attack 2/3 square: eps 0.1 accuracy 0.4056 (12.0 s)``)."""
+
+    def __init__(self, total: int, label: str = "attack", stream=None, every: float = 0.1, clock=None):
+        import sys
+        import time
+
+        self.total, self.label, self.every = max(1, int(total)), label, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock or time.perf_counter
+        self.start = self.clock()
+        self.done = 0
+        self.next_mark = every
+
+    def write(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def __call__(self, n: int) -> None:
+        self.done += int(n)
+        share = self.done / self.total
+        if share + 1e-12 >= self.next_mark:
+            while self.next_mark <= share + 1e-12:
+                self.next_mark += self.every
+            self.write(f"{self.label}: {self.done}/{self.total} inputs ({100 * min(share, 1):.0f} %), "
+                       f"{self.clock() - self.start:.1f} s")
+
+    update = __call__  # a tqdm bar's name, so callers can pass either
+
+    def member_done(self, index: int, count: int, result: AttackResult) -> None:
+        name = f"{self.label} {index + 1}/{count} {result.attack}"
+        for eps, acc in zip(np.asarray(result.epsilons).tolist(), np.asarray(result.accuracy).tolist()):
+            self.write(f"{name}: eps {eps:g} accuracy {acc:.4f} ({self.clock() - self.start:.1f} s)")
+
+    def close(self) -> None:
+        pass
 
 
 def combine(members: tuple[AttackResult, ...], params: dict) -> AttackResult:
@@ -108,15 +172,32 @@ def diameter(x: np.ndarray, bounds, norm: str) -> float:
     return width if norm == "linf" else width * float(np.sqrt(x.shape[1]))
 
 
-def remedies(out, flags, members, attacks, result, program, gradient, batch_size):
-    """Each gradient attack rerun with each logit temperature of ``REMEDIES`` (other than the
-    source's own) on the first ``SANITY_INPUTS`` inputs at up to ``REMEDY_STRENGTHS`` strengths
-    (the largest included); ``remedies[attack][remedy]`` holds both accuracies, and a remedy
-    that breaks more than ``REMEDY_SHARE`` of those inputs beyond the attack's own
-    result at some strength is flagged ``remedy_changed:<remedy>`` (gradient masking that a
-    temperature removes). Needs a source with ``with_temperature`` (surrogate, float, transfer).
-    Attacks with a DLR loss are skipped: DLR is invariant to the scale of the scores."""
-    if gradient is None or not callable(getattr(gradient, "with_temperature", None)):
+def remedy_sources(gradient, kinds=REMEDY_KINDS) -> list[tuple[str, object, bool]]:
+    """``(label, source, scales_scores)`` per remedy tried on ``gradient``: each logit
+    temperature of ``REMEDIES`` (``T=<t>``; scales the scores) and, where the source
+    differentiates a binary activation, each straight-through shape of ``STE_REMEDIES``
+    (``ste=<shape>``), other than the source's own; the other remedy stays the source's.
+    ``kinds``: which of ``REMEDY_KINDS`` to try."""
+    out = []
+    if "temperature" in kinds and callable(getattr(gradient, "with_temperature", None)):
+        own = getattr(gradient, "temperature", None)
+        out += [(f"T={t}", gradient.with_temperature(t), True) for t in REMEDIES if t != own]
+    if "ste" in kinds and callable(getattr(gradient, "with_ste", None)) and has_binary(getattr(gradient, "acts", ())):
+        own = getattr(gradient, "ste", None)
+        out += [(f"ste={s}", gradient.with_ste(s), False) for s in STE_REMEDIES if s != own]
+    return out
+
+
+def remedies(out, flags, members, attacks, result, program, gradient, batch_size, kinds=REMEDY_KINDS):
+    """Each gradient attack rerun with each remedy of ``remedy_sources`` on the first
+    ``SANITY_INPUTS`` inputs at up to ``REMEDY_STRENGTHS`` strengths (the largest included);
+    ``remedies[attack][remedy]`` holds both accuracies, and a remedy that breaks more than
+    ``REMEDY_SHARE`` of those inputs beyond the attack's own result at some strength is
+    flagged ``remedy_changed:<remedy>`` (gradient masking that the remedy removes). Needs a
+    source with ``with_temperature`` / ``with_ste`` (surrogate, float, transfer). Attacks with
+    a DLR loss skip the temperatures: DLR is invariant to the scale of the scores."""
+    tries = remedy_sources(gradient, kinds) if gradient is not None else []
+    if not tries:
         return
     n = min(SANITY_INPUTS, len(result.labels))
     nonzero = np.flatnonzero(result.epsilons > 0)
@@ -125,19 +206,17 @@ def remedies(out, flags, members, attacks, result, program, gradient, batch_size
     picks = nonzero[np.unique(np.linspace(0, nonzero.size - 1, min(REMEDY_STRENGTHS, nonzero.size)).round()
                               .astype(int))]
     x, y, eps = result.x[:n], result.labels[:n], result.epsilons[picks]
-    own = getattr(gradient, "temperature", None)
     report = {}
     for m, attack in zip(members, attacks):
-        if not attack.needs_gradient or getattr(attack, "loss", "ce") == "dlr":  # DLR ignores the scale
+        dlr = getattr(attack, "loss", "ce") == "dlr"  # DLR ignores the scale of the scores
+        if not attack.needs_gradient or all(dlr and scales for _, _, scales in tries):
             continue
         base = m.correct[picks, :n].mean(axis=1)
         entry = {}
-        for remedy in REMEDIES:
-            if remedy == own:
+        for label, source, scales in tries:
+            if dlr and scales:
                 continue
-            label = f"T={remedy}"
-            r = attack.run(program, x, y, eps, gradient.with_temperature(remedy), bounds=result.bounds,
-                           batch_size=batch_size)
+            r = attack.run(program, x, y, eps, source, bounds=result.bounds, batch_size=batch_size)
             gain = base - r.accuracy
             changed = bool(gain.max() > REMEDY_SHARE)
             entry[label] = {"epsilons": eps.tolist(), "accuracy": r.accuracy.tolist(), "without": base.tolist(),
@@ -150,9 +229,9 @@ def remedies(out, flags, members, attacks, result, program, gradient, batch_size
 
 
 def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bool = True,
-             batch_size: int = 2048) -> dict[str, Any]:
+             batch_size: int = 2048, remedy_kinds=REMEDY_KINDS) -> dict[str, Any]:
     """The diagnostics of ``result`` (see the module doc); reruns gradient attacks once at
-    the input range when ``sanity``."""
+    the input range when ``sanity``; ``remedy_kinds``: the kinds of remedy tried (``remedies``)."""
     members = result.members or (result,)
     attacks = method.attacks if hasattr(method, "attacks") else (method,)
     out: dict[str, Any] = {"zero_gradient": int(result.zero_gradient.sum()),
@@ -202,7 +281,7 @@ def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bo
         if weaker:
             flags.append("pgd_weaker_than_fgsm" if m.attack == "pgd" else f"weaker_than_fgsm:{m.attack}")
     if sanity:
-        remedies(out, flags, members, attacks, result, program, gradient, batch_size)
+        remedies(out, flags, members, attacks, result, program, gradient, batch_size, remedy_kinds)
     free = [m for m in members if m.gradient == "none"]
     grads = [m for m in members if m.gradient != "none"]
     if free and grads:

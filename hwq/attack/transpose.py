@@ -141,10 +141,36 @@ class MaxPoolT:
         return patches(self.window, np.asarray(h, np.float64), pad_code=-np.inf).max(axis=3).reshape(len(h), -1)
 
 
+ROW_BLOCK = 64  # rows per BLAS call of the backward products
+
+
+def row_product(delta: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``delta @ w`` such that each row's result does not depend on how many rows share the
+    call or where a row sits among them: float64 products (a float32 ``delta`` is widened and
+    the result rounded back) in calls of exactly ``ROW_BLOCK`` rows, the last padded with
+    zeros. OpenBLAS (0.3.34) picks kernels, and so summation orders, by the matrix's size, and
+    its float32 kernels also by a row's position in the block: a row of ``a @ w`` differed in
+    its last bit between a 31-row and a 120-row call. Attacks batch the rows of every strength
+    together, so without this a strength's points would depend on the other strengths in the
+    list and on ``batch_size`` (tests/test_attack_apgd.py)."""
+    n, dtype = len(delta), np.result_type(delta, w)
+    d64, w64 = delta.astype(np.float64, copy=False), w.astype(np.float64, copy=False)
+    out = np.empty((n, w.shape[1]), dtype)
+    full = n - n % ROW_BLOCK
+    for i in range(0, full, ROW_BLOCK):
+        out[i:i + ROW_BLOCK] = d64[i:i + ROW_BLOCK] @ w64
+    if full < n:
+        pad = np.zeros((ROW_BLOCK, delta.shape[1]), np.float64)
+        pad[:n - full] = d64[full:]
+        out[full:] = (pad @ w64)[:n - full]
+    return out
+
+
 def product(op, delta: np.ndarray, below: np.ndarray | None) -> np.ndarray:
-    """``dL/dh`` of one node: a dense matrix's ``delta @ W``, else the node's own ``back``."""
+    """``dL/dh`` of one node: a dense matrix's ``delta @ W`` (``row_product``), else the node's
+    own ``back``."""
     if isinstance(op, np.ndarray):
-        return delta @ op
+        return row_product(delta, op)
     return op.back(delta, below)
 
 

@@ -140,6 +140,16 @@ def attack_options(panel: str | None = None):
                             into="attack_params", panel=panel)
 
 
+def gradient_options(panel: str | None = None):
+    """The options of the gradient source (``hwq.attack.gradients.GradientOptions``: the masking
+    remedies ``--temperature`` and ``--ste``), for ``hwq attack`` and ``hwq sweep``: into
+    ``gradient_params``."""
+    from hwq.attack.gradients import GRADIENT_OPTIONS
+
+    return declared_options([(p.name, p.type, p.default, p.flags, p.declared.help) for p in GRADIENT_OPTIONS],
+                            into="gradient_params", panel=panel)
+
+
 def train_options(*, sweep: bool, panel: str | None = None):
     """The options of the training parameters (``hwq.train.TrainConfig``'s declared fields;
     ``sweep``: only those a sweep sets, the rest being its axes): into ``train_params``.

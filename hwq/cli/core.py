@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import typer
 from hwq import api
 from hwq.attack import ATTACKS
 from hwq.attack.gradients import gradient_source
+from hwq.attack.suite import ProgressLines, report_member
 from hwq.cli.app import app
 from hwq.cli.common import (
     DATA_HELP,
@@ -23,6 +25,7 @@ from hwq.cli.common import (
     command_line,
     data,
     emit_json,
+    gradient_options,
     program_for,
     progress,
     table,
@@ -268,6 +271,7 @@ ATTACK_PANEL = "Attack parameters"
 
 @app.command()
 @attack_options(ATTACK_PANEL)
+@gradient_options(ATTACK_PANEL)
 def attack(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
     data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
@@ -279,8 +283,7 @@ def attack(
                                 "(apgd-ce,apgd-t,apgd-dlr,square 5000): the per-input worst case is the robust "
                                 "accuracy (overrides --attack)."),
     attack_params: dict = None,  # the attack dataclasses' declared fields (hwq.cli.common.attack_options)
-    temperature: str = typer.Option(None, help="Logit temperature of the gradient's loss: a number (e.g. 0.25) "
-                                    "or auto (per input); a masking remedy.", rich_help_panel=ATTACK_PANEL),
+    gradient_params: dict = None,  # the masking remedies, --temperature and --ste (hwq.cli.common.gradient_options)
     diagnostics: bool = typer.Option(True, "--diagnostics/--no-diagnostics",
                                      help="Run the unbounded-strength sanity check too."),
     target: str = TARGET,
@@ -310,8 +313,10 @@ def attack(
     ds = data(data_spec, limit, seed)
     members = getattr(method, "attacks", (method,))
     gradient = (gradient_source(grad, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,
-                                temperature=temperature) if any(a.needs_gradient for a in members) else None)
-    bar = progress(len(ds.y_test) * len(members), f"attack ({len(epsilons)} strengths)")
+                                **gradient_params) if any(a.needs_gradient for a in members) else None)
+    total = len(ds.y_test) * len(members)
+    # without a terminal (a log, CI, nohup) the bar hides: lines per 10 % of inputs and per member/strength
+    bar = progress(total, f"attack ({len(epsilons)} strengths)") if sys.stderr.isatty() else ProgressLines(total)
     device_meta = {}
     if device:  # hwq/cli/devices.py: judged on the device, journaled beside the output
         from hwq.cli.devices import attack_on
@@ -321,6 +326,8 @@ def attack(
     else:
         result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method, gradient=gradient,
                             bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
+    if len(members) == 1:  # a suite reports its members itself
+        report_member(bar, 0, 1, result)
     bar.close()
     summary = results.summary(result)
     fmt = input_format(program.net)
@@ -384,7 +391,8 @@ def flag_text(flag: str, diag: dict) -> str:
         return (f"{attack} is weaker than FGSM at {len(diag[name][attack]['epsilons'])} strength(s): "
                 "step size or gradient")
     if name == "remedy_changed":
-        return f"a logit temperature ({attack}) breaks more inputs: gradient masking (see diagnostics 'remedies')"
+        what = "a straight-through shape" if attack.startswith("ste=") else "a logit temperature"
+        return f"{what} ({attack}) breaks more inputs: gradient masking (see diagnostics 'remedies')"
     if name == "zero_gradient":
         return f"{diag['zero_gradient']} input(s) have an exactly zero gradient"
     if name == "nonfinite_gradient":

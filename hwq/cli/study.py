@@ -16,6 +16,7 @@ from hwq.cli.common import (
     check_output,
     command_line,
     emit_json,
+    gradient_options,
     progress,
     train_options,
 )
@@ -57,7 +58,8 @@ def run_spec(spec, output: Path, *, workers, scheduler, overwrite, verbose, secu
     from hwq.sweep.run import run_sweep
     from hwq.sweep.spec import all_keys, plan
 
-    bar, update = _sweep_progress(len(all_keys(plan(spec))), verbose)
+    # without a terminal (a log, CI, nohup) the bar hides: a line per finished cell instead
+    bar, update = _sweep_progress(len(all_keys(plan(spec))), verbose or not sys.stderr.isatty())
     try:
         with make_executor(workers, scheduler, security) as executor:
             return run_sweep(spec, output, executor, command=command_line(),
@@ -121,6 +123,7 @@ MODELS = typer.Option(None, "--models", help="ONNX models, comma-separated (the 
 @app.command()
 @train_options(sweep=True, panel="Training")
 @attack_options("Attack parameters")
+@gradient_options("Attack parameters")
 def sweep(
     data_specs: str = typer.Option("spiral", "--data", help="Comma-separated: " + DATA_HELP),
     activations: str = typer.Option("step,sigmoid,relu", help="Hidden activations, comma-separated."),
@@ -147,7 +150,7 @@ def sweep(
                                 help="Attack, or a suite a,b,c (fgsm, pgd, square, apgd-ce, apgd-dlr, apgd-t) "
                                 "or autoattack: per-input worst case."),
     attack_params: dict = None,  # the attack dataclasses' declared fields (hwq.cli.common.attack_options)
-    temperature: str = typer.Option(None, help="Logit temperature of the gradient's loss: a number or auto."),
+    gradient_params: dict = None,  # --temperature, --ste (hwq.cli.common.gradient_options)
     no_diagnostics: bool = typer.Option(False, "--no-diagnostics", help="Skip the unbounded-strength check."),
     limit: int = typer.Option(None, help="Attack only the first N test inputs."),
     data_seed: int = typer.Option(0, help="Seed of generated data (spirals) and data splits."),
@@ -173,7 +176,7 @@ def sweep(
                       train_params=train_params,
                       scheme=scheme, act_bits=act_bits, input_bits=input_bits, per_channel=per_channel, grad=grad,
                       limit=limit, data_seed=data_seed, attack=attacks,
-                      attack_params={**attack_params, "temperature": temperature,
+                      attack_params={**attack_params, **gradient_params,
                                      "diagnostics": False if no_diagnostics else None},
                       device=device)
     summary = run_spec(spec, output, workers=workers, scheduler=scheduler, overwrite=overwrite,

@@ -17,6 +17,9 @@ output flattened the same way, so ``Flatten`` is a no-op. Per node (float64):
 (``clip(round(x / scale), lo, hi) scale``, ``ROUND`` being half to even as ONNX
 ``QuantizeLinear`` rounds; bipolar: ``+1 if x >= 0 else -1``), which is what onnxruntime
 computes on a QCDQ file. Batches are evaluated in chunks so that gathered patches stay small.
+
+The formulas are :mod:`hwq.ir.float_ops`' (calibration, the float model's gradient and training
+compute with the same), a convolution summed in numpy's optimized ``einsum`` order.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from hwq.errors import InvalidModelError
-from hwq.ir import activations
+from hwq.ir import activations, float_ops
 from hwq.ir.conv import AvgPool2d, Conv2d, MaxPool2d, SumPool2d
 from hwq.ir.graph import Activation, Affine, Flatten, Graph, Quantizer
 
@@ -78,30 +81,22 @@ def quantize(x: np.ndarray, q: Quantizer) -> np.ndarray:
     return np.clip(r, q.lo, q.hi) * q.scale
 
 
-def gather(x: np.ndarray, window) -> np.ndarray:
-    """Patches ``(N, groups, Ho Wo, patch_len)`` of flat samples ``x``; padding reads 0."""
-    idx = window.gather_index
-    padded = np.concatenate([x, np.zeros((len(x), 1), x.dtype)], axis=1)  # index -1: the zero column
-    return padded[:, idx]
-
-
 def conv(node: Conv2d, x: np.ndarray) -> np.ndarray:
-    w = node.window
-    patches = gather(x, w)  # (N, g, P, K)
-    g = w.groups
-    mat = node.matrix.reshape(g, -1, w.patch_len)  # (g, Cout/g, K)
-    acc = np.einsum("ngpk,gok->ngop", patches, mat, optimize=True).reshape(len(x), node.channels, -1)
-    y = node.gain[None, :, None] * (acc + node.bias[None, :, None])
-    return y.reshape(len(x), -1)
+    """A ``Conv2d``'s output, flat (``float_ops.conv``, numpy's optimized contraction)."""
+    return float_ops.conv(node.window, node.matrix, x, node.bias, node.gain)
+
+
+def dense(node: Affine, x: np.ndarray) -> np.ndarray:
+    """An ``Affine``'s output ``gain (W x + b)``."""
+    return float_ops.dense(x, node.weight, node.bias, node.gain)
 
 
 def pool(node, x: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """A pooling's output, flat; ``scale``: a ``SumPool2d``'s input grid (``quantize_maps``)."""
     w = node.window
-    idx = w.gather_index  # (C, P, kh kw)
     if isinstance(node, MaxPool2d):
-        padded = np.concatenate([x, np.full((len(x), 1), -np.inf)], axis=1)
-        return padded[:, idx].max(axis=-1).reshape(len(x), -1)
-    s = gather(x, w).sum(axis=-1).reshape(len(x), -1)
+        return float_ops.max_pool(w, x)
+    s = float_ops.window_sum(w, x)
     if isinstance(node, AvgPool2d):
         return s / w.size
     if scale is not None:
@@ -134,7 +129,7 @@ def trace(graph: Graph, x: np.ndarray, *, quantize_maps: bool = False) -> list[n
     outs = []
     for node in graph.nodes:
         if isinstance(node, Affine):
-            h = node.gain * (h @ node.weight.T + node.bias)
+            h = dense(node, h)
             scale = None
         elif isinstance(node, Conv2d):
             h = conv(node, h)

@@ -17,7 +17,7 @@ import numpy as np
 
 from hwq import ir
 from hwq.errors import InvalidModelError, UsageError
-from hwq.ir import activations
+from hwq.ir import activations, evaluate, float_ops
 from hwq.ir.conv import MaxPool2d, SumPool2d
 from hwq.quant.bounds import MAX_SHIFT, check_layers, check_pool
 from hwq.quant.qnet import (
@@ -32,7 +32,7 @@ from hwq.quant.qnet import (
     Requant,
     TensorReport,
 )
-from hwq.quant.reference import patches, pool, quantize_input
+from hwq.quant.reference import pool, quantize_input
 from hwq.quant.schemes import check_bits, get_scheme
 
 MULTIPLIER_BITS = 16
@@ -154,7 +154,7 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
         TensorReport(f"{name}.bias", f"int64 x {acc_unit.min():.3g}", b_err, 0, b_err < 1e-9),
     ]
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, in_max=in_max)
-    z = affine.gain * (x_float @ (codes * w_scale[:, None]).T + bias * acc_unit)
+    z = float_ops.dense(x_float, codes * w_scale[:, None], bias * acc_unit, affine.gain)
     h = activations.forward(act, z)
     if kind is activations.STEP:
         return layer, reports, h, 1.0, 1
@@ -168,6 +168,13 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
     act_bits, file_scale = act_format(act, quant, settings)
     levels = 2**act_bits - 1
     src = " (file)" if quant is not None else ""
+    if isinstance(kind, activations.Clip):  # the scale puts the clip bounds on the code grid
+        clo, chi, out_scale = kind.grid(act_bits)
+        rq = requant_for(layer.acc_scale / out_scale, layer.acc_bound)
+        q = np.clip(np.rint(h / out_scale), clo, chi)
+        reports.append(clip_report(name, kind, act_bits, q, h))
+        layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, act_bits, rq, None, out_scale, in_max)
+        return layer, reports, q * out_scale, out_scale, max(-clo, chi)
     if kind is activations.RELU:
         peak = float(np.max(h)) if h.size else 1.0
         out_scale = file_scale or (peak if peak > 0 else 1.0) / levels
@@ -190,6 +197,19 @@ def quantize_layer(affine, act, in_fmt_scale, in_max, x_float, settings, last, i
         reports.append(TensorReport(f"{name}.sigmoid", lut_format, err, 0, quant is not None))
     layer = QLayer(codes, bias, w_scale, in_fmt_scale, affine.gain, act, act_bits, rq, lut, out_scale, in_max)
     return layer, reports, np.clip(np.rint(h / out_scale), 0, levels) * out_scale, out_scale, levels
+
+
+def clip_report(name: str, kind, act_bits: int, q: np.ndarray, h: np.ndarray) -> TensorReport:
+    """The report of a clipped activation's codes ``q`` for real outputs ``h``: the format (noting a
+    bound off the code grid, ``activations.clip_grid``) and the largest error."""
+    clo, chi, scale = kind.grid(act_bits)
+    off = max(abs(clo * scale - kind.lo), abs(chi * scale - kind.hi))
+    signed = "s" if clo < 0 else "u"
+    fmt = f"{kind.name}: {signed}{act_bits} codes [{clo}, {chi}] x {scale:.4g}"
+    if off > activations.GRID_TOLERANCE * max(kind.hi, -kind.lo):
+        fmt += f" (a bound is {off:.3g} off the grid)"
+    err = float(np.max(np.abs(q * scale - h), initial=0))
+    return TensorReport(f"{name}.clip", fmt, err, 0, False)  # calibrated by hwq, not a file's grid
 
 
 CHUNK_VALUES = 2**22  # float64 patch values per calibration chunk of a convolution (32 MB)
@@ -231,18 +251,6 @@ def chunks(n: int, per_sample: int):
     """Row slices of the calibration samples, about ``CHUNK_VALUES`` values each."""
     step = max(1, CHUNK_VALUES // max(1, per_sample))
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def conv_float(window, weight: np.ndarray, bias: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Real pre-activations (N, C_out, Ho Wo) of a convolution with real weight matrix
-    ``weight`` (C_out, patch length) and real ``bias`` over real C-order maps ``x`` (N, C H W);
-    padding reads 0."""
-    p = patches(window, x)  # (N, g, P, K)
-    g = window.groups
-    w = weight.reshape(g, -1, weight.shape[1])  # (g, O/g, K)
-    z = np.matmul(p, np.swapaxes(w, 1, 2)[None])  # (N, g, P, O/g)
-    z = np.swapaxes(z, 2, 3).reshape(len(x), weight.shape[0], window.positions)
-    return z + bias[None, :, None]
 
 
 def quantize_conv(conv, act, samples: Samples, settings, last, index, quant=None):
@@ -292,7 +300,7 @@ def quantize_conv(conv, act, samples: Samples, settings, last, index, quant=None
 
     def outputs():
         for rows in parts:
-            z = conv_float(conv.window, real_w, bias * acc_unit, samples.real(rows))
+            z = float_ops.conv(conv.window, real_w, samples.real(rows), bias * acc_unit, order="matmul")
             yield rows, z, activations.forward(act, z)
 
     def codes_of(values, lo, hi):
@@ -315,6 +323,20 @@ def quantize_conv(conv, act, samples: Samples, settings, last, index, quant=None
     src = " (file)" if quant is not None else ""
     mbits = MULTIPLIER_BITS if quant is None else FILE_MULTIPLIER_BITS
     lut = None
+    if isinstance(kind, activations.Clip):  # the scale puts the clip bounds on the code grid
+        clo, chi, out_scale = kind.grid(act_bits)
+        rq = requant_for(layer.acc_scale / out_scale, layer.acc_bound)
+        got, err = [], 0.0
+        for _, _, h in outputs():
+            q = np.clip(np.rint(h / out_scale), clo, chi)
+            err = max(err, clip_report(name, kind, act_bits, q, h).max_abs_error)
+            got.append(codes_of(q, clo, chi))
+        rep = clip_report(name, kind, act_bits, np.zeros(0), np.zeros(0))
+        reports.append(dataclasses.replace(rep, max_abs_error=err))
+        layer = QLayer(layer.weight, bias, w_scale, samples.scale, 1.0, act, act_bits, rq, None, out_scale,
+                       samples.in_max, conv.window)
+        lo, hi = layer.out_range(samples.lo, samples.hi)
+        return layer, reports, Samples(out_scale, lo, hi, max(-lo, hi), codes=np.concatenate(got))
     if kind is activations.RELU:
         if file_scale:
             out_scale = file_scale
@@ -383,11 +405,7 @@ def quantize_pool(node, samples: Samples, index: int):
     err, got, values = 0.0, [], []
     for rows in chunks(len(samples), channels * win.positions * k):
         x = samples.real(rows)
-        p = patches(win, x, pad_code=-np.inf if qp.op == "max" else 0.0)  # (n, C, P, k), real values
-        if qp.op == "max":
-            want = p.max(axis=3)
-        else:  # the float node: the window's mean, or its sum over 2^shift
-            want = p.sum(axis=3) / (2.0**node.shift if qp.truncate else k)
+        want = evaluate.pool(node, x)  # the float node: max, mean, or sum over 2^shift (real values)
         if samples.codes is not None:
             out = pool(qp, samples.codes[rows].astype(np.int64))
             got.append(compact(out, lo, hi))

@@ -205,7 +205,7 @@ def _attack(spec: SweepSpec, program, ds, a=None):
     method = a.method()
     needs = any(m.needs_gradient for m in getattr(method, "attacks", (method,)))
     gradient = (gradient_source(a.gradient, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,
-                                temperature=a.temperature) if needs else None)
+                                **a.gradient_options()) if needs else None)
     device_attrs, device_arrays = {}, {}
     if spec.device is not None:  # judged on a device (hwq/sweep/device.py)
         from hwq.sweep.device import attack_on_device
@@ -215,7 +215,8 @@ def _attack(spec: SweepSpec, program, ds, a=None):
         device_arrays = {"device_disagreement": disagreement.astype(np.float64)}
     else:
         result = api.attack(program, ds.x_test, ds.y_test, spec.epsilons, method=method, gradient=gradient,
-                            bounds=ds.bounds, diagnostics=a.diagnostics is not False)
+                            bounds=ds.bounds, diagnostics=a.diagnostics is not False,
+                            remedy_kinds=("temperature",))  # the flags sweeps always recorded
     counts = result.correct.sum(axis=1).astype(np.int64)
     attrs = {"attack": result.attack, "clean_accuracy": result.clean_accuracy, "n_test": int(result.labels.size),
              "zero_gradient": int(result.zero_gradient.sum()), **diagnostic_attrs(result.diagnostics),

@@ -104,11 +104,11 @@ def run_sweep(spec: SweepSpec, path: str | Path, executor, *, command: str = "",
         try:
             with remembered_interrupts() as interrupted:
                 for cells in executor.imap(run_task, [(spec, t) for t in todo]):
-                    for cell in cells:
+                    for cell in cells:  # a task may finish several cells (targets): a report each
                         session.check_fingerprint(cell)
                         session.add(cell)
-                    if progress:
-                        progress(len(session.done), len(keys), cells[-1] if cells else None)
+                        if progress:
+                            progress(len(session.done), len(keys), cell)
                     if interrupted():
                         raise KeyboardInterrupt
                 if interrupted():

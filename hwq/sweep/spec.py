@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from hwq.attack import ATTACK_PARAMETERS
-from hwq.attack.gradients import check_gradient_name, check_temperature
+from hwq.attack.gradients import GRADIENT_OPTIONS, GradientOptions, check_gradient_name, check_option
 from hwq.errors import FileFormatError, HwqError, UsageError
 from hwq.ir.activations import HIDDEN_ACTIVATIONS
 from hwq.params import declared
@@ -106,8 +107,13 @@ def _attack_params(self) -> dict:
 def _attack_method(self):
     from hwq.attack import make_suite
 
-    params = {k: v for k, v in self.params().items() if k not in ("diagnostics", "temperature")}
+    params = {k: v for k, v in self.params().items() if k not in ("diagnostics", *_GRADIENT)}
     return make_suite(self.name, norm=self.norm, **params)
+
+
+def _gradient_options(self) -> dict:
+    """The gradient source's options (``gradient_source``'s keywords: temperature, ste)."""
+    return {name: getattr(self, name) for name in _GRADIENT}
 
 
 def _attack_check(self):
@@ -122,6 +128,9 @@ def _attack_check(self):
 # default) always recorded, the others None (the attack's default) and left out of the spec's
 # JSON when unset (so older sweep files resume).
 _OPTIONAL = [p for p in ATTACK_PARAMETERS.values() if p.shared_default is None]
+# the gradient source's options (hwq.attack.gradients.GradientOptions: --temperature, --ste), None: default
+_GRADIENT = tuple(p.name for p in GRADIENT_OPTIONS)
+_GRADIENT_HINTS = typing.get_type_hints(GradientOptions)
 AttackSettings = make_dataclass(
     "AttackSettings",
     [("epsilons", tuple[float, ...], field(default=tuple(np.round(np.arange(101) * 0.005, 12).tolist()))),
@@ -132,13 +141,14 @@ AttackSettings = make_dataclass(
      ("name", str, field(default="fgsm")),  # hwq.attack.ATTACKS, or a suite a,b,c
      *[(p.name, p.type | None, field(default=None)) for p in _OPTIONAL],
      ("diagnostics", bool | None, field(default=None)),  # None: run the unbounded-strength check
-     ("temperature", float | str | None, field(default=None))],  # the gradient's logit temperature
+     *[(p.name, _GRADIENT_HINTS[p.field], field(default=None)) for p in GRADIENT_OPTIONS]],
     namespace={"params": _attack_params, "method": _attack_method, "__post_init__": _attack_check,
+               "gradient_options": _gradient_options,
                "__doc__": "The attack of every cell (hwq.sweep.spec): epsilons, gradient source, name (an attack "
                           "or a suite a,b,c) and the attack parameters generated from the attack dataclasses."},
     frozen=True, module=__name__)
 
-OPTIONAL_ATTACK_FIELDS = (*(p.name for p in _OPTIONAL), "diagnostics", "temperature")
+OPTIONAL_ATTACK_FIELDS = (*(p.name for p in _OPTIONAL), "diagnostics", *_GRADIENT)
 
 
 @dataclass(frozen=True)
@@ -241,7 +251,8 @@ class SweepSpec:
         object.__setattr__(self, "attack", replace(
             self.attack, epsilons=tuple(check_epsilons(self.attack.epsilons).tolist())))
         check_gradient_name(self.attack.gradient)
-        object.__setattr__(self, "attack", replace(self.attack, temperature=check_temperature(self.attack.temperature)))
+        object.__setattr__(self, "attack", replace(
+            self.attack, **{name: check_option(name, getattr(self.attack, name)) for name in _GRADIENT}))
         check_norm(self.attack.norm)
         self.attack.method()  # unknown attacks and bad parameters fail here
         if self.attack.limit is not None and self.attack.limit < 1:
