@@ -536,13 +536,20 @@ def test_input_normalization_on_qat_grid_weights_only_where_exact():
         graph_from_model(make_model(nodes, inits, 6))
 
 
-def test_clip_activation_is_refused_with_a_hint():
-    """Clip (ReLU6/Hardtanh) as a hidden activation is not supported: one line with a hint."""
+def test_clip_activation_is_read_and_bad_bounds_are_refused_with_a_hint():
+    """Clip (ReLU6/Hardtanh) as a hidden activation is the clip(lo,hi) kind (its float model
+    matches onnxruntime); bounds without real zero inside are refused in one line with a hint
+    (tests/test_clip_activation.py: the integer side)."""
     m = mlp()
     m.graph.node[2].CopyFrom(helper.make_node("Clip", ["z1", "lo", "hi"], ["h"], name="relu6"))
     m.graph.initializer.extend([numpy_helper.from_array(np.float32(0), "lo"),
                                 numpy_helper.from_array(np.float32(6), "hi")])
-    with pytest.raises(InvalidModelError, match="relu6.*ReLU6/HardTanh"):
+    graph = graph_from_model(m)
+    assert [n.kind for n in graph.nodes if type(n).__name__ == "Activation"] == [activations.clip_name(0, 6)]
+    x = RNG.normal(size=(200, 6)).astype(np.float32) * 4
+    np.testing.assert_allclose(float_scores(graph, x), ort_run(m, x), atol=1e-4)
+    m.graph.initializer[-2].CopyFrom(numpy_helper.from_array(np.float32(1), "lo"))
+    with pytest.raises(InvalidModelError, match="relu6.*min <= 0 < max"):
         graph_from_model(m)
 
 

@@ -118,8 +118,8 @@ def add_layer(add, layer: QLayer, i: int, shape: tuple[int, ...]) -> None:
     elif kind is activations.RELU:
         add(f"layer{i}.relu", nir.IF(r=np.ones(out), v_threshold=np.full(out, layer.out_scale),
                                       v_reset=np.zeros(out)))
-    elif kind is activations.SIGMOID:
-        raise UsageError(f"layer {i}: NIR has no sigmoid primitive, so this network cannot be exported to NIR",
+    elif kind.requantizes:  # sigmoid, clip(l,h) (ReLU6, Hardtanh): no NIR primitive
+        raise UsageError(f"layer {i}: NIR has no {kind.family} primitive, so this network cannot be exported to NIR",
                          hint="export --format onnx, or train with step/relu/sign")
 
 

@@ -223,11 +223,11 @@ def activation(b: GraphBuilder, layer: QLayer, prod: str, acc_bound: np.ndarray,
         peak = int(acc_bound.max(initial=0))
         return Codes(acc, "double", -peak, peak)
     z = requant_nodes(b, layer, prod, acc_bound, i)
-    if kind is activations.RELU:
-        top = max(0, 2**layer.act_bits - 1)
-        y = clip(b, z, 0, top, i)
-        out = smallest_container(0, top)
-        return Codes(b.op("Cast", [y], f"h{i + 1}", to=CONTAINERS[out][0]), out, 0, top)
+    if kind is activations.RELU or isinstance(kind, activations.Clip):  # clip(z, lo, hi) to the code range
+        lo, hi = kind.code_range(layer.act_bits, layer.lut, 0)
+        y = clip(b, z, lo, hi, i)
+        out = smallest_container(lo, hi)
+        return Codes(b.op("Cast", [y], f"h{i + 1}", to=CONTAINERS[out][0]), out, lo, hi)
     if kind is activations.SIGMOID:
         k = clip(b, z, -SIGMOID_LUT_HALF, SIGMOID_LUT_HALF - 1, i)
         idx = b.op("Cast", [k], f"k{i}", to=TensorProto.INT64)

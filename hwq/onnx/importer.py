@@ -24,6 +24,7 @@ import onnx
 
 from hwq import ir
 from hwq.errors import InvalidModelError, ModelFormatError, UnsupportedOpError
+from hwq.ir import activations
 from hwq.ir.codes import code_range
 from hwq.onnx import conv_ops, outputs
 from hwq.onnx.folding import Folder, tensor_array
@@ -43,7 +44,7 @@ INT_RANGES = {onnx.TensorProto.INT8: (-128, 127), onnx.TensorProto.UINT8: (0, 25
               onnx.TensorProto.INT16: (-(2**15), 2**15 - 1), onnx.TensorProto.UINT16: (0, 2**16 - 1),
               onnx.TensorProto.INT4: (-8, 7), onnx.TensorProto.UINT4: (0, 15)}
 SUPPORTED_SUMMARY = ("MLPs and CNNs: Gemm/MatMul/Conv chains with MaxPool/AveragePool/global pooling, "
-                     "BatchNormalization, Add/Sub/Mul/Div constants, Relu, Sigmoid, step and sign patterns, "
+                     "BatchNormalization, Add/Sub/Mul/Div constants, Relu, Sigmoid, Clip, step and sign patterns, "
                      "Softmax; QDQ/QCDQ and QONNX quantizers; full list: hwq info --ops")
 POST_PROCESSING = {"ArgMax", "ArgMin", "TopK", "ZipMap", "ArrayFeatureExtractor", "LabelEncoder"}
 PASS_THROUGH = {"Identity", "Dropout"}
@@ -454,17 +455,46 @@ def QuantizeLinear(st: Importer, node, axis=1, saturate=1, block_size=0, output_
 
 
 def Clip(st: Importer, node, min=None, max=None):  # noqa: A002 (opset < 11 attributes)
-    if st.qpending is None:
-        raise InvalidModelError(
-            f"Clip '{node.name}' on the sample is only supported inside QuantizeLinear -> Clip -> "
-            "DequantizeLinear", hint="ReLU6/HardTanh-style clipping is not a supported activation: use Relu, "
-            "or a quantized activation (Brevitas QuantReLU/QuantHardTanh)")
+    """Inside QuantizeLinear -> Clip -> DequantizeLinear: the quantizer's code range. On the
+    sample: a clipped activation ``clip(z, min, max)`` (ReLU6: 0, 6; Hardtanh: -1, 1), its
+    bounds given as inputs (opset 11+) or attributes (older); ``Clip(z, 0)`` without a max is a
+    ReLU."""
     bounds = [st.const(node, n) if n else None for n in list(node.input[1:3]) + [""] * 2][:2]
     bounds = [np.float64(v) if v is not None else b for v, b in zip((min, max), bounds)]
+    if st.qpending is None:
+        return clipped_activation(st, node, bounds)
     if bounds[0] is not None:
         st.qpending["lo"] = builtins.max(st.qpending["lo"], int(np.asarray(bounds[0]).reshape(-1)[0]))
     if bounds[1] is not None:
         st.qpending["hi"] = builtins.min(st.qpending["hi"], int(np.asarray(bounds[1]).reshape(-1)[0]))
+
+
+def clipped_activation(st: Importer, node, bounds) -> None:
+    """A Clip on the sample after a layer: the ``clip(lo,hi)`` activation kind (``relu`` where
+    ``lo == 0`` and there is no upper bound); refused in one line where the bounds are not two
+    scalars with ``lo <= 0 < hi`` (real zero must be code 0)."""
+    st.check_open(node)
+    if st.pending is not None or not st.nodes or not isinstance(st.nodes[-1], conv_ops.LINEAR):
+        raise InvalidModelError(f"Clip '{node.name}' must directly follow a Gemm/MatMul or Conv (a ReLU6/"
+                                "Hardtanh activation)", hint="hwq reads Clip as a hidden activation "
+                                "clip(z, min, max), or inside QuantizeLinear -> Clip -> DequantizeLinear")
+    values = []
+    for b, default in zip(bounds, (-np.inf, np.inf)):
+        arr = np.asarray(default if b is None else b, dtype=np.float64).reshape(-1)
+        if arr.size != 1:
+            raise InvalidModelError(f"Clip '{node.name}': per-element clip bounds are not supported",
+                                    hint="one scalar min and max (ReLU6, Hardtanh)")
+        values.append(float(arr[0]))
+    lo, hi = values
+    if lo == 0 and hi == np.inf:
+        st.nodes.append(ir.Activation(activations.RELU.name))
+        return
+    problem = activations.clip_problem(lo, hi)
+    if problem:
+        raise InvalidModelError(f"Clip '{node.name}': {problem}",
+                                hint="supported clipped activations: ReLU6 Clip(x, 0, 6), Hardtanh Clip(x, -1, 1), "
+                                     "any Clip(x, min <= 0, max > 0)")
+    st.nodes.append(ir.Activation(activations.clip_name(lo, hi)))
 
 
 def DequantizeLinear(st: Importer, node, axis=1, block_size=0, output_dtype=0):
@@ -588,7 +618,8 @@ def op_table() -> list[tuple[str, str]]:
              "ReduceMax": "global max pooling (over axes 2, 3)",
              "Shape": "the sample's shape (feeding a flatten's Reshape)",
              "Scaler": "input normalization (ai.onnx.ml, folded into the first layer)",
-             **{op: "quantizer (QDQ/QCDQ)" for op in ("QuantizeLinear", "Clip", "DequantizeLinear")},
+             **{op: "quantizer (QDQ/QCDQ)" for op in ("QuantizeLinear", "DequantizeLinear")},
+             "Clip": "clipped activation clip(z, min, max) (ReLU6, Hardtanh), or a QCDQ quantizer's range",
              **{op: "pass-through" for op in PASS_THROUGH},
              **{op: "classifier post-processing (dropped where it keeps the decision)" for op in POST_PROCESSING}}
     return sorted(roles.items())

@@ -30,7 +30,8 @@ def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
 def activate(layer: QLayer, acc: np.ndarray) -> np.ndarray:
     """The epilogue: the layer's activation kind applied to ``acc`` (identity: ``acc``; step:
     ``[acc > 0]``; sign: ``+-1``), or to ``requantize(acc)`` where the kind requantizes (relu:
-    ``clip(z, 0, 2^A - 1)``; sigmoid: ``lut[clip(z, -2^11, 2^11 - 1) + 2^11]``)."""
+    ``clip(z, 0, 2^A - 1)``; sigmoid: ``lut[clip(z, -2^11, 2^11 - 1) + 2^11]``; ``clip(l,h)``:
+    ``clip(z, c_lo, c_hi)`` with both real bounds on the code grid, ``activations.clip_grid``)."""
     kind = layer.activation_kind
     z = requantize(acc, layer.requant) if kind.requantizes else acc
     return kind.codes(z, layer.act_bits, layer.lut)

@@ -139,6 +139,9 @@ def kind_of(layer: QLayer, index: int) -> str:
             f"layer {index} uses a sigmoid activation, and Loihi has no sigmoid neuron model",
             hint="retrain with step or ReLU activations, or use the 'sim' target",
         )
+    if isinstance(layer.activation_kind, activations.Clip):
+        raise TargetError(f"layer {index} uses the clipped activation {layer.activation} (ReLU6/Hardtanh), and "
+                          "Loihi has no neuron model with an upper clip", hint="use ReLU or step, or the 'sim' target")
     if layer.activation not in NEURON_MODELS:
         raise TargetError(f"layer {index}: activation '{layer.activation}' cannot be mapped")
     return NEURON_MODELS[layer.activation]

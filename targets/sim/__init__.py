@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from hwq.errors import TargetError
-from hwq.ir import activations
 from hwq.quant.bounds import check_layer, check_pool, check_shift_range, rounding_half, row_sum_bound
 from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QPool, QuantizedNetwork, walk
 from hwq.quant.reference import decide
@@ -113,10 +112,9 @@ class CompiledLayer:
         shift = owned(rq.shift if rq else 0, shape=(m,))
         check_shift_range(shift)
         half = rounding_half(shift)
-        lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
-        act_max = 2**layer.act_bits - 1 if layer.activation_kind is activations.RELU else 0
+        mode, act_max, lut = kernels.epilogue(layer)
         return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(base),
-                   kernels.MODES[layer.activation], act_max, owned(rq.multiplier if rq else 0, shape=(m,)),
+                   mode, act_max, owned(rq.multiplier if rq else 0, shape=(m,)),
                    owned(half), shift, owned(lut), planes)
 
     @property

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from hwq.ir import activations
 from hwq.quant.bounds import check_shift_range, rounding_half, row_sum_bound
 from hwq.quant.qnet import SIGMOID_LUT_HALF, QLayer, QPool
 
@@ -195,11 +194,10 @@ class CompiledConv:
         rq = layer.requant
         shift = owned(rq.shift if rq else 0, shape=(m,))
         check_shift_range(shift)
-        lut = layer.lut if layer.lut is not None else np.zeros(1, np.int64)
-        act_max = 2**layer.act_bits - 1 if layer.activation_kind is activations.RELU else 0
+        mode, act_max, lut = kernels.epilogue(layer)
         per_group = (groups, og)
         return cls(layer, path, lo, hi, owned(weights, weights.dtype), owned(base, shape=(m,)).reshape(per_group),
-                   int(offset), planes, kernels.MODES[layer.activation], act_max,
+                   int(offset), planes, mode, act_max,
                    owned(rq.multiplier if rq else 0, shape=(m,)).reshape(per_group),
                    owned(rounding_half(shift)).reshape(per_group), shift.reshape(per_group), owned(lut),
                    patches.gather_index(win))

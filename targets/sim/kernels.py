@@ -10,7 +10,18 @@ import numpy as np
 
 from ..common import avx2, vnni
 
-MODES = {"identity": 0, "step": 1, "relu": 2, "sigmoid": 3, "sign": 4}
+MODES = {"identity": 0, "step": 1, "relu": 2, "clip": 2, "sigmoid": 3, "sign": 4}  # by Kind.family
+
+
+def epilogue(layer) -> tuple[int, int, np.ndarray]:
+    """``(mode, act_max, lut)`` of a layer for ``finish_rows``: the clamping kinds (relu, clip)
+    run mode 2, ``clip(z, lut[0], act_max)`` with their code range; sigmoid its LUT."""
+    kind = layer.activation_kind
+    mode = MODES[kind.family]
+    if mode == 2:
+        lo, hi = kind.code_range(layer.act_bits, layer.lut, 0)
+        return mode, hi, np.array([lo], np.int64)
+    return mode, 0, layer.lut if layer.lut is not None else np.zeros(1, np.int64)
 NO_BYTES = np.zeros((0, 2), np.uint8)
 
 
@@ -36,10 +47,11 @@ def finish_rows(acc, r0, rows, base, mult, half, shift, mode, act_max, lut, lut_
         elif mode == 1:
             for j in range(m):
                 out[o0 + r, j] = np.int64(np.int64(acc[r0 + r, j]) + base[j] > 0)
-        elif mode == 2:
+        elif mode == 2:  # relu and clip: clip(z, lut[0], act_max)
+            act_min = lut[0]
             for j in range(m):
                 z = ((np.int64(acc[r0 + r, j]) + base[j]) * mult[j] + half[j]) >> shift[j]
-                out[o0 + r, j] = min(max(z, np.int64(0)), act_max)
+                out[o0 + r, j] = min(max(z, act_min), act_max)
         elif mode == 4:
             for j in range(m):
                 out[o0 + r, j] = np.int64(1) if np.int64(acc[r0 + r, j]) + base[j] >= 0 else np.int64(-1)
