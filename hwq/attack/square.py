@@ -9,7 +9,9 @@ margin drops. A pair (input, epsilon) stops at its first wrong decision or when 
 (``result.queries``).
 
 The input is viewed as ``C x H x W`` maps: the network's input shape (``net.input_shape``,
-``image_dims``) where it states one (a CNN's ``(C, H, W)``); a flat input of ``d`` features as
+``image_dims``) where it states one (a CNN's ``(C, H, W)``), or ``(H, W, C)`` where the program's
+codes are channel-last (a Keras model through tf2onnx: ``image_view`` reads the layout from the
+network, the windows then stay squares over height and width); a flat input of ``d`` features as
 one channel of ``h = w = sqrt(d)`` when ``d`` is a square (8x8 digits, 28x28 images), else a
 ``1 x d`` row, the windows then being segments. Windows are squares over height and width,
 the same position in every channel, with a sign (linf) or a pseudo-Gaussian's sign (l2) per
@@ -81,6 +83,27 @@ def image_dims(shape) -> tuple[int, int, int]:
         return (1, *image_shape(int(np.prod(shape))))
     c, h, w = shape
     return (c, h, w) if h > 1 and w > 1 else (c, 1, h * w)
+
+
+def image_view(net, d: int) -> tuple[int, int, int, bool]:
+    """``(channels, height, width, channel_last)``: the maps Square's windows move over, and
+    whether the program's codes hold them channel-last (flat in ``(H, W, C)`` order).
+
+    The importer reads an NHWC input (tf2onnx's ``Transpose [0, 3, 1, 2]`` on a Keras model's
+    input, channels > 1) into its first convolution as one ``H x (W C)`` image
+    (``hwq.onnx.conv_ops.nhwc_conv``), keeping the declared ``(H, W, C)`` as the network's input
+    shape; that pair -- input shape ``(H, W, C)``, first layer a convolution over
+    ``(1, H, W C)`` -- is how a network states a channel-last input (an NCHW network's first
+    convolution reads its input shape itself). Everything else: ``image_dims`` of the input shape
+    (``(d,)`` when the network states none), channel-first."""
+    shape = tuple(int(v) for v in (getattr(net, "input_shape", None) or (d,)))
+    layers = getattr(net, "layers", ())
+    first = getattr(layers[0], "window", None) if layers else None
+    if len(shape) == 3 and shape[2] > 1 and first is not None:
+        h, w, c = shape
+        if tuple(int(v) for v in first.in_shape) == (1, h, w * c):
+            return (c, h, w, True) if h > 1 and w > 1 else (c, 1, h * w, True)
+    return (*image_dims(shape), False)
 
 
 def _pseudo_gaussian_rect(h: int, w: int) -> np.ndarray:
@@ -162,7 +185,17 @@ class Square(Attack):
 
     def run_chunk(self, judge, x, y, eps, gradient) -> ChunkOutcome:
         k_eps, (n, d) = len(eps), x.shape
-        c, h, w = image_dims(judge.program.net.input_shape or (d,))
+        c, h, w, channel_last = image_view(judge.program.net, d)
+
+        def maps(rows_: np.ndarray) -> np.ndarray:  # program rows -> (rows, c, h, w)
+            if channel_last:
+                return np.ascontiguousarray(rows_.reshape(len(rows_), h, w, c).transpose(0, 3, 1, 2))
+            return rows_.reshape(len(rows_), c, h, w)
+
+        def flat(points: np.ndarray) -> np.ndarray:  # (rows, c, h, w) -> program rows
+            if channel_last:
+                points = points.transpose(0, 2, 3, 1)
+            return points.reshape(len(points), d)
         rng = np.random.default_rng(self.seed)  # window positions: the same for every chunk and eps
         index = judge.offset + np.tile(np.arange(n), k_eps)  # row -> the input's index in the data set
 
@@ -173,7 +206,7 @@ class Square(Attack):
         clean_codes = judge.codes(x)
         clean_pred, _ = judge.judge(clean_codes, y)
         rows = k_eps * n
-        x0 = np.tile(x, (k_eps, 1)).reshape(rows, c, h, w)
+        x0 = maps(np.tile(x, (k_eps, 1)))
         labels = np.tile(y, k_eps)
         e = np.repeat(np.asarray(eps, np.float64), n)
         pred = np.tile(clean_pred, k_eps)
@@ -188,7 +221,7 @@ class Square(Attack):
             cur = np.clip(xs + self._l2_init(rng, idx, row_signs, c, h, w) * es, lo, hi)
 
         def query(sub, points):
-            codes = judge.codes(points.reshape(len(sub), d))
+            codes = judge.codes(flat(points))
             p, m = judge.judge(codes, labels[sub])
             used[sub] += 1
             return codes, p, m

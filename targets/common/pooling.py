@@ -71,3 +71,16 @@ def pool(node, h: np.ndarray, out: np.ndarray | None = None, out_dtype=np.int64)
     pool_maps(np.ascontiguousarray(h), c, height, width, *win.kernel, *win.stride, win.pads[0], win.pads[1],
               ho, wo, node.op == "max", mult, half, shift, out)
     return out
+
+
+@nb.njit(cache=True, inline="always")
+def window_sum(h, i, src, width, i0, i1, j0, j1):
+    """The exact int64 sum of sample ``i``'s codes over rows ``i0..i1-1`` and columns ``j0..j1-1``
+    of the map starting at flat index ``src`` (a pooling window clipped to the image: padding adds
+    code 0). ``pool_maps``' average, for kernels that add their own epilogue."""
+    total = np.int64(0)
+    for yy in range(i0, i1):
+        row = src + yy * width
+        for xx in range(j0, j1):
+            total += np.int64(h[i, row + xx])
+    return total

@@ -19,6 +19,12 @@ Each layer takes the fastest product that a bound proves exact:
   otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
   kernels (``kernels.py``).
 
+A convolution with one window group runs as that dense layer over its gathered patches
+(``PatchDense``); a pooling (one window group per channel, one digit per channel and synapse
+group) sums each window straight on the maps (``CompiledPool``, ``kernels.pool_layer``: int64,
+no product); other grouped convolutions take the BLAS / int64 products over patches
+(``CompiledConv``).
+
 Layer 0 always checks the codes it receives (the VNNI kernel while packing, the other paths
 with one pass of ``code_range``): a chunk with codes outside the input format runs on a plan
 made for the range that arrived (``widen``: layer 0's range widened to the codes seen, every
@@ -175,16 +181,20 @@ class CompiledLayer:
 
 
 class CompiledConv(CompiledLayer):
-    """A convolution, or a pooling mapped as a ones kernel (``lm.window``): each synapse group's
+    """A convolution with several window groups (``lm.window``; a pooling whose channels' digits
+    all agree runs on ``CompiledPool`` instead): each synapse group's
     product runs over the gathered patches (``targets/common/patches.gather_rows``: row ``n P + p``
     holds the patch of position ``p``, padding code 0), ``(N P, K) @ D_g.T`` per window group in the
     exact BLAS or int64 product ``product_dtype`` proves, reordered to Loihi's neurons ``o P + p``;
     the neuron epilogue is the dense layer's. The unrolled (C_out P, C H W) matrix is never built,
     so memory grows with the patches of one chunk, not with the square of the maps."""
 
-    def __init__(self, lm: LayerMap):
-        super().__init__(lm, False, False)  # BLAS or int64: the patch matrix feeds every group's product
-        self.window = lm.window
+    def __init__(self, lm: LayerMap):  # BLAS or int64: the patch matrix feeds every group's product
+        self.lm, self.window = lm, lm.window
+        self.dtype = product_dtype(lm)
+        self.exps = [s.exp for s in lm.sets]
+        self.kind = kernels.NEURON_CODES[lm.kind]
+        self.planes, self.vnni, self.avx2 = 0, False, False
         self.idx = patches.gather_index(lm.window)
         self.bias = np.ascontiguousarray(lm.expand(lm.bias), dtype=np.int64)
         per = lm.channels // lm.window.groups
@@ -236,11 +246,63 @@ class CompiledConv(CompiledLayer):
     @property
     def in_dtype(self):
         """The narrowest container of this layer's inputs (spikes and 8-bit codes: one byte)."""
-        lo, hi = self.lm.in_range
-        for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
-            if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
-                return dtype
-        return np.int64
+        return narrowest(*self.lm.in_range)
+
+
+def pool_digits(lm: LayerMap) -> np.ndarray | None:
+    """``digits[g, c]``, (groups, C) int64, where ``lm`` is a pooling-shaped window (one input
+    channel per window group, one output channel per input channel, no dilation) whose synapse
+    group ``g`` gives every synapse of channel ``c`` the same digit; None otherwise."""
+    win = lm.window
+    if win is None or win.groups != win.channels or lm.channels != win.channels or win.dilation != (1, 1):
+        return None
+    d = np.stack([np.asarray(s.digits, np.int64) for s in lm.sets])  # (groups, C, kh kw)
+    if not (d == d[:, :, :1]).all():
+        return None
+    return np.ascontiguousarray(d[:, :, 0])
+
+
+class CompiledPool:
+    """A pooling mapped as a ones kernel (max of spikes as an OR, a spike count against a
+    threshold, a truncating SigmaDelta sum): ``kernels.pool_layer`` sums each window straight on
+    the spike or code maps in int64 (exact: no product, no patch matrix), multiplies by the
+    channel's digit of each synapse group, shifts by its exponent and runs the dense layer's
+    neuron, writing Loihi's neurons ``c P + p`` in the container the next layer reads."""
+
+    planes, vnni, avx2, dtype = 0, False, False, np.int64
+
+    def __init__(self, lm: LayerMap, digits: np.ndarray):
+        self.lm, self.window = lm, lm.window
+        self.digits = digits
+        self.exp_arr = np.asarray([s.exp for s in lm.sets], np.int64)
+        self.kind = kernels.NEURON_CODES[lm.kind]
+        self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)  # per channel
+        c, height, width = lm.window.in_shape
+        self.geometry = (c, height, width, *lm.window.kernel, *lm.window.stride, lm.window.pads[0],
+                         lm.window.pads[1], *lm.window.out_hw)
+
+    @property
+    def in_dtype(self):
+        """The narrowest container of this layer's inputs (spikes and 8-bit codes: one byte)."""
+        return narrowest(*self.lm.in_range)
+
+    def __call__(self, h, out_dtype, pres=None) -> np.ndarray:
+        h = np.ascontiguousarray(h if h.dtype.type in NATIVE_INPUTS else h.astype(np.int64))
+        n = len(h)
+        out = np.empty((n, self.lm.n_out), dtype=out_dtype)
+        a = np.empty((n, self.lm.n_out), np.int64) if pres is not None else NONE
+        kernels.pool_layer(h, *self.geometry, self.digits, self.exp_arr, self.kind, self.bias, self.lm.theta, a, out)
+        if pres is not None:
+            pres.append(a)
+        return out
+
+
+def narrowest(lo: int, hi: int):
+    """The narrowest integer container of ``[lo, hi]`` among uint8, int8, uint16, int16, int32, int64."""
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+            return dtype
+    return np.int64
 
 
 class PatchDense:
@@ -309,8 +371,16 @@ class Emulator:
             lambda lo, hi: self._plan(widen(self.dense, lo, hi), False, False))
 
     def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
-        return [CompiledLayer(lm, use_vnni, use_avx2) if lm.window is None else
-                PatchDense(lm, use_vnni, use_avx2) if lm.window.groups == 1 else CompiledConv(lm) for lm in layers]
+        return [self._compile(lm, use_vnni, use_avx2) for lm in layers]
+
+    @staticmethod
+    def _compile(lm: LayerMap, use_vnni: bool, use_avx2: bool):
+        if lm.window is None:
+            return CompiledLayer(lm, use_vnni, use_avx2)
+        if lm.window.groups == 1:
+            return PatchDense(lm, use_vnni, use_avx2)
+        digits = pool_digits(lm)
+        return CompiledConv(lm) if digits is None else CompiledPool(lm, digits)
 
     def fallback(self, x: np.ndarray) -> list[CompiledLayer]:
         """The plan for codes outside the input format: proven for the range that arrived."""
@@ -320,8 +390,10 @@ class Emulator:
     @property
     def report(self) -> list[str]:
         """The product path of every layer: "vnni", "vnni16" (two byte planes), "avx2",
-        "float32", "float64" or "int64"."""
-        return [(("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__)
+        "float32", "float64" or "int64" (+ " patches" for a convolution), or "window sums" (a
+        pooling on ``kernels.pool_layer``)."""
+        return ["window sums" if isinstance(c, CompiledPool) else
+                (("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__)
                 + (" patches" if isinstance(c, (CompiledConv, PatchDense)) else "") for c in self.layers]
 
     @staticmethod

@@ -11,6 +11,10 @@ reuses the shared exact int8 product (``targets/common/vnni.py``: block packing,
 ``vpdpbusd`` register tiles and the threaded driver) and adds the Loihi epilogue.
 ``avx2_blocks`` does the same on the exact AVX2 int16 product (``targets/common/avx2.py``) where
 no VNNI product runs.
+
+``pool_layer`` runs a pooling (one window group per channel, one digit per channel and group)
+straight on the spike or code maps: the exact window sum (``targets/common/pooling.window_sum``)
+times each group's digit, shifted and summed, then the same neuron.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ..common import avx2, vnni
+from ..common import avx2, pooling, vnni
 from .limits import ACT_SHIFT, STATE_MAX, STATE_WRAP
 
 NEURON_CODES = {"lif": 0, "relu": 1, "identity": 2}  # Loihi neuron model -> the ``kind`` argument of the kernels
@@ -202,3 +206,41 @@ def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, 
             else:
                 for j in range(m):
                     out[i0 + r, j] = s[r, j] + bias[j]
+
+
+@nb.njit(parallel=True, cache=True)
+def pool_layer(h, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, digits, exps, kind, bias, theta,
+               a_out, out):
+    """A pooling layer on the maps ``h`` (N, C H W; any numeric dtype, read as int64): for channel
+    ``c`` and output position ``p = y Wo + x``, the window sum ``s`` (rows ``y sh - top ..`` +kh,
+    columns ``x sw - left ..`` +kw, clipped to the image: padding adds 0), ``a = sum_g shift(digits[g,
+    c] s, exps[g])`` (the ones kernel's ``D_g @ h`` when every synapse of channel ``c`` in group ``g``
+    holds ``digits[g, c]``), then ``a`` into ``a_out[:, c P + p]`` (0 rows: skip) and the neuron with
+    ``bias[c]`` into ``out[:, c P + p]`` (Loihi's neuron order)."""
+    n = h.shape[0]
+    groups = digits.shape[0]
+    positions = ho * wo
+    keep = a_out.shape[0] > 0
+    for task in nb.prange(n * channels):
+        i, c = task // channels, task % channels
+        src = c * height * width
+        dst = c * positions
+        b = bias[c]
+        for y in range(ho):
+            y0 = y * sh - top
+            i0, i1 = max(y0, 0), min(y0 + kh, height)
+            for x in range(wo):
+                x0 = x * sw - left
+                s = pooling.window_sum(h, i, src, width, i0, i1, max(x0, 0), min(x0 + kw, width))
+                a = np.int64(0)
+                for g in range(groups):
+                    a += shifted(digits[g, c] * s, exps[g])
+                o = dst + y * wo + x
+                if keep:
+                    a_out[i, o] = a
+                if kind == 0:
+                    out[i, o] = fire(a, b, theta)
+                elif kind == 1:
+                    out[i, o] = max(a + b, 0)
+                else:
+                    out[i, o] = a + b
