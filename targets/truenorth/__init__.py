@@ -4,7 +4,9 @@
 * ``modelfile``, ``spikefile``, ``run``, ``cli``: IBM's model files, NSCS spike files,
   ``hwq truenorth run``;
 * ``mapping``, ``digits``, ``program``, ``validate``: the mapper, the compiled program and the
-  stand-alone check that a configuration fits the chip.
+  stand-alone check that a configuration fits the chip;
+* ``conv_mapping``, ``tiling``: convolutions and poolings as dense layers, and their tiles (one
+  core each: a rectangle of output positions x a run of channels).
 
 Equations, choices and file formats: docs/truenorth.md.
 """
@@ -22,7 +24,7 @@ __all__ = ["Core", "Drive", "Emulator", "EmulatorConfig", "Model", "Neurons", "S
 
 from typing import Any  # noqa: E402
 
-from hwq.target.protocol import Export, Option, check_options, require_dense  # noqa: E402
+from hwq.target.protocol import Export, Option, check_options  # noqa: E402
 
 from .program import CHOICES, ENCODINGS, NAME, TrueNorthProgram, check_artifacts, export_model  # noqa: E402
 from .validate import problems, validate  # noqa: E402
@@ -60,7 +62,6 @@ class TrueNorthTarget:
 
     def compile(self, net, **options: Any) -> TrueNorthProgram:
         check_options(NAME, self.options, options)
-        require_dense(net, NAME)
         return TrueNorthProgram(net, options)
 
     def load(self, net, artifacts: dict[str, Any], **options: Any) -> TrueNorthProgram:

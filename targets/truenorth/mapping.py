@@ -65,6 +65,7 @@ from hwq.quant.bounds import rounding_half
 from hwq.quant.qnet import QLayer, QuantizedNetwork, Requant
 from hwq.quant.quantize import requant_for
 
+from . import tiling
 from .core import AXONS, NEURONS, THRESHOLD_BITS, WEIGHT_MAX, Core, Model, Neurons
 from .digits import DigitTable, table_for
 
@@ -106,6 +107,7 @@ class Draft:
 
     def __init__(self, cid: int, layer: int | None = None):
         self.id, self.axon, self.neuron, self.layer = cid, 0, 0, layer
+        self.copies = 0  # neurons that duplicate another of this core's units (fan-out: one destination each)
         self.w = np.zeros((AXONS, NEURONS), bool)
         self.g = np.zeros(AXONS, np.int8)
         empty = Neurons.empty()
@@ -164,6 +166,7 @@ class LayerPlan:
     h_bias_axons: list = field(default_factory=list)  # ordered: (draft, axons), h_bias_count spikes
     h_bias_count: int = 0
     ramp: int = 1  # ticks on which the emitter gates spike
+    tiling: object = None  # eedn convolutions and poolings: the tiling.TilePlan its cores follow
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class Mapping:
     in_max: int  # largest count per input column
     ticks: int
     duplicated: int
+    core_rows: list = field(default_factory=list)  # per core: (core id, layer, axons, neurons, copies)
 
     @property
     def host_ports(self) -> list:
@@ -360,10 +364,21 @@ class LayerJob:
     inp: LayerIn
     table: DigitTable
     dests: list
+    window: tuple | None = None  # a convolution's or pooling's (Window, out channels): tiled (tiling.py)
 
 
-def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, step: str, relu: str):
-    """The scheme of every layer, in order, and what it receives."""
+def eedn_fits(w: np.ndarray, table: DigitTable, n_bias: int, window=None) -> bool:
+    """Does a one-tick layer fit: all its inputs on one core, or, tiled, one patch's inputs."""
+    if window is None:
+        return w.shape[1] * table.k + n_bias <= AXONS
+    win, _ = window
+    return tiling.patch_axons(win, table.k * (w.shape[1] // win.n_in), n_bias) <= AXONS
+
+
+def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, step: str, relu: str,
+               windows: dict | None = None):
+    """The scheme of every layer, in order, and what it receives (``windows``: tiled layers)."""
+    windows = windows or {}
     kinds, ins = [], []
     inp = LayerIn(cmax0, cmax0 <= 1)
     layers = net.layers
@@ -381,7 +396,7 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
         elif layer.activation_kind is activations.STEP:
             table = table_for(w)
             n_bias = int(eedn_bias(b)[0].max(initial=0))
-            fits = w.shape[1] * table.k + n_bias <= AXONS
+            fits = eedn_fits(w, table, n_bias, windows.get(li))
             kinds.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
             # an ordered accumulator fires on a tick that depends on the sum: no one-tick successor
             try:
@@ -395,6 +410,9 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
                                  hint="drop --option relu=refuse (relu=exact, the default) or use relu=rate")
             kinds.append("count-relu")
             inp = LayerIn(2**layer.act_bits - 1, False)
+        elif isinstance(layer.activation_kind, activations.Clip):
+            raise LimitError(f"layer {li} has the clipped activation {layer.activation} (ReLU6/Hardtanh); truenorth "
+                             "maps step and ReLU hidden layers only", hint="use ReLU or step, or the 'sim' target")
         else:
             raise LimitError(f"layer {li} has activation '{layer.activation}'; truenorth maps step and ReLU "
                              "hidden layers only (a lookup table has no spiking form)",
@@ -537,11 +555,14 @@ def size_layer(kind: str, layer: QLayer, w, b, table: DigitTable, cmax: int, li:
 
 
 def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = False, step: str = "auto",
-                relu: str = "exact", layer0_bias=None) -> Mapping:
+                relu: str = "exact", layer0_bias=None, windows: dict | None = None) -> Mapping:
     """Cores for ``net``. Layer 0 receives counts ``0..in_max`` per input column
     (``signed_split``: columns ``x+`` then ``x-``, weights ``[W, -W]``); ``layer0_bias``
     replaces layer 0's bias (binary encoding). A layer that does not fit at its counts is
-    refused naming the count setting that fits (``fitting_counts``)."""
+    refused naming the count setting that fits (``fitting_counts``). ``windows``: per layer index
+    the (Window, out channels) of a convolution or pooling in its dense view (conv_mapping.py):
+    its one-tick cores are tiles (tiling.py)."""
+    windows = windows or {}
     layers = net.layers
     weights = [np.asarray(layer.weight, np.int64) for layer in layers]
     biases = [np.asarray(layer.bias, np.int64) for layer in layers]
@@ -549,7 +570,7 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
         weights[0] = np.concatenate([weights[0], -weights[0]], axis=1)
     if layer0_bias is not None:
         biases[0] = np.asarray(layer0_bias, np.int64)
-    kinds, ins = plan_kinds(net, weights, biases, in_max, step, relu)
+    kinds, ins = plan_kinds(net, weights, biases, in_max, step, relu, windows)
     sizes = {}
     for li in range(len(layers)):
         job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), None)
@@ -562,7 +583,8 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
     dests = None  # per unit of the layer being built: list of (draft, axon) it must reach
     duplicated = 0
     for li in range(len(layers) - 1, -1, -1):
-        job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), dests)
+        job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), dests,
+                       windows.get(li))
         if job.kind == "eedn-step":
             plan = LayerPlan(li, job.kind, 1, 0, job.table)
             in_ports = build_eedn(plan, job, builder)
@@ -576,7 +598,8 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
     gates, ticks = schedule(plans, in_max)
     model = Model(tuple(d.freeze() for d in sorted(builder.drafts, key=lambda d: d.id)))
     inputs = [[(d.id, a) for d, a in ports] for ports in dests]
-    return Mapping(model, plans, inputs, builder.outputs, gates, in_max, ticks, duplicated)
+    rows = [(d.id, d.layer, d.axon, d.neuron, d.copies) for d in sorted(builder.drafts, key=lambda d: d.id)]
+    return Mapping(model, plans, inputs, builder.outputs, gates, in_max, ticks, duplicated, rows)
 
 
 def build_eedn(plan: LayerPlan, job: LayerJob, builder: Builder) -> list:
@@ -586,7 +609,12 @@ def build_eedn(plan: LayerPlan, job: LayerJob, builder: Builder) -> list:
     c, wb, lam = eedn_bias(b)
     n_bias = int(c.max(initial=0))
     blocks, cur, used = [], [], 0
-    for u in range(m):
+    if job.window is not None:  # a convolution: spatial tile x output channel (tiling.py)
+        win, c_out = job.window
+        plan.tiling = tiling.plan_tiles(win, c_out, table.k * (n // win.n_in), n_bias, [len(d) for d in dests],
+                                        what=f"layer {plan.index}")
+        blocks = plan.tiling.blocks
+    for u in range(m if job.window is None else 0):
         k = len(dests[u])
         if cur and used + k > NEURONS:
             blocks.append(cur)
@@ -603,20 +631,29 @@ def build_eedn(plan: LayerPlan, job: LayerJob, builder: Builder) -> list:
             continue
         d = builder.core(plan.index)
         plan.cores.append(d.id)
-        used_inputs = [i for i in range(n) if np.any(w[block, i] != 0)]
+        used_inputs = [int(i) for i in np.flatnonzero(np.any(w[block] != 0, axis=0))]
         ports = {i: d.axons(table.types) for i in used_inputs}
         for i in used_inputs:
             in_ports[i].extend((d, int(a)) for a in ports[i])
         bias = d.axons([BIAS_TYPE] * n_bias) if n_bias else np.zeros(0, np.int64)
         if n_bias:
             plan.bias_axons.append((d, bias))
+        js, us = [], []
         for u in block:
+            d.copies += max(len(dests[u]) - 1, 0)
             for dd, da in dests[u]:
                 j = d.add_neuron(weight=[*table.values, *pad, int(wb[u])], alpha=1, beta=0, kappa=True, gamma=0,
                                  reset=0, leak=int(lam[u]), v0=0, dest_core=dd.id, dest_axon=da, dest_delay=1)
-                for i in used_inputs:
-                    d.w[ports[i], j] = table.digits(int(w[u, i]))
+                js.append(j)
+                us.append(u)
                 d.w[bias[:int(c[u])], j] = True
+        if js and used_inputs:  # crossbar bits of every neuron and input at once: digits of W[u, i]
+            sub = w[np.ix_(us, used_inputs)]
+            vals = np.unique(sub)
+            lut = np.array([table.digits(int(v)) for v in vals], bool)  # (values, k)
+            bits = lut[np.searchsorted(vals, sub)]  # (neurons, inputs, k)
+            axons = np.array([ports[i] for i in used_inputs]).reshape(-1)  # (inputs k)
+            d.w[axons[:, None], np.array(js)[None, :]] = bits.reshape(len(js), -1).T
     return in_ports
 
 
@@ -776,6 +813,7 @@ def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder,
                 if n_clear:
                     d.w[clear, j] = True
             d.w[list(ax.values()), j] = True
+        d.copies += max(len(copies) - 1, 0)
     plan.h_gate = n_gh
     return where
 

@@ -9,10 +9,11 @@ import numpy as np
 from hwq.errors import DataError, LimitError, TargetError, UsageError
 from hwq.ir import activations
 from hwq.quant import reference
-from hwq.quant.qnet import QuantizedNetwork
+from hwq.quant.qnet import QPool, QuantizedNetwork
 from hwq.target.protocol import refuse_outside_format
 
 from . import prng
+from .conv_mapping import dense_view
 from .core import AXONS, CHIP_CORES
 from .emulator import Drive, Emulator, EmulatorConfig
 from .mapping import Mapping, map_network
@@ -54,6 +55,7 @@ class TrueNorthProgram:
         self.options = {k: v for k, v in options.items()}
         opts = self.opts = resolve(options)
         fmt = net.input
+        self.view = dense_view(net)  # convolutions and poolings as dense layers, with their windows
         self.signed = fmt.signed
         self.q = max(fmt.qmax, -fmt.qmin)  # largest count of one input column
         enc = opts["encoding"]
@@ -63,13 +65,13 @@ class TrueNorthProgram:
             if net.layers[0].activation_kind is not activations.STEP or len(net.layers) < 2:
                 raise LimitError("encoding=binary needs a step first layer (its spike stands for the code "
                                  f"{self.q}: [W x + b > 0] becomes [W s + ceil(b / {self.q}) > 0])")
-            bias0 = -((-np.asarray(net.layers[0].bias, np.int64)) // self.q)
+            bias0 = -((-np.asarray(self.view.net.layers[0].bias, np.int64)) // self.q)
             in_max = 1
         else:
             self.thr = None
             in_max = self.q
-        self.mapping: Mapping = map_network(net, in_max, signed_split=self.signed, step=opts["step"],
-                                            relu=opts["relu"], layer0_bias=bias0)
+        self.mapping: Mapping = map_network(self.view.net, in_max, signed_split=self.signed, step=opts["step"],
+                                            relu=opts["relu"], layer0_bias=bias0, windows=self.view.windows)
         validate(self.mapping.model, self.mapping.host_ports)
         self.emulator = Emulator(self.mapping.model, EmulatorConfig(count_merges=True))
         encoding_exact = {"rate": True, "binary": self.q == 1 and self.thr == 1, "stochastic": self.q == 1}[enc]
@@ -154,7 +156,7 @@ class TrueNorthProgram:
         """Scores (N, n_out); ``progress(n)`` is told each chunk of ``n`` inputs as it finishes
         (the emulator runs for minutes on a test set)."""
         x_q = self.check(x_q)
-        out = np.zeros((len(x_q), self.net.layers[-1].weight.shape[0]), np.int64)
+        out = np.zeros((len(x_q), self.net.layers[-1].n_out), np.int64)
         for s in range(0, len(x_q), CHUNK):
             out[s:s + CHUNK] = self.run_chunk(x_q[s:s + CHUNK], s)
             if progress is not None:
@@ -166,7 +168,7 @@ class TrueNorthProgram:
         if result.stats["merged"]:
             raise TargetError(f"{result.stats['merged']} spikes merged at one (core, axon, tick); "
                               "the mapping relies on every one")
-        scores = np.zeros((len(x_q), self.net.layers[-1].weight.shape[0]), np.int64)
+        scores = np.zeros((len(x_q), self.net.layers[-1].n_out), np.int64)
         for cid, j, u, sign in self.mapping.outputs:
             count = result.counts[self.port[cid], :, j]
             scores[:, u] += sign * ((count > 0) if self.vote else count)
@@ -186,6 +188,10 @@ class TrueNorthProgram:
             h = x_q
         accs = []
         for li, layer in enumerate(self.net.layers):
+            if isinstance(layer, QPool):  # on spikes: OR or a threshold count, as the reference pools
+                h = reference.pool(layer, h)
+                accs.append(h)
+                continue
             acc = reference.accumulate(layer, h)
             accs.append(acc)
             if li in self.relu:
@@ -200,7 +206,7 @@ class TrueNorthProgram:
         compute (``mapped_accs``; the reference's when exact): straight through the step, the
         rate code and the rate-coded ReLU."""
         accs = self.mapped_accs(x_q)
-        return [acc * layer.acc_scale for acc, layer in zip(accs, self.net.layers)]
+        return [acc * layer.unit_scale for acc, layer in zip(accs, self.net.layers)]
 
     def decide(self, scores) -> np.ndarray:
         return reference.decide(scores, self.net.output)
@@ -227,12 +233,23 @@ class TrueNorthProgram:
         axons = sum(int(c.crossbar.any(axis=1).sum()) for c in cores)
         neurons = sum(int(c.neurons.exists.sum()) for c in cores)
         layers = []
+        per_layer: dict[int, list] = {}
+        for _, li, ax, nn, cp in m.core_rows:
+            per_layer.setdefault(li, []).append((ax, nn, cp))
         for p in m.layers:
-            row = dict(layer=p.index, kind=p.kind, exact=p.exact, groups=p.groups, unit_blocks=p.blocks,
+            mine = per_layer.get(p.index, [])
+            row = dict(layer=p.index, node=self.view.sources[p.index], kind=p.kind, exact=p.exact, groups=p.groups,
+                       unit_blocks=p.blocks, neurons=sum(r[1] for r in mine), axons_used=sum(r[0] for r in mine),
+                       splitters=sum(r[2] for r in mine),
+                       max_axons_per_core=max((r[0] for r in mine), default=0),
+                       max_neurons_per_core=max((r[1] for r in mine), default=0),
                        digit_table=list(p.table.values), digit_copies=list(p.table.copies),
                        axons_per_input=p.table.k, cores=len(p.cores), accumulator_cores=len(p.h_cores),
                        gate_axons=p.n_gate, gate_ticks=p.ramp, drain_ticks=p.drain,
                        bias_axons=int(sum(len(a) for _, a in p.bias_axons)))
+            if p.tiling is not None:
+                row["tiles"] = len(p.tiling.tiles)
+                row["tile_shape"] = list(p.tiling.shape)
             if p.kind == "count-step":
                 row["accumulators"] = "ordered" if p.ordered else "gated"
             if p.kind == "count-relu":
@@ -259,7 +276,11 @@ class TrueNorthProgram:
                     input_columns=len(m.inputs) if not self.signed else f"{len(m.inputs)} (x+ and x-)",
                     decoding=("population vote: sum over the unit's output emitters of [E+ spiked] - [E- spiked]"
                               if self.vote else "spike counts E+ - E- per output unit"), exact=self.exact,
-                    approximations=approx, layers=layers, options=dict(self.opts))
+                    approximations=approx, layers=layers, options=dict(self.opts),
+                    resources=dict(cores=len(cores), neurons=neurons, chips=-(-len(cores) // CHIP_CORES),
+                                   chips_allowed=1),
+                    core_table=[dict(core=cid, layer=li, axons=ax, neurons=nn, splitters=cp)
+                                for cid, li, ax, nn, cp in m.core_rows])
 
 
 ARTIFACTS = ("ticks", "cores", "digest")
