@@ -4,7 +4,11 @@ ONNX files hwq reads with their grids kept (QCDQ for 2..8 weight bits, QONNX for
 hwq's own trainer is the paper's MLP recipe; CNNs come from the frameworks people train in.
 Set-up (one line; PyTorch CPU + Brevitas in their own environment, hwq stays in `.venv`):
 
-    $(pyenv root)/versions/3.11.7/bin/python -m venv .venv-torch && .venv-torch/bin/pip install torch brevitas onnx onnxoptimizer onnxscript qonnx
+    python3.11 -m venv .venv-torch && .venv-torch/bin/pip install "torch==2.13.0+cpu" brevitas onnx onnxoptimizer \
+        onnxscript qonnx
+
+("+cpu": the CPU build, from the PyTorch CPU index or a local wheel folder; a plain ``torch``
+from PyPI pulls several GB of CUDA libraries.)
 
 Then (Fashion-MNIST from Debian's `dataset-fashion-mnist`, or any folder of the four IDX files):
 
@@ -161,7 +165,8 @@ def main() -> None:
             acc = train(model, data, args.epochs, seed)
             path = args.out / (f"lenet-w{bits}-s{seed}.onnx" if bits else f"lenet-float-s{seed}.onnx")
             export(model, bits, path)
-            path.with_suffix(".json").write_text(json.dumps({"bits": bits or "float", "seed": seed, "epochs": args.epochs,
+            path.with_suffix(".json").write_text(json.dumps({"bits": bits or "float", "seed": seed,
+                                                             "epochs": args.epochs,
                                                              "test_accuracy_torch": acc}) + "\n")
             print(f"  test accuracy {acc:.4f} -> {path}", flush=True)
 

@@ -28,7 +28,7 @@ from hwq.attack.transpose import NO_WIN, AvgPoolT, ConvT, MaxPoolT
 from hwq.ir.conv import AvgPool2d, Conv2d, MaxPool2d, SumPool2d
 from hwq.ir.window import Window
 from hwq.quant import reference
-from hwq.quant.qnet import InputFormat, QLayer, QPool, QuantizedNetwork, QuantSettings
+from hwq.quant.qnet import InputFormat, QLayer, QuantizedNetwork, QuantSettings
 from hwq.target.protocol import ReferenceProgram
 
 # -- the dense unrolling, from the formulas (Python loops) -----------------------------------------

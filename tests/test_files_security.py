@@ -276,7 +276,7 @@ H6_LOIHI = {  # the typed layer records of version 2 (artifacts/maps/<layer>/set
     "biases that are not the network's": (lambda f: set_dataset(
         f["artifacts/maps/1"], "bias_mant", -f["artifacts/maps/1/bias_mant"][()]), "not the ones the network's biases"),
     "a record of another type": (_attr("artifacts/maps/1", "type", "SynapseSet"), "unexpected field"),
-    "a neuron model Loihi lacks": (_attr("artifacts/maps/1", "kind", "izhikevich"), "must be one of"),
+    "a neuron model Loihi lacks": (_attr("artifacts/maps/1", "neuron", "izhikevich"), "must be one of"),
     "a missing synapse group": (lambda f: f["artifacts/maps/0/sets"].__delitem__("0"), "0 synapse groups"),
 }
 
@@ -324,7 +324,8 @@ def test_h7_files_without_a_digest_are_refused(models, tmp_path, capsys):
 H13 = {
     "unknown target": (_attr("/", "target", "nope"), "nope"),
     "options a JSON list": (_attr("/", "options", "[1, 2]"), "options must be a JSON object"),
-    "a group among the artifacts": (lambda f: f["artifacts"].create_group("sub"), "unknown object type None in /artifacts/sub"),
+    "a group among the artifacts": (lambda f: f["artifacts"].create_group("sub"),
+                                    "unknown object type None in /artifacts/sub"),
     "a layer that is a dataset": (lambda f: (f["network/layers"].__delitem__("1"),
                                              f["network/layers"].create_dataset("1", data=[1])), "should be a group"),
     "a missing layer": (lambda f: f["network/layers"].__delitem__("0"), "members must be named 0..0"),

@@ -13,7 +13,6 @@ import pytest
 
 import hwq
 from hwq.attack.gradients import FloatGradient
-from hwq.errors import UnsupportedOpError
 from hwq.onnx.importer import load_onnx
 from hwq.quant import reference as ref
 from hwq.quant.qnet import QuantSettings

@@ -176,11 +176,11 @@ def test_poolings_map_to_the_documented_neurons():
     ``1 - n1``). Truncating sum: a SigmaDelta with digits M at weight_exp -S."""
     for name, offset_ in (("maxpool", 0), ("avgpool-spikes-3x3", 1 - 5), ("avgpool-spikes", 1 - 2)):
         lm = hwq.compile(step_cnn(name), "loihi").mapping.layers[1]  # round half up: 5/9 and 2/4 give 1
-        assert lm.kind == "lif" and lm.window.groups == 4 and lm.shift == 0, name
+        assert lm.neuron == "lif" and lm.window.groups == 4 and lm.shift == 0, name
         assert offset(lm).tolist() == [offset_] * lm.n_out, name
         assert lm.sets[0].digits.tolist() == [[1] * lm.window.size] * 4, name
     layers = hwq.compile(step_cnn("sumpool-halved"), "loihi").mapping.layers
-    assert layers[1].kind == "identity" and layers[1].shift == 1
+    assert layers[1].neuron == "identity" and layers[1].shift == 1
     assert [(s.exp, s.lava_weight_exp) for s in layers[1].sets] == [(-1, -1)]
     assert layers[1].effective_codes().tolist() == [[1] * 4] * 3
 
@@ -258,7 +258,7 @@ def test_lava_equals_emulator_on_cnns(lava_run):
             assert np.array_equal(lava[name], program.forward(x)), name
     for name in LAVA_CNNS + ["conv-scores"]:
         assert np.array_equal(lava[name], reference.forward(programs[name].net, x)), name
-    kinds = {lm.kind for lm in programs["relu-avgpool-truncating"].mapping.layers}
+    kinds = {lm.neuron for lm in programs["relu-avgpool-truncating"].mapping.layers}
     assert kinds == {"relu", "identity"}
 
 

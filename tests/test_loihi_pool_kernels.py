@@ -1,7 +1,7 @@
 """The Loihi emulator's pooling kernel (``kernels.pool_layer``) against a plain numpy reference.
 
 * on random spike maps and graded codes of odd sizes, with strides, asymmetric padding, several
-  synapse groups (positive and negative exponents) and every neuron kind: the kernel's ``a`` equals
+  synapse groups (positive and negative exponents) and every neuron neuron: the kernel's ``a`` equals
   the window sums written out with numpy slices of the zero-padded maps (Python-integer floor
   shifts), and its outputs equal the neuron of ``spec.py`` (LIFReset, ReLU, identity) on them;
 * deliberately wrong window sums (one column too many, the last row left out) fail that check;
@@ -53,7 +53,7 @@ def window_sums(h: np.ndarray, win: Window) -> np.ndarray:
     return out
 
 
-def reference_layer(h, win, digits, exps, kind, bias, theta):
+def reference_layer(h, win, digits, exps, neuron, bias, theta):
     """``a`` (N, C P) and the neuron's outputs, written with Python integers and spec.py's neuron."""
     s = window_sums(h, win).reshape(len(h), win.channels, -1)
     a = np.zeros_like(s)
@@ -61,24 +61,24 @@ def reference_layer(h, win, digits, exps, kind, bias, theta):
         y = (s * digits[g][None, :, None]).astype(object)
         a += np.array(y * 2**e if e >= 0 else y // 2**-e, np.int64)  # floor division: Loihi's shift
     b = np.asarray(bias, np.int64)[None, :, None]
-    if kind == 0:
+    if neuron == 0:
         u = a << ACT_SHIFT
         u = np.where(u > STATE_WRAP, u - 2 * STATE_WRAP, np.where(u <= -STATE_WRAP, u + 2 * STATE_WRAP, u))
         out = (np.clip(u + b, -STATE_MAX, STATE_MAX) > theta).astype(np.int64)
-    elif kind == 1:
+    elif neuron == 1:
         out = np.maximum(a + b, 0)
     else:
         out = a + b
     return a.reshape(len(h), -1), out.reshape(len(h), -1)
 
 
-def run_kernel(kernel, h, win, digits, exps, kind, bias, theta, out_dtype=np.int64):
+def run_kernel(kernel, h, win, digits, exps, neuron, bias, theta, out_dtype=np.int64):
     n = len(h)
     a = np.empty((n, win.channels * win.positions), np.int64)
     out = np.empty_like(a, dtype=out_dtype)
     c, height, width = win.in_shape
     kernel(np.ascontiguousarray(h), c, height, width, *win.kernel, *win.stride, win.pads[0], win.pads[1],
-           *win.out_hw, digits, exps, kind, bias, theta, a, out)
+           *win.out_hw, digits, exps, neuron, bias, theta, a, out)
     return a, out
 
 
@@ -104,11 +104,11 @@ def mismatches(kernel) -> list[str]:
     for i, geometry in enumerate(GEOMETRIES):
         for spikes in (True, False):
             h, win, digits, exps, bias, theta = case(i, geometry, spikes)
-            for kind in (0, 1, 2):
-                want_a, want = reference_layer(h, win, digits, exps, kind, bias, theta)
-                a, out = run_kernel(kernel, h, win, digits, exps, kind, bias, theta)
+            for neuron in (0, 1, 2):
+                want_a, want = reference_layer(h, win, digits, exps, neuron, bias, theta)
+                a, out = run_kernel(kernel, h, win, digits, exps, neuron, bias, theta)
                 if not (np.array_equal(a, want_a) and np.array_equal(out, want)):
-                    bad.append(f"{geometry} spikes={spikes} kind={kind}")
+                    bad.append(f"{geometry} spikes={spikes} neuron={neuron}")
     return bad
 
 
@@ -151,7 +151,7 @@ def test_a_wrong_window_fails_the_reference(wrong):
     assert mismatches(with_window_sum(pooling.window_sum)) == []  # the recompilation itself is faithful
 
 
-POOLED = [name for name, spec in STEP_CNNS.items() if any(kind in ("pool", "sum") for kind, _ in spec)]
+POOLED = [name for name, spec in STEP_CNNS.items() if any(neuron in ("pool", "sum") for neuron, _ in spec)]
 
 
 @pytest.mark.parametrize("vnni", [None, False])

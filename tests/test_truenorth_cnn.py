@@ -149,8 +149,8 @@ def test_step_cnns_equal_the_reference_one_tick_per_layer(name):
     net = cnn(rng, **CASES[name])
     program = TN.compile(net, fidelity_samples=0)
     rows = program.report["layers"]
-    assert [r["kind"] for r in rows[:-1]] == ["eedn-step"] * (len(rows) - 1)  # one tick per layer
-    assert rows[-1]["kind"] == "count-output"
+    assert [r["scheme"] for r in rows[:-1]] == ["eedn-step"] * (len(rows) - 1)  # one tick per layer
+    assert rows[-1]["scheme"] == "count-output"
     x = inputs(rng, net)
     check_equal(program, net, x)
     w = net.layers[0].weight.copy()  # the inputs can tell a wrong weight: one changed weight changes a score
@@ -190,7 +190,7 @@ def test_wider_input_codes_map_through_the_count_domain():
     rng = np.random.default_rng(3)
     net = cnn(rng, shape=(1, 6, 6), convs=((3, {}),), input_bits=2)
     program = TN.compile(net, fidelity_samples=0)
-    assert [r["kind"] for r in program.report["layers"]] == ["count-step", "eedn-step", "count-output"]
+    assert [r["scheme"] for r in program.report["layers"]] == ["count-step", "eedn-step", "count-output"]
     check_equal(program, net, inputs(rng, net, 32))
 
 
@@ -198,7 +198,7 @@ def test_binary_encoding_maps_a_cnn_on_binarized_codes():
     rng = np.random.default_rng(4)
     net = cnn(rng, shape=(1, 8, 8), input_bits=4)
     program = TN.compile(net, encoding="binary", fidelity_samples=16)
-    assert program.report["layers"][0]["kind"] == "eedn-step" and not program.exact
+    assert program.report["layers"][0]["scheme"] == "eedn-step" and not program.exact
     x = inputs(rng, net, 32)
     assert np.array_equal(program.forward(x), program.mapped_accs(x)[-1])  # exact on the binarized codes
 

@@ -76,7 +76,7 @@ def test_784_step_mlps_are_exact(bits, input_bits):
     net = mlp("step", bits, input_bits)
     program = TN.compile(net, fidelity_samples=0)
     layer0 = program.report["layers"][0]
-    assert layer0["kind"] == "count-step" and layer0["groups"] >= 4  # 784 inputs over several cores
+    assert layer0["scheme"] == "count-step" and layer0["groups"] >= 4  # 784 inputs over several cores
     assert_exact(program, net, samples(net, 8))
 
 
@@ -152,7 +152,7 @@ def test_one_core_of_axons_then_two_groups(n):
     net = two_layer(w1, -rng.integers(0, n // 2, 20), 1)
     program = TN.compile(net, fidelity_samples=0)
     layer0 = program.report["layers"][0]
-    assert (layer0["kind"], layer0["groups"]) == (("eedn-step", 1) if n == AXONS else ("count-step", 2))
+    assert (layer0["scheme"], layer0["groups"]) == (("eedn-step", 1) if n == AXONS else ("count-step", 2))
     assert_exact(program, net, samples(net, 48))
 
 

@@ -18,8 +18,8 @@ from hwq.quant.qnet import Requant
 TN = TrueNorthTarget()
 
 
-def kinds(program):
-    return [p["kind"] for p in program.report["layers"]]
+def schemes(program):
+    return [p["scheme"] for p in program.report["layers"]]
 
 
 @pytest.mark.parametrize("seed,n_in,hidden,top,bits,step", [
@@ -35,7 +35,7 @@ def test_scores_equal_the_reference(seed, n_in, hidden, top, bits, step):
     assert np.array_equal(program.forward(x), reference.forward(net, x))
     assert program.exact and program.report["exact"] and program.report["cores"] == len(program.mapping.model.cores)
     if step == "count":
-        assert "eedn-step" not in kinds(program)
+        assert "eedn-step" not in schemes(program)
 
 
 def test_large_fan_in_uses_several_groups():
@@ -57,7 +57,7 @@ def test_eedn_layers_take_one_tick_each_and_carry_big_biases():
     net = make_net(layers, input_bits=1)
     eedn = TN.compile(net, fidelity_samples=0)
     count = TN.compile(net, step="count", fidelity_samples=0)
-    assert kinds(eedn) == ["eedn-step", "eedn-step", "count-output"]
+    assert schemes(eedn) == ["eedn-step", "eedn-step", "count-output"]
     assert sum(r["bias_axons"] for r in eedn.report["layers"]) > 0
     assert eedn.report["ticks_per_frame"] < count.report["ticks_per_frame"]
     x = rng.integers(0, 2, (64, 40))
@@ -110,7 +110,7 @@ def test_relu_exact_where_a_rate_ratio_exists():
     rng = np.random.default_rng(10)
     net = shift_relu_net(rng)
     program = TN.compile(net, fidelity_samples=0)
-    assert program.exact and kinds(program) == ["count-relu", "count-output"]
+    assert program.exact and schemes(program) == ["count-relu", "count-output"]
     x = rng.integers(0, 8, (64, 10))
     x[0] = 7
     assert np.array_equal(program.forward(x), reference.forward(net, x))
@@ -167,7 +167,7 @@ def test_binary_and_stochastic_encodings():
     x = rng.integers(0, 4, (64, 20))
     binary = TN.compile(net, encoding="binary", threshold=2, fidelity_samples=16)
     assert not binary.exact and "binarized" in binary.report["approximations"][0]
-    assert kinds(binary)[0] == "eedn-step"
+    assert schemes(binary)[0] == "eedn-step"
     xb = np.where(x >= 2, 3, 0)  # a spike stands for the code 3
     assert np.array_equal(binary.decide(binary.forward(x)), binary.decide(reference.forward(net, xb)))
     sto = TN.compile(net, encoding="stochastic", seed=3, fidelity_samples=0)

@@ -489,7 +489,8 @@ def info(
         typer.echo(grid_text(out.pop("grids")))
         stages = out.pop("stages")
         typer.echo(table([[i, r["node"], "x".join(map(str, r["in_shape"])), "x".join(map(str, r["out_shape"])),
-                           r["activation"]] for i, r in enumerate(stages)], ["stage", "node", "in", "out", "activation"]))
+                           r["activation"]] for i, r in enumerate(stages)],
+                          ["stage", "node", "in", "out", "activation"]))
     for key, value in out.items():
         typer.echo(f"{key}: {value if not isinstance(value, (list, dict)) else json.dumps(value)}")
 

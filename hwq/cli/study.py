@@ -259,7 +259,7 @@ def reproduce(
     """Reproduce the paper's figures end to end: sweep, then report (resumable)."""
     from hwq.study.report import write_report
     from hwq.sweep.cell import dataset
-    from hwq.sweep.grids import protocol
+    from hwq.sweep.presets import protocol
 
     proto = protocol(data_specs, full, limit=limit)
     if output.suffix:

@@ -19,6 +19,7 @@ from hwq.ir.codes import code_range
 from hwq.ir.conv import AvgPool2d, Conv2d, MaxPool2d, SumPool2d
 from hwq.ir.values import MAX_MAGNITUDE, Grid, frozen_array  # noqa: F401 (re-exported)
 
+
 @dataclass(frozen=True, eq=False)
 class Affine:
     """``y = gain * (W x + b)``; ``W`` has shape (n_out, n_in)."""

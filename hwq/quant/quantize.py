@@ -18,6 +18,7 @@ import numpy as np
 from hwq import ir
 from hwq.errors import InvalidModelError, UsageError
 from hwq.ir import activations, evaluate, float_ops
+from hwq.ir.codes import container
 from hwq.ir.conv import MaxPool2d, SumPool2d
 from hwq.quant.bounds import MAX_SHIFT, check_layers, check_pool
 from hwq.quant.qnet import (
@@ -240,11 +241,7 @@ class Samples:
 
 def compact(codes: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """``codes`` in the narrowest integer type holding ``[lo, hi]`` (calibration maps stay small)."""
-    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return codes.astype(dtype)
-    return codes.astype(np.int64)
+    return codes.astype(container(lo, hi))
 
 
 def chunks(n: int, per_sample: int):
@@ -257,7 +254,8 @@ def quantize_conv(conv, act, samples: Samples, settings, last, index, quant=None
     """Quantize one convolution and its activation; returns (QLayer, reports, the next stage's
     Samples). Per-channel weight scales (as Brevitas), except where the layer needs one scale
     (the output, an accumulator passed on) or ``settings.conv_per_channel`` is off (and
-    ``per_channel`` too: one scale per layer, as Loihi's ReLU layers need). The channel scale ``gain`` (a folded BatchNorm) goes
+    ``per_channel`` too: one scale per layer, as Loihi's ReLU layers need). The channel scale ``gain`` (a folded
+    BatchNorm) goes
     into ``weight_scale``, not into the codes, so QAT codes stay on their grid; a negative gain
     flips that channel's codes. Where one scale is needed and the |gain| differ, the gains are
     folded into the weights instead (re-quantized; the report says so)."""

@@ -201,7 +201,8 @@ CAPTIONS = (  # (file name start, caption): what is plotted and how to read it
                  "A gradient attack far above the gradient-free one signals gradient masking."),
     ("models_", "The given models compared: accuracy vs weight bits (files named _accuracy_vs_bits: the QAT "
                 "files of each width averaged into one line, each float model quantized post-training its "
-                "own line, one panel per strength) or vs attack strength ε (_accuracy_vs_eps), one line per model and bit width "
+                "own line, one panel per strength) or vs attack strength ε (_accuracy_vs_eps), one line per model and "
+                "bit width "
                 "(a QAT file at its grids' bits, a float file at each post-training bit width; mean over the usable "
                 "attack seeds). Models and bit widths whose every seed stalled (clean accuracy within 5 points of "
                 "chance) or was refused have no line; the table 'Models compared' lists them."),

@@ -34,9 +34,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from hwq.quant.bounds import pmaddwd_exact
-
 from hwq.ir.codes import container as _container
+from hwq.quant.bounds import pmaddwd_exact
 
 from .blocks import BLOCK, claim, run_blocks
 

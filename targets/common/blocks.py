@@ -44,7 +44,8 @@ def run_blocks(worker, n: int, *args) -> int:
     simply takes fewer blocks. Returns the sum of the workers' results (out-of-range counts).
 
     This is the driver of every exact-product kernel: sim's fused layer (``kernels.vnni_layer``), the
-    plain products (``vnni.matmul``, ``avx2.matmul``) and the loihi emulator's (``hwq_targets.loihi.kernels.vnni_blocks``). A
+    plain products (``vnni.matmul``, ``avx2.matmul``) and the loihi emulator's
+    (``hwq_targets.loihi.kernels.vnni_blocks``). A
     worker packs its rows with ``pack_rows``, multiplies with ``product`` and applies its own
     epilogue to the int32 block."""
     counter = np.zeros(1, np.int64)

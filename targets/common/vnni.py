@@ -31,11 +31,22 @@ from numba.core.extending import intrinsic
 
 from .blocks import BLOCK, claim, run_blocks  # noqa: F401  (re-exported for block workers)
 from .vnni_layout import (  # noqa: F401  (re-exported: the planning callers ask vnni for)
-    MAX_DIGITS, MAX_PRODUCTS, byte_view, digit_plan, fits, fits_planes, input_offset, int8_exact,
-    pack_weights, plane_offset, weight_digits)
+    MAX_DIGITS,
+    MAX_PRODUCTS,
+    byte_view,
+    digit_plan,
+    fits,
+    fits_planes,
+    input_offset,
+    int8_exact,
+    pack_weights,
+    plane_offset,
+    weight_digits,
+)
 
 MAX_VECTORS = 7  # 16-output vectors per register tile
-ROWS = (0, 8, 8, 6, 4, 4, 3, 3)  # BLOCK is a multiple of each; rows per tile for V vectors: R*V + V + 1 <= 32 zmm registers
+# rows per tile for V vectors (BLOCK is a multiple of each): R*V + V + 1 <= 32 zmm registers
+ROWS = (0, 8, 8, 6, 4, 4, 3, 3)
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)

@@ -12,7 +12,7 @@ Reading trusts nothing (``from_artifacts``): every scalar must be an integer or 
 right kind and every array an integer (``unit``: a finite positive float) array of the layer's
 shape; the stored limits may be tighter than Loihi's registers, never wider
 (``Limits.looser_than``); and the mapping must be one that compile could have produced
-(``check_mapping``): the layer kinds of the network's activations, digits that survive Lava's
+(``check_mapping``): the neuron models of the network's activations, digits that survive Lava's
 8-bit clip and LSB drop unchanged in their sign mode, weight exponents, bias mantissas and
 exponents and thresholds inside the limits, digit groups that add up to the network's
 (rounded) weight codes, input ranges that chain from the input format, and sums that stay
@@ -38,7 +38,7 @@ from .mapping import NEURON_MODELS, LayerMap, LayerPlan, Mapping, int32_ok, next
 from .synapses import SynapseSet, lava_effective, round_weights, sign_mode
 
 MODES = ("mixed", "excitatory", "inhibitory")
-KINDS = tuple(sorted(set(NEURON_MODELS.values())))
+NEURONS = tuple(sorted(set(NEURON_MODELS.values())))  # Lava neuron models (flat key l{i}.kind in version 1)
 MAX_WEIGHT_ROUND = 32  # mapping.fit_sets tries k = 0..32
 
 VERSION = 2  # 2: layer maps as typed records; 1: flat keys (still read; the Lava wire's form)
@@ -49,7 +49,7 @@ h5io.register(LayerMap, SynapseSet, Window)
 
 def _layer(i: int, lm: LayerMap) -> dict:
     p = f"l{i}."
-    out = {p + "kind": lm.kind, p + "bias_mant": lm.bias_mant, p + "bias_exp": lm.bias_exp,
+    out = {p + "kind": lm.neuron, p + "bias_mant": lm.bias_mant, p + "bias_exp": lm.bias_exp,
            p + "vth": int(lm.vth), p + "unit": lm.unit, p + "in_bits": int(lm.in_bits),
            p + "in_lo": int(lm.in_range[0]), p + "in_hi": int(lm.in_range[1]),
            p + "shift": int(lm.shift), p + "weight_round": int(lm.weight_round),
@@ -142,7 +142,7 @@ def _read_layer(art: dict, i: int, shape: tuple[int, int]) -> LayerMap:
         sets.append(SynapseSet(_array(art, q + "digits", shape), _int(art, q + "exp"),
                                _text(art, q + "mode", MODES), _int(art, q + "scale")))
     n = (shape[0],)
-    return LayerMap(_text(art, p + "kind", KINDS), tuple(sets),
+    return LayerMap(_text(art, p + "kind", NEURONS), tuple(sets),
                     _array(art, p + "bias_mant", n), _array(art, p + "bias_exp", n), _int(art, p + "vth"),
                     _array(art, p + "unit", n, "f"), _int(art, p + "in_bits"),
                     (_int(art, p + "in_lo"), _int(art, p + "in_hi")), _int(art, p + "shift"),
@@ -164,11 +164,11 @@ def _check_record(lm, i: int, shape: tuple[int, int]) -> LayerMap:
         sets.append(SynapseSet(_array(fields, q + "digits", shape), _int(fields, q + "exp"),
                                _text(fields, q + "mode", MODES), _int(fields, q + "scale")))
     n = (shape[0],)
-    fields = {p + "kind": lm.kind, p + "bias_mant": lm.bias_mant, p + "bias_exp": lm.bias_exp,
+    fields = {p + "neuron": lm.neuron, p + "bias_mant": lm.bias_mant, p + "bias_exp": lm.bias_exp,
               p + "unit": lm.unit}
     if lm.window is not None:
         lm.window.validate()
-    return LayerMap(_text(fields, p + "kind", KINDS), tuple(sets), _array(fields, p + "bias_mant", n),
+    return LayerMap(_text(fields, p + "neuron", NEURONS), tuple(sets), _array(fields, p + "bias_mant", n),
                     _array(fields, p + "bias_exp", n), lm.vth, _array(fields, p + "unit", n, "f"), lm.in_bits,
                     lm.in_range, lm.shift, lm.weight_round, lm.window)
 
@@ -253,7 +253,7 @@ def from_artifacts(art: dict, net: QuantizedNetwork | None = None) -> tuple[Mapp
 
 def same_layer(a: LayerMap, b: LayerMap) -> bool:
     """Whether two layer maps hold the same parameters."""
-    scalars = ("kind", "vth", "in_bits", "in_range", "shift", "weight_round", "window")
+    scalars = ("neuron", "vth", "in_bits", "in_range", "shift", "weight_round", "window")
     return (all(getattr(a, k) == getattr(b, k) for k in scalars) and len(a.sets) == len(b.sets)
             and np.array_equal(a.bias_mant, b.bias_mant) and np.array_equal(a.bias_exp, b.bias_exp)
             and np.allclose(a.unit, b.unit, rtol=1e-12, atol=0)
@@ -286,8 +286,8 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
             continue
         if lm.window != layer.window:
             raise bad("the synapse window is not the layer's convolution window")
-        if lm.kind != NEURON_MODELS.get(layer.activation):
-            raise bad(f"neuron kind {short(lm.kind)} does not run a {layer.activation} layer")
+        if lm.neuron != NEURON_MODELS.get(layer.activation):
+            raise bad(f"neuron model {short(lm.neuron)} does not run a {layer.activation} layer")
         if not 0 <= lm.shift <= MAX_SHIFT or not 0 <= lm.weight_round <= MAX_WEIGHT_ROUND:
             raise bad(f"shift {lm.shift} or weight rounding {lm.weight_round} out of range")
         for g, s in enumerate(lm.sets):
@@ -303,7 +303,7 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
             raise bad("the synapse groups do not add up to the network's weight codes")
         if not np.all(np.isfinite(lm.unit)) or not np.all(lm.unit > 0):
             raise bad("unit values must be finite and > 0")
-        if lm.kind == "lif":
+        if lm.neuron == "lif":
             mmax = 2 ** (limits.lif_bias_mant_bits - 1)
             b_lo, b_hi = limits.lif_bias_exp
             if not 0 <= lm.vth <= 2**limits.lif_vth_bits - 1:
@@ -321,7 +321,7 @@ def check_mapping(mapping: Mapping, limits: Limits, net: QuantizedNetwork) -> No
         if not int32_ok(lm):
             raise bad("its sums can overflow Lava's int32 arithmetic")
         plan = LayerPlan(layer, i, i == last, in_unit, lm.in_range, lm.in_bits, limits)
-        offsets = plan.lif_bias if lm.kind == "lif" else plan.sd_bias
+        offsets = plan.lif_bias if lm.neuron == "lif" else plan.sd_bias
         mant, exp, vth = offsets(lm.shift, lm.input_bounds())
         if not (np.array_equal(mant, lm.bias_mant) and np.array_equal(exp, lm.bias_exp) and vth == lm.vth):
             raise bad("the biases and threshold are not the ones the network's biases map to")

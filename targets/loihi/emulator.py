@@ -41,6 +41,7 @@ import dataclasses
 import numpy as np
 
 from hwq.errors import DataError
+from hwq.ir.codes import container
 from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 
 from ..common import avx2, patches, products, vnni
@@ -72,7 +73,7 @@ def widen(layers: tuple[LayerMap, ...], lo: int, hi: int) -> list[LayerMap]:
                             hint="give codes inside the input format")
         lm = dataclasses.replace(lm, in_range=(lo, hi))
         out.append(lm)
-        if lm.kind == "lif":
+        if lm.neuron == "lif":
             lo, hi = 0, 1
         else:
             a_lo, a_hi = lm.input_bounds()
@@ -99,7 +100,7 @@ class CompiledLayer:
         self.lm = lm
         self.dtype = product_dtype(lm)
         self.exps = [s.exp for s in lm.sets]
-        self.kind = kernels.NEURON_CODES[lm.kind]
+        self.neuron = kernels.NEURON_CODES[lm.neuron]
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)
         self.planes = vnni_planes(lm) if use_vnni else 0
         self.vnni = self.planes > 0
@@ -154,7 +155,7 @@ class CompiledLayer:
             last = len(self.w_t) - 1
             y, e = self.product(h, last), self.exps[last]
             rest = self.inputs(h, last) if last else NONE
-        kernels.fused(y, e, rest, self.kind, self.bias, self.lm.theta, out)
+        kernels.fused(y, e, rest, self.neuron, self.bias, self.lm.theta, out)
         return out
 
     def _blocks(self, h, out_dtype, pres) -> np.ndarray | None:
@@ -167,11 +168,11 @@ class CompiledLayer:
         lo, hi = self.lm.in_range
         if self.avx2:
             bad = vnni.run_blocks(kernels.avx2_blocks, n, h, lo, hi, self.offset, self.wpk, self.corr,
-                                  self.exp_arr, self.kind, self.bias, self.lm.theta, a, out)
+                                  self.exp_arr, self.neuron, self.bias, self.lm.theta, a, out)
         else:
             hb, flip = (vnni.byte_view(h, lo, hi) if self.planes == 2 else None) or (NO_BYTES, 0)
             bad = vnni.run_blocks(kernels.vnni_blocks, n, h, hb, np.uint8(flip), self.planes, lo, hi,
-                                  self.offset, self.wpk, self.corr, self.exp_arr, self.kind, self.bias,
+                                  self.offset, self.wpk, self.corr, self.exp_arr, self.neuron, self.bias,
                                   self.lm.theta, a, out)
         if bad:
             return None
@@ -193,7 +194,7 @@ class CompiledConv(CompiledLayer):
         self.lm, self.window = lm, lm.window
         self.dtype = product_dtype(lm)
         self.exps = [s.exp for s in lm.sets]
-        self.kind = kernels.NEURON_CODES[lm.kind]
+        self.neuron = kernels.NEURON_CODES[lm.neuron]
         self.planes, self.vnni, self.avx2 = 0, False, False
         self.idx = patches.gather_index(lm.window)
         self.bias = np.ascontiguousarray(lm.expand(lm.bias), dtype=np.int64)
@@ -233,20 +234,20 @@ class CompiledConv(CompiledLayer):
                 rest = np.zeros((len(h), self.lm.n_out), np.int64)
                 for s in range(last):
                     kernels.add_shifted(self.conv_product(rows, s), self.exps[s], rest)
-            kernels.fused(self.conv_product(rows, last), self.exps[last], rest, self.kind, self.bias, self.lm.theta,
+            kernels.fused(self.conv_product(rows, last), self.exps[last], rest, self.neuron, self.bias, self.lm.theta,
                           out)
             return out
         a = np.zeros((len(h), self.lm.n_out), np.int64)
         for s in range(last + 1):
             kernels.add_shifted(self.conv_product(rows, s), self.exps[s], a)
         pres.append(a)
-        kernels.fused(a, 0, NONE, self.kind, self.bias, self.lm.theta, out)
+        kernels.fused(a, 0, NONE, self.neuron, self.bias, self.lm.theta, out)
         return out
 
     @property
     def in_dtype(self):
         """The narrowest container of this layer's inputs (spikes and 8-bit codes: one byte)."""
-        return narrowest(*self.lm.in_range)
+        return container(*self.lm.in_range)
 
 
 def pool_digits(lm: LayerMap) -> np.ndarray | None:
@@ -275,7 +276,7 @@ class CompiledPool:
         self.lm, self.window = lm, lm.window
         self.digits = digits
         self.exp_arr = np.asarray([s.exp for s in lm.sets], np.int64)
-        self.kind = kernels.NEURON_CODES[lm.kind]
+        self.neuron = kernels.NEURON_CODES[lm.neuron]
         self.bias = np.ascontiguousarray(lm.bias, dtype=np.int64)  # per channel
         c, height, width = lm.window.in_shape
         self.geometry = (c, height, width, *lm.window.kernel, *lm.window.stride, lm.window.pads[0],
@@ -284,25 +285,17 @@ class CompiledPool:
     @property
     def in_dtype(self):
         """The narrowest container of this layer's inputs (spikes and 8-bit codes: one byte)."""
-        return narrowest(*self.lm.in_range)
+        return container(*self.lm.in_range)
 
     def __call__(self, h, out_dtype, pres=None) -> np.ndarray:
         h = np.ascontiguousarray(h if h.dtype.type in NATIVE_INPUTS else h.astype(np.int64))
         n = len(h)
         out = np.empty((n, self.lm.n_out), dtype=out_dtype)
         a = np.empty((n, self.lm.n_out), np.int64) if pres is not None else NONE
-        kernels.pool_layer(h, *self.geometry, self.digits, self.exp_arr, self.kind, self.bias, self.lm.theta, a, out)
+        kernels.pool_layer(h, *self.geometry, self.digits, self.exp_arr, self.neuron, self.bias, self.lm.theta, a, out)
         if pres is not None:
             pres.append(a)
         return out
-
-
-def narrowest(lo: int, hi: int):
-    """The narrowest integer container of ``[lo, hi]`` among uint8, int8, uint16, int16, int32, int64."""
-    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
-        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
-            return dtype
-    return np.int64
 
 
 class PatchDense:

@@ -25,7 +25,7 @@ import numpy as np
 from ..common import avx2, pooling, vnni
 from .limits import ACT_SHIFT, STATE_MAX, STATE_WRAP
 
-NEURON_CODES = {"lif": 0, "relu": 1, "identity": 2}  # Loihi neuron model -> the ``kind`` argument of the kernels
+NEURON_CODES = {"lif": 0, "relu": 1, "identity": 2}  # Loihi neuron model -> the ``neuron`` argument of the kernels
 
 
 @nb.njit(cache=True, inline="always")
@@ -84,7 +84,7 @@ def fire(a, b, theta):
 
 
 @nb.njit(cache=True)
-def fused(y, e, rest, kind, bias, theta, out):
+def fused(y, e, rest, neuron, bias, theta, out):
     """One layer's outputs straight from its last group's product ``y``: ``a = shift(y, e)``
     plus ``rest`` (the other groups' sum, or an empty array), then the neuron."""
     n_rows, n = y.shape
@@ -94,16 +94,16 @@ def fused(y, e, rest, kind, bias, theta, out):
             a = shifted(np.int64(y[i, j]), e)
             if more:
                 a += rest[i, j]
-            if kind == 0:
+            if neuron == 0:
                 out[i, j] = fire(a, bias[j], theta)
-            elif kind == 1:
+            elif neuron == 1:
                 out[i, j] = max(a + bias[j], 0)
             else:
                 out[i, j] = a + bias[j]
 
 
 @nb.njit(cache=True, nogil=True)
-def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, kind, bias, theta, a_out, out):
+def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, neuron, bias, theta, a_out, out):
     """The blocks of one layer that this thread claims (``vnni.run_blocks``): pack the codes
     ``h`` (+ ``offset``) into u8 once (``planes`` 1), or as two byte planes (``planes`` 2:
     16-bit codes, ``vnni.split_planes`` from the byte view ``hb`` when it has rows, else
@@ -152,10 +152,10 @@ def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, k
             if keep:
                 for j in range(m):
                     a_out[i0 + r, j] = s[r, j]
-            if kind == 0:
+            if neuron == 0:
                 for j in range(m):
                     out[i0 + r, j] = fire(s[r, j], bias[j], theta)
-            elif kind == 1:
+            elif neuron == 1:
                 for j in range(m):
                     out[i0 + r, j] = max(s[r, j] + bias[j], 0)
             else:
@@ -164,7 +164,7 @@ def vnni_blocks(counter, h, hb, flip, planes, lo, hi, offset, wpk, corr, exps, k
 
 
 @nb.njit(cache=True, nogil=True)
-def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, a_out, out):
+def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, neuron, bias, theta, a_out, out):
     """``vnni_blocks`` on the AVX2 int16 product: the codes ``h`` + ``offset`` packed into int16
     once (``avx2.pack_rows``), per group ``g`` ``y = avx2.product(codes, wpk[g]) + corr[g]``
     (the exact ``D_g @ h``), ``a += shift(y, exps[g])``, then ``a`` into ``a_out`` (0 rows:
@@ -197,10 +197,10 @@ def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, 
             if keep:
                 for j in range(m):
                     a_out[i0 + r, j] = s[r, j]
-            if kind == 0:
+            if neuron == 0:
                 for j in range(m):
                     out[i0 + r, j] = fire(s[r, j], bias[j], theta)
-            elif kind == 1:
+            elif neuron == 1:
                 for j in range(m):
                     out[i0 + r, j] = max(s[r, j] + bias[j], 0)
             else:
@@ -209,7 +209,7 @@ def avx2_blocks(counter, h, lo, hi, offset, wpk, corr, exps, kind, bias, theta, 
 
 
 @nb.njit(parallel=True, cache=True)
-def pool_layer(h, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, digits, exps, kind, bias, theta,
+def pool_layer(h, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, digits, exps, neuron, bias, theta,
                a_out, out):
     """A pooling layer on the maps ``h`` (N, C H W; any numeric dtype, read as int64): for channel
     ``c`` and output position ``p = y Wo + x``, the window sum ``s`` (rows ``y sh - top ..`` +kh,
@@ -238,9 +238,9 @@ def pool_layer(h, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, di
                 o = dst + y * wo + x
                 if keep:
                     a_out[i, o] = a
-                if kind == 0:
+                if neuron == 0:
                     out[i, o] = fire(a, b, theta)
-                elif kind == 1:
+                elif neuron == 1:
                     out[i, o] = max(a + b, 0)
                 else:
                     out[i, o] = a + b

@@ -94,7 +94,7 @@ def lif_layer(L, lm: LayerMap, groups):
 
 def sigma_delta_layer(L, lm: LayerMap, groups, hidden: bool):
     n = (lm.n_out,)
-    mode = L["Mode"].RELU if lm.kind == "relu" else L["Mode"].UNIT
+    mode = L["Mode"].RELU if lm.neuron == "relu" else L["Mode"].UNIT
     neuron = L["SigmaDelta"](shape=n, vth=0, bias=lm.bias_mant, spike_exp=int(lm.bias_exp[0]),
                              act_mode=mode)
     relay = L["GradedVec"](shape=n, vth=0)
@@ -118,7 +118,7 @@ def build(L, mapping: Mapping, source):
         sparse = lm.window is not None
         lm = dense_view(lm)
         groups = dense_groups(L, lm, out, sparse)
-        if lm.kind == "lif":
+        if lm.neuron == "lif":
             neuron, out = lif_layer(L, lm, groups)
         else:
             neuron, out = sigma_delta_layer(L, lm, groups, i + 1 < len(mapping.layers))

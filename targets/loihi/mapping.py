@@ -38,9 +38,9 @@ MAX_SUM_SHIFT = 40  # the largest right shift r the mapping tries for one layer'
 
 @dataclass(frozen=True, eq=False)
 class LayerMap:
-    """One layer on Loihi: ``a = sum_s shift(D_s @ h, E_s)``, then the neuron ``kind``."""
+    """One layer on Loihi: ``a = sum_s shift(D_s @ h, E_s)``, then the neuron model ``neuron``."""
 
-    kind: str  # lif, relu or identity
+    neuron: str  # lif, relu or identity (the Lava neuron model)
     sets: tuple[SynapseSet, ...]
     bias_mant: np.ndarray  # int64 (n,)
     bias_exp: np.ndarray  # int64 (n,): LIF bias_exp; SigmaDelta spike_exp (all equal)
@@ -133,7 +133,7 @@ def round_half_up(x) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
 
 
-def kind_of(layer: QLayer, index: int) -> str:
+def neuron_of(layer: QLayer, index: int) -> str:
     if layer.activation_kind is activations.SIGMOID:
         raise TargetError(
             f"layer {index} uses a sigmoid activation, and Loihi has no sigmoid neuron model",
@@ -165,7 +165,7 @@ class LayerPlan:
     def __init__(self, layer: QLayer, index: int, last: bool, in_unit: float,
                  in_range: tuple[int, int], in_bits: int, limits: Limits):
         self.layer, self.index, self.last, self.limits = layer, index, last, limits
-        self.kind = kind_of(layer, index)
+        self.neuron = neuron_of(layer, index)
         self.in_unit, self.in_range, self.in_bits = in_unit, in_range, in_bits
         self.unit0 = np.abs(layer.gain * layer.weight_scale * in_unit)
         # the sim bias in units of this layer's unshifted sum W @ h
@@ -177,16 +177,17 @@ class LayerPlan:
         self.notes.append({"layer": self.index, "what": what, **fields})
 
     def requested_shift(self) -> int:
-        if self.kind == "lif" or self.last:
+        if self.neuron == "lif" or self.last:
             return 0
         if len(set(self.layer.weight_scale.tolist())) > 1:
             raise LimitError(
                 f"layer {self.index}: per-channel weight scales on a hidden {self.layer.activation} "
                 "layer need a per-neuron requantization, and Loihi has one weight exponent per "
                 "synapse group",
-                hint="compile with --conv-per-tensor (hwq.quantize(..., conv_per_channel=False)), or use the 'sim' target",
+                hint="compile with --conv-per-tensor (hwq.quantize(..., conv_per_channel=False)), "
+                     "or use the 'sim' target",
             )
-        if self.kind != "relu":
+        if self.neuron != "relu":
             return 0
         return max(0, int(round(math.log2(self.layer.out_scale / self.unit0[0]))))
 
@@ -198,9 +199,9 @@ class LayerPlan:
         sets, k = fitted
         win, (lo, hi) = self.layer.window, self.in_range
         bounds = sum_bounds(sets, (min(lo, 0), max(hi, 0)) if win is not None and win.padded else (lo, hi))
-        mant, exp, vth = (self.lif_bias(r, bounds) if self.kind == "lif"
+        mant, exp, vth = (self.lif_bias(r, bounds) if self.neuron == "lif"
                           else self.sd_bias(r, bounds))
-        return LayerMap(self.kind, tuple(sets), mant, exp, vth, self.unit0 * 2.0**r,
+        return LayerMap(self.neuron, tuple(sets), mant, exp, vth, self.unit0 * 2.0**r,
                         self.in_bits, self.in_range, r, k, self.layer.window)
 
     def fits(self, lm: LayerMap) -> bool:
@@ -208,7 +209,7 @@ class LayerPlan:
             return False
         a_lo, a_hi = lm.input_bounds()
         top = np.maximum(np.abs(a_lo), np.abs(a_hi))
-        if lm.kind == "lif":
+        if lm.neuron == "lif":
             return int(top.max(initial=0)) <= self.limits.lif_input_max
         out = np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias))
         return int(max(top.max(initial=0), out.max(initial=0))) <= self.limits.state_max
@@ -243,7 +244,7 @@ class LayerPlan:
         whose ``a + B <= 0`` for every input may take any ``B <= -a_hi`` (it never passes)."""
         ideal = self.bias0 / 2.0**r + (0.5 * (1 - 2.0**-r))
         b = round_half_up(ideal)
-        if self.kind == "relu":
+        if self.neuron == "relu":
             dead = b <= -bounds[1]
             b = np.where(dead, np.maximum(b, -bounds[1]), b)
         mmax = 2 ** (self.limits.sd_bias_bits - 1) - 1
@@ -374,9 +375,9 @@ def int32_ok(lm: LayerMap) -> bool:
     dense = max(int(np.maximum(np.abs(s.lava_weights * lo), np.abs(s.lava_weights * hi))
                     .sum(axis=1).max(initial=0)) for s in lm.sets)
     top = int(np.maximum(np.abs(a_lo), np.abs(a_hi)).max(initial=0))
-    if lm.kind != "lif":
+    if lm.neuron != "lif":
         top = max(top, int(np.maximum(np.abs(a_lo + lm.bias), np.abs(a_hi + lm.bias)).max()))
-    return dense < 2**31 and top < (INT32_SAFE_LIF if lm.kind == "lif" else INT32_SAFE_SD)
+    return dense < 2**31 and top < (INT32_SAFE_LIF if lm.neuron == "lif" else INT32_SAFE_SD)
 
 
 def describe(plan: LayerPlan, lm: LayerMap):
@@ -392,7 +393,7 @@ def describe(plan: LayerPlan, lm: LayerMap):
                   "weights, each group's sum floored)", groups=len(lm.sets))
     if sum(s.exp < 0 for s in lm.sets) > 1:
         plan.note("synapse groups floored separately", groups=len(lm.sets))
-    if lm.kind == "relu" and not plan.last:
+    if lm.neuron == "relu" and not plan.last:
         ratio = float(lm.unit[0] / plan.layer.out_scale)
         plan.note("ReLU requantization as a power of two, no upper clip", unit_ratio=ratio)
 
@@ -405,11 +406,11 @@ def sign_split(lm: LayerMap) -> bool:
 
 def next_input(lm: LayerMap, plan: LayerPlan) -> tuple[float, tuple[int, int], int]:
     """What the next layer receives: (real unit, value range, payload bits)."""
-    if lm.kind == "lif":
+    if lm.neuron == "lif":
         return getattr(plan, "out_unit", 1.0), (0, 1), 0
     a_lo, a_hi = lm.input_bounds()
     lo, hi = int((a_lo + lm.bias).min()), int((a_hi + lm.bias).max())
-    if lm.kind == "relu":
+    if lm.neuron == "relu":
         lo, hi = 0, max(hi, 0)
     bits = max(1, max(abs(lo), abs(hi)).bit_length()) + (lo < 0)
     if bits > plan.limits.message_bits:
@@ -468,7 +469,7 @@ def pool_map(net: QuantizedNetwork, i: int, prev: LayerMap | None, given,
     pool: QPool = net.layers[i]
     in_unit, in_range, in_bits = given
     last = len(net.layers) - 1
-    spikes = prev is not None and prev.kind == "lif"
+    spikes = prev is not None and prev.neuron == "lif"
     before = net.layers[i - 1] if i else None
     what = (before.activation + " activations" if isinstance(before, QLayer)
             else "input codes" if before is None else "pooled activations")
@@ -504,7 +505,7 @@ def pool_map(net: QuantizedNetwork, i: int, prev: LayerMap | None, given,
     sets = synapse_sets(digits, int(sh[0]), 0, limits)
     plan = LayerPlan(ones_layer(pool, np.zeros(win.channels), in_unit), i, i == last, in_unit, in_range,
                      in_bits, limits)
-    plan.kind = "identity"
+    plan.neuron = "identity"
     if isinstance(sets, str) or len(sets) != 1 or sets[0].exp != -int(sh[0]):
         raise LimitError(f"layer {i}: the average pooling's multiplier {int(m[0])} / 2^{int(sh[0])} does not fit "
                          f"one 8-bit synapse group with weight_exp in {limits.weight_exp[0]}..{limits.weight_exp[1]}",
@@ -538,7 +539,7 @@ def map_network(net: QuantizedNetwork, limits: Limits, shifts=None) -> Mapping:
             plan, lm = pool_map(net, i, layers[-1] if layers else None, inputs, limits)
         else:
             plan = make_plan(i, None)
-            if shifts[i] is None and plan.kind == "relu" and i < last and isinstance(net.layers[i + 1], QLayer):
+            if shifts[i] is None and plan.neuron == "relu" and i < last and isinstance(net.layers[i + 1], QLayer):
                 plan, lm = hidden_relu(make_plan, i)
             else:
                 lm = plan_layer(plan, shifts[i])

@@ -114,11 +114,11 @@ def netx_layers(mapping: Mapping, nodes=None) -> list[dict]:
     count = len(mapping.layers)
     for i, lm in enumerate(mapping.layers):
         pooling = nodes is not None and isinstance(nodes[i], QPool)
-        if lm.kind == "relu":
+        if lm.neuron == "relu":
             raise TargetError(f"layer {i}: ReLU layers cannot be written as netx (its SDNN neurons are "
                               "sigma-delta; hwq's relay mapping has no netx form)",
                               hint="export step networks, or use --format onnx/nir")
-        if lm.kind == "identity" and i < count - 1:
+        if lm.neuron == "identity" and i < count - 1:
             what = "a truncating average pooling" if pooling else "a hidden identity layer"
             exp = min(s.exp for s in lm.sets)
             raise TargetError(f"layer {i}: {what} maps to a SigmaDelta relay (weight_exp {exp}); netx's conv "
@@ -126,7 +126,7 @@ def netx_layers(mapping: Mapping, nodes=None) -> list[dict]:
                               hint="pool spikes (max, or average of spikes) before exporting netx, "
                                    "or use --format onnx/nir")
         weight = effective_weight(lm, i)
-        bias, vth = neuron_offsets(lm, i, output=lm.kind != "lif")
+        bias, vth = neuron_offsets(lm, i, output=lm.neuron != "lif")
         neuron = {"bias": np.asarray(bias, np.int64), "iDecay": 4096, "vDecay": 0, "vThMant": int(vth),
                   "refDelay": 1}
         if lm.window is not None:

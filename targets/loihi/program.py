@@ -21,7 +21,7 @@ BACKENDS = ("emulator", "lava")
 
 def offset(lm: LayerMap) -> np.ndarray:
     """What the neuron adds to ``a`` before its decision, in units of ``a``."""
-    if lm.kind == "lif":
+    if lm.neuron == "lif":
         return lm.expand(lm.bias - lm.theta) / 2.0**ACT_SHIFT
     return lm.expand(lm.bias).astype(np.float64)
 

@@ -23,7 +23,7 @@ NEURON_STATE_BITS = {"lif": 2 * STATE_BITS + LOIHI.lif_bias_mant_bits + 3,
 def neurons(lm: LayerMap, hidden: bool) -> dict:
     """Neurons of the layer: main ones, and the relay / Sigma helpers of a SigmaDelta layer."""
     n = lm.n_out
-    if lm.kind == "lif":
+    if lm.neuron == "lif":
         return {"main": n, "helpers": 0, "state_bits": n * NEURON_STATE_BITS["lif"]}
     helpers = n + (n if hidden else 0)
     bits = n * (NEURON_STATE_BITS["sigma_delta"] + NEURON_STATE_BITS["relay"] + hidden * NEURON_STATE_BITS["sigma"])
@@ -55,7 +55,7 @@ def split(lm: LayerMap, per: np.ndarray, pairs: np.ndarray, comp_per_neuron: int
     needs more of a core); also ``reach`` of this layer's inputs: how many of its cores read each.
     Empty when not even one neuron per core fits."""
     n = lm.n_out
-    extra = n if lm.kind != "lif" else 0  # the cancel path's identity synapses
+    extra = n if lm.neuron != "lif" else 0  # the cancel path's identity synapses
     syn_bits = (per + (1 if extra else 0)) * WEIGHT_BITS
     need = max(1, math.ceil(n * comp_per_neuron / limits.neurons_per_core),
                math.ceil(int(syn_bits.sum()) / limits.synapse_bits_per_core),
@@ -102,14 +102,14 @@ def layer_entry(i: int, lm: LayerMap, net: QuantizedNetwork, hidden: bool, reach
     if fan_in * WEIGHT_BITS > limits.synapse_bits_per_core:
         raise LimitError(f"layer {i}: one neuron's {fan_in * WEIGHT_BITS} bits of synapses exceed "
                          f"a core's {limits.synapse_bits_per_core}", hint="use fewer inputs or bits")
-    comp = 1 + (0 if lm.kind == "lif" else 1 + hidden)
+    comp = 1 + (0 if lm.neuron == "lif" else 1 + hidden)
     where = split(lm, per, pairs, comp, reach, limits)
     if not where:
         raise LimitError(f"layer {i}: no split of its {lm.n_out} neurons fits a core ({limits.neurons_per_core} "
                          f"compartments, {limits.input_axons_per_core} input and {limits.output_axons_per_core} "
                          f"output axons, {limits.synapse_bits_per_core} synapse bits)",
                          hint="fewer inputs per neuron or a narrower next layer")
-    synapses_ = int(per.sum()) + (lm.n_out if lm.kind != "lif" else 0)
+    synapses_ = int(per.sum()) + (lm.n_out if lm.neuron != "lif" else 0)
     a_lo, a_hi = lm.input_bounds()
     if isinstance(node, QPool):
         what, shape = f"{node.op} pooling {node.window.describe()}", list(node.out_shape)
@@ -119,7 +119,7 @@ def layer_entry(i: int, lm: LayerMap, net: QuantizedNetwork, hidden: bool, reach
         "index": i, "shape": shape, "activation": what,
         "window": None if lm.window is None else lm.window.describe(),
         "connection": "Sparse" if lm.window is not None else "Dense",
-        "neuron": "LIFReset" if lm.kind == "lif" else f"SigmaDelta({lm.kind})",
+        "neuron": "LIFReset" if lm.neuron == "lif" else f"SigmaDelta({lm.neuron})",
         "input": "binary spikes" if lm.in_bits == 0 else f"graded {lm.in_bits}-bit",
         "shift": lm.shift, "weight_round": lm.weight_round,
         "groups": [{"mode": s.mode, "weight_exp": s.lava_weight_exp, "digit_exp": s.exp + lm.shift}

@@ -70,12 +70,12 @@ class LayerSpec:
         binary = lm.in_bits == 0
         self.dense = [DenseSpec(s.lava_weights, s.lava_weight_exp, s.mode, binary)
                       for s in lm.sets]
-        self.lif = lm.kind == "lif"
+        self.lif = lm.neuron == "lif"
         n = lm.n_out
         if self.lif:
             self.neuron = LifResetSpec(lm)
             return
-        self.neuron = SigmaDeltaSpec(n, lm.bias, relu=lm.kind == "relu")
+        self.neuron = SigmaDeltaSpec(n, lm.bias, relu=lm.neuron == "relu")
         self.cancel = DenseSpec(-np.eye(n, dtype=np.int64), 0, "inhibitory", False)
         self.hidden = hidden
         self.integral = np.zeros(n, np.int64)

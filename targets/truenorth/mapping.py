@@ -1,6 +1,6 @@
 """Map a quantized MLP onto TrueNorth cores (shared/specs/truenorth.md 7a-7d; docs/truenorth.md).
 
-Per layer one of four schemes, chosen at compile time (``plan_kinds``):
+Per layer one of four schemes, chosen at compile time (``plan_schemes``):
 
 * ``eedn-step`` (spec 7a, one tick): a step layer whose inputs arrive as single spikes in one
   tick and that fits one core (``inputs * k + bias axons <= 256``). Memoryless neurons
@@ -145,7 +145,7 @@ class LayerPlan:
     """Where one layer went, and its timing."""
 
     index: int
-    kind: str  # "eedn-step", "count-step", "count-relu" or "count-output"
+    scheme: str  # "eedn-step", "count-step", "count-relu" or "count-output"
     groups: int
     blocks: int
     table: DigitTable
@@ -360,7 +360,7 @@ class LayerJob:
     layer: QLayer
     w: np.ndarray
     b: np.ndarray
-    kind: str
+    scheme: str
     inp: LayerIn
     table: DigitTable
     dests: list
@@ -375,11 +375,11 @@ def eedn_fits(w: np.ndarray, table: DigitTable, n_bias: int, window=None) -> boo
     return tiling.patch_axons(win, table.k * (w.shape[1] // win.n_in), n_bias) <= AXONS
 
 
-def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, step: str, relu: str,
+def plan_schemes(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, step: str, relu: str,
                windows: dict | None = None):
     """The scheme of every layer, in order, and what it receives (``windows``: tiled layers)."""
     windows = windows or {}
-    kinds, ins = [], []
+    schemes, ins = [], []
     inp = LayerIn(cmax0, cmax0 <= 1)
     layers = net.layers
     for li, layer in enumerate(layers):
@@ -392,15 +392,15 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
                                  "identity output layers (scores are spike counts)",
                                  hint="export the model without its final activation (argmax of the logits "
                                       "decides the same class)")
-            kinds.append("count-output")
+            schemes.append("count-output")
         elif layer.activation_kind is activations.STEP:
             table = table_for(w)
             n_bias = int(eedn_bias(b)[0].max(initial=0))
             fits = eedn_fits(w, table, n_bias, windows.get(li))
-            kinds.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
+            schemes.append("eedn-step" if step == "auto" and inp.single and fits else "count-step")
             # an ordered accumulator fires on a tick that depends on the sum: no one-tick successor
             try:
-                gated = kinds[-1] == "eedn-step" or step_accumulator(w, b, table, inp.cmax, li).style == "gated"
+                gated = schemes[-1] == "eedn-step" or step_accumulator(w, b, table, inp.cmax, li).style == "gated"
             except SizeError:
                 gated = False  # refused by map_network's sizing, with the setting that fits
             inp = LayerIn(1, gated)
@@ -408,7 +408,7 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
             if relu == "refuse":
                 raise LimitError(f"layer {li} is ReLU; the option relu=refuse refuses it",
                                  hint="drop --option relu=refuse (relu=exact, the default) or use relu=rate")
-            kinds.append("count-relu")
+            schemes.append("count-relu")
             inp = LayerIn(2**layer.act_bits - 1, False)
         elif isinstance(layer.activation_kind, activations.Clip):
             raise LimitError(f"layer {li} has the clipped activation {layer.activation} (ReLU6/Hardtanh); truenorth "
@@ -417,7 +417,7 @@ def plan_kinds(net: QuantizedNetwork, weights: list, biases: list, cmax0: int, s
             raise LimitError(f"layer {li} has activation '{layer.activation}'; truenorth maps step and ReLU "
                              "hidden layers only (a lookup table has no spiking form)",
                              hint="train with --activation step or relu")
-    return kinds, ins
+    return schemes, ins
 
 
 def eedn_bias(b: np.ndarray):
@@ -507,7 +507,7 @@ def at_counts(job: LayerJob, cmax: int, bits: int) -> tuple[QLayer, np.ndarray]:
     c0 = job.inp.cmax
     b = (job.b * cmax * 2 + c0) // (2 * c0)
     layer = job.layer
-    if job.kind == "count-relu" and layer.requant is not None:
+    if job.scheme == "count-relu" and layer.requant is not None:
         if job.index == 0:
             rq = layer.requant
             real = rq.multiplier / 2.0**rq.shift * c0 / cmax
@@ -532,7 +532,7 @@ def fitting_counts(job: LayerJob, relu: str, signed: bool) -> str:
     for bits, cmax in tries:
         layer, b = at_counts(job, cmax, bits)
         try:
-            size_layer(job.kind, layer, job.w, b, job.table, cmax, li, relu)
+            size_layer(job.scheme, layer, job.w, b, job.table, cmax, li, relu)
         except LimitError:
             continue
         where = f"layer {li} receives up to {cmax} spikes per {'input' if li == 0 else 'unit'}"
@@ -541,14 +541,14 @@ def fitting_counts(job: LayerJob, relu: str, signed: bool) -> str:
     return f"{counts}; fewer weight bits (--bits), or fewer inputs per unit"
 
 
-def size_layer(kind: str, layer: QLayer, w, b, table: DigitTable, cmax: int, li: int, relu: str):
+def size_layer(scheme: str, layer: QLayer, w, b, table: DigitTable, cmax: int, li: int, relu: str):
     """Everything a count-domain layer's cores need that depends on its counts (``SizeError``
     where it does not fit): the output layer's groups, a step accumulator, a ReLU accumulator."""
-    if kind == "count-output":
+    if scheme == "count-output":
         return plan_groups(w, table, cmax, b, li)
-    if kind == "count-step":
+    if scheme == "count-step":
         return step_accumulator(w, b, table, cmax, li)
-    if kind == "count-relu":
+    if scheme == "count-relu":
         grp = plan_groups(w, table, cmax, None, li)
         return grp, relu_accumulator(layer, w, b, cmax, len(grp.groups), relu, li)
     return None
@@ -570,12 +570,12 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
         weights[0] = np.concatenate([weights[0], -weights[0]], axis=1)
     if layer0_bias is not None:
         biases[0] = np.asarray(layer0_bias, np.int64)
-    kinds, ins = plan_kinds(net, weights, biases, in_max, step, relu, windows)
+    schemes, ins = plan_schemes(net, weights, biases, in_max, step, relu, windows)
     sizes = {}
     for li in range(len(layers)):
-        job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), None)
+        job = LayerJob(li, layers[li], weights[li], biases[li], schemes[li], ins[li], table_for(weights[li]), None)
         try:
-            sizes[li] = size_layer(job.kind, job.layer, job.w, job.b, job.table, job.inp.cmax, li, relu)
+            sizes[li] = size_layer(job.scheme, job.layer, job.w, job.b, job.table, job.inp.cmax, li, relu)
         except SizeError as err:
             raise LimitError(err.message, hint=fitting_counts(job, relu, signed_split)) from None
     builder = Builder(relu)
@@ -583,10 +583,10 @@ def map_network(net: QuantizedNetwork, in_max: int, *, signed_split: bool = Fals
     dests = None  # per unit of the layer being built: list of (draft, axon) it must reach
     duplicated = 0
     for li in range(len(layers) - 1, -1, -1):
-        job = LayerJob(li, layers[li], weights[li], biases[li], kinds[li], ins[li], table_for(weights[li]), dests,
+        job = LayerJob(li, layers[li], weights[li], biases[li], schemes[li], ins[li], table_for(weights[li]), dests,
                        windows.get(li))
-        if job.kind == "eedn-step":
-            plan = LayerPlan(li, job.kind, 1, 0, job.table)
+        if job.scheme == "eedn-step":
+            plan = LayerPlan(li, job.scheme, 1, 0, job.table)
             in_ports = build_eedn(plan, job, builder)
             duplicated += sum(max(len(d) - 1, 0) for d in dests)
         else:
@@ -662,19 +662,19 @@ def build_count(job: LayerJob, builder: Builder, size):
     ``size_layer`` planned for it."""
     li, w, b, table = job.index, job.w, job.b, job.table
     m, n = w.shape
-    last = job.kind == "count-output"
+    last = job.scheme == "count-output"
     acc = None
-    if job.kind == "count-step":
+    if job.scheme == "count-step":
         acc = size
         grp = acc.grp
-    elif job.kind == "count-relu":
+    elif job.scheme == "count-relu":
         grp, acc = size
     else:
         grp = size
     groups, n_gate = grp.groups, grp.n_gate
     ordered = getattr(acc, "style", "") == "ordered"
     blocks = [np.arange(m)[s:s + NEURONS // 2] for s in range(0, m, NEURONS // 2)]
-    plan = LayerPlan(li, job.kind, len(groups), len(blocks), table, n_gate, max(grp.drains), ordered=ordered,
+    plan = LayerPlan(li, job.scheme, len(groups), len(blocks), table, n_gate, max(grp.drains), ordered=ordered,
                      drains=grp.drains, ramp=grp.ramp)
     h_axon, dup = {}, 0
     if not last:
@@ -760,7 +760,7 @@ def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder,
     layer, w, b = job.layer, job.w, job.b
     m = w.shape[0]
     n_bias = wb = None
-    if plan.kind == "count-relu":
+    if plan.scheme == "count-relu":
         rp = acc.rp
         mm, aa, hh = rp["m"], rp["a"], rp["h"]
         A = 2**layer.act_bits - 1
@@ -807,7 +807,7 @@ def place_accumulators(plan: LayerPlan, job: LayerJob, groups, builder: Builder,
                     d.w[bias, j] = True
             else:
                 j = d.add_neuron(weight=[int(mm[u]), -int(mm[u]), GATE_W, -GATE_W], alpha=int(aa[u]),
-                                 beta=BIG_BETA, gamma=1 if plan.kind == "count-relu" else 0, kappa=False,
+                                 beta=BIG_BETA, gamma=1 if plan.scheme == "count-relu" else 0, kappa=False,
                                  v0=int(mm[u] * b[u] + hh[u]) - k_h, dest_core=dd.id, dest_axon=da, dest_delay=1)
                 d.w[gate, j] = True
                 if n_clear:
@@ -828,7 +828,7 @@ def schedule(plans: list[LayerPlan], in_max: int):
     gates = []
     last_in = max(in_max, 1)
     for plan in plans:
-        if plan.kind == "eedn-step":
+        if plan.scheme == "eedn-step":
             t = last_in
             gates += [(t, d.id, int(a)) for d, axons in plan.bias_axons for a in axons]
             last_in = t + 1
@@ -844,10 +844,10 @@ def schedule(plans: list[LayerPlan], in_max: int):
             continue
         gates += [(g_e + t, d.id, int(a)) for d, axons in plan.gate_axons for a in axons for t in ramp]
         g_h = g_e + plan.ramp - 1 + plan.drain
-        if plan.kind == "count-output":
+        if plan.scheme == "count-output":
             return gates, g_h + 1
         gates += [(g_h, d.id, int(a)) for d, axons in plan.h_gate_axons for a in axons]
-        if plan.kind == "count-relu":
+        if plan.scheme == "count-relu":
             gates += [(g_h + plan.out_max, d.id, int(a)) for d, axons in plan.clear_axons for a in axons]
             last_in = g_h + plan.out_max
         else:

@@ -78,7 +78,7 @@ class TrueNorthProgram:
         self.vote = opts["decoding"] == "vote"
         self.exact = encoding_exact and not self.vote and all(p.exact for p in self.mapping.layers)
         self.port = {cid: k for k, cid in enumerate(self.mapping.model.ids.tolist())}
-        self.relu = {p.index: p for p in self.mapping.layers if p.kind == "count-relu"}
+        self.relu = {p.index: p for p in self.mapping.layers if p.scheme == "count-relu"}
         self.report = self.build_report(encoding_exact)
         self.artifacts = {"ticks": self.mapping.ticks, "cores": len(self.mapping.model.cores),
                           "digest": self.digest()}
@@ -238,7 +238,7 @@ class TrueNorthProgram:
             per_layer.setdefault(li, []).append((ax, nn, cp))
         for p in m.layers:
             mine = per_layer.get(p.index, [])
-            row = dict(layer=p.index, node=self.view.sources[p.index], kind=p.kind, exact=p.exact, groups=p.groups,
+            row = dict(layer=p.index, node=self.view.sources[p.index], scheme=p.scheme, exact=p.exact, groups=p.groups,
                        unit_blocks=p.blocks, neurons=sum(r[1] for r in mine), axons_used=sum(r[0] for r in mine),
                        splitters=sum(r[2] for r in mine),
                        max_axons_per_core=max((r[0] for r in mine), default=0),
@@ -250,9 +250,9 @@ class TrueNorthProgram:
             if p.tiling is not None:
                 row["tiles"] = len(p.tiling.tiles)
                 row["tile_shape"] = list(p.tiling.shape)
-            if p.kind == "count-step":
+            if p.scheme == "count-step":
                 row["accumulators"] = "ordered" if p.ordered else "gated"
-            if p.kind == "count-relu":
+            if p.scheme == "count-relu":
                 row["relu"] = {k: v for k, v in p.relu.items() if k in (
                     "exact_units", "units", "max_deviation", "mismatch_share_of_acc_range", "act_max")}
             layers.append(row)

@@ -1,7 +1,8 @@
-"""The grids ``hwq reproduce`` runs: a quick one for built-in data and the paper's full one.
+"""The sweeps ``hwq reproduce`` runs (named presets of the paper's protocol; not to be confused
+with quantization grids, ``hwq.ir.Grid``): a quick one for built-in data and the paper's full one.
 
 =======  ============================  ===========  =====  ==================================
-grid     data (default)                bits         seeds  strengths
+preset   data (default)                bits         seeds  strengths
 =======  ============================  ===========  =====  ==================================
 quick    spiral, digits                1, 2, 4, 8   2      0 to 0.5 step 0.01 (51)
 full     (mnist:DIR, fashion-mnist)    1..10        5      0 to 0.5 step 0.005 (101, paper's)
