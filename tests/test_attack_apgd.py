@@ -304,3 +304,32 @@ def test_sweep_runs_apgd(tmp_path, capsys):
     assert sweep.spec.attack.temperature == 0.5 and sweep.spec.attack.name == "apgd-ce,pgd"
     (cell,) = sweep.cells
     assert cell.attrs["attack"] == "suite" and cell.accuracy[1] <= cell.accuracy[0]
+
+
+@pytest.mark.parametrize("momentum", [1.0, 0.75])
+def test_the_fused_linf_step_equals_the_numpy_step_bit_for_bit(momentum):
+    """``apgd.linf_step`` (Numba, in place) against ``linf_step_reference`` (the reference's
+    numpy form) on rows where the eps-ball and the bounds both clip, zero and float32 gradients;
+    a step with the momentum's weights swapped fails."""
+    from hwq.attack.apgd import linf_step, linf_step_reference
+
+    rng = np.random.default_rng(3)
+    m, d = 40, 33
+    x0 = rng.uniform(0, 1, (m, d))
+    e = rng.uniform(0.0, 0.2, m)
+    cur = np.clip(x0 + rng.uniform(-1, 1, (m, d)) * e[:, None], 0, 1)
+    old = np.clip(x0 + rng.uniform(-1, 1, (m, d)) * e[:, None], 0, 1)
+    grad = rng.normal(size=(m, d)).astype(np.float32)
+    grad[rng.uniform(size=(m, d)) < 0.1] = 0
+    step = rng.uniform(0, 0.4, m)
+    a = np.sort(rng.choice(m, 25, replace=False))
+    want_cur, want_old = cur.copy(), old.copy()
+    want = linf_step_reference(want_cur, want_old, x0, a, e, step, grad, momentum, 0.0, 1.0)
+    got_cur, got_old = cur.copy(), old.copy()
+    got = linf_step(got_cur, got_old, x0, a, e, step, grad, momentum, 0.0, 1.0)
+    assert np.array_equal(got, want) and np.array_equal(got_cur, want_cur) and np.array_equal(got_old, want_old)
+    assert (want == 0).any() and (want == 1).any()  # the bounds clipped somewhere
+    if momentum != 1.0:
+        wrong_cur, wrong_old = cur.copy(), old.copy()
+        wrong = linf_step(wrong_cur, wrong_old, x0, a, e, step, grad, 1 - momentum, 0.0, 1.0)
+        assert not np.array_equal(wrong, want)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from hwq.attack import noise
@@ -259,18 +260,16 @@ class APGD(Attack):
             a = np.flatnonzero(alive)
             if a.size == 0:
                 break
-            xa, x0a, ea = cur[a], x0[a], e[a, None]
             momentum = MOMENTUM if i > 0 else 1.0
-            previous = xa - x_old[a]
-            x_old[a] = xa
-            if self.norm == "linf":
-                z = np.clip(np.clip(xa + step[a, None] * np.sign(grad[a]), x0a - ea, x0a + ea), lo, hi)
-                z = np.clip(np.clip(xa + (z - xa) * momentum + previous * (1 - momentum), x0a - ea, x0a + ea),
-                            lo, hi)
+            if self.norm == "linf":  # in place: x_old[a] = cur[a], cur[a] = z (linf_step_reference)
+                z = linf_step(cur, x_old, x0, a, e, step, grad, momentum, float(lo), float(hi))
             else:
+                xa, x0a, ea = cur[a], x0[a], e[a, None]
+                previous = xa - x_old[a]
+                x_old[a] = xa
                 z = l2_project(x0a, xa + step[a, None] * unit(grad[a]), ea, lo, hi)
                 z = l2_project(x0a, xa + (z - xa) * momentum + previous * (1 - momentum), ea, lo, hi)
-            cur[a] = z
+                cur[a] = z
             value, g = judged(a, z)
             grad[a] = g
             loss_steps[i, a] = value
@@ -285,6 +284,49 @@ class APGD(Attack):
                 k = max(k - decrement, k_min)
                 counter = 0
         return pred, codes_out, bad
+
+
+def linf_step_reference(cur, x_old, x0, a, e, step, grad, momentum, lo, hi) -> np.ndarray:
+    """The l-inf APGD step of rows ``a`` (the reference's, in numpy): a signed-gradient step of
+    ``step``, projected on the eps-ball around ``x0`` and the bounds, then momentum with the
+    previous iterate, projected again; ``x_old[a]`` becomes the current iterate, ``cur[a]`` the
+    new one, which is returned. ``linf_step`` computes the same, bit for bit, in one pass."""
+    xa, x0a, ea = cur[a], x0[a], e[a, None]
+    previous = xa - x_old[a]
+    x_old[a] = xa
+    z = np.clip(np.clip(xa + step[a, None] * np.sign(grad[a]), x0a - ea, x0a + ea), lo, hi)
+    z = np.clip(np.clip(xa + (z - xa) * momentum + previous * (1 - momentum), x0a - ea, x0a + ea), lo, hi)
+    cur[a] = z
+    return z
+
+
+@nb.njit(cache=True)
+def _clip(v, lo, hi):
+    return min(max(v, lo), hi)
+
+
+@nb.njit(cache=True)
+def linf_step(cur, x_old, x0, a, e, step, grad, momentum, lo, hi):
+    """``linf_step_reference`` in one Numba pass over rows ``a``: the same float64 operations
+    in the same order (no fast-math), without the temporaries of the numpy form."""
+    d = cur.shape[1]
+    z = np.empty((len(a), d))
+    keep = 1.0 - momentum
+    for k in range(len(a)):
+        i = a[k]
+        ei, si = e[i], step[i]
+        for j in range(d):
+            xa = cur[i, j]
+            previous = xa - x_old[i, j]
+            x_old[i, j] = xa
+            g = grad[i, j]
+            sign = 1.0 if g > 0 else (-1.0 if g < 0 else 0.0)
+            low, high = x0[i, j] - ei, x0[i, j] + ei
+            v = _clip(_clip(xa + si * sign, low, high), lo, hi)
+            v = _clip(_clip(xa + (v - xa) * momentum + previous * keep, low, high), lo, hi)
+            cur[i, j] = v
+            z[k, j] = v
+    return z
 
 
 def unit(g: np.ndarray) -> np.ndarray:
