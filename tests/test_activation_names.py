@@ -16,9 +16,10 @@ TABLE = "hwq/ir/activations.py"
 # File-format readers that translate names found in a file into kinds (ONNX operator patterns:
 # the importer's partial step pattern is also called "sign").
 ALLOWED = frozenset({"hwq/onnx/importer.py"})
-# Other vocabularies that share a name: a Loihi layer map's neuron model (``lm.kind``: lif, relu,
-# identity) is not an activation (docs/layout.md, "names").
-OTHER_VOCABULARIES = (("targets/loihi/", "kind"),)
+# Other vocabularies that share a name: a Loihi layer map's neuron model (``lm.neuron``: lif,
+# relu, identity) is not an activation (docs/layout.md, "Where the architecture review's
+# findings stand").
+OTHER_VOCABULARIES = (("targets/loihi/", "neuron"),)
 
 
 def names_in(node: ast.AST) -> set[str]:
@@ -81,6 +82,7 @@ def test_the_check_finds_each_form_of_comparison():
             'kind is activations.RELU', 'mode == "argmax"']
     for text in good:
         assert not comparisons(text, "x.py"), text
-    assert not comparisons('lm.kind == "relu"', "targets/loihi/spec.py")  # the neuron model
-    assert comparisons('lm.kind == "relu"', "targets/sim/x.py")
+    assert not comparisons('lm.neuron == "relu"', "targets/loihi/spec.py")  # the neuron model
+    assert comparisons('lm.neuron == "relu"', "targets/sim/x.py")
+    assert comparisons('lm.kind == "relu"', "targets/loihi/spec.py")  # kind means an activation
     assert comparisons('layer.activation == "relu"', "targets/loihi/spec.py")
