@@ -214,6 +214,7 @@ def test_a_data_file_at_another_path_merges_when_its_fingerprint_agrees(tmp_path
     merged = merge_sweeps([a, b])
     assert merged.spec.seeds == (0, 1) and len(merged.cells) == 2
     assert merged.spec.data == (str(paths["one"]),)
+    capsys.readouterr()  # the sweeps' progress lines (a line per cell without a terminal)
     code, _, stderr = run_cli("report", a, c, "-o", tmp_path / "out", "--no-fig2", capsys=capsys)
     assert code != 0 and len(stderr.strip().splitlines()) == 1
     assert "differs from" in stderr and "fingerprint of data set toy" in stderr
