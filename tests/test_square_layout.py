@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_attack_square import Recording  # a device-like program recording every query
 
 import hwq
 from hwq import ir
@@ -21,19 +22,6 @@ RGB = Path(__file__).parent / "data" / "exporters" / "keras3_cnn_rgb_tf2onnx.onn
 H, W, C = 6, 6, 3
 
 
-class Recording:
-    """A device-like program (``forward``/``decide`` only) recording every query."""
-
-    def __init__(self, program):
-        self.net, self.target, self.inner = program.net, "recording", program
-        self.artifacts, self.report, self.seen = {}, {}, []
-
-    def forward(self, x_q):
-        self.seen.append(np.array(x_q))
-        return self.inner.forward(x_q)
-
-    def decide(self, scores):
-        return self.inner.decide(scores)
 
 
 def nchw_twin(graph: ir.Graph) -> ir.Graph:
