@@ -10,11 +10,21 @@ Typical use (a hardware-in-the-loop script can replace ``program`` by any object
     program = hwq.compile(net, target="sim")
     result = hwq.attack(program, data.x_test, data.y_test, [0, 0.05, 0.1], bounds=data.bounds)
     print(result.accuracy)
+
+``hwq attack``'s whole run (its gradient policy, diagnostics and results file) is one call, so a
+script writes the file the command writes::
+
+    run = hwq.api.run_attack(program, data, [0, 0.05, 0.1], "fgsm,square", attack_params={"queries": 500},
+                             data_spec="digits", model="model.hwq")
+    hwq.api.write_attack_results("results.h5", run)
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import shlex
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +44,11 @@ from hwq.attack import (
 )
 from hwq.attack.gradients import FloatGradient, SurrogateGradient, default_gradient, gradient_source
 from hwq.data import Dataset, load_dataset
+from hwq.errors import UsageError
 from hwq.files.program import load_program, save_program
 from hwq.ir import Graph
 from hwq.onnx.importer import load_onnx
+from hwq.params import param
 from hwq.quant import reference
 from hwq.quant.qnet import QuantizedNetwork, QuantSettings
 from hwq.quant.quantize import quantize as quantize_graph
@@ -49,7 +61,8 @@ __all__ = [
     "make_suite", "CALIBRATION_ROWS", "CALIBRATION_POLICY", "FIDELITY_WARN", "calibration_rows",
     "check_fidelity", "QuantSettings", "ReferenceProgram", "SurrogateGradient", "Traceable", "attack", "compile",
     "default_gradient", "evaluate", "gradient_source", "load_dataset", "load_onnx", "load_program",
-    "make_attack", "quantize", "save_program",
+    "make_attack", "quantize", "save_program", "AttackRun", "AttackRunOptions", "attack_gradient", "attack_members",
+    "attack_method", "input_format", "plot_attack", "run_attack", "write_attack_results",
 ]
 
 
@@ -161,6 +174,134 @@ def check_fidelity(program, x_q: np.ndarray, source: str, threshold: float = FID
     return (f"{program.target} computes a different network: its decisions equal the integer reference's (sim) on "
             f"{fid['value']:.1%} of {fid['inputs']} inputs ({fid['source']}), below {threshold:.0%}. Why: {why}. "
             f"To avoid it: {fix}")
+
+
+# -- attacks as `hwq attack` runs them: one path for the command line and Python ------------------
+
+@dataclass(frozen=True)
+class AttackRunOptions:
+    """The options of an attack run besides the attack's parameters (``hwq.attack.ATTACK_PARAMETERS``)
+    and the gradient's (``hwq.attack.gradients.GradientOptions``), declared once (``hwq.params``):
+    ``hwq attack``'s ``--grad``, ``--diagnostics/--no-diagnostics`` and ``--seed`` are generated
+    from these fields (``hwq.cli.common.run_options``) and :func:`run_attack`'s keywords default
+    to them."""
+
+    grad: str = param("surrogate", help="Gradient source: surrogate (of the integer model) | float | bits:Q | "
+                                        "target:NAME | model:FILE.hwq (transfer attacks).")
+    diagnostics: bool = param(True, help="Run the unbounded-strength sanity check too.")
+    seed: int = param(0, help="Seed of generated data sets (spirals) and data splits.")
+
+
+RUN_DEFAULTS = AttackRunOptions()
+
+
+def attack_method(spec: str = "fgsm", **params) -> Attack | Suite:
+    """The attack or worst-case suite ``spec`` names (``fgsm``, ``fgsm,pgd,square``, ``autoattack``)
+    with its declared parameters (``hwq.attack.ATTACK_PARAMETERS``; None: the attack's default)."""
+    from hwq.attack import make_suite as make  # the module's, looked up when called
+
+    return make(spec, **params)
+
+
+def attack_members(method: Attack | Suite) -> tuple:
+    """The attacks a run makes: a suite's members, or the one attack."""
+    return tuple(getattr(method, "attacks", (method,)))
+
+
+def attack_gradient(spec: str, program, data: Dataset, method: Attack | Suite, **options):
+    """The gradient source ``spec`` names (``gradient_source``; ``options``: ``GradientOptions``'
+    fields, the masking remedies) for attacks on ``program``, calibrated on ``data``'s
+    calibration rows (``CALIBRATION_POLICY``); None where no attack of ``method`` needs one."""
+    if not any(a.needs_gradient for a in attack_members(method)):
+        return None
+    return gradient_source(spec, program, calibration=calibration_rows(data.x_train), bounds=data.bounds, **options)
+
+
+def input_format(net: QuantizedNetwork) -> str:
+    """The input codes an attack's accuracies were measured on (coarse codes are robust by
+    construction: a robustness of the quantizer, not of the chip), e.g. ``u2 x 1/3 (2-bit codes)``."""
+    return f"{net.input.name} ({net.input.bits}-bit codes)"
+
+
+@dataclass(frozen=True, eq=False)
+class AttackRun:
+    """An attack run as ``hwq attack`` makes it (:func:`run_attack`): the result, the attack or
+    suite, the program and data it ran on, and ``meta``: the results file's attributes besides
+    the result's own (:func:`write_attack_results`; the command line is added there)."""
+
+    result: AttackResult
+    method: Attack | Suite
+    program: object
+    data: Dataset
+    meta: dict
+
+    @property
+    def summary(self) -> dict:
+        """``hwq attack --json``: ``hwq.files.results.summary`` with the formats and the data set."""
+        from hwq.files import results
+
+        settings = self.program.net.settings
+        return {**results.summary(self.result), "bits": settings.bits, "scheme": settings.scheme,
+                "data": self.data.name, "input_format": self.meta["input_format"]}
+
+
+def run_attack(program, data: Dataset, epsilons, method: str | Attack | Suite = "fgsm", *,
+               attack_params: dict | None = None, grad=RUN_DEFAULTS.grad, gradient_params: dict | None = None,
+               diagnostics: bool = RUN_DEFAULTS.diagnostics, progress=None, runner=None,
+               data_spec: str | None = None, seed: int = RUN_DEFAULTS.seed, model=None) -> AttackRun:
+    """Attack ``program`` on ``data``'s test split at ``epsilons`` as ``hwq attack`` does.
+
+    ``method``: an attack or suite, or its spec (:func:`attack_method`, with ``attack_params``).
+    ``grad``: a gradient source, or its spec (:func:`attack_gradient`, with ``gradient_params``).
+    ``progress(n)`` hears of finished inputs (``attack_members(method)`` times the inputs in
+    all), and one with ``member_done`` (``ProgressLines``) of every finished attack.
+    ``runner(program, data, epsilons, method, gradient, progress=)`` -> ``(result, attributes)``
+    judges elsewhere (``hwq attack --device``); default: :func:`attack` on ``program``, with
+    ``diagnostics``. ``data_spec`` (default: the data set's name), ``seed`` (the one ``data``
+    was loaded with) and ``model`` (its file) are recorded in ``meta``."""
+    from hwq.attack.suite import report_member
+
+    if isinstance(method, str):
+        method = attack_method(method, **(attack_params or {}))
+    elif attack_params:
+        raise UsageError("attack_params go with an attack named by its spec; this attack has its own")
+    if isinstance(grad, str):
+        grad = attack_gradient(grad, program, data, method, **(gradient_params or {}))
+    elif gradient_params:
+        raise UsageError("gradient_params go with a gradient named by its spec; this one has its own")
+    if runner is None:
+        result, extra = attack(program, data.x_test, data.y_test, epsilons, method=method, gradient=grad,
+                               bounds=data.bounds, progress=progress, diagnostics=diagnostics), {}
+    else:
+        result, extra = runner(program, data, epsilons, method, grad, progress=progress)
+    if len(attack_members(method)) == 1:  # a suite reports its members itself
+        report_member(progress, 0, 1, result)
+    settings = program.net.settings
+    meta = {"data": data_spec or data.name, "data_fingerprint": data.fingerprint(), "seed": seed,
+            "options": program.options, "bits": settings.bits, "scheme": settings.scheme,
+            "quantization": json.dumps(vars(settings)), **({} if model is None else {"model": str(model)}),
+            "input_format": input_format(program.net), **extra}
+    return AttackRun(result, method, program, data, meta)
+
+
+def write_attack_results(path, run: AttackRun, command: str | None = None) -> None:
+    """The results file of ``run`` (``hwq.files.results``, docs/file-formats.md): the result and
+    ``run.meta``; ``command``: the command line that made it (default: this Python process's)."""
+    from hwq.files import results
+
+    results.write_attack(path, run.result, {"command": command or shlex.join(["python", *sys.argv]), **run.meta})
+
+
+def plot_attack(run: AttackRun, path) -> None:
+    """Accuracy vs strength as a PNG: the attack's curve, or each member's and the worst case."""
+    from hwq.study.plots import plot_accuracy_vs_eps
+
+    result = run.result
+    label = f"{run.program.target} q={run.program.net.settings.bits}"
+    curves = [m.accuracy for m in result.members] + [result.accuracy] if result.members else [result.accuracy]
+    labels = [f"{label} {m.attack}" for m in result.members] + [f"{label} worst case"] if result.members \
+        else [label]
+    plot_accuracy_vs_eps(result.epsilons, np.array(curves), labels, path)
 
 
 # -- exports: the integer network's own formats (any target) and each target's ---------------------

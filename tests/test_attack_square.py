@@ -88,6 +88,20 @@ def test_margin_sign_is_the_reference_decision(n_out):
     np.testing.assert_array_equal(margin(scores, y, n_out == 1) > 0, decision == y)
 
 
+@pytest.mark.parametrize("n_out", [2, 3, 10])
+def test_margin_values_are_the_numpy_formula(n_out):
+    """The compiled margin equals ``min(s_y - max_{j<y} s_j - 1/2, s_y - max_{j>y} s_j + 1/2)``
+    written in numpy, value for value (Square ranks proposals by it)."""
+    rng = np.random.default_rng(n_out)
+    s = rng.integers(-2**40, 2**40, (400, n_out)).astype(np.float64)
+    s[::7] = rng.integers(-2, 3, (len(s[::7]), n_out))  # ties
+    y = rng.integers(0, n_out, 400)
+    rows, idx = np.arange(400), np.arange(n_out)
+    other = np.where(idx[None, :] < y[:, None], s + 0.5, s - 0.5)
+    other[rows, y] = -np.inf
+    np.testing.assert_array_equal(margin(s, y, False), s[rows, y] - other.max(axis=1))
+
+
 def test_seeded_and_parameters_recorded():
     program, x, y = compiled("step", n_in=16)
     r = hwq.attack(program, x, y, [0.1], method=Square(queries=200, seed=4), bounds=(0, 1))
@@ -106,3 +120,32 @@ def test_schedule_and_shape():
 def test_bad_parameters(params):
     with pytest.raises(UsageError):
         Square(**params)
+
+
+@pytest.mark.parametrize("c,h,w", [(1, 8, 8), (3, 6, 5), (2, 1, 12)])
+def test_linf_window_is_the_numpy_step_then_the_device_codes(c, h, w):
+    """The fused l-inf iteration (``square.linf_window``) = ``Square._linf_step`` followed by
+    ``Judge.codes`` (clip, ``floor(x * inv_scale + 1/2)``, saturate), bit for bit, including
+    rows whose window would not change (every sign flipped) and windows on the edges."""
+    from hwq.attack.square import linf_window
+
+    rng = np.random.default_rng(c * 100 + h * 10 + w)
+    rows = 30
+    for inv_scale, qmin, qmax, dtype in ((255.0, 0, 255, np.uint8), (127.0, -127, 127, np.int8),
+                                         (65535.0, 0, 65535, np.uint16)):
+        lo, hi = (0.0, 1.0) if qmin == 0 else (-1.0, 1.0)
+        xs = rng.uniform(lo, hi, (rows, c, h, w))
+        es = rng.choice([0.01, 0.05, 0.3], rows)
+        sign = rng.choice([-1.0, 1.0], (rows, c))
+        cur = np.clip(xs + es[:, None, None, None] * rng.choice([-1.0, 1.0], (rows, c, 1, w)), lo, hi)
+        for r0, c0, sh, sw in ((0, 0, 1, 1), (h - 1, w - 3, 1, 3), (0, 1, h, 2)):
+            cur_k = cur.copy()
+            cur_k[::3, :, r0:r0 + sh, c0:c0 + sw] = np.clip(  # a third of the rows: the proposal is no change
+                xs[::3, :, r0:r0 + sh, c0:c0 + sw] + es[::3, None, None, None] * sign[::3, :, None, None], lo, hi)
+            want = Square._linf_step(sign[:, :, None, None], xs, cur_k, es[:, None, None, None], r0, c0, sh, sw,
+                                     lo, hi)
+            want_codes = np.clip(np.floor(np.clip(want, lo, hi) * inv_scale + 0.5), qmin, qmax).astype(dtype)
+            new, codes = np.empty_like(cur_k), np.empty(cur_k.shape, dtype)
+            linf_window(xs, cur_k, es, sign, r0, c0, sh, sw, lo, hi, inv_scale, float(qmin), float(qmax), new, codes)
+            np.testing.assert_array_equal(new, want)
+            np.testing.assert_array_equal(codes, want_codes)

@@ -64,6 +64,10 @@ class AttackResult:
 
     @property
     def norm(self) -> str:
+        """The attack's norm; a suite's is its members' (a suite states no norm of its own)."""
+        if "norm" not in self.params and self.members:
+            norms = sorted({m.norm for m in self.members})
+            return norms[0] if len(norms) == 1 else ",".join(norms)
         return self.params.get("norm", "linf")
 
     @property
@@ -170,12 +174,24 @@ def margin(scores: np.ndarray, y: np.ndarray, single: bool) -> np.ndarray:
     s = np.asarray(scores, np.float64)
     if single:
         return np.where(y == 1, s[:, 0], 0.5 - s[:, 0])
-    rows = np.arange(len(y))
-    true = s[rows, y]
-    idx = np.arange(s.shape[1])
-    other = np.where(idx[None, :] < y[:, None], s + 0.5, s - 0.5)
-    other[rows, y] = -np.inf
-    return true - other.max(axis=1)
+    out = np.empty(len(y), np.float64)
+    _argmax_margin(s, np.asarray(y, np.int64), out)
+    return out
+
+
+@nb.njit(cache=True)
+def _argmax_margin(s, y, out):
+    """``margin`` of argmax scores, row by row: ``s_y - max_j (s_j + 1/2 if j < y else s_j - 1/2)``
+    (``-inf`` when there is one class). Every term is a float64 sum, as numpy would compute it."""
+    for r in range(s.shape[0]):
+        t = y[r]
+        best = -np.inf
+        for j in range(s.shape[1]):
+            if j != t:
+                v = s[r, j] + 0.5 if j < t else s[r, j] - 0.5
+                if v > best:
+                    best = v
+        out[r] = s[r, t] - best
 
 
 class Attack:

@@ -42,10 +42,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 
 from hwq.attack import noise
-from hwq.attack.base import Attack, ChunkOutcome
+from hwq.attack.base import Attack, ChunkOutcome, code_dtype
 from hwq.attack.pgd import _positive, _positive_int
 from hwq.errors import UsageError
 from hwq.params import declared_values, param
@@ -201,7 +202,7 @@ class Square(Attack):
 
         def row_signs(rows_, tag, width=1):
             """+-1 per row of ``rows_`` (and ``width`` per row) from (seed, its eps, tag, its input)."""
-            return noise.signs(noise.keys(self.seed, eps, tag)[rows_ // n], index[rows_], width)
+            return noise.row_signs(self.seed, eps, tag, rows_ // n, index[rows_], width)
 
         clean_codes = judge.codes(x)
         clean_pred, _ = judge.judge(clean_codes, y)
@@ -212,7 +213,7 @@ class Square(Attack):
         pred = np.tile(clean_pred, k_eps)
         best_codes = np.tile(clean_codes, (k_eps, 1))
         used = np.zeros(rows, np.int64)
-        lo, hi = judge.lo, judge.hi
+        lo, hi, fmt = judge.lo, judge.hi, judge.fmt
         idx = np.flatnonzero((pred == labels) & (e > 0)) if self.queries > 1 else np.zeros(0, np.int64)
         xs, es = x0[idx], e[idx, None, None, None]
         if self.norm == "linf":  # vertical stripes, a sign per channel and column
@@ -239,11 +240,16 @@ class Square(Attack):
             sh, sw = self._window(it, n_iters, h, w)
             r0, c0 = rng.integers(0, h - sh + 1), rng.integers(0, w - sw + 1)
             sign = row_signs(idx, ITERATION_TAG + it, c)[:, :, None, None]  # one per channel
-            if self.norm == "linf":
-                new = self._linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi)
+            if self.norm == "linf":  # the step and the device's codes in one pass (linf_window)
+                new, grid = np.empty_like(cur), np.empty(cur.shape, code_dtype(fmt))
+                linf_window(xs, cur, es.reshape(-1), sign.reshape(len(idx), c), r0, c0, sh, sw, lo, hi,
+                            fmt.inv_scale, fmt.qmin, fmt.qmax, new, grid)
+                codes = flat(grid)
+                p, m = judge.judge(codes, labels[idx])
+                used[idx] += 1
             else:
                 new = self._l2_step(rng, sign, xs, cur, es, r0, c0, sh, sw, lo, hi)
-            codes, p, m = query(idx, new)
+                codes, p, m = query(idx, new)
             better = m < best_margin
             cur[better], best_margin[better] = new[better], m[better]
             best_codes[idx[better]], pred[idx[better]] = codes[better], p[better]
@@ -252,7 +258,7 @@ class Square(Attack):
                             clean=clean_pred)
 
     @staticmethod
-    def _linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi):
+    def _linf_step(sign, xs, cur, es, r0, c0, sh, sw, lo, hi):  # the numpy form of linf_window (tests)
         """Rows (rows, c, h, w): the window set to ``x + eps * sign`` (a sign per channel); where
         that would change nothing in any channel, every channel's sign flipped (the reference
         resamples until something changes)."""
@@ -313,3 +319,37 @@ class Square(Attack):
         delta[w2] = 0.0
         delta[w1] = update
         return np.clip(xs + delta / np.maximum(_norm(delta), 1e-12) * es, lo, hi)
+
+
+@nb.njit(cache=True)
+def linf_window(xs, cur, es, sign, r0, c0, sh, sw, lo, hi, inv_scale, qmin, qmax, new, codes):
+    """One l-inf iteration of every row, fused (``Square._linf_step`` then ``Judge.codes``):
+    ``new`` = ``cur`` with the window ``[r0, r0 + sh) x [c0, c0 + sw)`` of every channel set to
+    ``clip(xs + es_r * sign_rc, lo, hi)``, every sign of a row flipped first where that would
+    change nothing in its window (all ``|proposal - cur| < 1e-7``); ``codes`` = the device's
+    codes of ``new``: ``clip(floor(clip(new, lo, hi) * inv_scale + 1/2), qmin, qmax)``.
+    Rows (rows, c, h, w) are float64; the float operations are numpy's, in numpy's order."""
+    rows, c, h, w = xs.shape
+    for r in range(rows):
+        e = es[r]
+        same = True
+        for ch in range(c):
+            step = e * sign[r, ch]
+            for i in range(r0, r0 + sh):
+                for j in range(c0, c0 + sw):
+                    p = min(max(xs[r, ch, i, j] + step, lo), hi)
+                    if not abs(p - cur[r, ch, i, j]) < 1e-7:
+                        same = False
+        flip = -1.0 if same else 1.0
+        for ch in range(c):
+            step = e * (sign[r, ch] * flip)
+            for i in range(h):
+                inside = r0 <= i < r0 + sh
+                for j in range(w):
+                    if inside and c0 <= j < c0 + sw:
+                        v = min(max(xs[r, ch, i, j] + step, lo), hi)
+                    else:
+                        v = cur[r, ch, i, j]
+                    new[r, ch, i, j] = v
+                    q = np.floor(min(max(v, lo), hi) * inv_scale + 0.5)
+                    codes[r, ch, i, j] = min(max(q, qmin), qmax)

@@ -104,7 +104,7 @@ TARGET = typer.Option(None, help="Run on this target (default: the one the file 
 def declared_options(options: list[tuple[str, type, object, tuple[str, ...], str]], *, into: str,
                      panel: str | None = None):
     """A decorator adding one typer option per declared parameter (``(name, type, default,
-    flags, help)``, made by :func:`attack_options` or :func:`train_options` from the
+    flags, help)``, made by :func:`attack_options`, :func:`run_options` or :func:`train_options` from the
     dataclass fields) where the command has its parameter ``into``; the command receives the
     values as one dict ``into`` (name -> value, None: not given). The options' Python names
     are ``{into}__{name}`` (no clash with the command's own, e.g. ``hwq attack --seed``)."""
@@ -148,6 +148,17 @@ def gradient_options(panel: str | None = None):
 
     return declared_options([(p.name, p.type, p.default, p.flags, p.declared.help) for p in GRADIENT_OPTIONS],
                             into="gradient_params", panel=panel)
+
+
+def run_options(panel: str | None = None):
+    """The options of an attack run besides the attack's and the gradient's parameters
+    (``hwq.api.AttackRunOptions``: ``--grad``, ``--diagnostics/--no-diagnostics``, ``--seed``), for
+    ``hwq attack``: into ``run_params``, the keywords of ``hwq.api.run_attack``."""
+    from hwq.api import AttackRunOptions
+    from hwq.params import declared
+
+    return declared_options([(p.name, p.type, p.default, p.flags, p.declared.help) for p in declared(AttackRunOptions)],
+                            into="run_params", panel=panel)
 
 
 def train_options(*, sweep: bool, panel: str | None = None):

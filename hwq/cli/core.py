@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,7 @@ import typer
 
 from hwq import api
 from hwq.attack import ATTACKS
-from hwq.attack.gradients import gradient_source
-from hwq.attack.suite import ProgressLines, report_member
+from hwq.attack.suite import ProgressLines
 from hwq.cli.app import app
 from hwq.cli.common import (
     DATA_HELP,
@@ -28,6 +29,7 @@ from hwq.cli.common import (
     gradient_options,
     program_for,
     progress,
+    run_options,
     table,
     target_options,
     train_options,
@@ -147,7 +149,11 @@ def compile_(
                        conv_per_channel=conv_per_channel)
     cal_name = f"{cal_name}: {net.settings.calibration}"
     net = dataclasses.replace(net, settings=dataclasses.replace(net.settings, calibration=cal_name))
-    program = api.compile(net, target, **options)
+    shown, close = compile_progress(target)
+    try:
+        program = api.compile(net, target, **options, **shown)
+    finally:
+        close()
     warning = measure_fidelity(program, calib or meta.get("hwq.dataset"), seed, x_cal)
     hwqfile.save_program(output, program, command=command_line())
     if warning:
@@ -169,6 +175,27 @@ def compile_(
     if isinstance(fidelity, dict) and "value" in fidelity:
         typer.echo(f"fidelity: {fidelity['value']:.4f} ({fidelity.get('source', '')})")
     typer.echo(f"compiled {model} for {target} ({scheme} q={net.settings.bits}, calibration: {cal_name}) -> {output}")
+
+
+PROGRESS_AFTER_S = 2.0  # a quicker compile prints no progress lines (a terminal's bar hides itself)
+
+
+def compile_progress(target: str):
+    """``api.compile``'s ``progress`` where the target's ``compile`` reports it (truenorth: each
+    layer mapped, ``progress(done, total, what)``): a bar on a terminal, else (a log, CI) a line
+    per report once the compile has taken ``PROGRESS_AFTER_S``; and the bar's ``close``."""
+    if not api.takes_progress(api.get_target(target).compile):
+        return {}, lambda: None
+    bar, start = progress(0, f"{target} compile"), time.perf_counter()
+
+    def report(done: int, total: int, what: str) -> None:
+        bar.total, bar.unit = total, "layer"
+        bar.update(done - bar.n)
+        bar.set_postfix_str(what)
+        if bar.disable and time.perf_counter() - start >= PROGRESS_AFTER_S:
+            print(f"{target} compile: {done}/{total} layers, {what} ({time.perf_counter() - start:.1f} s)",
+                  file=sys.stderr, flush=True)
+    return {"progress": report}, bar.close
 
 
 FIDELITY_INPUTS = 1000
@@ -272,24 +299,21 @@ ATTACK_PANEL = "Attack parameters"
 @app.command()
 @attack_options(ATTACK_PANEL)
 @gradient_options(ATTACK_PANEL)
+@run_options()
 def attack(
     model: Path = typer.Argument(..., help="Compiled .hwq file."),
     data_spec: str = typer.Option(..., "--data", help=DATA_HELP),
     eps: str = typer.Option("0:0.5:0.005", help="Attack strengths: START:STOP:STEP (inclusive) or a,b,c."),
-    grad: str = typer.Option("surrogate", help="Gradient source: surrogate (of the integer model) | float | "
-                             "bits:Q | target:NAME | model:FILE.hwq (transfer attacks)."),
+    run_params: dict = None,  # --grad, --diagnostics, --seed: hwq.api.AttackRunOptions (hwq.cli.common.run_options)
     attack_name: str = typer.Option("fgsm", "--attack", help="Attack: " + " | ".join(ATTACKS) + "."),
     attacks: str = typer.Option(None, "--attacks", help="A suite, e.g. fgsm,pgd,square, or autoattack "
                                 "(apgd-ce,apgd-t,apgd-dlr,square 5000): the per-input worst case is the robust "
                                 "accuracy (overrides --attack)."),
     attack_params: dict = None,  # the attack dataclasses' declared fields (hwq.cli.common.attack_options)
     gradient_params: dict = None,  # the masking remedies, --temperature and --ste (hwq.cli.common.gradient_options)
-    diagnostics: bool = typer.Option(True, "--diagnostics/--no-diagnostics",
-                                     help="Run the unbounded-strength sanity check too."),
     target: str = TARGET,
     option: list[str] = OPTION,
     limit: int = LIMIT,
-    seed: int = typer.Option(0, help="Seed of generated data sets (spirals) and data splits."),
     output: Path = typer.Option(None, "-o", "--output", help="Results file (.h5)."),
     plot: Path = typer.Option(None, help="Also write accuracy vs strength as a PNG."),
     device: str = typer.Option(None, "--device", help="Judge every point on a device: tcp://HOST:PORT "
@@ -300,78 +324,58 @@ def attack(
     as_json: bool = JSON,
 ):
     """Attack over a list of strengths (FGSM by default), judged on the bit-exact integer model."""
-    from hwq.attack import make_suite
-
     epsilons = parse_epsilons(eps)
-    if output is not None:
-        check_output(output, (".h5", ".hdf5"))
-    if plot is not None:
-        check_output(plot, (".png",))
-    method = make_suite(attacks or attack_name, **attack_params)
-    norm = attack_params["norm"]
+    for path, suffixes in ((output, (".h5", ".hdf5")), (plot, (".png",))):
+        if path is not None:
+            check_output(path, suffixes)
+    method = api.attack_method(attacks or attack_name, **attack_params)
     program = program_for(model, target, option)
-    ds = data(data_spec, limit, seed)
-    members = getattr(method, "attacks", (method,))
-    gradient = (gradient_source(grad, program, calibration=api.calibration_rows(ds.x_train), bounds=ds.bounds,
-                                **gradient_params) if any(a.needs_gradient for a in members) else None)
-    total = len(ds.y_test) * len(members)
-    # without a terminal (a log, CI, nohup) the bar hides: lines per 10 % of inputs and per member/strength
-    bar = progress(total, f"attack ({len(epsilons)} strengths)") if sys.stderr.isatty() else ProgressLines(total)
-    device_meta = {}
+    ds = data(data_spec, limit, run_params["seed"])
+    gradient = api.attack_gradient(run_params["grad"], program, ds, method, **gradient_params)
+    bar = attack_progress(len(ds.y_test) * len(api.attack_members(method)), len(epsilons))
+    runner = None
     if device:  # hwq/cli/devices.py: judged on the device, journaled beside the output
         from hwq.cli.devices import attack_on
 
-        result, device_meta = attack_on(device, program, ds, epsilons, method, gradient, output, bar.update,
-                                        max_disagreement)
-    else:
-        result = api.attack(program, ds.x_test, ds.y_test, epsilons, method=method, gradient=gradient,
-                            bounds=ds.bounds, progress=bar.update, diagnostics=diagnostics)
-    if len(members) == 1:  # a suite reports its members itself
-        report_member(bar, 0, 1, result)
+        runner = functools.partial(attack_on, device, output=output, max_disagreement=max_disagreement)
+    run = api.run_attack(program, ds, epsilons, method, grad=gradient, diagnostics=run_params["diagnostics"],
+                         progress=bar.update, runner=runner, data_spec=data_spec, seed=run_params["seed"],
+                         model=model)
     bar.close()
-    summary = results.summary(result)
-    fmt = input_format(program.net)
-    summary.update(bits=program.net.settings.bits, scheme=program.net.settings.scheme, data=ds.name,
-                   input_format=fmt)
     if output is not None:
-        results.write_attack(output, result, {
-            "command": command_line(), "data": data_spec, "data_fingerprint": ds.fingerprint(),
-            "seed": seed, "options": program.options,
-            "bits": program.net.settings.bits, "scheme": program.net.settings.scheme,
-            "quantization": json.dumps(vars(program.net.settings)), "model": str(model), "input_format": fmt,
-            **device_meta})
+        api.write_attack_results(output, run, command_line())
         if device:
             from hwq.cli.devices import remove_journal
 
             remove_journal(output)
     if plot is not None:
-        from hwq.study.plots import plot_accuracy_vs_eps
-
-        label = f"{program.target} q={program.net.settings.bits}"
-        curves = ([m.accuracy for m in result.members] + [result.accuracy] if result.members
-                  else [result.accuracy])
-        labels = [f"{label} {m.attack}" for m in result.members] + [f"{label} worst case"] if result.members \
-            else [label]
-        plot_accuracy_vs_eps(result.epsilons, np.array(curves), labels, plot)
+        api.plot_attack(run, plot)
     if as_json:
-        return emit_json(summary)
+        return emit_json(run.summary)
+    typer.echo(attack_text(run, attack_params["norm"], output))
+    for flag in run.result.diagnostics.get("flags", []):
+        typer.echo(f"warning: {flag_text(flag, run.result.diagnostics)}", err=True)
+
+
+def attack_progress(total: int, strengths: int):
+    """The attack's progress: a bar on a terminal; without one (a log, CI, nohup) the bar hides,
+    so lines per 10 % of the inputs and per attack and strength (``ProgressLines``)."""
+    return progress(total, f"attack ({strengths} strengths)") if sys.stderr.isatty() else ProgressLines(total)
+
+
+def attack_text(run: api.AttackRun, norm: str, output: Path | None) -> str:
+    """``hwq attack``'s table (at most 11 of the strengths) and its summary line."""
+    result, epsilons = run.result, run.result.epsilons
     picks = np.unique(np.linspace(0, len(epsilons) - 1, min(11, len(epsilons))).astype(int))
     names = [m.attack for m in result.members]
-    typer.echo(table([[f"{epsilons[k]:g}", *[f"{m.accuracy[k]:.4f}" for m in result.members],
-                       f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"] for k in picks],
-                     ["eps", *names, "robust" if names else "accuracy", "relative"]))
-    label = getattr(method, "label", method.name)
-    typer.echo(f"{program.target}, {label} {norm}, {result.gradient} gradient, inputs {fmt}: clean accuracy "
-               f"{result.clean_accuracy:.4f} on {len(ds.y_test)} inputs; zero gradients: "
-               f"{int(result.zero_gradient.sum())}" + (f" -> {output}" if output else ""))
-    for flag in result.diagnostics.get("flags", []):
-        typer.echo(f"warning: {flag_text(flag, result.diagnostics)}", err=True)
-
-
-def input_format(net) -> str:
-    """The input codes an attack's accuracies were measured on (coarse codes are robust by
-    construction: a robustness of the quantizer, not of the chip), e.g. ``u2 x 1/3 (2-bit codes)``."""
-    return f"{net.input.name} ({net.input.bits}-bit codes)"
+    rows = table([[f"{epsilons[k]:g}", *[f"{m.accuracy[k]:.4f}" for m in result.members],
+                   f"{result.accuracy[k]:.4f}", f"{result.relative_accuracy[k]:.4f}"] for k in picks],
+                 ["eps", *names, "robust" if names else "accuracy", "relative"])
+    label = getattr(run.method, "label", run.method.name)
+    return rows + "\n" + (
+        f"{run.program.target}, {label} {norm}, {result.gradient} gradient, inputs {run.meta['input_format']}: "
+        f"clean accuracy {result.clean_accuracy:.4f} on {len(run.data.y_test)} inputs; zero gradients: "
+        f"{int(result.zero_gradient.sum())}" + (f" -> {output}" if output else ""))
 
 
 def flag_text(flag: str, diag: dict) -> str:

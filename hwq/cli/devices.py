@@ -72,12 +72,13 @@ def disagreement_line(address: str, disagreement, epsilons, limit: float) -> tup
 
 def attack_on(device: str, program, ds, epsilons, method, gradient, output: Path | None, progress,
               max_disagreement: float = 0.0):
-    """``hwq attack --device``: the attack judged on the device, journaled beside ``output``.
-    Returns the result and the results file's device attributes. A device whose decisions
-    differ from the bit-exact model's on more than ``max_disagreement`` of the inputs at some
-    strength stops the run before anything is written (the journal keeps the finished batches,
-    so the same command with a higher ``--max-disagreement`` writes them without running them
-    again); below it, the disagreement is printed and recorded."""
+    """``hwq attack --device``: the attack judged on the device, journaled beside ``output``
+    (``hwq.api.run_attack``'s ``runner``). Returns the result and the results file's device
+    attributes. A device whose decisions differ from the bit-exact model's on more than
+    ``max_disagreement`` of the inputs at some strength stops the run before anything is
+    written (the journal keeps the finished batches, so the same command with a higher
+    ``--max-disagreement`` writes them without running them again); below it, the disagreement
+    is printed and recorded."""
     from hwq import api
     from hwq.devices import SocketDevice, model_hash
     from hwq.devices.attack import attack_on_device
