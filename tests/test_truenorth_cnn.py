@@ -249,14 +249,82 @@ def refused(net) -> str:
     return line
 
 
-def test_graded_convolutions_are_refused_naming_the_step_activation():
-    rng = np.random.default_rng(7)
-    conv = conv_layer(rng, (1, 6, 6), 3, (3, 3), "relu", in_max=1)
-    dense = make_layer(rng.integers(-2, 3, (4, conv.n_out)), np.zeros(4), "identity", conv.out_scale)
-    net = QuantizedNetwork(InputFormat(1, False, 1.0), (conv, dense), "argmax", QuantSettings(bits=8), None,
-                           input_shape=(1, 6, 6))
+# ------------------------------------------------------------------ graded (ReLU) CNNs
+
+def relu_cnn(rng, shape=(1, 6, 6), channels=3, pool="avg", input_bits=2, act_bits=2, top=1, shifts=None,
+             multipliers=None):
+    """A ReLU convolution (per-channel requantization), an optional pooling, a dense output."""
+    conv = conv_layer(rng, shape, channels, (3, 3), "relu", in_max=2**input_bits - 1, act_bits=act_bits, top=top)
+    m = np.ones(channels, np.int64) if multipliers is None else np.asarray(multipliers, np.int64)
+    sh = np.zeros(channels, np.int64) if shifts is None else np.asarray(shifts, np.int64)
+    nodes = [dataclasses.replace(conv, requant=Requant(m, sh))]
+    s = nodes[0].out_shape
+    if pool:
+        nodes.append(pool_node(s, pool, (2, 2)))
+        s = nodes[-1].out_shape
+    nodes.append(make_layer(rng.integers(-2, 3, (4, int(np.prod(s)))), rng.integers(-3, 4, 4), "identity"))
+    net = QuantizedNetwork(InputFormat(input_bits, False, 1.0), tuple(nodes), "argmax", QuantSettings(bits=8), None,
+                           input_shape=tuple(shape))
+    net.validate()
+    return net
+
+
+RELU_CASES = {
+    "relu conv, avgpool, pure shifts per channel": dict(shifts=(0, 1, 2)),
+    "relu conv, no pooling, 12-bit multipliers": dict(pool=None, multipliers=(2**11 + 5, 3001, 4095),
+                                                     shifts=(12, 12, 13)),
+    "relu conv 4-bit codes, avgpool, multipliers": dict(input_bits=4, act_bits=4, top=7,
+                                                      multipliers=(2**11 + 1, 2**11 + 511, 2**12 - 1),
+                                                      shifts=(14, 14, 15)),
+}
+
+
+@pytest.mark.parametrize("name", list(RELU_CASES))
+def test_relu_cnns_equal_the_reference_in_the_count_domain(name):
+    """A graded convolution is its unrolled matrix with each channel's requantization at every
+    position (count domain, like an MLP's ReLU layers); an average pooling of its codes is a
+    count-domain ReLU of ones with the pooling's rescale. Scores and every layer's accumulators
+    equal the reference's, and the ReLU codes are graded (not just 0/1)."""
+    rng = np.random.default_rng(sorted(RELU_CASES).index(name) + 40)
+    net = relu_cnn(rng, **RELU_CASES[name])
+    program = TN.compile(net, fidelity_samples=0)
+    assert [r["scheme"] for r in program.report["layers"]][:-1] == ["count-relu"] * (len(net.layers) - 1)
+    x = inputs(rng, net, 48)
+    check_equal(program, net, x)
+    codes = reference.activate(net.layers[0], reference.trace(net, x)[0])
+    assert codes.max() >= 2 and len(np.unique(codes)) >= 3
+
+
+def test_a_relu_cnn_s_requantization_must_follow_its_channel():
+    """The wrong variant: the per-channel requantization laid out per position instead of per
+    channel (``np.tile`` for ``np.repeat``) computes another network on the same inputs."""
+    from hwq_targets.truenorth import conv_mapping
+
+    rng = np.random.default_rng(44)
+    net = relu_cnn(rng, pool=None, shifts=(0, 1, 2))
+    view = conv_mapping.dense_view(net).net
+    x = inputs(rng, net, 48)
+    np.testing.assert_array_equal(reference.forward(view, x), reference.forward(net, x))
+    rq = view.layers[0].requant
+    P = net.layers[0].window.positions
+    wrong = Requant(np.tile(net.layers[0].requant.multiplier, P), np.tile(net.layers[0].requant.shift, P))
+    assert not np.array_equal(rq.shift, wrong.shift)
+    bad = dataclasses.replace(view, layers=(dataclasses.replace(view.layers[0], requant=wrong), *view.layers[1:]))
+    assert not np.array_equal(reference.forward(bad, x), reference.forward(net, x))
+
+
+def test_a_relu_cnn_without_an_exact_ratio_is_refused_naming_relu_rate_or_approximated():
+    rng = np.random.default_rng(45)
+    net = relu_cnn(rng, input_bits=6, act_bits=4, top=7, pool=None, multipliers=(2580, 3001, 2222), shifts=(8, 8, 8))
     line = refused(net)
-    assert "layer 0" in line and "relu convolution" in line and "--activation step" in line
+    assert "layer 0" in line and "relu=rate" in line
+    program = TN.compile(net, relu="rate", fidelity_samples=16)
+    assert not program.exact and any("layer 0 ReLU" in a for a in program.report["approximations"])
+
+
+def test_a_max_pooling_of_graded_codes_is_refused_naming_average_pooling():
+    line = refused(relu_cnn(np.random.default_rng(46), pool="max"))
+    assert "layer 1" in line and "max pooling of multi-valued codes" in line and "average pooling" in line
 
 
 def test_a_sum_pooling_of_spikes_beyond_one_is_refused():

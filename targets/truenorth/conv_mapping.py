@@ -15,8 +15,14 @@ core's receptive-field union fits its axons:
   ``0..n`` (``n`` real elements): a threshold count ``[s >= t]`` = a step unit with weights 1
   and bias ``1 - t``, ``t`` the least sum the pooling's epilogue maps to 1 (per channel).
 
-Refused in one line: a convolution with a graded activation (ReLU, sigmoid: train with a step
-activation), a pooling of non-binary codes, an average pooling whose result can exceed 1.
+* a graded (ReLU) convolution: the unrolled matrix with its channel's requantization at every
+  position; the mapper puts it in the count domain (exact where ``relu=exact`` finds an exact
+  ratio, else refused naming ``relu=rate``), as it does an MLP's ReLU layers.
+* an average pooling of graded codes (after a ReLU): ``graded_pool``, a count-domain ReLU layer
+  of ones with the pooling's requantization.
+
+Refused in one line: a max pooling of graded codes, an average pooling of spikes whose result
+can exceed 1.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 from hwq.errors import LimitError
 from hwq.ir import activations
 from hwq.ir.window import Window
-from hwq.quant.qnet import QLayer, QPool, QuantizedNetwork
+from hwq.quant.qnet import QLayer, QPool, QuantizedNetwork, Requant
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,42 @@ def pool_threshold(node: QPool, li: int) -> np.ndarray:
     return t
 
 
+def graded_pool(node: QPool, li: int, in_hi: int | None) -> QLayer:
+    """An average (sum) pooling of graded, non-negative codes (after a ReLU) as a ReLU layer of
+    the count domain: weights 1 on each real element of the window, no bias, the pooling's own
+    requantization ``floor((s M + 2^(S-1)) / 2^S)`` per channel, repeated per position, and
+    ``A`` activation bits that hold its largest result, so the clip never acts:
+    ``clip(rescale(s), 0, 2^A - 1) = rescale(s)``. Max pooling of graded codes has no sum
+    form: refused, as are truncating poolings and poolings of signed codes."""
+    win = node.window
+    if node.op == "max" or in_hi is None or node.truncate:
+        what = ("a max pooling" if node.op == "max" else
+                "a pooling of signed codes" if in_hi is None else "a truncating average pooling")
+        raise LimitError(f"layer {li}: {what} of multi-valued codes ({win.describe(groups=False)}); truenorth pools "
+                         "graded codes only by a rounded average (a sum in the count domain) and spikes by OR",
+                         hint="use average pooling after a ReLU, or a step activation before a max pooling")
+    top = node.out_range(0, in_hi)[1]
+    bits = max(1, int(top).bit_length())
+    P = win.positions
+    u = unrolled(win, np.ones((win.channels, win.patch_len), np.int64))
+    requant = Requant(np.repeat(node.requant.multiplier, P), np.repeat(node.requant.shift, P))
+    return QLayer(u, np.zeros(u.shape[0], np.int64), np.ones(u.shape[0]), node.in_scale, 1.0, "relu", bits,
+                  requant, None, node.in_scale, in_hi)
+
+
 def dense_view(net: QuantizedNetwork) -> ConvView:
     """The network as dense layers (module docstring); refuses what is not mapped, naming the layer."""
     layers, windows, sources = [], {}, []
     binary = net.input.qmin >= 0 and net.input.qmax <= 1  # do the codes entering this node lie in 0..1?
-    last = len(net.layers) - 1
+    in_hi = net.input.qmax if net.input.qmin >= 0 else None  # the largest code entering it (None: signed)
     for li, node in enumerate(net.layers):
         if isinstance(node, QPool):
             if not binary:
-                raise LimitError(f"layer {li}: a {node.op} pooling of multi-valued codes; truenorth pools "
-                                 "spikes only (a pooling after a step activation)",
-                                 hint="train with --activation step")
+                layers.append(graded_pool(node, li, in_hi))
+                windows[li] = (node.window, node.window.channels)
+                sources.append("avgpool")
+                in_hi = node.out_range(0, in_hi)[1]
+                continue
             win = node.window
             u = unrolled(win, np.ones((win.channels, win.patch_len), np.int64))
             if node.op == "max":
@@ -102,20 +133,19 @@ def dense_view(net: QuantizedNetwork) -> ConvView:
             layers.append(node)
             sources.append("dense")
         else:
-            if li != last and kind is not activations.STEP:
-                raise LimitError(f"layer {li} is a {node.activation} convolution ({node.window.describe()}); "
-                                 "truenorth maps convolutions with a step activation only (binary spikes, "
-                                 "the Eedn recipe)", hint="train with --activation step")
             win = node.window
             P = win.positions
             u = unrolled(win, node.weight)
-            requant = None
+            requant = None  # per output unit o P + p: channel o's (graded convolutions: the count domain)
+            if node.requant is not None:
+                requant = Requant(np.repeat(node.requant.multiplier, P), np.repeat(node.requant.shift, P))
             layers.append(QLayer(u, np.repeat(node.bias, P), np.repeat(node.weight_scale, P), node.in_scale,
-                                 node.gain, node.activation, node.act_bits, requant, None, node.out_scale,
+                                 node.gain, node.activation, node.act_bits, requant, node.lut, node.out_scale,
                                  node.in_max))
             windows[li] = (win, int(node.weight.shape[0]))
             sources.append("conv")
         binary = kind is activations.STEP
+        in_hi = 1 if binary else (2**node.act_bits - 1 if kind.requantizes else None)
     view = QuantizedNetwork(net.input, tuple(layers), net.output, net.settings, None,
                             input_shape=(net.n_features,))
     return ConvView(view, windows, tuple(sources))
