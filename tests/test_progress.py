@@ -96,3 +96,14 @@ def test_attack_without_a_terminal_prints_member_and_strength_lines(tmp_path):
     assert [(m[1], m[3], m[4]) for m in members] == [("1", "fgsm", "0"), ("1", "fgsm", "0.1"),
                                                      ("2", "square", "0"), ("2", "square", "0.1")], proc.stderr
     assert "attack: 120/120 inputs (100 %)" in proc.stderr
+
+
+def test_lines_wait_for_after_seconds():
+    """``after``: a job quicker than that writes no lines (a compile's fidelity pass on a small
+    network); once it has run that long the lines come at the next mark."""
+    out, now = io.StringIO(), [0.0]
+    lines = ProgressLines(10, "loihi fidelity", stream=out, every=0.2, clock=lambda: now[0], after=2.0)
+    lines(4)  # 40 % at 0 s: too early
+    now[0] = 2.5
+    lines(2)  # 60 % at 2.5 s
+    assert out.getvalue().splitlines() == ["loihi fidelity: 6/10 inputs (60 %), 2.5 s"]

@@ -103,9 +103,11 @@ class ProgressLines:
     the number of inputs finished (``Attack.run``'s ``progress``), it writes a line at every
     ``every`` share of ``total`` (``attack: 250/1000 inputs (25 %), 3.1 s``); ``member_done``
     (a suite's member, or the single attack) writes one line per strength with its accuracy
-    (``attack 2/3 square: eps 0.1 accuracy 0.4056 (12.0 s)``)."""
+    (``attack 2/3 square: eps 0.1 accuracy 0.4056 (12.0 s)``). With ``after`` > 0 the input lines
+    start only once the work has run that many seconds (a quick job writes none)."""
 
-    def __init__(self, total: int, label: str = "attack", stream=None, every: float = 0.1, clock=None):
+    def __init__(self, total: int, label: str = "attack", stream=None, every: float = 0.1, clock=None,
+                 after: float = 0.0):
         import sys
         import time
 
@@ -115,6 +117,7 @@ class ProgressLines:
         self.start = self.clock()
         self.done = 0
         self.next_mark = every
+        self.after = after
 
     def write(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -125,6 +128,8 @@ class ProgressLines:
         if share + 1e-12 >= self.next_mark:
             while self.next_mark <= share + 1e-12:
                 self.next_mark += self.every
+            if self.after and self.clock() - self.start < self.after:
+                return
             self.write(f"{self.label}: {self.done}/{self.total} inputs ({100 * min(share, 1):.0f} %), "
                        f"{self.clock() - self.start:.1f} s")
 

@@ -213,7 +213,9 @@ def measure_fidelity(program, spec: str | None, seed: int, x_cal: np.ndarray) ->
     else:
         x = x_cal[:FIDELITY_INPUTS]
         source = f"the first {len(x)} calibration samples"
-    bar = progress(len(x), f"{program.target} fidelity")
+    # without a terminal (a log, CI): a line per 10 % of the inputs once it has run PROGRESS_AFTER_S
+    bar = (progress(len(x), f"{program.target} fidelity") if sys.stderr.isatty()
+           else ProgressLines(len(x), f"{program.target} fidelity", after=PROGRESS_AFTER_S))
     try:
         return api.check_fidelity(program, quantize_input(program.net.input, x), source, progress=bar.update)
     finally:
