@@ -1,6 +1,8 @@
 """Emulator speed on the paper's 784-100-10 network, ternary weights, 1-bit inputs, mapped
 exactly (count domain), against a straightforward per-frame, per-tick, per-core numpy loop of
-the same semantics (deterministic cores only), checked identical on the shared frames."""
+the same semantics (deterministic cores only), checked identical on the shared frames. The same
+comparison first on a mapped step CNN (1x16x16, conv 3x3 x8, max pool 2, conv 3x3 x16, dense 10,
+ternary weights, 1-bit inputs; one tick per layer, docs/truenorth.md section 4)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from factories import random_net  # noqa: E402
+from factories import conv_layer, make_layer, pool_node, random_net  # noqa: E402
 from hwq_targets.truenorth import TrueNorthTarget  # noqa: E402
 from hwq_targets.truenorth.core import SLOTS  # noqa: E402
 
@@ -67,24 +69,75 @@ def time_real_files(ticks=1000):
               f"spikes_out={len(run.spikes)} {dt:.3f} s ({ticks / dt:.0f} ticks/s)")
 
 
-def main(frames=256, loop_frames=2, repeats=3):
-    rng = np.random.default_rng(0)
-    net = random_net(rng, 784, [100], ["step"], 1, input_bits=1, out=10)
-    program = TrueNorthTarget().compile(net)
+def step_cnn(rng, shape=(1, 16, 16)):
+    """conv 3x3 x8, max pool 2x2, conv 3x3 x16, dense 10: step convolutions with ternary weights
+    whose biases (about minus a third of the positive weights) keep a share of units firing, as
+    tests/test_truenorth_cnn.py's ``cnn`` builds them."""
+    import dataclasses
+
+    from hwq.quant.qnet import InputFormat, QuantizedNetwork, QuantSettings
+
+    def conv(s, c):
+        layer = conv_layer(rng, s, c, (3, 3), "step", top=1, in_max=1)
+        bias = -(np.maximum(layer.weight, 0).sum(axis=1) // 3) + rng.integers(-1, 2, c)
+        return dataclasses.replace(layer, bias=bias)
+
+    nodes = [conv(shape, 8)]
+    nodes.append(pool_node(nodes[-1].out_shape, "max", (2, 2)))
+    nodes.append(conv(nodes[-1].out_shape, 16))
+    n = int(np.prod(nodes[-1].out_shape))
+    nodes.append(make_layer(rng.integers(-1, 2, (10, n)), rng.integers(-6, 7, 10), "identity"))
+    net = QuantizedNetwork(InputFormat(1, False, 1.0), tuple(nodes), "argmax", QuantSettings(bits=8), None,
+                           input_shape=tuple(shape))
+    net.validate()
+    return net
+
+
+def compare(program, x, loop_frames, repeats):
+    """Seconds per frame of the emulator (all of ``x`` at once) and of ``loop_counts`` (its first
+    ``loop_frames`` frames), medians of ``repeats``; the counts checked identical."""
     m = program.mapping
-    x = rng.integers(0, 2, (frames, 784))
     drive = program.drive(x)
     emu, loop = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = program.emulator.run(m.ticks, drive)
-        emu.append((time.perf_counter() - t0) / frames)
+        emu.append((time.perf_counter() - t0) / len(x))
         t0 = time.perf_counter()
         ref = [loop_counts(m.model, drive, m.ticks, f) for f in range(loop_frames)]
         loop.append((time.perf_counter() - t0) / loop_frames)
         for f in range(loop_frames):
             assert np.array_equal(ref[f], result.counts[:, f]), "loop and emulator differ"
-    e, lp = statistics.median(emu), statistics.median(loop)
+    return statistics.median(emu), statistics.median(loop), result
+
+
+def time_cnn(frames=256, loop_frames=4, repeats=3):
+    from hwq.quant import reference
+
+    rng = np.random.default_rng(1)
+    net = step_cnn(rng)
+    program = TrueNorthTarget().compile(net, fidelity_samples=0)
+    x = rng.integers(0, 2, (frames, net.n_features))
+    e, lp, result = compare(program, x, loop_frames, repeats)
+    assert np.array_equal(program.forward(x), reference.forward(net, x)), "mapped CNN differs from the reference"
+    m, rep = program.mapping, program.report
+    spikes = result.counts.sum() / frames
+    events = result.stats["synaptic_events"] / frames
+    print(f"cnn 1x16x16 conv8 maxpool conv16 dense10: cores={len(m.model.cores)} ticks/frame={m.ticks} "
+          f"splitters={rep['duplicated_neurons']} frames={frames} spikes/frame={spikes:.0f} "
+          f"synaptic events/frame={events:.0f}")
+    print(f"cnn emulator: {1 / e:.1f} frames/s; loop: {1 / lp:.2f} frames/s")
+    print(f"truenorth_cnn_emulator_vs_loop={lp / e:.1f}")
+
+
+def main(frames=256, loop_frames=2, repeats=3):
+    time_cnn()
+    rng = np.random.default_rng(0)
+    net = random_net(rng, 784, [100], ["step"], 1, input_bits=1, out=10)
+    program = TrueNorthTarget().compile(net)
+    m = program.mapping
+    x = rng.integers(0, 2, (frames, 784))
+    e, lp, result = compare(program, x, loop_frames, repeats)
     events = result.stats["synaptic_events"] / frames
     print(f"cores={len(m.model.cores)} ticks/frame={m.ticks} frames={frames}")
     print(f"emulator: {1 / e:.1f} frames/s, {events / e:.3g} synaptic events/s")

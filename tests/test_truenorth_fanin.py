@@ -14,8 +14,9 @@ import pytest
 from builders import random_mlp
 from factories import make_layer, make_net, random_net
 from hwq_targets.truenorth import TrueNorthTarget, export_model, read_model
+from hwq_targets.truenorth.core import AXONS
 from hwq_targets.truenorth.emulator import Emulator
-from hwq_targets.truenorth.mapping import ACC_REACH, AXONS, BIG_BETA
+from hwq_targets.truenorth.limits import ACC_REACH, BIG_BETA
 
 from hwq.errors import LimitError
 from hwq.onnx.importer import graph_from_model

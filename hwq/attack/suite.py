@@ -247,6 +247,14 @@ def diagnose(result: AttackResult, method, program, gradient=None, *, sanity: bo
         flags.append("zero_gradient")
     if out["nonfinite_gradient"]:
         flags.append("nonfinite_gradient")
+    if not getattr(program, "exact", True):
+        # an approximate program (an option the target names: a stochastic input encoding, a rate
+        # ReLU, a population vote) judges the points, while gradients follow the integer surrogate:
+        # hwq takes no expectation over the program's randomness (no EOT), so say so
+        report = getattr(program, "report", None)
+        approximations = list(report.get("approximations", [])) if isinstance(report, dict) else []
+        out["approximate_target"] = {"approximations": approximations}
+        flags.append("approximate_target")
     if sanity:
         n = min(SANITY_INPUTS, len(result.labels))
         x, y = result.x[:n], result.labels[:n]

@@ -399,6 +399,11 @@ def flag_text(flag: str, diag: dict) -> str:
     if name == "remedy_changed":
         what = "a straight-through shape" if attack.startswith("ste=") else "a logit temperature"
         return f"{what} ({attack}) breaks more inputs: gradient masking (see diagnostics 'remedies')"
+    if name == "approximate_target":
+        what = "; ".join(diag[name]["approximations"]) or "an approximate mapping"
+        return (f"the points are judged on an approximate program ({what}); gradients follow the integer "
+                "model's surrogate and no expectation over the program's randomness is taken (no EOT): a "
+                "stochastic program's decisions are single draws")
     if name == "zero_gradient":
         return f"{diag['zero_gradient']} input(s) have an exactly zero gradient"
     if name == "nonfinite_gradient":

@@ -5,6 +5,9 @@
   ``hwq truenorth run``;
 * ``mapping``, ``digits``, ``program``, ``validate``: the mapper, the compiled program and the
   stand-alone check that a configuration fits the chip;
+* the mapper's stages: planning (``planning``, ``grouping``, ``accumulators``, ``relu_rate``,
+  ``limits``), building (``drafts``, ``building``), scheduling (``scheduling``); ``mapping``
+  is their entry point;
 * ``conv_mapping``, ``tiling``: convolutions and poolings as dense layers, and their tiles (one
   core each: a rectangle of output positions x a run of channels).
 
@@ -60,9 +63,10 @@ class TrueNorthTarget:
     exports = {"truenorth": Export("truenorth", (".json",), lambda program, path: export_model(program, path),
                                    "the mapped cores as an IBM-format model file (hwq truenorth run reads it)")}
 
-    def compile(self, net, **options: Any) -> TrueNorthProgram:
+    def compile(self, net, progress=None, **options: Any) -> TrueNorthProgram:
+        """``progress(done, total, what)`` hears of each layer mapped (``mapping.map_network``)."""
         check_options(NAME, self.options, options)
-        return TrueNorthProgram(net, options)
+        return TrueNorthProgram(net, options, progress=progress)
 
     def load(self, net, artifacts: dict[str, Any], **options: Any) -> TrueNorthProgram:
         """Recompile the stored network with the stored options (the mapping is a pure function of

@@ -4,10 +4,14 @@ the ``hwq.commands`` entry-point group)."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import typer
+
+from hwq.cli.common import progress
 
 from .emulator import EmulatorConfig
 from .modelfile import read_model
@@ -16,6 +20,44 @@ from .spikefile import SpikeInput, read_spikes
 
 app = typer.Typer(help="TrueNorth model files: run them on hwq's core emulator.", no_args_is_help=True,
                   add_completion=False)
+
+
+PROGRESS_AFTER_S = 2.0  # a run quicker than this prints no progress lines (a terminal's bar hides itself)
+
+
+class TickProgress:
+    """Ticks run, on stderr: a bar on a terminal; without one (a log, CI, nohup) a line at every
+    ``every`` share of the ticks once the run has taken ``after`` seconds
+    (``truenorth run: 5000/50000 ticks (10 %), 3.2 s``). Called as ``progress(done, ticks)``."""
+
+    def __init__(self, ticks: int, stream=None, every: float = 0.1, after: float | None = None,
+                 clock=time.perf_counter):
+        self.stream = stream if stream is not None else sys.stderr
+        self.every, self.clock = every, clock
+        self.after = PROGRESS_AFTER_S if after is None else after
+        self.start, self.next_mark = clock(), every
+        self.bar = None
+        if self.stream.isatty():
+            self.bar = progress(ticks, "truenorth run")
+            self.bar.unit = "tick"
+
+    def __call__(self, done: int, ticks: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            return
+        share = done / max(ticks, 1)
+        if share + 1e-12 < self.next_mark:
+            return
+        while self.next_mark <= share + 1e-12:
+            self.next_mark += self.every
+        elapsed = self.clock() - self.start
+        if elapsed >= self.after:
+            print(f"truenorth run: {done}/{ticks} ticks ({100 * share:.0f} %), {elapsed:.1f} s", file=self.stream,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @app.callback()
@@ -32,10 +74,15 @@ def run(model: Path = typer.Argument(..., help="model file (.json, IBM layout)")
                                                "prototype: 'error' or 'empty' (NeMo's reading)"),
         v_bits: int = typer.Option(20, help="membrane potential width (saturating)"),
         as_json: bool = typer.Option(False, "--json", help="print a JSON summary")) -> None:
-    """Run MODEL on the input spikes; write every spike of every neuron, sorted."""
+    """Run MODEL on the input spikes; write every spike of every neuron, sorted. Progress on
+    stderr: a bar on a terminal, else a line per tenth of the ticks once the run takes a while."""
     net = read_model(model, missing_crossbars)
     spikes = read_spikes(input) if input else SpikeInput(*(np.zeros(0, np.int64) for _ in range(3)))
-    result = run_model(net, spikes, ticks, EmulatorConfig(v_bits=v_bits))
+    shown = TickProgress(ticks)
+    try:
+        result = run_model(net, spikes, ticks, EmulatorConfig(v_bits=v_bits), progress=shown)
+    finally:
+        shown.close()
     write_spikes_csv(result.spikes, output)
     summary = dict(model=str(model), cores=len(net.cores), ticks=ticks, output=str(output),
                    missing_crossbars=net.metadata.get("missing_crossbars", []), **result.stats)
@@ -45,3 +92,8 @@ def run(model: Path = typer.Argument(..., help="model file (.json, IBM layout)")
         typer.echo(f"{summary['spikes']} spikes from {len(net.cores)} cores over {ticks} ticks -> {output} "
                    f"({summary['offchip']} off-chip, {summary['dropped_absent'] + summary['inputs_dropped_absent']} "
                    f"dropped at absent cores, {summary['merged']} merged)")
+
+
+from .spikes_cli import spikes as _spikes  # noqa: E402  (a sample's input spikes: spikes_cli.py)
+
+app.command("spikes")(_spikes)

@@ -112,8 +112,10 @@ class Emulator:
         where[~n.exists] = ON_CHIP_UNUSED
         return where, n.dest_axon.astype(np.int64), n.dest_delay.astype(np.int64)
 
-    def run(self, ticks: int, drive: Drive, record_spikes: bool = False, frame_offset: int = 0) -> RunResult:
-        """Run ticks ``0 .. ticks - 1`` for ``drive.frames`` frames."""
+    def run(self, ticks: int, drive: Drive, record_spikes: bool = False, frame_offset: int = 0,
+            progress=None) -> RunResult:
+        """Run ticks ``0 .. ticks - 1`` for ``drive.frames`` frames; ``progress(t, ticks)`` hears of
+        each finished tick (``t`` ticks done)."""
         frames, n_cores = drive.frames, len(self.cores)
         vmin, vmax = self.config.v_range
         v = np.empty((n_cores, frames, NEURONS), np.int32)
@@ -166,6 +168,8 @@ class Emulator:
                     if record_spikes:
                         recorded.append(np.stack([np.full_like(f_idx, t), np.full_like(f_idx, c), f_idx, j_idx], 1))
                     self.route(c, t, f_idx, j_idx, sched, stats, idle)
+            if progress is not None:
+                progress(t + 1, ticks)
         spikes = np.concatenate(recorded) if recorded else np.zeros((0, 4), np.int64)
         return RunResult(counts, v, stats, spikes if record_spikes else None)
 

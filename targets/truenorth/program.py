@@ -50,7 +50,7 @@ class TrueNorthProgram:
 
     target = NAME
 
-    def __init__(self, net: QuantizedNetwork, options: dict):
+    def __init__(self, net: QuantizedNetwork, options: dict, progress=None):
         self.net = net
         self.options = {k: v for k, v in options.items()}
         opts = self.opts = resolve(options)
@@ -71,7 +71,8 @@ class TrueNorthProgram:
             self.thr = None
             in_max = self.q
         self.mapping: Mapping = map_network(self.view.net, in_max, signed_split=self.signed, step=opts["step"],
-                                            relu=opts["relu"], layer0_bias=bias0, windows=self.view.windows)
+                                            relu=opts["relu"], layer0_bias=bias0, windows=self.view.windows,
+                                            progress=progress)
         validate(self.mapping.model, self.mapping.host_ports)
         self.emulator = Emulator(self.mapping.model, EmulatorConfig(count_merges=True))
         encoding_exact = {"rate": True, "binary": self.q == 1 and self.thr == 1, "stochastic": self.q == 1}[enc]
@@ -168,6 +169,10 @@ class TrueNorthProgram:
         if result.stats["merged"]:
             raise TargetError(f"{result.stats['merged']} spikes merged at one (core, axon, tick); "
                               "the mapping relies on every one")
+        if getattr(self, "tally", None) is not None:  # measure_fidelity's activity count
+            self.tally["frames"] += len(x_q)
+            for key in ("input_spikes", "spikes", "synaptic_events"):
+                self.tally[key] += int(result.stats[key])
         scores = np.zeros((len(x_q), self.net.layers[-1].n_out), np.int64)
         for cid, j, u, sign in self.mapping.outputs:
             count = result.counts[self.port[cid], :, j]
@@ -220,10 +225,23 @@ class TrueNorthProgram:
         return float(np.mean(self.decide(self.forward(x_q, progress)) == ref))
 
     def measure_fidelity(self, x_q, source: str = "given inputs", progress=None) -> float:
-        """``fidelity(x_q)``, recorded in ``report["fidelity"]``."""
-        value = self.fidelity(x_q, progress)
+        """``fidelity(x_q)``, recorded in ``report["fidelity"]``; the emulator's spikes and
+        synaptic events per frame on the same inputs in ``report["activity"]``."""
+        self.tally = dict(frames=0, input_spikes=0, spikes=0, synaptic_events=0)
+        try:
+            value = self.fidelity(x_q, progress)
+            tally = self.tally
+        finally:
+            self.tally = None
         self.report["fidelity"] = dict(value=value, inputs=int(len(x_q)), source=source,
                                        against="hwq.quant.reference (the sim target's decisions)")
+        if tally["frames"]:
+            per = {k: tally[k] / tally["frames"] for k in ("input_spikes", "spikes", "synaptic_events")}
+            self.report["activity"] = dict(
+                frames=tally["frames"], source=source, input_spikes_per_frame=per["input_spikes"],
+                spikes_per_frame=per["spikes"], synaptic_events_per_frame=per["synaptic_events"],
+                counted="by hwq's emulator: host spikes in, neuron spikes (every core), and synaptic events "
+                        "(an active axon times the neurons its crossbar row connects); no energy estimate")
         return value
 
     # -- report ------------------------------------------------------------------------------

@@ -40,13 +40,14 @@ def drive_from_spikes(model: Model, spikes: SpikeInput) -> tuple[Drive, int]:
     return drive, dropped
 
 
-def run_model(model: Model, spikes: SpikeInput, ticks: int, config: EmulatorConfig | None = None) -> ModelRun:
+def run_model(model: Model, spikes: SpikeInput, ticks: int, config: EmulatorConfig | None = None,
+              progress=None) -> ModelRun:
     """Run ticks ``0 .. ticks - 1`` of ``model`` with host ``spikes``; every spike of every
-    neuron, whatever its destination."""
+    neuron, whatever its destination. ``progress(t, ticks)`` hears of each finished tick."""
     if ticks < 0:
         raise UsageError(f"ticks must be >= 0, got {ticks}")
     drive, dropped = drive_from_spikes(model, spikes)
-    result = Emulator(model, config).run(ticks, drive, record_spikes=True)
+    result = Emulator(model, config).run(ticks, drive, record_spikes=True, progress=progress)
     rows = result.spikes
     out = np.stack([rows[:, 0], model.ids[rows[:, 1]], rows[:, 3]], 1) if len(rows) else np.zeros((0, 3), np.int64)
     out = out[np.lexsort((out[:, 2], out[:, 1], out[:, 0]))]

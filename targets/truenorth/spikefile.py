@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.errors import FileFormatError
+from hwq.errors import DataError, FileFormatError
 from hwq.files.atomic import atomic_write_bytes
 
 from .core import AXONS, MAX_DELAY
@@ -95,3 +95,21 @@ def dumps_spikes(spikes: SpikeInput) -> str:
 
 def write_spikes(spikes: SpikeInput, path) -> None:
     atomic_write_bytes(Path(path), dumps_spikes(spikes).encode())
+
+
+def spikes_from_drive(drive, core_ids, frame: int = 0, delay: int = 1) -> SpikeInput:
+    """One frame of a host drive (``emulator.Drive``: active axons per core position and arrival
+    tick) as spike-file rows: ``srcTime = arrival - delay``, ``destCore = core_ids[position]``,
+    sorted by time, core and axon. The file then arrives on the drive's ticks in any simulator
+    that reads ``defaultDestinationDelay``."""
+    if not 0 <= frame < drive.frames:
+        raise DataError(f"frame {frame} is outside the drive's {drive.frames} frame(s)")
+    rows = []
+    for t, per_core in drive.by_tick.items():
+        if t < delay:
+            raise DataError(f"a host spike arrives at tick {t}, before the spike file's delay {delay}")
+        for c, active in per_core.items():
+            for a in np.flatnonzero(active[frame]).tolist():
+                rows.append((t - delay, int(core_ids[c]), a))
+    a = np.array(sorted(rows), np.int64).reshape(-1, 3)
+    return SpikeInput(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy(), delay)

@@ -17,7 +17,7 @@ copies fit the neurons and whose input union fits the axons, and keeps the shape
 tiles (ties: the larger, then the wider rectangle). Heights from the tallest; a height stops
 widening at the first width that does not fit (wider ones nearly always need more: a heuristic,
 never a wrong plan), and shapes with more rectangles than the best plan has tiles are skipped.
-Pure planning: no cores are built here (``mapping.build_eedn`` builds one core per tile).
+Pure planning: no cores are built here (``building.build_eedn`` builds one core per tile).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class TilePlan:
 
     @property
     def blocks(self) -> list[list[int]]:
-        """The units of each tile (what ``mapping.build_eedn`` puts on one core)."""
+        """The units of each tile (what ``building.build_eedn`` puts on one core)."""
         return [[int(u) for u in t.units] for t in self.tiles]
 
 
