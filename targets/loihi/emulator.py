@@ -19,11 +19,16 @@ Each layer takes the fastest product that a bound proves exact:
   otherwise; the shifts, 24-bit wrap and saturation, thresholds and biases run in Numba
   kernels (``kernels.py``).
 
-A convolution with one window group runs as that dense layer over its gathered patches
-(``PatchDense``); a pooling (one window group per channel, one digit per channel and synapse
-group) sums each window straight on the maps (``CompiledPool``, ``kernels.pool_layer``: int64,
-no product); other grouped convolutions take the BLAS / int64 products over patches
-(``CompiledConv``).
+A convolution with one window group runs directly on the maps where every partial sum of each
+synapse group is proven below 2^24 (``direct_fits``) on a CPU with AVX2 and FMA: samples in
+float32 vector lanes, register tiles of output channels accumulating the taps of each position
+with FMA (exact: every partial sum is an integer float32 holds), no patch matrix
+(``kernels.direct_conv_blocks``; with ``fuse_pools`` a pooling on its maps runs in the same pass
+on each block, its neuron tabulated over the window sums, ``kernels.direct_conv_pool_blocks``).
+Otherwise it runs as that dense layer over its gathered patches (``PatchDense``). A pooling
+(one window group per channel, one digit per channel and synapse group) sums each window
+straight on the maps (``CompiledPool``, ``kernels.pool_layer``: int64, no product); other grouped
+convolutions take the BLAS / int64 products over patches (``CompiledConv``).
 
 Layer 0 always checks the codes it receives (the VNNI kernel while packing, the other paths
 with one pass of ``code_range``): a chunk with codes outside the input format runs on a plan
@@ -45,6 +50,7 @@ from hwq.ir.codes import container
 from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 
 from ..common import avx2, patches, products, vnni
+from ..common.blocks import run_blocks
 from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
 from . import kernels
 from .limits import ACT_SHIFT
@@ -53,6 +59,8 @@ from .mapping import LayerMap, Mapping
 NONE = np.empty((0, 0), np.int64)
 NO_BYTES = np.zeros((0, 2), np.uint8)
 CHUNK_ROWS = 32768
+TABLE_SUMS = 1 << 14  # the most window sums a fused pooling tabulates per channel
+TABLE_ENTRIES = 1 << 21  # and over all its channels (16 MiB of int64)
 
 
 def product_dtype(lm: LayerMap):
@@ -79,6 +87,16 @@ def widen(layers: tuple[LayerMap, ...], lo: int, hi: int) -> list[LayerMap]:
             a_lo, a_hi = lm.input_bounds()
             lo, hi = 0, max(int((a_hi + lm.bias).max()), 0)
     return out
+
+
+def direct_fits(lm: LayerMap) -> bool:
+    """Whether ``kernels.direct_conv_blocks`` computes the convolution ``lm`` exactly: one window
+    group, and every synapse group's partial sums below 2^24 for inputs in ``lm.bound_range``
+    (padding reads 0; ``products.product_path`` says "float32"), so float32 holds each exactly."""
+    if lm.window is None or lm.window.groups != 1:
+        return False
+    peak = max(abs(v) for v in lm.bound_range)
+    return all(products.product_path(row_sum_bound(s.digits), peak) == "float32" for s in lm.sets)
 
 
 def vnni_planes(lm: LayerMap) -> int:
@@ -281,6 +299,21 @@ class CompiledPool:
         c, height, width = lm.window.in_shape
         self.geometry = (c, height, width, *lm.window.kernel, *lm.window.stride, lm.window.pads[0],
                          lm.window.pads[1], *lm.window.out_hw)
+        self.table, self.table_lo = self._table()
+
+    def _table(self) -> tuple[np.ndarray | None, int]:
+        """The neuron's output for every window sum the inputs in ``lm.in_range`` can give, per
+        channel (``kernels.pool_table``), for the fused pass (``PatchDense.pooled``): sums over at
+        most kh kw inputs lie in ``[kh kw min(lo, 0), kh kw max(hi, 0)]``, added in int32; None
+        when that range passes TABLE_SUMS values (TABLE_ENTRIES over the channels) or 2^31."""
+        lo, hi = self.lm.in_range
+        size = self.window.kernel[0] * self.window.kernel[1]
+        s_lo, s_hi = size * min(lo, 0), size * max(hi, 0)
+        sums = s_hi - s_lo + 1
+        if sums > TABLE_SUMS or sums * self.lm.channels > TABLE_ENTRIES or max(-s_lo, s_hi) >= 2**31:
+            return None, 0
+        table = kernels.pool_table(self.digits, self.exp_arr, self.neuron, self.bias, self.lm.theta, s_lo, s_hi)
+        return table, s_lo
 
     @property
     def in_dtype(self):
@@ -304,13 +337,26 @@ class PatchDense:
     padding code 0) into rows ``n P + p`` of the container the dense layer reads, then the dense
     layer's own product and neuron (VNNI, AVX2 or BLAS, fused: ``CompiledLayer``) with one neuron
     per output channel, whose outputs are reordered to Loihi's neurons ``o P + p``. Exact: each
-    neuron's ``a`` is its channel's digits over its patch, and the neuron is elementwise."""
+    neuron's ``a`` is its channel's digits over its patch, and the neuron is elementwise.
 
-    def __init__(self, lm: LayerMap, use_vnni: bool, use_avx2: bool):
+    ``direct`` (``use_direct`` and ``direct_fits``): no patch matrix; each patch's taps are read
+    straight from the maps in float32 lanes (``kernels.direct_conv_blocks``), and ``pooled`` runs
+    the pooling on this layer's maps in the same pass."""
+
+    def __init__(self, lm: LayerMap, use_vnni: bool, use_avx2: bool, use_direct: bool = False):
         self.lm, self.window = lm, lm.window
         lo, hi = lm.in_range
         if lm.window.padded:  # padding reads code 0
             lo, hi = min(lo, 0), max(hi, 0)
+        self.direct = use_direct and direct_fits(lm)
+        if self.direct:  # no patch matrix: the taps of every position straight from the maps
+            self.taps, self.ks, self.nks = kernels.direct_taps(patches.gather_index(lm.window)[0])
+            self.w = np.ascontiguousarray(np.stack([np.asarray(s.digits).T for s in lm.sets]), np.float32)
+            self.exp_arr = np.asarray([s.exp for s in lm.sets], np.int64)
+            self.neuron = kernels.NEURON_CODES[lm.neuron]
+            self.bias = np.ascontiguousarray(lm.bias, np.int64)  # per channel
+            self.vnni, self.avx2, self.planes, self.dtype = False, False, 0, np.float32
+            return
         self.inner = CompiledLayer(dataclasses.replace(lm, window=None, in_range=(lo, hi)), use_vnni, use_avx2)
         self.idx = patches.gather_index(lm.window)
         self.vnni, self.avx2, self.planes, self.dtype = (self.inner.vnni, self.inner.avx2, self.inner.planes,
@@ -318,7 +364,7 @@ class PatchDense:
 
     @property
     def in_dtype(self):
-        return self.inner.in_dtype
+        return container(*self.lm.in_range) if self.direct else self.inner.in_dtype
 
     def reorder(self, y: np.ndarray, n: int) -> np.ndarray:
         """(N P, C) rows of positions -> (N, C P), neuron ``o P + p``."""
@@ -330,6 +376,8 @@ class PatchDense:
         plan was proven for (the emulator then falls back, as for a dense layer)."""
         win, n = self.window, len(h)
         h = np.ascontiguousarray(h if h.dtype.type in NATIVE_INPUTS else h.astype(np.int64))
+        if self.direct:
+            return self._direct(h, out_dtype, pres)
         rows = np.empty((n * win.positions, win.patch_len), self.inner.in_dtype)
         lo, hi = self.inner.lm.in_range
         if patches.gather_rows(h, self.idx[0], lo, hi, 0, rows):
@@ -342,36 +390,80 @@ class PatchDense:
             pres.append(self.reorder(inner_pres[0], n))
         return self.reorder(out, n)
 
+    def pooled(self, h, pool: CompiledPool, out_dtype) -> np.ndarray | None:
+        """The outputs of ``pool`` (the pooling that reads this layer's outputs, ``fuses``) in
+        ``out_dtype``, both layers on each block of samples in cache
+        (``kernels.direct_conv_pool_blocks``); None when an input falls outside ``lm.in_range``."""
+        h = np.ascontiguousarray(h if h.dtype.type in NATIVE_INPUTS else h.astype(np.int64))
+        n = len(h)
+        out = np.empty((n, pool.lm.n_out), dtype=out_dtype)
+        maps = np.empty(0, pool.in_dtype)  # the container the unfused layers store the maps in
+        bad = run_blocks(kernels.direct_conv_pool_blocks, n, h, *self.lm.in_range, self.taps, self.ks, self.nks,
+                         self.w, self.exp_arr, self.neuron, self.bias, self.lm.theta, maps,
+                         np.asarray(pool.geometry, np.int64), pool.table, pool.table_lo, out)
+        return None if bad else out
+
+    def _direct(self, h, out_dtype, pres) -> np.ndarray | None:
+        n = len(h)
+        out = np.empty((n, self.lm.n_out), dtype=out_dtype)
+        a = np.empty((n, self.lm.n_out), np.int64) if pres is not None else NONE
+        bad = run_blocks(kernels.direct_conv_blocks, n, h, *self.lm.in_range, self.taps, self.ks, self.nks, self.w,
+                         self.exp_arr, self.neuron, self.bias, self.lm.theta, a, out)
+        if bad:
+            return None
+        if pres is not None:
+            pres.append(a)
+        return out
+
+
+def fuses(conv, pool) -> bool:
+    """Whether ``conv`` runs on ``kernels.direct_conv_blocks`` and ``pool`` is a pooling on window
+    sums over exactly its output maps, so that both run fused (``PatchDense.pooled``)."""
+    return (isinstance(conv, PatchDense) and conv.direct and isinstance(pool, CompiledPool)
+            and pool.table is not None and pool.window.in_shape == (conv.lm.channels, *conv.window.out_hw))
+
 
 class Emulator:
     """``run(x_q)`` -> int64 scores; ``inputs(x_q)`` -> every layer's ``a`` (int64).
 
     ``use_vnni``: None uses the VNNI product wherever the CPU has it and a layer fits, False
     never, True requires a VNNI CPU; ``use_avx2`` likewise for the AVX2 int16 product (layers
-    no VNNI product runs). Both False: float BLAS / int64 only (the pre-VNNI emulator)."""
+    no VNNI product runs). Both False: float BLAS / int64 only (the pre-VNNI emulator).
+    ``use_direct``: convolutions with one window group whose sums ``direct_fits`` proves exact in
+    float32 run on ``kernels.direct_conv_blocks`` (None: where the CPU has AVX2 and FMA, unless
+    ``use_avx2`` is False). ``fuse_pools``: without a trace, such a convolution and the pooling on
+    its maps run as one pass (``kernels.direct_conv_pool_blocks``, the pooling's neuron
+    tabulated); off, every pooling runs on ``kernels.pool_layer``. ``LoihiProgram`` turns it on."""
 
-    def __init__(self, mapping: Mapping, use_vnni: bool | None = None, use_avx2: bool | None = None):
+    def __init__(self, mapping: Mapping, use_vnni: bool | None = None, use_avx2: bool | None = None,
+                 use_direct: bool | None = None, fuse_pools: bool = False):
         if use_vnni and not vnni.available():
             raise ValueError("use_vnni=True needs a CPU with AVX-512 VNNI (and Numba's JIT)")
         if use_avx2 and not avx2.available():
             raise ValueError("use_avx2=True needs a CPU with AVX2 (and Numba's JIT)")
+        if use_direct and not kernels.direct_available():
+            raise ValueError("use_direct=True needs a CPU with AVX2 and FMA (and Numba's JIT)")
         self.mapping = mapping
         self.dense = tuple(mapping.layers)  # convolutions stay compact: CompiledConv gathers patches
         self.use_vnni = vnni.available() if use_vnni is None else bool(use_vnni)
         self.use_avx2 = avx2.available() if use_avx2 is None else bool(use_avx2)
-        self.layers = self._plan(self.dense, self.use_vnni, self.use_avx2)
+        if use_direct is None:  # an AVX2 + FMA kernel: off with use_avx2=False
+            use_direct = use_avx2 is not False and kernels.direct_available()
+        self.use_direct = bool(use_direct)
+        self.fuse_pools = bool(fuse_pools)
+        self.layers = self._plan(self.dense, self.use_vnni, self.use_avx2, self.use_direct)
         self._fallbacks = FallbackPlans(
             lambda lo, hi: self._plan(widen(self.dense, lo, hi), False, False))
 
-    def _plan(self, layers, use_vnni: bool, use_avx2: bool) -> list[CompiledLayer]:
-        return [self._compile(lm, use_vnni, use_avx2) for lm in layers]
+    def _plan(self, layers, use_vnni: bool, use_avx2: bool, use_direct: bool = False) -> list[CompiledLayer]:
+        return [self._compile(lm, use_vnni, use_avx2, use_direct) for lm in layers]
 
     @staticmethod
-    def _compile(lm: LayerMap, use_vnni: bool, use_avx2: bool):
+    def _compile(lm: LayerMap, use_vnni: bool, use_avx2: bool, use_direct: bool = False):
         if lm.window is None:
             return CompiledLayer(lm, use_vnni, use_avx2)
         if lm.window.groups == 1:
-            return PatchDense(lm, use_vnni, use_avx2)
+            return PatchDense(lm, use_vnni, use_avx2, use_direct)
         digits = pool_digits(lm)
         return CompiledConv(lm) if digits is None else CompiledPool(lm, digits)
 
@@ -383,17 +475,26 @@ class Emulator:
     @property
     def report(self) -> list[str]:
         """The product path of every layer: "vnni", "vnni16" (two byte planes), "avx2",
-        "float32", "float64" or "int64" (+ " patches" for a convolution), or "window sums" (a
-        pooling on ``kernels.pool_layer``)."""
-        return ["window sums" if isinstance(c, CompiledPool) else
+        "float32", "float64" or "int64" (+ " patches" for a convolution; "direct float32 patches":
+        ``kernels.direct_conv_blocks``), or "window sums" (a pooling on ``kernels.pool_layer``)."""
+        return ["window sums" if isinstance(c, CompiledPool) else "direct float32 patches"
+                if getattr(c, "direct", False) else
                 (("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__)
                 + (" patches" if isinstance(c, (CompiledConv, PatchDense)) else "") for c in self.layers]
 
     @staticmethod
-    def _forward(layers: list[CompiledLayer], x: np.ndarray, pres: list | None):
-        h = x
-        for i, c in enumerate(layers):
-            h = c(h, layers[i + 1].in_dtype if i + 1 < len(layers) else np.int64, pres)
+    def _forward(layers: list[CompiledLayer], x: np.ndarray, pres: list | None, fuse: bool = False):
+        """The layers in turn; with ``fuse`` and without a trace, a direct convolution and the
+        pooling that reads it run as one pass (``PatchDense.pooled``)."""
+        h, i = x, 0
+        while i < len(layers):
+            c = layers[i]
+            if fuse and pres is None and i + 1 < len(layers) and fuses(c, layers[i + 1]):
+                i += 1
+                h = c.pooled(h, layers[i], layers[i + 1].in_dtype if i + 1 < len(layers) else np.int64)
+            else:
+                h = c(h, layers[i + 1].in_dtype if i + 1 < len(layers) else np.int64, pres)
+            i += 1
             if h is None:
                 return None
         return h
@@ -402,7 +503,7 @@ class Emulator:
         first = self.layers[0]
         out = None
         if first.vnni or first.avx2 or not x.size or self._inside(x, first.lm.in_range):
-            out = self._forward(self.layers, x, pres)  # None: vnni/avx2 packing saw codes outside
+            out = self._forward(self.layers, x, pres, self.fuse_pools)  # None: codes outside the format
         if out is None:  # codes outside the input format: a plan proven for what arrived
             if pres is not None:
                 pres.clear()

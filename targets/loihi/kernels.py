@@ -15,14 +15,25 @@ no VNNI product runs.
 ``pool_layer`` runs a pooling (one window group per channel, one digit per channel and group)
 straight on the spike or code maps: the exact window sum (``targets/common/pooling.window_sum``)
 times each group's digit, shifted and summed, then the same neuron.
+
+``direct_conv_blocks`` runs a convolution with one window group straight on the maps (float32
+FMA register tiles, samples in vector lanes, exact under the 2^24 bound ``emulator.direct_fits``
+proves); ``direct_conv_pool_blocks`` adds the pooling on its maps in the same pass (section at the
+end of this file; tests/test_loihi_conv_kernel.py).
 """
 
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from llvmlite import binding as _llvm_binding
+from llvmlite import ir as _ir
+from numba.core import cgutils as _cgutils
+from numba.core import types as _types
+from numba.core.extending import intrinsic as _intrinsic
 
 from ..common import avx2, pooling, vnni
+from ..common.blocks import claim
 from .limits import ACT_SHIFT, STATE_MAX, STATE_WRAP
 
 NEURON_CODES = {"lif": 0, "relu": 1, "identity": 2}  # Loihi neuron model -> the ``neuron`` argument of the kernels
@@ -244,3 +255,307 @@ def pool_layer(h, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, di
                     out[i, o] = max(a + b, 0)
                 else:
                     out[i, o] = a + b
+
+
+# --- Direct convolution on float32 FMA, samples in vector lanes (``direct_conv``) -------------------
+#
+# A convolution whose every partial sum is an integer below 2^24 (``products.product_path`` says
+# "float32" for the layer's digits and input range, padding read as 0) runs exactly in float32 in
+# any order. ``direct_conv`` copies a block of LANES samples into ``buf[j, b] = h[i0 + b, j]``
+# (float32, one 64-byte row per input) and, per output position p and tile of up to TILE_OUT output
+# channels, accumulates ``acc[o][b] += D[o, k] * buf[idx[p, k], b]`` over the taps of p that hit the
+# map (padding taps are left out: they add 0) with ``llvm.fma.v8f32`` in 2 x TILE_OUT ymm registers
+# (the weights broadcast, no patch matrix). Then per synapse group ``a += shift(acc, e)`` (int64) and
+# the neuron, written to Loihi's neuron ``o P + p`` of each sample.
+
+LANES = 16  # samples per block: two 8-float vectors
+TILE_OUT = 6  # output channels per register tile: 2 TILE_OUT accumulators + 2 inputs + 1 weight <= 16 ymm
+_F32 = _ir.FloatType()
+_V8F = _ir.VectorType(_F32, 8)
+_I64 = _ir.IntType(64)
+_I32 = _ir.IntType(32)
+
+
+def direct_available() -> bool:
+    """Whether the host compiles ``direct_conv`` to AVX2 + FMA (the same conditions as the AVX2
+    product: Numba compiling for this host, ``HWQ_AVX2`` not off)."""
+    return avx2.available() and bool(_llvm_binding.get_host_cpu_features().get("fma"))
+
+
+def _make_conv_tile(outs: int):
+    @_intrinsic
+    def tile(typingctx, buf, w, c, taps, ks, nk, o0, ldw):
+        i64 = _types.int64
+        sig = _types.void(buf, w, c, taps, ks, i64, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            buf_a, w_a, c_a, taps_a, ks_a, nk_v, o0_v, ldw_v = args
+            data = [context.make_array(t)(context, builder, v).data for t, v in zip(signature.args[:5], args[:5])]
+            buf_p, w_p, c_p, taps_p, ks_p = data
+            fma = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_V8F, [_V8F, _V8F, _V8F]),
+                                                  "llvm.fma.v8f32")
+            zero = _ir.Constant(_V8F, [0.0] * 8)
+            accs = [[_cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(outs)]
+            with _cgutils.for_range(builder, nk_v) as loop:
+                t = loop.index
+                j = builder.sext(builder.load(builder.gep(taps_p, [t])), _I64)
+                k = builder.sext(builder.load(builder.gep(ks_p, [t])), _I64)
+                row = builder.gep(buf_p, [builder.mul(j, _ir.Constant(_I64, LANES))])
+                xs = [builder.load(builder.bitcast(builder.gep(row, [_ir.Constant(_I64, 8 * v)]), _V8F.as_pointer()),
+                                   align=4) for v in range(2)]
+                wrow = builder.gep(w_p, [builder.add(builder.mul(k, ldw_v), o0_v)])
+                for o in range(outs):
+                    ws = builder.load(builder.gep(wrow, [_ir.Constant(_I64, o)]))
+                    wv = builder.insert_element(_ir.Constant(_V8F, None), ws, _ir.Constant(_I32, 0))
+                    wv = builder.shuffle_vector(wv, _ir.Constant(_V8F, None), _ir.Constant(_ir.VectorType(_I32, 8),
+                                                                                        [0] * 8))
+                    for v in range(2):
+                        builder.store(builder.call(fma, [xs[v], wv, builder.load(accs[o][v])]), accs[o][v])
+            for o in range(outs):
+                channel = builder.add(o0_v, _ir.Constant(_I64, o))
+                dst = builder.gep(c_p, [builder.mul(channel, _ir.Constant(_I64, LANES))])
+                for v in range(2):
+                    builder.store(builder.load(accs[o][v]),
+                                  builder.bitcast(builder.gep(dst, [_ir.Constant(_I64, 8 * v)]), _V8F.as_pointer()),
+                                  align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_ct1, _ct2, _ct3, _ct4, _ct5, _ct6 = (_make_conv_tile(t) for t in range(1, TILE_OUT + 1))
+
+
+@nb.njit(cache=True, nogil=True)
+def conv_tiles(buf, w, c, taps, ks, nk):
+    """``c[o, b] = sum_t w[ks[t], o] buf[taps[t], b]`` for every output channel ``o`` (float32,
+    LANES lanes), in register tiles of up to TILE_OUT channels."""
+    m = w.shape[1]
+    o0 = 0
+    while o0 < m:
+        t = min(TILE_OUT, m - o0)
+        if t == 6:
+            _ct6(buf, w, c, taps, ks, nk, o0, m)
+        elif t == 5:
+            _ct5(buf, w, c, taps, ks, nk, o0, m)
+        elif t == 4:
+            _ct4(buf, w, c, taps, ks, nk, o0, m)
+        elif t == 3:
+            _ct3(buf, w, c, taps, ks, nk, o0, m)
+        elif t == 2:
+            _ct2(buf, w, c, taps, ks, nk, o0, m)
+        else:
+            _ct1(buf, w, c, taps, ks, nk, o0, m)
+        o0 += t
+
+
+@nb.njit(cache=True, nogil=True)
+def load_lanes(h, i0, rows, lo, hi, buf):
+    """``buf[j, b] = h[i0 + b, j]`` as float32 (codes read as int64, truncating; lanes past
+    ``rows`` 0); returns how many codes fell outside ``[lo, hi]``."""
+    n_in = h.shape[1]
+    count = 0
+    for b in range(rows):
+        src = h[i0 + b]
+        for j in range(n_in):
+            q = np.int64(src[j])
+            count += (q < lo) | (q > hi)
+            buf[j, b] = np.float32(q)
+    if rows < LANES:
+        buf[:, rows:] = 0
+    return count
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def neuron_lanes(a, neuron, bias, theta, dst):
+    """The layer's neuron on LANES values ``a`` (int64) into ``dst``."""
+    if neuron == 0:
+        for b in range(LANES):
+            dst[b] = fire(a[b], bias, theta)
+    elif neuron == 1:
+        for b in range(LANES):
+            dst[b] = max(a[b] + bias, 0)
+    else:
+        for b in range(LANES):
+            dst[b] = a[b] + bias
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def lane_shift(c, e):
+    """``shift(c, e)`` of a float32 partial sum ``|c| < 2^24`` (an exact integer): through int32,
+    which AVX2 converts and shifts right in vectors, then int64."""
+    if e >= 0:
+        return np.int64(np.int32(c)) << e
+    return np.int64(floor_shift(np.int32(c), np.int32(-e)))
+
+
+@nb.njit(cache=True, nogil=True)
+def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, a_out, i0, rows):
+    """Every output of one block: per position ``p``, ``a[o] = sum_g shift(c_g[o], exps[g])``
+    (``c_g``: ``conv_tiles`` of group ``g``), into ``a_out[i0 + b, o P + p]`` (0 rows: skip) and
+    the neuron into ``stage[o P + p, b]``."""
+    groups, m = w.shape[0], w.shape[2]
+    positions = taps.shape[0]
+    keep = a_out.shape[0] > 0
+    for p in range(positions):
+        if groups == 1 and not keep:  # one pass from the sums to the neuron (vectorizes)
+            conv_tiles(buf, w[0], c, taps[p], ks[p], nks[p])
+            e = exps[0]
+            for o in range(m):
+                cs, dst, bo = c[o], stage[o * positions + p], bias[o]
+                if neuron == 0:
+                    for b in range(LANES):
+                        dst[b] = fire(lane_shift(cs[b], e), bo, theta)
+                elif neuron == 1:
+                    for b in range(LANES):
+                        dst[b] = max(lane_shift(cs[b], e) + bo, 0)
+                else:
+                    for b in range(LANES):
+                        dst[b] = lane_shift(cs[b], e) + bo
+            continue
+        for g in range(groups):
+            conv_tiles(buf, w[g], c, taps[p], ks[p], nks[p])
+            e = exps[g]
+            for o in range(m):
+                for b in range(LANES):
+                    y = lane_shift(c[o, b], e)
+                    a[o, b] = y if g == 0 else a[o, b] + y
+        for o in range(m):
+            q = o * positions + p
+            if keep:
+                for b in range(rows):
+                    a_out[i0 + b, q] = a[o, b]
+            neuron_lanes(a[o], neuron, bias[o], theta, stage[q])
+
+
+@nb.njit(cache=True)
+def pool_table(digits, exps, neuron, bias, theta, s_lo, s_hi):
+    """``table[c, s - s_lo]``: the pooling neuron's output for window sum ``s`` in ``[s_lo, s_hi]`` on
+    channel ``c``, ``neuron(sum_g shift(digits[g, c] s, exps[g]), bias[c])`` as ``pool_layer``
+    computes it (int64)."""
+    groups, channels = digits.shape
+    table = np.empty((channels, s_hi - s_lo + 1), np.int64)
+    for c in range(channels):
+        for s in range(s_lo, s_hi + 1):
+            a = np.int64(0)
+            for g in range(groups):
+                a += shifted(digits[g, c] * np.int64(s), exps[g])
+            if neuron == 0:
+                table[c, s - s_lo] = fire(a, bias[c], theta)
+            elif neuron == 1:
+                table[c, s - s_lo] = max(a + bias[c], 0)
+            else:
+                table[c, s - s_lo] = a + bias[c]
+    return table
+
+
+@nb.njit(cache=True, nogil=True)
+def pool_lanes(stage, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, table, s_lo, s, out):
+    """``pool_layer`` on one block of maps in lanes, ``stage[c H W + y W + x, b]``: per channel ``c``
+    and position ``p``, the window sum ``s`` (clipped to the map: padding adds 0; int32, which the
+    caller proves exact) and ``out[c P + p, b] = table[c, s - s_lo]`` (``pool_table``)."""
+    for c in range(channels):
+        src = c * height * width
+        tab = table[c]
+        for y in range(ho):
+            y0 = y * sh - top
+            r0, r1 = max(y0, 0), min(y0 + kh, height)
+            for x in range(wo):
+                x0 = x * sw - left
+                c0, c1 = max(x0, 0), min(x0 + kw, width)
+                s[:] = 0
+                for yy in range(r0, r1):
+                    for xx in range(c0, c1):
+                        v = stage[src + yy * width + xx]
+                        for b in range(LANES):
+                            s[b] += np.int32(v[b])
+                dst = out[(c * ho + y) * wo + x]
+                for b in range(LANES):
+                    dst[b] = tab[s[b] - s_lo]
+
+
+@nb.njit(cache=True, nogil=True)
+def store_lanes(stage, out, i0, rows):
+    """``out[i0 + b, q] = stage[q, b]`` for the block's ``rows`` samples."""
+    for b in range(rows):
+        dst = out[i0 + b]
+        for q in range(stage.shape[0]):
+            dst[q] = stage[q, b]
+
+
+@nb.njit(cache=True, nogil=True)
+def direct_conv_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, a_out, out):
+    """The blocks of LANES samples that this thread claims (``blocks.run_blocks``) of a convolution
+    with one window group: ``taps[p, :nks[p]]`` are the input indices of position ``p`` that hit the
+    map and ``ks[p, :nks[p]]`` their patch elements; ``w[g]`` (K, C) float32 holds group ``g``'s
+    digits transposed. ``a[n, o P + p] = sum_g shift(sum_t w[g, ks[p, t], o] h[n, taps[p, t]],
+    exps[g])`` into ``a_out`` (0 rows: skip) and the neuron with ``bias[o]`` into ``out``. Returns
+    how many codes (read as int64, truncating) fell outside ``[lo, hi]``."""
+    n, n_in = h.shape
+    m = w.shape[2]
+    positions = taps.shape[0]
+    buf = np.zeros((n_in, LANES), np.float32)
+    c = np.empty((m, LANES), np.float32)
+    a = np.empty((m, LANES), np.int64)
+    stage = np.empty((m * positions, LANES), out.dtype)  # the block's outputs, neuron-major
+    count = 0
+    nblocks = (n + LANES - 1) // LANES
+    while True:
+        blk = claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * LANES
+        rows = min(LANES, n - i0)
+        count += load_lanes(h, i0, rows, lo, hi, buf)
+        conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, a_out, i0, rows)
+        store_lanes(stage, out, i0, rows)
+
+
+@nb.njit(cache=True, nogil=True)
+def direct_conv_pool_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, maps, geometry,
+                            table, s_lo, out):
+    """``direct_conv_blocks`` followed by the pooling layer that reads its outputs (``pool_lanes``
+    with ``geometry`` = C, H, W, kh, kw, sh, sw, top, left, Ho, Wo and its neuron tabulated over the
+    window sums from ``s_lo``, ``pool_table``), on each block in cache: the
+    convolution's outputs stay in the pooling's input container (the dtype of ``maps``, an empty
+    array), as the unfused layers store them; only the pooling's outputs reach ``out``."""
+    n, n_in = h.shape
+    m = w.shape[2]
+    positions = taps.shape[0]
+    buf = np.zeros((n_in, LANES), np.float32)
+    c = np.empty((m, LANES), np.float32)
+    a = np.empty((m, LANES), np.int64)
+    stage = np.empty((m * positions, LANES), maps.dtype)
+    pooled = np.empty((out.shape[1], LANES), out.dtype)
+    s = np.empty(LANES, np.int32)
+    none = np.empty((0, 0), np.int64)
+    count = 0
+    nblocks = (n + LANES - 1) // LANES
+    while True:
+        blk = claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * LANES
+        rows = min(LANES, n - i0)
+        count += load_lanes(h, i0, rows, lo, hi, buf)
+        conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, none, i0, rows)
+        pool_lanes(stage, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6],
+                   geometry[7], geometry[8], geometry[9], geometry[10], table, s_lo, s, pooled)
+        store_lanes(pooled, out, i0, rows)
+
+
+def direct_taps(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From one group's gather index (P, K; -1 padding): per position the input indices that hit
+    the map (``taps``, int32, left-aligned), their patch elements (``ks``) and how many (``nks``)."""
+    positions, k = idx.shape
+    taps = np.zeros((positions, k), np.int32)
+    ks = np.zeros((positions, k), np.int32)
+    nks = np.zeros(positions, np.int64)
+    for p in range(positions):
+        hit = np.flatnonzero(idx[p] >= 0)
+        nks[p] = len(hit)
+        taps[p, :len(hit)] = idx[p, hit]
+        ks[p, :len(hit)] = hit
+    return taps, ks, nks

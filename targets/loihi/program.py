@@ -36,7 +36,7 @@ class LoihiProgram:
                  backend: str = "emulator"):
         self.net, self.mapping, self.limits, self.backend = net, mapping, limits, backend
         self.report = build_report(net, mapping, limits, backend)  # refuses what does not fit the chips
-        self.emulator = Emulator(mapping)
+        self.emulator = Emulator(mapping, fuse_pools=True)  # a direct conv and its pooling in one pass
         self.artifacts = to_artifacts(mapping, limits, backend)
         self.options = {"backend": backend}
         # Decisions equal the integer reference only where the mapping changed nothing

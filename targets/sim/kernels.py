@@ -173,9 +173,12 @@ def vnni_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, l
 
 
 @nb.njit(cache=True, nogil=True)
-def avx2_blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out):
+def avx2_blocks(counter, h, in_place, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, lut, lut_half,
+                acc_out, out):
     """``vnni_blocks`` on the AVX2 product: codes + ``offset`` packed into int16, the int32
-    block product ``avx2.product``, then the epilogue. Returns the out-of-range count."""
+    block product ``avx2.product_rows``, then the epilogue; whole blocks of 16-bit codes that
+    ``avx2.in_place16`` allows (``in_place`` 1 or 2) are read where they lie. Returns the
+    out-of-range count."""
     n = h.shape[0]
     a = np.zeros((avx2.BLOCK, wpk.shape[0] * 2), np.int16)
     c = np.empty((avx2.BLOCK, wpk.shape[1] // 2), np.int32)
@@ -187,8 +190,11 @@ def avx2_blocks(counter, h, lo, hi, offset, wpk, base, mult, half, shift, mode, 
             return count
         i0 = blk * avx2.BLOCK
         rows = min(avx2.BLOCK, n - i0)
-        count += avx2.pack_rows(h, i0, rows, lo, hi, offset, a)
-        avx2.product(a, wpk, c, rows)
+        if in_place and rows == avx2.BLOCK:
+            avx2.product_rows(h, i0, wpk, c, rows, in_place == 2)
+        else:
+            count += avx2.pack_rows(h, i0, rows, lo, hi, offset, a)
+            avx2.product_rows(a, 0, wpk, c, rows, False)
         finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
 
 
@@ -196,5 +202,42 @@ def avx2_layer(h, lo, hi, offset, wpk, base, mult, half, shift, mode, act_max, l
     """``vnni_layer`` (8-bit codes, ``planes`` 0) on the AVX2 int16 product: ``wpk`` is
     ``avx2.pack_weights(W)`` and ``base = bias - offset * sum_i W[:, i]``. Returns how many
     codes fell outside ``[lo, hi]``."""
-    return vnni.run_blocks(avx2_blocks, h.shape[0], h, lo, hi, offset, wpk, base, mult, half, shift, mode,
+    in_place = avx2.in_place16(h, lo, hi, offset)
+    return vnni.run_blocks(avx2_blocks, h.shape[0], h, in_place, lo, hi, offset, wpk, base, mult, half, shift, mode,
                            act_max, lut, lut_half, acc_out, out)
+
+
+@nb.njit(cache=True, nogil=True)
+def avx2_u8_blocks(counter, h, in_place, lo, hi, offset, wpk8, groups, base, mult, half, shift, mode, act_max,
+                   lut, lut_half, acc_out, out):
+    """``avx2_blocks`` on the ``vpmaddubsw`` product (``avx2.product8``, 8-bit codes): whole
+    blocks of codes that ``in_place`` (``avx2.in_place8``) are read where they lie, the others
+    packed as u8 ``code + offset``; ``groups`` of four inputs are summed in int16 between
+    widenings (``avx2.u8_groups``). Returns the out-of-range count."""
+    n = h.shape[0]
+    a = np.zeros((avx2.BLOCK, wpk8.shape[0] * 4), np.uint8)
+    c = np.empty((avx2.BLOCK, wpk8.shape[1] // 4), np.int32)
+    count = 0
+    nblocks = (n + avx2.BLOCK - 1) // avx2.BLOCK
+    while True:
+        blk = vnni.claim(counter)
+        if blk >= nblocks:
+            return count
+        i0 = blk * avx2.BLOCK
+        rows = min(avx2.BLOCK, n - i0)
+        if in_place and rows == avx2.BLOCK:
+            avx2.product8(h, i0, wpk8, groups, c, rows)
+        else:
+            count += vnni.pack_rows(h, i0, rows, lo, hi, offset, a)
+            avx2.product8(a, 0, wpk8, groups, c, rows)
+        finish_rows(c, 0, rows, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out, i0)
+
+
+def avx2_u8_layer(h, lo, hi, wpk8, groups, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out,
+                  out) -> int:
+    """``avx2_layer`` for 8-bit codes on the ``vpmaddubsw`` product: ``wpk8`` is
+    ``avx2.pack_weights8(W)``, ``groups`` is ``avx2.u8_groups(W, lo, hi)`` and
+    ``base = bias - avx2.u8_offset(lo, hi) * sum_i W[:, i]``. Returns how many codes fell
+    outside ``[lo, hi]``."""
+    return vnni.run_blocks(avx2_u8_blocks, h.shape[0], h, avx2.in_place8(h, lo, hi), lo, hi, avx2.u8_offset(lo, hi),
+                           wpk8, groups, base, mult, half, shift, mode, act_max, lut, lut_half, acc_out, out)

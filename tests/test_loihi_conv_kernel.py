@@ -1,0 +1,323 @@
+"""The Loihi emulator's direct convolution (``kernels.direct_conv_blocks``: samples in float32 vector
+lanes, FMA register tiles over the taps of each position, no patch matrix) and its fusion with the
+pooling that follows (``kernels.direct_conv_pool_blocks``: the pooling's neuron tabulated over the
+window sums) against a plain numpy / Python-integer reference written from docs/loihi.md section 2:
+
+* on odd geometries (strides, dilation, asymmetric padding, several input channels), 1 to 13 output
+  channels (every register tile width), sample counts that are not a multiple of the lanes, one or
+  two synapse groups (negative and positive exponents), every neuron, and sums large enough that
+  the 24-bit wrap of the LIF current shows: ``a`` and the outputs equal the reference;
+* deliberately wrong variants fail that check: the kernel flipped, padding read as code 1, and the
+  kernels recompiled with the 24-bit wrap dropped or the floor shift truncating toward zero;
+* the emulator plans it (``direct float32 patches``) and its scores on the step CNNs equal the
+  reference, fused with the poolings and traced layer by layer, also on codes beyond the format.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numba as nb
+import numpy as np
+import pytest
+from hwq_targets.common import patches
+from hwq_targets.common.blocks import run_blocks
+from hwq_targets.loihi import kernels
+from hwq_targets.loihi.emulator import CompiledPool, Emulator, PatchDense, fuses
+from test_loihi_cnn import STEP_CNNS, extreme_codes, step_cnn
+
+import hwq
+from hwq.ir.window import Window
+from hwq.quant import reference
+
+pytestmark = pytest.mark.skipif(not kernels.direct_available(), reason="needs AVX2 + FMA and Numba's JIT")
+
+NONE = np.empty((0, 0), np.int64)
+WRAP, STATE_MAX = 2**23, 2**23 - 1
+
+# (C, H, W), kernel, stride, pads (top, left, bottom, right), dilation, output channels
+GEOMETRIES = [
+    ((1, 12, 12), (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 6),
+    ((3, 9, 7), (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 13),
+    ((2, 11, 8), (3, 2), (2, 3), (1, 0, 2, 1), (1, 1), 5),
+    ((4, 7, 9), (3, 3), (1, 2), (1, 1, 1, 1), (2, 1), 7),
+    ((1, 6, 6), (6, 6), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # one position: the whole map
+    ((2, 5, 6), (1, 1), (1, 1), (0, 1, 1, 0), (1, 1), 16),  # 1x1 with padded border positions
+]
+
+
+# ---------------------------------------------------------------- the reference (numpy slices, Python ints)
+def conv_sums(h: np.ndarray, win: Window, digits: np.ndarray) -> np.ndarray:
+    """(N, C_out, Ho, Wo) ``sum D[o] * patch`` from slices of the zero-padded maps (int64; |sums| < 2^40)."""
+    c, height, width = win.in_shape
+    (kh, kw), (sh, sw), (top, left, bottom, right), (dh, dw) = win.kernel, win.stride, win.pads, win.dilation
+    ho, wo = win.out_hw
+    maps = np.zeros((len(h), c, height + top + bottom, width + left + right), np.int64)
+    maps[:, :, top:top + height, left:left + width] = h.reshape(len(h), c, height, width)
+    kernel = np.asarray(digits, np.int64).reshape(len(digits), c, kh, kw)
+    out = np.zeros((len(h), len(digits), ho, wo), np.int64)
+    for y in range(ho):
+        for x in range(wo):
+            patch = maps[:, :, y * sh:y * sh + (kh - 1) * dh + 1:dh, x * sw:x * sw + (kw - 1) * dw + 1:dw]
+            out[:, :, y, x] = np.einsum("nchw,ochw->no", patch, kernel)
+    return out
+
+
+def shift(v: int, e: int) -> int:
+    return v << e if e >= 0 else v >> -e  # Python ints: >> floors
+
+
+def neuron_out(a: int, neuron: int, bias: int, theta: int) -> int:
+    """docs/loihi.md section 2: step (u = wrap24(a 2^6), v = clamp(u + b), v > theta), ReLU, identity."""
+    if neuron == 0:
+        u = a << 6
+        u = u - 2 * WRAP if u > WRAP else u + 2 * WRAP if u <= -WRAP else u
+        return int(min(max(u + bias, -STATE_MAX), STATE_MAX) > theta)
+    return max(a + bias, 0) if neuron == 1 else a + bias
+
+
+def reference_conv(h, win, sets, neuron, bias, theta):
+    """``a`` (N, C_out P) and the outputs, Loihi's neuron order ``o P + p``."""
+    a = None
+    for digits, e in sets:
+        part = [[shift(int(v), e) for v in row] for row in conv_sums(h, win, digits).reshape(len(h), -1)]
+        a = part if a is None else [[x + y for x, y in zip(r, s)] for r, s in zip(a, part)]
+    positions = win.positions
+    out = [[neuron_out(v, neuron, int(bias[q // positions]), theta) for q, v in enumerate(row)] for row in a]
+    return np.array(a, np.int64), np.array(out, np.int64)
+
+
+def reference_pool(maps, pool_win, digits, exps, neuron, bias, theta):
+    """The pooling neuron on window sums of ``maps`` (zero padding), Python ints."""
+    sums = conv_sums(maps, pool_win, np.eye(pool_win.channels, dtype=np.int64).repeat(
+        pool_win.kernel[0] * pool_win.kernel[1], axis=1)).reshape(len(maps), pool_win.channels, -1)
+    out = np.zeros(sums.shape, np.int64)
+    for n in range(len(maps)):
+        for c in range(pool_win.channels):
+            for p in range(sums.shape[2]):
+                a = sum(shift(int(d) * int(sums[n, c, p]), int(e)) for d, e in zip(digits[:, c], exps))
+                out[n, c, p] = neuron_out(a, neuron, int(bias[c]), theta)
+    return out.reshape(len(maps), -1)
+
+
+# ---------------------------------------------------------------- cases and the kernel as the emulator calls it
+def case(i: int, spikes: bool, groups: int, seed: int = 0):
+    (c, height, width), kernel, stride, pads, dilation, c_out = GEOMETRIES[i]
+    win = Window((c, height, width), kernel, stride, pads, dilation, 1)
+    rng = np.random.default_rng(seed * 100 + i * 10 + groups + 3 * spikes)
+    n = 37  # two full blocks of LANES and a partial one
+    h = rng.integers(0, 2, (n, win.n_in)) if spikes else rng.integers(0, 256, (n, win.n_in))
+    h = h.astype(np.uint8)
+    big = rng.integers(-127, 128, (c_out, win.patch_len))  # sums up to ~2^21: a 2^6 wraps past 2^23
+    small = rng.integers(-255, 256, (c_out, win.patch_len))  # negative sums: floor differs from truncation
+    sets = [(big, 1)] if groups == 1 else [(small, -3), (big, 2)]
+    bias = rng.integers(-2**22, 2**22, c_out)
+    theta = int(rng.integers(0, 2**16)) << 6
+    return h, win, sets, bias, theta
+
+
+def tables(win: Window, sets):
+    taps, ks, nks = kernels.direct_taps(patches.gather_index(win)[0])
+    w = np.ascontiguousarray(np.stack([np.asarray(d).T for d, _ in sets]), np.float32)
+    exps = np.array([e for _, e in sets], np.int64)
+    return taps, ks, nks, w, exps
+
+
+def run_direct(h, win, sets, neuron, bias, theta, kernel=None, plan=None):
+    kernel = kernel or kernels.direct_conv_blocks
+    taps, ks, nks, w, exps = plan or tables(win, sets)
+    a = np.empty((len(h), len(sets[0][0]) * win.positions), np.int64)
+    out = np.empty_like(a)
+    bad = run_blocks(kernel, len(h), h, 0, 255, taps, ks, nks, w, exps, neuron, np.asarray(bias, np.int64), theta,
+                     a, out)
+    assert bad == 0
+    return a, out
+
+
+def mismatches(**how) -> list[str]:
+    bad = []
+    for i in range(len(GEOMETRIES)):
+        for spikes in (True, False):
+            for groups in (1, 2):
+                h, win, sets, bias, theta = case(i, spikes, groups)
+                for neuron in (0, 1, 2):
+                    want_a, want = reference_conv(h, win, sets, neuron, bias, theta)
+                    a, out = how_run(h, win, sets, neuron, bias, theta, **how)
+                    if not (np.array_equal(a, want_a) and np.array_equal(out, want)):
+                        bad.append(f"{GEOMETRIES[i]} spikes={spikes} groups={groups} neuron={neuron}")
+    return bad
+
+
+def how_run(h, win, sets, neuron, bias, theta, kernel=None, variant=None):
+    if variant is None:
+        return run_direct(h, win, sets, neuron, bias, theta, kernel)
+    return variant(h, win, sets, neuron, bias, theta)
+
+
+def test_direct_conv_equals_the_reference():
+    assert kernels.direct_available()
+    assert mismatches() == []
+
+
+def test_direct_conv_shows_the_24bit_wrap():
+    """The cases reach sums whose a 2^6 passes 2^23 (the wrap changes spikes), so dropping it shows."""
+    h, win, sets, bias, theta = case(1, False, 1)
+    a, _ = reference_conv(h, win, sets, 0, bias, theta)
+    assert (np.abs(a) << 6 > WRAP).any()
+
+
+# ---------------------------------------------------------------- deliberately wrong variants
+def flipped(h, win, sets, neuron, bias, theta):
+    """The kernel flipped in both spatial axes (a correlation read as a convolution)."""
+    c_out = len(sets[0][0])
+    c, (kh, kw) = win.in_shape[0], win.kernel
+    flip = [(np.asarray(d).reshape(c_out, c, kh, kw)[:, :, ::-1, ::-1].reshape(c_out, -1), e) for d, e in sets]
+    return run_direct(h, win, sets, neuron, bias, theta, plan=tables(win, flip))
+
+
+def padding_reads_one(h, win, sets, neuron, bias, theta):
+    """Padding taps kept, reading an extra input fixed at code 1 instead of 0."""
+    idx = patches.gather_index(win)[0].copy()
+    idx[idx < 0] = win.n_in
+    taps, ks, nks = kernels.direct_taps(idx)
+    _, _, _, w, exps = tables(win, sets)
+    ones = np.concatenate([h, np.ones((len(h), 1), h.dtype)], axis=1)
+    return run_direct(ones, win, sets, neuron, bias, theta, plan=(taps, ks, nks, w, exps))
+
+
+@nb.njit(inline="always")
+def no_wrap(u):
+    return u
+
+
+@nb.njit(inline="always")
+def truncating_shift(v, k):
+    return -((-v) >> k) if v < 0 else v >> k
+
+
+DIRECT_CHAIN = ("shifted", "fire", "lane_shift", "neuron_lanes", "conv_lanes", "pool_table", "direct_conv_blocks",
+                "direct_conv_pool_blocks")  # callees first
+
+
+def rebuilt(rule: dict) -> dict:
+    """The direct kernels compiled again from their source with one arithmetic rule swapped."""
+    swap = dict(rule)
+    for name in DIRECT_CHAIN:
+        f = getattr(kernels, name).py_func
+        new = types.FunctionType(f.__code__, {**f.__globals__, **swap}, f.__name__, f.__defaults__, f.__closure__)
+        options = {k: v for k, v in getattr(kernels, name).targetoptions.items() if k not in ("cache", "nopython")}
+        swap[name] = nb.njit(**options)(new)
+    return swap
+
+
+def test_the_rebuild_itself_is_faithful():
+    """The recompilation with the right rule passes, so the failures below are the rule's."""
+    assert mismatches(kernel=rebuilt({})["direct_conv_blocks"]) == []
+
+
+@pytest.mark.parametrize("variant", [flipped, padding_reads_one], ids=lambda f: f.__name__)
+def test_a_wrong_geometry_fails_the_reference(variant):
+    assert len(mismatches(variant=variant)) > len(GEOMETRIES)
+
+
+@pytest.mark.parametrize("rule", [{"wrap_current": no_wrap}, {"floor_shift": truncating_shift}],
+                         ids=["24bit_wrap_dropped", "shift_truncates"])
+def test_a_wrong_rule_fails_the_reference(rule):
+    assert len(mismatches(kernel=rebuilt(rule)["direct_conv_blocks"])) >= len(GEOMETRIES)
+
+
+# ---------------------------------------------------------------- fused with the pooling
+def run_fused(h, win, sets, neuron, bias, theta, pool_win, p_digits, p_exps, p_neuron, p_bias, p_theta, kernel=None):
+    kernel = kernel or kernels.direct_conv_pool_blocks
+    taps, ks, nks, w, exps = tables(win, sets)
+    size = pool_win.kernel[0] * pool_win.kernel[1]
+    s_hi = size * (1 if neuron == 0 else int(np.abs(sets[0][0]).sum(axis=1).max()) * 255)  # bias 0, exponent 0
+    table = kernels.pool_table(p_digits, p_exps, p_neuron, p_bias, p_theta, 0, s_hi)
+    geometry = np.array([*pool_win.in_shape, *pool_win.kernel, *pool_win.stride, pool_win.pads[0], pool_win.pads[1],
+                         *pool_win.out_hw], np.int64)
+    out = np.empty((len(h), pool_win.channels * pool_win.positions), np.int64)
+    maps = np.empty(0, np.uint8 if neuron == 0 else np.int64)
+    bad = run_blocks(kernel, len(h), h, 0, 255, taps, ks, nks, w, exps, neuron, np.asarray(bias, np.int64), theta,
+                     maps, geometry, table, 0, out)
+    assert bad == 0
+    return out
+
+
+@pytest.mark.parametrize("pool_geometry", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)),
+                                           ((2, 3), (1, 2), (0, 1, 1, 0))])
+@pytest.mark.parametrize("wrong", [None, "nowrap"])
+def test_fused_pool_equals_the_reference(pool_geometry, wrong):
+    kernel = rebuilt({"wrap_current": no_wrap})["direct_conv_pool_blocks"] if wrong else None
+    bad = 0
+    for i in (0, 2, 3):
+        for neuron in (0, 1):
+            h, win, sets, bias, theta = case(i, False, 1, seed=1)
+            if neuron == 1:  # ReLU maps small enough to tabulate: non-negative digits, no bias
+                sets = [(np.abs(d) % 3, 0) for d, _ in sets]
+                bias = np.zeros_like(bias)
+            c_out = len(sets[0][0])
+            pool_win = Window((c_out, *win.out_hw), *pool_geometry, (1, 1), c_out)
+            rng = np.random.default_rng(i)
+            p_digits = rng.integers(1, 4, (2, c_out))
+            p_exps = np.array([-1, 1], np.int64)
+            p_bias = rng.integers(-3, 4, c_out) << 6
+            _, maps = reference_conv(h, win, sets, neuron, bias, theta)
+            want = reference_pool(maps, pool_win, p_digits, p_exps, 0, p_bias, 1 << 6)
+            got = run_fused(h, win, sets, neuron, bias, theta, pool_win, p_digits, p_exps, 0, p_bias, 1 << 6, kernel)
+            bad += not np.array_equal(got, want)
+    assert bad == 0 if wrong is None else bad > 0
+
+
+# ---------------------------------------------------------------- in the emulator
+POOLED = [name for name, spec in STEP_CNNS.items() if any(neuron in ("pool", "sum") for neuron, _ in spec)]
+
+
+@pytest.mark.parametrize("name", sorted(STEP_CNNS))
+def test_emulator_runs_step_cnns_on_the_direct_conv(name):
+    net = step_cnn(name)
+    program = hwq.compile(net, "loihi")
+    emulator = Emulator(program.mapping, use_direct=True, fuse_pools=True)
+    direct = [i for i, c in enumerate(emulator.layers) if isinstance(c, PatchDense) and c.direct]
+    assert all(emulator.report[i] == "direct float32 patches" for i in direct)
+    x = extreme_codes(net, 40)
+    want = reference.forward(net, x)
+    np.testing.assert_array_equal(emulator.run(x), want)
+    blas = Emulator(program.mapping, use_vnni=False, use_avx2=False)
+    assert not any(getattr(c, "direct", False) for c in blas.layers)
+    traced = emulator.inputs(x)  # layer by layer (no fusion), every layer's a
+    for got, ref in zip(traced, blas.inputs(x)):
+        np.testing.assert_array_equal(got, ref)
+    wide = x.astype(np.int64)
+    wide[3, 5] = 300  # beyond the 8-bit format: the chunk falls back, still exact
+    np.testing.assert_array_equal(emulator.run(wide), reference.forward(net, wide))
+
+
+def test_the_step_cnns_fuse_direct_convs_with_their_poolings():
+    fused = 0
+    for name in POOLED:
+        layers = hwq.compile(step_cnn(name), "loihi").emulator.layers
+        fused += sum(fuses(a, b) for a, b in zip(layers, layers[1:]))
+        assert all(isinstance(b, CompiledPool) for a, b in zip(layers, layers[1:]) if fuses(a, b))
+    assert fused > 0
+    assert all(program_emulator.fuse_pools for program_emulator in [hwq.compile(step_cnn(POOLED[0]), "loihi").emulator])
+
+
+def test_a_wrong_fused_kernel_in_the_program_is_caught(monkeypatch):
+    """``LoihiProgram.forward`` runs the fused pass: a fused kernel without the 24-bit wrap,
+    injected from outside, changes its scores on inputs whose sums wrap (forced shift 0)."""
+    name = next(n for n in POOLED if n.startswith("maxpool"))
+    net = step_cnn(name)
+    program = hwq.compile(net, "loihi")
+    assert any(fuses(a, b) for a, b in zip(program.emulator.layers, program.emulator.layers[1:]))
+    x = extreme_codes(net, 40)
+    right = program.forward(x)
+    np.testing.assert_array_equal(right, reference.forward(net, x))
+    monkeypatch.setattr(kernels, "direct_conv_pool_blocks", rebuilt({"floor_shift": truncating_shift,
+                                                                     "crosses": fires_at_threshold})
+                        ["direct_conv_pool_blocks"])
+    assert not np.array_equal(program.forward(x), right)
+
+
+@nb.njit(inline="always")
+def fires_at_threshold(v, theta):
+    return v >= theta
