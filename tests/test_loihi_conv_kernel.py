@@ -30,7 +30,9 @@ import hwq
 from hwq.ir.window import Window
 from hwq.quant import reference
 
-pytestmark = pytest.mark.skipif(not kernels.direct_available(), reason="needs AVX2 + FMA and Numba's JIT")
+# the direct kernel's own cases need it (AVX2 + FMA); the emulator's networks run on every CPU
+# (elsewhere through the gather-and-product path the emulator then plans)
+raw_kernel = pytest.mark.skipif(not kernels.direct_available(), reason="runs the AVX2 + FMA kernel itself")
 
 NONE = np.empty((0, 0), np.int64)
 WRAP, STATE_MAX = 2**23, 2**23 - 1
@@ -154,11 +156,13 @@ def how_run(h, win, sets, neuron, bias, theta, kernel=None, variant=None):
     return variant(h, win, sets, neuron, bias, theta)
 
 
+@raw_kernel
 def test_direct_conv_equals_the_reference():
     assert kernels.direct_available()
     assert mismatches() == []
 
 
+@raw_kernel
 def test_direct_conv_shows_the_24bit_wrap():
     """The cases reach sums whose a 2^6 passes 2^23 (the wrap changes spikes), so dropping it shows."""
     h, win, sets, bias, theta = case(1, False, 1)
@@ -210,16 +214,19 @@ def rebuilt(rule: dict) -> dict:
     return swap
 
 
+@raw_kernel
 def test_the_rebuild_itself_is_faithful():
     """The recompilation with the right rule passes, so the failures below are the rule's."""
     assert mismatches(kernel=rebuilt({})["direct_conv_blocks"]) == []
 
 
+@raw_kernel
 @pytest.mark.parametrize("variant", [flipped, padding_reads_one], ids=lambda f: f.__name__)
 def test_a_wrong_geometry_fails_the_reference(variant):
     assert len(mismatches(variant=variant)) > len(GEOMETRIES)
 
 
+@raw_kernel
 @pytest.mark.parametrize("rule", [{"wrap_current": no_wrap}, {"floor_shift": truncating_shift}],
                          ids=["24bit_wrap_dropped", "shift_truncates"])
 def test_a_wrong_rule_fails_the_reference(rule):
@@ -243,6 +250,7 @@ def run_fused(h, win, sets, neuron, bias, theta, pool_win, p_digits, p_exps, p_n
     return out
 
 
+@raw_kernel
 @pytest.mark.parametrize("pool_geometry", [((2, 2), (2, 2), (0, 0, 0, 0)), ((3, 3), (2, 2), (1, 1, 1, 1)),
                                            ((2, 3), (1, 2), (0, 1, 1, 0))])
 @pytest.mark.parametrize("wrong", [None, "nowrap"])
@@ -276,7 +284,7 @@ POOLED = [name for name, spec in STEP_CNNS.items() if any(neuron in ("pool", "su
 def test_emulator_runs_step_cnns_on_the_direct_conv(name):
     net = step_cnn(name)
     program = hwq.compile(net, "loihi")
-    emulator = Emulator(program.mapping, use_direct=True, fuse_pools=True)
+    emulator = Emulator(program.mapping, use_direct=kernels.direct_available(), fuse_pools=True)
     direct = [i for i, c in enumerate(emulator.layers) if isinstance(c, PatchDense) and c.direct]
     assert all(emulator.report[i] == "direct float32 patches" for i in direct)
     x = extreme_codes(net, 40)
@@ -292,6 +300,7 @@ def test_emulator_runs_step_cnns_on_the_direct_conv(name):
     np.testing.assert_array_equal(emulator.run(wide), reference.forward(net, wide))
 
 
+@raw_kernel
 def test_the_step_cnns_fuse_direct_convs_with_their_poolings():
     fused = 0
     for name in POOLED:
@@ -302,6 +311,7 @@ def test_the_step_cnns_fuse_direct_convs_with_their_poolings():
     assert all(program_emulator.fuse_pools for program_emulator in [hwq.compile(step_cnn(POOLED[0]), "loihi").emulator])
 
 
+@raw_kernel
 def test_a_wrong_fused_kernel_in_the_program_is_caught(monkeypatch):
     """``LoihiProgram.forward`` runs the fused pass: a fused kernel without the 24-bit wrap,
     injected from outside, changes its scores on inputs whose sums wrap (forced shift 0)."""
