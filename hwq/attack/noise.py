@@ -17,7 +17,6 @@ Box-Muller on two words; signs from the top bit. All arithmetic is modulo 2^64.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -66,35 +65,3 @@ def signs(key, index, width) -> np.ndarray:
     """+1 or -1, (rows, width)."""
     return np.where(words(key, index, width) >> np.uint64(63), 1.0, -1.0)
 
-
-@nb.njit(cache=True, inline="always")
-def _mix1(z):
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-@nb.njit(cache=True)
-def _row_signs(seed, eps_bits, tag, which, index, width, out):
-    golden = np.uint64(0x9E3779B97F4A7C15)
-    keys = np.empty(eps_bits.shape[0], np.uint64)
-    s = _mix1(seed + golden)
-    for k in range(eps_bits.shape[0]):
-        keys[k] = _mix1(_mix1(s ^ eps_bits[k]) + tag)
-    for r in range(which.shape[0]):
-        key = keys[which[r]]
-        base = index[r] * np.uint64(width) + np.uint64(1)
-        for j in range(width):
-            word = _mix1(key + golden * (base + np.uint64(j)))
-            out[r, j] = 1.0 if (word >> np.uint64(63)) != np.uint64(0) else -1.0
-
-
-def row_signs(seed: int, eps, tag: int, which: np.ndarray, index: np.ndarray, width: int) -> np.ndarray:
-    """``signs(keys(seed, eps, tag)[which], index, width)`` in one compiled pass (Square draws a
-    sign per row and channel every iteration): row ``r`` takes the stream of strength
-    ``eps[which[r]]``; the same numbers, bit for bit (tests/test_noise.py)."""
-    bits = np.ascontiguousarray(np.asarray(eps, np.float64).reshape(-1)).view(np.uint64)
-    out = np.empty((len(which), int(width)), np.float64)
-    _row_signs(np.uint64(int(seed) % 2**64), bits, np.uint64(int(tag) % 2**64),
-               np.asarray(which, np.int64), np.asarray(index, np.uint64), int(width), out)
-    return out

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from hwq.attack import noise
 from hwq.attack.base import Attack, ChunkOutcome, code_dtype
 from hwq.attack.pgd import _positive, _positive_int
 from hwq.errors import UsageError
@@ -202,7 +201,7 @@ class Square(Attack):
 
         def row_signs(rows_, tag, width=1):
             """+-1 per row of ``rows_`` (and ``width`` per row) from (seed, its eps, tag, its input)."""
-            return noise.row_signs(self.seed, eps, tag, rows_ // n, index[rows_], width)
+            return stream_signs(self.seed, eps, tag, rows_ // n, index[rows_], width)
 
         clean_codes = judge.codes(x)
         clean_pred, _ = judge.judge(clean_codes, y)
@@ -353,3 +352,37 @@ def linf_window(xs, cur, es, sign, r0, c0, sh, sw, lo, hi, inv_scale, qmin, qmax
                     new[r, ch, i, j] = v
                     q = np.floor(min(max(v, lo), hi) * inv_scale + 0.5)
                     codes[r, ch, i, j] = min(max(q, qmin), qmax)
+
+
+@nb.njit(cache=True, inline="always")
+def _mix1(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True)
+def _row_signs(seed, eps_bits, tag, which, index, width, out):
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    keys = np.empty(eps_bits.shape[0], np.uint64)
+    s = _mix1(seed + golden)
+    for k in range(eps_bits.shape[0]):
+        keys[k] = _mix1(_mix1(s ^ eps_bits[k]) + tag)
+    for r in range(which.shape[0]):
+        key = keys[which[r]]
+        base = index[r] * np.uint64(width) + np.uint64(1)
+        for j in range(width):
+            word = _mix1(key + golden * (base + np.uint64(j)))
+            out[r, j] = 1.0 if (word >> np.uint64(63)) != np.uint64(0) else -1.0
+
+
+def stream_signs(seed: int, eps, tag: int, which: np.ndarray, index: np.ndarray, width: int) -> np.ndarray:
+    """``noise.signs(noise.keys(seed, eps, tag)[which], index, width)`` in one compiled pass (Square
+    draws a sign per row and channel every iteration): row ``r`` takes the stream of strength
+    ``eps[which[r]]``; the same numbers, bit for bit (tests/test_noise.py). Here, not in
+    ``noise`` (pure numpy: the spec of the streams, loaded alone by the torch baselines)."""
+    bits = np.ascontiguousarray(np.asarray(eps, np.float64).reshape(-1)).view(np.uint64)
+    out = np.empty((len(which), int(width)), np.float64)
+    _row_signs(np.uint64(int(seed) % 2**64), bits, np.uint64(int(tag) % 2**64),
+               np.asarray(which, np.int64), np.asarray(index, np.uint64), int(width), out)
+    return out
