@@ -10,7 +10,11 @@ window sums) against a plain numpy / Python-integer reference written from docs/
 * deliberately wrong variants fail that check: the kernel flipped, padding read as code 1, and the
   kernels recompiled with the 24-bit wrap dropped or the floor shift truncating toward zero;
 * the emulator plans it (``direct float32 patches``) and its scores on the step CNNs equal the
-  reference, fused with the poolings and traced layer by layer, also on codes beyond the format.
+  reference, fused with the poolings and traced layer by layer, also on codes beyond the format;
+* the spike as a compare of the float32 sum with a bisected threshold (``spike_thresholds``, where
+  the 24-bit current cannot wrap) and the vector window sums and step compares of the fused pooling
+  (``pool_lanes``) equal the reference; read as strictly above, with the wrap check dropped, a
+  window one row short, or codes widened without their sign, they fail it.
 """
 
 from __future__ import annotations
@@ -131,9 +135,14 @@ def run_direct(h, win, sets, neuron, bias, theta, kernel=None, plan=None):
     a = np.empty((len(h), len(sets[0][0]) * win.positions), np.int64)
     out = np.empty_like(a)
     bad = run_blocks(kernel, len(h), h, 0, 255, taps, ks, nks, w, exps, neuron, np.asarray(bias, np.int64), theta,
-                     a, out)
+                     c_max(sets), a, out)
     assert bad == 0
     return a, out
+
+
+def c_max(sets, peak: int = 255) -> int:
+    """The bound on every group's ``|D @ h|`` for codes in ``[0, peak]`` (as ``emulator.sum_peak``)."""
+    return max(int(np.abs(np.asarray(d, np.int64)).sum(axis=1).max()) for d, _ in sets) * peak
 
 
 def mismatches(**how) -> list[str]:
@@ -199,8 +208,8 @@ def truncating_shift(v, k):
     return -((-v) >> k) if v < 0 else v >> k
 
 
-DIRECT_CHAIN = ("shifted", "fire", "lane_shift", "neuron_lanes", "conv_lanes", "pool_table", "direct_conv_blocks",
-                "direct_conv_pool_blocks")  # callees first
+DIRECT_CHAIN = ("shifted", "fire", "lane_shift", "neuron_lanes", "spike_thresholds", "conv_lanes", "pool_table",
+                "direct_conv_blocks", "direct_conv_pool_blocks")  # callees first
 
 
 def rebuilt(rule: dict) -> dict:
@@ -245,7 +254,7 @@ def run_fused(h, win, sets, neuron, bias, theta, pool_win, p_digits, p_exps, p_n
     out = np.empty((len(h), pool_win.channels * pool_win.positions), np.int64)
     maps = np.empty(0, np.uint8 if neuron == 0 else np.int64)
     bad = run_blocks(kernel, len(h), h, 0, 255, taps, ks, nks, w, exps, neuron, np.asarray(bias, np.int64), theta,
-                     maps, geometry, table, 0, out)
+                     c_max(sets), maps, geometry, table, 0, out)
     assert bad == 0
     return out
 
@@ -331,3 +340,147 @@ def test_a_wrong_fused_kernel_in_the_program_is_caught(monkeypatch):
 @nb.njit(inline="always")
 def fires_at_threshold(v, theta):
     return v >= theta
+
+
+# ---------------------------------------------------------------- the spike as a threshold on the float32 sums
+# One synapse group, a LIF neuron, no trace, and partial sums too small to wrap the 24-bit state
+# (``kernels.never_wraps``): the kernels compare each sum with ``kernels.spike_thresholds`` instead
+# of running the neuron. Biases are chosen so that every channel's threshold lies on a sum that occurs.
+def threshold_case(i: int, e: int, spikes: bool):
+    (c, height, width), kernel, stride, pads, dilation, c_out = GEOMETRIES[i]
+    win = Window((c, height, width), kernel, stride, pads, dilation, 1)
+    rng = np.random.default_rng(1000 + i * 10 + e + 5 * spikes)
+    h = (rng.integers(0, 2, (37, win.n_in)) if spikes else rng.integers(0, 256, (37, win.n_in))).astype(np.uint8)
+    digits = rng.integers(-7, 8, (c_out, win.patch_len))
+    theta = int(rng.integers(0, 2**10)) << 6
+    a, _ = reference_conv(h, win, [(digits, e)], 2, np.zeros(c_out, np.int64), 0)  # a itself
+    hit = a.reshape(len(h), c_out, -1)[rng.integers(0, len(h)), np.arange(c_out), rng.integers(0, win.positions)]
+    bias = theta - (hit << 6) + rng.integers(0, 2, c_out)  # fires from a = hit (+1) or a = hit + 1
+    return h, win, [(digits, e)], bias, theta
+
+
+def run_spikes(h, win, sets, bias, theta, kernel=None):
+    """The kernel without a trace (``a_out`` empty): the outputs only."""
+    taps, ks, nks, w, exps = tables(win, sets)
+    out = np.empty((len(h), len(sets[0][0]) * win.positions), np.int64)
+    bad = run_blocks(kernel or kernels.direct_conv_blocks, len(h), h, 0, 255, taps, ks, nks, w, exps, 0,
+                     np.asarray(bias, np.int64), theta, c_max(sets), NONE, out)
+    assert bad == 0
+    return out
+
+
+def threshold_mismatches(kernel=None, cases=None) -> int:
+    bad = 0
+    for h, win, sets, bias, theta in cases or THRESHOLD_CASES:
+        _, want = reference_conv(h, win, sets, 0, bias, theta)
+        bad += not np.array_equal(run_spikes(h, win, sets, bias, theta, kernel), want)
+    return bad
+
+
+THRESHOLD_CASES = [threshold_case(i, e, spikes) for i in range(len(GEOMETRIES)) for e in (-2, 0, 1)
+                   for spikes in (True, False)]
+
+
+@nb.njit(inline="always")
+def strictly_above(c, o, t, stage, q):
+    for b in range(kernels.LANES):
+        stage[q, b] = 1 if c[o, b] > t else 0
+
+
+@nb.njit(inline="always")
+def at_or_above(c, o, t, stage, q):
+    for b in range(kernels.LANES):
+        stage[q, b] = 1 if c[o, b] >= t else 0
+
+
+@nb.njit(inline="always")
+def always_safe(c_max, e):
+    return True
+
+
+@raw_kernel
+def test_spike_thresholds_equal_the_reference():
+    for _, _, sets, bias, theta in THRESHOLD_CASES:  # the compare path is the one these cases run
+        assert kernels.spike_thresholds(sets[0][1], np.asarray(bias, np.int64), theta, c_max(sets),
+                                        np.empty(len(bias), np.float32))
+    assert threshold_mismatches() == 0
+
+
+@raw_kernel
+def test_a_wrong_threshold_fails_the_reference():
+    """At-or-above read as strictly above: a sum on the threshold does not fire."""
+    assert threshold_mismatches(rebuilt({"reach_lanes": at_or_above})["direct_conv_blocks"]) == 0  # as a loop
+    assert threshold_mismatches(rebuilt({"reach_lanes": strictly_above})["direct_conv_blocks"]) > len(GEOMETRIES)
+
+
+@raw_kernel
+def test_thresholds_on_wrapping_sums_fail_the_reference():
+    """The 24-bit check dropped: sums whose current wraps compared with a threshold."""
+    wrapping = [case(i, False, 1) for i in range(len(GEOMETRIES))]
+    assert threshold_mismatches(cases=wrapping) == 0
+    assert threshold_mismatches(rebuilt({"never_wraps": always_safe})["direct_conv_blocks"], wrapping) > 0
+
+
+@raw_kernel
+def test_a_wrong_pool_window_fails_the_reference():
+    """``pool_lanes`` recompiled with each window one row short: the fused pass disagrees."""
+    import inspect
+
+    src = inspect.getsource(kernels.pool_lanes.py_func).replace("min(y0 + kh, height)", "min(y0 + kh - 1, height)")
+    assert "kh - 1" in src
+    space = dict(kernels.__dict__)
+    exec(src.split("\n", 1)[1], space)  # without the decorator line
+    wrong = nb.njit(nogil=True)(space["pool_lanes"])
+    kernel = rebuilt({"pool_lanes": wrong})["direct_conv_pool_blocks"]
+    h, win, sets, bias, theta = case(0, False, 1, seed=1)
+    pool_win = Window((len(sets[0][0]), *win.out_hw), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), len(sets[0][0]))
+    args = (h, win, sets, 0, bias, theta, pool_win, np.ones((1, pool_win.channels), np.int64), np.zeros(1, np.int64),
+            0, np.zeros(pool_win.channels, np.int64), 0)
+    _, maps = reference_conv(h, win, sets, 0, bias, theta)
+    want = reference_pool(maps, pool_win, *args[7:])
+    np.testing.assert_array_equal(run_fused(*args, kernel=rebuilt({})["direct_conv_pool_blocks"]), want)
+    assert not np.array_equal(run_fused(*args, kernel=kernel), want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64])
+def test_pool_lanes_on_every_map_container(dtype):  # plain Numba: runs on every CPU
+    """``kernels.pool_lanes`` on one block of maps in each container the unfused layers store
+    (codes widened with their sign, int64 truncated), padded and strided windows, against window
+    sums of the zero-padded maps (``reference_pool``) with an identity table."""
+    info = np.iinfo(dtype)
+    lo, hi = max(int(info.min), -1000), min(int(info.max), 1000)
+    pool_win = Window((3, 7, 6), (3, 2), (2, 1), (1, 0, 1, 1), (1, 1), 3)
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize))
+    maps = rng.integers(lo, hi + 1, (kernels.LANES, pool_win.n_in))
+    size = pool_win.kernel[0] * pool_win.kernel[1]
+    s_lo, s_hi = size * min(lo, 0), size * (2**16 if np.dtype(dtype).itemsize <= 2 else hi)  # room for codes
+    table = np.tile(np.arange(s_lo, s_hi + 1, dtype=np.int64), (3, 1))  # the sum itself; read without sign
+    out = np.empty((pool_win.channels * pool_win.positions, kernels.LANES), np.int64)
+    kernels.pool_lanes(np.ascontiguousarray(maps.T.astype(dtype)), *pool_win.in_shape, *pool_win.kernel,
+                       *pool_win.stride, pool_win.pads[0], pool_win.pads[1], *pool_win.out_hw, table, s_lo,
+                       np.empty(0, np.int32), np.empty((1, kernels.LANES), np.int32), out)
+    want = conv_sums(maps, pool_win, np.eye(3, dtype=np.int64).repeat(size, axis=1)).reshape(kernels.LANES, -1)
+    np.testing.assert_array_equal(out.T, want)
+
+
+@raw_kernel
+def test_a_wrong_pool_step_fails_the_reference():
+    """The pooled LIF on spikes runs as ``s >= threshold`` (``kernels.step_rows``); read as strictly
+    above, the fused pass disagrees with the reference, while the right one (and the rebuilt copy) agree."""
+    wrong_pool = nb.njit(nogil=True)(types.FunctionType(
+        kernels.pool_lanes.py_func.__code__, {**kernels.pool_lanes.py_func.__globals__, "reach_lanes": strictly_above},
+        "pool_lanes"))
+    h, win, sets, bias, theta = case(0, True, 1, seed=2)
+    c_out = len(sets[0][0])
+    pool_win = Window((c_out, *win.out_hw), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), c_out)
+    p_digits, p_exps, p_bias = np.ones((1, c_out), np.int64), np.zeros(1, np.int64), np.arange(c_out) % 3 << 6
+    steps = np.empty(c_out, np.int32)
+    assert kernels.step_rows(kernels.pool_table(p_digits, p_exps, 0, p_bias, 1 << 6, 0, 4), steps)
+    assert len(set(steps.tolist())) > 1
+    args = (h, win, sets, 0, bias, theta, pool_win, p_digits, p_exps, 0, p_bias, 1 << 6)
+    _, maps = reference_conv(h, win, sets, 0, bias, theta)
+    want = reference_pool(maps, pool_win, *args[7:])
+    np.testing.assert_array_equal(run_fused(*args), want)
+    np.testing.assert_array_equal(run_fused(*args, kernel=rebuilt({})["direct_conv_pool_blocks"]), want)
+    assert not np.array_equal(run_fused(*args, kernel=rebuilt({"pool_lanes": wrong_pool})["direct_conv_pool_blocks"]),
+                              want)

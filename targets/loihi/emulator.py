@@ -25,6 +25,9 @@ float32 vector lanes, register tiles of output channels accumulating the taps of
 with FMA (exact: every partial sum is an integer float32 holds), no patch matrix
 (``kernels.direct_conv_blocks``; with ``fuse_pools`` a pooling on its maps runs in the same pass
 on each block, its neuron tabulated over the window sums, ``kernels.direct_conv_pool_blocks``).
+Where a LIF layer's sums are bounded (``sum_peak``) so that its 24-bit current never wraps, the
+kernel compares each float32 sum with a per-channel threshold (``kernels.spike_thresholds``), and a
+fused pooling whose table is a step compares its window sums the same way (``kernels.step_rows``).
 Otherwise it runs as that dense layer over its gathered patches (``PatchDense``). A pooling
 (one window group per channel, one digit per channel and synapse group) sums each window
 straight on the maps (``CompiledPool``, ``kernels.pool_layer``: int64, no product); other grouped
@@ -97,6 +100,14 @@ def direct_fits(lm: LayerMap) -> bool:
         return False
     peak = max(abs(v) for v in lm.bound_range)
     return all(products.product_path(row_sum_bound(s.digits), peak) == "float32" for s in lm.sets)
+
+
+def sum_peak(lm: LayerMap) -> int:
+    """The largest ``|D_g @ h|`` of any synapse group for inputs in ``lm.bound_range`` (Python
+    integers, capped at 2^62): the bound ``kernels.spike_thresholds`` checks the 24-bit state
+    against."""
+    peak = max(abs(v) for v in lm.bound_range)
+    return min(max(row_sum_bound(s.digits) for s in lm.sets) * peak, 1 << 62)
 
 
 def vnni_planes(lm: LayerMap) -> int:
@@ -355,6 +366,7 @@ class PatchDense:
             self.exp_arr = np.asarray([s.exp for s in lm.sets], np.int64)
             self.neuron = kernels.NEURON_CODES[lm.neuron]
             self.bias = np.ascontiguousarray(lm.bias, np.int64)  # per channel
+            self.c_max = sum_peak(lm)
             self.vnni, self.avx2, self.planes, self.dtype = False, False, 0, np.float32
             return
         self.inner = CompiledLayer(dataclasses.replace(lm, window=None, in_range=(lo, hi)), use_vnni, use_avx2)
@@ -399,7 +411,7 @@ class PatchDense:
         out = np.empty((n, pool.lm.n_out), dtype=out_dtype)
         maps = np.empty(0, pool.in_dtype)  # the container the unfused layers store the maps in
         bad = run_blocks(kernels.direct_conv_pool_blocks, n, h, *self.lm.in_range, self.taps, self.ks, self.nks,
-                         self.w, self.exp_arr, self.neuron, self.bias, self.lm.theta, maps,
+                         self.w, self.exp_arr, self.neuron, self.bias, self.lm.theta, self.c_max, maps,
                          np.asarray(pool.geometry, np.int64), pool.table, pool.table_lo, out)
         return None if bad else out
 
@@ -408,7 +420,7 @@ class PatchDense:
         out = np.empty((n, self.lm.n_out), dtype=out_dtype)
         a = np.empty((n, self.lm.n_out), np.int64) if pres is not None else NONE
         bad = run_blocks(kernels.direct_conv_blocks, n, h, *self.lm.in_range, self.taps, self.ks, self.nks, self.w,
-                         self.exp_arr, self.neuron, self.bias, self.lm.theta, a, out)
+                         self.exp_arr, self.neuron, self.bias, self.lm.theta, self.c_max, a, out)
         if bad:
             return None
         if pres is not None:

@@ -19,7 +19,10 @@ times each group's digit, shifted and summed, then the same neuron.
 ``direct_conv_blocks`` runs a convolution with one window group straight on the maps (float32
 FMA register tiles, samples in vector lanes, exact under the 2^24 bound ``emulator.direct_fits``
 proves); ``direct_conv_pool_blocks`` adds the pooling on its maps in the same pass (section at the
-end of this file; tests/test_loihi_conv_kernel.py).
+end of this file; tests/test_loihi_conv_kernel.py). Where a LIF layer's sums provably never wrap the
+24-bit state, its spike is a vector compare of the float32 sum with a per-channel threshold found by
+bisection on ``fire`` (``spike_thresholds``, ``reach_lanes``); a pooling sums its windows in vector
+lanes (``add_lanes``) and, where its tabulated neuron is a step (``step_rows``), compares too.
 """
 
 from __future__ import annotations
@@ -391,11 +394,71 @@ def lane_shift(c, e):
     return np.int64(floor_shift(np.int32(c), np.int32(-e)))
 
 
+@nb.njit(cache=True, inline="always")
+def never_wraps(c_max, e):
+    """Whether the LIF current of every partial sum ``|c| <= c_max < 2^24`` stays inside the 24-bit
+    state, ``-2^23 < shift(c, e) 2^6 <= 2^23`` (the wrap is then the identity: ``spike_thresholds``)."""
+    return (c_max < (1 << 24) and shifted(np.int64(c_max), e) << ACT_SHIFT <= STATE_WRAP
+            and shifted(np.int64(-c_max), e) << ACT_SHIFT > -STATE_WRAP)
+
+
+@_intrinsic
+def reach_lanes(typingctx, c, o, t, stage, q):
+    """``stage[q, b] = c[o, b] >= t`` (1 or 0 in ``stage``'s integer dtype) for the LANES float32 (or
+    int32) lanes of row ``o``: two vector compares, widened and stored at once (written as a loop, LLVM
+    unrolls it into scalar compares)."""
+    floats = c.dtype == _types.float32  # else int32 sums (``pool_lanes``)
+    sig = _types.void(c, _types.int64, _types.float32 if floats else _types.int32, stage, _types.int64)
+
+    def codegen(context, builder, signature, args):
+        c_a, o_v, t_v, st_a, q_v = args
+        c_p = context.make_array(signature.args[0])(context, builder, c_a).data
+        st_p = context.make_array(signature.args[3])(context, builder, st_a).data
+        elt = context.get_data_type(signature.args[3].dtype)
+        lanes = _ir.Constant(_I64, LANES)
+        row = builder.gep(c_p, [builder.mul(o_v, lanes)])
+        v8 = _V8F if floats else _ir.VectorType(_I32, 8)
+        tv = builder.insert_element(_ir.Constant(v8, None), t_v, _ir.Constant(_I32, 0))
+        tv = builder.shuffle_vector(tv, _ir.Constant(v8, None), _ir.Constant(_ir.VectorType(_I32, 8), [0] * 8))
+        xs = [builder.load(builder.bitcast(builder.gep(row, [_ir.Constant(_I64, 8 * v)]), v8.as_pointer()), align=4)
+              for v in range(2)]
+        bits = [builder.fcmp_ordered(">=", x, tv) if floats else builder.icmp_signed(">=", x, tv) for x in xs]
+        both = builder.shuffle_vector(bits[0], bits[1], _ir.Constant(_ir.VectorType(_I32, LANES), list(range(LANES))))
+        vec = _ir.VectorType(elt, LANES)
+        dst = builder.gep(st_p, [builder.mul(q_v, lanes)])
+        builder.store(builder.zext(both, vec), builder.bitcast(dst, vec.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @nb.njit(cache=True, nogil=True)
-def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, a_out, i0, rows):
+def spike_thresholds(e, bias, theta, c_max, thr):
+    """For a LIF layer with one synapse group: where ``never_wraps(c_max, e)``, ``fire(shift(c, e),
+    bias[o], theta)`` is nondecreasing in ``c`` on ``[-c_max, c_max]`` (the shift is, ``u = a 2^6``
+    with no wrap, the clamp and ``v > theta`` are), so it equals ``c >= thr[o]`` with ``thr[o]`` the
+    smallest such ``c`` that fires (``c_max + 1``: none; found by bisection on ``fire`` itself), an
+    integer ``<= 2^24`` that float32 holds exactly. Returns False (``thr`` untouched) elsewhere."""
+    if not never_wraps(c_max, e):
+        return False
+    for o in range(bias.shape[0]):
+        lo, hi = -c_max, c_max + 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if fire(shifted(np.int64(mid), e), bias[o], theta):
+                hi = mid
+            else:
+                lo = mid + 1
+        thr[o] = np.float32(lo)
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, thr, compare, c, a, stage, a_out, i0, rows):
     """Every output of one block: per position ``p``, ``a[o] = sum_g shift(c_g[o], exps[g])``
     (``c_g``: ``conv_tiles`` of group ``g``), into ``a_out[i0 + b, o P + p]`` (0 rows: skip) and
-    the neuron into ``stage[o P + p, b]``."""
+    the neuron into ``stage[o P + p, b]``; with ``compare`` (one group, LIF, no ``a_out``:
+    ``spike_thresholds`` proved it) the spike is ``c[o] >= thr[o]`` straight on the float32 sums."""
     groups, m = w.shape[0], w.shape[2]
     positions = taps.shape[0]
     keep = a_out.shape[0] > 0
@@ -403,6 +466,10 @@ def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, a_
         if groups == 1 and not keep:  # one pass from the sums to the neuron (vectorizes)
             conv_tiles(buf, w[0], c, taps[p], ks[p], nks[p])
             e = exps[0]
+            if compare:
+                for o in range(m):
+                    reach_lanes(c, o, thr[o], stage, o * positions + p)
+                continue
             for o in range(m):
                 cs, dst, bo = c[o], stage[o * positions + p], bias[o]
                 if neuron == 0:
@@ -430,6 +497,32 @@ def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, a_
             neuron_lanes(a[o], neuron, bias[o], theta, stage[q])
 
 
+@_intrinsic
+def add_lanes(typingctx, stage, j, s):
+    """``s[b] += int32(stage[j, b])`` for the LANES lanes (``stage``'s integer codes widened, or an
+    int64 truncated: the caller proves every code and sum fits int32), as one vector load and add."""
+    sig = _types.void(stage, _types.int64, s)
+
+    def codegen(context, builder, signature, args):
+        st_a, j_v, s_a = args
+        st_t = signature.args[0]
+        st_p = context.make_array(st_t)(context, builder, st_a).data
+        s_p = context.make_array(signature.args[2])(context, builder, s_a).data
+        elt = context.get_data_type(st_t.dtype)
+        vec, v32 = _ir.VectorType(elt, LANES), _ir.VectorType(_I32, LANES)
+        src = builder.gep(st_p, [builder.mul(j_v, _ir.Constant(_I64, LANES))])
+        x = builder.load(builder.bitcast(src, vec.as_pointer()), align=1)
+        if elt.width < 32:
+            x = builder.sext(x, v32) if st_t.dtype.signed else builder.zext(x, v32)
+        elif elt.width > 32:
+            x = builder.trunc(x, v32)
+        acc = builder.bitcast(s_p, v32.as_pointer())
+        builder.store(builder.add(builder.load(acc, align=4), x), acc, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @nb.njit(cache=True)
 def pool_table(digits, exps, neuron, bias, theta, s_lo, s_hi):
     """``table[c, s - s_lo]``: the pooling neuron's output for window sum ``s`` in ``[s_lo, s_hi]`` on
@@ -452,28 +545,48 @@ def pool_table(digits, exps, neuron, bias, theta, s_lo, s_hi):
 
 
 @nb.njit(cache=True, nogil=True)
-def pool_lanes(stage, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, table, s_lo, s, out):
+def step_rows(table, steps) -> bool:
+    """Whether every row of ``table`` is 0 up to some index and 1 from there on (a spike count
+    against a threshold: a pooled LIF on spikes), with that index in ``steps[c]`` (int32; the row
+    length where it never fires)."""
+    for c in range(table.shape[0]):
+        k = 0
+        while k < table.shape[1] and table[c, k] == 0:
+            k += 1
+        steps[c] = k
+        for j in range(k, table.shape[1]):
+            if table[c, j] != 1:
+                return False
+    return True
+
+
+@nb.njit(cache=True, nogil=True)
+def pool_lanes(stage, channels, height, width, kh, kw, sh, sw, top, left, ho, wo, table, s_lo, steps, s, out):
     """``pool_layer`` on one block of maps in lanes, ``stage[c H W + y W + x, b]``: per channel ``c``
-    and position ``p``, the window sum ``s`` (clipped to the map: padding adds 0; int32, which the
-    caller proves exact) and ``out[c P + p, b] = table[c, s - s_lo]`` (``pool_table``)."""
+    and position ``p``, the window sum ``s`` (clipped to the map: padding adds 0; int32 in ``s[0]``,
+    which the caller proves exact; ``add_lanes``) and ``out[c P + p, b] = table[c, s - s_lo]``
+    (``pool_table``), or, where ``steps`` has a row per channel (``step_rows``), the same as
+    ``s >= s_lo + steps[c]`` in vector compares (``reach_lanes``)."""
+    stepped = steps.shape[0] > 0
     for c in range(channels):
         src = c * height * width
-        tab = table[c]
         for y in range(ho):
             y0 = y * sh - top
             r0, r1 = max(y0, 0), min(y0 + kh, height)
             for x in range(wo):
                 x0 = x * sw - left
                 c0, c1 = max(x0, 0), min(x0 + kw, width)
-                s[:] = 0
+                q = (c * ho + y) * wo + x
+                for b in range(LANES):
+                    s[0, b] = 0
                 for yy in range(r0, r1):
                     for xx in range(c0, c1):
-                        v = stage[src + yy * width + xx]
-                        for b in range(LANES):
-                            s[b] += np.int32(v[b])
-                dst = out[(c * ho + y) * wo + x]
-                for b in range(LANES):
-                    dst[b] = tab[s[b] - s_lo]
+                        add_lanes(stage, src + yy * width + xx, s)
+                if stepped:
+                    reach_lanes(s, 0, np.int32(s_lo + steps[c]), out, q)
+                else:
+                    for b in range(LANES):
+                        out[q, b] = table[c, s[0, b] - s_lo]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -486,13 +599,15 @@ def store_lanes(stage, out, i0, rows):
 
 
 @nb.njit(cache=True, nogil=True)
-def direct_conv_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, a_out, out):
+def direct_conv_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, c_max, a_out, out):
     """The blocks of LANES samples that this thread claims (``blocks.run_blocks``) of a convolution
     with one window group: ``taps[p, :nks[p]]`` are the input indices of position ``p`` that hit the
     map and ``ks[p, :nks[p]]`` their patch elements; ``w[g]`` (K, C) float32 holds group ``g``'s
     digits transposed. ``a[n, o P + p] = sum_g shift(sum_t w[g, ks[p, t], o] h[n, taps[p, t]],
     exps[g])`` into ``a_out`` (0 rows: skip) and the neuron with ``bias[o]`` into ``out``. Returns
-    how many codes (read as int64, truncating) fell outside ``[lo, hi]``."""
+    how many codes (read as int64, truncating) fell outside ``[lo, hi]``. ``c_max`` bounds every
+    ``|sum_t w[g, ks[p, t], o] h[n, taps[p, t]]|`` for codes in ``[lo, hi]`` (``emulator.sum_peak``):
+    without ``a_out``, one group and a LIF neuron, ``spike_thresholds`` turns the neuron into a compare."""
     n, n_in = h.shape
     m = w.shape[2]
     positions = taps.shape[0]
@@ -500,6 +615,9 @@ def direct_conv_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias,
     c = np.empty((m, LANES), np.float32)
     a = np.empty((m, LANES), np.int64)
     stage = np.empty((m * positions, LANES), out.dtype)  # the block's outputs, neuron-major
+    thr = np.empty(m, np.float32)
+    compare = w.shape[0] == 1 and neuron == 0 and a_out.shape[0] == 0 and spike_thresholds(exps[0], bias, theta,
+                                                                                           c_max, thr)
     count = 0
     nblocks = (n + LANES - 1) // LANES
     while True:
@@ -509,13 +627,13 @@ def direct_conv_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias,
         i0 = blk * LANES
         rows = min(LANES, n - i0)
         count += load_lanes(h, i0, rows, lo, hi, buf)
-        conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, a_out, i0, rows)
+        conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, thr, compare, c, a, stage, a_out, i0, rows)
         store_lanes(stage, out, i0, rows)
 
 
 @nb.njit(cache=True, nogil=True)
-def direct_conv_pool_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, maps, geometry,
-                            table, s_lo, out):
+def direct_conv_pool_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, c_max, maps,
+                            geometry, table, s_lo, out):
     """``direct_conv_blocks`` followed by the pooling layer that reads its outputs (``pool_lanes``
     with ``geometry`` = C, H, W, kh, kw, sh, sw, top, left, Ho, Wo and its neuron tabulated over the
     window sums from ``s_lo``, ``pool_table``), on each block in cache: the
@@ -529,8 +647,13 @@ def direct_conv_pool_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, 
     a = np.empty((m, LANES), np.int64)
     stage = np.empty((m * positions, LANES), maps.dtype)
     pooled = np.empty((out.shape[1], LANES), out.dtype)
-    s = np.empty(LANES, np.int32)
+    s = np.empty((1, LANES), np.int32)
+    steps = np.empty(table.shape[0], np.int32)
+    if not step_rows(table, steps):
+        steps = np.empty(0, np.int32)
     none = np.empty((0, 0), np.int64)
+    thr = np.empty(m, np.float32)
+    compare = w.shape[0] == 1 and neuron == 0 and spike_thresholds(exps[0], bias, theta, c_max, thr)
     count = 0
     nblocks = (n + LANES - 1) // LANES
     while True:
@@ -540,9 +663,10 @@ def direct_conv_pool_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, 
         i0 = blk * LANES
         rows = min(LANES, n - i0)
         count += load_lanes(h, i0, rows, lo, hi, buf)
-        conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, c, a, stage, none, i0, rows)
+        conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, thr, compare, c, a, stage, none, i0,
+                   rows)
         pool_lanes(stage, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6],
-                   geometry[7], geometry[8], geometry[9], geometry[10], table, s_lo, s, pooled)
+                   geometry[7], geometry[8], geometry[9], geometry[10], table, s_lo, steps, s, pooled)
         store_lanes(pooled, out, i0, rows)
 
 
