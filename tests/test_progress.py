@@ -107,3 +107,28 @@ def test_lines_wait_for_after_seconds():
     now[0] = 2.5
     lines(2)  # 60 % at 2.5 s
     assert out.getvalue().splitlines() == ["loihi fidelity: 6/10 inputs (60 %), 2.5 s"]
+
+
+def test_the_shared_writer_writes_at_each_tenth_once_after_has_run():
+    """``ShareLines``, behind the attack, fidelity and tick lines: a line at each 10 % mark (a
+    mark jumped over writes one line, at the share reached), none before ``after`` seconds (those
+    marks are skipped, not caught up), the elapsed time since it was made; ``after=None`` is
+    ``PROGRESS_AFTER_S``, the one threshold the compile and tick lines read too."""
+    from hwq_targets.truenorth import cli as truenorth_cli
+
+    import hwq.cli.core as cli_core
+    from hwq.progress_lines import PROGRESS_AFTER_S, ShareLines
+
+    assert cli_core.PROGRESS_AFTER_S is PROGRESS_AFTER_S is truenorth_cli.PROGRESS_AFTER_S
+    out, now = io.StringIO(), [10.0]
+    lines = ShareLines(200, "job", "steps", stream=out, clock=lambda: now[0], after=1.0)
+    assert lines.after == 1.0 and ShareLines(1, "x", "y", clock=lambda: 0.0).after == PROGRESS_AFTER_S
+    for done in (5, 20, 25, 40):  # up to 20 % within 0.4 s: too early, and not written later
+        now[0] += 0.1
+        lines.show(done)
+    assert out.getvalue() == ""
+    for done, t in ((59, 11.0), (60, 11.2), (61, 11.5), (130, 12.0), (135, 12.2), (198, 12.5), (200, 13.0)):
+        now[0] = t
+        lines.show(done)
+    assert out.getvalue().splitlines() == ["job: 60/200 steps (30 %), 1.2 s", "job: 130/200 steps (65 %), 2.0 s",
+                                           "job: 198/200 steps (99 %), 2.5 s", "job: 200/200 steps (100 %), 3.0 s"]

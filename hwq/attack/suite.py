@@ -37,6 +37,7 @@ import numpy as np
 from hwq.attack.base import Attack, AttackResult
 from hwq.attack.ste import has_binary
 from hwq.errors import UsageError
+from hwq.progress_lines import ShareLines
 
 SANITY_INPUTS = 256
 GRADIENT_FREE_SHARE = 0.01
@@ -97,48 +98,29 @@ def report_member(progress, index: int, count: int, result: AttackResult) -> Non
         done(index, count, result)
 
 
-class ProgressLines:
+class ProgressLines(ShareLines):
     """The progress of an attack run as lines on ``stream`` (stderr where no terminal shows the
     bar: a log, CI, nohup), as ``hwq reproduce`` writes a line per finished cell. Called with
     the number of inputs finished (``Attack.run``'s ``progress``), it writes a line at every
-    ``every`` share of ``total`` (``attack: 250/1000 inputs (25 %), 3.1 s``); ``member_done``
-    (a suite's member, or the single attack) writes one line per strength with its accuracy
-    (``attack 2/3 square: eps 0.1 accuracy 0.4056 (12.0 s)``). With ``after`` > 0 the input lines
-    start only once the work has run that many seconds (a quick job writes none)."""
+    ``every`` share of ``total`` (``attack: 250/1000 inputs (25 %), 3.1 s``; the shared writer,
+    ``hwq.progress_lines.ShareLines``); ``member_done`` (a suite's member, or the single attack)
+    writes one line per strength with its accuracy (``attack 2/3 square: eps 0.1 accuracy 0.4056
+    (12.0 s)``). With ``after`` > 0 the input lines start only once the work has run that many
+    seconds (a quick job writes none)."""
 
     def __init__(self, total: int, label: str = "attack", stream=None, every: float = 0.1, clock=None,
                  after: float = 0.0):
-        import sys
-        import time
-
-        self.total, self.label, self.every = max(1, int(total)), label, every
-        self.stream = stream if stream is not None else sys.stderr
-        self.clock = clock or time.perf_counter
-        self.start = self.clock()
-        self.done = 0
-        self.next_mark = every
-        self.after = after
-
-    def write(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        super().__init__(total, label, "inputs", stream=stream, every=every, after=after, clock=clock)
 
     def __call__(self, n: int) -> None:
-        self.done += int(n)
-        share = self.done / self.total
-        if share + 1e-12 >= self.next_mark:
-            while self.next_mark <= share + 1e-12:
-                self.next_mark += self.every
-            if self.after and self.clock() - self.start < self.after:
-                return
-            self.write(f"{self.label}: {self.done}/{self.total} inputs ({100 * min(share, 1):.0f} %), "
-                       f"{self.clock() - self.start:.1f} s")
+        self.show(self.done + int(n))
 
     update = __call__  # a tqdm bar's name, so callers can pass either
 
     def member_done(self, index: int, count: int, result: AttackResult) -> None:
         name = f"{self.label} {index + 1}/{count} {result.attack}"
         for eps, acc in zip(np.asarray(result.epsilons).tolist(), np.asarray(result.accuracy).tolist()):
-            self.write(f"{name}: eps {eps:g} accuracy {acc:.4f} ({self.clock() - self.start:.1f} s)")
+            self.write(f"{name}: eps {eps:g} accuracy {acc:.4f} ({self.elapsed():.1f} s)")
 
     def close(self) -> None:
         pass

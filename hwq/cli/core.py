@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from hwq.files import program as hwqfile
 from hwq.files import results
 from hwq.ir import activations as kinds
 from hwq.onnx.importer import load_onnx, model_metadata
+from hwq.progress_lines import PROGRESS_AFTER_S, ShareLines
 from hwq.ranges import parse_epsilons
 
 JSON = typer.Option(False, "--json", help="Print one JSON object on stdout.")
@@ -177,24 +177,22 @@ def compile_(
     typer.echo(f"compiled {model} for {target} ({scheme} q={net.settings.bits}, calibration: {cal_name}) -> {output}")
 
 
-PROGRESS_AFTER_S = 2.0  # a quicker compile prints no progress lines (a terminal's bar hides itself)
-
-
 def compile_progress(target: str):
     """``api.compile``'s ``progress`` where the target's ``compile`` reports it (truenorth: each
     layer mapped, ``progress(done, total, what)``): a bar on a terminal, else (a log, CI) a line
-    per report once the compile has taken ``PROGRESS_AFTER_S``; and the bar's ``close``."""
+    per report once the compile has taken ``PROGRESS_AFTER_S`` (``hwq.progress_lines``, read
+    here so a test can set it); and the bar's ``close``."""
     if not api.takes_progress(api.get_target(target).compile):
         return {}, lambda: None
-    bar, start = progress(0, f"{target} compile"), time.perf_counter()
+    bar = progress(0, f"{target} compile")
+    lines = ShareLines(0, f"{target} compile", "layers", after=PROGRESS_AFTER_S)
 
     def report(done: int, total: int, what: str) -> None:
         bar.total, bar.unit = total, "layer"
         bar.update(done - bar.n)
         bar.set_postfix_str(what)
-        if bar.disable and time.perf_counter() - start >= PROGRESS_AFTER_S:
-            print(f"{target} compile: {done}/{total} layers, {what} ({time.perf_counter() - start:.1f} s)",
-                  file=sys.stderr, flush=True)
+        if bar.disable and lines.due():
+            lines.write(f"{target} compile: {done}/{total} layers, {what} ({lines.elapsed():.1f} s)")
     return {"progress": report}, bar.close
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 
 from hwq.cli.common import progress
+from hwq.progress_lines import PROGRESS_AFTER_S, ShareLines
 
 from .emulator import EmulatorConfig
 from .modelfile import read_model
@@ -22,38 +23,29 @@ app = typer.Typer(help="TrueNorth model files: run them on hwq's core emulator."
                   add_completion=False)
 
 
-PROGRESS_AFTER_S = 2.0  # a run quicker than this prints no progress lines (a terminal's bar hides itself)
-
-
 class TickProgress:
     """Ticks run, on stderr: a bar on a terminal; without one (a log, CI, nohup) a line at every
-    ``every`` share of the ticks once the run has taken ``after`` seconds
-    (``truenorth run: 5000/50000 ticks (10 %), 3.2 s``). Called as ``progress(done, ticks)``."""
+    ``every`` share of the ticks once the run has taken ``after`` seconds (default
+    ``PROGRESS_AFTER_S``, hwq's one threshold, read here so a test can set it) by hwq's shared
+    writer (``hwq.progress_lines.ShareLines``): ``truenorth run: 5000/50000 ticks (10 %), 3.2 s``.
+    Called as ``progress(done, ticks)`` with the ``ticks`` it was made for."""
 
     def __init__(self, ticks: int, stream=None, every: float = 0.1, after: float | None = None,
                  clock=time.perf_counter):
-        self.stream = stream if stream is not None else sys.stderr
-        self.every, self.clock = every, clock
-        self.after = PROGRESS_AFTER_S if after is None else after
-        self.start, self.next_mark = clock(), every
-        self.bar = None
-        if self.stream.isatty():
+        stream = stream if stream is not None else sys.stderr
+        self.bar = self.lines = None
+        if stream.isatty():
             self.bar = progress(ticks, "truenorth run")
             self.bar.unit = "tick"
+        else:
+            self.lines = ShareLines(ticks, "truenorth run", "ticks", stream=stream, every=every, clock=clock,
+                                    after=PROGRESS_AFTER_S if after is None else after)
 
     def __call__(self, done: int, ticks: int) -> None:
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
-            return
-        share = done / max(ticks, 1)
-        if share + 1e-12 < self.next_mark:
-            return
-        while self.next_mark <= share + 1e-12:
-            self.next_mark += self.every
-        elapsed = self.clock() - self.start
-        if elapsed >= self.after:
-            print(f"truenorth run: {done}/{ticks} ticks ({100 * share:.0f} %), {elapsed:.1f} s", file=self.stream,
-                  flush=True)
+        else:
+            self.lines.show(done)
 
     def close(self) -> None:
         if self.bar is not None:
