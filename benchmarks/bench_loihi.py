@@ -24,8 +24,9 @@ has it) on the uint8 codes in the same repeats; the line after is
 The CNN workload (issue 20): a step LeNet on 1x28x28 (conv 6 5x5 pad 2 -> step -> max 2x2 -> conv 16
 5x5 -> step -> max 2x2 -> dense 120 -> step -> dense 10; 4-bit weights), on Lava (``Sparse``
 connections, ``--cnn-lava-samples`` inputs, marginal rate as above) and on the emulator
-(``program.forward``: the direct float32 convolutions, each fused with its pooling, where the CPU
-has AVX2 and FMA; convolutions over gathered patches otherwise; ``--cnn-samples`` inputs);
+(``program.forward``: the direct convolutions, in int16 lanes where every sum is below 2^15,
+float32 elsewhere, each fused with its pooling, where the CPU has AVX2 and FMA; convolutions over
+gathered patches otherwise; ``--cnn-samples`` inputs);
 identical scores checked every repeat; its line is ``loihi_cnn_emulator_vs_lava=``, printed
 before the two MLP lines.
 

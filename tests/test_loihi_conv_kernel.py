@@ -208,8 +208,8 @@ def truncating_shift(v, k):
     return -((-v) >> k) if v < 0 else v >> k
 
 
-DIRECT_CHAIN = ("shifted", "fire", "lane_shift", "neuron_lanes", "spike_thresholds", "conv_lanes", "pool_table",
-                "direct_conv_blocks", "direct_conv_pool_blocks")  # callees first
+DIRECT_CHAIN = ("shifted", "fire", "lane_shift", "neuron_lanes", "spike_thresholds", "position_neuron", "conv_lanes",
+                "pool_table", "direct_conv_blocks", "direct_conv_pool_blocks")  # callees first
 
 
 def rebuilt(rule: dict) -> dict:
@@ -295,7 +295,8 @@ def test_emulator_runs_step_cnns_on_the_direct_conv(name):
     program = hwq.compile(net, "loihi")
     emulator = Emulator(program.mapping, use_direct=kernels.direct_available(), fuse_pools=True)
     direct = [i for i, c in enumerate(emulator.layers) if isinstance(c, PatchDense) and c.direct]
-    assert all(emulator.report[i] == "direct float32 patches" for i in direct)
+    assert all(emulator.report[i].startswith("direct int16" if emulator.layers[i].lanes16 else "direct float32")
+               for i in direct)
     x = extreme_codes(net, 40)
     want = reference.forward(net, x)
     np.testing.assert_array_equal(emulator.run(x), want)
@@ -323,10 +324,14 @@ def test_the_step_cnns_fuse_direct_convs_with_their_poolings():
 @raw_kernel
 def test_a_wrong_fused_kernel_in_the_program_is_caught(monkeypatch):
     """``LoihiProgram.forward`` runs the fused pass: a fused kernel without the 24-bit wrap,
-    injected from outside, changes its scores on inputs whose sums wrap (forced shift 0)."""
+    injected from outside, changes its scores on inputs whose sums wrap (forced shift 0). The
+    int16 lanes (tests/test_loihi_conv16.py) are turned off so that the float32 kernel runs."""
     name = next(n for n in POOLED if n.startswith("maxpool"))
     net = step_cnn(name)
     program = hwq.compile(net, "loihi")
+    for layer in program.emulator.layers:
+        if isinstance(layer, PatchDense):
+            layer.lanes16 = False
     assert any(fuses(a, b) for a, b in zip(program.emulator.layers, program.emulator.layers[1:]))
     x = extreme_codes(net, 40)
     right = program.forward(x)

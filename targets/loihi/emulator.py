@@ -55,12 +55,13 @@ from hwq.quant.bounds import INT64_LIMIT, row_sum_bound
 from ..common import avx2, patches, products, vnni
 from ..common.blocks import run_blocks
 from ..common.plans import NATIVE_INPUTS, FallbackPlans, seen_range
-from . import kernels
+from . import conv16, kernels
 from .limits import ACT_SHIFT
 from .mapping import LayerMap, Mapping
 
 NONE = np.empty((0, 0), np.int64)
 NO_BYTES = np.zeros((0, 2), np.uint8)
+NO_POOL, NO_TABLE = np.zeros(0, np.int64), np.zeros((0, 0), np.int64)  # conv16_blocks without a pooling
 CHUNK_ROWS = 32768
 TABLE_SUMS = 1 << 14  # the most window sums a fused pooling tabulates per channel
 TABLE_ENTRIES = 1 << 21  # and over all its channels (16 MiB of int64)
@@ -100,6 +101,16 @@ def direct_fits(lm: LayerMap) -> bool:
         return False
     peak = max(abs(v) for v in lm.bound_range)
     return all(products.product_path(row_sum_bound(s.digits), peak) == "float32" for s in lm.sets)
+
+
+def lanes16_fits(lm: LayerMap) -> bool:
+    """Whether ``conv16`` computes the direct convolution ``lm`` exactly in int16 lanes: one
+    synapse group, codes and digits that fit int16, and every sum ``|D @ h| <= sum_peak(lm) <
+    2^15`` (int16 arithmetic is exact modulo 2^16, and that bound picks the one representative)."""
+    lo, hi = lm.in_range
+    return (len(lm.sets) == 1 and direct_fits(lm) and -conv16.SUM_LIMIT <= lo and hi < conv16.SUM_LIMIT
+            and int(np.abs(np.asarray(lm.sets[0].digits, np.int64)).max(initial=0)) < conv16.SUM_LIMIT
+            and sum_peak(lm) < conv16.SUM_LIMIT)
 
 
 def sum_peak(lm: LayerMap) -> int:
@@ -367,8 +378,14 @@ class PatchDense:
             self.neuron = kernels.NEURON_CODES[lm.neuron]
             self.bias = np.ascontiguousarray(lm.bias, np.int64)  # per channel
             self.c_max = sum_peak(lm)
+            self.lanes16 = lanes16_fits(lm)  # int16 lanes (conv16) where no trace is asked for
+            if self.lanes16:
+                self.tile16 = conv16.tile_for(lm.channels)
+                self.idx16 = conv16.lanes_index(patches.gather_index(lm.window)[0], lm.n_in, self.tile16[1])
+                self.w16 = conv16.lanes_weights(lm.sets[0].digits, self.tile16[0])
             self.vnni, self.avx2, self.planes, self.dtype = False, False, 0, np.float32
             return
+        self.lanes16 = False
         self.inner = CompiledLayer(dataclasses.replace(lm, window=None, in_range=(lo, hi)), use_vnni, use_avx2)
         self.idx = patches.gather_index(lm.window)
         self.vnni, self.avx2, self.planes, self.dtype = (self.inner.vnni, self.inner.avx2, self.inner.planes,
@@ -410,14 +427,25 @@ class PatchDense:
         n = len(h)
         out = np.empty((n, pool.lm.n_out), dtype=out_dtype)
         maps = np.empty(0, pool.in_dtype)  # the container the unfused layers store the maps in
+        geometry = np.asarray(pool.geometry, np.int64)
+        if self.lanes16:
+            bad = run_blocks(conv16.conv16_blocks, n, h, *self.lm.in_range, self.idx16, self.w16, *self.tile16,
+                             self.exp_arr, self.neuron, self.bias, self.lm.theta, self.c_max, self.window.positions,
+                             maps, geometry, pool.table, pool.table_lo, out)
+            return None if bad else out
         bad = run_blocks(kernels.direct_conv_pool_blocks, n, h, *self.lm.in_range, self.taps, self.ks, self.nks,
                          self.w, self.exp_arr, self.neuron, self.bias, self.lm.theta, self.c_max, maps,
-                         np.asarray(pool.geometry, np.int64), pool.table, pool.table_lo, out)
+                         geometry, pool.table, pool.table_lo, out)
         return None if bad else out
 
     def _direct(self, h, out_dtype, pres) -> np.ndarray | None:
         n = len(h)
         out = np.empty((n, self.lm.n_out), dtype=out_dtype)
+        if self.lanes16 and pres is None:
+            bad = run_blocks(conv16.conv16_blocks, n, h, *self.lm.in_range, self.idx16, self.w16, *self.tile16,
+                             self.exp_arr, self.neuron, self.bias, self.lm.theta, self.c_max, self.window.positions,
+                             np.empty(0, out_dtype), NO_POOL, NO_TABLE, 0, out)
+            return None if bad else out
         a = np.empty((n, self.lm.n_out), np.int64) if pres is not None else NONE
         bad = run_blocks(kernels.direct_conv_blocks, n, h, *self.lm.in_range, self.taps, self.ks, self.nks, self.w,
                          self.exp_arr, self.neuron, self.bias, self.lm.theta, self.c_max, a, out)
@@ -488,9 +516,11 @@ class Emulator:
     def report(self) -> list[str]:
         """The product path of every layer: "vnni", "vnni16" (two byte planes), "avx2",
         "float32", "float64" or "int64" (+ " patches" for a convolution; "direct float32 patches":
-        ``kernels.direct_conv_blocks``), or "window sums" (a pooling on ``kernels.pool_layer``)."""
-        return ["window sums" if isinstance(c, CompiledPool) else "direct float32 patches"
-                if getattr(c, "direct", False) else
+        ``kernels.direct_conv_blocks``; "direct int16 patches" or "... spikes": ``conv16``, which
+        runs where no trace is asked for), or "window sums" (a pooling on ``kernels.pool_layer``)."""
+        return ["window sums" if isinstance(c, CompiledPool) else
+                ("direct int16 spikes" if c.lm.in_range == (0, 1) else "direct int16 patches")
+                if getattr(c, "lanes16", False) else "direct float32 patches" if getattr(c, "direct", False) else
                 (("vnni16" if c.planes == 2 else "vnni") if c.vnni else "avx2" if c.avx2 else c.dtype.__name__)
                 + (" patches" if isinstance(c, (CompiledConv, PatchDense)) else "") for c in self.layers]
 

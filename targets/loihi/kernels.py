@@ -454,6 +454,29 @@ def spike_thresholds(e, bias, theta, c_max, thr):
 
 
 @nb.njit(cache=True, nogil=True)
+def position_neuron(c, m, p, positions, e, neuron, bias, theta, thr, compare, stage):
+    """The neuron of one position ``p`` of a convolution with one synapse group, from its sums
+    ``c[o, b]`` (float32 holding exact integers) of the ``m`` channels: ``stage[o P + p, b] =
+    neuron(shift(c[o, b], e), bias[o])``, or with ``compare`` (``spike_thresholds``) the spike
+    ``c[o, b] >= thr[o]``."""
+    if compare:
+        for o in range(m):
+            reach_lanes(c, o, thr[o], stage, o * positions + p)
+        return
+    for o in range(m):
+        cs, dst, bo = c[o], stage[o * positions + p], bias[o]
+        if neuron == 0:
+            for b in range(LANES):
+                dst[b] = fire(lane_shift(cs[b], e), bo, theta)
+        elif neuron == 1:
+            for b in range(LANES):
+                dst[b] = max(lane_shift(cs[b], e) + bo, 0)
+        else:
+            for b in range(LANES):
+                dst[b] = lane_shift(cs[b], e) + bo
+
+
+@nb.njit(cache=True, nogil=True)
 def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, thr, compare, c, a, stage, a_out, i0, rows):
     """Every output of one block: per position ``p``, ``a[o] = sum_g shift(c_g[o], exps[g])``
     (``c_g``: ``conv_tiles`` of group ``g``), into ``a_out[i0 + b, o P + p]`` (0 rows: skip) and
@@ -465,22 +488,7 @@ def conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, thr, compare, c
     for p in range(positions):
         if groups == 1 and not keep:  # one pass from the sums to the neuron (vectorizes)
             conv_tiles(buf, w[0], c, taps[p], ks[p], nks[p])
-            e = exps[0]
-            if compare:
-                for o in range(m):
-                    reach_lanes(c, o, thr[o], stage, o * positions + p)
-                continue
-            for o in range(m):
-                cs, dst, bo = c[o], stage[o * positions + p], bias[o]
-                if neuron == 0:
-                    for b in range(LANES):
-                        dst[b] = fire(lane_shift(cs[b], e), bo, theta)
-                elif neuron == 1:
-                    for b in range(LANES):
-                        dst[b] = max(lane_shift(cs[b], e) + bo, 0)
-                else:
-                    for b in range(LANES):
-                        dst[b] = lane_shift(cs[b], e) + bo
+            position_neuron(c, m, p, positions, exps[0], neuron, bias, theta, thr, compare, stage)
             continue
         for g in range(groups):
             conv_tiles(buf, w[g], c, taps[p], ks[p], nks[p])
