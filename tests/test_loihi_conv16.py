@@ -20,6 +20,7 @@ section 2):
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import numba as nb
@@ -119,7 +120,7 @@ def test_conv16_equals_the_reference(tile):
 def test_sums_up_to_the_int16_bound_are_exact_and_one_more_wraps():
     """8 channels x 4x4 taps, all digits 255 (sum 32640 < 2^15) or -255, every input spiking, and
     a sum of exactly 2^15: the kernel holds the first exactly and really wraps the second, so the
-    bound ``spike_fits`` checks is the right one."""
+    bound ``emulator.lanes16_fits`` checks is the right one."""
     win = Window((8, 4, 4), (4, 4), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     h = np.ones((5, win.n_in), np.uint8)
     zero = np.zeros(5, np.int64)
@@ -229,6 +230,19 @@ def test_lanes16_fits_only_sums_under_the_bound():
                 peak = max(abs(v) for v in lm.in_range)
                 assert len(lm.sets) == 1 and int(np.abs(lm.sets[0].digits).sum(axis=1).max()) * peak < LIMIT
     assert fits >= 3
+
+
+def test_lanes16_fits_refuses_a_sum_of_2_15():
+    """The same layer with its codes' range widened: planned while ``rowsum * peak < 2^15``, refused
+    from ``2^15`` on (Python integers; the raw kernel's wrap at ``2^15`` is shown above)."""
+    layers = [lm for n in sorted(STEP_CNNS) for lm in hwq.compile(step_cnn(n), "loihi").mapping.layers
+              if lm.window is not None and lanes16_fits(lm)]
+    lm = max(layers, key=lambda lm: int(np.abs(lm.sets[0].digits).sum(axis=1).max()))
+    rowsum = int(np.abs(lm.sets[0].digits).sum(axis=1).max())
+    top = -(-LIMIT // rowsum)  # the smallest peak with rowsum * peak >= 2^15
+    assert lanes16_fits(dataclasses.replace(lm, in_range=(0, top - 1)))
+    assert not lanes16_fits(dataclasses.replace(lm, in_range=(0, top)))
+    assert not lanes16_fits(dataclasses.replace(lm, in_range=(-top, 0)))
 
 
 @pytest.mark.parametrize("name", sorted(STEP_CNNS))
