@@ -209,7 +209,7 @@ def truncating_shift(v, k):
 
 
 DIRECT_CHAIN = ("shifted", "fire", "lane_shift", "neuron_lanes", "spike_thresholds", "position_neuron", "conv_lanes",
-                "pool_table", "direct_conv_blocks", "direct_conv_pool_blocks")  # callees first
+                "pool_table", "pool_block", "direct_conv_blocks", "direct_conv_pool_blocks")  # callees first
 
 
 def rebuilt(rule: dict) -> dict:

@@ -35,7 +35,7 @@ from numba.core import types as _types
 from numba.core.extending import intrinsic as _intrinsic
 
 from ..common.blocks import claim
-from .kernels import LANES, pool_lanes, position_neuron, spike_thresholds, step_rows, store_lanes
+from .kernels import LANES, pool_block, position_neuron, spike_thresholds, step_rows, store_lanes
 
 # (output channels, positions) per register tile: outs * reach accumulators + outs weights + 1
 # input <= 16 ymm; on the benchmark's CNN (AMD Zen 3) 4 x 2 is the fastest for 16 channels, 3 x 3
@@ -219,8 +219,6 @@ def conv16_blocks(counter, h, lo, hi, idx, w, outs, reach, exps, neuron, bias, t
         conv_lanes16(buf, idx, w, m, positions, outs, reach, masks, exps[0], neuron, bias, theta, thr, compare, c,
                      stage)
         if pool:
-            pool_lanes(stage, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5],
-                       geometry[6], geometry[7], geometry[8], geometry[9], geometry[10], table, s_lo, steps, s, pooled)
-            store_lanes(pooled, out, i0, rows)
+            pool_block(stage, geometry, table, s_lo, steps, s, pooled, out, i0, rows)
         else:
             store_lanes(stage, out, i0, rows)

@@ -372,7 +372,8 @@ class PatchDense:
             lo, hi = min(lo, 0), max(hi, 0)
         self.direct = use_direct and direct_fits(lm)
         if self.direct:  # no patch matrix: the taps of every position straight from the maps
-            self.taps, self.ks, self.nks = kernels.direct_taps(patches.gather_index(lm.window)[0])
+            idx = patches.gather_index(lm.window)[0]
+            self.taps, self.ks, self.nks = kernels.direct_taps(idx)
             self.w = np.ascontiguousarray(np.stack([np.asarray(s.digits).T for s in lm.sets]), np.float32)
             self.exp_arr = np.asarray([s.exp for s in lm.sets], np.int64)
             self.neuron = kernels.NEURON_CODES[lm.neuron]
@@ -381,7 +382,7 @@ class PatchDense:
             self.lanes16 = lanes16_fits(lm)  # int16 lanes (conv16) where no trace is asked for
             if self.lanes16:
                 self.tile16 = conv16.tile_for(lm.channels)
-                self.idx16 = conv16.lanes_index(patches.gather_index(lm.window)[0], lm.n_in, self.tile16[1])
+                self.idx16 = conv16.lanes_index(idx, lm.n_in, self.tile16[1])
                 self.w16 = conv16.lanes_weights(lm.sets[0].digits, self.tile16[0])
             self.vnni, self.avx2, self.planes, self.dtype = False, False, 0, np.float32
             return

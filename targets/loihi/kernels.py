@@ -607,6 +607,16 @@ def store_lanes(stage, out, i0, rows):
 
 
 @nb.njit(cache=True, nogil=True)
+def pool_block(stage, geometry, table, s_lo, steps, s, pooled, out, i0, rows):
+    """The pooling fused after a direct convolution, on one block: ``pool_lanes`` on the maps in
+    ``stage`` with ``geometry`` = C, H, W, kh, kw, sh, sw, top, left, Ho, Wo (into ``pooled``), then
+    its outputs into ``out[i0:i0 + rows]``."""
+    pool_lanes(stage, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6],
+               geometry[7], geometry[8], geometry[9], geometry[10], table, s_lo, steps, s, pooled)
+    store_lanes(pooled, out, i0, rows)
+
+
+@nb.njit(cache=True, nogil=True)
 def direct_conv_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, bias, theta, c_max, a_out, out):
     """The blocks of LANES samples that this thread claims (``blocks.run_blocks``) of a convolution
     with one window group: ``taps[p, :nks[p]]`` are the input indices of position ``p`` that hit the
@@ -673,9 +683,7 @@ def direct_conv_pool_blocks(counter, h, lo, hi, taps, ks, nks, w, exps, neuron, 
         count += load_lanes(h, i0, rows, lo, hi, buf)
         conv_lanes(buf, taps, ks, nks, w, exps, neuron, bias, theta, thr, compare, c, a, stage, none, i0,
                    rows)
-        pool_lanes(stage, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6],
-                   geometry[7], geometry[8], geometry[9], geometry[10], table, s_lo, steps, s, pooled)
-        store_lanes(pooled, out, i0, rows)
+        pool_block(stage, geometry, table, s_lo, steps, s, pooled, out, i0, rows)
 
 
 def direct_taps(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
